@@ -1,0 +1,1 @@
+//! The vGPU type catalog and mdev control plane (filled by the control-plane issue).

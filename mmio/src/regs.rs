@@ -1,0 +1,254 @@
+//! The BAR0 register map of ABI v1, declared once as data.
+//!
+//! Every register is 32 bits wide. Global registers live below
+//! [`CHANNEL_BASE`]; channel `c` has a block of [`CHANNEL_REGS`] at
+//! `CHANNEL_BASE + c * CHANNEL_STRIDE`. Anything else inside BAR0 is a hole:
+//! it reads as zero and ignores writes. `docs/abi.md` is the normative text;
+//! the tables below are checked against it by the tests of this crate.
+
+use bitfield::bitfield;
+
+/// `ID` register value: ASCII "VGPU" read as a little-endian dword.
+pub const ID_MAGIC: u32 = 0x5550_4756;
+/// `VERSION` register value: ABI major 1, minor 0.
+pub const ABI_VERSION: u32 = 0x0001_0000;
+/// Offset of channel 0's register block.
+pub const CHANNEL_BASE: u32 = 0x1000;
+/// Distance between two channels' register blocks.
+pub const CHANNEL_STRIDE: u32 = 0x20;
+/// Largest number of channels a vGPU type may have.
+pub const MAX_CHANNELS: u32 = 64;
+
+/// How a register reacts to guest accesses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// Read-only: guest writes are ignored; the device sets the value.
+    Ro,
+    /// Read-write: bits in `mask` take the written value.
+    Rw,
+    /// Write-1-to-clear: writing a 1 to a bit in `mask` clears it.
+    W1c,
+    /// Write-only command: the write is an action, reads return 0.
+    Wo,
+}
+
+/// One register: where it is, how it behaves, what it holds after reset.
+#[derive(Clone, Copy, Debug)]
+pub struct RegDesc<R> {
+    pub reg: R,
+    pub name: &'static str,
+    pub offset: u32,
+    pub access: Access,
+    /// Value after reset (for identity registers: set by the device model).
+    pub reset: u32,
+    /// Bits that exist; for RW the writable ones, for W1C the clearable ones.
+    pub mask: u32,
+}
+
+/// Global (per-vGPU) registers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum GlobalReg {
+    Id,
+    Version,
+    Caps,
+    NumChannels,
+    VramSizeLo,
+    VramSizeHi,
+    IntrStatus,
+    IntrEnable,
+    IntrChannelLo,
+    IntrChannelHi,
+    TimerLo,
+    TimerHi,
+    Reset,
+    Status,
+    MmuInvalidate,
+    MmuFaultInfo,
+    MmuFaultAddrLo,
+    MmuFaultAddrHi,
+    RunlistBaseLo,
+    RunlistBaseHi,
+    RunlistSubmit,
+    RunlistInfo,
+    Doorbell,
+}
+
+/// Per-channel registers (offsets relative to the channel's block).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ChannelReg {
+    InstLo,
+    InstHi,
+    Ctrl,
+    Status,
+    GpGet,
+    GpPut,
+    ErrorInfo,
+}
+
+const fn g(reg: GlobalReg, name: &'static str, offset: u32, access: Access, reset: u32, mask: u32) -> RegDesc<GlobalReg> {
+    RegDesc { reg, name, offset, access, reset, mask }
+}
+const fn c(reg: ChannelReg, name: &'static str, offset: u32, access: Access, reset: u32, mask: u32) -> RegDesc<ChannelReg> {
+    RegDesc { reg, name, offset, access, reset, mask }
+}
+
+use Access::*;
+
+/// The global register map.
+pub const GLOBAL_REGS: &[RegDesc<GlobalReg>] = &[
+    g(GlobalReg::Id, "ID", 0x000, Ro, ID_MAGIC, !0),
+    g(GlobalReg::Version, "VERSION", 0x004, Ro, ABI_VERSION, !0),
+    g(GlobalReg::Caps, "CAPS", 0x008, Ro, 0, !0),
+    g(GlobalReg::NumChannels, "NUM_CHANNELS", 0x00C, Ro, 0, 0xFF),
+    g(GlobalReg::VramSizeLo, "VRAM_SIZE_LO", 0x010, Ro, 0, !0),
+    g(GlobalReg::VramSizeHi, "VRAM_SIZE_HI", 0x014, Ro, 0, !0),
+    g(GlobalReg::IntrStatus, "INTR_STATUS", 0x020, W1c, 0, Intr::ALL),
+    g(GlobalReg::IntrEnable, "INTR_ENABLE", 0x024, Rw, 0, Intr::ALL),
+    g(GlobalReg::IntrChannelLo, "INTR_CHANNEL_LO", 0x028, W1c, 0, !0),
+    g(GlobalReg::IntrChannelHi, "INTR_CHANNEL_HI", 0x02C, W1c, 0, !0),
+    g(GlobalReg::TimerLo, "TIMER_LO", 0x030, Ro, 0, !0),
+    g(GlobalReg::TimerHi, "TIMER_HI", 0x034, Ro, 0, !0),
+    g(GlobalReg::Reset, "RESET", 0x040, Wo, 0, 1),
+    g(GlobalReg::Status, "STATUS", 0x044, Ro, 0, 1),
+    g(GlobalReg::MmuInvalidate, "MMU_INVALIDATE", 0x080, Wo, 0, !0),
+    g(GlobalReg::MmuFaultInfo, "MMU_FAULT_INFO", 0x084, W1c, 0, 0x8000_0000),
+    g(GlobalReg::MmuFaultAddrLo, "MMU_FAULT_ADDR_LO", 0x088, Ro, 0, !0),
+    g(GlobalReg::MmuFaultAddrHi, "MMU_FAULT_ADDR_HI", 0x08C, Ro, 0, !0),
+    g(GlobalReg::RunlistBaseLo, "RUNLIST_BASE_LO", 0x090, Rw, 0, !7),
+    g(GlobalReg::RunlistBaseHi, "RUNLIST_BASE_HI", 0x094, Rw, 0, !0),
+    g(GlobalReg::RunlistSubmit, "RUNLIST_SUBMIT", 0x098, Wo, 0, 0xFF),
+    g(GlobalReg::RunlistInfo, "RUNLIST_INFO", 0x09C, Ro, 0, !0),
+    g(GlobalReg::Doorbell, "DOORBELL", 0x0A0, Wo, 0, 0xFF),
+];
+
+/// The per-channel register map.
+pub const CHANNEL_REGS: &[RegDesc<ChannelReg>] = &[
+    c(ChannelReg::InstLo, "CH_INST_LO", 0x00, Rw, 0, !0xFFF),
+    c(ChannelReg::InstHi, "CH_INST_HI", 0x04, Rw, 0, !0),
+    c(ChannelReg::Ctrl, "CH_CTRL", 0x08, Rw, 0, ChannelCtrl::ENABLE),
+    c(ChannelReg::Status, "CH_STATUS", 0x0C, Ro, 0, !0),
+    c(ChannelReg::GpGet, "CH_GP_GET", 0x10, Ro, 0, !0),
+    c(ChannelReg::GpPut, "CH_GP_PUT", 0x14, Ro, 0, !0),
+    c(ChannelReg::ErrorInfo, "CH_ERROR_INFO", 0x18, Ro, 0, !0),
+];
+
+/// Interrupt cause bits shared by `INTR_STATUS` and `INTR_ENABLE`.
+pub struct Intr;
+impl Intr {
+    /// A channel executed HOST `NON_STALL_INTERRUPT` or a semaphore release
+    /// with its interrupt flag.
+    pub const HOST: u32 = 1 << 0;
+    /// A channel stopped on a GPU-MMU fault (see `MMU_FAULT_*`).
+    pub const MMU_FAULT: u32 = 1 << 1;
+    /// A channel stopped on a non-MMU error (bad method, instance block...).
+    pub const CHANNEL_ERROR: u32 = 1 << 2;
+    /// All defined cause bits.
+    pub const ALL: u32 = 0x7;
+}
+
+bitfield! {
+    /// `CAPS`: what this vGPU and its backend can do.
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    pub struct Caps(u32);
+    impl Debug;
+    /// The backend runs guest-supplied PTX (COMPUTE `MODULE_LOAD`).
+    pub ptx, set_ptx: 0;
+    /// 2 MiB GMMU pages are supported (always 1 in ABI v1).
+    pub large_pages, set_large_pages: 1;
+    /// Number of MSI-X vectors.
+    pub u8, msix_vectors, set_msix_vectors: 15, 8;
+}
+
+/// Channel control (`CH_CTRL`) bits.
+pub struct ChannelCtrl;
+impl ChannelCtrl {
+    /// Channel enabled: it fetches GPFIFO entries when the doorbell rings.
+    pub const ENABLE: u32 = 1 << 0;
+    /// Write-1 action: stop the channel, drop its queued work, clear its
+    /// error and GP_GET. Always reads as 0.
+    pub const RESET: u32 = 1 << 1;
+}
+
+/// Channel states reported in `CH_STATUS[3:0]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ChannelState {
+    Disabled = 0,
+    Idle = 1,
+    Pending = 2,
+    Running = 3,
+    Blocked = 4,
+    Faulted = 5,
+}
+
+bitfield! {
+    /// `CH_STATUS`: the state of one channel.
+    #[derive(Clone, Copy, PartialEq, Eq, Default)]
+    pub struct ChannelStatus(u32);
+    impl Debug;
+    /// A [`ChannelState`].
+    pub u8, state, set_state: 3, 0;
+    /// An [`ErrorCode`] when the state is FAULTED, else 0.
+    pub u8, error, set_error: 15, 8;
+}
+
+bitfield! {
+    /// `MMU_FAULT_INFO`: the first unacknowledged GPU-MMU fault.
+    #[derive(Clone, Copy, PartialEq, Eq, Default)]
+    pub struct MmuFaultInfo(u32);
+    impl Debug;
+    /// An MMU [`ErrorCode`].
+    pub u8, code, set_code: 7, 0;
+    /// The faulting channel.
+    pub u8, channel, set_channel: 15, 8;
+    /// The faulting access was a write.
+    pub write, set_write: 16;
+    /// The record holds a fault; write 1 to clear it.
+    pub valid, set_valid: 31;
+}
+
+bitfield! {
+    /// `RUNLIST_INFO`: outcome of the last `RUNLIST_SUBMIT`.
+    #[derive(Clone, Copy, PartialEq, Eq, Default)]
+    pub struct RunlistInfo(u32);
+    impl Debug;
+    /// Entries accepted.
+    pub u8, entries, set_entries: 7, 0;
+    /// An [`ErrorCode`] when the submit was rejected.
+    pub u8, error, set_error: 15, 8;
+    /// The last submit was rejected; the previous runlist stays in force.
+    pub rejected, set_rejected: 31;
+}
+
+/// Fault and error codes (`CH_STATUS.ERROR`, `MMU_FAULT_INFO.CODE`, error
+/// notifier). Codes below 0x20 are GPU-MMU faults.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum ErrorCode {
+    PdeInvalid = 0x01,
+    PteInvalid = 0x02,
+    ReadOnly = 0x03,
+    VramRange = 0x04,
+    SysmemUnmapped = 0x05,
+    PageTableUnmapped = 0x06,
+    VaRange = 0x07,
+    MisalignedPage = 0x08,
+    InstanceInvalid = 0x20,
+    GpfifoEntryInvalid = 0x21,
+    MalformedHeader = 0x22,
+    PushbufferTruncated = 0x23,
+    InvalidSubchannel = 0x24,
+    InvalidClass = 0x25,
+    InvalidMethod = 0x26,
+    InvalidArgument = 0x27,
+    Unsupported = 0x28,
+    EngineError = 0x29,
+    RunlistInvalid = 0x2A,
+}
+
+impl ErrorCode {
+    /// GPU-MMU faults raise `INTR_STATUS.MMU_FAULT` and fill `MMU_FAULT_*`.
+    pub fn is_mmu_fault(self) -> bool {
+        (self as u8) < 0x20
+    }
+}
