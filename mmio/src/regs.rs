@@ -149,7 +149,7 @@ impl Intr {
 bitfield! {
     /// `CAPS`: what this vGPU and its backend can do.
     #[derive(Clone, Copy, PartialEq, Eq)]
-    pub struct Caps(u32);
+    pub struct Caps(pub u32);
     impl Debug;
     /// The backend runs guest-supplied PTX (COMPUTE `MODULE_LOAD`).
     pub ptx, set_ptx: 0;
@@ -184,7 +184,7 @@ pub enum ChannelState {
 bitfield! {
     /// `CH_STATUS`: the state of one channel.
     #[derive(Clone, Copy, PartialEq, Eq, Default)]
-    pub struct ChannelStatus(u32);
+    pub struct ChannelStatus(pub u32);
     impl Debug;
     /// A [`ChannelState`].
     pub u8, state, set_state: 3, 0;
@@ -195,7 +195,7 @@ bitfield! {
 bitfield! {
     /// `MMU_FAULT_INFO`: the first unacknowledged GPU-MMU fault.
     #[derive(Clone, Copy, PartialEq, Eq, Default)]
-    pub struct MmuFaultInfo(u32);
+    pub struct MmuFaultInfo(pub u32);
     impl Debug;
     /// An MMU [`ErrorCode`].
     pub u8, code, set_code: 7, 0;
@@ -210,7 +210,7 @@ bitfield! {
 bitfield! {
     /// `RUNLIST_INFO`: outcome of the last `RUNLIST_SUBMIT`.
     #[derive(Clone, Copy, PartialEq, Eq, Default)]
-    pub struct RunlistInfo(u32);
+    pub struct RunlistInfo(pub u32);
     impl Debug;
     /// Entries accepted.
     pub u8, entries, set_entries: 7, 0;

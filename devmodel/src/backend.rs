@@ -1,0 +1,75 @@
+//! The execution backend: the physical engine that runs audited work.
+//!
+//! The trait is shaped for an asynchronous GPU: [`EngineContext::submit`]
+//! returns at once, the backend may hold several items in flight (from
+//! different channels and vGPUs), and each item completes later through
+//! its callback with the execution time the backend measured. Each vGPU
+//! gets its own context, which owns that vGPU's VRAM.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::memory::{GuestRam, MemError};
+use crate::work::Op;
+
+/// An item of work for the engine.
+pub struct WorkItem {
+    pub op: Op,
+    /// The submitting vGPU's guest RAM, for system-memory extents. The
+    /// backend resolves guest addresses only while it executes the item.
+    pub mem: Arc<GuestRam>,
+}
+
+/// Why an item did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    #[error("guest memory: {0}")]
+    Memory(#[from] MemError),
+    #[error("VRAM range {offset:#x}+{len:#x} is outside the {size:#x}-byte framebuffer")]
+    VramRange { offset: u64, len: u64, size: u64 },
+    #[error("cancelled by a reset")]
+    Cancelled,
+    #[error("engine error: {0}")]
+    Engine(String),
+}
+
+/// The outcome of one item.
+#[derive(Debug)]
+pub struct Completion {
+    /// Time the item occupied the engine, as the backend measured it.
+    pub gpu_time: Duration,
+    pub result: Result<(), ExecError>,
+}
+
+/// Called exactly once per submitted item, from a backend thread, never
+/// from inside `submit`.
+pub type DoneFn = Box<dyn FnOnce(Completion) + Send>;
+
+/// Errors creating backend resources.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("cannot allocate {bytes} bytes of VRAM: {reason}")]
+    VramAlloc { bytes: u64, reason: String },
+}
+
+/// A physical engine shared by the vGPUs of one parent.
+pub trait Backend: Send + Sync {
+    /// Short name (`cpu`, `cuda`).
+    fn name(&self) -> &'static str;
+    /// Create a vGPU's context with `vram_bytes` of zeroed framebuffer.
+    fn create_context(&self, vram_bytes: u64) -> Result<Arc<dyn EngineContext>, BackendError>;
+}
+
+/// One vGPU's share of the engine: its VRAM and its work.
+pub trait EngineContext: Send + Sync {
+    /// Queue an item; `done` runs when it has finished or failed.
+    fn submit(&self, item: WorkItem, done: DoneFn);
+    /// Copy VRAM at `offset` into `buf` (HOST semaphores, parameter blocks).
+    fn read_vram(&self, offset: u64, buf: &mut [u8]) -> Result<(), ExecError>;
+    /// Copy `buf` into VRAM at `offset`.
+    fn write_vram(&self, offset: u64, buf: &[u8]) -> Result<(), ExecError>;
+    /// Abort this context's queued and running items as soon as possible
+    /// (their callbacks still run, with [`ExecError::Cancelled`] or a
+    /// result). Items submitted afterwards are not affected.
+    fn cancel(&self);
+}

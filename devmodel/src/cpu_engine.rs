@@ -1,0 +1,324 @@
+//! The reference cpu engine: executes copy and compute work on host threads.
+//!
+//! Each vGPU context owns an anonymous, lazily committed mapping as its
+//! VRAM. A pool of worker threads takes items in submission order; several
+//! items (from different channels or vGPUs) run at once, one per worker.
+//! Execution time is the wall time an item spent on its worker.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use vm_memory::{MmapRegion, VolatileMemory};
+
+use crate::backend::{Backend, BackendError, Completion, DoneFn, EngineContext, ExecError, WorkItem};
+use crate::gmmu::{Aperture, Extent};
+use crate::memory::{for_each_slice, Snapshot};
+use crate::work::Op;
+
+/// Bytes moved per step of a copy or memset.
+const CHUNK: usize = 256 * 1024;
+
+struct Job {
+    ctx: Arc<ContextState>,
+    item: WorkItem,
+    done: DoneFn,
+    epoch: u64,
+}
+
+#[derive(Default)]
+struct Queue {
+    jobs: VecDeque<Job>,
+    stopping: bool,
+}
+
+struct Pool {
+    queue: Mutex<Queue>,
+    ready: Condvar,
+}
+
+/// The cpu engine, with its worker threads.
+pub struct CpuEngine {
+    pool: Arc<Pool>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+impl CpuEngine {
+    /// An engine with `workers` threads (at least one).
+    pub fn new(workers: usize) -> Self {
+        let pool = Arc::new(Pool { queue: Mutex::new(Queue::default()), ready: Condvar::new() });
+        let workers = (0..workers.max(1))
+            .map(|i| {
+                let pool = pool.clone();
+                std::thread::Builder::new().name(format!("cpu-engine-{i}")).spawn(move || worker(pool)).expect("spawn cpu engine worker")
+            })
+            .collect();
+        CpuEngine { pool, workers }
+    }
+}
+
+impl Drop for CpuEngine {
+    fn drop(&mut self) {
+        self.pool.queue.lock().unwrap_or_else(|p| p.into_inner()).stopping = true;
+        self.pool.ready.notify_all();
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}
+
+impl Backend for CpuEngine {
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+    fn create_context(&self, vram_bytes: u64) -> Result<Arc<dyn EngineContext>, BackendError> {
+        let err = |reason: String| BackendError::VramAlloc { bytes: vram_bytes, reason };
+        let size = usize::try_from(vram_bytes).map_err(|e| err(e.to_string()))?;
+        let vram = if size == 0 { None } else { Some(MmapRegion::new(size).map_err(|e| err(e.to_string()))?) };
+        Ok(Arc::new(CpuContext { pool: self.pool.clone(), state: Arc::new(ContextState { vram, size: vram_bytes, epoch: AtomicU64::new(0) }) }))
+    }
+}
+
+fn worker(pool: Arc<Pool>) {
+    loop {
+        let job = {
+            let mut q = pool.queue.lock().unwrap_or_else(|p| p.into_inner());
+            loop {
+                if let Some(j) = q.jobs.pop_front() {
+                    break j;
+                }
+                if q.stopping {
+                    return;
+                }
+                q = pool.ready.wait(q).unwrap_or_else(|p| p.into_inner());
+            }
+        };
+        let start = Instant::now();
+        let result = if job.ctx.cancelled(job.epoch) { Err(ExecError::Cancelled) } else { job.ctx.execute(&job.item, job.epoch) };
+        (job.done)(Completion { gpu_time: start.elapsed(), result });
+    }
+}
+
+/// One vGPU's context on the cpu engine.
+pub struct CpuContext {
+    pool: Arc<Pool>,
+    state: Arc<ContextState>,
+}
+
+/// What a running job needs of its context: the VRAM and the cancel epoch.
+struct ContextState {
+    vram: Option<MmapRegion>,
+    size: u64,
+    epoch: AtomicU64,
+}
+
+impl EngineContext for CpuContext {
+    fn submit(&self, item: WorkItem, done: DoneFn) {
+        let ctx = self.state.clone();
+        let epoch = ctx.epoch.load(Ordering::Acquire);
+        self.pool.queue.lock().unwrap_or_else(|p| p.into_inner()).jobs.push_back(Job { ctx, item, done, epoch });
+        self.pool.ready.notify_one();
+    }
+    fn read_vram(&self, offset: u64, buf: &mut [u8]) -> Result<(), ExecError> {
+        self.state.vram_slice(offset, buf.len() as u64)?.copy_to(buf);
+        Ok(())
+    }
+    fn write_vram(&self, offset: u64, buf: &[u8]) -> Result<(), ExecError> {
+        self.state.vram_slice(offset, buf.len() as u64)?.copy_from(buf);
+        Ok(())
+    }
+    fn cancel(&self) {
+        self.state.epoch.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+impl ContextState {
+    fn cancelled(&self, epoch: u64) -> bool {
+        self.epoch.load(Ordering::Acquire) != epoch
+    }
+
+    fn vram_slice(&self, offset: u64, len: u64) -> Result<vm_memory::VolatileSlice<'_, ()>, ExecError> {
+        let bad = || ExecError::VramRange { offset, len, size: self.size };
+        match (&self.vram, offset.checked_add(len)) {
+            (Some(v), Some(end)) if end <= self.size => v.get_slice(offset as usize, len as usize).map_err(|_| bad()),
+            _ => Err(bad()),
+        }
+    }
+
+    fn execute(&self, item: &WorkItem, epoch: u64) -> Result<(), ExecError> {
+        let snap = item.mem.snapshot();
+        let io = Io { ctx: self, snap: &snap };
+        match &item.op {
+            Op::Copy { src, dst } => {
+                let mut buf = vec![0u8; CHUNK];
+                let (mut rs, mut ws) = (Cursor::new(src), Cursor::new(dst));
+                let mut remaining = src.iter().map(|e| e.len).sum::<u64>();
+                while remaining > 0 {
+                    let n = (remaining as usize).min(CHUNK);
+                    io.read(&mut rs, &mut buf[..n])?;
+                    io.write(&mut ws, &buf[..n])?;
+                    remaining -= n as u64;
+                }
+            }
+            Op::Memset { dst, pattern } => {
+                let total = dst.iter().map(|e| e.len).sum::<u64>();
+                let chunk: Vec<u8> = pattern.to_le_bytes().iter().copied().cycle().take(CHUNK.min(total as usize)).collect();
+                let mut ws = Cursor::new(dst);
+                let mut remaining = total;
+                while remaining > 0 {
+                    let n = (remaining as usize).min(chunk.len());
+                    io.write(&mut ws, &chunk[..n])?;
+                    remaining -= n as u64;
+                }
+            }
+            Op::Saxpy { x, y, n, a } => {
+                let xs = io.read_f32(x, *n as usize)?;
+                let mut ys = io.read_f32(y, *n as usize)?;
+                for (yv, xv) in ys.iter_mut().zip(&xs) {
+                    *yv = a.mul_add(*xv, *yv);
+                }
+                io.write_f32(y, &ys)?;
+            }
+            Op::Gemm { a, b, c, m, n, k, alpha, beta } => {
+                let (m, n, k) = (*m as usize, *n as usize, *k as usize);
+                let av = io.read_f32(a, m * k)?;
+                let bv = io.read_f32(b, k * n)?;
+                let mut cv = io.read_f32(c, m * n)?;
+                let mut acc = vec![0f32; n];
+                for i in 0..m {
+                    if self.cancelled(epoch) {
+                        return Err(ExecError::Cancelled);
+                    }
+                    acc.iter_mut().for_each(|v| *v = 0.0);
+                    for p in 0..k {
+                        let aip = av[i * k + p];
+                        for (j, accj) in acc.iter_mut().enumerate() {
+                            *accj = aip.mul_add(bv[p * n + j], *accj);
+                        }
+                    }
+                    for j in 0..n {
+                        let cij = &mut cv[i * n + j];
+                        *cij = alpha * acc[j] + if *beta == 0.0 { 0.0 } else { beta * *cij };
+                    }
+                }
+                io.write_f32(c, &cv)?;
+            }
+            Op::ReduceSum { src, dst, n } => {
+                let v = io.read_f32(src, *n as usize)?;
+                let sum: f64 = v.iter().map(|&x| x as f64).sum();
+                io.write_f32(dst, &[sum as f32])?;
+            }
+            Op::Spin { units, unit_ns, dst } => {
+                let total = Duration::from_nanos(*units as u64 * *unit_ns as u64);
+                let start = Instant::now();
+                loop {
+                    if self.cancelled(epoch) {
+                        return Err(ExecError::Cancelled);
+                    }
+                    let left = total.saturating_sub(start.elapsed());
+                    if left.is_zero() {
+                        break;
+                    }
+                    if left > Duration::from_micros(100) {
+                        std::thread::sleep((left - Duration::from_micros(50)).min(Duration::from_millis(1)));
+                    } else {
+                        std::hint::spin_loop();
+                    }
+                }
+                if let Some(d) = dst {
+                    let io = Io { ctx: self, snap: &item.mem.snapshot() };
+                    io.write(&mut Cursor::new(d), &units.to_le_bytes())?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A position inside a list of extents.
+struct Cursor<'a> {
+    ext: &'a [Extent],
+    idx: usize,
+    off: u64,
+}
+
+impl<'a> Cursor<'a> {
+    fn new(ext: &'a [Extent]) -> Self {
+        Cursor { ext, idx: 0, off: 0 }
+    }
+    /// The next piece of at most `max` bytes.
+    fn next(&mut self, max: u64) -> Option<Extent> {
+        while let Some(e) = self.ext.get(self.idx) {
+            if self.off < e.len {
+                let n = (e.len - self.off).min(max);
+                let piece = Extent { aperture: e.aperture, addr: e.addr + self.off, len: n };
+                self.off += n;
+                return Some(piece);
+            }
+            self.idx += 1;
+            self.off = 0;
+        }
+        None
+    }
+}
+
+/// Byte access to VRAM and guest memory for one item.
+struct Io<'a> {
+    ctx: &'a ContextState,
+    snap: &'a Snapshot,
+}
+
+impl Io<'_> {
+    fn read(&self, cur: &mut Cursor, mut out: &mut [u8]) -> Result<(), ExecError> {
+        while !out.is_empty() {
+            let p = cur.next(out.len() as u64).ok_or(ExecError::Engine("source shorter than destination".into()))?;
+            let (head, tail) = out.split_at_mut(p.len as usize);
+            match p.aperture {
+                Aperture::Vram => {
+                    self.ctx.vram_slice(p.addr, p.len)?.copy_to(head);
+                }
+                Aperture::Sysmem => {
+                    let mut at = 0;
+                    for_each_slice(self.snap, p.addr, p.len, false, |s| {
+                        at += s.copy_to(&mut head[at..]);
+                    })?;
+                }
+            }
+            out = tail;
+        }
+        Ok(())
+    }
+
+    fn write(&self, cur: &mut Cursor, mut data: &[u8]) -> Result<(), ExecError> {
+        while !data.is_empty() {
+            let p = cur.next(data.len() as u64).ok_or(ExecError::Engine("destination shorter than source".into()))?;
+            let (head, tail) = data.split_at(p.len as usize);
+            match p.aperture {
+                Aperture::Vram => self.ctx.vram_slice(p.addr, p.len)?.copy_from(head),
+                Aperture::Sysmem => {
+                    let mut at = 0;
+                    for_each_slice(self.snap, p.addr, p.len, true, |s| {
+                        let n = s.len();
+                        s.copy_from(&head[at..at + n]);
+                        at += n;
+                    })?;
+                }
+            }
+            data = tail;
+        }
+        Ok(())
+    }
+
+    fn read_f32(&self, ext: &[Extent], n: usize) -> Result<Vec<f32>, ExecError> {
+        let mut bytes = vec![0u8; n * 4];
+        self.read(&mut Cursor::new(ext), &mut bytes)?;
+        Ok(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+    }
+
+    fn write_f32(&self, ext: &[Extent], v: &[f32]) -> Result<(), ExecError> {
+        let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        self.write(&mut Cursor::new(ext), &bytes)
+    }
+}

@@ -1,0 +1,48 @@
+//! The vgpud device model: one virtual GPU, as a VM's driver sees it.
+//!
+//! A [`Vgpu`] is a PCI 3D controller whose registers (BAR0) are emulated,
+//! whose work comes from channels the guest builds in its own memory, and
+//! whose copy and compute operations execute on a [`backend::Backend`]
+//! (the [`cpu_engine::CpuEngine`] here; a CUDA backend later). The
+//! interface is specified normatively in `docs/abi.md`.
+//!
+//! Module map, after the hardware concepts:
+//! * [`memory`]: DMA-mapped guest RAM, pinned while mapped.
+//! * [`gmmu`]: the GPU page-table walk and its TLB.
+//! * [`channel`]: instance blocks, GPFIFO entries, USERD, channel state.
+//! * [`pushbuf`]: method headers and the audit of a pushbuffer segment.
+//! * [`classes`]: HOST, COPY and COMPUTE methods.
+//! * [`work`]: audited commands and engine operations.
+//! * [`backend`], [`cpu_engine`]: the engine trait and the reference engine.
+//! * [`vgpu`]: the device face and the channel front end.
+
+pub mod backend;
+pub mod channel;
+pub mod classes;
+pub mod cpu_engine;
+pub mod gmmu;
+pub mod memory;
+pub mod pushbuf;
+pub mod vgpu;
+pub mod work;
+
+pub use backend::{Backend, EngineContext};
+pub use cpu_engine::CpuEngine;
+pub use vgpu::{Vgpu, VgpuConfig, VgpuStats};
+
+/// Errors returned through the device face.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    #[error(transparent)]
+    Mmio(#[from] mmio::MmioError),
+    #[error("region {0} does not exist")]
+    NoSuchRegion(u32),
+    #[error(transparent)]
+    Memory(#[from] memory::MemError),
+    #[error("irq index {index} vectors {start}+{count} do not exist")]
+    BadIrq { index: u32, start: u32, count: u32 },
+    #[error(transparent)]
+    Backend(#[from] backend::BackendError),
+    #[error("cannot start the vGPU front end: {0}")]
+    Thread(String),
+}

@@ -1,0 +1,376 @@
+//! Pushbuffer segments: method headers, method dispatch and the audit.
+//!
+//! A GPFIFO entry points at a segment of 32-bit words. Each method header
+//! (NVIDIA Fermi-style) names an opcode, a subchannel, a method address and
+//! a count:
+//!
+//! ```text
+//!  31   29 28          16 15   13 12            0
+//! [opcode ][ count / imm ][ subch ][ method >> 2  ]
+//! ```
+//! * `1` INCR: `count` data words to method, method+4, …
+//! * `3` NONINCR: `count` data words all to method
+//! * `4` IMMD: one write of the 13-bit immediate `count` field, no data words
+//! * `5` ONE_INC: the first data word to method, the rest to method+4
+//! * `7` END_SEGMENT: the rest of the segment is ignored
+//! * `0`, `2`, `6`: malformed
+//!
+//! The whole segment is decoded and every address it names is translated
+//! and checked *before* any of it executes: a bad segment faults its channel
+//! with nothing of it done.
+
+use bitfield::bitfield;
+use mmio::regs::ErrorCode;
+
+use crate::classes::{self, compute, copy, host, set_hi, set_lo, Class, MethodState};
+use crate::gmmu::{Extent, Fault};
+use crate::work::{AcquireCond, Command, Op, MAX_COMMAND_BYTES, MAX_GEMM_DIM, MAX_PARAMS, MAX_SPIN_NS};
+
+bitfield! {
+    /// A pushbuffer method header.
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    pub struct MethodHeader(pub u32);
+    impl Debug;
+    pub method_dw, set_method_dw: 12, 0;
+    pub u8, subchannel, set_subchannel: 15, 13;
+    pub count, set_count: 28, 16;
+    pub u8, opcode, set_opcode: 31, 29;
+}
+
+pub const OP_INCR: u8 = 1;
+pub const OP_NONINCR: u8 = 3;
+pub const OP_IMMD: u8 = 4;
+pub const OP_ONE_INC: u8 = 5;
+pub const OP_END_SEGMENT: u8 = 7;
+
+impl MethodHeader {
+    /// Build a header (for drivers and tests).
+    pub fn new(opcode: u8, subchannel: u8, method: u32, count: u32) -> u32 {
+        let mut h = MethodHeader(0);
+        h.set_opcode(opcode);
+        h.set_subchannel(subchannel);
+        h.set_method_dw(method >> 2);
+        h.set_count(count);
+        h.0
+    }
+}
+
+/// Why a segment was rejected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SegmentError {
+    pub code: ErrorCode,
+    /// Index of the offending word in the segment.
+    pub word: u32,
+    /// The MMU fault, for MMU error codes.
+    pub fault: Option<Fault>,
+}
+
+/// The channel's view of its GPU address space, used by the audit.
+pub trait AddressSpace {
+    /// Translate and check `va..va+len` for a read or a write.
+    fn translate(&mut self, va: u64, len: u64, write: bool) -> Result<Vec<Extent>, Fault>;
+    /// Read `len` bytes at `va` (parameter blocks).
+    fn read(&mut self, va: u64, len: u32) -> Result<Vec<u8>, Fault>;
+}
+
+/// Decode and audit one segment, updating the channel's method state.
+pub fn parse_segment(words: &[u32], state: &mut MethodState, space: &mut dyn AddressSpace) -> Result<Vec<Command>, SegmentError> {
+    let mut out = Vec::new();
+    let mut i = 0usize;
+    while i < words.len() {
+        let at = i as u32;
+        let h = MethodHeader(words[i]);
+        i += 1;
+        let err = |code| SegmentError { code, word: at, fault: None };
+        let (method, sub) = (h.method_dw() << 2, h.subchannel());
+        let count = h.count() as usize;
+        match h.opcode() {
+            OP_IMMD => method_write(state, space, sub, method, h.count(), &mut out).map_err(|e| e.at(at))?,
+            OP_INCR | OP_NONINCR | OP_ONE_INC => {
+                if words.len() - i < count {
+                    return Err(err(ErrorCode::PushbufferTruncated));
+                }
+                for k in 0..count {
+                    let m = match h.opcode() {
+                        OP_INCR => method + 4 * k as u32,
+                        OP_NONINCR => method,
+                        _ => method + if k == 0 { 0 } else { 4 },
+                    };
+                    method_write(state, space, sub, m, words[i + k], &mut out).map_err(|e| e.at((i + k) as u32))?;
+                }
+                i += count;
+            }
+            OP_END_SEGMENT => break,
+            _ => return Err(err(ErrorCode::MalformedHeader)),
+        }
+    }
+    Ok(out)
+}
+
+/// An error inside one method, before its word index is known.
+struct MethodError {
+    code: ErrorCode,
+    fault: Option<Fault>,
+}
+impl MethodError {
+    fn at(self, word: u32) -> SegmentError {
+        SegmentError { code: self.code, word, fault: self.fault }
+    }
+}
+impl From<Fault> for MethodError {
+    fn from(f: Fault) -> Self {
+        MethodError { code: f.code, fault: Some(f) }
+    }
+}
+fn fail(code: ErrorCode) -> MethodError {
+    MethodError { code, fault: None }
+}
+
+fn method_write(
+    st: &mut MethodState,
+    space: &mut dyn AddressSpace,
+    sub: u8,
+    method: u32,
+    data: u32,
+    out: &mut Vec<Command>,
+) -> Result<(), MethodError> {
+    if method < 0x100 {
+        return host_method(st, space, sub, method, data, out);
+    }
+    match st.subchannels[sub as usize & 7] {
+        None => Err(fail(ErrorCode::InvalidSubchannel)),
+        Some(Class::Copy) => copy_method(st, space, method, data, out),
+        Some(Class::Compute) => compute_method(st, space, method, data, out),
+    }
+}
+
+fn host_method(st: &mut MethodState, space: &mut dyn AddressSpace, sub: u8, method: u32, data: u32, out: &mut Vec<Command>) -> Result<(), MethodError> {
+    let h = &mut st.host;
+    match method {
+        host::SET_OBJECT => {
+            let class = Class::from_id(data).ok_or(fail(ErrorCode::InvalidClass))?;
+            st.subchannels[sub as usize & 7] = Some(class);
+        }
+        host::NOP | host::WFI => {}
+        host::SEM_ADDR_LO => set_lo(&mut h.sem_addr, data),
+        host::SEM_ADDR_HI => set_hi(&mut h.sem_addr, data),
+        host::SEM_PAYLOAD_LO => set_lo(&mut h.payload, data),
+        host::SEM_PAYLOAD_HI => set_hi(&mut h.payload, data),
+        host::SEM_EXECUTE => {
+            if data & !host::SEM_VALID_BITS != 0 {
+                return Err(fail(ErrorCode::InvalidArgument));
+            }
+            let wide = data & host::SEM_PAYLOAD_64 != 0;
+            let op = data & 7;
+            let size: u8 = match (op, data & host::SEM_TIMESTAMP != 0) {
+                (host::SEM_OP_RELEASE, true) => 16,
+                (host::SEM_OP_RELEASE | host::SEM_OP_ACQUIRE_EQ | host::SEM_OP_ACQUIRE_GEQ, false) => if wide { 8 } else { 4 },
+                _ => return Err(fail(ErrorCode::InvalidArgument)),
+            };
+            if h.sem_addr % size as u64 != 0 {
+                return Err(fail(ErrorCode::InvalidArgument));
+            }
+            let payload = if wide || size == 16 { h.payload } else { h.payload & 0xFFFF_FFFF };
+            if op == host::SEM_OP_RELEASE {
+                let target = space.translate(h.sem_addr, size as u64, true)?;
+                out.push(Command::SemRelease { target, payload, size, interrupt: data & host::SEM_INTERRUPT != 0 });
+            } else {
+                if data & (host::SEM_TIMESTAMP | host::SEM_INTERRUPT) != 0 {
+                    return Err(fail(ErrorCode::InvalidArgument));
+                }
+                let target = space.translate(h.sem_addr, size as u64, false)?;
+                let cond = if op == host::SEM_OP_ACQUIRE_EQ { AcquireCond::Equal } else { AcquireCond::GreaterOrEqual };
+                out.push(Command::SemAcquire { target, payload, wide, cond });
+            }
+        }
+        host::NON_STALL_INTERRUPT => out.push(Command::Interrupt),
+        _ => return Err(fail(ErrorCode::InvalidMethod)),
+    }
+    Ok(())
+}
+
+fn copy_method(st: &mut MethodState, space: &mut dyn AddressSpace, method: u32, data: u32, out: &mut Vec<Command>) -> Result<(), MethodError> {
+    let c = &mut st.copy;
+    match method {
+        copy::SRC_LO => set_lo(&mut c.src, data),
+        copy::SRC_HI => set_hi(&mut c.src, data),
+        copy::DST_LO => set_lo(&mut c.dst, data),
+        copy::DST_HI => set_hi(&mut c.dst, data),
+        copy::SRC_PITCH => c.src_pitch = data,
+        copy::DST_PITCH => c.dst_pitch = data,
+        copy::LINE_BYTES => c.line_bytes = data,
+        copy::LINE_COUNT => c.line_count = data,
+        copy::MEMSET_PATTERN => c.pattern = data,
+        copy::LAUNCH => {
+            if data & !3 != 0 {
+                return Err(fail(ErrorCode::InvalidArgument));
+            }
+            let op = data & 3;
+            let two_d = op == copy::OP_COPY_2D || op == copy::OP_MEMSET_2D;
+            let lines = if two_d { c.line_count as u64 } else { 1 };
+            let width = c.line_bytes as u64;
+            if width.checked_mul(lines).map_or(true, |t| t > MAX_COMMAND_BYTES) {
+                return Err(fail(ErrorCode::InvalidArgument));
+            }
+            let memset = op >= copy::OP_MEMSET_1D;
+            if memset && (width % 4 != 0 || c.dst % 4 != 0) {
+                return Err(fail(ErrorCode::InvalidArgument));
+            }
+            let c = *c;
+            let gather = |space: &mut dyn AddressSpace, base: u64, pitch: u32, write: bool| -> Result<Vec<Extent>, MethodError> {
+                let mut all: Vec<Extent> = Vec::new();
+                for l in 0..lines {
+                    let va = base.checked_add(l * pitch as u64).ok_or(fail(ErrorCode::InvalidArgument))?;
+                    for e in space.translate(va, width, write)? {
+                        match all.last_mut() {
+                            Some(p) if p.aperture == e.aperture && p.addr + p.len == e.addr => p.len += e.len,
+                            _ => all.push(e),
+                        }
+                    }
+                }
+                Ok(all)
+            };
+            let dst = gather(space, c.dst, c.dst_pitch, true)?;
+            if memset {
+                out.push(Command::Engine(Op::Memset { dst, pattern: c.pattern }));
+            } else {
+                let src = gather(space, c.src, c.src_pitch, false)?;
+                out.push(Command::Engine(Op::Copy { src, dst }));
+            }
+        }
+        _ => return Err(fail(ErrorCode::InvalidMethod)),
+    }
+    Ok(())
+}
+
+fn compute_method(st: &mut MethodState, space: &mut dyn AddressSpace, method: u32, data: u32, out: &mut Vec<Command>) -> Result<(), MethodError> {
+    let c = &mut st.compute;
+    match method {
+        compute::PROGRAM => c.program = data,
+        compute::PARAMS_LO => set_lo(&mut c.params, data),
+        compute::PARAMS_HI => set_hi(&mut c.params, data),
+        compute::PARAMS_SIZE => c.params_size = data,
+        compute::GRID_X..=compute::BLOCK_Z => {
+            let i = ((method - compute::GRID_X) / 4) as usize;
+            if i < 3 {
+                c.grid[i] = data
+            } else {
+                c.block[i - 3] = data
+            }
+        }
+        compute::MODULE_LO => set_lo(&mut c.module, data),
+        compute::MODULE_HI => set_hi(&mut c.module, data),
+        compute::MODULE_SIZE => c.module_size = data,
+        compute::FUNC_NAME_LO => set_lo(&mut c.func_name, data),
+        compute::FUNC_NAME_HI => set_hi(&mut c.func_name, data),
+        compute::FUNC_NAME_SIZE => c.func_name_size = data,
+        // No backend of this build runs PTX (CAPS.PTX = 0): loading a module
+        // stops the channel with UNSUPPORTED, as the ABI prescribes.
+        compute::MODULE_LOAD => return Err(fail(ErrorCode::Unsupported)),
+        compute::LAUNCH => {
+            let c = *c;
+            let op = builtin(space, &c)?;
+            out.push(Command::Engine(op));
+        }
+        _ => return Err(fail(ErrorCode::InvalidMethod)),
+    }
+    Ok(())
+}
+
+/// Little-endian fields of a parameter block.
+struct Params<'a>(&'a [u8]);
+impl Params<'_> {
+    fn u32(&self, off: usize) -> u32 {
+        let mut b = [0; 4];
+        b.copy_from_slice(&self.0[off..off + 4]);
+        u32::from_le_bytes(b)
+    }
+    fn u64(&self, off: usize) -> u64 {
+        self.u32(off) as u64 | (self.u32(off + 4) as u64) << 32
+    }
+    fn f32(&self, off: usize) -> f32 {
+        f32::from_bits(self.u32(off))
+    }
+}
+
+/// Size of each built-in program's parameter block.
+pub fn params_size(program: u32) -> Option<u32> {
+    Some(match program {
+        compute::PROG_FILL => 16,
+        compute::PROG_SAXPY => 24,
+        compute::PROG_GEMM_F32 => 48,
+        compute::PROG_REDUCE_SUM => 24,
+        compute::PROG_SPIN => 16,
+        _ => return None,
+    })
+}
+
+fn builtin(space: &mut dyn AddressSpace, c: &classes::ComputeState) -> Result<Op, MethodError> {
+    let need = match params_size(c.program) {
+        Some(n) => n,
+        None if c.program & compute::PROG_PTX != 0 => return Err(fail(ErrorCode::Unsupported)),
+        None => return Err(fail(ErrorCode::InvalidArgument)),
+    };
+    if c.params_size < need || c.params_size > MAX_PARAMS {
+        return Err(fail(ErrorCode::InvalidArgument));
+    }
+    let raw = space.read(c.params, need)?;
+    let p = Params(&raw);
+    let f32s = |space: &mut dyn AddressSpace, va: u64, n: u64, write: bool| -> Result<Vec<Extent>, MethodError> {
+        if va % 4 != 0 {
+            return Err(fail(ErrorCode::InvalidArgument));
+        }
+        Ok(space.translate(va, n * 4, write)?)
+    };
+    Ok(match c.program {
+        compute::PROG_FILL => {
+            let (dst, count, value) = (p.u64(0), p.u32(8), p.u32(12));
+            if count as u64 * 4 > MAX_COMMAND_BYTES {
+                return Err(fail(ErrorCode::InvalidArgument));
+            }
+            Op::Memset { dst: f32s(space, dst, count as u64, true)?, pattern: value }
+        }
+        compute::PROG_SAXPY => {
+            let (x, y, n, a) = (p.u64(0), p.u64(8), p.u32(16), p.f32(20));
+            if n as u64 * 4 > MAX_COMMAND_BYTES {
+                return Err(fail(ErrorCode::InvalidArgument));
+            }
+            Op::Saxpy { x: f32s(space, x, n as u64, false)?, y: f32s(space, y, n as u64, true)?, n, a }
+        }
+        compute::PROG_GEMM_F32 => {
+            let (a, b, cc) = (p.u64(0), p.u64(8), p.u64(16));
+            let (m, n, k) = (p.u32(24), p.u32(28), p.u32(32));
+            let (alpha, beta) = (p.f32(36), p.f32(40));
+            if m > MAX_GEMM_DIM || n > MAX_GEMM_DIM || k > MAX_GEMM_DIM {
+                return Err(fail(ErrorCode::InvalidArgument));
+            }
+            let (m64, n64, k64) = (m as u64, n as u64, k as u64);
+            Op::Gemm {
+                a: f32s(space, a, m64 * k64, false)?,
+                b: f32s(space, b, k64 * n64, false)?,
+                c: f32s(space, cc, m64 * n64, true)?,
+                m,
+                n,
+                k,
+                alpha,
+                beta,
+            }
+        }
+        compute::PROG_REDUCE_SUM => {
+            let (src, dst, n) = (p.u64(0), p.u64(8), p.u32(16));
+            if n as u64 * 4 > MAX_COMMAND_BYTES {
+                return Err(fail(ErrorCode::InvalidArgument));
+            }
+            Op::ReduceSum { src: f32s(space, src, n as u64, false)?, dst: f32s(space, dst, 1, true)?, n }
+        }
+        compute::PROG_SPIN => {
+            let (dst, units, unit_ns) = (p.u64(0), p.u32(8), p.u32(12));
+            if units as u64 * unit_ns as u64 > MAX_SPIN_NS {
+                return Err(fail(ErrorCode::InvalidArgument));
+            }
+            let dst = if dst == 0 { None } else { Some(f32s(space, dst, 1, true)?) };
+            Op::Spin { units, unit_ns, dst }
+        }
+        _ => return Err(fail(ErrorCode::InvalidArgument)),
+    })
+}

@@ -1,0 +1,575 @@
+//! The vGPU driven through its face with guest RAM in a memfd: results are
+//! read back from guest memory.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use devmodel::classes::{compute, host};
+use devmodel::pushbuf::MethodHeader;
+use mmio::bar::{REGION_BAR0, REGION_CONFIG};
+use mmio::regs::{ErrorCode, ID_MAGIC};
+
+fn lcg(seed: &mut u64) -> f32 {
+    *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    ((*seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+}
+
+#[test]
+fn identity_registers_and_bar_sizing() {
+    let e = engine();
+    let g = Guest::new(&e, 4, 16, 4);
+    assert_eq!(g.reg(ID), ID_MAGIC);
+    assert_eq!(g.reg(0x004), 0x0001_0000);
+    assert_eq!(g.reg(0x00C), 4);
+    assert_eq!(g.reg(0x010), 16 << 20);
+    assert_eq!(g.reg(0x014), 0);
+    assert_eq!(g.cfg32(0) & 0xFFFF, 0x7667);
+    assert_eq!(g.cfg32(8) >> 8, 0x030200);
+    for bar in 0..6u64 {
+        g.vgpu.region_write(REGION_CONFIG, 0x10 + 4 * bar, &[0xFF; 4]).unwrap();
+    }
+    assert_eq!(g.cfg32(0x10), 0xFFFF_0000);
+    assert_eq!(g.cfg32(0x14), 0);
+    assert_eq!(g.cfg32(0x18), 0xFFFF_F000);
+    // Holes read zero and ignore writes; bad widths are errors.
+    g.set_reg(0x0FC, 0xDEAD_BEEF);
+    assert_eq!(g.reg(0x0FC), 0);
+    assert!(g.vgpu.region_read(REGION_BAR0, 0x21, &mut [0u8; 4]).is_err());
+    assert!(g.vgpu.region_read(REGION_BAR0, 0x1_0000, &mut [0u8; 4]).is_err());
+    assert!(g.vgpu.region_write(REGION_BAR0, 0x20, &[1, 2]).is_err());
+    assert!(g.vgpu.region_read(5, 0, &mut [0u8; 4]).is_err());
+    assert_eq!(g.vgpu.stats().bad_accesses, 3);
+    // The timer moves forward.
+    let t0 = g.reg(TIMER_LO);
+    std::thread::sleep(Duration::from_millis(2));
+    assert!(g.reg(TIMER_LO).wrapping_sub(t0) >= 2_000_000);
+}
+
+#[test]
+fn saxpy_fill_and_reduce_in_system_memory() {
+    let e = engine();
+    let mut g = Guest::new(&e, 16, 16, 2);
+    let mut ch = g.channel(0, 16);
+    let n = 10_000u32;
+    let mut seed = 7;
+    let x: Vec<f32> = (0..n).map(|_| lcg(&mut seed)).collect();
+    let y: Vec<f32> = (0..n).map(|_| lcg(&mut seed)).collect();
+    let (xg, xv) = g.sys_buf(n as u64 * 4);
+    let (yg, yv) = g.sys_buf(n as u64 * 4);
+    let (fg, fv) = g.sys_buf(n as u64 * 4);
+    let (sg, sv) = g.sys_buf(4);
+    g.wf32(xg, &x);
+    g.wf32(yg, &y);
+    let (p1, s1) = g.params(Params::default().u64(xv).u64(yv).u32(n).f32(2.5));
+    let (p2, s2) = g.params(Params::default().u64(fv).u32(n).u32(1.25f32.to_bits()));
+    let (p3, s3) = g.params(Params::default().u64(xv).u64(sv).u32(n).u32(0));
+    let pb = Pb::new().bind().launch(compute::PROG_SAXPY, p1, s1).launch(compute::PROG_FILL, p2, s2).launch(compute::PROG_REDUCE_SUM, p3, s3);
+    g.submit(&mut ch, &pb.0);
+    assert_eq!(g.wait(&ch), STATE_IDLE);
+    let got = g.rf32(yg, n as usize);
+    for i in 0..n as usize {
+        assert_eq!(got[i], 2.5f32.mul_add(x[i], y[i]), "saxpy element {i}");
+    }
+    assert!(g.rf32(fg, n as usize).iter().all(|&v| v == 1.25));
+    let want: f64 = x.iter().map(|&v| v as f64).sum();
+    let sum = g.rf32(sg, 1)[0] as f64;
+    assert!((sum - want).abs() < 1e-3, "reduce_sum {sum} vs {want}");
+    assert_eq!(g.chreg(0, CH_GP_GET), 1);
+    assert_eq!(g.r32(ch.userd_gpa + 4), 1, "USERD GP_GET follows");
+    assert_eq!(g.vgpu.stats().commands, 3);
+}
+
+#[test]
+fn gemm_in_vram_against_reference() {
+    let e = engine();
+    let mut g = Guest::new(&e, 16, 16, 1);
+    let mut ch = g.channel(0, 8);
+    let (m, n, k) = (37u32, 29u32, 41u32);
+    let mut seed = 99;
+    let a: Vec<f32> = (0..m * k).map(|_| lcg(&mut seed)).collect();
+    let b: Vec<f32> = (0..k * n).map(|_| lcg(&mut seed)).collect();
+    let c: Vec<f32> = (0..m * n).map(|_| lcg(&mut seed)).collect();
+    let (alpha, beta) = (1.5f32, -0.5f32);
+    let (ag, av) = g.sys_buf(a.len() as u64 * 4);
+    let (bg, bv) = g.sys_buf(b.len() as u64 * 4);
+    let (cg, cv) = g.sys_buf(c.len() as u64 * 4);
+    g.wf32(ag, &a);
+    g.wf32(bg, &b);
+    g.wf32(cg, &c);
+    let (_, va_a) = g.vram_buf(a.len() as u64 * 4);
+    let (_, va_b) = g.vram_buf(b.len() as u64 * 4);
+    let (_, va_c) = g.vram_buf(c.len() as u64 * 4);
+    let (p, s) = g.params(Params::default().u64(va_a).u64(va_b).u64(va_c).u32(m).u32(n).u32(k).f32(alpha).f32(beta).u32(0));
+    let pb = Pb::new()
+        .bind()
+        .copy(av, va_a, a.len() as u32 * 4)
+        .copy(bv, va_b, b.len() as u32 * 4)
+        .copy(cv, va_c, c.len() as u32 * 4)
+        .launch(compute::PROG_GEMM_F32, p, s)
+        .copy(va_c, cv, c.len() as u32 * 4);
+    g.submit(&mut ch, &pb.0);
+    assert_eq!(g.wait(&ch), STATE_IDLE);
+    let got = g.rf32(cg, c.len());
+    for i in 0..m as usize {
+        for j in 0..n as usize {
+            let dot: f64 = (0..k as usize).map(|p| a[i * k as usize + p] as f64 * b[p * n as usize + j] as f64).sum();
+            let want = alpha as f64 * dot + beta as f64 * c[i * n as usize + j] as f64;
+            let gotv = got[i * n as usize + j] as f64;
+            assert!((gotv - want).abs() < 1e-4, "C[{i}][{j}] = {gotv}, want {want}");
+        }
+    }
+}
+
+#[test]
+fn copies_in_every_aperture_mix_1d_and_2d() {
+    let e = engine();
+    let mut g = Guest::new(&e, 16, 16, 1);
+    let mut ch = g.channel(0, 64);
+    let len = 3 * 4096 + 123; // crosses pages
+    let pattern: Vec<u8> = (0..len).map(|i| (i * 7 + 3) as u8).collect();
+    let (src_g, src_v) = g.sys_buf(len as u64);
+    g.w(src_g, &pattern);
+    let (_, vram_a) = g.vram_buf(len as u64);
+    let (_, vram_b) = g.vram_buf(len as u64);
+    let (sys_b_g, sys_b_v) = g.sys_buf(len as u64);
+    let (out_g, out_v) = g.sys_buf(len as u64);
+    // sys->vram, vram->vram, vram->sys, sys->sys
+    let pb = Pb::new().bind().copy(src_v, vram_a, len).copy(vram_a, vram_b, len).copy(vram_b, sys_b_v, len).copy(sys_b_v, out_v, len);
+    g.submit(&mut ch, &pb.0);
+    assert_eq!(g.wait(&ch), STATE_IDLE);
+    assert_eq!(g.r(sys_b_g, len as usize), pattern, "after sys->vram->vram->sys");
+    assert_eq!(g.r(out_g, len as usize), pattern, "after sys->sys");
+
+    // 2D: a 40x30 window out of a 100-byte-pitch image, through VRAM.
+    let (w, h, sp, dp) = (40u32, 30u32, 100u32, 64u32);
+    let img: Vec<u8> = (0..sp * h).map(|i| (i % 251) as u8).collect();
+    let (img_g, img_v) = g.sys_buf(img.len() as u64);
+    g.w(img_g, &img);
+    let (_, v2d) = g.vram_buf((dp * h) as u64);
+    let (o2_g, o2_v) = g.sys_buf((sp * h) as u64);
+    let pb = Pb::new().copy2d(img_v + 5, sp, v2d, dp, w, h).copy2d(v2d, dp, o2_v, sp, w, h);
+    g.submit(&mut ch, &pb.0);
+    assert_eq!(g.wait(&ch), STATE_IDLE);
+    let out = g.r(o2_g, (sp * h) as usize);
+    for y in 0..h as usize {
+        for x in 0..sp as usize {
+            let want = if x < w as usize { img[y * sp as usize + x + 5] } else { 0 };
+            assert_eq!(out[y * sp as usize + x], want, "pixel ({x},{y})");
+        }
+    }
+    // memset to VRAM and back.
+    let (_, mv) = g.vram_buf(8192);
+    let (mg, mvs) = g.sys_buf(8192);
+    let pb = Pb::new().memset(mv, 8192, 0xA5A5_5A5A).copy(mv, mvs, 8192);
+    g.submit(&mut ch, &pb.0);
+    assert_eq!(g.wait(&ch), STATE_IDLE);
+    assert!(g.r(mg, 8192).chunks(4).all(|c| c == [0x5A, 0x5A, 0xA5, 0xA5]));
+}
+
+#[test]
+fn large_pages_map_vram_and_sysmem() {
+    let e = engine();
+    let mut g = Guest::new(&e, 16, 16, 1);
+    let mut ch = g.channel(0, 8);
+    let sys2m = (g.alloc_sys(4 << 20) + (2 << 20) - 1) & !((2 << 20) - 1);
+    g.map_large(0x20_0000_0000, sys2m, true);
+    g.map_large(0x20_0020_0000, 2 << 20, false);
+    let data: Vec<u8> = (0..5000).map(|i| (i % 199) as u8).collect();
+    g.w(sys2m + 0x1234, &data);
+    let (out_g, out_v) = g.sys_buf(5000);
+    let pb = Pb::new().bind().copy(0x20_0000_1234, 0x20_0020_0100, 5000).copy(0x20_0020_0100, out_v, 5000);
+    g.submit(&mut ch, &pb.0);
+    assert_eq!(g.wait(&ch), STATE_IDLE);
+    assert_eq!(g.r(out_g, 5000), data);
+}
+
+#[test]
+fn semaphores_payloads_timestamps_and_interrupts() {
+    let e = engine();
+    let mut g = Guest::new(&e, 8, 8, 2);
+    let (irq_fd, irq) = eventfd();
+    g.vgpu.set_irqs(devmodel::vgpu::IRQ_INDEX_MSIX, 0, vec![Some(irq_fd)]).unwrap();
+    g.set_reg(INTR_ENABLE, 0x7);
+    let mut ch = g.channel(1, 8);
+    let (sg, sv) = g.sys_buf(64);
+    let pb = Pb::new()
+        .sem(sv, 0x1234_5678_9ABC_DEF0, host::SEM_OP_RELEASE)
+        .sem(sv + 8, 0x1122_3344_5566_7788, host::SEM_OP_RELEASE | host::SEM_PAYLOAD_64)
+        .sem(sv + 16, 1, host::SEM_OP_RELEASE | host::SEM_TIMESTAMP)
+        .sem(sv + 32, 2, host::SEM_OP_RELEASE | host::SEM_TIMESTAMP | host::SEM_INTERRUPT);
+    g.submit(&mut ch, &pb.0);
+    assert_eq!(g.wait(&ch), STATE_IDLE);
+    assert_eq!(g.r32(sg), 0x9ABC_DEF0, "32-bit release writes the low payload");
+    assert_eq!(g.r32(sg + 4), 0, "and nothing more");
+    assert_eq!(g.r64(sg + 8), 0x1122_3344_5566_7788);
+    assert_eq!((g.r64(sg + 16), g.r64(sg + 32)), (1, 2));
+    let (t1, t2) = (g.r64(sg + 24), g.r64(sg + 40));
+    assert!(t1 > 0 && t2 >= t1, "timestamps increase: {t1} {t2}");
+    assert_eq!(irq.read().unwrap(), 1, "MSI-X eventfd fired once");
+    assert_eq!(g.reg(INTR_STATUS), 1, "HOST cause");
+    assert_eq!(g.reg(INTR_CHANNEL_LO), 1 << 1, "from channel 1");
+    g.set_reg(INTR_STATUS, 1);
+    g.set_reg(INTR_CHANNEL_LO, 1 << 1);
+    assert_eq!(g.reg(INTR_STATUS), 0, "write-1-to-clear");
+    // NON_STALL_INTERRUPT with the cause masked: status set, no MSI.
+    g.set_reg(INTR_ENABLE, 0);
+    g.submit(&mut ch, &Pb::new().incr(0, host::NON_STALL_INTERRUPT, &[0]).0);
+    assert_eq!(g.wait(&ch), STATE_IDLE);
+    assert_eq!(g.reg(INTR_STATUS), 1);
+    assert!(irq.read().is_err(), "masked cause does not signal");
+    // Enabling a pending cause signals at once.
+    g.set_reg(INTR_ENABLE, 1);
+    assert_eq!(irq.read().unwrap(), 1);
+}
+
+#[test]
+fn acquire_blocks_only_its_channel_until_released() {
+    let e = engine();
+    let mut g = Guest::new(&e, 8, 8, 2);
+    let mut a = g.channel(0, 8);
+    let mut b = g.channel(1, 8);
+    let (sg, sv) = g.sys_buf(64);
+    g.submit(&mut a, &Pb::new().sem(sv, 5, host::SEM_OP_ACQUIRE_GEQ).sem(sv + 8, 77, host::SEM_OP_RELEASE).0);
+    g.wait_state(0, STATE_BLOCKED);
+    // Channel 1 runs while channel 0 waits.
+    g.submit(&mut b, &Pb::new().sem(sv + 16, 9, host::SEM_OP_RELEASE).0);
+    assert_eq!(g.wait(&b), STATE_IDLE);
+    assert_eq!(g.r32(sg + 16), 9);
+    assert_eq!(g.r32(sg + 8), 0, "blocked channel did not run on");
+    // Channel 1 releases 4 (not enough), then the CPU writes 6.
+    g.submit(&mut b, &Pb::new().sem(sv, 4, host::SEM_OP_RELEASE).0);
+    assert_eq!(g.wait(&b), STATE_IDLE);
+    std::thread::sleep(Duration::from_millis(5));
+    assert_eq!(g.chreg(0, CH_STATUS) & 0xF, STATE_BLOCKED);
+    g.w32(sg, 6);
+    assert_eq!(g.wait(&a), STATE_IDLE);
+    assert_eq!(g.r32(sg + 8), 77);
+    // Equality acquire satisfied by another channel's release.
+    g.submit(&mut a, &Pb::new().sem(sv + 24, 3, host::SEM_OP_ACQUIRE_EQ).sem(sv + 32, 1, host::SEM_OP_RELEASE).0);
+    g.wait_state(0, STATE_BLOCKED);
+    g.submit(&mut b, &Pb::new().sem(sv + 24, 3, host::SEM_OP_RELEASE).0);
+    assert_eq!(g.wait(&a), STATE_IDLE);
+    assert_eq!(g.r32(sg + 32), 1);
+}
+
+#[test]
+fn gp_get_advances_per_entry_and_wraps() {
+    let e = engine();
+    let mut g = Guest::new(&e, 8, 8, 1);
+    let mut ch = g.channel(0, 4);
+    let (sg, sv) = g.sys_buf(64);
+    for i in 0..10u32 {
+        g.submit(&mut ch, &Pb::new().sem(sv, i as u64, host::SEM_OP_RELEASE).0);
+        assert_eq!(g.wait(&ch), STATE_IDLE);
+        assert_eq!(g.chreg(0, CH_GP_GET), (i + 1) % 4);
+        assert_eq!(g.r32(sg), i);
+    }
+}
+
+/// A fault scenario: a segment that must stop channel 0 with `code`.
+fn fault_case(code: ErrorCode, build: impl FnOnce(&mut Guest) -> Vec<u32>, mmu_va: Option<u64>) {
+    let e = engine();
+    let mut g = Guest::new(&e, 16, 4, 2);
+    let (irq_fd, irq) = eventfd();
+    g.vgpu.set_irqs(devmodel::vgpu::IRQ_INDEX_MSIX, 0, vec![Some(irq_fd)]).unwrap();
+    g.set_reg(INTR_ENABLE, 0x7);
+    let mut bad = g.channel(0, 8);
+    let mut good = g.channel(1, 8);
+    let (sg, sv) = g.sys_buf(64);
+    let words = build(&mut g);
+    g.submit(&mut bad, &words);
+    // A second channel works before, during and after the fault.
+    let n = 4096u32;
+    let (xg, xv) = g.sys_buf(n as u64 * 4);
+    g.wf32(xg, &vec![1.0; n as usize]);
+    let (p, s) = g.params(Params::default().u64(xv).u64(xv).u32(n).f32(1.0));
+    g.submit(&mut good, &Pb::new().bind().launch(compute::PROG_SAXPY, p, s).sem(sv, 42, host::SEM_OP_RELEASE).0);
+    assert_eq!(g.wait(&bad), STATE_FAULTED, "{code:?}: offending channel stops");
+    assert_eq!(g.wait(&good), STATE_IDLE, "{code:?}: other channel completes");
+    assert_eq!(g.r32(sg), 42);
+    assert!(g.rf32(xg, n as usize).iter().all(|&v| v == 2.0));
+    assert_eq!((g.chreg(0, CH_STATUS) >> 8) & 0xFF, code as u32, "error code in CH_STATUS");
+    assert_eq!(g.chreg(0, CH_GP_GET), 0, "faulting entry not retired");
+    // Error notifier.
+    assert_eq!(g.r32(bad.notifier_gpa + 8), code as u32);
+    assert!(g.r64(bad.notifier_gpa) > 0);
+    // Interrupt and its registers.
+    assert!(irq.read().unwrap() >= 1);
+    assert_ne!(g.reg(INTR_CHANNEL_LO) & 1, 0);
+    let info = g.reg(MMU_FAULT_INFO);
+    if let Some(va) = mmu_va {
+        assert_eq!(g.reg(INTR_STATUS) & 2, 2, "MMU_FAULT cause");
+        assert_eq!(info >> 31, 1, "fault record valid");
+        assert_eq!(info & 0xFF, code as u32);
+        assert_eq!((info >> 8) & 0xFF, 0, "channel 0");
+        let addr = g.reg(MMU_FAULT_ADDR_LO) as u64 | (g.reg(MMU_FAULT_ADDR_HI) as u64) << 32;
+        assert_eq!(addr, va, "{code:?}: fault address");
+        g.set_reg(MMU_FAULT_INFO, 1 << 31);
+        assert_eq!(g.reg(MMU_FAULT_INFO), 0, "record cleared");
+    } else {
+        assert_eq!(g.reg(INTR_STATUS) & 4, 4, "CHANNEL_ERROR cause");
+        assert_eq!(info, 0, "no MMU record for a method error");
+    }
+    // Recovery: reset the channel, enable it again, it works.
+    g.set_chreg(0, CH_CTRL, 2);
+    assert_eq!(g.chreg(0, CH_STATUS) & 0xFF, 0, "disabled, error cleared");
+    let mut again = g.channel(0, 8);
+    g.submit(&mut again, &Pb::new().sem(sv + 8, 5, host::SEM_OP_RELEASE).0);
+    assert_eq!(g.wait(&again), STATE_IDLE);
+    assert_eq!(g.r32(sg + 8), 5);
+}
+
+#[test]
+fn fault_invalid_pte() {
+    fault_case(ErrorCode::PteInvalid, |g| {
+        let (_, dst) = g.sys_buf(4096);
+        // 0x30_0000_1000 sits in a populated L0 table with no valid PTE.
+        let gpa = g.alloc_sys(4096);
+        g.map(0x30_0000_0000, gpa, 4096, true, false);
+        Pb::new().bind().copy(dst, 0x30_0000_1000, 64).0
+    }, Some(0x30_0000_1000));
+}
+
+#[test]
+fn fault_vram_past_framebuffer() {
+    fault_case(ErrorCode::VramRange, |g| {
+        // The framebuffer is 4 MiB; map a page at 4 MiB.
+        g.map(0x30_0000_0000, 4 << 20, 4096, false, false);
+        let (_, src) = g.sys_buf(64);
+        Pb::new().bind().copy(src, 0x30_0000_0000, 64).0
+    }, Some(0x30_0000_0000));
+}
+
+#[test]
+fn fault_gpa_outside_dma_maps() {
+    fault_case(ErrorCode::SysmemUnmapped, |g| {
+        g.map(0x30_0000_0000, 0x10_0000_0000, 4096, true, false);
+        let (_, dst) = g.sys_buf(64);
+        Pb::new().bind().copy(0x30_0000_0000 + 16, dst, 64).0
+    }, Some(0x30_0000_0010));
+}
+
+#[test]
+fn fault_write_through_read_only_pte() {
+    fault_case(ErrorCode::ReadOnly, |g| {
+        let gpa = g.alloc_sys(4096);
+        g.map(0x30_0000_0000, gpa, 4096, true, true);
+        Pb::new().sem(0x30_0000_0000, 1, host::SEM_OP_RELEASE).0
+    }, Some(0x30_0000_0000));
+}
+
+#[test]
+fn fault_malformed_method_header() {
+    fault_case(ErrorCode::MalformedHeader, |_| {
+        let mut w = Pb::new().incr(0, host::NOP, &[0]).0;
+        w.push(MethodHeader::new(6, 0, 0, 0));
+        w
+    }, None);
+}
+
+#[test]
+fn fault_method_count_past_segment_end() {
+    fault_case(ErrorCode::PushbufferTruncated, |_| {
+        let mut w = Pb::new().bind().0;
+        w.push(MethodHeader::new(1, 0, host::SEM_ADDR_LO, 5));
+        w.extend_from_slice(&[1, 2]);
+        w
+    }, None);
+}
+
+#[test]
+fn fault_gpfifo_entry_longer_than_its_segment() {
+    // The entry claims 2048 words but its pushbuffer page is the last one
+    // mapped: the fetch runs into an unmapped page and faults before any
+    // method of the segment executes.
+    let e = engine();
+    let mut g = Guest::new(&e, 8, 4, 2);
+    let mut bad = g.channel(0, 8);
+    let mut good = g.channel(1, 8);
+    let (sg, sv) = g.sys_buf(64);
+    let (pg, pv) = g.sys_buf(4096);
+    let seg = Pb::new().sem(sv, 1, host::SEM_OP_RELEASE).0;
+    let bytes: Vec<u8> = seg.iter().flat_map(|w| w.to_le_bytes()).collect();
+    g.w(pg, &bytes);
+    g.write_pte(pv + 4096, 0);
+    g.submit_entry(&mut bad, devmodel::channel::GpfifoEntry::new(pv, 2048));
+    g.submit(&mut good, &Pb::new().sem(sv + 8, 2, host::SEM_OP_RELEASE).0);
+    assert_eq!(g.wait(&bad), STATE_FAULTED);
+    assert_eq!(g.wait(&good), STATE_IDLE);
+    assert_eq!((g.chreg(0, CH_STATUS) >> 8) & 0xFF, ErrorCode::PteInvalid as u32);
+    let addr = g.reg(MMU_FAULT_ADDR_LO) as u64 | (g.reg(MMU_FAULT_ADDR_HI) as u64) << 32;
+    assert_eq!(addr, pv + 4096);
+    assert_eq!(g.r32(sg), 0, "nothing of the faulting segment ran");
+    assert_eq!(g.r32(sg + 8), 2);
+    // Reserved bits in an entry are a channel error too.
+    g.set_chreg(0, CH_CTRL, 2);
+    let mut again = g.channel(0, 8);
+    g.submit_entry(&mut again, devmodel::channel::GpfifoEntry::new(pv, 2) | 1 << 63);
+    assert_eq!(g.wait(&again), STATE_FAULTED);
+    assert_eq!((g.chreg(0, CH_STATUS) >> 8) & 0xFF, ErrorCode::GpfifoEntryInvalid as u32);
+}
+
+#[test]
+fn bad_instance_block_and_unbound_subchannel() {
+    let e = engine();
+    let mut g = Guest::new(&e, 8, 4, 2);
+    let inst = g.alloc_sys(4096);
+    g.w64(inst + 0x10, 3); // GPFIFO entries not a power of two
+    g.set_chreg(0, CH_INST_LO, inst as u32);
+    g.set_chreg(0, CH_INST_HI, (inst >> 32) as u32);
+    g.set_chreg(0, CH_CTRL, 1);
+    assert_eq!(g.chreg(0, CH_STATUS), STATE_FAULTED | (ErrorCode::InstanceInvalid as u32) << 8);
+    let mut ch = g.channel(1, 8);
+    g.submit(&mut ch, &Pb::new().incr(SUB_COPY, 0x124, &[0]).0);
+    assert_eq!(g.wait(&ch), STATE_FAULTED);
+    assert_eq!((g.chreg(1, CH_STATUS) >> 8) & 0xFF, ErrorCode::InvalidSubchannel as u32);
+    assert_eq!(g.chreg(1, CH_ERROR_INFO), 1, "offending word index");
+}
+
+#[test]
+fn tlb_keeps_translations_until_invalidated() {
+    let e = engine();
+    let mut g = Guest::new(&e, 8, 4, 1);
+    let mut ch = g.channel(0, 8);
+    let (ag, _) = g.sys_buf(4096);
+    let (bg, _) = g.sys_buf(4096);
+    let va = 0x30_0000_0000;
+    g.map(va, ag, 4096, true, false);
+    g.submit(&mut ch, &Pb::new().sem(va, 1, host::SEM_OP_RELEASE).0);
+    g.wait(&ch);
+    g.map(va, bg, 4096, true, false); // retarget the page
+    g.submit(&mut ch, &Pb::new().sem(va, 2, host::SEM_OP_RELEASE).0);
+    g.wait(&ch);
+    assert_eq!((g.r32(ag), g.r32(bg)), (2, 0), "stale translation used before invalidate");
+    g.set_reg(MMU_INVALIDATE, 1);
+    g.submit(&mut ch, &Pb::new().sem(va, 3, host::SEM_OP_RELEASE).0);
+    g.wait(&ch);
+    assert_eq!((g.r32(ag), g.r32(bg)), (2, 3));
+    let s = g.vgpu.stats();
+    assert!(s.tlb_hits > 0 && s.tlb_misses > 0);
+}
+
+#[test]
+fn runlist_selects_channels() {
+    let e = engine();
+    let mut g = Guest::new(&e, 8, 4, 4);
+    let mut c0 = g.channel(0, 8);
+    let mut c2 = g.channel(2, 8);
+    let (sg, sv) = g.sys_buf(64);
+    let rl = g.alloc_sys(64);
+    g.w(rl, &[2, 0, 0, 0, 0xE8, 3, 0, 0]); // channel 2, 1000 us
+    g.set_reg(RUNLIST_BASE_LO, rl as u32);
+    g.set_reg(RUNLIST_BASE_HI, (rl >> 32) as u32);
+    g.set_reg(RUNLIST_SUBMIT, 1);
+    assert_eq!(g.reg(RUNLIST_INFO), 1);
+    assert_eq!(g.vgpu.runlist().unwrap()[0].timeslice_us, 1000);
+    g.submit(&mut c0, &Pb::new().sem(sv, 1, host::SEM_OP_RELEASE).0);
+    g.submit(&mut c2, &Pb::new().sem(sv + 4, 1, host::SEM_OP_RELEASE).0);
+    assert_eq!(g.wait(&c2), STATE_IDLE);
+    std::thread::sleep(Duration::from_millis(5));
+    assert_eq!(g.r32(sg), 0, "channel 0 is not on the runlist");
+    // Duplicate entries are rejected and the old runlist stays.
+    g.w(rl, &[2, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0]);
+    g.set_reg(RUNLIST_SUBMIT, 2);
+    assert_eq!(g.reg(RUNLIST_INFO) >> 31, 1);
+    g.w(rl, &[2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    g.set_reg(RUNLIST_SUBMIT, 2);
+    assert_eq!(g.reg(RUNLIST_INFO), 2);
+    assert_eq!(g.wait(&c0), STATE_IDLE);
+    assert_eq!(g.r32(sg), 1);
+}
+
+#[test]
+fn reset_mid_work_drops_queued_work_and_restores_registers() {
+    let e = engine();
+    let mut g = Guest::new(&e, 8, 4, 2);
+    let mut ch = g.channel(0, 8);
+    let (sg, sv) = g.sys_buf(64);
+    let (p, s) = g.params(Params::default().u64(sv).u32(1000).u32(1_000_000)); // 1 s of spin
+    g.set_reg(INTR_ENABLE, 7);
+    g.submit(&mut ch, &Pb::new().bind().launch(compute::PROG_SPIN, p, s).sem(sv + 8, 1, host::SEM_OP_RELEASE).0);
+    std::thread::sleep(Duration::from_millis(30));
+    let t = Instant::now();
+    g.set_reg(RESET, 1);
+    assert!(t.elapsed() < Duration::from_millis(500), "reset waits only for a cancelled item: {:?}", t.elapsed());
+    assert_eq!(g.chreg(0, CH_STATUS), 0, "channel disabled");
+    assert_eq!(g.chreg(0, CH_INST_LO), 0);
+    assert_eq!(g.reg(INTR_ENABLE), 0);
+    assert_eq!(g.reg(ID), ID_MAGIC, "identity survives");
+    std::thread::sleep(Duration::from_millis(20));
+    assert_eq!((g.r32(sg), g.r32(sg + 8)), (0, 0), "dropped work never ran");
+    // The device works after reset; PCIe FLR through config space too.
+    let mut ch = g.channel(0, 8);
+    g.submit(&mut ch, &Pb::new().sem(sv + 8, 7, host::SEM_OP_RELEASE).0);
+    assert_eq!(g.wait(&ch), STATE_IDLE);
+    assert_eq!(g.r32(sg + 8), 7);
+    g.vgpu.region_write(REGION_CONFIG, 4, &[0x06, 0]).unwrap();
+    g.vgpu.region_write(REGION_CONFIG, 0x58, &[0, 0x80]).unwrap();
+    assert_eq!(g.cfg32(4) & 0xFFFF, 0, "FLR clears the command register");
+    assert_eq!(g.chreg(0, CH_STATUS), 0);
+    assert_eq!(g.vgpu.stats().resets, 2);
+}
+
+#[test]
+fn reset_of_one_vgpu_leaves_another_running() {
+    let e = engine();
+    let mut a = Guest::new(&e, 8, 4, 1);
+    let mut b = Guest::new(&e, 8, 4, 1);
+    let mut ca = a.channel(0, 8);
+    let mut cb = b.channel(0, 8);
+    let (ag, av) = a.sys_buf(64);
+    let (bg, bv) = b.sys_buf(64);
+    let (p, s) = b.params(Params::default().u64(bv).u32(100).u32(1_000_000)); // 100 ms
+    b.submit(&mut cb, &Pb::new().bind().launch(compute::PROG_SPIN, p, s).sem(bv + 8, 9, host::SEM_OP_RELEASE).0);
+    let (pa, sa) = a.params(Params::default().u64(av).u32(1000).u32(1_000_000));
+    a.submit(&mut ca, &Pb::new().bind().launch(compute::PROG_SPIN, pa, sa).0);
+    std::thread::sleep(Duration::from_millis(10));
+    a.vgpu.reset();
+    assert_eq!(b.wait(&cb), STATE_IDLE);
+    assert_eq!((b.r32(bg), b.r32(bg + 8)), (100, 9), "the other vGPU's work completed");
+    assert_eq!(a.r32(ag), 0);
+}
+
+#[test]
+fn unmap_waits_for_the_copy_in_flight() {
+    let e = engine();
+    let mut g = Guest::new(&e, 4, 4, 1);
+    let mut ch = g.channel(0, 8);
+    // A second DMA region holding a 256 MiB source... kept modest: 96 MiB.
+    let size = 96u64 << 20;
+    let fd = memfd(size);
+    let region = unsafe { memmap2::MmapMut::map_mut(&fd) }.unwrap();
+    let gpa2 = 0x1_0000_0000u64;
+    g.vgpu.dma_map(gpa2, size, fd, 0, true).unwrap();
+    let pinned = g.vgpu.stats().pinned_bytes;
+    assert!(pinned >= size, "mapped regions are pinned: {pinned}");
+    let va = 0x30_0000_0000;
+    for i in 0..(size >> 21) {
+        g.map_large(va + (i << 21), gpa2 + (i << 21), true);
+    }
+    // Copy the region onto itself (second half to first half), twice.
+    let half = (size / 2) as u32;
+    g.submit(&mut ch, &Pb::new().bind().copy(va + half as u64, va, half).copy(va, va + half as u64, half).0);
+    std::thread::sleep(Duration::from_millis(5));
+    let t = Instant::now();
+    g.vgpu.dma_unmap(gpa2, size).unwrap();
+    let waited = t.elapsed();
+    let after = g.vgpu.stats().pinned_bytes;
+    assert_eq!(after, pinned - size, "unpinned on unmap");
+    // After unmap returns, nothing writes the region: a canary stays.
+    let mut region = region;
+    region[0..8].copy_from_slice(b"CANARY!!");
+    region[size as usize - 8..].copy_from_slice(b"CANARY!!");
+    let st = g.wait(&ch);
+    std::thread::sleep(Duration::from_millis(20));
+    assert_eq!(&region[0..8], b"CANARY!!");
+    assert_eq!(&region[size as usize - 8..], b"CANARY!!");
+    // Either both copies ran before the unmap, or the one left faulted.
+    if st == STATE_FAULTED {
+        assert_eq!((g.chreg(0, CH_STATUS) >> 8) & 0xFF, ErrorCode::SysmemUnmapped as u32);
+    }
+    eprintln!("unmap waited {waited:?}, channel state {st}");
+    assert!(g.vgpu.dma_unmap(gpa2, size).is_err(), "double unmap is an error");
+}

@@ -1,0 +1,1 @@
+//! Per-vGPU runlists and host scheduling policies (filled by the scheduler issue).
