@@ -21,6 +21,8 @@ pub mod channel;
 pub mod classes;
 pub mod cpu_engine;
 pub mod gmmu;
+#[cfg(feature = "harness")]
+pub mod harness;
 pub mod memory;
 pub mod pushbuf;
 pub mod vgpu;

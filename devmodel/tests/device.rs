@@ -1,7 +1,7 @@
 //! The vGPU driven through its face with guest RAM in a memfd: results are
 //! read back from guest memory.
 
-mod common;
+use devmodel::harness as common;
 
 use std::time::{Duration, Instant};
 

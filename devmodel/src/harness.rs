@@ -1,16 +1,18 @@
-//! A guest-side harness: builds page tables, instance blocks, GPFIFO rings
+//! A guest-side harness (feature `harness`): plays the guest driver for
+//! tests and demos. It builds page tables, instance blocks, GPFIFO rings
 //! and pushbuffers in memfd-backed guest RAM and drives a vGPU only through
-//! its face (region_read/region_write/dma_map/set_irqs/reset).
-#![allow(dead_code)]
+//! its face (region_read / region_write / dma_map / set_irqs / reset).
+//! It panics on anything unexpected: it is test scaffolding, never fed
+//! untrusted input.
 
 use std::fs::File;
 use std::os::fd::FromRawFd;
 use std::time::{Duration, Instant};
 
-use devmodel::channel::{GpfifoEntry, INST_GPFIFO_ENTRIES, INST_GPFIFO_VA, INST_NOTIFIER_VA, INST_PDB, INST_USERD_VA};
-use devmodel::classes::{compute, copy, host, COMPUTE_CLASS, COPY_CLASS};
-use devmodel::pushbuf::{MethodHeader, OP_INCR, OP_IMMD};
-use devmodel::{Backend, CpuEngine, Vgpu, VgpuConfig};
+use crate::channel::{GpfifoEntry, INST_GPFIFO_ENTRIES, INST_GPFIFO_VA, INST_NOTIFIER_VA, INST_PDB, INST_USERD_VA};
+use crate::classes::{compute, copy, host, COMPUTE_CLASS, COPY_CLASS};
+use crate::pushbuf::{MethodHeader, OP_INCR, OP_IMMD};
+use crate::{Backend, CpuEngine, Vgpu, VgpuConfig};
 use memmap2::MmapMut;
 use mmio::bar::{REGION_BAR0, REGION_CONFIG};
 use mmio::pci::PciIdentity;
@@ -60,11 +62,25 @@ pub fn memfd(size: u64) -> File {
 }
 
 /// An eventfd for MSI-X delivery: the device's copy and the test's.
-pub fn eventfd() -> (File, vmm_sys_util::eventfd::EventFd) {
-    let efd = vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).expect("eventfd");
-    // SAFETY: dup of a valid descriptor; the new one is owned by the File.
-    let f = unsafe { File::from_raw_fd(libc::dup(std::os::fd::AsRawFd::as_raw_fd(&efd))) };
-    (f, efd)
+pub fn eventfd() -> (File, EventCounter) {
+    // SAFETY: eventfd returns a fresh descriptor (checked), owned by the File.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK) };
+    assert!(fd >= 0, "eventfd failed");
+    let f = unsafe { File::from_raw_fd(fd) };
+    let mine = f.try_clone().expect("dup eventfd");
+    (f, EventCounter(mine))
+}
+
+/// The test's end of an eventfd.
+pub struct EventCounter(File);
+impl EventCounter {
+    /// Read and reset the counter; an error when nothing was signalled.
+    pub fn read(&self) -> std::io::Result<u64> {
+        use std::io::Read;
+        let mut b = [0u8; 8];
+        (&self.0).read_exact(&mut b)?;
+        Ok(u64::from_ne_bytes(b))
+    }
 }
 
 pub fn engine() -> CpuEngine {
@@ -103,6 +119,7 @@ impl Guest {
     pub fn new(backend: &dyn Backend, ram_mib: u64, vram_mib: u64, channels: u32) -> Guest {
         let size = ram_mib << 20;
         let fd = memfd(size);
+        // SAFETY: the memfd is private to this harness and outlives the map.
         let ram = unsafe { MmapMut::map_mut(&fd) }.expect("map guest ram");
         let cfg = VgpuConfig {
             name: "test".into(),
@@ -178,7 +195,7 @@ impl Guest {
     }
 
     /// The leaf PTE slot for `va`, creating directories as needed.
-    fn pte_slot(&mut self, va: u64, large: bool) -> u64 {
+    pub fn pte_slot(&mut self, va: u64, large: bool) -> u64 {
         let mut table = self.pdb;
         let levels: &[u32] = if large { &[30] } else { &[30, 21] };
         for &shift in levels {

@@ -1,0 +1,739 @@
+//! The per-parent scheduler: the first scheduling level.
+//!
+//! One [`Scheduler`] runs per physical GPU. The GPU executes one item at a time (like
+//! GRID time-slicing: one vGPU's timeslice at a time); the caller loops
+//! `pick` → run the item → `complete` with the measured GPU time.
+//!
+//! A vGPU that wins the GPU holds it for one *slice*: items from its runlist run back to
+//! back until the slice's measured GPU time reaches the parent's timeslice (the item in
+//! progress is never cut), its runlist has no runnable channel, or (weighted) its cap
+//! is used up. Then the policy chooses again. A latency-class vGPU's item is run at the
+//! next command boundary, in the middle of another vGPU's slice, without ending it.
+//!
+//! Data structures: ordered sets keyed by eligibility time (strict policies, caps,
+//! reservations, latency class), virtual time (weighted) or arrival order (best effort).
+//! `pick` and `complete` cost O(log n) in the number of vGPUs (plus the chosen vGPU's
+//! runlist walk); `add_vgpu`, `remove_vgpu`, `set_params` and a policy change rebuild
+//! the sets in O(n log n).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::accounting::{ChannelStats, Meter, ParentStats, VgpuStats};
+use crate::policy::{Bucket, Class, ParentPolicy, PolicyKind, VgpuParams};
+use crate::runlist::Runlist;
+use crate::{Error, Nanos, Result};
+
+/// What the GPU should do next.
+#[derive(Debug, PartialEq)]
+pub enum Pick<T> {
+    /// Run `item` from `channel` of `vgpu`, then call [`Scheduler::complete`].
+    Run { vgpu: u64, channel: u32, item: T },
+    /// Work exists but a strict policy (or a cap) holds the GPU idle until this time,
+    /// unless new work arrives first.
+    IdleUntil(Nanos),
+    /// No vGPU has runnable work.
+    Empty,
+    /// An item is still in flight: call `complete` first.
+    Busy,
+}
+
+/// An item `enqueue` refused, handed back with the reason.
+#[derive(Debug)]
+pub struct Rejected<T> {
+    pub item: T,
+    pub error: Error,
+}
+
+/// Scale of virtual time: one ns of GPU time at weight 1 is `VSCALE` units.
+const VSCALE: u128 = 1 << 20;
+
+/// An entry in one of the ordered sets: (key, arrival sequence, vGPU).
+type Entry = (u128, u64, u64);
+
+#[derive(Debug)]
+struct Vgpu<T> {
+    params: VgpuParams,
+    runlist: Runlist<T>,
+    meter: Meter,
+    /// Strict policies: the share the policy grants.
+    share: Option<Bucket>,
+    /// Weighted: the cap.
+    cap: Option<Bucket>,
+    /// Weighted: the reservation.
+    resv: Option<Bucket>,
+    /// Weighted: virtual time (GPU time / weight).
+    vtime: u128,
+    main: Option<Entry>,
+    throttle: Option<Entry>,
+    reserve: Option<Entry>,
+    latency: Option<Entry>,
+    /// Holds the current slice or has the item in flight.
+    busy: bool,
+}
+
+impl<T> Vgpu<T> {
+    fn queued(&self) -> bool {
+        self.main.is_some()
+            || self.throttle.is_some()
+            || self.reserve.is_some()
+            || self.latency.is_some()
+    }
+    fn settle(&mut self, now: Nanos) {
+        for b in [&mut self.share, &mut self.cap, &mut self.resv]
+            .into_iter()
+            .flatten()
+        {
+            b.settle(now);
+        }
+    }
+    /// Tells the buckets whether the vGPU has work (banking rule, see `Bucket`).
+    fn sync_waiting(&mut self, now: Nanos) {
+        let w = self.busy || self.runlist.has_work();
+        for b in [&mut self.share, &mut self.cap, &mut self.resv]
+            .into_iter()
+            .flatten()
+        {
+            b.set_waiting(w, now);
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Slice {
+    vgpu: u64,
+    used: Nanos,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct InFlight {
+    vgpu: u64,
+    channel: u32,
+}
+
+/// Scheduler of one parent (physical GPU), generic over the work item type.
+#[derive(Debug)]
+pub struct Scheduler<T> {
+    policy: ParentPolicy,
+    pending: Option<ParentPolicy>,
+    timeslice: Nanos,
+    window: Nanos,
+    vgpus: BTreeMap<u64, Vgpu<T>>,
+    main: BTreeSet<Entry>,
+    throttle: BTreeSet<Entry>,
+    reserve: BTreeSet<Entry>,
+    latency: BTreeSet<Entry>,
+    current: Option<Slice>,
+    in_flight: Option<InFlight>,
+    seq: u64,
+    vclock: u128,
+    clock: Nanos,
+    busy_total: Nanos,
+    decisions: u64,
+}
+
+impl<T> Scheduler<T> {
+    /// A scheduler with no vGPUs. An out-of-range policy is clamped to NVIDIA's ranges;
+    /// use [`ParentPolicy::validate`] (or the config loader) to reject it instead.
+    pub fn new(policy: ParentPolicy) -> Self {
+        let mut s = Scheduler {
+            policy: sanitize(policy),
+            pending: None,
+            timeslice: 0,
+            window: 0,
+            vgpus: BTreeMap::new(),
+            main: BTreeSet::new(),
+            throttle: BTreeSet::new(),
+            reserve: BTreeSet::new(),
+            latency: BTreeSet::new(),
+            current: None,
+            in_flight: None,
+            seq: 0,
+            vclock: 0,
+            clock: 0,
+            busy_total: 0,
+            decisions: 0,
+        };
+        s.retime();
+        s
+    }
+
+    /// The policy in force (a pending reload is not in force yet).
+    pub fn policy(&self) -> ParentPolicy {
+        self.policy
+    }
+
+    /// A policy waiting for the next slice boundary.
+    pub fn pending_policy(&self) -> Option<ParentPolicy> {
+        self.pending
+    }
+
+    /// Timeslice in force.
+    pub fn timeslice(&self) -> Nanos {
+        self.timeslice
+    }
+
+    /// Averaging window in force.
+    pub fn window(&self) -> Nanos {
+        self.window
+    }
+
+    /// Number of attached vGPUs.
+    pub fn len(&self) -> usize {
+        self.vgpus.len()
+    }
+
+    /// Whether no vGPU is attached.
+    pub fn is_empty(&self) -> bool {
+        self.vgpus.is_empty()
+    }
+
+    /// Whether an item is in flight (picked, not completed).
+    pub fn in_flight(&self) -> Option<(u64, u32)> {
+        self.in_flight.map(|f| (f.vgpu, f.channel))
+    }
+
+    /// The share of GPU time the policy grants `vgpu` now: strict policies' share, the
+    /// reservation under `weighted`, `None` otherwise.
+    pub fn configured_share(&self, vgpu: u64) -> Option<f64> {
+        let v = self.vgpus.get(&vgpu)?;
+        match self.policy.kind {
+            PolicyKind::EqualShare | PolicyKind::FixedShare => Some(self.share_of(v)),
+            PolicyKind::Weighted => v.params.reservation,
+            PolicyKind::BestEffort => None,
+        }
+    }
+
+    /// Attaches a vGPU (it starts with an empty runlist). Under `equal_share` every
+    /// vGPU's share changes to `1/N` at once.
+    pub fn add_vgpu(&mut self, vgpu: u64, p: VgpuParams, now: Nanos) -> Result<()> {
+        p.validate()?;
+        if self.vgpus.contains_key(&vgpu) {
+            return Err(Error::DuplicateVgpu(vgpu));
+        }
+        let now = self.tick(now);
+        self.vgpus.insert(
+            vgpu,
+            Vgpu {
+                params: p,
+                runlist: Runlist::default(),
+                meter: Meter::default(),
+                share: None,
+                cap: None,
+                resv: None,
+                vtime: self.vclock,
+                main: None,
+                throttle: None,
+                reserve: None,
+                latency: None,
+                busy: false,
+            },
+        );
+        self.retime();
+        self.rebuild(now);
+        Ok(())
+    }
+
+    /// Detaches a vGPU and returns its queued items (in channel order, FIFO within a
+    /// channel). An item of it still in flight stays with the caller; its `complete`
+    /// then reports [`Error::UnknownVgpu`].
+    pub fn remove_vgpu(&mut self, vgpu: u64, now: Nanos) -> Vec<T> {
+        let now = self.tick(now);
+        if !self.vgpus.contains_key(&vgpu) {
+            return Vec::new();
+        }
+        self.dequeue(vgpu);
+        if self.current.is_some_and(|c| c.vgpu == vgpu) {
+            self.current = None;
+        }
+        let mut v = self.vgpus.remove(&vgpu).expect("checked");
+        self.retime();
+        self.rebuild(now);
+        v.runlist.drain_all()
+    }
+
+    /// Changes a vGPU's parameters (config reload); takes effect at once.
+    pub fn set_params(&mut self, vgpu: u64, p: VgpuParams, now: Nanos) -> Result<()> {
+        p.validate()?;
+        let now = self.tick(now);
+        let v = self.vgpus.get_mut(&vgpu).ok_or(Error::UnknownVgpu(vgpu))?;
+        v.params = p;
+        self.retime();
+        self.rebuild(now);
+        Ok(())
+    }
+
+    /// Guest runlist submit: the channels of `vgpu` that may run, in order, each with
+    /// its timeslice. Channels not on the runlist keep their items but do not run.
+    pub fn set_runlist(&mut self, vgpu: u64, entries: &[(u32, Nanos)]) -> Result<()> {
+        let v = self.vgpus.get_mut(&vgpu).ok_or(Error::UnknownVgpu(vgpu))?;
+        v.runlist.set(entries);
+        let now = self.clock;
+        self.refresh(vgpu, now);
+        Ok(())
+    }
+
+    /// Appends a work item to a channel's FIFO. Items of one channel always run in the
+    /// order they were enqueued.
+    pub fn enqueue(
+        &mut self,
+        vgpu: u64,
+        channel: u32,
+        item: T,
+        now: Nanos,
+    ) -> Result<(), Rejected<T>> {
+        let now = self.tick(now);
+        let Some(v) = self.vgpus.get_mut(&vgpu) else {
+            return Err(Rejected {
+                item,
+                error: Error::UnknownVgpu(vgpu),
+            });
+        };
+        v.runlist.push(channel, item, now);
+        self.refresh(vgpu, now);
+        Ok(())
+    }
+
+    /// Marks a channel blocked (e.g. waiting on a semaphore acquire) or runnable again.
+    /// A blocked channel keeps its items and is skipped; the rest of its vGPU runs.
+    pub fn set_channel_blocked(
+        &mut self,
+        vgpu: u64,
+        channel: u32,
+        blocked: bool,
+        now: Nanos,
+    ) -> Result<()> {
+        let now = self.tick(now);
+        let v = self.vgpus.get_mut(&vgpu).ok_or(Error::UnknownVgpu(vgpu))?;
+        v.runlist.set_blocked(channel, blocked);
+        self.refresh(vgpu, now);
+        Ok(())
+    }
+
+    /// Fault or channel reset: empties the channel and returns its items in order.
+    pub fn drop_channel(&mut self, vgpu: u64, channel: u32) -> Vec<T> {
+        let Some(v) = self.vgpus.get_mut(&vgpu) else {
+            return Vec::new();
+        };
+        let items = v.runlist.drain(channel);
+        let now = self.clock;
+        self.refresh(vgpu, now);
+        items
+    }
+
+    /// Live reload: the new policy takes effect at the next slice boundary (at once if
+    /// the GPU is between slices). Queued items are kept, in order.
+    pub fn set_policy(&mut self, policy: ParentPolicy, now: Nanos) -> Result<()> {
+        policy.validate()?;
+        let now = self.tick(now);
+        self.pending = Some(policy);
+        if self.current.is_none() && self.in_flight.is_none() {
+            self.apply_pending(now);
+        }
+        Ok(())
+    }
+
+    /// Chooses the next item for the GPU. See [`Pick`].
+    pub fn pick(&mut self, now: Nanos) -> Pick<T> {
+        if self.in_flight.is_some() {
+            return Pick::Busy;
+        }
+        let now = self.tick(now);
+        if self.current.is_none() {
+            self.apply_pending(now);
+        }
+        // 1. latency class: at every command boundary.
+        if let Some(id) = self.latency_ready(now) {
+            self.dequeue(id);
+            return self.dispatch(id, now);
+        }
+        // 2. the slice in progress continues to its end.
+        if let Some(cur) = self.current {
+            let ts = self.timeslice;
+            let v = &self.vgpus[&cur.vgpu];
+            let limit_ok = !matches!(&v.cap, Some(b) if !b.eligible(now));
+            if v.runlist.has_work() && cur.used < ts && limit_ok {
+                return self.dispatch(cur.vgpu, now);
+            }
+            self.end_slice(now);
+            if self.apply_pending(now) {
+                if let Some(id) = self.latency_ready(now) {
+                    self.dequeue(id);
+                    return self.dispatch(id, now);
+                }
+            }
+        }
+        // 3. a new slice.
+        if let Some(id) = self.select(now) {
+            self.dequeue(id);
+            self.current = Some(Slice { vgpu: id, used: 0 });
+            return self.dispatch(id, now);
+        }
+        // 4. nothing may run now.
+        let mut next = Nanos::MAX;
+        for set in [&self.main, &self.throttle, &self.latency] {
+            if let Some(e) = set.first() {
+                next = next.min(e.0.min(Nanos::MAX as u128) as Nanos);
+            }
+        }
+        if next == Nanos::MAX {
+            Pick::Empty
+        } else {
+            Pick::IdleUntil(next.max(now))
+        }
+    }
+
+    /// Reports that the item picked last (from `vgpu`/`channel`) finished after
+    /// `gpu_time` ns of measured execution, at `now`. The time is charged to the vGPU,
+    /// the channel and the current slice.
+    pub fn complete(&mut self, vgpu: u64, channel: u32, gpu_time: Nanos, now: Nanos) -> Result<()> {
+        match self.in_flight {
+            Some(f) if f.vgpu == vgpu && f.channel == channel => {}
+            _ => return Err(Error::NotInFlight { vgpu, channel }),
+        }
+        self.in_flight = None;
+        let now = self.tick(now);
+        let window = self.window;
+        let weighted = self.policy.kind == PolicyKind::Weighted;
+        let Some(v) = self.vgpus.get_mut(&vgpu) else {
+            return Err(Error::UnknownVgpu(vgpu));
+        };
+        v.meter.record(now, gpu_time, window);
+        if let Some(m) = v.runlist.meter_mut(channel) {
+            m.record(now, gpu_time, window);
+        }
+        for b in [&mut v.share, &mut v.cap, &mut v.resv]
+            .into_iter()
+            .flatten()
+        {
+            b.charge(now, gpu_time);
+        }
+        if weighted {
+            v.vtime += gpu_time as u128 * VSCALE / v.params.weight.max(1) as u128;
+        }
+        v.runlist.charge(channel, gpu_time);
+        self.busy_total += gpu_time;
+        match &mut self.current {
+            Some(c) if c.vgpu == vgpu => c.used += gpu_time,
+            _ => {
+                v.busy = false;
+                self.refresh(vgpu, now);
+            }
+        }
+        Ok(())
+    }
+
+    /// Accounting snapshot at `now`.
+    pub fn stats(&self, now: Nanos) -> ParentStats {
+        let w = self.window;
+        let vgpus = self
+            .vgpus
+            .iter()
+            .map(|(&id, v)| VgpuStats {
+                vgpu: id,
+                class: v.params.class,
+                configured_share: self.configured_share(id),
+                cap: if self.policy.kind == PolicyKind::Weighted {
+                    v.params.cap
+                } else {
+                    None
+                },
+                total: v.meter.total,
+                share_window: v.meter.share_in_window(now, w),
+                commands: v.meter.commands,
+                queue_depth: v.runlist.queued(),
+                wait: v.meter.wait,
+                channels: v
+                    .runlist
+                    .channels()
+                    .map(|(c, ch)| ChannelStats {
+                        channel: c,
+                        on_runlist: ch.on_runlist(),
+                        blocked: ch.blocked(),
+                        total: ch.meter.total,
+                        share_window: ch.meter.share_in_window(now, w),
+                        commands: ch.meter.commands,
+                        queue_depth: ch.depth(),
+                        wait: ch.meter.wait,
+                    })
+                    .collect(),
+            })
+            .collect();
+        ParentStats {
+            now,
+            policy: self.policy.kind,
+            timeslice: self.timeslice,
+            window: w,
+            busy: self.busy_total,
+            decisions: self.decisions,
+            vgpus,
+        }
+    }
+
+    // ---- internals ----
+
+    fn tick(&mut self, now: Nanos) -> Nanos {
+        self.clock = self.clock.max(now);
+        self.clock
+    }
+
+    fn next_seq(&mut self) -> u64 {
+        self.seq += 1;
+        self.seq
+    }
+
+    fn share_of(&self, v: &Vgpu<T>) -> f64 {
+        match self.policy.kind {
+            PolicyKind::EqualShare => 1.0 / self.vgpus.len().max(1) as f64,
+            _ => v.params.fixed_share,
+        }
+    }
+
+    /// Recomputes timeslice and window from the policy and the attached types.
+    fn retime(&mut self) {
+        let min_share = self
+            .vgpus
+            .values()
+            .map(|v| v.params.fixed_share)
+            .reduce(f64::min);
+        self.timeslice = self.policy.effective_timeslice(min_share);
+        self.window = self.policy.effective_window(self.timeslice);
+    }
+
+    fn apply_pending(&mut self, now: Nanos) -> bool {
+        let Some(p) = self.pending.take() else {
+            return false;
+        };
+        self.policy = sanitize(p);
+        self.retime();
+        self.rebuild(now);
+        true
+    }
+
+    /// Re-derives every vGPU's buckets and set entries from the policy in force.
+    fn rebuild(&mut self, now: Nanos) {
+        let order: Vec<u64> = {
+            // keep the relative order of queued vGPUs
+            let mut q: Vec<Entry> = self
+                .main
+                .iter()
+                .chain(self.throttle.iter())
+                .chain(self.latency.iter())
+                .copied()
+                .collect();
+            q.sort_by_key(|e| (e.1, e.2));
+            let mut ids: Vec<u64> = q.into_iter().map(|e| e.2).collect();
+            ids.dedup();
+            let rest: Vec<u64> = self
+                .vgpus
+                .keys()
+                .copied()
+                .filter(|k| !ids.contains(k))
+                .collect();
+            ids.extend(rest);
+            ids
+        };
+        self.main.clear();
+        self.throttle.clear();
+        self.reserve.clear();
+        self.latency.clear();
+        let kind = self.policy.kind;
+        let ts = self.timeslice;
+        let shares: BTreeMap<u64, f64> = self
+            .vgpus
+            .iter()
+            .map(|(&k, v)| (k, self.share_of(v)))
+            .collect();
+        for (id, v) in self.vgpus.iter_mut() {
+            v.main = None;
+            v.throttle = None;
+            v.reserve = None;
+            v.latency = None;
+            let retune =
+                |b: &mut Option<Bucket>, rate: Option<f64>, banks: bool| match (b.as_mut(), rate) {
+                    (Some(b), Some(r)) => b.retune(r, ts, now),
+                    (None, Some(r)) => *b = Some(Bucket::new(r, ts, now, banks)),
+                    (_, None) => *b = None,
+                };
+            let strict = kind.is_strict();
+            let weighted = kind == PolicyKind::Weighted;
+            retune(&mut v.share, strict.then(|| shares[id]), true);
+            retune(
+                &mut v.cap,
+                if weighted { v.params.cap } else { None },
+                false,
+            );
+            retune(
+                &mut v.resv,
+                if weighted { v.params.reservation } else { None },
+                true,
+            );
+            v.sync_waiting(now);
+        }
+        for id in order {
+            self.refresh(id, now);
+        }
+    }
+
+    /// Puts a vGPU into / takes it out of the sets after its work or state changed.
+    fn refresh(&mut self, id: u64, now: Nanos) {
+        let Some(v) = self.vgpus.get_mut(&id) else {
+            return;
+        };
+        v.sync_waiting(now);
+        if v.busy {
+            return;
+        }
+        match (v.runlist.has_work(), v.queued()) {
+            (true, false) => self.enqueue_sets(id, now),
+            (false, true) => self.dequeue(id),
+            _ => {}
+        }
+    }
+
+    fn enqueue_sets(&mut self, id: u64, now: Nanos) {
+        let seq = self.next_seq();
+        let kind = self.policy.kind;
+        let vclock = self.vclock;
+        let v = self.vgpus.get_mut(&id).expect("known vGPU");
+        let t = |b: &Option<Bucket>| b.as_ref().map_or(now, |b| b.eligible_at(now)) as u128;
+        if v.params.class == Class::Latency {
+            let key = if kind.is_strict() {
+                t(&v.share)
+            } else {
+                t(&v.cap)
+            };
+            let e = (key, seq, id);
+            v.latency = Some(e);
+            self.latency.insert(e);
+            return;
+        }
+        match kind {
+            PolicyKind::BestEffort => {
+                let e = (0, seq, id);
+                v.main = Some(e);
+                self.main.insert(e);
+            }
+            PolicyKind::EqualShare | PolicyKind::FixedShare => {
+                let e = (t(&v.share), seq, id);
+                v.main = Some(e);
+                self.main.insert(e);
+            }
+            PolicyKind::Weighted => {
+                let capped = t(&v.cap);
+                if capped > now as u128 {
+                    let e = (capped, seq, id);
+                    v.throttle = Some(e);
+                    self.throttle.insert(e);
+                } else {
+                    v.vtime = v.vtime.max(vclock);
+                    let e = (v.vtime, seq, id);
+                    v.main = Some(e);
+                    self.main.insert(e);
+                }
+                if v.resv.is_some() {
+                    let e = (t(&v.resv), seq, id);
+                    v.reserve = Some(e);
+                    self.reserve.insert(e);
+                }
+            }
+        }
+    }
+
+    fn dequeue(&mut self, id: u64) {
+        let Some(v) = self.vgpus.get_mut(&id) else {
+            return;
+        };
+        if let Some(e) = v.main.take() {
+            self.main.remove(&e);
+        }
+        if let Some(e) = v.throttle.take() {
+            self.throttle.remove(&e);
+        }
+        if let Some(e) = v.reserve.take() {
+            self.reserve.remove(&e);
+        }
+        if let Some(e) = v.latency.take() {
+            self.latency.remove(&e);
+        }
+    }
+
+    fn latency_ready(&self, now: Nanos) -> Option<u64> {
+        self.latency
+            .first()
+            .filter(|e| e.0 <= now as u128)
+            .map(|e| e.2)
+    }
+
+    fn end_slice(&mut self, now: Nanos) {
+        if let Some(cur) = self.current.take() {
+            if let Some(v) = self.vgpus.get_mut(&cur.vgpu) {
+                v.busy = false;
+            }
+            self.refresh(cur.vgpu, now);
+        }
+    }
+
+    /// The vGPU to start a new slice, per policy; O(log n) (amortized for releases).
+    fn select(&mut self, now: Nanos) -> Option<u64> {
+        let now_k = now as u128;
+        match self.policy.kind {
+            PolicyKind::BestEffort => self.main.first().map(|e| e.2),
+            PolicyKind::EqualShare | PolicyKind::FixedShare => {
+                self.main.first().filter(|e| e.0 <= now_k).map(|e| e.2)
+            }
+            PolicyKind::Weighted => {
+                // caps whose credit came back: into the virtual-time order
+                while let Some(&e) = self.throttle.first() {
+                    if e.0 > now_k {
+                        break;
+                    }
+                    self.throttle.remove(&e);
+                    let v = self.vgpus.get_mut(&e.2).expect("queued vGPU");
+                    v.throttle = None;
+                    v.vtime = v.vtime.max(self.vclock);
+                    let m = (v.vtime, e.1, e.2);
+                    v.main = Some(m);
+                    self.main.insert(m);
+                }
+                if let Some(e) = self.reserve.first().filter(|e| e.0 <= now_k) {
+                    return Some(e.2);
+                }
+                let e = self.main.first()?;
+                self.vclock = self.vclock.max(e.0);
+                Some(e.2)
+            }
+        }
+    }
+
+    fn dispatch(&mut self, id: u64, now: Nanos) -> Pick<T> {
+        let v = self.vgpus.get_mut(&id).expect("known vGPU");
+        let (channel, item, at) = v
+            .runlist
+            .take_next()
+            .expect("vGPU with work yields an item");
+        let wait = now.saturating_sub(at);
+        v.meter.record_wait(wait);
+        if let Some(m) = v.runlist.meter_mut(channel) {
+            m.record_wait(wait);
+        }
+        v.settle(now);
+        v.busy = true;
+        self.in_flight = Some(InFlight { vgpu: id, channel });
+        self.decisions += 1;
+        Pick::Run {
+            vgpu: id,
+            channel,
+            item,
+        }
+    }
+}
+
+fn sanitize(mut p: ParentPolicy) -> ParentPolicy {
+    p.averaging_factor = p
+        .averaging_factor
+        .clamp(1, crate::policy::MAX_AVERAGING_FACTOR);
+    p.timeslice = p
+        .timeslice
+        .map(|t| t.clamp(crate::policy::MIN_TIMESLICE, crate::policy::MAX_TIMESLICE));
+    p
+}
