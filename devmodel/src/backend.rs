@@ -15,6 +15,8 @@ use crate::work::Op;
 /// An item of work for the engine.
 pub struct WorkItem {
     pub op: Op,
+    /// The channel (of its vGPU) that submitted the item.
+    pub channel: u32,
     /// The submitting vGPU's guest RAM, for system-memory extents. The
     /// backend resolves guest addresses only while it executes the item.
     pub mem: Arc<GuestRam>,
@@ -68,6 +70,10 @@ pub trait EngineContext: Send + Sync {
     fn read_vram(&self, offset: u64, buf: &mut [u8]) -> Result<(), ExecError>;
     /// Copy `buf` into VRAM at `offset`.
     fn write_vram(&self, offset: u64, buf: &[u8]) -> Result<(), ExecError>;
+    /// The guest submitted a runlist: `(channel, timeslice µs)` in order
+    /// (timeslice 0 = the parent's default). Backends that schedule
+    /// between vGPUs use it; others ignore it.
+    fn set_runlist(&self, _entries: &[(u32, u32)]) {}
     /// Abort this context's queued and running items as soon as possible
     /// (their callbacks still run, with [`ExecError::Cancelled`] or a
     /// result). Items submitted afterwards are not affected.

@@ -117,19 +117,24 @@ pub const PB_BYTES: u64 = 256 * 1024;
 
 impl Guest {
     pub fn new(backend: &dyn Backend, ram_mib: u64, vram_mib: u64, channels: u32) -> Guest {
-        let size = ram_mib << 20;
-        let fd = memfd(size);
-        // SAFETY: the memfd is private to this harness and outlives the map.
-        let ram = unsafe { MmapMut::map_mut(&fd) }.expect("map guest ram");
         let cfg = VgpuConfig {
             name: "test".into(),
             identity: PciIdentity { vendor_id: 0x7667, device_id: 0x1001, subsystem_vendor_id: 0x7667, subsystem_id: 1, revision: 1 },
             vram_bytes: vram_mib << 20,
             channels,
         };
-        let vgpu = Vgpu::new(cfg, backend).expect("create vgpu");
+        Guest::attach(Vgpu::new(cfg, backend).expect("create vgpu"), ram_mib)
+    }
+
+    /// Be the guest of an existing vGPU, with `ram_mib` of fresh guest RAM.
+    pub fn attach(vgpu: Vgpu, ram_mib: u64) -> Guest {
+        let size = ram_mib << 20;
+        let fd = memfd(size);
+        // SAFETY: the memfd is private to this harness and outlives the map.
+        let ram = unsafe { MmapMut::map_mut(&fd) }.expect("map guest ram");
+        let vram_size = vgpu.config().vram_bytes;
         vgpu.dma_map(RAM_GPA, size, fd, 0, true).expect("dma map");
-        let mut g = Guest { vgpu, ram, size, next_sys: RAM_GPA, next_vram: 0, pdb: 0, vram_size: vram_mib << 20 };
+        let mut g = Guest { vgpu, ram, size, next_sys: RAM_GPA, next_vram: 0, pdb: 0, vram_size };
         g.pdb = g.alloc_sys(4096);
         g
     }

@@ -100,6 +100,12 @@ impl Vgpu {
     /// Create a vGPU on `backend` and start its front end.
     pub fn new(cfg: VgpuConfig, backend: &dyn Backend) -> Result<Vgpu, DeviceError> {
         let ctx = backend.create_context(cfg.vram_bytes)?;
+        Self::with_context(cfg, ctx)
+    }
+
+    /// Create a vGPU on an engine context made for it (e.g. by a scheduling
+    /// parent that needs per-vGPU parameters) and start its front end.
+    pub fn with_context(cfg: VgpuConfig, ctx: Arc<dyn EngineContext>) -> Result<Vgpu, DeviceError> {
         let mut regs = RegisterFile::new(cfg.channels);
         let mut caps = Caps(0);
         caps.set_large_pages(true);
@@ -490,6 +496,8 @@ impl Shared {
             Some(entries) => {
                 info.set_entries(entries.len() as u8);
                 tracing::debug!(entries = entries.len(), "runlist submitted");
+                let pairs: Vec<(u32, u32)> = entries.iter().map(|e| (e.channel, e.timeslice_us)).collect();
+                self.ctx.set_runlist(&pairs);
                 st.runlist = Some(entries);
                 self.wake.notify_all();
             }
@@ -582,6 +590,8 @@ impl Shared {
         st.runlist = None;
         st.stats.resets += 1;
         self.ctx.cancel();
+        let every: Vec<(u32, u32)> = (0..st.channels.len() as u32).map(|c| (c, 0)).collect();
+        self.ctx.set_runlist(&every);
         while st.outstanding > 0 {
             st = self.wake.wait(st).unwrap_or_else(|p| p.into_inner());
         }
@@ -728,7 +738,7 @@ impl Shared {
                 tracing::trace!(vgpu = %self.cfg.name, channel = idx, op = op.name(), "submit");
                 // Submitting under the state lock orders this item before
                 // any reset; the backend never completes inside submit.
-                self.ctx.submit(WorkItem { op, mem: self.mem.clone() }, Box::new(move |c| me.complete(gen, idx, epoch, c)));
+                self.ctx.submit(WorkItem { op, channel: idx as u32, mem: self.mem.clone() }, Box::new(move |c| me.complete(gen, idx, epoch, c)));
                 Ok(false)
             }
             Command::SemRelease { target, payload, size, interrupt } => {

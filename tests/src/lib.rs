@@ -1,1 +1,1 @@
-
+//! Cross-crate integration tests live in `tests/tests/`; the VM harness in `tests/vm/`.

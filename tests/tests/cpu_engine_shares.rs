@@ -1,0 +1,30 @@
+//! Several vGPUs in one process share the real cpu engine through the
+//! scheduler; the shares are measured in the execution time the engine
+//! reported, over wall time.
+
+use scheduler::PolicyKind;
+
+fn shares(policy: PolicyKind) -> Vec<f64> {
+    let r = tools::demo::run(policy, 2.0).expect("demo workload");
+    assert_eq!(r.checks_passed, 8, "correctness checks on both vGPUs");
+    r.shares.iter().map(|s| s.2).collect()
+}
+
+#[test]
+fn fixed_share_two_to_one_on_the_cpu_engine() {
+    // vgpud-4c (max 2 per parent) and vgpud-2c (max 4): shares 1/2 and 1/4.
+    let s = shares(PolicyKind::FixedShare);
+    let ratio = s[0] / s[1];
+    eprintln!("fixed_share: {:.4} / {:.4}, ratio {ratio:.4}", s[0], s[1]);
+    assert!((ratio / 2.0 - 1.0).abs() <= 0.03, "ratio {ratio} not within 3% of 2");
+    assert!((s[0] - 0.5).abs() <= 0.015, "4c share {}", s[0]);
+    assert!((s[1] - 0.25).abs() <= 0.0075, "2c share {}", s[1]);
+}
+
+#[test]
+fn best_effort_is_work_conserving_on_the_cpu_engine() {
+    let s = shares(PolicyKind::BestEffort);
+    eprintln!("best_effort: {:.4} / {:.4}", s[0], s[1]);
+    assert!(s[0] + s[1] > 0.9, "engine idle while both vGPUs had work: {s:?}");
+    assert!((s[0] / s[1] - 1.0).abs() < 0.1, "round robin over equal work: {s:?}");
+}

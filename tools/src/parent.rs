@@ -1,0 +1,262 @@
+//! A parent: one physical engine time-sliced between vGPUs by the host
+//! scheduler.
+//!
+//! Every vGPU gets an [`EngineContext`] from [`Parent::attach`]. Work the
+//! vGPU submits is queued on its channel's runlist inside the
+//! [`scheduler::Scheduler`]; a dispatcher thread asks the policy which
+//! vGPU runs next, hands that one item to the real backend, and on
+//! completion charges the measured execution time to the vGPU and channel.
+//! One item runs on the engine at a time, as on a time-sliced GPU.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use devmodel::backend::{BackendError, Completion, DoneFn, EngineContext, ExecError, WorkItem};
+use devmodel::Backend;
+use scheduler::{Nanos, ParentPolicy, ParentStats, Pick, Scheduler, VgpuParams};
+
+/// A queued item and whom to tell when it is done.
+struct Job {
+    item: WorkItem,
+    done: DoneFn,
+}
+
+struct State {
+    sched: Scheduler<Job>,
+    contexts: HashMap<u64, Arc<dyn EngineContext>>,
+    channels: HashMap<u64, BTreeSet<u32>>,
+    /// Items dropped by a cancel or detach, to be completed by the dispatcher.
+    cancelled: Vec<Job>,
+    stopping: bool,
+}
+
+struct Shared {
+    backend: Box<dyn Backend>,
+    state: Mutex<State>,
+    wake: Condvar,
+    born: Instant,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    fn now(&self) -> Nanos {
+        self.born.elapsed().as_nanos() as Nanos
+    }
+}
+
+/// One physical GPU with its scheduler.
+pub struct Parent {
+    name: String,
+    shared: Arc<Shared>,
+    next_key: Mutex<u64>,
+    dispatcher: Option<JoinHandle<()>>,
+}
+
+/// Errors of the parent.
+#[derive(Debug, thiserror::Error)]
+pub enum ParentError {
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    #[error(transparent)]
+    Scheduler(#[from] scheduler::Error),
+}
+
+impl Parent {
+    /// A parent running `backend` under `policy`.
+    pub fn new(name: &str, backend: Box<dyn Backend>, policy: ParentPolicy) -> Parent {
+        let shared = Arc::new(Shared {
+            backend,
+            state: Mutex::new(State { sched: Scheduler::new(policy), contexts: HashMap::new(), channels: HashMap::new(), cancelled: Vec::new(), stopping: false }),
+            wake: Condvar::new(),
+            born: Instant::now(),
+        });
+        let s = shared.clone();
+        let dispatcher = std::thread::Builder::new().name(format!("sched-{name}")).spawn(move || dispatch(s)).ok();
+        Parent { name: name.to_string(), shared, next_key: Mutex::new(1), dispatcher }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Attach a new vGPU with `channels` channels and `vram_bytes` of
+    /// framebuffer; returns its scheduler key and its engine context.
+    pub fn attach(&self, vram_bytes: u64, channels: u32, params: VgpuParams) -> Result<(u64, Arc<dyn EngineContext>), ParentError> {
+        let inner = self.shared.backend.create_context(vram_bytes)?;
+        let key = {
+            let mut k = self.next_key.lock().unwrap_or_else(|p| p.into_inner());
+            *k += 1;
+            *k - 1
+        };
+        let mut st = self.shared.lock();
+        let now = self.shared.now();
+        st.sched.add_vgpu(key, params, now)?;
+        let ts = st.sched.timeslice();
+        let every: Vec<(u32, Nanos)> = (0..channels).map(|c| (c, ts)).collect();
+        st.sched.set_runlist(key, &every)?;
+        st.contexts.insert(key, inner);
+        st.channels.insert(key, (0..channels).collect());
+        Ok((key, Arc::new(ScheduledContext { key, shared: self.shared.clone() })))
+    }
+
+    /// Change the policy while vGPUs run (takes effect at the next slice).
+    pub fn set_policy(&self, policy: ParentPolicy) -> Result<(), ParentError> {
+        let now = self.shared.now();
+        self.shared.lock().sched.set_policy(policy, now)?;
+        self.shared.wake.notify_all();
+        Ok(())
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> ParentPolicy {
+        self.shared.lock().sched.policy()
+    }
+
+    /// Per-vGPU and per-channel accounting.
+    pub fn stats(&self) -> ParentStats {
+        let now = self.shared.now();
+        self.shared.lock().sched.stats(now)
+    }
+}
+
+impl Drop for Parent {
+    fn drop(&mut self) {
+        self.shared.lock().stopping = true;
+        self.shared.wake.notify_all();
+        if let Some(d) = self.dispatcher.take() {
+            let _ = d.join();
+        }
+    }
+}
+
+/// The engine context a vGPU on a parent sees.
+struct ScheduledContext {
+    key: u64,
+    shared: Arc<Shared>,
+}
+
+impl ScheduledContext {
+    fn inner(&self) -> Option<Arc<dyn EngineContext>> {
+        self.shared.lock().contexts.get(&self.key).cloned()
+    }
+}
+
+impl EngineContext for ScheduledContext {
+    fn submit(&self, item: WorkItem, done: DoneFn) {
+        let mut st = self.shared.lock();
+        let now = self.shared.now();
+        let channel = item.channel;
+        st.channels.entry(self.key).or_default().insert(channel);
+        if let Err(r) = st.sched.enqueue(self.key, channel, Job { item, done }, now) {
+            tracing::warn!(vgpu = self.key, error = %r.error, "work refused by the scheduler");
+            st.cancelled.push(r.item);
+        }
+        drop(st);
+        self.shared.wake.notify_all();
+    }
+
+    fn read_vram(&self, offset: u64, buf: &mut [u8]) -> Result<(), ExecError> {
+        self.inner().ok_or(ExecError::Cancelled)?.read_vram(offset, buf)
+    }
+
+    fn write_vram(&self, offset: u64, buf: &[u8]) -> Result<(), ExecError> {
+        self.inner().ok_or(ExecError::Cancelled)?.write_vram(offset, buf)
+    }
+
+    fn set_runlist(&self, entries: &[(u32, u32)]) {
+        let mut st = self.shared.lock();
+        let ts = st.sched.timeslice();
+        let rl: Vec<(u32, Nanos)> = entries.iter().map(|&(c, us)| (c, if us == 0 { ts } else { us as Nanos * 1000 })).collect();
+        if let Err(e) = st.sched.set_runlist(self.key, &rl) {
+            tracing::warn!(vgpu = self.key, error = %e, "runlist not applied");
+        }
+        drop(st);
+        self.shared.wake.notify_all();
+    }
+
+    fn cancel(&self) {
+        let mut st = self.shared.lock();
+        let chans: Vec<u32> = st.channels.get(&self.key).map(|c| c.iter().copied().collect()).unwrap_or_default();
+        for c in chans {
+            let dropped = st.sched.drop_channel(self.key, c);
+            st.cancelled.extend(dropped);
+        }
+        let inner = st.contexts.get(&self.key).cloned();
+        drop(st);
+        if let Some(i) = inner {
+            i.cancel();
+        }
+        self.shared.wake.notify_all();
+    }
+}
+
+impl Drop for ScheduledContext {
+    fn drop(&mut self) {
+        let mut st = self.shared.lock();
+        let now = self.shared.now();
+        let dropped = st.sched.remove_vgpu(self.key, now);
+        st.cancelled.extend(dropped);
+        st.contexts.remove(&self.key);
+        st.channels.remove(&self.key);
+        drop(st);
+        self.shared.wake.notify_all();
+    }
+}
+
+/// The dispatcher: feeds the engine one item at a time, as the policy says.
+fn dispatch(shared: Arc<Shared>) {
+    let mut st = shared.lock();
+    loop {
+        if st.stopping {
+            return;
+        }
+        if !st.cancelled.is_empty() {
+            let jobs = std::mem::take(&mut st.cancelled);
+            drop(st);
+            for j in jobs {
+                (j.done)(Completion { gpu_time: Duration::ZERO, result: Err(ExecError::Cancelled) });
+            }
+            st = shared.lock();
+            continue;
+        }
+        let now = shared.now();
+        match st.sched.pick(now) {
+            Pick::Run { vgpu, channel, item } => {
+                let Some(ctx) = st.contexts.get(&vgpu).cloned() else {
+                    st.cancelled.push(item);
+                    continue;
+                };
+                let s = shared.clone();
+                let Job { item, done } = item;
+                // The backend never completes inside submit, so submitting
+                // under the lock is safe and keeps the order of decisions.
+                ctx.submit(
+                    item,
+                    Box::new(move |c: Completion| {
+                        let used = c.gpu_time.as_nanos() as Nanos;
+                        {
+                            let mut st = s.lock();
+                            let now = s.now();
+                            if let Err(e) = st.sched.complete(vgpu, channel, used, now) {
+                                tracing::debug!(vgpu, channel, error = %e, "completion for a detached vGPU");
+                            }
+                        }
+                        s.wake.notify_all();
+                        done(c);
+                    }),
+                );
+            }
+            Pick::IdleUntil(t) => {
+                let wait = Duration::from_nanos(t.saturating_sub(now).max(1_000));
+                st = shared.wake.wait_timeout(st, wait).map(|(g, _)| g).unwrap_or_else(|p| p.into_inner().0);
+            }
+            Pick::Empty | Pick::Busy => {
+                st = shared.wake.wait(st).unwrap_or_else(|p| p.into_inner());
+            }
+        }
+    }
+}
