@@ -152,7 +152,7 @@ pub fn run(policy: PolicyKind, seconds: f64) -> Result<DemoReport, String> {
     let t0 = Instant::now();
     std::thread::scope(|s| {
         for (g, ch) in guests.iter_mut() {
-            s.spawn(move || saturate(g, ch, 500, until));
+            s.spawn(move || saturate(g, ch, 1000, until));
         }
     });
     let wall = t0.elapsed().as_nanos() as f64;
