@@ -10,8 +10,12 @@ use scheduler::PolicyKind;
 static ENGINE: Mutex<()> = Mutex::new(());
 
 fn shares(policy: PolicyKind) -> Vec<f64> {
+    shares_with(&scheduler::Config::default(), Some(policy))
+}
+
+fn shares_with(config: &scheduler::Config, policy: Option<PolicyKind>) -> Vec<f64> {
     let _one_at_a_time = ENGINE.lock().unwrap_or_else(|p| p.into_inner());
-    let r = tools::demo::run(policy, 2.0).expect("demo workload");
+    let r = tools::demo::run_with(config, policy, 2.0).expect("demo workload");
     assert_eq!(r.checks_passed, 8, "correctness checks on both vGPUs");
     r.shares.iter().map(|s| s.2).collect()
 }
@@ -35,4 +39,15 @@ fn best_effort_is_work_conserving_on_the_cpu_engine() {
     // best effort keeps the engine busy but for dispatch overhead between items.
     assert!(s[0] + s[1] > 0.85, "engine idle while both vGPUs had work: {s:?}");
     assert!((s[0] / s[1] - 1.0).abs() < 0.1, "round robin over equal work: {s:?}");
+}
+
+#[test]
+fn weighted_three_to_one_from_the_policy_file() {
+    let text = "[parent.\"cpu0\"]\npolicy = \"weighted\"\n[type.\"vgpud-2c\"]\nweight = 3\n";
+    let config = scheduler::Config::parse(text, "test.toml").expect("policy file");
+    let s = shares_with(&config, None);
+    let ratio = s[1] / s[0];
+    eprintln!("weighted: {:.4} / {:.4}, ratio {ratio:.4}", s[0], s[1]);
+    assert!((ratio / 3.0 - 1.0).abs() <= 0.05, "weight 3 vs 1 gave ratio {ratio}");
+    assert!(s[0] + s[1] > 0.85, "weighted is work-conserving: {s:?}");
 }

@@ -14,7 +14,10 @@ use devmodel::harness::{Chan, Guest, Params, Pb, STATE_IDLE};
 use devmodel::{CpuEngine, Vgpu, VgpuConfig};
 use mdev_types::VgpuType;
 use mmio::pci::PciIdentity;
-use scheduler::{ParentPolicy, PolicyKind, VgpuParams};
+use scheduler::{Config, PolicyKind, VgpuParams};
+
+/// The demo parent's id (its section in the policy file: `[parent."cpu0"]`).
+pub const PARENT: &str = "cpu0";
 
 use crate::parent::Parent;
 
@@ -26,8 +29,8 @@ pub struct DemoReport {
     pub shares: Vec<(String, f64, f64, u64)>,
 }
 
-fn vgpu_on(parent: &Parent, t: &VgpuType, name: &str) -> Result<(u64, Vgpu), String> {
-    let (key, ctx) = parent.attach(t.framebuffer_bytes, t.channels, VgpuParams::for_type(t.max_instances)).map_err(|e| e.to_string())?;
+fn vgpu_on(parent: &Parent, t: &VgpuType, params: VgpuParams, name: &str) -> Result<(u64, Vgpu), String> {
+    let (key, ctx) = parent.attach(t.framebuffer_bytes, t.channels, params).map_err(|e| e.to_string())?;
     let cfg = VgpuConfig {
         name: name.to_string(),
         identity: PciIdentity { vendor_id: t.vendor_id, device_id: t.device_id, subsystem_vendor_id: t.vendor_id, subsystem_id: t.device_id, revision: 1 },
@@ -108,51 +111,66 @@ fn correctness(g: &mut Guest, ch: &mut Chan) -> Result<usize, String> {
     Ok(passed)
 }
 
-/// Keep a channel full of spin work of `unit_us` for `until`.
-fn saturate(g: &mut Guest, ch: &mut Chan, unit_us: u32, until: Instant) -> u64 {
+/// Keep channels full of spin work of `unit_us` until `until`. Several
+/// channels keep the vGPU backlogged while one command completes and the
+/// next is fetched, as a busy guest's would be.
+fn saturate(g: &mut Guest, chans: &mut [Chan], unit_us: u32, until: Instant) {
     let (_, dst) = g.sys_buf(64);
     let (p, s) = g.params(Params::default().u64(dst).u32(1).u32(unit_us * 1000));
     let mut pb = Pb::new().bind();
     for _ in 0..20 {
         pb = pb.launch(compute::PROG_SPIN, p, s);
     }
-    let mut segments = 0;
     while Instant::now() < until {
-        // Keep up to 4 segments queued.
-        let get = g.chreg(ch.id, 0x10);
-        let queued = (ch.put + ch.entries - get) % ch.entries;
-        if queued < 4 {
-            g.submit(ch, &pb.0);
-            segments += 1;
-        } else {
+        let mut idle = true;
+        for ch in chans.iter_mut() {
+            // Keep up to 4 segments queued on each channel.
+            let get = g.chreg(ch.id, 0x10);
+            if (ch.put + ch.entries - get) % ch.entries < 4 {
+                g.submit(ch, &pb.0);
+                idle = false;
+            }
+        }
+        if idle {
             std::thread::sleep(Duration::from_micros(500));
         }
     }
-    segments
 }
 
-/// Run the demo under `policy` for `seconds` of shared load.
+/// Run the demo under the default policy settings of `policy`.
 pub fn run(policy: PolicyKind, seconds: f64) -> Result<DemoReport, String> {
-    let parent = Parent::new("cpu0", Box::new(CpuEngine::new(1)), ParentPolicy::new(policy));
+    run_with(&Config::default(), Some(policy), seconds)
+}
+
+/// Run the demo with the parent policy and vGPU parameters of `config`
+/// (parent id `cpu0`), the policy kind optionally overridden.
+pub fn run_with(config: &Config, policy: Option<PolicyKind>, seconds: f64) -> Result<DemoReport, String> {
+    let mut parent_policy = config.parent_policy(PARENT);
+    if let Some(kind) = policy {
+        parent_policy.kind = kind;
+    }
+    let parent = Parent::new(PARENT, Box::new(CpuEngine::new(1)), parent_policy);
     let types: Vec<&VgpuType> = ["vgpud-4c", "vgpud-2c"].iter().filter_map(|id| mdev_types::default_type(id)).collect();
     let mut guests = Vec::new();
     let mut checks = 0;
     let mut keys = Vec::new();
     for (i, t) in types.iter().enumerate() {
-        let (key, vgpu) = vgpu_on(&parent, t, &format!("demo{i}-{}", t.id))?;
+        let params = config.vgpu_params("", t.id, t.max_instances).map_err(|e| e.to_string())?;
+        let (key, vgpu) = vgpu_on(&parent, t, params, &format!("demo{i}-{}", t.id))?;
         keys.push(key);
         let mut g = Guest::attach(vgpu, 64);
         let mut ch = g.channel(0, 64);
         checks += correctness(&mut g, &mut ch)?;
         println!("vGPU {} ({}): saxpy, gemm_f32, copies via VRAM, reduce_sum, semaphores: ok", i, t.name);
-        guests.push((g, ch));
+        let load = vec![g.channel(1, 64), g.channel(2, 64)];
+        guests.push((g, load));
     }
     let before = parent.stats();
     let until = Instant::now() + Duration::from_secs_f64(seconds);
     let t0 = Instant::now();
     std::thread::scope(|s| {
-        for (g, ch) in guests.iter_mut() {
-            s.spawn(move || saturate(g, ch, 1000, until));
+        for (g, load) in guests.iter_mut() {
+            s.spawn(move || saturate(g, load, 1000, until));
         }
     });
     let wall = t0.elapsed().as_nanos() as f64;
@@ -162,7 +180,7 @@ pub fn run(policy: PolicyKind, seconds: f64) -> Result<DemoReport, String> {
         let key = keys[i];
         let b = before.vgpus.iter().find(|v| v.vgpu == key).map_or(0, |v| v.total);
         let a = after.vgpus.iter().find(|v| v.vgpu == key).ok_or("vGPU missing from the scheduler's statistics")?;
-        let configured = if policy == PolicyKind::FixedShare { 1.0 / t.max_instances as f64 } else { f64::NAN };
+        let configured = a.configured_share.unwrap_or(f64::NAN);
         shares.push((t.id.to_string(), configured, (a.total - b) as f64 / wall, a.commands));
     }
     Ok(DemoReport { checks_passed: checks, shares })

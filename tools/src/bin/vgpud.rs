@@ -8,15 +8,20 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use scheduler::PolicyKind;
+use scheduler::{Config, PolicyKind};
 
 #[derive(Parser)]
 #[command(version, about = "vgpud: mediated pass-through vGPUs in user space")]
 struct Args {
-    /// Host scheduling policy for the demo parent:
-    /// best_effort, equal_share, fixed_share or weighted.
-    #[arg(long, default_value = "fixed_share")]
-    policy: String,
+    /// Scheduling policy file (TOML, see docs/config.md); the demo parent's
+    /// id is `cpu0`.
+    #[arg(long)]
+    config: Option<std::path::PathBuf>,
+    /// Host scheduling policy for the demo parent, overriding the file:
+    /// best_effort, equal_share, fixed_share or weighted. Default, without
+    /// a file: fixed_share.
+    #[arg(long)]
+    policy: Option<String>,
     /// Seconds of shared spin load in the demo.
     #[arg(long, default_value_t = 2.0)]
     seconds: f64,
@@ -25,16 +30,34 @@ struct Args {
 fn main() -> ExitCode {
     tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::try_from_env("VGPUD_LOG").unwrap_or_else(|_| "warn".into())).with_writer(std::io::stderr).init();
     let args = Args::parse();
-    let Some(policy) = PolicyKind::from_name(&args.policy) else {
-        eprintln!("vgpud: unknown policy {:?} (best_effort, equal_share, fixed_share, weighted)", args.policy);
-        return ExitCode::from(2);
+    let config = match &args.config {
+        Some(path) => match Config::load(path) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("vgpud: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => Config::default(),
+    };
+    let policy = match (&args.policy, &args.config) {
+        (Some(name), _) => match PolicyKind::from_name(name) {
+            Some(p) => Some(p),
+            None => {
+                eprintln!("vgpud: unknown policy {name:?} (best_effort, equal_share, fixed_share, weighted)");
+                return ExitCode::from(2);
+            }
+        },
+        (None, Some(_)) => None,
+        (None, None) => Some(PolicyKind::FixedShare),
     };
     if !(args.seconds > 0.0 && args.seconds <= 3600.0) {
         eprintln!("vgpud: --seconds must be in (0, 3600]");
         return ExitCode::from(2);
     }
-    println!("vgpud demo: parent cpu0 (cpu engine), policy {}", policy.name());
-    match tools::demo::run(policy, args.seconds) {
+    let shown = policy.unwrap_or(config.parent_policy(tools::demo::PARENT).kind);
+    println!("vgpud demo: parent {} (cpu engine), policy {}", tools::demo::PARENT, shown.name());
+    match tools::demo::run_with(&config, policy, args.seconds) {
         Ok(r) => {
             println!("{} correctness checks passed", r.checks_passed);
             println!("{:<10} {:>10} {:>10} {:>9}", "type", "configured", "achieved", "commands");
