@@ -20,7 +20,7 @@ use mmio::regs::{Caps, ChannelCtrl, ChannelReg, ChannelStatus, ErrorCode, Global
 use mmio::{Decoded, RegRef, RegisterFile};
 
 use crate::backend::{Backend, Completion, EngineContext, ExecError, WorkItem};
-use crate::channel::{Channel, GpfifoEntry, Instance, USERD_GP_GET, USERD_GP_PUT, USERD_SIZE};
+use crate::channel::{Channel, GpfifoEntry, Instance, USERD_GP_GET, USERD_GP_PUT};
 use crate::gmmu::{Aperture, Extent, Fault, Gmmu};
 use crate::memory::{GuestRam, MemError};
 use crate::pushbuf::{self, AddressSpace, SegmentError};
@@ -689,10 +689,10 @@ impl Shared {
         }
         if st.channels[idx].kicked {
             st.channels[idx].kicked = false;
-            let userd = st.mmu.translate(&self.mem, inst.pdb, inst.userd, USERD_SIZE.min(8), false)?;
-            let mut b = [0u8; 8];
+            let userd = st.mmu.translate(&self.mem, inst.pdb, inst.userd + USERD_GP_PUT, 4, false)?;
+            let mut b = [0u8; 4];
             read_extents(&self.mem, &*self.ctx, &userd, &mut b).map_err(|_| chan_err(ErrorCode::SysmemUnmapped, 0))?;
-            let put = u32::from_le_bytes([b[USERD_GP_PUT as usize], b[1], b[2], b[3]]);
+            let put = u32::from_le_bytes(b);
             if put >= inst.entries {
                 return Err(chan_err(ErrorCode::GpfifoEntryInvalid, put));
             }

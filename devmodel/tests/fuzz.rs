@@ -33,14 +33,13 @@ fn rig() -> Rig {
     let mut g = Guest::new(e, 8, 1, 2);
     let mut neighbour = Guest::new(e, 1, 1, 1);
     let ch = g.channel(0, 8);
-    let (_, s1) = g.sys_buf(16384);
-    let (_, s2) = g.vram_buf(16384);
+    // Scratch buffers at SYS_VA and VRAM_VA, which the generated segments name.
+    g.sys_buf(16384);
+    g.vram_buf(16384);
     let canary = g.alloc_sys(65536);
     g.w(canary, &[CANARY; 65536]);
     let n = neighbour.alloc_sys(65536);
     neighbour.w(n, &[CANARY; 65536]);
-    let _ = &mut neighbour;
-    let _ = (s1, s2);
     Rig { g, neighbour, ch, canary }
 }
 
