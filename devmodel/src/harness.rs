@@ -6,7 +6,7 @@
 //! untrusted input.
 
 use std::fs::File;
-use std::os::fd::FromRawFd;
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::time::{Duration, Instant};
 
 use crate::channel::{GpfifoEntry, INST_GPFIFO_ENTRIES, INST_GPFIFO_VA, INST_NOTIFIER_VA, INST_PDB, INST_USERD_VA};
@@ -51,13 +51,18 @@ pub const STATE_IDLE: u32 = 1;
 pub const STATE_BLOCKED: u32 = 4;
 pub const STATE_FAULTED: u32 = 5;
 
+/// Guest RAM: a memfd of `size` bytes, sealed against resizing as QEMU's
+/// memfd backend does.
 pub fn memfd(size: u64) -> File {
     // SAFETY: memfd_create with a valid C string; the fd is owned by the File.
-    let fd = unsafe { libc::memfd_create(c"guest-ram".as_ptr(), 0) };
+    let fd = unsafe { libc::memfd_create(c"guest-ram".as_ptr(), libc::MFD_ALLOW_SEALING) };
     assert!(fd >= 0, "memfd_create failed");
     // SAFETY: fd is a fresh, owned descriptor.
     let f = unsafe { File::from_raw_fd(fd) };
     f.set_len(size).expect("size memfd");
+    // SAFETY: adds seals to the descriptor we own.
+    let sealed = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_ADD_SEALS, libc::F_SEAL_SHRINK | libc::F_SEAL_GROW) };
+    assert_eq!(sealed, 0, "seal memfd");
     f
 }
 

@@ -30,6 +30,8 @@ pub enum MemError {
     BadMap { gpa: u64, size: u64 },
     #[error("no DMA mapping lies inside {gpa:#x}+{size:#x}, or one straddles its edge")]
     BadUnmap { gpa: u64, size: u64 },
+    #[error("DMA map {gpa:#x}+{size:#x} at file offset {offset:#x} is not inside its file ({file_size:#x} bytes, or not a regular file)")]
+    BeyondFile { gpa: u64, size: u64, offset: u64, file_size: u64 },
     #[error("mmap of the DMA region failed: {0}")]
     Mmap(String),
 }
@@ -68,6 +70,15 @@ impl GuestRam {
         let bad = || MemError::BadMap { gpa, size };
         if size == 0 || gpa.checked_add(size).is_none() || usize::try_from(size).is_err() {
             return Err(bad());
+        }
+        // A mapping past the end of its file would fault (SIGBUS) on first
+        // access, so the whole range must lie inside a regular file.
+        let meta = fd.metadata().map_err(|e| MemError::Mmap(e.to_string()))?;
+        if !meta.file_type().is_file() || file_offset.checked_add(size).map_or(true, |end| end > meta.len()) {
+            return Err(MemError::BeyondFile { gpa, size, offset: file_offset, file_size: meta.len() });
+        }
+        if !shrink_sealed(&fd) {
+            tracing::warn!(gpa, size, "DMA region's file is not sealed against shrinking; a client that truncates it would fault the daemon");
         }
         let prot = libc::PROT_READ | if writable { libc::PROT_WRITE } else { 0 };
         let mmap = MmapRegion::build(Some(FileOffset::new(fd, file_offset)), size as usize, prot, libc::MAP_SHARED)
@@ -208,4 +219,13 @@ impl MmapSlice for GuestRegionMmap {
     fn get_mmap_slice(&self, off: usize, len: usize) -> Result<VolatileSlice<'_, BS<'_, ()>>, vm_memory::volatile_memory::Error> {
         VolatileMemory::get_slice(&**self, off, len)
     }
+}
+
+/// Whether `fd` carries `F_SEAL_SHRINK` (QEMU's memfd backend seals by
+/// default), so that its size can no longer go below a mapping.
+fn shrink_sealed(fd: &File) -> bool {
+    use std::os::fd::AsRawFd;
+    // SAFETY: F_GET_SEALS only reads the seals of a descriptor we own.
+    let seals = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) };
+    seals >= 0 && seals & libc::F_SEAL_SHRINK != 0
 }

@@ -6,3 +6,4 @@
 
 pub mod demo;
 pub mod parent;
+pub mod vfio_user;

@@ -1,0 +1,515 @@
+//! The vfio-user server: one vGPU on one Unix socket.
+//!
+//! A VMM (QEMU's `vfio-user-pci`) connects, negotiates the protocol
+//! version, shares guest RAM as file descriptors (DMA_MAP), discovers the
+//! regions and interrupts, and then traps every access of the guest to the
+//! vGPU's config space and BARs into REGION_READ/WRITE messages. The server
+//! turns each message into a call on the device model's face
+//! ([`devmodel::Vgpu`]) and replies.
+//!
+//! One client is attached at a time; a second one is turned away while the
+//! first is connected. When the client goes away — cleanly, by crashing, or
+//! by sending something malformed — the vGPU is quiesced: its work is
+//! dropped (device reset), its interrupts are disarmed and every DMA region
+//! the client mapped is unmapped and unpinned, and the socket waits for the
+//! next connection.
+//!
+//! Why not the rust-vmm `vfio_user` crate's `Server`: it panics on a
+//! version message whose capability string lacks its NUL, allocates
+//! whatever `count` or `message_size` the client claims, loses message
+//! framing after an error (the rest of a rejected message is read as the
+//! next header), and serves exactly one connection per `run`. A hostile
+//! guest's VMM must not be able to do any of that to the daemon, so the
+//! server is ours (see docs/vfio-user.md); the crate's `Client` is used by
+//! the tests as the independent peer.
+
+pub mod wire;
+
+use std::fs::File;
+use std::io::{ErrorKind, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use devmodel::memory::MemError;
+use devmodel::vgpu::IRQ_INDEX_MSIX;
+use devmodel::{DeviceError, Vgpu};
+use mmio::bar::{BAR0_SIZE, BAR2_SIZE, NUM_REGIONS, REGION_BAR0, REGION_BAR2, REGION_CONFIG};
+use mmio::pci::CONFIG_SPACE_SIZE;
+use vfio_bindings::bindings::vfio::{
+    VFIO_DEVICE_FLAGS_PCI, VFIO_DEVICE_FLAGS_RESET, VFIO_IRQ_INFO_EVENTFD, VFIO_IRQ_INFO_NORESIZE, VFIO_IRQ_SET_ACTION_TRIGGER,
+    VFIO_IRQ_SET_DATA_EVENTFD, VFIO_IRQ_SET_DATA_NONE, VFIO_PCI_NUM_IRQS, VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE,
+};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::sock_ctrl_msg::ScmSocket;
+use wire::{Command, DmaMap, DmaUnmap, Fields, Header, Payload, RegionAccess, SetIrqs, HEADER_SIZE};
+
+/// How long the rest of a message may take once its header arrived.
+const MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Counters of one vGPU's socket, for status and metrics.
+#[derive(Debug, Default)]
+pub struct ServerStats {
+    /// A client is connected now.
+    pub attached: AtomicBool,
+    /// Connections accepted since start.
+    pub connections: AtomicU64,
+    /// Messages handled.
+    pub messages: AtomicU64,
+    /// Messages answered with an error, or that ended a connection.
+    pub errors: AtomicU64,
+}
+
+/// A running server; dropping it stops the thread and removes the socket.
+pub struct ServerHandle {
+    path: PathBuf,
+    stop: EventFd,
+    stats: Arc<ServerStats>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ServerHandle {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+    pub fn stats(&self) -> &Arc<ServerStats> {
+        &self.stats
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        let _ = self.stop.write(1);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Serve `vgpu` on a new socket at `path` (which must not exist) from a
+/// thread of its own.
+pub fn spawn(path: &Path, vgpu: Arc<Vgpu>) -> std::io::Result<ServerHandle> {
+    let listener = UnixListener::bind(path)?;
+    let stop = EventFd::new(EFD_NONBLOCK)?;
+    let stats = Arc::new(ServerStats::default());
+    let server = Server { listener, stop: stop.try_clone()?, vgpu, stats: stats.clone() };
+    let name = format!("vfio-user-{}", server.vgpu.config().name);
+    let thread = match std::thread::Builder::new().name(name).spawn(move || server.run()) {
+        Ok(t) => t,
+        Err(e) => {
+            let _ = std::fs::remove_file(path);
+            return Err(e);
+        }
+    };
+    Ok(ServerHandle { path: path.to_path_buf(), stop, stats, thread: Some(thread) })
+}
+
+struct Server {
+    listener: UnixListener,
+    stop: EventFd,
+    vgpu: Arc<Vgpu>,
+    stats: Arc<ServerStats>,
+}
+
+/// What `poll` saw.
+struct Ready {
+    stop: bool,
+    listener: bool,
+    stream: bool,
+}
+
+impl Server {
+    fn name(&self) -> &str {
+        &self.vgpu.config().name
+    }
+
+    fn poll(&self, stream: Option<&UnixStream>) -> Ready {
+        let mut fds = vec![
+            libc::pollfd { fd: self.stop.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+            libc::pollfd { fd: self.listener.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+        ];
+        if let Some(s) = stream {
+            fds.push(libc::pollfd { fd: s.as_raw_fd(), events: libc::POLLIN, revents: 0 });
+        }
+        loop {
+            // SAFETY: `fds` is a valid array of pollfd for the call's duration.
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+            if n >= 0 {
+                break;
+            }
+            if std::io::Error::last_os_error().kind() != ErrorKind::Interrupted {
+                // poll itself failing is not recoverable here; treat as stop.
+                return Ready { stop: true, listener: false, stream: false };
+            }
+        }
+        Ready { stop: fds[0].revents != 0, listener: fds[1].revents != 0, stream: fds.get(2).is_some_and(|f| f.revents != 0) }
+    }
+
+    fn run(self) {
+        tracing::info!(vgpu = %self.name(), "vfio-user server listening");
+        loop {
+            let ready = self.poll(None);
+            if ready.stop {
+                break;
+            }
+            if !ready.listener {
+                continue;
+            }
+            match self.listener.accept() {
+                Ok((stream, _)) => {
+                    if self.serve(stream) == Served::Stop {
+                        break;
+                    }
+                }
+                Err(e) => tracing::warn!(vgpu = %self.name(), "accept failed: {e}"),
+            }
+        }
+        tracing::info!(vgpu = %self.name(), "vfio-user server stopped");
+    }
+
+    /// Serve one client until it leaves or the server is stopped.
+    fn serve(&self, mut stream: UnixStream) -> Served {
+        self.stats.connections.fetch_add(1, Ordering::Relaxed);
+        self.stats.attached.store(true, Ordering::Relaxed);
+        tracing::info!(vgpu = %self.name(), "client attached");
+        let mut session = Session { vgpu: &self.vgpu, versioned: false, maps: Vec::new() };
+        let outcome = loop {
+            let ready = self.poll(Some(&stream));
+            if ready.stop {
+                break Served::Stop;
+            }
+            if ready.listener {
+                if let Ok((other, _)) = self.listener.accept() {
+                    tracing::warn!(vgpu = %self.name(), "second client turned away: the vGPU is attached");
+                    drop(other);
+                }
+            }
+            if !ready.stream {
+                continue;
+            }
+            match self.one_message(&mut stream, &mut session) {
+                Ok(()) => {}
+                Err(End::Closed) => break Served::Next,
+                Err(End::Violation(why)) => {
+                    self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(vgpu = %self.name(), "disconnecting client: {why}");
+                    break Served::Next;
+                }
+            }
+        };
+        drop(stream);
+        session.quiesce();
+        self.stats.attached.store(false, Ordering::Relaxed);
+        let st = self.vgpu.stats();
+        tracing::info!(vgpu = %self.name(), commands = st.commands, gpu_time_ns = st.gpu_time_ns, faults = st.faults, "client detached; vGPU quiesced, guest memory unmapped");
+        outcome
+    }
+
+    /// Read, handle and answer one message.
+    fn one_message(&self, stream: &mut UnixStream, session: &mut Session) -> Result<(), End> {
+        let (header, fds) = read_header(stream)?;
+        if (header.message_size as usize) < HEADER_SIZE || header.message_size > wire::MAX_MESSAGE {
+            return Err(End::Violation(format!("message size {} outside {}..={}", header.message_size, HEADER_SIZE, wire::MAX_MESSAGE)));
+        }
+        if header.flags & wire::FLAG_TYPE_MASK != wire::FLAG_TYPE_COMMAND {
+            return Err(End::Violation(format!("message type {:#x} from a client must be a command", header.flags & wire::FLAG_TYPE_MASK)));
+        }
+        let mut body = vec![0u8; header.message_size as usize - HEADER_SIZE];
+        stream.read_exact(&mut body).map_err(|e| End::Violation(format!("truncated message: {e}")))?;
+        self.stats.messages.fetch_add(1, Ordering::Relaxed);
+
+        let result = session.handle(&header, &body, fds);
+        if let Err(errno) = &result {
+            self.stats.errors.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(vgpu = %self.name(), command = header.command, errno, "command failed");
+        }
+        if header.no_reply() {
+            return Ok(());
+        }
+        let (reply, payload) = match result {
+            Ok(p) => (header.reply(Ok(p.len())), p),
+            Err(errno) => (header.reply(Err(errno)), Vec::new()),
+        };
+        let mut msg = reply.encode().to_vec();
+        msg.extend_from_slice(&payload);
+        stream.write_all(&msg).map_err(|_| End::Closed)
+    }
+}
+
+#[derive(PartialEq, Eq)]
+enum Served {
+    Next,
+    Stop,
+}
+
+enum End {
+    /// The client closed the connection.
+    Closed,
+    /// The client broke the protocol so that framing is lost.
+    Violation(String),
+}
+
+/// Receive a header and the file descriptors that came with it.
+fn read_header(stream: &mut UnixStream) -> Result<(Header, Vec<File>), End> {
+    let mut buf = [0u8; HEADER_SIZE];
+    let mut raw_fds = [-1 as RawFd; wire::MAX_MSG_FDS];
+    let mut iov = [libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: HEADER_SIZE }];
+    // SAFETY: the iovec points at `buf`, which outlives the call, and
+    // `raw_fds` has room for MAX_MSG_FDS descriptors.
+    let got = unsafe { stream.recv_with_fds(&mut iov, &mut raw_fds) };
+    let (n, nfds) = match got {
+        Ok(v) => v,
+        Err(e) if e.errno() == libc::ECONNRESET => return Err(End::Closed),
+        Err(e) => return Err(End::Violation(format!("receive failed: {e}"))),
+    };
+    // Own every descriptor at once so that all paths close them.
+    // SAFETY: the kernel just installed these descriptors for us.
+    let fds: Vec<File> = raw_fds[..nfds].iter().map(|&fd| unsafe { File::from_raw_fd(fd) }).collect();
+    if n == 0 {
+        return Err(End::Closed);
+    }
+    if n < HEADER_SIZE {
+        stream.set_read_timeout(Some(MESSAGE_TIMEOUT)).map_err(|e| End::Violation(e.to_string()))?;
+        stream.read_exact(&mut buf[n..]).map_err(|e| End::Violation(format!("truncated header: {e}")))?;
+    }
+    stream.set_read_timeout(Some(MESSAGE_TIMEOUT)).map_err(|e| End::Violation(e.to_string()))?;
+    Ok((Header::decode(&buf), fds))
+}
+
+/// One client's state: what it mapped, whether it said hello.
+struct Session<'a> {
+    vgpu: &'a Vgpu,
+    versioned: bool,
+    /// DMA regions the client mapped: (address, size, backed by a file).
+    maps: Vec<(u64, u64, bool)>,
+}
+
+fn errno_of(e: &DeviceError) -> i32 {
+    match e {
+        DeviceError::Memory(MemError::BadMap { .. }) => libc::EEXIST,
+        DeviceError::Memory(MemError::BadUnmap { .. }) => libc::ENOENT,
+        DeviceError::Memory(MemError::Mmap(_)) => libc::ENOMEM,
+        DeviceError::Backend(_) | DeviceError::Thread(_) => libc::EIO,
+        _ => libc::EINVAL,
+    }
+}
+
+impl Session<'_> {
+    fn handle(&mut self, h: &Header, body: &[u8], fds: Vec<File>) -> Result<Vec<u8>, i32> {
+        let cmd = Command::from_u16(h.command).ok_or(libc::ENOSYS)?;
+        if !self.versioned && cmd != Command::Version {
+            return Err(libc::EINVAL);
+        }
+        // Only these commands carry descriptors.
+        if !fds.is_empty() && !matches!(cmd, Command::DmaMap | Command::DeviceSetIrqs) {
+            return Err(libc::EINVAL);
+        }
+        let einval = |_| libc::EINVAL;
+        match cmd {
+            Command::Version => self.version(body),
+            Command::DmaMap => {
+                let m = DmaMap::decode(body).map_err(einval)?;
+                self.dma_map(m, fds)
+            }
+            Command::DmaUnmap => {
+                let u = DmaUnmap::decode(body).map_err(einval)?;
+                self.dma_unmap(u)
+            }
+            Command::DeviceGetInfo => {
+                let argsz = Fields::new(body).u32().map_err(einval)?;
+                if argsz < 16 {
+                    return Err(libc::EINVAL);
+                }
+                Ok(Payload::default().u32(16).u32(VFIO_DEVICE_FLAGS_PCI | VFIO_DEVICE_FLAGS_RESET).u32(NUM_REGIONS).u32(VFIO_PCI_NUM_IRQS).0)
+            }
+            Command::DeviceGetRegionInfo => {
+                let mut f = Fields::new(body);
+                let argsz = f.u32().map_err(einval)?;
+                let _flags = f.u32().map_err(einval)?;
+                let index = f.u32().map_err(einval)?;
+                if argsz < 32 || index >= NUM_REGIONS {
+                    return Err(libc::EINVAL);
+                }
+                let size = match index {
+                    REGION_BAR0 => BAR0_SIZE,
+                    REGION_BAR2 => BAR2_SIZE,
+                    REGION_CONFIG => CONFIG_SPACE_SIZE,
+                    _ => 0,
+                };
+                let flags = if size > 0 { VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE } else { 0 };
+                Ok(Payload::default().u32(32).u32(flags).u32(index).u32(0).u64(size).u64(0).0)
+            }
+            Command::DeviceGetIrqInfo => {
+                let mut f = Fields::new(body);
+                let argsz = f.u32().map_err(einval)?;
+                let _flags = f.u32().map_err(einval)?;
+                let index = f.u32().map_err(einval)?;
+                if argsz < 16 || index >= VFIO_PCI_NUM_IRQS {
+                    return Err(libc::EINVAL);
+                }
+                let (flags, count) =
+                    if index == IRQ_INDEX_MSIX { (VFIO_IRQ_INFO_EVENTFD | VFIO_IRQ_INFO_NORESIZE, mmio::bar::MSIX_VECTORS as u32) } else { (VFIO_IRQ_INFO_EVENTFD, 0) };
+                Ok(Payload::default().u32(16).u32(flags).u32(index).u32(count).0)
+            }
+            Command::DeviceSetIrqs => {
+                let s = SetIrqs::decode(body).map_err(einval)?;
+                self.set_irqs(s, fds)
+            }
+            Command::RegionRead => {
+                let a = RegionAccess::decode(body).map_err(einval)?;
+                if a.count > wire::MAX_DATA_XFER {
+                    return Err(libc::EINVAL);
+                }
+                let mut p = a.encode();
+                let start = p.0.len();
+                p.0.resize(start + a.count as usize, 0);
+                self.vgpu.region_read(a.region, a.offset, &mut p.0[start..]).map_err(|e| errno_of(&e))?;
+                Ok(p.0)
+            }
+            Command::RegionWrite => {
+                let a = RegionAccess::decode(body).map_err(einval)?;
+                let data = &body[RegionAccess::SIZE..];
+                if data.len() != a.count as usize {
+                    return Err(libc::EINVAL);
+                }
+                self.vgpu.region_write(a.region, a.offset, data).map_err(|e| errno_of(&e))?;
+                Ok(a.encode().0)
+            }
+            Command::DeviceReset => {
+                self.vgpu.reset();
+                Ok(Vec::new())
+            }
+            // Not offered: no mappable regions with io fds, no DMA through
+            // messages, no coalesced writes, no migration.
+            Command::DeviceGetRegionIoFds
+            | Command::DmaRead
+            | Command::DmaWrite
+            | Command::RegionWriteMulti
+            | Command::DeviceFeature
+            | Command::MigDataRead
+            | Command::MigDataWrite => Err(libc::ENOTSUP),
+        }
+    }
+
+    /// VERSION: major 0; the reply's minor is at most the client's, and our
+    /// capabilities are the ones every client knows.
+    fn version(&mut self, body: &[u8]) -> Result<Vec<u8>, i32> {
+        let mut f = Fields::new(body);
+        let major = f.u16().map_err(|_| libc::EINVAL)?;
+        let minor = f.u16().map_err(|_| libc::EINVAL)?;
+        let json = f.rest();
+        let json = json.strip_suffix(&[0]).unwrap_or(json);
+        if !json.is_empty() {
+            let v: serde_json::Value = serde_json::from_slice(json).map_err(|_| libc::EINVAL)?;
+            if !v.is_object() {
+                return Err(libc::EINVAL);
+            }
+        }
+        if major != 0 {
+            return Err(libc::ENOTSUP);
+        }
+        self.versioned = true;
+        let caps = serde_json::json!({"capabilities": {"max_msg_fds": wire::MAX_MSG_FDS, "max_data_xfer_size": wire::MAX_DATA_XFER}});
+        let mut p = Payload::default().u16(0).u16(minor.min(1)).bytes(caps.to_string().as_bytes()).0;
+        p.push(0);
+        Ok(p)
+    }
+
+    fn dma_map(&mut self, m: DmaMap, mut fds: Vec<File>) -> Result<Vec<u8>, i32> {
+        if fds.len() > 1 || m.size == 0 || m.address.checked_add(m.size).is_none() {
+            return Err(libc::EINVAL);
+        }
+        if self.maps.iter().any(|&(a, s, _)| m.address < a + s && a < m.address + m.size) {
+            return Err(libc::EEXIST);
+        }
+        match fds.pop() {
+            Some(fd) => {
+                self.vgpu.dma_map(m.address, m.size, fd, m.offset, m.flags & wire::DMA_MAP_WRITE != 0).map_err(|e| {
+                    tracing::warn!(vgpu = %self.vgpu.config().name, "DMA_MAP {:#x}+{:#x} refused: {e}", m.address, m.size);
+                    errno_of(&e)
+                })?;
+                self.maps.push((m.address, m.size, true));
+            }
+            // A region the client cannot share (ROM, VGA holes): the device
+            // never reaches it; commands that try fault.
+            None => self.maps.push((m.address, m.size, false)),
+        }
+        Ok(Vec::new())
+    }
+
+    fn dma_unmap(&mut self, u: DmaUnmap) -> Result<Vec<u8>, i32> {
+        if u.flags & wire::DMA_UNMAP_ALL != 0 {
+            self.unmap_all();
+            return Ok(u.encode());
+        }
+        let end = u.address.checked_add(u.size).ok_or(libc::EINVAL)?;
+        // Every mapping inside the range goes; one straddling it is an error.
+        if self.maps.iter().any(|&(a, s, _)| a < end && u.address < a + s && (a < u.address || a + s > end)) {
+            return Err(libc::EINVAL);
+        }
+        let inside: Vec<_> = self.maps.iter().copied().filter(|&(a, s, _)| a >= u.address && a + s <= end).collect();
+        if inside.is_empty() {
+            return Err(libc::ENOENT);
+        }
+        for (a, s, backed) in inside {
+            if backed {
+                self.vgpu.dma_unmap(a, s).map_err(|e| errno_of(&e))?;
+            }
+            self.maps.retain(|&(x, _, _)| x != a);
+        }
+        Ok(u.encode())
+    }
+
+    fn unmap_all(&mut self) {
+        for (a, s, backed) in self.maps.drain(..) {
+            if backed {
+                if let Err(e) = self.vgpu.dma_unmap(a, s) {
+                    tracing::warn!(vgpu = %self.vgpu.config().name, "unmap {a:#x}+{s:#x}: {e}");
+                }
+            }
+        }
+    }
+
+    /// SET_IRQS: MSI-X eventfds in, out, or all off; other indexes may only
+    /// be switched off (the device has no INTx or MSI).
+    fn set_irqs(&mut self, s: SetIrqs, fds: Vec<File>) -> Result<Vec<u8>, i32> {
+        let data = s.flags & (VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_DATA_EVENTFD | vfio_bindings::bindings::vfio::VFIO_IRQ_SET_DATA_BOOL);
+        let action = s.flags & !data;
+        if s.index >= VFIO_PCI_NUM_IRQS || action != VFIO_IRQ_SET_ACTION_TRIGGER {
+            return Err(libc::EINVAL);
+        }
+        let disable_all = data == VFIO_IRQ_SET_DATA_NONE && s.count == 0 && s.start == 0;
+        if s.index != IRQ_INDEX_MSIX {
+            return if disable_all && fds.is_empty() { Ok(Vec::new()) } else { Err(libc::EINVAL) };
+        }
+        let slots: Vec<Option<File>> = if disable_all {
+            Vec::new()
+        } else if data == VFIO_IRQ_SET_DATA_EVENTFD && fds.is_empty() {
+            (0..s.count).map(|_| None).collect()
+        } else if data == VFIO_IRQ_SET_DATA_EVENTFD && fds.len() == s.count as usize {
+            fds.into_iter().map(Some).collect()
+        } else {
+            return Err(libc::EINVAL);
+        };
+        if s.count > mmio::bar::MSIX_VECTORS as u32 {
+            return Err(libc::EINVAL);
+        }
+        self.vgpu.set_irqs(s.index, s.start, slots).map_err(|e| errno_of(&e))?;
+        Ok(Vec::new())
+    }
+
+    /// The client is gone: drop its work, disarm interrupts, unmap and
+    /// unpin its memory.
+    fn quiesce(&mut self) {
+        self.vgpu.reset();
+        if let Err(e) = self.vgpu.set_irqs(IRQ_INDEX_MSIX, 0, Vec::new()) {
+            tracing::warn!(vgpu = %self.vgpu.config().name, "disarming interrupts: {e}");
+        }
+        self.unmap_all();
+    }
+}
