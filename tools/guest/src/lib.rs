@@ -1,0 +1,1 @@
+//! The vgpud guest driver.
