@@ -111,6 +111,19 @@ impl Parent {
         Ok(())
     }
 
+    /// Change one vGPU's weight, cap, reservation or class (at once).
+    pub fn set_params(&self, key: u64, params: VgpuParams) -> Result<(), ParentError> {
+        let now = self.shared.now();
+        self.shared.lock().sched.set_params(key, params, now)?;
+        self.shared.wake.notify_all();
+        Ok(())
+    }
+
+    /// The timeslice in force.
+    pub fn timeslice(&self) -> Nanos {
+        self.shared.lock().sched.timeslice()
+    }
+
     /// The policy in force.
     pub fn policy(&self) -> ParentPolicy {
         self.shared.lock().sched.policy()

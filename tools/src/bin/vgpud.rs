@@ -1,34 +1,50 @@
 //! vgpud: the vGPU host daemon.
 //!
-//! With its embedded defaults (one cpu-engine parent, the default vGPU
-//! types) it runs the demo workload: two vGPUs driven by in-process guests
-//! check every engine class against CPU references, then share the parent
-//! under the chosen policy while the measured shares are printed.
+//! Hosts the parents (the cpu engine by default) and the vGPUs created on
+//! them, serves each vGPU over vfio-user at `<run-dir>/<uuid>.sock` and
+//! takes operations on `<run-dir>/control.sock`. SIGHUP reloads the
+//! scheduling policy file; SIGTERM or SIGINT stops cleanly (vGPUs
+//! quiesced, sockets removed). With `--demo` it also runs the demo workload
+//! and exits when it is done.
 
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
 
 use clap::Parser;
 use scheduler::{Config, PolicyKind};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+use tools::daemon::control::ControlServer;
+use tools::daemon::{Daemon, DEFAULT_RUN_DIR};
 
 #[derive(Parser)]
 #[command(version, about = "vgpud: mediated pass-through vGPUs in user space")]
 struct Args {
-    /// Scheduling policy file (TOML, see docs/config.md); the demo parent's
-    /// id is `cpu0`.
+    /// Scheduling policy file (TOML, docs/config.md). Without one: the
+    /// default parent `cpu0` runs best_effort.
     #[arg(long)]
-    config: Option<std::path::PathBuf>,
-    /// Host scheduling policy for the demo parent, overriding the file:
-    /// best_effort, equal_share, fixed_share or weighted. Default, without
-    /// a file: fixed_share.
-    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Directory for the control socket and one vfio-user socket per vGPU.
+    #[arg(long, default_value = DEFAULT_RUN_DIR)]
+    run_dir: PathBuf,
+    /// Run the demo workload for this many seconds of shared load, print
+    /// what it measured and exit.
+    #[arg(long, value_name = "SECONDS")]
+    demo: Option<f64>,
+    /// Policy for the demo's parent, overriding the file: best_effort,
+    /// equal_share, fixed_share or weighted (default fixed_share).
+    #[arg(long, requires = "demo")]
     policy: Option<String>,
-    /// Seconds of shared spin load in the demo.
-    #[arg(long, default_value_t = 2.0)]
-    seconds: f64,
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::try_from_env("VGPUD_LOG").unwrap_or_else(|_| "warn".into())).with_writer(std::io::stderr).init();
+    let default_level = "info";
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("VGPUD_LOG").unwrap_or_else(|_| default_level.into()))
+        .with_writer(std::io::stderr)
+        .init();
     let args = Args::parse();
     let config = match &args.config {
         Some(path) => match Config::load(path) {
@@ -40,6 +56,70 @@ fn main() -> ExitCode {
         },
         None => Config::default(),
     };
+    if let Some(seconds) = args.demo {
+        return demo(&args, &config, seconds);
+    }
+    if let Err(e) = prepare_run_dir(&args.run_dir) {
+        eprintln!("vgpud: {e}");
+        return ExitCode::from(1);
+    }
+    let mut signals = match Signals::new([SIGTERM, SIGINT, SIGHUP]) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("vgpud: cannot install signal handlers: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let daemon = Arc::new(Mutex::new(Daemon::new(&args.run_dir, args.config.clone(), config)));
+    let control_path = args.run_dir.join("control.sock");
+    let control = match ControlServer::spawn(&control_path, daemon.clone()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("vgpud: {}: {e}", control_path.display());
+            return ExitCode::from(1);
+        }
+    };
+    tracing::info!(run_dir = %args.run_dir.display(), control = %control_path.display(), "vgpud ready");
+    for sig in signals.forever() {
+        if sig == SIGHUP {
+            let mut d = daemon.lock().unwrap_or_else(|p| p.into_inner());
+            match d.reload() {
+                Ok(v) => tracing::info!("SIGHUP: {v}"),
+                Err(e) => tracing::error!("SIGHUP: reload failed, policy unchanged: {e}"),
+            }
+            continue;
+        }
+        tracing::info!(signal = sig, "stopping");
+        break;
+    }
+    drop(control);
+    match Arc::try_unwrap(daemon) {
+        Ok(d) => drop(d.into_inner().unwrap_or_else(|p| p.into_inner())),
+        Err(_) => tracing::warn!("daemon state still referenced at exit"),
+    }
+    tracing::info!("vgpud stopped");
+    ExitCode::SUCCESS
+}
+
+/// Create the run directory; refuse to share it with a live daemon, and
+/// clear sockets a dead one left behind.
+fn prepare_run_dir(dir: &Path) -> Result<(), String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let control = dir.join("control.sock");
+    if UnixStream::connect(&control).is_ok() {
+        return Err(format!("another vgpud is serving {}", dir.display()));
+    }
+    let entries = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.extension().is_some_and(|x| x == "sock") {
+            let _ = std::fs::remove_file(&p);
+        }
+    }
+    Ok(())
+}
+
+fn demo(args: &Args, config: &Config, seconds: f64) -> ExitCode {
     let policy = match (&args.policy, &args.config) {
         (Some(name), _) => match PolicyKind::from_name(name) {
             Some(p) => Some(p),
@@ -51,13 +131,13 @@ fn main() -> ExitCode {
         (None, Some(_)) => None,
         (None, None) => Some(PolicyKind::FixedShare),
     };
-    if !(args.seconds > 0.0 && args.seconds <= 3600.0) {
-        eprintln!("vgpud: --seconds must be in (0, 3600]");
+    if !(seconds > 0.0 && seconds <= 3600.0) {
+        eprintln!("vgpud: --demo seconds must be in (0, 3600]");
         return ExitCode::from(2);
     }
     let shown = policy.unwrap_or(config.parent_policy(tools::demo::PARENT).kind);
     println!("vgpud demo: parent {} (cpu engine), policy {}", tools::demo::PARENT, shown.name());
-    match tools::demo::run_with(&config, policy, args.seconds) {
+    match tools::demo::run_with(config, policy, seconds) {
         Ok(r) => {
             println!("{} correctness checks passed", r.checks_passed);
             println!("{:<10} {:>10} {:>10} {:>9}", "type", "configured", "achieved", "commands");

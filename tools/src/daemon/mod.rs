@@ -1,0 +1,313 @@
+//! The daemon's state: parents (physical GPUs), the vGPUs created on them,
+//! and the operations the control socket offers on both.
+//!
+//! Every vGPU is a device model ([`devmodel::Vgpu`]) on a parent's
+//! scheduled engine, served over vfio-user at `<run-dir>/<uuid>.sock`.
+//! Operations fail with the errno the kernel's mdev core would give for
+//! the same mistake (see docs/control.md), so the sysfs tree and
+//! `vgpuctl` can pass them on unchanged.
+
+pub mod control;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use devmodel::{CpuEngine, Vgpu, VgpuConfig};
+use mdev_types::{ParentCapacity, VgpuType, DEFAULT_CAPACITY, DEFAULT_TYPES};
+use mmio::pci::PciIdentity;
+use scheduler::{Config, PolicyKind};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use crate::parent::Parent;
+use crate::vfio_user::{self, ServerHandle};
+
+/// The id of the parent the daemon creates by default.
+pub const DEFAULT_PARENT: &str = "cpu0";
+/// Where sockets go unless `--run-dir` says otherwise.
+pub const DEFAULT_RUN_DIR: &str = "/run/vgpud";
+
+/// A failed operation: an errno name for the caller and what went wrong.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct OpError {
+    /// The errno a kernel mdev driver returns for this (`EINVAL`, `EEXIST`,
+    /// `EUSERS`, `ENOENT`, `EIO`).
+    pub code: &'static str,
+    pub message: String,
+}
+
+fn op_err(code: &'static str, message: impl Into<String>) -> OpError {
+    OpError { code, message: message.into() }
+}
+
+struct VgpuSlot {
+    // Field order is drop order: the server (holding a reference to the
+    // vGPU) stops first, then the vGPU detaches from its parent.
+    server: ServerHandle,
+    vgpu: Arc<Vgpu>,
+    vtype: &'static VgpuType,
+    parent: String,
+    key: u64,
+}
+
+struct ParentSlot {
+    parent: Parent,
+    capacity: ParentCapacity,
+    types: &'static [VgpuType],
+}
+
+/// Everything the daemon runs.
+pub struct Daemon {
+    run_dir: PathBuf,
+    config_path: Option<PathBuf>,
+    config: Config,
+    // vGPUs drop before the parents they run on.
+    vgpus: BTreeMap<Uuid, VgpuSlot>,
+    parents: BTreeMap<String, ParentSlot>,
+}
+
+impl Daemon {
+    /// The daemon with its default parent (a cpu engine with the default
+    /// types and capacity) under the policy `config` gives it.
+    pub fn new(run_dir: &Path, config_path: Option<PathBuf>, config: Config) -> Daemon {
+        let workers = std::thread::available_parallelism().map_or(2, |n| n.get().min(8));
+        let policy = config.parent_policy(DEFAULT_PARENT);
+        let parent = Parent::new(DEFAULT_PARENT, Box::new(CpuEngine::new(workers)), policy);
+        let mut parents = BTreeMap::new();
+        parents.insert(DEFAULT_PARENT.to_string(), ParentSlot { parent, capacity: DEFAULT_CAPACITY, types: DEFAULT_TYPES });
+        Daemon { run_dir: run_dir.to_path_buf(), config_path, config, vgpus: BTreeMap::new(), parents }
+    }
+
+    pub fn run_dir(&self) -> &Path {
+        &self.run_dir
+    }
+
+    fn parent(&self, id: Option<&str>) -> Result<(&String, &ParentSlot), OpError> {
+        let id = id.unwrap_or(DEFAULT_PARENT);
+        self.parents.get_key_value(id).ok_or_else(|| op_err("ENOENT", format!("no parent {id:?}")))
+    }
+
+    fn existing_on(&self, parent: &str) -> Vec<&'static VgpuType> {
+        self.vgpus.values().filter(|v| v.parent == parent).map(|v| v.vtype).collect()
+    }
+
+    /// `available_instances` of a type on a parent.
+    pub fn available(&self, parent: &str, t: &VgpuType) -> u32 {
+        match self.parents.get(parent) {
+            Some(p) => p.capacity.available_instances(t, &self.existing_on(parent)),
+            None => 0,
+        }
+    }
+
+    /// The types every parent offers, with what is still available.
+    pub fn types(&self, parent: Option<&str>) -> Result<Value, OpError> {
+        let ids: Vec<&String> = match parent {
+            Some(p) => vec![self.parent(Some(p))?.0],
+            None => self.parents.keys().collect(),
+        };
+        let mut out = Vec::new();
+        for id in ids {
+            let slot = &self.parents[id];
+            for t in slot.types {
+                out.push(json!({
+                    "parent": id,
+                    "id": t.id,
+                    "name": t.name,
+                    "description": description(t),
+                    "device_api": "vfio-pci",
+                    "framebuffer_bytes": t.framebuffer_bytes,
+                    "max_instances": t.max_instances,
+                    "available_instances": self.available(id, t),
+                    "fixed_share": 1.0 / t.max_instances as f64,
+                    "channels": t.channels,
+                    "vendor_id": format!("{:#06x}", t.vendor_id),
+                    "device_id": format!("{:#06x}", t.device_id),
+                }));
+            }
+        }
+        Ok(Value::Array(out))
+    }
+
+    /// Create a vGPU of `type_id` on `parent` (default: the first parent
+    /// with one available) with `uuid` (default: a random one). Its
+    /// vfio-user socket exists when this returns.
+    pub fn create(&mut self, type_id: &str, parent: Option<&str>, uuid: Option<&str>) -> Result<Value, OpError> {
+        let uuid = match uuid {
+            Some(u) => parse_uuid(u)?,
+            None => Uuid::new_v4(),
+        };
+        if self.vgpus.contains_key(&uuid) {
+            return Err(op_err("EEXIST", format!("vGPU {uuid} exists")));
+        }
+        let parent_id = match parent {
+            Some(p) => self.parent(Some(p))?.0.clone(),
+            None => self
+                .parents
+                .iter()
+                .find(|(id, s)| s.types.iter().any(|t| t.id == type_id && self.available(id, t) > 0))
+                .or_else(|| self.parents.iter().find(|(_, s)| s.types.iter().any(|t| t.id == type_id)))
+                .map(|(id, _)| id.clone())
+                .ok_or_else(|| op_err("ENOENT", format!("no parent offers type {type_id:?}")))?,
+        };
+        let slot = &self.parents[&parent_id];
+        let vtype = slot.types.iter().find(|t| t.id == type_id).ok_or_else(|| op_err("ENOENT", format!("parent {parent_id} has no type {type_id:?}")))?;
+        if self.available(&parent_id, vtype) == 0 {
+            return Err(op_err("EUSERS", format!("no {type_id} instance left on {parent_id}")));
+        }
+        let name = uuid.to_string();
+        let params = self.config.vgpu_params(&name, vtype.id, vtype.max_instances).map_err(|e| op_err("EINVAL", e.to_string()))?;
+        let (key, ctx) = slot.parent.attach(vtype.framebuffer_bytes, vtype.channels, params).map_err(|e| op_err("EIO", e.to_string()))?;
+        let cfg = VgpuConfig { name: name.clone(), identity: identity(vtype), vram_bytes: vtype.framebuffer_bytes, channels: vtype.channels };
+        let vgpu = Arc::new(Vgpu::with_context(cfg, ctx).map_err(|e| op_err("EIO", e.to_string()))?);
+        let path = self.socket_path(&uuid);
+        let _ = std::fs::remove_file(&path);
+        let server = vfio_user::spawn(&path, vgpu.clone()).map_err(|e| op_err("EIO", format!("{}: {e}", path.display())))?;
+        tracing::info!(%uuid, vtype = vtype.id, parent = %parent_id, socket = %path.display(), "vGPU created");
+        self.vgpus.insert(uuid, VgpuSlot { server, vgpu, vtype, parent: parent_id.clone(), key });
+        Ok(json!({"uuid": name, "type": vtype.id, "parent": parent_id, "socket": path}))
+    }
+
+    /// Remove a vGPU; a client attached to it is disconnected and the vGPU
+    /// quiesced first.
+    pub fn remove(&mut self, uuid: &str) -> Result<Value, OpError> {
+        let u = parse_uuid(uuid)?;
+        let slot = self.vgpus.remove(&u).ok_or_else(|| op_err("ENOENT", format!("no vGPU {u}")))?;
+        let attached = slot.server.stats().attached.load(Ordering::Relaxed);
+        drop(slot);
+        tracing::info!(uuid = %u, attached, "vGPU removed");
+        Ok(json!({"uuid": u.to_string(), "was_attached": attached}))
+    }
+
+    pub fn socket_path(&self, uuid: &Uuid) -> PathBuf {
+        self.run_dir.join(format!("{uuid}.sock"))
+    }
+
+    /// One line per vGPU.
+    pub fn list(&self) -> Value {
+        Value::Array(
+            self.vgpus
+                .iter()
+                .map(|(u, v)| {
+                    json!({"uuid": u.to_string(), "type": v.vtype.id, "parent": v.parent, "socket": v.server.path(),
+                           "attached": v.server.stats().attached.load(Ordering::Relaxed)})
+                })
+                .collect(),
+        )
+    }
+
+    /// Full status of one vGPU or all, in the spirit of `nvidia-smi vgpu -q`.
+    pub fn status(&self, uuid: Option<&str>) -> Result<Value, OpError> {
+        let wanted = uuid.map(parse_uuid).transpose()?;
+        if let Some(u) = &wanted {
+            if !self.vgpus.contains_key(u) {
+                return Err(op_err("ENOENT", format!("no vGPU {u}")));
+            }
+        }
+        let stats: BTreeMap<&String, scheduler::ParentStats> = self.parents.iter().map(|(id, p)| (id, p.parent.stats())).collect();
+        let mut out = Vec::new();
+        for (u, v) in &self.vgpus {
+            if wanted.is_some_and(|w| w != *u) {
+                continue;
+            }
+            let ps = &stats[&v.parent];
+            let s = ps.vgpu(v.key);
+            let dev = v.vgpu.stats();
+            let srv = v.server.stats();
+            out.push(json!({
+                "uuid": u.to_string(),
+                "type": v.vtype.id,
+                "type_name": v.vtype.name,
+                "parent": v.parent,
+                "socket": v.server.path(),
+                "attached": srv.attached.load(Ordering::Relaxed),
+                "connections": srv.connections.load(Ordering::Relaxed),
+                "protocol_errors": srv.errors.load(Ordering::Relaxed),
+                "policy": ps.policy.name(),
+                "configured_share": s.and_then(|s| s.configured_share),
+                "cap": s.and_then(|s| s.cap),
+                "achieved_share": s.map(|s| s.share_window),
+                "gpu_time_ns": s.map(|s| s.total),
+                "commands": s.map(|s| s.commands),
+                "queue_depth": s.map(|s| s.queue_depth),
+                "wait_ns": s.map(|s| s.wait),
+                "faults": dev.faults,
+                "interrupts": dev.msi_delivered,
+                "pinned_bytes": dev.pinned_bytes,
+                "framebuffer_bytes": v.vtype.framebuffer_bytes,
+            }));
+        }
+        Ok(Value::Array(out))
+    }
+
+    /// The policy of a parent.
+    pub fn policy_show(&self, parent: Option<&str>) -> Result<Value, OpError> {
+        let (id, slot) = self.parent(parent)?;
+        let p = slot.parent.policy();
+        let st = slot.parent.stats();
+        Ok(json!({"parent": id, "policy": p.kind.name(), "timeslice_us": slot.parent.timeslice() / 1000,
+                  "averaging_factor": p.averaging_factor, "window_us": st.window / 1000}))
+    }
+
+    /// Change a parent's policy (and timeslice) while vGPUs run.
+    pub fn policy_set(&mut self, parent: Option<&str>, policy: &str, timeslice_us: Option<u64>) -> Result<Value, OpError> {
+        let kind = PolicyKind::from_name(policy).ok_or_else(|| op_err("EINVAL", format!("unknown policy {policy:?} (best_effort, equal_share, fixed_share, weighted)")))?;
+        let (id, slot) = self.parent(parent)?;
+        let mut p = slot.parent.policy();
+        p.kind = kind;
+        if let Some(us) = timeslice_us {
+            if !(1000..=30_000).contains(&us) {
+                return Err(op_err("EINVAL", format!("timeslice {us} us is outside 1000 ..= 30000")));
+            }
+            p.timeslice = Some(us * 1000);
+        }
+        slot.parent.set_policy(p).map_err(|e| op_err("EINVAL", e.to_string()))?;
+        tracing::info!(parent = %id, policy = kind.name(), "policy set");
+        let id = id.clone();
+        self.policy_show(Some(&id))
+    }
+
+    /// Load the policy file again and apply it; a file that fails to load
+    /// changes nothing.
+    pub fn reload(&mut self) -> Result<Value, OpError> {
+        let Some(path) = &self.config_path else {
+            return Ok(json!({"reloaded": false, "reason": "no --config file"}));
+        };
+        let config = Config::load(path).map_err(|e| op_err("EINVAL", e.to_string()))?;
+        // Resolve everything first so that a bad file changes nothing.
+        let mut params = Vec::new();
+        for (u, v) in &self.vgpus {
+            let p = config.vgpu_params(&u.to_string(), v.vtype.id, v.vtype.max_instances).map_err(|e| op_err("EINVAL", e.to_string()))?;
+            params.push((v.parent.clone(), v.key, p));
+        }
+        for (id, slot) in &self.parents {
+            slot.parent.set_policy(config.parent_policy(id)).map_err(|e| op_err("EINVAL", e.to_string()))?;
+        }
+        for (parent, key, p) in params {
+            self.parents[&parent].parent.set_params(key, p).map_err(|e| op_err("EINVAL", e.to_string()))?;
+        }
+        self.config = config;
+        tracing::info!(file = %path.display(), "configuration reloaded");
+        Ok(json!({"reloaded": true, "file": path}))
+    }
+}
+
+fn description(t: &VgpuType) -> String {
+    format!("{} GiB framebuffer, {} channels, compute; fixed share 1/{}", t.framebuffer_bytes >> 30, t.channels, t.max_instances)
+}
+
+fn identity(t: &VgpuType) -> PciIdentity {
+    PciIdentity { vendor_id: t.vendor_id, device_id: t.device_id, subsystem_vendor_id: t.vendor_id, subsystem_id: t.device_id, revision: 1 }
+}
+
+/// A UUID as the kernel accepts it in `create`: 36 characters in the
+/// hyphenated form, any case.
+pub fn parse_uuid(s: &str) -> Result<Uuid, OpError> {
+    let t = s.strip_suffix('\n').unwrap_or(s);
+    if t.len() != 36 {
+        return Err(op_err("EINVAL", format!("{t:?} is not a UUID")));
+    }
+    Uuid::try_parse(t).map_err(|_| op_err("EINVAL", format!("{t:?} is not a UUID")))
+}

@@ -1,0 +1,191 @@
+//! The vgpud binary: control socket operations, vGPU sockets, SIGHUP reload
+//! and SIGTERM shutdown.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+struct Vgpud {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Vgpud {
+    fn start(name: &str, config: Option<&str>) -> Vgpud {
+        let dir = std::env::temp_dir().join(format!("vgpud-daemon-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_vgpud"));
+        cmd.arg("--run-dir").arg(dir.join("run")).stdout(Stdio::null()).stderr(Stdio::null());
+        if let Some(text) = config {
+            std::fs::write(dir.join("sched.toml"), text).unwrap();
+            cmd.arg("--config").arg(dir.join("sched.toml"));
+        }
+        let child = cmd.spawn().expect("start vgpud");
+        let v = Vgpud { child, dir };
+        wait_for(&v.control(), "control socket");
+        v
+    }
+    fn run(&self) -> PathBuf {
+        self.dir.join("run")
+    }
+    fn control(&self) -> PathBuf {
+        self.run().join("control.sock")
+    }
+    fn signal(&self, sig: i32) {
+        // SAFETY: kill on our own child's pid.
+        assert_eq!(unsafe { libc::kill(self.child.id() as i32, sig) }, 0);
+    }
+}
+
+impl Drop for Vgpud {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn wait_for(p: &Path, what: &str) {
+    let t = Instant::now();
+    while UnixStream::connect(p).is_err() {
+        assert!(t.elapsed() < Duration::from_secs(20), "{what} never appeared at {}", p.display());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+struct Ctl(BufReader<UnixStream>);
+
+impl Ctl {
+    fn new(v: &Vgpud) -> Ctl {
+        Ctl(BufReader::new(UnixStream::connect(v.control()).unwrap()))
+    }
+    fn raw(&mut self, line: &str) -> Value {
+        writeln!(self.0.get_mut(), "{line}").unwrap();
+        let mut out = String::new();
+        self.0.read_line(&mut out).unwrap();
+        serde_json::from_str(&out).unwrap()
+    }
+    fn ok(&mut self, req: Value) -> Value {
+        let r = self.raw(&req.to_string());
+        assert_eq!(r["ok"], true, "{req} failed: {r}");
+        r["result"].clone()
+    }
+    fn err(&mut self, req: Value) -> String {
+        let r = self.raw(&req.to_string());
+        assert_eq!(r["ok"], false, "{req} should fail: {r}");
+        r["error"].as_str().unwrap().to_string()
+    }
+}
+
+fn available(ctl: &mut Ctl, t: &str) -> u64 {
+    let types = ctl.ok(json!({"op": "types"}));
+    types.as_array().unwrap().iter().find(|x| x["id"] == t).unwrap()["available_instances"].as_u64().unwrap()
+}
+
+const U1: &str = "aa618089-8b16-4d01-a136-25a0f3c73123";
+const U2: &str = "0f0a7e4c-2bd4-4e5e-9c55-0a4f6b0e1d01";
+
+#[test]
+fn control_socket_creates_lists_reports_and_removes_vgpus() {
+    let v = Vgpud::start("ops", None);
+    let mut ctl = Ctl::new(&v);
+    assert_eq!(available(&mut ctl, "vgpud-4c"), 2);
+    assert_eq!(available(&mut ctl, "vgpud-8c"), 1);
+
+    let r = ctl.ok(json!({"op": "create", "type": "vgpud-4c", "uuid": U1}));
+    let sock = PathBuf::from(r["socket"].as_str().unwrap());
+    assert_eq!(sock, v.run().join(format!("{U1}.sock")));
+    assert!(sock.exists(), "socket exists when create returns");
+    // Uppercase is the same UUID.
+    assert_eq!(ctl.err(json!({"op": "create", "type": "vgpud-1c", "uuid": U1.to_uppercase()})), "EEXIST");
+    assert_eq!(ctl.err(json!({"op": "create", "type": "vgpud-1c", "uuid": "not-a-uuid"})), "EINVAL");
+    assert_eq!(ctl.err(json!({"op": "create", "type": "vgpud-9z"})), "ENOENT");
+    assert_eq!(available(&mut ctl, "vgpud-8c"), 0, "a 4 GiB vGPU leaves no room for 8 GiB");
+    assert_eq!(available(&mut ctl, "vgpud-2c"), 2);
+    assert_eq!(ctl.err(json!({"op": "create", "type": "vgpud-8c"})), "EUSERS");
+    ctl.ok(json!({"op": "create", "type": "vgpud-2c", "uuid": U2}));
+    let anon = ctl.ok(json!({"op": "create", "type": "vgpud-2c"}));
+    assert_eq!(anon["uuid"].as_str().unwrap().len(), 36, "a UUID is generated");
+    assert_eq!(ctl.err(json!({"op": "create", "type": "vgpud-2c"})), "EUSERS");
+    assert_eq!(ctl.err(json!({"op": "create", "type": "vgpud-1c"})), "EUSERS", "framebuffer exhausted");
+
+    let list = ctl.ok(json!({"op": "list"}));
+    assert_eq!(list.as_array().unwrap().len(), 3);
+
+    // The socket serves an independent vfio-user client, and status sees it.
+    let mut c = vfio_user::Client::new(&sock).unwrap();
+    let mut id = [0u8; 4];
+    c.region_read(0, 0, &mut id).unwrap();
+    assert_eq!(u32::from_le_bytes(id), 0x5550_4756);
+    let st = ctl.ok(json!({"op": "status", "uuid": U1}));
+    assert_eq!(st[0]["attached"], true);
+    assert_eq!(st[0]["type_name"], "VGPU-4C");
+    assert_eq!(st[0]["policy"], "best_effort");
+
+    // Removing an attached vGPU disconnects its client and frees its room.
+    let r = ctl.ok(json!({"op": "remove", "uuid": U1}));
+    assert_eq!(r["was_attached"], true);
+    assert!(!sock.exists(), "socket removed");
+    let mut b = [0u8; 4];
+    assert!(c.region_read(0, 0, &mut b).is_err(), "client was disconnected");
+    assert_eq!(ctl.err(json!({"op": "remove", "uuid": U1})), "ENOENT");
+    assert_eq!(available(&mut ctl, "vgpud-2c"), 2);
+
+    // Malformed requests get EINVAL and the connection keeps working.
+    assert_eq!(ctl.raw("{not json")["error"], "EINVAL");
+    assert_eq!(ctl.raw(r#"{"op":"create","type":"vgpud-1c","colour":"red"}"#)["error"], "EINVAL");
+    assert_eq!(ctl.err(json!({"op": "policy_set", "policy": "round_robin"})), "EINVAL");
+    let p = ctl.ok(json!({"op": "policy_set", "policy": "equal_share", "timeslice_us": 4000}));
+    assert_eq!((p["policy"].as_str(), p["timeslice_us"].as_u64()), (Some("equal_share"), Some(4000)));
+    assert_eq!(ctl.ok(json!({"op": "policy_show"}))["policy"], "equal_share");
+}
+
+#[test]
+fn sighup_reloads_the_policy_file_and_sigterm_stops_cleanly() {
+    let mut v = Vgpud::start("signals", Some("[parent.\"cpu0\"]\npolicy = \"fixed_share\"\n"));
+    let mut ctl = Ctl::new(&v);
+    assert_eq!(ctl.ok(json!({"op": "policy_show"}))["policy"], "fixed_share");
+    ctl.ok(json!({"op": "create", "type": "vgpud-1c", "uuid": U1}));
+
+    // A broken file changes nothing.
+    std::fs::write(v.dir.join("sched.toml"), "[parent.\"cpu0\"]\npolicy = \"fastest\"\n").unwrap();
+    v.signal(libc::SIGHUP);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(ctl.ok(json!({"op": "policy_show"}))["policy"], "fixed_share");
+
+    std::fs::write(v.dir.join("sched.toml"), "[parent.\"cpu0\"]\npolicy = \"weighted\"\n").unwrap();
+    v.signal(libc::SIGHUP);
+    let t = Instant::now();
+    while ctl.ok(json!({"op": "policy_show"}))["policy"] != "weighted" {
+        assert!(t.elapsed() < Duration::from_secs(5), "SIGHUP did not reload");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let sock = v.run().join(format!("{U1}.sock"));
+    let _client = vfio_user::Client::new(&sock).unwrap();
+    v.signal(libc::SIGTERM);
+    let t = Instant::now();
+    let status = loop {
+        if let Some(s) = v.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "vgpud did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "clean exit: {status}");
+    assert!(!v.control().exists() && !sock.exists(), "sockets removed");
+}
+
+#[test]
+fn a_second_daemon_refuses_a_live_run_dir() {
+    let v = Vgpud::start("twice", None);
+    let out = Command::new(env!("CARGO_BIN_EXE_vgpud")).arg("--run-dir").arg(v.run()).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("another vgpud"));
+    assert!(v.control().exists(), "the live daemon's socket is untouched");
+}
