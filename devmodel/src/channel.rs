@@ -116,12 +116,16 @@ pub struct Channel {
     pub gp_put: u32,
     /// The doorbell rang since GP_PUT was last read.
     pub kicked: bool,
-    /// Commands of the entry at `gp_get` not yet carried out.
+    /// Commands of the newest fetched entry not yet carried out.
     pub queue: VecDeque<Command>,
-    /// `queue` belongs to the entry at `gp_get`, which completes when it drains.
-    pub entry_active: bool,
-    /// An engine item of this channel is executing.
-    pub in_flight: bool,
+    /// Fetched entries not yet retired, oldest (the one at `gp_get`) first:
+    /// for each, its engine items handed to the engine and not yet
+    /// complete. An entry retires (GP_GET moves past it) once its commands
+    /// have all been carried out and its items have all completed.
+    pub entries: VecDeque<u32>,
+    /// Engine items of this channel handed to the engine and not yet
+    /// complete, including those of an earlier epoch.
+    pub in_flight: u32,
     /// Waiting on a semaphore acquire at the head of `queue`.
     pub blocked: bool,
     pub faulted: Option<ErrorCode>,
@@ -133,6 +137,12 @@ pub struct Channel {
 }
 
 impl Channel {
+    /// The GPFIFO entry the front end fetches next: the one after every
+    /// fetched, unretired entry.
+    pub fn gp_fetch(&self, entries: u32) -> u32 {
+        ((self.gp_get as u64 + self.entries.len() as u64) % entries.max(1) as u64) as u32
+    }
+
     /// The state reported in `CH_STATUS`.
     pub fn state(&self) -> ChannelState {
         if self.faulted.is_some() {
@@ -141,9 +151,9 @@ impl Channel {
             ChannelState::Disabled
         } else if self.blocked {
             ChannelState::Blocked
-        } else if self.in_flight {
+        } else if self.in_flight > 0 {
             ChannelState::Running
-        } else if !self.queue.is_empty() || self.entry_active || self.gp_get != self.gp_put || self.kicked {
+        } else if !self.queue.is_empty() || !self.entries.is_empty() || self.gp_get != self.gp_put || self.kicked {
             ChannelState::Pending
         } else {
             ChannelState::Idle
@@ -153,7 +163,7 @@ impl Channel {
     /// Stop the channel and forget its work (channel reset, disable).
     pub fn stop(&mut self) {
         self.queue.clear();
-        self.entry_active = false;
+        self.entries.clear();
         self.blocked = false;
         self.kicked = false;
         self.epoch += 1;

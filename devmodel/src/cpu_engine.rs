@@ -5,7 +5,7 @@
 //! items (from different channels or vGPUs) run at once, one per worker.
 //! Execution time is the wall time an item spent on its worker.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -77,7 +77,11 @@ impl Backend for CpuEngine {
         let err = |reason: String| BackendError::VramAlloc { bytes: vram_bytes, reason };
         let size = usize::try_from(vram_bytes).map_err(|e| err(e.to_string()))?;
         let vram = if size == 0 { None } else { Some(MmapRegion::new(size).map_err(|e| err(e.to_string()))?) };
-        Ok(Arc::new(CpuContext { pool: self.pool.clone(), state: Arc::new(ContextState { vram, size: vram_bytes, epoch: AtomicU64::new(0) }) }))
+        Ok(Arc::new(CpuContext {
+            pool: self.pool.clone(),
+            state: Arc::new(ContextState { vram, size: vram_bytes, epoch: AtomicU64::new(0) }),
+            order: Arc::new(Mutex::new(HashMap::new())),
+        }))
     }
 }
 
@@ -102,9 +106,44 @@ fn worker(pool: Arc<Pool>) {
 }
 
 /// One vGPU's context on the cpu engine.
+///
+/// Items of one channel run one after another, in the order they were
+/// submitted (a channel is an in-order queue, as on a GPU); items of
+/// different channels run in parallel on the worker pool.
 pub struct CpuContext {
     pool: Arc<Pool>,
     state: Arc<ContextState>,
+    order: Arc<Mutex<HashMap<u32, ChannelOrder>>>,
+}
+
+/// Per channel: whether an item is on the pool, and those waiting behind it
+/// (each with the cancel epoch of its submission).
+#[derive(Default)]
+struct ChannelOrder {
+    busy: bool,
+    waiting: VecDeque<(WorkItem, DoneFn, u64)>,
+}
+
+/// Hand `item` to the pool; when it is done, the channel's next waiting
+/// item follows.
+fn dispatch(pool: &Arc<Pool>, ctx: &Arc<ContextState>, order: &Arc<Mutex<HashMap<u32, ChannelOrder>>>, item: WorkItem, done: DoneFn, epoch: u64) {
+    let channel = item.channel;
+    let (p, c, o) = (pool.clone(), ctx.clone(), order.clone());
+    let done: DoneFn = Box::new(move |completion| {
+        done(completion);
+        let next = {
+            let mut g = o.lock().unwrap_or_else(|e| e.into_inner());
+            let ch = g.entry(channel).or_default();
+            let next = ch.waiting.pop_front();
+            ch.busy = next.is_some();
+            next
+        };
+        if let Some((item, done, epoch)) = next {
+            dispatch(&p, &c, &o, item, done, epoch);
+        }
+    });
+    pool.queue.lock().unwrap_or_else(|p| p.into_inner()).jobs.push_back(Job { ctx: ctx.clone(), item, done, epoch });
+    pool.ready.notify_one();
 }
 
 /// What a running job needs of its context: the VRAM and the cancel epoch.
@@ -116,10 +155,17 @@ struct ContextState {
 
 impl EngineContext for CpuContext {
     fn submit(&self, item: WorkItem, done: DoneFn) {
-        let ctx = self.state.clone();
-        let epoch = ctx.epoch.load(Ordering::Acquire);
-        self.pool.queue.lock().unwrap_or_else(|p| p.into_inner()).jobs.push_back(Job { ctx, item, done, epoch });
-        self.pool.ready.notify_one();
+        let epoch = self.state.epoch.load(Ordering::Acquire);
+        {
+            let mut g = self.order.lock().unwrap_or_else(|p| p.into_inner());
+            let ch = g.entry(item.channel).or_default();
+            if ch.busy {
+                ch.waiting.push_back((item, done, epoch));
+                return;
+            }
+            ch.busy = true;
+        }
+        dispatch(&self.pool, &self.state, &self.order, item, done, epoch);
     }
     fn read_vram(&self, offset: u64, buf: &mut [u8]) -> Result<(), ExecError> {
         self.state.vram_slice(offset, buf.len() as u64)?.copy_to(buf);

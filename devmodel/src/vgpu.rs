@@ -33,6 +33,11 @@ pub const IRQ_INDEX_MSIX: u32 = vfio_bindings::bindings::vfio::VFIO_PCI_MSIX_IRQ
 const ACQUIRE_POLL: Duration = Duration::from_millis(1);
 /// Longest pushbuffer segment (words) the front end accepts.
 pub const MAX_SEGMENT_WORDS: u32 = 1 << 22;
+/// Engine items one channel may have handed to the engine and not yet seen
+/// complete: deep enough for the host scheduler to see a channel's backlog.
+pub const MAX_CHANNEL_IN_FLIGHT: u32 = 16;
+/// GPFIFO entries fetched ahead of GP_GET.
+pub const MAX_ENTRIES_AHEAD: usize = 16;
 
 /// What a vGPU is: its PCI identity, framebuffer and channel count.
 #[derive(Clone, Debug)]
@@ -539,7 +544,11 @@ impl Shared {
         ch.faulted = Some(e.code);
         ch.error_info = e.info;
         ch.queue.clear();
+        ch.entries.clear();
         ch.blocked = false;
+        // Items already handed to the engine still run; their completions
+        // no longer count for this channel.
+        ch.epoch += 1;
         let inst = ch.inst;
         st.regs.set(RegRef::Channel(c, ChannelReg::ErrorInfo), e.info);
         st.stats.faults += 1;
@@ -646,21 +655,16 @@ impl Shared {
         let mut progressed = false;
         loop {
             let ch = &st.channels[idx];
-            if !ch.enabled || ch.faulted.is_some() || ch.in_flight {
+            if !ch.enabled || ch.faulted.is_some() {
                 return progressed;
             }
-            if ch.queue.is_empty() {
-                match self.next_entry(st, idx) {
-                    Ok(true) => progressed = true,
-                    Ok(false) => return progressed,
-                    Err(e) => {
-                        self.fault(st, idx, e);
-                        return true;
-                    }
-                }
-                continue;
-            }
-            match self.run_head(st, idx) {
+            let step = match self.retire(st, idx) {
+                Ok(true) => Ok(true),
+                Ok(false) if st.channels[idx].queue.is_empty() => self.next_entry(st, idx),
+                Ok(false) => self.run_head(st, idx),
+                Err(e) => Err(e),
+            };
+            match step {
                 Ok(true) => progressed = true,
                 Ok(false) => return progressed,
                 Err(e) => {
@@ -671,22 +675,39 @@ impl Shared {
         }
     }
 
-    /// With the queue empty: retire the finished entry, then fetch and
-    /// audit the next one. Ok(false) when there is nothing to fetch.
+    /// Retire finished entries: GP_GET moves past every oldest entry whose
+    /// commands were all carried out and whose engine items all completed,
+    /// and is written back to USERD.
+    fn retire(&self, st: &mut State, idx: usize) -> Result<bool, ChannelError> {
+        let c = idx as u32;
+        let Some(inst) = st.channels[idx].inst else { return Ok(false) };
+        let mut retired = false;
+        loop {
+            let ch = &mut st.channels[idx];
+            // The newest entry is still being carried out while its queue holds commands.
+            let done = ch.entries.front() == Some(&0) && (ch.entries.len() > 1 || ch.queue.is_empty());
+            if !done {
+                break;
+            }
+            ch.entries.pop_front();
+            ch.gp_get = (ch.gp_get + 1) % inst.entries;
+            retired = true;
+        }
+        if retired {
+            let gp_get = st.channels[idx].gp_get;
+            st.regs.set(RegRef::Channel(c, ChannelReg::GpGet), gp_get);
+            let userd = st.mmu.translate(&self.mem, inst.pdb, inst.userd + USERD_GP_GET, 4, true)?;
+            write_extents(&self.mem, &*self.ctx, &userd, &gp_get.to_le_bytes()).map_err(|_| chan_err(ErrorCode::SysmemUnmapped, 0))?;
+        }
+        Ok(retired)
+    }
+
+    /// With the queue empty: read GP_PUT if the doorbell rang, then fetch
+    /// and audit the next entry. Ok(false) when there is nothing to fetch.
     fn next_entry(&self, st: &mut State, idx: usize) -> Result<bool, ChannelError> {
         let c = idx as u32;
         let Some(inst) = st.channels[idx].inst else { return Ok(false) };
         let mut progressed = false;
-        if st.channels[idx].entry_active {
-            let ch = &mut st.channels[idx];
-            ch.entry_active = false;
-            ch.gp_get = (ch.gp_get + 1) % inst.entries;
-            let gp_get = ch.gp_get;
-            st.regs.set(RegRef::Channel(c, ChannelReg::GpGet), gp_get);
-            let userd = st.mmu.translate(&self.mem, inst.pdb, inst.userd + USERD_GP_GET, 4, true)?;
-            write_extents(&self.mem, &*self.ctx, &userd, &gp_get.to_le_bytes()).map_err(|_| chan_err(ErrorCode::SysmemUnmapped, 0))?;
-            progressed = true;
-        }
         if st.channels[idx].kicked {
             st.channels[idx].kicked = false;
             let userd = st.mmu.translate(&self.mem, inst.pdb, inst.userd + USERD_GP_PUT, 4, false)?;
@@ -701,37 +722,46 @@ impl Shared {
             progressed = true;
         }
         let ch = &st.channels[idx];
-        if ch.gp_get == ch.gp_put {
+        let fetch = ch.gp_fetch(inst.entries);
+        if fetch == ch.gp_put || ch.entries.len() >= MAX_ENTRIES_AHEAD {
             return Ok(progressed);
         }
-        let gp_get = ch.gp_get;
         let mut methods = ch.methods;
         let mut space = Space { mmu: &mut st.mmu, mem: &self.mem, ctx: &*self.ctx, pdb: inst.pdb };
-        let raw = space.read(inst.gpfifo + 8 * gp_get as u64, 8)?;
+        let raw = space.read(inst.gpfifo + 8 * fetch as u64, 8)?;
         let entry = GpfifoEntry(u64::from_le_bytes(raw.try_into().unwrap_or([0xFF; 8])));
         if !entry.is_valid() || entry.length() > MAX_SEGMENT_WORDS {
-            return Err(chan_err(ErrorCode::GpfifoEntryInvalid, gp_get));
+            return Err(chan_err(ErrorCode::GpfifoEntryInvalid, fetch));
         }
         let bytes = space.read(entry.va(), entry.length() * 4)?;
         let words: Vec<u32> = bytes.chunks_exact(4).map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]])).collect();
         let cmds = pushbuf::parse_segment(&words, &mut methods, &mut space)?;
-        tracing::trace!(vgpu = %self.cfg.name, channel = c, entry = gp_get, commands = cmds.len(), "segment fetched");
+        tracing::trace!(vgpu = %self.cfg.name, channel = c, entry = fetch, commands = cmds.len(), "segment fetched");
         let ch = &mut st.channels[idx];
         ch.methods = methods;
         ch.queue = cmds.into();
-        ch.entry_active = true;
+        ch.entries.push_back(0);
         Ok(true)
     }
 
     /// Carry out the command at the head of the queue. Ok(false) when the
-    /// channel must wait (engine item in flight, unsatisfied acquire).
+    /// channel must wait: its engine pipeline is full, a HOST method waits
+    /// for the channel's engine work to complete, or an acquire is not yet
+    /// satisfied.
     fn run_head(self: &Arc<Self>, st: &mut State, idx: usize) -> Result<bool, ChannelError> {
         let Some(cmd) = st.channels[idx].queue.front() else { return Ok(false) };
+        let in_flight = st.channels[idx].in_flight;
+        if matches!(cmd, Command::Engine(_)) && in_flight >= MAX_CHANNEL_IN_FLIGHT || !matches!(cmd, Command::Engine(_)) && in_flight > 0 {
+            return Ok(false);
+        }
         match cmd {
             Command::Engine(_) => {
                 let Some(Command::Engine(op)) = st.channels[idx].queue.pop_front() else { return Ok(false) };
                 let ch = &mut st.channels[idx];
-                ch.in_flight = true;
+                ch.in_flight += 1;
+                if let Some(n) = ch.entries.back_mut() {
+                    *n += 1;
+                }
                 let (gen, epoch) = (st.generation, ch.epoch);
                 st.outstanding += 1;
                 let me = self.clone();
@@ -739,7 +769,7 @@ impl Shared {
                 // Submitting under the state lock orders this item before
                 // any reset; the backend never completes inside submit.
                 self.ctx.submit(WorkItem { op, channel: idx as u32, mem: self.mem.clone() }, Box::new(move |c| me.complete(gen, idx, epoch, c)));
-                Ok(false)
+                Ok(true)
             }
             Command::SemRelease { target, payload, size, interrupt } => {
                 let (target, payload, size, interrupt) = (target.clone(), *payload, *size, *interrupt);
@@ -791,8 +821,13 @@ impl Shared {
         st.outstanding = st.outstanding.saturating_sub(1);
         if st.generation == gen {
             let ch = &mut st.channels[idx];
-            ch.in_flight = false;
+            ch.in_flight = ch.in_flight.saturating_sub(1);
             if ch.epoch == epoch {
+                // Items of a channel complete in the order they were handed
+                // over, so this one belongs to the oldest entry still waiting.
+                if let Some(n) = ch.entries.iter_mut().find(|n| **n > 0) {
+                    *n -= 1;
+                }
                 let ns = c.gpu_time.as_nanos() as u64;
                 ch.commands += 1;
                 ch.gpu_time_ns += ns;

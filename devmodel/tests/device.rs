@@ -573,3 +573,27 @@ fn unmap_waits_for_the_copy_in_flight() {
     eprintln!("unmap waited {waited:?}, channel state {st}");
     assert!(g.vgpu.dma_unmap(gpa2, size).is_err(), "double unmap is an error");
 }
+
+#[test]
+fn pipelined_engine_commands_keep_channel_order_and_host_methods_wait() {
+    // Four workers could run a channel's copies side by side; a chain of
+    // copies, each reading what the one before wrote, only comes out right
+    // if the channel's items run in order. Each copy is its own GPFIFO entry,
+    // so the front end fetches entries ahead while earlier copies run.
+    let e = devmodel::CpuEngine::new(4);
+    let mut g = Guest::new(&e, 64, 8, 1);
+    let mut ch = g.channel(0, 32);
+    const LEN: u64 = 1 << 20;
+    let bufs: Vec<(u64, u64)> = (0..9).map(|_| g.sys_buf(LEN)).collect();
+    let pattern: Vec<u8> = (0..LEN as usize).map(|i| (i * 7 + 3) as u8).collect();
+    g.w(bufs[0].0, &pattern);
+    let (sg, sv) = g.sys_buf(64);
+    for k in 0..8 {
+        g.submit(&mut ch, &Pb::new().bind().copy(bufs[k].1, bufs[k + 1].1, LEN as u32).0);
+    }
+    g.submit(&mut ch, &Pb::new().sem(sv, 77, host::SEM_OP_RELEASE).0);
+    assert_eq!(g.wait(&ch), STATE_IDLE);
+    assert_eq!(g.r32(sg), 77, "release ran");
+    assert_eq!(g.chreg(0, CH_GP_GET), 9, "every entry retired");
+    assert!(g.r(bufs[8].0, LEN as usize) == pattern, "the chain of copies ran in order");
+}
