@@ -421,6 +421,7 @@ impl Session<'_> {
     }
 
     fn dma_map(&mut self, m: DmaMap, mut fds: Vec<File>) -> Result<Vec<u8>, i32> {
+        tracing::debug!(vgpu = %self.vgpu.config().name, "DMA_MAP {:#x}+{:#x} offset {:#x} flags {:#x} fds {}", m.address, m.size, m.offset, m.flags, fds.len());
         if fds.len() > 1 || m.size == 0 || m.address.checked_add(m.size).is_none() {
             return Err(libc::EINVAL);
         }
@@ -447,15 +448,22 @@ impl Session<'_> {
             self.unmap_all();
             return Ok(u.encode());
         }
-        let end = u.address.checked_add(u.size).ok_or(libc::EINVAL)?;
-        // Every mapping inside the range goes; one straddling it is an error.
-        if self.maps.iter().any(|&(a, s, _)| a < end && u.address < a + s && (a < u.address || a + s > end)) {
+        tracing::debug!(vgpu = %self.vgpu.config().name, "DMA_UNMAP {:#x}+{:#x} flags {:#x}", u.address, u.size, u.flags);
+        // The range may reach the top of the 64-bit space (a vIOMMU unmaps
+        // it in halves), so compare in 128 bits.
+        let (lo, hi) = (u.address as u128, u.address as u128 + u.size as u128);
+        let span = |a: u64, s: u64| (a as u128, a as u128 + s as u128);
+        // As the kernel's type1 IOMMU does: every mapping inside the range
+        // goes, a range with none inside is a no-op, and one that would
+        // split a mapping is an error.
+        if let Some(&(a, s, _)) = self.maps.iter().find(|&&(a, s, _)| {
+            let (ma, mb) = span(a, s);
+            ma < hi && lo < mb && (ma < lo || mb > hi)
+        }) {
+            tracing::debug!(vgpu = %self.vgpu.config().name, "DMA_UNMAP {:#x}+{:#x} would split the mapping {a:#x}+{s:#x}", u.address, u.size);
             return Err(libc::EINVAL);
         }
-        let inside: Vec<_> = self.maps.iter().copied().filter(|&(a, s, _)| a >= u.address && a + s <= end).collect();
-        if inside.is_empty() {
-            return Err(libc::ENOENT);
-        }
+        let inside: Vec<_> = self.maps.iter().copied().filter(|&(a, s, _)| span(a, s).0 >= lo && span(a, s).1 <= hi).collect();
         for (a, s, backed) in inside {
             if backed {
                 self.vgpu.dma_unmap(a, s).map_err(|e| errno_of(&e))?;
