@@ -16,11 +16,14 @@ struct Vgpud {
 
 impl Vgpud {
     fn start(name: &str, config: Option<&str>) -> Vgpud {
+        Vgpud::start_with(name, config, &[])
+    }
+    fn start_with(name: &str, config: Option<&str>, extra: &[&str]) -> Vgpud {
         let dir = std::env::temp_dir().join(format!("vgpud-daemon-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_vgpud"));
-        cmd.arg("--run-dir").arg(dir.join("run")).stdout(Stdio::null()).stderr(Stdio::null());
+        cmd.arg("--run-dir").arg(dir.join("run")).args(extra).stdout(Stdio::null()).stderr(Stdio::null());
         if let Some(text) = config {
             std::fs::write(dir.join("sched.toml"), text).unwrap();
             cmd.arg("--config").arg(dir.join("sched.toml"));
@@ -188,4 +191,26 @@ fn a_second_daemon_refuses_a_live_run_dir() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("another vgpud"));
     assert!(v.control().exists(), "the live daemon's socket is untouched");
+}
+
+#[test]
+fn metrics_endpoint_reports_every_vgpu() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr = format!("127.0.0.1:{port}");
+    let v = Vgpud::start_with("metrics", None, &["--metrics-addr", &addr]);
+    let mut ctl = Ctl::new(&v);
+    ctl.ok(json!({"op": "create", "type": "vgpud-2c", "uuid": U2}));
+    let get = |path: &str| {
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        write!(s, "GET {path} HTTP/1.0\r\n\r\n").unwrap();
+        let mut out = String::new();
+        std::io::Read::read_to_string(&mut s, &mut out).unwrap();
+        out
+    };
+    let body = get("/metrics");
+    assert!(body.starts_with("HTTP/1.0 200"), "{body}");
+    let line = format!("vgpud_vgpu_attached{{uuid=\"{U2}\",type=\"vgpud-2c\",parent=\"cpu0\"}} 0");
+    assert!(body.contains(&line), "missing {line} in {body}");
+    assert!(body.contains("# TYPE vgpud_vgpu_gpu_seconds_total counter"));
+    assert!(get("/nope").starts_with("HTTP/1.0 404"));
 }

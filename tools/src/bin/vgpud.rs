@@ -17,6 +17,7 @@ use scheduler::{Config, PolicyKind};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use tools::daemon::control::ControlServer;
+use tools::daemon::metrics::MetricsServer;
 use tools::daemon::{Daemon, DEFAULT_RUN_DIR};
 
 #[derive(Parser)]
@@ -29,6 +30,10 @@ struct Args {
     /// Directory for the control socket and one vfio-user socket per vGPU.
     #[arg(long, default_value = DEFAULT_RUN_DIR)]
     run_dir: PathBuf,
+    /// Serve Prometheus metrics (`GET /metrics`) on this address, e.g.
+    /// 127.0.0.1:9400.
+    #[arg(long, value_name = "ADDR")]
+    metrics_addr: Option<String>,
     /// Run the demo workload for this many seconds of shared load, print
     /// what it measured and exit.
     #[arg(long, value_name = "SECONDS")]
@@ -79,6 +84,16 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let metrics = match args.metrics_addr.as_deref().map(|a| MetricsServer::spawn(a, daemon.clone())).transpose() {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("vgpud: --metrics-addr: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    if let Some(m) = &metrics {
+        tracing::info!(addr = %m.addr(), "metrics at http://{}/metrics", m.addr());
+    }
     tracing::info!(run_dir = %args.run_dir.display(), control = %control_path.display(), "vgpud ready");
     for sig in signals.forever() {
         if sig == SIGHUP {
@@ -92,6 +107,7 @@ fn main() -> ExitCode {
         tracing::info!(signal = sig, "stopping");
         break;
     }
+    drop(metrics);
     drop(control);
     match Arc::try_unwrap(daemon) {
         Ok(d) => drop(d.into_inner().unwrap_or_else(|p| p.into_inner())),

@@ -8,6 +8,7 @@
 //! `vgpuctl` can pass them on unchanged.
 
 pub mod control;
+pub mod metrics;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# tests/vm/e2e.sh — the VM end-to-end test: real Linux guests under QEMU drive vGPUs of a
+# running vgpud over vfio-user, with the guest driver (vgpu-guest) inside the guest.
+#
+# usage: tests/vm/e2e.sh --vgpud BIN --vgpuctl BIN --guest STATIC-BIN [--work DIR]
+#
+# Case 1: one VM on a vgpud-4c vGPU runs `vgpu-guest selftest` through vfio-pci in the
+#         guest; the console must show the selftest passing and vgpud's log must show the
+#         client detaching after executing engine commands.
+# Case 2: two VMs at once on two vGPUs (vgpud-4c, vgpud-2c) of the same parent, both
+#         passing; then vgpud stops on SIGTERM and removes its sockets.
+# Prints "VGPUD-E2E case=N seconds=S" per case. Needs root and tests/vm/prepare.sh's chroot.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=lib.sh
+. "$HERE/lib.sh"
+
+VGPUD= VGPUCTL= GUEST= WORK=
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --vgpud) VGPUD=$2; shift 2 ;;
+        --vgpuctl) VGPUCTL=$2; shift 2 ;;
+        --guest) GUEST=$2; shift 2 ;;
+        --work) WORK=$2; shift 2 ;;
+        *) vm_die "unknown argument: $1" ;;
+    esac
+done
+[ -x "$VGPUD" ] && [ -x "$VGPUCTL" ] && [ -x "$GUEST" ] || vm_die "need --vgpud, --vgpuctl and --guest executables"
+vm_require_root
+[ -n "$WORK" ] || WORK=$(mktemp -d /tmp/vgpud-e2e.XXXXXX)
+mkdir -p "$WORK"
+RUN=$WORK/run
+VGPUD_PID=
+cleanup() { [ -z "$VGPUD_PID" ] || kill "$VGPUD_PID" 2>/dev/null || true; }
+trap cleanup EXIT
+
+bash "$HERE/prepare.sh" >&2
+bash "$HERE/mkinitramfs.sh" "$WORK/vm.cpio.gz" --init-script "$HERE/guest-selftest.sh" "$GUEST" >&2
+
+"$VGPUD" --run-dir "$RUN" >"$WORK/vgpud.log" 2>&1 &
+VGPUD_PID=$!
+for _ in $(seq 100); do [ -S "$RUN/control.sock" ] && break; sleep 0.1; done
+[ -S "$RUN/control.sock" ] || { cat "$WORK/vgpud.log" >&2; vm_die "vgpud did not start"; }
+
+U1=6f1e3c2a-0b4d-4c8e-9a51-3d2f7b8e1c01
+U2=6f1e3c2a-0b4d-4c8e-9a51-3d2f7b8e1c02
+"$VGPUCTL" --run-dir "$RUN" create --type vgpud-4c --uuid $U1 >&2
+"$VGPUCTL" --run-dir "$RUN" create --type vgpud-2c --uuid $U2 >&2
+
+boot() { # boot UUID LOG
+    bash "$HERE/boot.sh" --initrd "$WORK/vm.cpio.gz" --socket "$RUN/$1.sock" --viommu \
+        --device-props '"rombar":0' --timeout 600 --log "$2" >/dev/null
+}
+check() { # check LOG
+    grep -q "VGPU-GUEST-SELFTEST PASS" "$1" || { tail -40 "$1" >&2; vm_die "guest selftest did not pass ($1)"; }
+}
+
+# Case 1
+t=$(vm_now)
+boot $U1 "$WORK/vm1.log" || { tail -40 "$WORK/vm1.log" >&2; vm_die "VM 1 failed"; }
+check "$WORK/vm1.log"
+vm_log "case 1: selftest passed in the guest"
+echo "VGPUD-E2E case=1 seconds=$(vm_elapsed "$t")"
+for _ in $(seq 50); do grep -q "client detached" "$WORK/vgpud.log" && break; sleep 0.1; done
+detached=$(sed 's/\x1b\[[0-9;]*m//g' "$WORK/vgpud.log" | grep "client detached" | grep "vgpu=$U1" | tail -1)
+commands=$(echo "$detached" | sed -n 's/.*commands=\([0-9]*\).*/\1/p')
+[ -n "$commands" ] && [ "$commands" -gt 0 ] || { cat "$WORK/vgpud.log" >&2; vm_die "vgpud did not log the guest's work"; }
+vm_log "case 1: vgpud ran $commands engine commands for the guest"
+
+# Case 2: two VMs at once on two vGPUs of the same parent
+t=$(vm_now)
+boot $U1 "$WORK/vm2a.log" & a=$!
+boot $U2 "$WORK/vm2b.log" & b=$!
+ra=0; rb=0
+wait $a || ra=$?
+wait $b || rb=$?
+[ $ra -eq 0 ] || { tail -40 "$WORK/vm2a.log" >&2; vm_die "VM 2a failed ($ra)"; }
+[ $rb -eq 0 ] || { tail -40 "$WORK/vm2b.log" >&2; vm_die "VM 2b failed ($rb)"; }
+check "$WORK/vm2a.log"
+check "$WORK/vm2b.log"
+vm_log "case 2: two VMs passed side by side"
+echo "VGPUD-E2E case=2 seconds=$(vm_elapsed "$t")"
+"$VGPUCTL" --run-dir "$RUN" status >&2
+
+kill -TERM "$VGPUD_PID"
+wait "$VGPUD_PID" || vm_die "vgpud exited with $? on SIGTERM"
+VGPUD_PID=
+[ ! -e "$RUN/control.sock" ] && [ ! -e "$RUN/$U1.sock" ] || vm_die "sockets left behind"
+vm_log "vgpud stopped cleanly"

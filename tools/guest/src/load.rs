@@ -1,0 +1,138 @@
+//! A load generator: keeps a vGPU saturated with `spin` work of a fixed
+//! size per command and measures what it gets.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use crate::channel::{Channel, ChannelConfig, Fence};
+use crate::device::Device;
+use crate::error::{Error, Result};
+use crate::programs::{Program, SPIN_MAX_NS};
+
+/// Commands kept in flight per channel: one running, one queued behind it.
+const DEPTH: usize = 2;
+
+/// What to run.
+#[derive(Clone, Copy, Debug)]
+pub struct LoadConfig {
+    /// GPU time each command asks for, in µs.
+    pub unit_us: u32,
+    /// How long to keep submitting.
+    pub duration: Duration,
+    /// Channels submitting concurrently (0..channels).
+    pub channels: u32,
+}
+
+/// What the run achieved.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct LoadReport {
+    pub unit_us: u32,
+    pub channels: u32,
+    /// Commands that completed.
+    pub completed: u64,
+    /// GPU time those commands asked for (completed × unit), in µs.
+    pub busy_us: u64,
+    /// Wall time from the first submit to the last completion, in µs.
+    pub wall_us: u64,
+    /// busy / wall: the share of the wall time the vGPU spent on this work.
+    pub utilization: f64,
+    /// Completed commands per second.
+    pub rate_per_s: f64,
+    /// Submit-to-completion latency percentiles, in µs.
+    pub latency_p50_us: f64,
+    pub latency_p99_us: f64,
+    pub latency_max_us: f64,
+}
+
+/// Run `cfg` on `dev` (channels 0..cfg.channels are rebuilt and destroyed).
+///
+/// ```no_run
+/// # fn demo(dev: &mut vgpu_guest::Device) -> vgpu_guest::Result<()> {
+/// use vgpu_guest::load::{run, LoadConfig};
+/// let r = run(dev, &LoadConfig { unit_us: 500, duration: std::time::Duration::from_secs(2), channels: 2 })?;
+/// println!("{} commands, p99 {} us", r.completed, r.latency_p99_us);
+/// # Ok(()) }
+/// ```
+pub fn run(dev: &mut Device, cfg: &LoadConfig) -> Result<LoadReport> {
+    if cfg.unit_us == 0 || cfg.unit_us as u64 * 1000 > SPIN_MAX_NS {
+        return Err(Error::InvalidArgument(format!("unit of {} us", cfg.unit_us)));
+    }
+    if cfg.channels == 0 || cfg.channels > dev.identity().channels {
+        return Err(Error::InvalidArgument(format!("{} channels of {}", cfg.channels, dev.identity().channels)));
+    }
+    let ccfg = ChannelConfig { gpfifo_entries: 8, segment_bytes: 1024, interrupt_fences: false };
+    let mut chans = (0..cfg.channels).map(|id| Channel::new(dev, id, ccfg)).collect::<Result<Vec<_>>>()?;
+    let spin = Program::Spin { dst: 0, units: cfg.unit_us, unit_ns: 1000 };
+    let mut inflight: Vec<VecDeque<(Fence, Instant)>> = vec![VecDeque::new(); chans.len()];
+    let mut latencies: Vec<f64> = Vec::new();
+    let timeout = Duration::from_micros(cfg.unit_us as u64 * (DEPTH as u64 * cfg.channels as u64 + 2)) + Duration::from_secs(10);
+    let start = Instant::now();
+    let deadline = start + cfg.duration;
+    let mut last_check = start;
+    let mut last_progress = start;
+    let mut last_done = start;
+    loop {
+        let submitting = Instant::now() < deadline;
+        let mut progressed = false;
+        for (ch, q) in chans.iter_mut().zip(inflight.iter_mut()) {
+            while let Some(&(f, t)) = q.front() {
+                if !ch.reached(f)? {
+                    break;
+                }
+                let now = Instant::now();
+                latencies.push(now.duration_since(t).as_secs_f64() * 1e6);
+                last_done = now;
+                q.pop_front();
+                progressed = true;
+            }
+            while submitting && q.len() < DEPTH {
+                let t = Instant::now();
+                q.push_back((ch.launch(dev, &spin)?, t));
+            }
+        }
+        if !submitting && inflight.iter().all(|q| q.is_empty()) {
+            break;
+        }
+        let now = Instant::now();
+        if progressed {
+            last_progress = now;
+        } else if now.duration_since(last_progress) > timeout {
+            return Err(Error::Timeout { what: "spin completions".into(), after: timeout });
+        }
+        if now.duration_since(last_check) > Duration::from_millis(100) {
+            for ch in &chans {
+                ch.check(dev)?;
+            }
+            last_check = now;
+        }
+        if !progressed {
+            std::thread::sleep(Duration::from_micros(20));
+        }
+    }
+    for ch in chans.drain(..) {
+        ch.destroy(dev)?;
+    }
+    let completed = latencies.len() as u64;
+    let wall_us = last_done.duration_since(start).as_micros().max(1) as u64;
+    let busy_us = completed * cfg.unit_us as u64;
+    latencies.sort_by(|a, b| a.total_cmp(b));
+    let pct = |p: f64| -> f64 {
+        if latencies.is_empty() {
+            return 0.0;
+        }
+        let i = ((p * latencies.len() as f64).ceil() as usize).clamp(1, latencies.len()) - 1;
+        latencies[i]
+    };
+    Ok(LoadReport {
+        unit_us: cfg.unit_us,
+        channels: cfg.channels,
+        completed,
+        busy_us,
+        wall_us,
+        utilization: busy_us as f64 / wall_us as f64,
+        rate_per_s: completed as f64 / (wall_us as f64 / 1e6),
+        latency_p50_us: pct(0.50),
+        latency_p99_us: pct(0.99),
+        latency_max_us: latencies.last().copied().unwrap_or(0.0),
+    })
+}

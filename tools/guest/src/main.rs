@@ -1,0 +1,288 @@
+//! `vgpu-guest`: the vgpud guest driver's command line.
+
+// `x % n == 0` rather than `is_multiple_of` (Rust 1.87): the workspace's MSRV is 1.80.
+#![allow(unknown_lints, clippy::manual_is_multiple_of)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand, ValueEnum};
+use vgpu_guest::load::{self, LoadConfig};
+use vgpu_guest::programs::Program;
+use vgpu_guest::pushbuf::Pushbuf;
+use vgpu_guest::transport::vfio::VfioTransport;
+use vgpu_guest::transport::vfio_user::VfioUserTransport;
+use vgpu_guest::{regs, selftest, Channel, ChannelConfig, Device, Error, Placement, Result, Transport, WaitMode};
+
+#[derive(Parser)]
+#[command(name = "vgpu-guest", about = "Drive a vgpud vGPU (ABI v1) from user space")]
+struct Cli {
+    /// How to reach the vGPU.
+    #[arg(long, value_enum, default_value = "vfio-user", global = true)]
+    transport: TransportKind,
+    /// vfio-user: the vGPU's Unix socket.
+    #[arg(long, global = true)]
+    socket: Option<PathBuf>,
+    /// vfio: the PCI function (e.g. 0000:00:04.0), bound to vfio-pci.
+    #[arg(long, global = true)]
+    device: Option<String>,
+    /// DMA memory the driver allocates for the device, in MiB.
+    #[arg(long, default_value_t = 64, global = true)]
+    ram_mib: u64,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum TransportKind {
+    /// A vfio-user client of the vGPU's socket.
+    VfioUser,
+    /// A function bound to vfio-pci inside a Linux guest.
+    Vfio,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Print the device's identity and interrupt/fault state.
+    Info,
+    /// Check every class and program against CPU references.
+    Selftest,
+    /// Run one workload and check its result.
+    Run {
+        #[arg(value_enum)]
+        workload: Workload,
+        /// Elements (saxpy, fill), matrix order (gemm) or bytes (copy).
+        #[arg(long)]
+        size: u32,
+    },
+    /// Keep the vGPU saturated with spin work and report throughput and latency.
+    Load {
+        #[arg(value_enum)]
+        workload: LoadWorkload,
+        /// GPU time per command, in µs.
+        #[arg(long)]
+        unit_us: u32,
+        /// How long to submit, in seconds.
+        #[arg(long)]
+        seconds: f64,
+        /// Channels submitting concurrently.
+        #[arg(long, default_value_t = 1)]
+        channels: u32,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Workload {
+    Saxpy,
+    Gemm,
+    Copy,
+    Fill,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LoadWorkload {
+    Spin,
+}
+
+fn open(cli: &Cli) -> Result<Device> {
+    let bytes = cli.ram_mib << 20;
+    let t: Box<dyn Transport> = match cli.transport {
+        TransportKind::VfioUser => {
+            let socket = cli.socket.as_ref().ok_or_else(|| Error::InvalidArgument("--transport vfio-user needs --socket PATH".into()))?;
+            Box::new(VfioUserTransport::connect(socket, bytes)?)
+        }
+        TransportKind::Vfio => {
+            let bdf = cli.device.as_ref().ok_or_else(|| Error::InvalidArgument("--transport vfio needs --device BDF".into()))?;
+            Box::new(VfioTransport::open(bdf, bytes)?)
+        }
+    };
+    Device::open(t)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match real_main(&cli) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("vgpu-guest: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Ok(false) when a check failed.
+fn real_main(cli: &Cli) -> Result<bool> {
+    let mut dev = open(cli)?;
+    match &cli.cmd {
+        Cmd::Info => info(&mut dev).map(|_| true),
+        Cmd::Selftest => {
+            let r = selftest::run_with(&mut dev, &mut |c| println!("{c}"));
+            let failed = r.failures().count();
+            println!("{} checks, {} failed", r.checks.len(), failed);
+            Ok(r.passed())
+        }
+        Cmd::Run { workload, size } => run(&mut dev, *workload, *size),
+        Cmd::Load { workload: LoadWorkload::Spin, unit_us, seconds, channels, json } => {
+            if !(seconds.is_finite() && *seconds > 0.0) {
+                return Err(Error::InvalidArgument(format!("--seconds {seconds}")));
+            }
+            let r = load::run(&mut dev, &LoadConfig { unit_us: *unit_us, duration: Duration::from_secs_f64(*seconds), channels: *channels })?;
+            if *json {
+                println!("{}", serde_json::to_string(&r).map_err(|e| Error::Protocol(e.to_string()))?);
+            } else {
+                println!(
+                    "{} commands of {} us on {} channel(s) in {:.3} s: {:.1}/s, utilization {:.1}%, latency p50 {:.0} us p99 {:.0} us",
+                    r.completed,
+                    r.unit_us,
+                    r.channels,
+                    r.wall_us as f64 / 1e6,
+                    r.rate_per_s,
+                    100.0 * r.utilization,
+                    r.latency_p50_us,
+                    r.latency_p99_us
+                );
+            }
+            Ok(true)
+        }
+    }
+}
+
+fn info(dev: &mut Device) -> Result<()> {
+    let id = dev.identity().clone();
+    println!("transport     {}", dev.transport_name());
+    println!("pci id        {:04x}:{:04x} rev {} class {:06x}", id.vendor_id, id.device_id, id.revision, id.class_code);
+    println!("abi           {}.{} (ID {:#010x})", id.version >> 16, id.version & 0xFFFF, id.id);
+    println!("caps          {:#x} (ptx {}, large pages {}, msi-x vectors {})", id.caps, id.ptx(), id.large_pages(), id.msix_vectors());
+    println!("channels      {}", id.channels);
+    println!("vram          {} MiB", id.vram_bytes >> 20);
+    println!("timer         {} ns", dev.timer_ns()?);
+    let i = dev.interrupts()?;
+    println!("interrupts    status {:#x} channels {:#x}", i.causes, i.channels);
+    match dev.mmu_fault()? {
+        Some(f) => println!("mmu fault     {} channel {} va {:#x} write {}", f.code, f.channel, f.va, f.write),
+        None => println!("mmu fault     none"),
+    }
+    println!("busy          {}", dev.busy()?);
+    Ok(())
+}
+
+struct Rng(u64);
+impl Rng {
+    fn f32(&mut self) -> f32 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+    fn vec(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| self.f32()).collect()
+    }
+}
+
+fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+fn bytes_f32(b: &[u8]) -> Vec<f32> {
+    b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+}
+
+/// Time one launch on `ch` (submit to fence).
+fn timed(dev: &mut Device, ch: &mut Channel, pb: Option<&Pushbuf>, prog: Option<&Program>) -> Result<Duration> {
+    let t = Instant::now();
+    let f = match (pb, prog) {
+        (Some(pb), _) => ch.submit(dev, pb)?,
+        (None, Some(p)) => ch.launch(dev, p)?,
+        (None, None) => return Err(Error::InvalidArgument("nothing to run".into())),
+    };
+    ch.wait(dev, f, WaitMode::Interrupt, Duration::from_secs(120))?;
+    Ok(t.elapsed())
+}
+
+fn run(dev: &mut Device, w: Workload, size: u32) -> Result<bool> {
+    if size == 0 {
+        return Err(Error::InvalidArgument("--size must be positive".into()));
+    }
+    let mut ch = Channel::new(dev, 0, ChannelConfig::default())?;
+    let mut rng = Rng(42);
+    let n = size as usize;
+    let (ok, what, took, bytes) = match w {
+        Workload::Saxpy => {
+            let (x, y, a) = (rng.vec(n), rng.vec(n), 0.75f32);
+            let xb = dev.alloc(Placement::Vram, n as u64 * 4)?;
+            let yb = dev.alloc(Placement::Vram, n as u64 * 4)?;
+            ch.upload(dev, &xb, 0, &f32_bytes(&x))?;
+            ch.upload(dev, &yb, 0, &f32_bytes(&y))?;
+            let took = timed(dev, &mut ch, None, Some(&Program::Saxpy { x: xb.va(), y: yb.va(), n: size, a }))?;
+            let got = bytes_f32(&ch.download(dev, &yb, 0, n as u64 * 4)?);
+            let bad = (0..n).find(|&i| got[i] != a.mul_add(x[i], y[i]));
+            if let Some(i) = bad {
+                println!("mismatch: y[{i}] = {}, want {}", got[i], a.mul_add(x[i], y[i]));
+            }
+            (bad.is_none(), format!("saxpy n={n}"), took, 12 * n as u64)
+        }
+        Workload::Gemm => {
+            if size > vgpu_guest::programs::GEMM_MAX_DIM {
+                return Err(Error::InvalidArgument(format!("gemm order {size} > {}", vgpu_guest::programs::GEMM_MAX_DIM)));
+            }
+            let (a, b) = (rng.vec(n * n), rng.vec(n * n));
+            let bufs = [dev.alloc(Placement::Vram, (n * n * 4) as u64)?, dev.alloc(Placement::Vram, (n * n * 4) as u64)?, dev.alloc(Placement::Vram, (n * n * 4) as u64)?];
+            ch.upload(dev, &bufs[0], 0, &f32_bytes(&a))?;
+            ch.upload(dev, &bufs[1], 0, &f32_bytes(&b))?;
+            let p = Program::Gemm { a: bufs[0].va(), b: bufs[1].va(), c: bufs[2].va(), m: size, n: size, k: size, alpha: 1.0, beta: 0.0 };
+            let took = timed(dev, &mut ch, None, Some(&p))?;
+            let c = bytes_f32(&ch.download(dev, &bufs[2], 0, (n * n * 4) as u64)?);
+            // Check a sample of elements against an f64 reference.
+            let mut ok = true;
+            for s in 0..256.min(n * n) {
+                let idx = (s * 7919) % (n * n);
+                let (i, j) = (idx / n, idx % n);
+                let (mut dot, mut mag) = (0f64, 0f64);
+                for p in 0..n {
+                    let t = a[i * n + p] as f64 * b[p * n + j] as f64;
+                    dot += t;
+                    mag += t.abs();
+                }
+                let tol = 4.0 * f32::EPSILON as f64 * (n as f64 + 2.0) * mag + 1e-30;
+                if (c[idx] as f64 - dot).abs() > tol {
+                    println!("mismatch: C[{i}][{j}] = {}, want {dot}", c[idx]);
+                    ok = false;
+                    break;
+                }
+            }
+            (ok, format!("gemm {n}x{n}x{n}"), took, 2 * (n as u64).pow(3))
+        }
+        Workload::Copy => {
+            let data: Vec<u8> = (0..n).map(|i| (i * 31 + 7) as u8).collect();
+            let src = dev.alloc(Placement::Sysmem, n as u64)?;
+            let mid = dev.alloc(Placement::Vram, n as u64)?;
+            let dst = dev.alloc(Placement::Sysmem, n as u64)?;
+            src.host()?.write(0, &data)?;
+            let mut pb = Pushbuf::new();
+            pb.copy_1d(src.va(), mid.va(), size).copy_1d(mid.va(), dst.va(), size);
+            let took = timed(dev, &mut ch, Some(&pb), None)?;
+            let mut got = vec![0u8; n];
+            dst.host()?.read(0, &mut got)?;
+            (got == data, format!("copy {n} B sysmem->VRAM->sysmem"), took, 2 * n as u64)
+        }
+        Workload::Fill => {
+            let b = dev.alloc(Placement::Vram, n as u64 * 4)?;
+            let took = timed(dev, &mut ch, None, Some(&Program::Fill { dst: b.va(), count: size, value: 0x3F80_0000 }))?;
+            let got = ch.download(dev, &b, 0, n as u64 * 4)?;
+            (got.chunks_exact(4).all(|c| c == 0x3F80_0000u32.to_le_bytes()), format!("fill {n} words in VRAM"), took, 4 * n as u64)
+        }
+    };
+    let s = took.as_secs_f64();
+    let rate = match w {
+        Workload::Gemm => format!("{:.2} GFLOP/s", bytes as f64 / s / 1e9),
+        _ => format!("{:.2} GB/s", bytes as f64 / s / 1e9),
+    };
+    println!("{} {what}: {:.3} ms submit-to-fence, {rate}", if ok { "PASS" } else { "FAIL" }, s * 1e3);
+    let st = dev.read32(regs::STATUS)?;
+    if st & regs::STATUS_BUSY != 0 {
+        println!("note: STATUS.BUSY still set");
+    }
+    Ok(ok)
+}

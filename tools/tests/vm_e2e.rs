@@ -1,0 +1,52 @@
+//! Test tier 5: real Linux VMs under QEMU drive vGPUs of the vgpud binary
+//! over vfio-user, with the guest driver inside the guest (tests/vm/e2e.sh).
+//!
+//! Needs root and network on first use (tests/vm/prepare.sh builds and
+//! caches a Debian trixie chroot with QEMU 11 under /var/cache/vgpud).
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The guest driver, linked statically for the busybox initramfs. Built
+/// in a target directory of its own so that it does not wait on the lock
+/// of the build that is running this test.
+fn static_guest_binary() -> PathBuf {
+    let root = workspace();
+    let target = root.join("target").join("vm-guest");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .current_dir(&root)
+        .args(["build", "--release", "-j2", "-p", "vgpu-guest", "--bin", "vgpu-guest", "--target", "x86_64-unknown-linux-gnu"])
+        .env("RUSTFLAGS", "-C target-feature=+crt-static")
+        .env("CARGO_TARGET_DIR", &target)
+        .status()
+        .expect("run cargo");
+    assert!(status.success(), "building the static vgpu-guest failed");
+    target.join("x86_64-unknown-linux-gnu/release/vgpu-guest")
+}
+
+#[test]
+fn linux_vms_run_the_guest_driver_selftest_on_vgpus() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(unsafe { libc::geteuid() }, 0, "the VM test needs root (debootstrap, chroot, mounts); run it as root, as .ci/run does");
+    let guest = static_guest_binary();
+    let out = Command::new("bash")
+        .arg(workspace().join("tests/vm/e2e.sh"))
+        .arg("--vgpud")
+        .arg(env!("CARGO_BIN_EXE_vgpud"))
+        .arg("--vgpuctl")
+        .arg(env!("CARGO_BIN_EXE_vgpuctl"))
+        .arg("--guest")
+        .arg(&guest)
+        .output()
+        .expect("run tests/vm/e2e.sh");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+    println!("{stdout}");
+    assert!(out.status.success(), "VM end-to-end test failed: {}", out.status);
+    assert!(stdout.contains("VGPUD-E2E case=1") && stdout.contains("VGPUD-E2E case=2"), "both cases ran");
+}
