@@ -10,9 +10,12 @@
 //! command in flight finishes first and nothing touches the memory after
 //! `unmap` returns.
 
+use std::collections::HashMap;
 use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use vm_memory::bitmap::BS;
@@ -44,6 +47,11 @@ pub type Snapshot = Arc<GuestMemoryMmap>;
 pub struct GuestRam {
     map: Mutex<Snapshot>,
     pinned: AtomicU64,
+    /// One open file per backing file (device, inode, access mode): a VMM
+    /// behind a vIOMMU maps guest memory page by page, each time with a
+    /// new descriptor of the same memfd, and thousands of them must not
+    /// each hold a descriptor of the daemon's.
+    files: Mutex<HashMap<(u64, u64, i32), Weak<File>>>,
 }
 
 impl GuestRam {
@@ -80,8 +88,9 @@ impl GuestRam {
         if !shrink_sealed(&fd) {
             tracing::warn!(gpa, size, "DMA region's file is not sealed against shrinking; a client that truncates it would fault the daemon");
         }
+        let file = self.shared_file(fd, &meta);
         let prot = libc::PROT_READ | if writable { libc::PROT_WRITE } else { 0 };
-        let mmap = MmapRegion::build(Some(FileOffset::new(fd, file_offset)), size as usize, prot, libc::MAP_SHARED)
+        let mmap = MmapRegion::build(Some(FileOffset::from_arc(file, file_offset)), size as usize, prot, libc::MAP_SHARED)
             .map_err(|e| MemError::Mmap(e.to_string()))?;
         let region = GuestRegionMmap::new(mmap, GuestAddress(gpa)).ok_or_else(bad)?;
         // SAFETY: the range is exactly the mapping just created and owned by `region`.
@@ -97,6 +106,23 @@ impl GuestRam {
         }
         tracing::debug!(gpa, size, writable, "dma map");
         Ok(())
+    }
+
+    /// The open file already used for `fd`'s backing file, or `fd` itself.
+    fn shared_file(&self, fd: File, meta: &std::fs::Metadata) -> Arc<File> {
+        // SAFETY: F_GETFL only reads the flags of a descriptor we own.
+        let mode = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) } & libc::O_ACCMODE;
+        let key = (meta.dev(), meta.ino(), mode);
+        let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(f) = files.get(&key).and_then(Weak::upgrade) {
+            return f;
+        }
+        if files.len() >= 64 {
+            files.retain(|_, w| w.strong_count() > 0);
+        }
+        let f = Arc::new(fd);
+        files.insert(key, Arc::downgrade(&f));
+        f
     }
 
     /// Unmap every region inside `gpa..gpa+size`, waiting until no command

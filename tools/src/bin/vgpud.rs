@@ -64,6 +64,7 @@ fn main() -> ExitCode {
     if let Some(seconds) = args.demo {
         return demo(&args, &config, seconds);
     }
+    raise_fd_limit();
     if let Err(e) = prepare_run_dir(&args.run_dir) {
         eprintln!("vgpud: {e}");
         return ExitCode::from(1);
@@ -115,6 +116,19 @@ fn main() -> ExitCode {
     }
     tracing::info!("vgpud stopped");
     ExitCode::SUCCESS
+}
+
+/// Lift the soft limit on open files to the hard one: every VMM shares
+/// guest memory and eventfds as descriptors.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit with a valid rlimit struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
 }
 
 /// Create the run directory; refuse to share it with a live daemon, and

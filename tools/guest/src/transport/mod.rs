@@ -79,13 +79,19 @@ impl Mapping {
     pub fn memfd(name: &str, len: u64) -> Result<(Mapping, File)> {
         let cname = std::ffi::CString::new(name).map_err(|_| Error::InvalidArgument(format!("memfd name {name:?}")))?;
         // SAFETY: a valid C string; the result is checked.
-        let fd = unsafe { libc::memfd_create(cname.as_ptr(), libc::MFD_CLOEXEC) };
+        let fd = unsafe { libc::memfd_create(cname.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
         if fd < 0 {
             return Err(Error::last_os("memfd_create"));
         }
         // SAFETY: fd is a fresh descriptor that nothing else owns.
         let file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
         file.set_len(len).map_err(|e| Error::io("size the memfd", e))?;
+        // Sealed against resizing, as QEMU's memfd backend is: the device
+        // side may then rely on every mapped page staying there.
+        // SAFETY: adds seals to our own descriptor; the result is checked.
+        if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, libc::F_SEAL_SHRINK | libc::F_SEAL_GROW) } != 0 {
+            return Err(Error::last_os("seal the memfd"));
+        }
         let map = Self::mmap(len, libc::MAP_SHARED, file.as_raw_fd())?;
         Ok((map, file))
     }
