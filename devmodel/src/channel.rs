@@ -126,6 +126,14 @@ pub struct Channel {
     /// Engine items of this channel handed to the engine and not yet
     /// complete, including those of an earlier epoch.
     pub in_flight: u32,
+    /// Engine items handed over / completed in this epoch.
+    pub submitted: u64,
+    pub completed: u64,
+    /// Semaphore releases and interrupts that follow engine work still
+    /// running: each runs once the first `after` items of the epoch have
+    /// completed, as the engine itself would write them at the end of the
+    /// work before them, so the front end can fetch on.
+    pub deferred: VecDeque<(u64, Command)>,
     /// Waiting on a semaphore acquire at the head of `queue`.
     pub blocked: bool,
     pub faulted: Option<ErrorCode>,
@@ -137,6 +145,19 @@ pub struct Channel {
 }
 
 impl Channel {
+    /// Forget the work of the current epoch: items still running complete
+    /// unnoticed.
+    pub fn new_epoch(&mut self) {
+        self.epoch += 1;
+        self.submitted = 0;
+        self.completed = 0;
+        self.deferred.clear();
+    }
+
+    /// Engine work of this epoch is still running.
+    pub fn engine_busy(&self) -> bool {
+        self.submitted > self.completed
+    }
     /// The GPFIFO entry the front end fetches next: the one after every
     /// fetched, unretired entry.
     pub fn gp_fetch(&self, entries: u32) -> u32 {
@@ -166,6 +187,6 @@ impl Channel {
         self.entries.clear();
         self.blocked = false;
         self.kicked = false;
-        self.epoch += 1;
+        self.new_epoch();
     }
 }

@@ -548,7 +548,7 @@ impl Shared {
         ch.blocked = false;
         // Items already handed to the engine still run; their completions
         // no longer count for this channel.
-        ch.epoch += 1;
+        ch.new_epoch();
         let inst = ch.inst;
         st.regs.set(RegRef::Channel(c, ChannelReg::ErrorInfo), e.info);
         st.stats.faults += 1;
@@ -750,15 +750,32 @@ impl Shared {
     /// satisfied.
     fn run_head(self: &Arc<Self>, st: &mut State, idx: usize) -> Result<bool, ChannelError> {
         let Some(cmd) = st.channels[idx].queue.front() else { return Ok(false) };
-        let in_flight = st.channels[idx].in_flight;
-        if matches!(cmd, Command::Engine(_)) && in_flight >= MAX_CHANNEL_IN_FLIGHT || !matches!(cmd, Command::Engine(_)) && in_flight > 0 {
-            return Ok(false);
+        let ch = &st.channels[idx];
+        match cmd {
+            Command::Engine(_) if ch.in_flight >= MAX_CHANNEL_IN_FLIGHT => return Ok(false),
+            // A release or interrupt behind running work is carried out when
+            // that work completes; the front end goes on meanwhile.
+            Command::SemRelease { .. } | Command::Interrupt if ch.engine_busy() => {
+                let ch = &mut st.channels[idx];
+                let Some(cmd) = ch.queue.pop_front() else { return Ok(false) };
+                let after = ch.submitted;
+                ch.deferred.push_back((after, cmd));
+                if let Some(n) = ch.entries.back_mut() {
+                    *n += 1;
+                }
+                return Ok(true);
+            }
+            // An acquire gates everything after it, and sees the memory
+            // every earlier command of the channel has written.
+            Command::SemAcquire { .. } if ch.engine_busy() || !ch.deferred.is_empty() => return Ok(false),
+            _ => {}
         }
         match cmd {
             Command::Engine(_) => {
                 let Some(Command::Engine(op)) = st.channels[idx].queue.pop_front() else { return Ok(false) };
                 let ch = &mut st.channels[idx];
                 ch.in_flight += 1;
+                ch.submitted += 1;
                 if let Some(n) = ch.entries.back_mut() {
                     *n += 1;
                 }
@@ -771,20 +788,9 @@ impl Shared {
                 self.ctx.submit(WorkItem { op, channel: idx as u32, mem: self.mem.clone() }, Box::new(move |c| me.complete(gen, idx, epoch, c)));
                 Ok(true)
             }
-            Command::SemRelease { target, payload, size, interrupt } => {
-                let (target, payload, size, interrupt) = (target.clone(), *payload, *size, *interrupt);
-                let mut bytes = payload.to_le_bytes().to_vec();
-                bytes.truncate(size.min(8) as usize);
-                if size == 16 {
-                    bytes.extend_from_slice(&self.now_ns().to_le_bytes());
-                }
-                write_extents(&self.mem, &*self.ctx, &target, &bytes).map_err(|e| exec_err(&e, &target))?;
-                st.channels[idx].queue.pop_front();
-                if interrupt {
-                    self.raise(st, Intr::HOST, idx);
-                }
-                // A release may satisfy another channel's acquire.
-                st.channels.iter_mut().for_each(|c| c.blocked = false);
+            Command::SemRelease { .. } | Command::Interrupt => {
+                let Some(cmd) = st.channels[idx].queue.pop_front() else { return Ok(false) };
+                self.host_op(st, idx, &cmd)?;
                 Ok(true)
             }
             Command::SemAcquire { target, payload, wide, cond } => {
@@ -807,10 +813,45 @@ impl Shared {
                     Ok(false)
                 }
             }
-            Command::Interrupt => {
-                st.channels[idx].queue.pop_front();
-                self.raise(st, Intr::HOST, idx);
-                Ok(true)
+        }
+    }
+
+    /// Carry out a semaphore release or an interrupt.
+    fn host_op(&self, st: &mut State, idx: usize, cmd: &Command) -> Result<(), ChannelError> {
+        match cmd {
+            Command::SemRelease { target, payload, size, interrupt } => {
+                let mut bytes = payload.to_le_bytes().to_vec();
+                bytes.truncate((*size).min(8) as usize);
+                if *size == 16 {
+                    bytes.extend_from_slice(&self.now_ns().to_le_bytes());
+                }
+                write_extents(&self.mem, &*self.ctx, target, &bytes).map_err(|e| exec_err(&e, target))?;
+                if *interrupt {
+                    self.raise(st, Intr::HOST, idx);
+                }
+                // A release may satisfy another channel's acquire.
+                st.channels.iter_mut().for_each(|c| c.blocked = false);
+            }
+            Command::Interrupt => self.raise(st, Intr::HOST, idx),
+            Command::Engine(_) | Command::SemAcquire { .. } => {}
+        }
+        Ok(())
+    }
+
+    /// Carry out the deferred releases and interrupts whose work is done.
+    fn run_deferred(&self, st: &mut State, idx: usize) {
+        loop {
+            let ch = &mut st.channels[idx];
+            if ch.deferred.front().is_none_or(|(after, _)| *after > ch.completed) {
+                return;
+            }
+            let Some((_, cmd)) = ch.deferred.pop_front() else { return };
+            if let Some(n) = ch.entries.iter_mut().find(|n| **n > 0) {
+                *n -= 1;
+            }
+            if let Err(e) = self.host_op(st, idx, &cmd) {
+                self.fault(st, idx, e);
+                return;
             }
         }
     }
@@ -825,6 +866,7 @@ impl Shared {
             if ch.epoch == epoch {
                 // Items of a channel complete in the order they were handed
                 // over, so this one belongs to the oldest entry still waiting.
+                ch.completed += 1;
                 if let Some(n) = ch.entries.iter_mut().find(|n| **n > 0) {
                     *n -= 1;
                 }
@@ -842,6 +884,8 @@ impl Shared {
                     };
                     tracing::warn!(vgpu = %self.cfg.name, channel = idx, error = %e, "engine item failed");
                     self.fault(&mut st, idx, chan_err(code, 0));
+                } else {
+                    self.run_deferred(&mut st, idx);
                 }
             }
         }
