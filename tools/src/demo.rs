@@ -1,187 +1,145 @@
-//! The demo workload: what `vgpud` shows on a fresh machine.
+//! The demo workload `vgpud --demo` runs: the daemon used as an operator
+//! and two tenants would use it.
 //!
-//! One cpu-engine parent, two vGPUs of the default types `vgpud-4c` and
-//! `vgpud-2c`, each driven by an in-process guest (guest RAM in a memfd,
-//! only the device face is used). Each guest checks saxpy, gemm_f32,
-//! reduce_sum, copies through VRAM and semaphores against CPU references;
-//! then both saturate the parent with spin work while the scheduler's
-//! policy shares it, and the measured shares are printed.
+//! Two vGPUs (`vgpud-4c`, fixed share 1/2, and `vgpud-2c`, 1/4) are
+//! created on the default cpu-engine parent through the daemon's control
+//! operations. For each, a guest driver ([`vgpu_guest`]) connects to the
+//! vGPU's vfio-user socket exactly as a VMM would — its guest RAM a memfd
+//! shared with the daemon — and runs the driver's selftest (every engine
+//! class and program against CPU references). Then both tenants keep their
+//! vGPU saturated with 1 ms `spin` commands at once, and the scheduler's
+//! measured shares are reported next to the configured ones.
 
+use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 
-use devmodel::classes::{compute, host};
-use devmodel::harness::{Chan, Guest, Params, Pb, STATE_IDLE};
-use devmodel::{CpuEngine, Vgpu, VgpuConfig};
-use mdev_types::VgpuType;
-use mmio::pci::PciIdentity;
-use scheduler::{Config, PolicyKind, VgpuParams};
+use vgpu_guest::load::{self, LoadConfig, LoadReport};
+use vgpu_guest::transport::vfio_user::VfioUserTransport;
+use vgpu_guest::{selftest, Device};
 
-/// The demo parent's id (its section in the policy file: `[parent."cpu0"]`).
-pub const PARENT: &str = "cpu0";
+use crate::daemon::Daemon;
 
-use crate::parent::Parent;
+/// The types the demo's two tenants get.
+pub const DEMO_TYPES: [&str; 2] = ["vgpud-4c", "vgpud-2c"];
+
+/// One tenant's results.
+#[derive(Debug)]
+pub struct Tenant {
+    pub uuid: String,
+    pub type_id: String,
+    pub checks_passed: usize,
+    pub checks: usize,
+    /// The share the policy promises (strict policies), if any.
+    pub configured: Option<f64>,
+    /// Engine time the scheduler measured for the vGPU during the load,
+    /// over the load's wall time.
+    pub achieved: f64,
+    /// What the guest saw.
+    pub load: LoadReport,
+}
 
 /// What the demo measured.
 #[derive(Debug)]
 pub struct DemoReport {
-    pub checks_passed: usize,
-    /// (type id, configured share, achieved share of wall time, commands)
-    pub shares: Vec<(String, f64, f64, u64)>,
+    pub policy: String,
+    pub tenants: Vec<Tenant>,
 }
 
-fn vgpu_on(parent: &Parent, t: &VgpuType, params: VgpuParams, name: &str) -> Result<(u64, Vgpu), String> {
-    let (key, ctx) = parent.attach(t.framebuffer_bytes, t.channels, params).map_err(|e| e.to_string())?;
-    let cfg = VgpuConfig {
-        name: name.to_string(),
-        identity: PciIdentity { vendor_id: t.vendor_id, device_id: t.device_id, subsystem_vendor_id: t.vendor_id, subsystem_id: t.device_id, revision: 1 },
-        vram_bytes: t.framebuffer_bytes,
-        channels: t.channels,
-    };
-    Ok((key, Vgpu::with_context(cfg, ctx).map_err(|e| e.to_string())?))
+fn gpu_time(daemon: &Mutex<Daemon>, uuid: &str) -> Result<(u64, Option<f64>), String> {
+    let d = daemon.lock().unwrap_or_else(|p| p.into_inner());
+    let st = d.status(Some(uuid)).map_err(|e| e.to_string())?;
+    let v = &st[0];
+    Ok((v["gpu_time_ns"].as_u64().unwrap_or(0), v["configured_share"].as_f64()))
 }
 
-fn lcg(seed: &mut u64) -> f32 {
-    *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-    ((*seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+/// Create the demo's vGPUs on `daemon`, run the tenants for `seconds` of
+/// shared load, remove the vGPUs and report.
+pub fn run(daemon: &Arc<Mutex<Daemon>>, seconds: f64) -> Result<DemoReport, String> {
+    let mut created = Vec::new();
+    for t in DEMO_TYPES {
+        let r = daemon.lock().unwrap_or_else(|p| p.into_inner()).create(t, None, None).map_err(|e| format!("create {t}: {e}"))?;
+        created.push((r["uuid"].as_str().unwrap_or_default().to_string(), t.to_string(), r["socket"].as_str().unwrap_or_default().to_string()));
+    }
+    let result = run_tenants(daemon, &created, seconds);
+    for (uuid, _, _) in &created {
+        let _ = daemon.lock().unwrap_or_else(|p| p.into_inner()).remove(uuid);
+    }
+    result
 }
 
-/// Run every class once and compare with CPU references.
-fn correctness(g: &mut Guest, ch: &mut Chan) -> Result<usize, String> {
-    let mut seed = 42;
-    let n = 1 << 16;
-    let x: Vec<f32> = (0..n).map(|_| lcg(&mut seed)).collect();
-    let y: Vec<f32> = (0..n).map(|_| lcg(&mut seed)).collect();
-    let (xg, xv) = g.sys_buf(n as u64 * 4);
-    let (yg, yv) = g.sys_buf(n as u64 * 4);
-    let (sg, sv) = g.sys_buf(64);
-    g.wf32(xg, &x);
-    g.wf32(yg, &y);
-    let (m, k, nn) = (64u32, 48u32, 32u32);
-    let a: Vec<f32> = (0..m * k).map(|_| lcg(&mut seed)).collect();
-    let b: Vec<f32> = (0..k * nn).map(|_| lcg(&mut seed)).collect();
-    let (ag, av) = g.sys_buf(a.len() as u64 * 4);
-    let (bg, bv) = g.sys_buf(b.len() as u64 * 4);
-    let (cg, cv) = g.sys_buf((m * nn) as u64 * 4);
-    g.wf32(ag, &a);
-    g.wf32(bg, &b);
-    let (_, va) = g.vram_buf(a.len() as u64 * 4);
-    let (_, vb) = g.vram_buf(b.len() as u64 * 4);
-    let (_, vc) = g.vram_buf((m * nn) as u64 * 4);
-    let (p_saxpy, s_saxpy) = g.params(Params::default().u64(xv).u64(yv).u32(n as u32).f32(3.0));
-    let (p_gemm, s_gemm) = g.params(Params::default().u64(va).u64(vb).u64(vc).u32(m).u32(nn).u32(k).f32(1.0).f32(0.0).u32(0));
-    let (p_sum, s_sum) = g.params(Params::default().u64(xv).u64(sv).u32(n as u32).u32(0));
-    let pb = Pb::new()
-        .bind()
-        .launch(compute::PROG_SAXPY, p_saxpy, s_saxpy)
-        .copy(av, va, a.len() as u32 * 4)
-        .copy(bv, vb, b.len() as u32 * 4)
-        .launch(compute::PROG_GEMM_F32, p_gemm, s_gemm)
-        .copy(vc, cv, m * nn * 4)
-        .launch(compute::PROG_REDUCE_SUM, p_sum, s_sum)
-        .sem(sv + 16, 0xC0FFEE, host::SEM_OP_RELEASE | host::SEM_TIMESTAMP);
-    g.submit(ch, &pb.0);
-    if g.wait(ch) != STATE_IDLE {
-        return Err(format!("channel stopped: status {:#x}", g.chreg(ch.id, 0x0C)));
+fn run_tenants(daemon: &Arc<Mutex<Daemon>>, created: &[(String, String, String)], seconds: f64) -> Result<DemoReport, String> {
+    let policy = daemon.lock().unwrap_or_else(|p| p.into_inner()).policy_show(None).map_err(|e| e.to_string())?["policy"].as_str().unwrap_or("").to_string();
+    let start = Arc::new(Barrier::new(created.len() + 1));
+    let done = Arc::new(Barrier::new(created.len() + 1));
+    let cfg = LoadConfig { unit_us: 1000, duration: Duration::from_secs_f64(seconds), channels: 1 };
+    let mut threads = Vec::new();
+    for (uuid, type_id, socket) in created {
+        let (start, done, socket, name) = (start.clone(), done.clone(), socket.clone(), format!("{type_id} {}", &uuid[..8]));
+        threads.push(std::thread::spawn(move || -> Result<(usize, usize, LoadReport), String> {
+            let tenant = || -> Result<(usize, usize, Device), String> {
+                let t = VfioUserTransport::connect(socket.as_ref(), 64 << 20).map_err(|e| format!("{name}: connect: {e}"))?;
+                let mut dev = Device::open(Box::new(t)).map_err(|e| format!("{name}: open: {e}"))?;
+                let report = selftest::run(&mut dev);
+                for c in report.failures() {
+                    eprintln!("{name}: FAIL {}: {}", c.name, c.detail);
+                }
+                let passed = report.checks.iter().filter(|c| c.passed).count();
+                Ok((passed, report.checks.len(), dev))
+            };
+            let outcome = tenant();
+            start.wait();
+            let r = match outcome {
+                Ok((passed, total, mut dev)) => load::run(&mut dev, &cfg).map(|l| (passed, total, l)).map_err(|e| format!("{name}: load: {e}")),
+                Err(e) => Err(e),
+            };
+            done.wait();
+            r
+        }));
     }
-    let mut passed = 0;
-    let got = g.rf32(yg, n);
-    if (0..n).any(|i| got[i] != 3.0f32.mul_add(x[i], y[i])) {
-        return Err("saxpy mismatch".into());
-    }
-    passed += 1;
-    let c = g.rf32(cg, (m * nn) as usize);
-    for i in 0..m as usize {
-        for j in 0..nn as usize {
-            let want: f64 = (0..k as usize).map(|p| a[i * k as usize + p] as f64 * b[p * nn as usize + j] as f64).sum();
-            if (c[i * nn as usize + j] as f64 - want).abs() > 1e-4 {
-                return Err(format!("gemm mismatch at ({i},{j})"));
-            }
-        }
-    }
-    passed += 1;
-    let want: f64 = x.iter().map(|&v| v as f64).sum();
-    if (g.rf32(sg, 1)[0] as f64 - want).abs() > 1e-2 {
-        return Err("reduce_sum mismatch".into());
-    }
-    passed += 1;
-    if g.r64(sg + 16) != 0xC0FFEE || g.r64(sg + 24) == 0 {
-        return Err("semaphore release mismatch".into());
-    }
-    passed += 1;
-    Ok(passed)
-}
-
-/// Keep channels full of spin work of `unit_us` until `until`: a few
-/// segments of 20 commands queued ahead, which the device model pipelines
-/// into the host scheduler, as a busy guest's would be.
-fn saturate(g: &mut Guest, chans: &mut [Chan], unit_us: u32, until: Instant) {
-    let (_, dst) = g.sys_buf(64);
-    let (p, s) = g.params(Params::default().u64(dst).u32(1).u32(unit_us * 1000));
-    let mut pb = Pb::new().bind();
-    for _ in 0..20 {
-        pb = pb.launch(compute::PROG_SPIN, p, s);
-    }
-    while Instant::now() < until {
-        let mut idle = true;
-        for ch in chans.iter_mut() {
-            // Keep up to 4 segments queued on each channel.
-            let get = g.chreg(ch.id, 0x10);
-            if (ch.put + ch.entries - get) % ch.entries < 4 {
-                g.submit(ch, &pb.0);
-                idle = false;
-            }
-        }
-        if idle {
-            std::thread::sleep(Duration::from_micros(500));
-        }
-    }
-}
-
-/// Run the demo under the default policy settings of `policy`.
-pub fn run(policy: PolicyKind, seconds: f64) -> Result<DemoReport, String> {
-    run_with(&Config::default(), Some(policy), seconds)
-}
-
-/// Run the demo with the parent policy and vGPU parameters of `config`
-/// (parent id `cpu0`), the policy kind optionally overridden.
-pub fn run_with(config: &Config, policy: Option<PolicyKind>, seconds: f64) -> Result<DemoReport, String> {
-    let mut parent_policy = config.parent_policy(PARENT);
-    if let Some(kind) = policy {
-        parent_policy.kind = kind;
-    }
-    let parent = Parent::new(PARENT, Box::new(CpuEngine::new(1)), parent_policy);
-    let types: Vec<&VgpuType> = ["vgpud-4c", "vgpud-2c"].iter().filter_map(|id| mdev_types::default_type(id)).collect();
-    let mut guests = Vec::new();
-    let mut checks = 0;
-    let mut keys = Vec::new();
-    for (i, t) in types.iter().enumerate() {
-        let params = config.vgpu_params("", t.id, t.max_instances).map_err(|e| e.to_string())?;
-        let (key, vgpu) = vgpu_on(&parent, t, params, &format!("demo{i}-{}", t.id))?;
-        keys.push(key);
-        let mut g = Guest::attach(vgpu, 64);
-        let mut ch = g.channel(0, 64);
-        checks += correctness(&mut g, &mut ch)?;
-        println!("vGPU {} ({}): saxpy, gemm_f32, copies via VRAM, reduce_sum, semaphores: ok", i, t.name);
-        let load = vec![g.channel(1, 64)];
-        guests.push((g, load));
-    }
-    let before = parent.stats();
-    let until = Instant::now() + Duration::from_secs_f64(seconds);
+    start.wait();
+    let before: Vec<_> = created.iter().map(|(u, _, _)| gpu_time(daemon, u)).collect::<Result<_, _>>()?;
     let t0 = Instant::now();
-    std::thread::scope(|s| {
-        for (g, load) in guests.iter_mut() {
-            s.spawn(move || saturate(g, load, 1000, until));
-        }
-    });
+    done.wait();
     let wall = t0.elapsed().as_nanos() as f64;
-    let after = parent.stats();
-    let mut shares = Vec::new();
-    for (i, t) in types.iter().enumerate() {
-        let key = keys[i];
-        let b = before.vgpus.iter().find(|v| v.vgpu == key).map_or(0, |v| v.total);
-        let a = after.vgpus.iter().find(|v| v.vgpu == key).ok_or("vGPU missing from the scheduler's statistics")?;
-        let configured = a.configured_share.unwrap_or(f64::NAN);
-        shares.push((t.id.to_string(), configured, (a.total - b) as f64 / wall, a.commands));
+    let after: Vec<_> = created.iter().map(|(u, _, _)| gpu_time(daemon, u)).collect::<Result<_, _>>()?;
+    let mut tenants = Vec::new();
+    for (i, th) in threads.into_iter().enumerate() {
+        let (passed, total, load) = th.join().map_err(|_| "a tenant thread panicked".to_string())??;
+        let (uuid, type_id, _) = &created[i];
+        tenants.push(Tenant {
+            uuid: uuid.clone(),
+            type_id: type_id.clone(),
+            checks_passed: passed,
+            checks: total,
+            configured: after[i].1,
+            achieved: (after[i].0.saturating_sub(before[i].0)) as f64 / wall,
+            load,
+        });
     }
-    Ok(DemoReport { checks_passed: checks, shares })
+    Ok(DemoReport { policy, tenants })
+}
+
+/// The report as the demo prints it.
+pub fn render(r: &DemoReport) -> String {
+    let mut out = format!("policy {}\n", r.policy);
+    out += &format!("{:<10} {:>8} {:>10} {:>9} {:>9} {:>9} {:>9}\n", "type", "selftest", "configured", "achieved", "commands", "p50_ms", "p99_ms");
+    for t in &r.tenants {
+        let conf = t.configured.map_or("-".to_string(), |c| format!("{c:.3}"));
+        out += &format!(
+            "{:<10} {:>8} {:>10} {:>9.3} {:>9} {:>9.2} {:>9.2}\n",
+            t.type_id,
+            format!("{}/{}", t.checks_passed, t.checks),
+            conf,
+            t.achieved,
+            t.load.completed,
+            t.load.latency_p50_us / 1000.0,
+            t.load.latency_p99_us / 1000.0
+        );
+    }
+    out
+}
+
+/// Whether every tenant's selftest passed.
+pub fn all_passed(r: &DemoReport) -> bool {
+    r.tenants.iter().all(|t| t.checks_passed == t.checks && t.checks > 0)
 }

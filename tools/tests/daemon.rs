@@ -214,3 +214,20 @@ fn metrics_endpoint_reports_every_vgpu() {
     assert!(body.contains("# TYPE vgpud_vgpu_gpu_seconds_total counter"));
     assert!(get("/nope").starts_with("HTTP/1.0 404"));
 }
+
+#[test]
+fn the_demo_main_job_runs_two_tenants_over_vfio_user() {
+    let out = Command::new(env!("CARGO_BIN_EXE_vgpud")).args(["--demo", "1"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "demo failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let rows: Vec<&str> = stdout.lines().filter(|l| l.starts_with("vgpud-")).collect();
+    assert_eq!(rows.len(), 2, "{stdout}");
+    for r in rows {
+        let cols: Vec<&str> = r.split_whitespace().collect();
+        let (passed, total) = cols[1].split_once('/').unwrap();
+        assert_eq!(passed, total, "selftest: {r}");
+        let commands: u64 = cols[4].parse().unwrap();
+        assert!(commands > 50, "the tenant kept its vGPU busy: {r}");
+    }
+    assert!(stdout.contains("policy fixed_share"));
+}

@@ -9,8 +9,9 @@ use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::programs::{Program, SPIN_MAX_NS};
 
-/// Commands kept in flight per channel: one running, one queued behind it.
-const DEPTH: usize = 2;
+/// Commands kept in flight per channel: one running, three queued behind it,
+/// so that the host scheduler always sees the tenant backlogged.
+const DEPTH: usize = 4;
 
 /// What to run.
 #[derive(Clone, Copy, Debug)]

@@ -27,9 +27,10 @@ struct Args {
     /// default parent `cpu0` runs best_effort.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Directory for the control socket and one vfio-user socket per vGPU.
-    #[arg(long, default_value = DEFAULT_RUN_DIR)]
-    run_dir: PathBuf,
+    /// Directory for the control socket and one vfio-user socket per vGPU
+    /// [default: /run/vgpud; with --demo, a fresh directory under /tmp].
+    #[arg(long)]
+    run_dir: Option<PathBuf>,
     /// Serve Prometheus metrics (`GET /metrics`) on this address, e.g.
     /// 127.0.0.1:9400.
     #[arg(long, value_name = "ADDR")]
@@ -45,12 +46,14 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    let default_level = "info";
+    let args = Args::parse();
+    // The demo's selftests fault channels on purpose; its output is the
+    // report, so it logs errors only unless VGPUD_LOG says otherwise.
+    let default_level = if args.demo.is_some() { "error" } else { "info" };
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("VGPUD_LOG").unwrap_or_else(|_| default_level.into()))
         .with_writer(std::io::stderr)
         .init();
-    let args = Args::parse();
     let config = match &args.config {
         Some(path) => match Config::load(path) {
             Ok(c) => c,
@@ -62,10 +65,11 @@ fn main() -> ExitCode {
         None => Config::default(),
     };
     if let Some(seconds) = args.demo {
-        return demo(&args, &config, seconds);
+        return demo(&args, config, seconds);
     }
     raise_fd_limit();
-    if let Err(e) = prepare_run_dir(&args.run_dir) {
+    let run_dir = args.run_dir.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_RUN_DIR));
+    if let Err(e) = prepare_run_dir(&run_dir) {
         eprintln!("vgpud: {e}");
         return ExitCode::from(1);
     }
@@ -76,8 +80,8 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let daemon = Arc::new(Mutex::new(Daemon::new(&args.run_dir, args.config.clone(), config)));
-    let control_path = args.run_dir.join("control.sock");
+    let daemon = Arc::new(Mutex::new(Daemon::new(&run_dir, args.config.clone(), config)));
+    let control_path = run_dir.join("control.sock");
     let control = match ControlServer::spawn(&control_path, daemon.clone()) {
         Ok(c) => c,
         Err(e) => {
@@ -95,7 +99,7 @@ fn main() -> ExitCode {
     if let Some(m) = &metrics {
         tracing::info!(addr = %m.addr(), "metrics at http://{}/metrics", m.addr());
     }
-    tracing::info!(run_dir = %args.run_dir.display(), control = %control_path.display(), "vgpud ready");
+    tracing::info!(run_dir = %run_dir.display(), control = %control_path.display(), "vgpud ready");
     for sig in signals.forever() {
         if sig == SIGHUP {
             let mut d = daemon.lock().unwrap_or_else(|p| p.into_inner());
@@ -149,7 +153,7 @@ fn prepare_run_dir(dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
-fn demo(args: &Args, config: &Config, seconds: f64) -> ExitCode {
+fn demo(args: &Args, config: Config, seconds: f64) -> ExitCode {
     let policy = match (&args.policy, &args.config) {
         (Some(name), _) => match PolicyKind::from_name(name) {
             Some(p) => Some(p),
@@ -165,17 +169,37 @@ fn demo(args: &Args, config: &Config, seconds: f64) -> ExitCode {
         eprintln!("vgpud: --demo seconds must be in (0, 3600]");
         return ExitCode::from(2);
     }
-    let shown = policy.unwrap_or(config.parent_policy(tools::demo::PARENT).kind);
-    println!("vgpud demo: parent {} (cpu engine), policy {}", tools::demo::PARENT, shown.name());
-    match tools::demo::run_with(config, policy, seconds) {
+    let temp = args.run_dir.is_none();
+    let run_dir = args.run_dir.clone().unwrap_or_else(|| std::env::temp_dir().join(format!("vgpud-demo-{}", std::process::id())));
+    if let Err(e) = prepare_run_dir(&run_dir) {
+        eprintln!("vgpud: {e}");
+        return ExitCode::from(1);
+    }
+    let daemon = Arc::new(Mutex::new(Daemon::new(&run_dir, args.config.clone(), config)));
+    if let Some(kind) = policy {
+        if let Err(e) = daemon.lock().unwrap_or_else(|p| p.into_inner()).policy_set(None, kind.name(), None) {
+            eprintln!("vgpud: {e}");
+            return ExitCode::from(2);
+        }
+    }
+    let control = ControlServer::spawn(&run_dir.join("control.sock"), daemon.clone()).ok();
+    println!("vgpud demo: parent cpu0 (cpu engine), run dir {} (try: vgpuctl --run-dir {} status)", run_dir.display(), run_dir.display());
+    println!("two tenants connect over vfio-user, run the guest driver's selftest, then share the engine for {seconds} s");
+    let result = tools::demo::run(&daemon, seconds);
+    drop(control);
+    drop(daemon);
+    if temp {
+        let _ = std::fs::remove_dir_all(&run_dir);
+    }
+    match result {
         Ok(r) => {
-            println!("{} correctness checks passed", r.checks_passed);
-            println!("{:<10} {:>10} {:>10} {:>9}", "type", "configured", "achieved", "commands");
-            for (id, conf, got, cmds) in &r.shares {
-                let conf = if conf.is_nan() { "-".to_string() } else { format!("{conf:.3}") };
-                println!("{id:<10} {conf:>10} {got:>10.3} {cmds:>9}");
+            print!("{}", tools::demo::render(&r));
+            if tools::demo::all_passed(&r) {
+                ExitCode::SUCCESS
+            } else {
+                eprintln!("vgpud demo: a selftest check failed");
+                ExitCode::FAILURE
             }
-            ExitCode::SUCCESS
         }
         Err(e) => {
             eprintln!("vgpud demo failed: {e}");
