@@ -177,6 +177,11 @@ impl Server {
         self.stats.connections.fetch_add(1, Ordering::Relaxed);
         self.stats.attached.store(true, Ordering::Relaxed);
         tracing::info!(vgpu = %self.name(), "client attached");
+        // Reads happen only once poll says a message has begun; this bounds
+        // how long the rest of it may take.
+        if let Err(e) = stream.set_read_timeout(Some(MESSAGE_TIMEOUT)) {
+            tracing::warn!(vgpu = %self.name(), "cannot bound message reads: {e}");
+        }
         let mut session = Session { vgpu: &self.vgpu, versioned: false, maps: Vec::new() };
         let outcome = loop {
             let ready = self.poll(Some(&stream));
@@ -274,10 +279,8 @@ fn read_header(stream: &mut UnixStream) -> Result<(Header, Vec<File>), End> {
         return Err(End::Closed);
     }
     if n < HEADER_SIZE {
-        stream.set_read_timeout(Some(MESSAGE_TIMEOUT)).map_err(|e| End::Violation(e.to_string()))?;
         stream.read_exact(&mut buf[n..]).map_err(|e| End::Violation(format!("truncated header: {e}")))?;
     }
-    stream.set_read_timeout(Some(MESSAGE_TIMEOUT)).map_err(|e| End::Violation(e.to_string()))?;
     Ok((Header::decode(&buf), fds))
 }
 
