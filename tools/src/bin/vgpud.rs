@@ -31,6 +31,12 @@ struct Args {
     /// [default: /run/vgpud; with --demo, a fresh directory under /tmp].
     #[arg(long)]
     run_dir: Option<PathBuf>,
+    /// Mount the mdev sysfs tree (FUSE) at DIR/sys and keep mdevctl's
+    /// directories (DIR/etc/mdevctl.d, DIR/usr/lib/mdevctl/scripts.d) there:
+    /// `MDEVCTL_ENV_ROOT=DIR mdevctl ...` then manages vgpud's vGPUs.
+    /// Devices defined with `--auto` start when vgpud starts.
+    #[arg(long, value_name = "DIR")]
+    mdev_root: Option<PathBuf>,
     /// Serve Prometheus metrics (`GET /metrics`) on this address, e.g.
     /// 127.0.0.1:9400.
     #[arg(long, value_name = "ADDR")]
@@ -89,6 +95,20 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let sysfs = match &args.mdev_root {
+        Some(root) => match tools::daemon::sysfs::mount(root, daemon.clone()) {
+            Ok(m) => {
+                let started = daemon.lock().unwrap_or_else(|p| p.into_inner()).start_defined(root);
+                tracing::info!(root = %root.display(), auto_started = started.len(), "mdev tree mounted at {}/sys", root.display());
+                Some(m)
+            }
+            Err(e) => {
+                eprintln!("vgpud: --mdev-root {}: cannot mount the sysfs tree: {e}", root.display());
+                return ExitCode::from(1);
+            }
+        },
+        None => None,
+    };
     let metrics = match args.metrics_addr.as_deref().map(|a| MetricsServer::spawn(a, daemon.clone())).transpose() {
         Ok(m) => m,
         Err(e) => {
@@ -112,6 +132,7 @@ fn main() -> ExitCode {
         tracing::info!(signal = sig, "stopping");
         break;
     }
+    drop(sysfs);
     drop(metrics);
     drop(control);
     match Arc::try_unwrap(daemon) {

@@ -9,6 +9,7 @@
 
 pub mod control;
 pub mod metrics;
+pub mod sysfs;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -84,6 +85,54 @@ impl Daemon {
 
     pub fn run_dir(&self) -> &Path {
         &self.run_dir
+    }
+
+    /// The parents' ids.
+    pub fn parent_ids(&self) -> Vec<String> {
+        self.parents.keys().cloned().collect()
+    }
+
+    /// The types a parent offers.
+    pub fn parent_types(&self, parent: &str) -> &'static [VgpuType] {
+        self.parents.get(parent).map_or(&[], |p| p.types)
+    }
+
+    /// Every vGPU as (uuid, parent, type id).
+    pub fn vgpu_ids(&self) -> Vec<(String, String, String)> {
+        self.vgpus.iter().map(|(u, v)| (u.to_string(), v.parent.clone(), v.vtype.id.to_string())).collect()
+    }
+
+    /// Start the vGPUs mdevctl has defined with `start: auto` under
+    /// `<mdev_root>/etc/mdevctl.d/<parent>/<uuid>` (what the kernel's udev
+    /// rule has `mdevctl start-parent-mdevs` do when a parent appears).
+    /// Returns what was started; a definition that cannot start is logged.
+    pub fn start_defined(&mut self, mdev_root: &Path) -> Vec<String> {
+        let mut started = Vec::new();
+        for parent in self.parent_ids() {
+            let dir = mdev_root.join("etc/mdevctl.d").join(&parent);
+            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+            let mut files: Vec<_> = entries.flatten().map(|e| e.path()).collect();
+            files.sort();
+            for f in files {
+                let Some(uuid) = f.file_name().and_then(|n| n.to_str()).map(str::to_string) else { continue };
+                let def: Value = match std::fs::read(&f).map_err(|e| e.to_string()).and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string())) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        tracing::warn!(file = %f.display(), "mdevctl definition unreadable: {e}");
+                        continue;
+                    }
+                };
+                if def["start"] != "auto" {
+                    continue;
+                }
+                let Some(t) = def["mdev_type"].as_str() else { continue };
+                match self.create(t, Some(&parent), Some(&uuid)) {
+                    Ok(_) => started.push(uuid),
+                    Err(e) => tracing::warn!(%uuid, %parent, "auto-start of a defined vGPU failed: {e}"),
+                }
+            }
+        }
+        started
     }
 
     fn parent(&self, id: Option<&str>) -> Result<(&String, &ParentSlot), OpError> {
@@ -295,7 +344,7 @@ impl Daemon {
     }
 }
 
-fn description(t: &VgpuType) -> String {
+pub(crate) fn description(t: &VgpuType) -> String {
     format!("{} GiB framebuffer, {} channels, compute; fixed share 1/{}", t.framebuffer_bytes >> 30, t.channels, t.max_instances)
 }
 
