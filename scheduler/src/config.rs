@@ -151,11 +151,13 @@ impl Config {
                         }
                     }
                 }
+                // The type catalogue's section: read by mdev-types.
+                "catalog" => {}
                 _ => {
                     return Err(p.err(
                         k.span(),
                         name,
-                        "unknown section (expected default, parent, type or vgpu)".into(),
+                        "unknown section (expected default, parent, type, vgpu or catalog)".into(),
                     ))
                 }
             }

@@ -231,3 +231,44 @@ fn the_demo_main_job_runs_two_tenants_over_vfio_user() {
     }
     assert!(stdout.contains("policy fixed_share"));
 }
+
+#[test]
+fn the_config_file_declares_parents_and_types() {
+    let text = r#"
+[parent."big0"]
+policy = "fixed_share"
+
+[catalog.type."vgpud-16c"]
+name = "VGPU-16C"
+framebuffer = "16GiB"
+max_instances = 2
+channels = 32
+device_id = 0x1010
+
+[catalog.parent."big0"]
+framebuffer = "32GiB"
+max_vgpus = 4
+types = ["vgpud-16c", "vgpud-1c"]
+"#;
+    let v = Vgpud::start("catalog", Some(text));
+    let mut ctl = Ctl::new(&v);
+    let types = ctl.ok(json!({"op": "types"}));
+    let ids: Vec<(&str, &str, u64)> = types.as_array().unwrap().iter().map(|t| (t["parent"].as_str().unwrap(), t["id"].as_str().unwrap(), t["available_instances"].as_u64().unwrap())).collect();
+    assert_eq!(ids, vec![("big0", "vgpud-16c", 2), ("big0", "vgpud-1c", 4)], "1c: 8 per type but 4 slots");
+    assert_eq!(types[0]["channels"], 32);
+    assert_eq!(types[0]["fixed_share"], 0.5);
+    let r = ctl.ok(json!({"op": "create", "type": "vgpud-16c"}));
+    assert_eq!(r["parent"], "big0");
+    assert_eq!(ctl.ok(json!({"op": "policy_show"}))["policy"], "fixed_share");
+    let st = ctl.ok(json!({"op": "status"}));
+    assert_eq!(st[0]["configured_share"], 0.5);
+    assert_eq!(ctl.err(json!({"op": "create", "type": "vgpud-4c"})), "ENOENT", "big0 does not offer 4c");
+
+    // A catalogue that cannot work stops vgpud at once with the key named.
+    let bad = v.dir.join("bad.toml");
+    std::fs::write(&bad, "[catalog.parent.\"p\"]\nframebuffer = \"4GiB\"\nmax_vgpus = 2\ntypes = [\"vgpud-8c\"]\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_vgpud")).arg("--config").arg(&bad).arg("--run-dir").arg(v.dir.join("run2")).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.toml") && err.contains("catalog.parent.\"p\".types"), "{err}");
+}

@@ -92,7 +92,7 @@ fn main() -> Result<(), String> {
     // The daemon's vfio-user server, an independent client.
     let dir = std::env::temp_dir().join(format!("vgpud-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let daemon = Arc::new(Mutex::new(Daemon::new(&dir, None, scheduler::Config::default())));
+    let daemon = Arc::new(Mutex::new(Daemon::new(&dir, None, scheduler::Config::default(), &mdev_types::Catalog::default())));
     let created = daemon.lock().map_err(|e| e.to_string())?.create("vgpud-1c", None, None).map_err(|e| e.to_string())?;
     let socket = created["socket"].as_str().unwrap_or_default().to_string();
     let t = VfioUserTransport::connect(socket.as_ref(), 16 << 20).map_err(|e| e.to_string())?;

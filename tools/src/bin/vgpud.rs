@@ -13,6 +13,7 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 
 use clap::Parser;
+use mdev_types::Catalog;
 use scheduler::{Config, PolicyKind};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
@@ -60,18 +61,19 @@ fn main() -> ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("VGPUD_LOG").unwrap_or_else(|_| default_level.into()))
         .with_writer(std::io::stderr)
         .init();
-    let config = match &args.config {
-        Some(path) => match Config::load(path) {
-            Ok(c) => c,
+    // One file holds both the scheduling policy and the type catalogue.
+    let (config, catalog) = match &args.config {
+        Some(path) => match Config::load(path).map_err(|e| e.to_string()).and_then(|c| Catalog::load(path).map(|k| (c, k)).map_err(|e| e.to_string())) {
+            Ok(both) => both,
             Err(e) => {
                 eprintln!("vgpud: {e}");
                 return ExitCode::from(2);
             }
         },
-        None => Config::default(),
+        None => (Config::default(), Catalog::default()),
     };
     if let Some(seconds) = args.demo {
-        return demo(&args, config, seconds);
+        return demo(&args, config, &catalog, seconds);
     }
     raise_fd_limit();
     let run_dir = args.run_dir.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_RUN_DIR));
@@ -86,7 +88,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let daemon = Arc::new(Mutex::new(Daemon::new(&run_dir, args.config.clone(), config)));
+    let daemon = Arc::new(Mutex::new(Daemon::new(&run_dir, args.config.clone(), config, &catalog)));
     let control_path = run_dir.join("control.sock");
     let control = match ControlServer::spawn(&control_path, daemon.clone()) {
         Ok(c) => c,
@@ -174,7 +176,7 @@ fn prepare_run_dir(dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
-fn demo(args: &Args, config: Config, seconds: f64) -> ExitCode {
+fn demo(args: &Args, config: Config, catalog: &Catalog, seconds: f64) -> ExitCode {
     let policy = match (&args.policy, &args.config) {
         (Some(name), _) => match PolicyKind::from_name(name) {
             Some(p) => Some(p),
@@ -196,7 +198,7 @@ fn demo(args: &Args, config: Config, seconds: f64) -> ExitCode {
         eprintln!("vgpud: {e}");
         return ExitCode::from(1);
     }
-    let daemon = Arc::new(Mutex::new(Daemon::new(&run_dir, args.config.clone(), config)));
+    let daemon = Arc::new(Mutex::new(Daemon::new(&run_dir, args.config.clone(), config, catalog)));
     if let Some(kind) = policy {
         if let Err(e) = daemon.lock().unwrap_or_else(|p| p.into_inner()).policy_set(None, kind.name(), None) {
             eprintln!("vgpud: {e}");

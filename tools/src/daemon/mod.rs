@@ -17,7 +17,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use devmodel::{CpuEngine, Vgpu, VgpuConfig};
-use mdev_types::{ParentCapacity, VgpuType, DEFAULT_CAPACITY, DEFAULT_TYPES};
+use mdev_types::{Catalog, Engine, ParentCapacity, VgpuType};
 use mmio::pci::PciIdentity;
 use scheduler::{Config, PolicyKind};
 use serde_json::{json, Value};
@@ -26,8 +26,7 @@ use uuid::Uuid;
 use crate::parent::Parent;
 use crate::vfio_user::{self, ServerHandle};
 
-/// The id of the parent the daemon creates by default.
-pub const DEFAULT_PARENT: &str = "cpu0";
+pub use mdev_types::DEFAULT_PARENT;
 /// Where sockets go unless `--run-dir` says otherwise.
 pub const DEFAULT_RUN_DIR: &str = "/run/vgpud";
 
@@ -50,7 +49,7 @@ struct VgpuSlot {
     // vGPU) stops first, then the vGPU detaches from its parent.
     server: ServerHandle,
     vgpu: Arc<Vgpu>,
-    vtype: &'static VgpuType,
+    vtype: Arc<VgpuType>,
     parent: String,
     key: u64,
 }
@@ -58,7 +57,7 @@ struct VgpuSlot {
 struct ParentSlot {
     parent: Parent,
     capacity: ParentCapacity,
-    types: &'static [VgpuType],
+    types: Vec<Arc<VgpuType>>,
 }
 
 /// Everything the daemon runs.
@@ -66,21 +65,28 @@ pub struct Daemon {
     run_dir: PathBuf,
     config_path: Option<PathBuf>,
     config: Config,
+    /// The parent an operation names when it names none.
+    default_parent: String,
     // vGPUs drop before the parents they run on.
     vgpus: BTreeMap<Uuid, VgpuSlot>,
     parents: BTreeMap<String, ParentSlot>,
 }
 
 impl Daemon {
-    /// The daemon with its default parent (a cpu engine with the default
-    /// types and capacity) under the policy `config` gives it.
-    pub fn new(run_dir: &Path, config_path: Option<PathBuf>, config: Config) -> Daemon {
+    /// The daemon with the parents of `catalog` (each with its engine,
+    /// capacity and types) under the policies `config` gives them.
+    pub fn new(run_dir: &Path, config_path: Option<PathBuf>, config: Config, catalog: &Catalog) -> Daemon {
         let workers = std::thread::available_parallelism().map_or(2, |n| n.get().min(8));
-        let policy = config.parent_policy(DEFAULT_PARENT);
-        let parent = Parent::new(DEFAULT_PARENT, Box::new(CpuEngine::new(workers)), policy);
         let mut parents = BTreeMap::new();
-        parents.insert(DEFAULT_PARENT.to_string(), ParentSlot { parent, capacity: DEFAULT_CAPACITY, types: DEFAULT_TYPES });
-        Daemon { run_dir: run_dir.to_path_buf(), config_path, config, vgpus: BTreeMap::new(), parents }
+        for p in &catalog.parents {
+            let backend: Box<dyn devmodel::Backend> = match p.engine {
+                Engine::Cpu => Box::new(CpuEngine::new(workers)),
+            };
+            let parent = Parent::new(&p.id, backend, config.parent_policy(&p.id));
+            parents.insert(p.id.clone(), ParentSlot { parent, capacity: p.capacity, types: p.types.clone() });
+        }
+        let default_parent = catalog.parents.first().map_or(DEFAULT_PARENT.to_string(), |p| p.id.clone());
+        Daemon { run_dir: run_dir.to_path_buf(), config_path, config, default_parent, vgpus: BTreeMap::new(), parents }
     }
 
     pub fn run_dir(&self) -> &Path {
@@ -93,8 +99,8 @@ impl Daemon {
     }
 
     /// The types a parent offers.
-    pub fn parent_types(&self, parent: &str) -> &'static [VgpuType] {
-        self.parents.get(parent).map_or(&[], |p| p.types)
+    pub fn parent_types(&self, parent: &str) -> Vec<Arc<VgpuType>> {
+        self.parents.get(parent).map_or(Vec::new(), |p| p.types.clone())
     }
 
     /// Every vGPU as (uuid, parent, type id).
@@ -136,12 +142,12 @@ impl Daemon {
     }
 
     fn parent(&self, id: Option<&str>) -> Result<(&String, &ParentSlot), OpError> {
-        let id = id.unwrap_or(DEFAULT_PARENT);
+        let id = id.unwrap_or(&self.default_parent);
         self.parents.get_key_value(id).ok_or_else(|| op_err("ENOENT", format!("no parent {id:?}")))
     }
 
-    fn existing_on(&self, parent: &str) -> Vec<&'static VgpuType> {
-        self.vgpus.values().filter(|v| v.parent == parent).map(|v| v.vtype).collect()
+    fn existing_on(&self, parent: &str) -> Vec<&VgpuType> {
+        self.vgpus.values().filter(|v| v.parent == parent).map(|v| &*v.vtype).collect()
     }
 
     /// `available_instances` of a type on a parent.
@@ -161,7 +167,7 @@ impl Daemon {
         let mut out = Vec::new();
         for id in ids {
             let slot = &self.parents[id];
-            for t in slot.types {
+            for t in &slot.types {
                 out.push(json!({
                     "parent": id,
                     "id": t.id,
@@ -171,7 +177,7 @@ impl Daemon {
                     "framebuffer_bytes": t.framebuffer_bytes,
                     "max_instances": t.max_instances,
                     "available_instances": self.available(id, t),
-                    "fixed_share": 1.0 / t.max_instances as f64,
+                    "fixed_share": t.fixed_share(),
                     "channels": t.channels,
                     "vendor_id": format!("{:#06x}", t.vendor_id),
                     "device_id": format!("{:#06x}", t.device_id),
@@ -203,21 +209,22 @@ impl Daemon {
                 .ok_or_else(|| op_err("ENOENT", format!("no parent offers type {type_id:?}")))?,
         };
         let slot = &self.parents[&parent_id];
-        let vtype = slot.types.iter().find(|t| t.id == type_id).ok_or_else(|| op_err("ENOENT", format!("parent {parent_id} has no type {type_id:?}")))?;
-        if self.available(&parent_id, vtype) == 0 {
+        let vtype = slot.types.iter().find(|t| t.id == type_id).cloned().ok_or_else(|| op_err("ENOENT", format!("parent {parent_id} has no type {type_id:?}")))?;
+        if self.available(&parent_id, &vtype) == 0 {
             return Err(op_err("EUSERS", format!("no {type_id} instance left on {parent_id}")));
         }
         let name = uuid.to_string();
-        let params = self.config.vgpu_params(&name, vtype.id, vtype.max_instances).map_err(|e| op_err("EINVAL", e.to_string()))?;
+        let params = self.config.vgpu_params(&name, &vtype.id, vtype.max_instances).map_err(|e| op_err("EINVAL", e.to_string()))?;
         let (key, ctx) = slot.parent.attach(vtype.framebuffer_bytes, vtype.channels, params).map_err(|e| op_err("EIO", e.to_string()))?;
-        let cfg = VgpuConfig { name: name.clone(), identity: identity(vtype), vram_bytes: vtype.framebuffer_bytes, channels: vtype.channels };
+        let cfg = VgpuConfig { name: name.clone(), identity: identity(&vtype), vram_bytes: vtype.framebuffer_bytes, channels: vtype.channels };
         let vgpu = Arc::new(Vgpu::with_context(cfg, ctx).map_err(|e| op_err("EIO", e.to_string()))?);
         let path = self.socket_path(&uuid);
         let _ = std::fs::remove_file(&path);
         let server = vfio_user::spawn(&path, vgpu.clone()).map_err(|e| op_err("EIO", format!("{}: {e}", path.display())))?;
-        tracing::info!(%uuid, vtype = vtype.id, parent = %parent_id, socket = %path.display(), "vGPU created");
+        tracing::info!(%uuid, vtype = %vtype.id, parent = %parent_id, socket = %path.display(), "vGPU created");
+        let type_id = vtype.id.clone();
         self.vgpus.insert(uuid, VgpuSlot { server, vgpu, vtype, parent: parent_id.clone(), key });
-        Ok(json!({"uuid": name, "type": vtype.id, "parent": parent_id, "socket": path}))
+        Ok(json!({"uuid": name, "type": type_id, "parent": parent_id, "socket": path}))
     }
 
     /// Remove a vGPU; a client attached to it is disconnected and the vGPU
@@ -329,7 +336,7 @@ impl Daemon {
         // Resolve everything first so that a bad file changes nothing.
         let mut params = Vec::new();
         for (u, v) in &self.vgpus {
-            let p = config.vgpu_params(&u.to_string(), v.vtype.id, v.vtype.max_instances).map_err(|e| op_err("EINVAL", e.to_string()))?;
+            let p = config.vgpu_params(&u.to_string(), &v.vtype.id, v.vtype.max_instances).map_err(|e| op_err("EINVAL", e.to_string()))?;
             params.push((v.parent.clone(), v.key, p));
         }
         for (id, slot) in &self.parents {

@@ -99,7 +99,7 @@ fn resolve_parent(daemon: &Daemon, parent: &str, path: &[&str]) -> Option<Node> 
     let types = daemon.parent_types(parent);
     match path {
         [] => Some(dir(std::iter::once(d("mdev_supported_types")).chain(vgpus.iter().map(|(u, _)| d(u))))),
-        ["mdev_supported_types"] => Some(dir(types.iter().map(|t| d(t.id)))),
+        ["mdev_supported_types"] => Some(dir(types.iter().map(|t| d(&t.id)))),
         ["mdev_supported_types", t, rest @ ..] => {
             let vt = types.iter().find(|x| x.id == *t)?;
             match rest {
@@ -385,7 +385,7 @@ mod tests {
         // Resolve each relative link textually from its own directory and
         // check that the target exists in the tree.
         let dir = std::env::temp_dir().join(format!("vgpud-sysfs-unit-{}", std::process::id()));
-        let mut daemon = Daemon::new(&dir, None, scheduler::Config::default());
+        let mut daemon = Daemon::new(&dir, None, scheduler::Config::default(), &mdev_types::Catalog::default());
         std::fs::create_dir_all(&dir).unwrap();
         let u = "aa618089-8b16-4d01-a136-25a0f3c73123";
         daemon.create("vgpud-2c", None, Some(u)).unwrap();
