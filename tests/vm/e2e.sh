@@ -2,8 +2,13 @@
 # tests/vm/e2e.sh — the VM end-to-end test: real Linux guests under QEMU drive vGPUs of a
 # running vgpud over vfio-user, with the guest driver (vgpu-guest) inside the guest.
 #
-# usage: tests/vm/e2e.sh --vgpud BIN --vgpuctl BIN --guest STATIC-BIN [--work DIR]
+# usage: tests/vm/e2e.sh [--vgpud BIN --vgpuctl BIN --guest STATIC-BIN] [--work DIR]
 #
+# Without the binaries it builds them (release vgpud and vgpuctl; vgpu-guest linked
+# statically for the initramfs), so `sudo bash tests/vm/e2e.sh` from a clone boots the VMs.
+# The consoles are kept in the work directory (vm1.log, vm2a.log, vm2b.log).
+#
+# Case 0: the static vgpu-guest runs its selftest from the host over vfio-user.
 # Case 1: one VM on a vgpud-4c vGPU runs `vgpu-guest selftest` through vfio-pci in the
 #         guest; the console must show the selftest passing and vgpud's log must show the
 #         client detaching after executing engine commands.
@@ -26,6 +31,17 @@ while [ $# -gt 0 ]; do
         *) vm_die "unknown argument: $1" ;;
     esac
 done
+REPO=$(cd "$HERE/../.." && pwd)
+if [ -z "$VGPUD" ] || [ -z "$VGPUCTL" ]; then
+    (cd "$REPO" && cargo build --release -j 2 -p tools --bin vgpud --bin vgpuctl) >&2
+    VGPUD=${VGPUD:-$REPO/target/release/vgpud}
+    VGPUCTL=${VGPUCTL:-$REPO/target/release/vgpuctl}
+fi
+if [ -z "$GUEST" ]; then
+    (cd "$REPO" && RUSTFLAGS="-C target-feature=+crt-static" CARGO_TARGET_DIR="$REPO/target/vm-guest" \
+        cargo build --release -j 2 -p vgpu-guest --bin vgpu-guest --target x86_64-unknown-linux-gnu) >&2
+    GUEST=$REPO/target/vm-guest/x86_64-unknown-linux-gnu/release/vgpu-guest
+fi
 [ -x "$VGPUD" ] && [ -x "$VGPUCTL" ] && [ -x "$GUEST" ] || vm_die "need --vgpud, --vgpuctl and --guest executables"
 vm_require_root
 [ -n "$WORK" ] || WORK=$(mktemp -d /tmp/vgpud-e2e.XXXXXX)
@@ -56,13 +72,20 @@ check() { # check LOG
     grep -q "VGPU-GUEST-SELFTEST PASS" "$1" || { tail -40 "$1" >&2; vm_die "guest selftest did not pass ($1)"; }
 }
 
+# Case 0: the same static vgpu-guest on the host, over vfio-user (the driver as a vfio-user client)
+t=$(vm_now)
+"$GUEST" --socket "$RUN/$U1.sock" selftest >"$WORK/host-selftest.log" 2>&1 || { cat "$WORK/host-selftest.log" >&2; vm_die "host-side vgpu-guest selftest over vfio-user failed"; }
+vm_log "case 0: $(tail -1 "$WORK/host-selftest.log") (host, vfio-user)"
+echo "VGPUD-E2E case=0 seconds=$(vm_elapsed "$t")"
+for _ in $(seq 50); do grep -q "client detached" "$WORK/vgpud.log" && break; sleep 0.1; done
+
 # Case 1
 t=$(vm_now)
 boot $U1 "$WORK/vm1.log" || { tail -40 "$WORK/vm1.log" >&2; vm_die "VM 1 failed"; }
 check "$WORK/vm1.log"
 vm_log "case 1: selftest passed in the guest"
 echo "VGPUD-E2E case=1 seconds=$(vm_elapsed "$t")"
-for _ in $(seq 50); do grep -q "client detached" "$WORK/vgpud.log" && break; sleep 0.1; done
+for _ in $(seq 50); do [ "$(grep -c "client detached" "$WORK/vgpud.log")" -ge 2 ] && break; sleep 0.1; done
 detached=$(sed 's/\x1b\[[0-9;]*m//g' "$WORK/vgpud.log" | grep "client detached" | grep "vgpu=$U1" | tail -1)
 commands=$(echo "$detached" | sed -n 's/.*commands=\([0-9]*\).*/\1/p')
 [ -n "$commands" ] && [ "$commands" -gt 0 ] || { cat "$WORK/vgpud.log" >&2; vm_die "vgpud did not log the guest's work"; }
@@ -87,4 +110,4 @@ kill -TERM "$VGPUD_PID"
 wait "$VGPUD_PID" || vm_die "vgpud exited with $? on SIGTERM"
 VGPUD_PID=
 [ ! -e "$RUN/control.sock" ] && [ ! -e "$RUN/$U1.sock" ] || vm_die "sockets left behind"
-vm_log "vgpud stopped cleanly"
+vm_log "vgpud stopped cleanly; consoles and logs in $WORK"
