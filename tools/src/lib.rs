@@ -2,9 +2,14 @@
 //!
 //! * [`parent`]: a physical GPU shared by many vGPUs — an execution backend
 //!   whose work is fed to it by the host scheduler under the parent's policy.
-//! * [`demo`]: the built-in demo workload `vgpud` runs by default.
+//! * [`vfio_user`]: the vfio-user server that serves one vGPU on a socket.
+//! * [`daemon`]: the parents and vGPUs the daemon hosts, and its control
+//!   socket, metrics endpoint and mdev sysfs tree.
+//! * [`demo`]: the demo workload `vgpud --demo` runs.
+//! * [`wait`]: blocking waits a stop signal can end.
 
 pub mod daemon;
 pub mod demo;
 pub mod parent;
 pub mod vfio_user;
+pub mod wait;

@@ -107,19 +107,7 @@ impl Drop for ControlServer {
 
 fn accept_loop(listener: UnixListener, stop: EventFd, daemon: Arc<Mutex<Daemon>>) {
     let mut clients: Vec<(UnixStream, JoinHandle<()>)> = Vec::new();
-    loop {
-        let mut fds = [
-            libc::pollfd { fd: stop.as_raw_fd(), events: libc::POLLIN, revents: 0 },
-            libc::pollfd { fd: listener.as_raw_fd(), events: libc::POLLIN, revents: 0 },
-        ];
-        // SAFETY: `fds` is a valid pollfd array for the call.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
-        if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
-            continue;
-        }
-        if n < 0 || fds[0].revents != 0 {
-            break;
-        }
+    while crate::wait::readable(&stop, &[listener.as_raw_fd()]).is_some() {
         clients.retain(|(_, t)| !t.is_finished());
         if let Ok((stream, _)) = listener.accept() {
             let Ok(mine) = stream.try_clone() else { continue };

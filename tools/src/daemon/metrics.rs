@@ -48,19 +48,7 @@ impl Drop for MetricsServer {
 }
 
 fn serve(listener: TcpListener, stop: EventFd, daemon: Arc<Mutex<Daemon>>) {
-    loop {
-        let mut fds = [
-            libc::pollfd { fd: stop.as_raw_fd(), events: libc::POLLIN, revents: 0 },
-            libc::pollfd { fd: listener.as_raw_fd(), events: libc::POLLIN, revents: 0 },
-        ];
-        // SAFETY: `fds` is a valid pollfd array for the call.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
-        if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
-            continue;
-        }
-        if n < 0 || fds[0].revents != 0 {
-            return;
-        }
+    while crate::wait::readable(&stop, &[listener.as_raw_fd()]).is_some() {
         if let Ok((stream, _)) = listener.accept() {
             // One short request at a time; a slow client gets cut off.
             let _ = answer(stream, &daemon);

@@ -26,7 +26,7 @@
 pub mod wire;
 
 use std::fs::File;
-use std::io::{ErrorKind, Read, Write};
+use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -129,25 +129,12 @@ impl Server {
     }
 
     fn poll(&self, stream: Option<&UnixStream>) -> Ready {
-        let mut fds = vec![
-            libc::pollfd { fd: self.stop.as_raw_fd(), events: libc::POLLIN, revents: 0 },
-            libc::pollfd { fd: self.listener.as_raw_fd(), events: libc::POLLIN, revents: 0 },
-        ];
-        if let Some(s) = stream {
-            fds.push(libc::pollfd { fd: s.as_raw_fd(), events: libc::POLLIN, revents: 0 });
+        let mut fds = vec![self.listener.as_raw_fd()];
+        fds.extend(stream.map(|s| s.as_raw_fd()));
+        match crate::wait::readable(&self.stop, &fds) {
+            None => Ready { stop: true, listener: false, stream: false },
+            Some(r) => Ready { stop: false, listener: r[0], stream: r.get(1).copied().unwrap_or(false) },
         }
-        loop {
-            // SAFETY: `fds` is a valid array of pollfd for the call's duration.
-            let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
-            if n >= 0 {
-                break;
-            }
-            if std::io::Error::last_os_error().kind() != ErrorKind::Interrupted {
-                // poll itself failing is not recoverable here; treat as stop.
-                return Ready { stop: true, listener: false, stream: false };
-            }
-        }
-        Ready { stop: fds[0].revents != 0, listener: fds[1].revents != 0, stream: fds.get(2).is_some_and(|f| f.revents != 0) }
     }
 
     fn run(self) {
