@@ -42,7 +42,7 @@
 //! # Ok::<(), vgpu_guest::Error>(())
 //! ```
 
-// `x % n == 0` rather than `is_multiple_of` (Rust 1.87): the workspace's MSRV is 1.80.
+// `x % n == 0` rather than `is_multiple_of` (Rust 1.87): the workspace's MSRV is 1.85.
 #![allow(unknown_lints, clippy::manual_is_multiple_of)]
 
 pub mod alloc;

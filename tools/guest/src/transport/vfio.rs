@@ -91,12 +91,44 @@ fn ioctl_val(fd: &File, req: u64, arg: libc::c_ulong, what: &str) -> Result<i32>
 struct Region {
     offset: u64,
     size: u64,
+    flags: u32,
 }
+
+/// BAR0 mapped into this process: register accesses are loads and stores
+/// that the (virtual) PCI bus turns into device accesses, as a kernel
+/// driver's would be.
+struct MappedBar {
+    ptr: std::ptr::NonNull<u8>,
+    len: usize,
+}
+
+impl MappedBar {
+    /// The register at `offset`, if it lies inside and is aligned to `size`.
+    fn at(&self, offset: u32, size: usize) -> Result<*mut u8> {
+        let o = offset as usize;
+        if o % size != 0 || o.checked_add(size).is_none_or(|e| e > self.len) {
+            return Err(Error::InvalidArgument(format!("BAR0 access {offset:#x}+{size}")));
+        }
+        // SAFETY: in bounds of the mapping, checked above.
+        Ok(unsafe { self.ptr.as_ptr().add(o) })
+    }
+}
+
+impl Drop for MappedBar {
+    fn drop(&mut self) {
+        // SAFETY: the mapping this struct created and owns.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
+
+// SAFETY: a device mapping, accessed only through volatile loads and stores.
+unsafe impl Send for MappedBar {}
 
 /// A vGPU bound to `vfio-pci` in this (guest) kernel.
 pub struct VfioTransport {
     // Field order is drop order: the device goes before the group and
     // the container.
+    bar0_map: Option<MappedBar>,
     device: File,
     bar0: Region,
     config: Region,
@@ -170,13 +202,14 @@ impl VfioTransport {
         let region = |index: u32| -> Result<Region> {
             let mut info = vfio_region_info { argsz: std::mem::size_of::<vfio_region_info>() as u32, index, ..Default::default() };
             ioctl_ptr(&device, VFIO_DEVICE_GET_REGION_INFO, &mut info, "VFIO_DEVICE_GET_REGION_INFO")?;
-            Ok(Region { offset: info.offset, size: info.size })
+            Ok(Region { offset: info.offset, size: info.size, flags: info.flags })
         };
         let bar0 = region(VFIO_PCI_BAR0_REGION_INDEX)?;
         let config = region(VFIO_PCI_CONFIG_REGION_INDEX)?;
         if bar0.size < 64 * 1024 {
             return Err(Error::NotVgpu(format!("BAR0 is {:#x} bytes", bar0.size)));
         }
+        let bar0_map = map_bar(&device, bar0);
 
         let map = Mapping::anonymous_locked(dma_bytes)?;
         let (addressing, iova) = if noiommu {
@@ -194,7 +227,7 @@ impl VfioTransport {
         };
         let arena = DmaArena::new(map, addressing)?;
         let irq = EventFd::new()?;
-        let mut t = VfioTransport { device, bar0, config, irq, arena, iova, _group: group, container };
+        let mut t = VfioTransport { bar0_map, device, bar0, config, irq, arena, iova, _group: group, container };
         t.arm_msix()?;
         t.enable_function()?;
         Ok(t)
@@ -238,6 +271,22 @@ impl VfioTransport {
     }
 }
 
+/// Map BAR0 when vfio-pci offers it (`VFIO_REGION_INFO_FLAG_MMAP`); the
+/// transport falls back to `pread`/`pwrite` on the device file otherwise.
+fn map_bar(device: &File, bar: Region) -> Option<MappedBar> {
+    if bar.flags & vfio_bindings::bindings::vfio::VFIO_REGION_INFO_FLAG_MMAP == 0 {
+        return None;
+    }
+    let len = usize::try_from(bar.size).ok()?;
+    let off = libc::off_t::try_from(bar.offset).ok()?;
+    // SAFETY: a fresh shared mapping of the device's BAR0 region; checked.
+    let p = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, device.as_raw_fd(), off) };
+    if p == libc::MAP_FAILED {
+        return None;
+    }
+    Some(MappedBar { ptr: std::ptr::NonNull::new(p.cast())?, len })
+}
+
 /// Physical address of every page of `map`, from `/proc/self/pagemap`
 /// (needs CAP_SYS_ADMIN; the pages are locked, so they stay put).
 fn physical_pages(map: &Mapping) -> Result<Vec<u64>> {
@@ -259,7 +308,11 @@ fn physical_pages(map: &Mapping) -> Result<Vec<u64>> {
 
 impl Transport for VfioTransport {
     fn name(&self) -> &'static str {
-        "vfio"
+        if self.bar0_map.is_some() {
+            "vfio (BAR0 mapped)"
+        } else {
+            "vfio (BAR0 through the device file)"
+        }
     }
     fn config_read(&mut self, offset: u16, data: &mut [u8]) -> Result<()> {
         self.pread(self.config, offset as u64, data)
@@ -268,19 +321,37 @@ impl Transport for VfioTransport {
         self.pwrite(self.config, offset as u64, data)
     }
     fn bar0_read32(&mut self, offset: u32) -> Result<u32> {
+        if let Some(m) = &self.bar0_map {
+            // SAFETY: an aligned register inside the mapping (checked by `at`).
+            return Ok(u32::from_le(unsafe { std::ptr::read_volatile(m.at(offset, 4)?.cast::<u32>()) }));
+        }
         let mut b = [0u8; 4];
         self.pread(self.bar0, offset as u64, &mut b)?;
         Ok(u32::from_le_bytes(b))
     }
     fn bar0_write32(&mut self, offset: u32, value: u32) -> Result<()> {
+        if let Some(m) = &self.bar0_map {
+            // SAFETY: as above.
+            unsafe { std::ptr::write_volatile(m.at(offset, 4)?.cast::<u32>(), value.to_le()) };
+            return Ok(());
+        }
         self.pwrite(self.bar0, offset as u64, &value.to_le_bytes())
     }
     fn bar0_read64(&mut self, offset: u32) -> Result<u64> {
+        if let Some(m) = &self.bar0_map {
+            // SAFETY: as above.
+            return Ok(u64::from_le(unsafe { std::ptr::read_volatile(m.at(offset, 8)?.cast::<u64>()) }));
+        }
         let mut b = [0u8; 8];
         self.pread(self.bar0, offset as u64, &mut b)?;
         Ok(u64::from_le_bytes(b))
     }
     fn bar0_write64(&mut self, offset: u32, value: u64) -> Result<()> {
+        if let Some(m) = &self.bar0_map {
+            // SAFETY: as above.
+            unsafe { std::ptr::write_volatile(m.at(offset, 8)?.cast::<u64>(), value.to_le()) };
+            return Ok(());
+        }
         self.pwrite(self.bar0, offset as u64, &value.to_le_bytes())
     }
     fn dma_alloc(&mut self, len: u64) -> Result<DmaBuffer> {
