@@ -2,8 +2,12 @@
 //! descriptors (vfio `DMA_MAP`), mapped into the daemon and pinned.
 //!
 //! A bus-mastering PCI device can only reach guest memory the IOMMU (here:
-//! the VMM) mapped for it. Each mapped region is `mmap`ed from the guest's
-//! memory file descriptor — never copied — and `mlock`ed while mapped.
+//! the VMM) mapped for it. Guest memory is never copied: each backing file
+//! the VMM shares (QEMU's RAM memfd) is `mmap`ed once, whole, and
+//! `mlock`ed (pinned) while any DMA region uses it, as VFIO pins the RAM of
+//! an assigned device; a DMA region is a window into that mapping. A VMM
+//! behind a vIOMMU maps guest memory page by page — thousands of regions
+//! into one file — which this keeps at one mapping and one descriptor.
 //! Users take a *snapshot* of the region set for the duration of one access
 //! or one command; `unmap` removes the region from the set at once (no new
 //! access can start) and then waits until no snapshot still holds it, so a
@@ -19,7 +23,6 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use vm_memory::bitmap::BS;
-use vm_memory::guest_memory::FileOffset;
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, GuestRegionMmap, MmapRegion, VolatileMemory, VolatileSlice};
 
 /// Errors of guest-memory access and DMA mapping.
@@ -42,16 +45,58 @@ pub enum MemError {
 /// One snapshot of the DMA-mapped regions; holding it keeps them mapped.
 pub type Snapshot = Arc<GuestMemoryMmap>;
 
+/// One backing file of guest RAM, mapped whole and pinned while any DMA
+/// region looks into it.
+#[derive(Debug)]
+struct FileMap {
+    ptr: std::ptr::NonNull<u8>,
+    len: usize,
+    writable: bool,
+    pinned: bool,
+    counter: Arc<AtomicU64>,
+    _file: File,
+}
+
+// SAFETY: a shared mapping, accessed through vm-memory's volatile slices.
+unsafe impl Send for FileMap {}
+// SAFETY: as above.
+unsafe impl Sync for FileMap {}
+
+impl Drop for FileMap {
+    fn drop(&mut self) {
+        // SAFETY: the mapping this struct created; no region refers to it
+        // any more (each region's owner entry goes only after its users).
+        unsafe {
+            if self.pinned {
+                libc::munlock(self.ptr.as_ptr().cast(), self.len);
+            }
+            libc::munmap(self.ptr.as_ptr().cast(), self.len);
+        }
+        if self.pinned {
+            self.counter.fetch_sub(self.len as u64, Ordering::Relaxed);
+        }
+    }
+}
+
 /// The DMA-mapped guest RAM of one vGPU.
 #[derive(Debug, Default)]
 pub struct GuestRam {
     map: Mutex<Snapshot>,
-    pinned: AtomicU64,
-    /// One open file per backing file (device, inode, access mode): a VMM
-    /// behind a vIOMMU maps guest memory page by page, each time with a
-    /// new descriptor of the same memfd, and thousands of them must not
-    /// each hold a descriptor of the daemon's.
-    files: Mutex<HashMap<(u64, u64, i32), Weak<File>>>,
+    pinned: Arc<AtomicU64>,
+    /// The mapping of each backing file (device, inode, access mode).
+    files: Mutex<HashMap<(u64, u64, i32), Weak<FileMap>>>,
+    /// Which file mapping each DMA region (by guest address) looks into.
+    owners: Mutex<HashMap<u64, Arc<FileMap>>>,
+}
+
+impl Drop for GuestRam {
+    /// The file mappings go only after every region is out of use: a
+    /// snapshot must never look into unmapped memory.
+    fn drop(&mut self) {
+        if self.snapshot().num_regions() > 0 {
+            let _ = self.unmap(0, u64::MAX);
+        }
+    }
 }
 
 impl GuestRam {
@@ -72,57 +117,78 @@ impl GuestRam {
         self.pinned.load(Ordering::Relaxed)
     }
 
-    /// Map `size` bytes of `fd` at `file_offset` as guest physical
-    /// `gpa..gpa+size` and pin them.
+    /// Make `size` bytes of `fd` at `file_offset` guest physical
+    /// `gpa..gpa+size`; the file is mapped and pinned if it is not yet.
     pub fn map(&self, gpa: u64, size: u64, fd: File, file_offset: u64, writable: bool) -> Result<(), MemError> {
         let bad = || MemError::BadMap { gpa, size };
         if size == 0 || gpa.checked_add(size).is_none() || usize::try_from(size).is_err() {
             return Err(bad());
         }
-        // A mapping past the end of its file would fault (SIGBUS) on first
+        // A window past the end of its file would fault (SIGBUS) on first
         // access, so the whole range must lie inside a regular file.
         let meta = fd.metadata().map_err(|e| MemError::Mmap(e.to_string()))?;
         if !meta.file_type().is_file() || file_offset.checked_add(size).map_or(true, |end| end > meta.len()) {
             return Err(MemError::BeyondFile { gpa, size, offset: file_offset, file_size: meta.len() });
         }
-        if !shrink_sealed(&fd) {
-            tracing::warn!(gpa, size, "DMA region's file is not sealed against shrinking; a client that truncates it would fault the daemon");
+        if file_offset % 4096 != 0 {
+            return Err(bad());
         }
-        let file = self.shared_file(fd, &meta);
+        let file = self.file_map(fd, &meta)?;
+        if writable && !file.writable {
+            return Err(MemError::Mmap("a writable DMA map of a file opened read-only".into()));
+        }
         let prot = libc::PROT_READ | if writable { libc::PROT_WRITE } else { 0 };
-        let mmap = MmapRegion::build(Some(FileOffset::from_arc(file, file_offset)), size as usize, prot, libc::MAP_SHARED)
+        // SAFETY: `file_offset + size` lies inside the file mapping (checked
+        // above against the file size the mapping was made with, which the
+        // seal keeps); the mapping outlives the region through `owners`.
+        let mmap = unsafe { MmapRegion::build_raw(file.ptr.as_ptr().add(file_offset as usize), size as usize, prot, libc::MAP_SHARED) }
             .map_err(|e| MemError::Mmap(e.to_string()))?;
         let region = GuestRegionMmap::new(mmap, GuestAddress(gpa)).ok_or_else(bad)?;
-        // SAFETY: the range is exactly the mapping just created and owned by `region`.
-        let locked = unsafe { libc::mlock(region.get_mmap().as_ptr() as *const libc::c_void, size as usize) } == 0;
-        if !locked {
-            tracing::warn!(gpa, size, err = %std::io::Error::last_os_error(), "could not pin DMA region (mlock); continuing unpinned");
-        }
         let mut guard = self.map.lock().unwrap_or_else(|p| p.into_inner());
         let next = guard.insert_region(Arc::new(region)).map_err(|_| bad())?;
         *guard = Arc::new(next);
-        if locked {
-            self.pinned.fetch_add(size, Ordering::Relaxed);
-        }
+        self.owners.lock().unwrap_or_else(|p| p.into_inner()).insert(gpa, file);
         tracing::debug!(gpa, size, writable, "dma map");
         Ok(())
     }
 
-    /// The open file already used for `fd`'s backing file, or `fd` itself.
-    fn shared_file(&self, fd: File, meta: &std::fs::Metadata) -> Arc<File> {
+    /// The mapping of `fd`'s backing file: the one already made, or a new
+    /// one of the whole file, pinned.
+    fn file_map(&self, fd: File, meta: &std::fs::Metadata) -> Result<Arc<FileMap>, MemError> {
         // SAFETY: F_GETFL only reads the flags of a descriptor we own.
         let mode = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) } & libc::O_ACCMODE;
         let key = (meta.dev(), meta.ino(), mode);
         let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(f) = files.get(&key).and_then(Weak::upgrade) {
-            return f;
+            if f.len as u64 >= meta.len() {
+                return Ok(f);
+            }
         }
+        if !shrink_sealed(&fd) {
+            tracing::warn!(size = meta.len(), "guest memory file is not sealed against shrinking; a client that truncates it would fault the daemon");
+        }
+        let len = usize::try_from(meta.len()).map_err(|e| MemError::Mmap(e.to_string()))?;
+        let writable = mode == libc::O_RDWR;
+        let prot = libc::PROT_READ | if writable { libc::PROT_WRITE } else { 0 };
+        // SAFETY: a fresh shared mapping of the whole file; checked.
+        let p = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, libc::MAP_SHARED, fd.as_raw_fd(), 0) };
+        if p == libc::MAP_FAILED {
+            return Err(MemError::Mmap(std::io::Error::last_os_error().to_string()));
+        }
+        let ptr = std::ptr::NonNull::new(p.cast::<u8>()).ok_or_else(|| MemError::Mmap("mmap returned null".into()))?;
+        // SAFETY: the range is exactly the mapping just made.
+        let pinned = unsafe { libc::mlock(p, len) } == 0;
+        if pinned {
+            self.pinned.fetch_add(len as u64, Ordering::Relaxed);
+        } else {
+            tracing::warn!(size = len, err = %std::io::Error::last_os_error(), "could not pin guest memory (mlock); continuing unpinned");
+        }
+        let f = Arc::new(FileMap { ptr, len, writable, pinned, counter: self.pinned.clone(), _file: fd });
         if files.len() >= 64 {
             files.retain(|_, w| w.strong_count() > 0);
         }
-        let f = Arc::new(fd);
         files.insert(key, Arc::downgrade(&f));
-        f
+        Ok(f)
     }
 
     /// Unmap every region inside `gpa..gpa+size`, waiting until no command
@@ -159,14 +225,13 @@ impl GuestRam {
                 std::thread::sleep(Duration::from_micros(200));
             }
         }
+        // No one uses the windows any more: let go of their files (the
+        // last window into a file unmaps and unpins it).
+        let mut owners = self.owners.lock().unwrap_or_else(|p| p.into_inner());
         for r in removed {
-            let len = r.len();
-            let mm = r.get_mmap();
-            // SAFETY: the range is the region's own mapping, still alive here.
-            if unsafe { libc::munlock(mm.as_ptr() as *const libc::c_void, len as usize) } == 0 {
-                self.pinned.fetch_sub(len.min(self.pinned.load(Ordering::Relaxed)), Ordering::Relaxed);
-            }
+            owners.remove(&r.start_addr().0);
         }
+        drop(owners);
         tracing::debug!(gpa, size, waited_us = start.elapsed().as_micros() as u64, "dma unmap");
         Ok(())
     }
@@ -254,4 +319,54 @@ fn shrink_sealed(fd: &File) -> bool {
     // SAFETY: F_GET_SEALS only reads the seals of a descriptor we own.
     let seals = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) };
     seals >= 0 && seals & libc::F_SEAL_SHRINK != 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::FromRawFd;
+
+    fn memfd(len: u64) -> File {
+        // SAFETY: memfd_create with a valid C string; the fd is owned by the File.
+        let f = unsafe { File::from_raw_fd(libc::memfd_create(c"t".as_ptr(), libc::MFD_ALLOW_SEALING)) };
+        f.set_len(len).unwrap();
+        // SAFETY: adds seals to our own descriptor.
+        assert_eq!(unsafe { libc::fcntl(f.as_raw_fd(), libc::F_ADD_SEALS, libc::F_SEAL_SHRINK | libc::F_SEAL_GROW) }, 0);
+        f
+    }
+
+    fn mappings() -> usize {
+        std::fs::read_to_string("/proc/self/maps").unwrap().lines().count()
+    }
+
+    #[test]
+    fn page_by_page_maps_share_one_pinned_file_mapping() {
+        // What a vIOMMU guest's VMM does: 4 KiB windows into one memfd, in
+        // scattered order, each with a fresh descriptor.
+        const PAGES: u64 = 2048;
+        let ram = GuestRam::new();
+        let file = memfd(PAGES * 4096);
+        let before = mappings();
+        for i in 0..PAGES {
+            let page = (i * 7919) % PAGES; // a permutation: PAGES is a power of two, 7919 odd
+            ram.map(0x1_0000_0000 + i * 4096, 4096, file.try_clone().unwrap(), page * 4096, true).unwrap();
+        }
+        let added = mappings().saturating_sub(before);
+        assert!(added <= 4, "{PAGES} windows took {added} host mappings");
+        assert_eq!(ram.pinned_bytes(), PAGES * 4096, "the file is pinned once, whole");
+        // A write through window i lands at its page of the file.
+        ram.write(0x1_0000_0000 + 5 * 4096 + 8, &[0xAB; 4]).unwrap();
+        let mut b = [0u8; 4];
+        std::os::unix::fs::FileExt::read_exact_at(&file, &mut b, ((5 * 7919) % PAGES) * 4096 + 8).unwrap();
+        assert_eq!(b, [0xAB; 4]);
+        // Read-only windows refuse writes; windows past the file are refused.
+        ram.map(0x2_0000_0000, 4096, file.try_clone().unwrap(), 0, false).unwrap();
+        assert!(matches!(ram.write(0x2_0000_0000, &[1]), Err(MemError::ReadOnly { .. })));
+        assert!(matches!(ram.map(0x3_0000_0000, 8192, file.try_clone().unwrap(), (PAGES - 1) * 4096, true), Err(MemError::BeyondFile { .. })));
+        // Unmapping everything unpins and unmaps the file.
+        ram.unmap(0, u64::MAX).unwrap();
+        assert_eq!(ram.pinned_bytes(), 0);
+        assert!(mappings() <= before + 1);
+        assert!(matches!(ram.read(0x1_0000_0000, &mut b), Err(MemError::Unmapped { .. })));
+    }
 }
