@@ -164,6 +164,12 @@ impl GuestRam {
                 return Ok(f);
             }
         }
+        // Pinning populates the whole file: one that cannot fit in the
+        // host's memory is refused rather than left to the OOM killer.
+        let host = host_memory_bytes();
+        if meta.len() > host {
+            return Err(MemError::Mmap(format!("guest memory file of {} MiB is larger than the host's {} MiB", meta.len() >> 20, host >> 20)));
+        }
         if !shrink_sealed(&fd) {
             tracing::warn!(size = meta.len(), "guest memory file is not sealed against shrinking; a client that truncates it would fault the daemon");
         }
@@ -312,6 +318,17 @@ impl MmapSlice for GuestRegionMmap {
     }
 }
 
+/// The host's physical memory.
+fn host_memory_bytes() -> u64 {
+    // SAFETY: sysinfo fills the struct it is given.
+    let mut si: libc::sysinfo = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    if unsafe { libc::sysinfo(&mut si) } != 0 {
+        return u64::MAX;
+    }
+    (si.totalram as u64).saturating_mul(si.mem_unit.max(1) as u64)
+}
+
 /// Whether `fd` carries `F_SEAL_SHRINK` (QEMU's memfd backend seals by
 /// default), so that its size can no longer go below a mapping.
 fn shrink_sealed(fd: &File) -> bool {
@@ -363,6 +380,9 @@ mod tests {
         ram.map(0x2_0000_0000, 4096, file.try_clone().unwrap(), 0, false).unwrap();
         assert!(matches!(ram.write(0x2_0000_0000, &[1]), Err(MemError::ReadOnly { .. })));
         assert!(matches!(ram.map(0x3_0000_0000, 8192, file.try_clone().unwrap(), (PAGES - 1) * 4096, true), Err(MemError::BeyondFile { .. })));
+        // A (sparse) file larger than the host's memory is never pinned.
+        let huge = memfd(host_memory_bytes() + (1 << 30));
+        assert!(matches!(ram.map(0x4_0000_0000, 4096, huge, 0, true), Err(MemError::Mmap(_))));
         // Unmapping everything unpins and unmaps the file.
         ram.unmap(0, u64::MAX).unwrap();
         assert_eq!(ram.pinned_bytes(), 0);
