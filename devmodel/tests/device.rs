@@ -665,3 +665,24 @@ fn fenced_submissions_still_pipeline_and_fences_land_in_order() {
     let depth = max.load(std::sync::atomic::Ordering::SeqCst);
     assert!(depth >= 4, "fenced entries were handed to the engine ahead ({depth} at most at once)");
 }
+
+#[test]
+fn an_empty_runlist_parks_every_channel_until_the_next_submit() {
+    let e = engine();
+    let mut g = Guest::new(&e, 8, 4, 2);
+    let mut c0 = g.channel(0, 8);
+    let (sg, sv) = g.sys_buf(64);
+    let rl = g.alloc_sys(64);
+    g.set_reg(RUNLIST_BASE_LO, rl as u32);
+    g.set_reg(RUNLIST_BASE_HI, (rl >> 32) as u32);
+    g.set_reg(RUNLIST_SUBMIT, 0);
+    assert_eq!(g.reg(RUNLIST_INFO), 0, "accepted, no entries");
+    assert_eq!(g.vgpu.runlist(), Some(vec![]));
+    g.submit(&mut c0, &Pb::new().sem(sv, 7, host::SEM_OP_RELEASE).0);
+    std::thread::sleep(Duration::from_millis(20));
+    assert_eq!(g.r32(sg), 0, "nothing runs on an empty runlist");
+    g.w(rl, &[0, 0, 0, 0, 0, 0, 0, 0]);
+    g.set_reg(RUNLIST_SUBMIT, 1);
+    assert_eq!(g.wait(&c0), STATE_IDLE);
+    assert_eq!(g.r32(sg), 7, "the queued work ran once the channel was back on the runlist");
+}
