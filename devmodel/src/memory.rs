@@ -14,7 +14,7 @@
 //! command in flight finishes first and nothing touches the memory after
 //! `unmap` returns.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
@@ -85,8 +85,9 @@ pub struct GuestRam {
     pinned: Arc<AtomicU64>,
     /// The mapping of each backing file (device, inode, access mode).
     files: Mutex<HashMap<(u64, u64, i32), Weak<FileMap>>>,
-    /// Which file mapping each DMA region (by guest address) looks into.
-    owners: Mutex<HashMap<u64, Arc<FileMap>>>,
+    /// Every DMA region by guest address, with the file mapping it looks
+    /// into (which it keeps alive).
+    owners: Mutex<BTreeMap<u64, (Arc<GuestRegionMmap>, Arc<FileMap>)>>,
 }
 
 impl Drop for GuestRam {
@@ -143,11 +144,11 @@ impl GuestRam {
         // seal keeps); the mapping outlives the region through `owners`.
         let mmap = unsafe { MmapRegion::build_raw(file.ptr.as_ptr().add(file_offset as usize), size as usize, prot, libc::MAP_SHARED) }
             .map_err(|e| MemError::Mmap(e.to_string()))?;
-        let region = GuestRegionMmap::new(mmap, GuestAddress(gpa)).ok_or_else(bad)?;
+        let region = Arc::new(GuestRegionMmap::new(mmap, GuestAddress(gpa)).ok_or_else(bad)?);
         let mut guard = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        let next = guard.insert_region(Arc::new(region)).map_err(|_| bad())?;
+        let next = guard.insert_region(region.clone()).map_err(|_| bad())?;
         *guard = Arc::new(next);
-        self.owners.lock().unwrap_or_else(|p| p.into_inner()).insert(gpa, file);
+        self.owners.lock().unwrap_or_else(|p| p.into_inner()).insert(gpa, (region, file));
         tracing::debug!(gpa, size, writable, "dma map");
         Ok(())
     }
@@ -204,41 +205,36 @@ impl GuestRam {
         let end = gpa.checked_add(size).ok_or(MemError::BadUnmap { gpa, size })?;
         let removed = {
             let mut guard = self.map.lock().unwrap_or_else(|p| p.into_inner());
-            let mut next: GuestMemoryMmap = (**guard).clone();
-            let mut removed = Vec::new();
-            for r in guard.iter() {
-                let (s, e) = (r.start_addr().0, r.start_addr().0 + r.len());
-                if e <= gpa || s >= end {
-                    continue;
-                }
-                if s < gpa || e > end {
-                    return Err(MemError::BadUnmap { gpa, size });
-                }
-                let (n, reg) = next.remove_region(r.start_addr(), r.len()).map_err(|_| MemError::BadUnmap { gpa, size })?;
-                next = n;
-                removed.push(reg);
-            }
-            if removed.is_empty() {
+            let mut owners = self.owners.lock().unwrap_or_else(|p| p.into_inner());
+            // Regions are disjoint and keyed by start: those touching the
+            // range start below its end and end above its start.
+            let touching: Vec<u64> = owners.range(..end).filter(|(_, (r, _))| r.start_addr().0 + r.len() > gpa).map(|(k, _)| *k).collect();
+            if touching.iter().any(|k| *k < gpa || owners[k].0.start_addr().0 + owners[k].0.len() > end) {
                 return Err(MemError::BadUnmap { gpa, size });
             }
+            if touching.is_empty() {
+                return Err(MemError::BadUnmap { gpa, size });
+            }
+            // One pass over what stays (a vIOMMU guest has thousands of
+            // page-sized regions; removing them one by one is quadratic).
+            // Nothing changes unless the new set could be built.
+            let rest: Vec<Arc<GuestRegionMmap>> = owners.iter().filter(|(k, _)| touching.binary_search(k).is_err()).map(|(_, (r, _))| r.clone()).collect();
+            let next = if rest.is_empty() { GuestMemoryMmap::default() } else { GuestMemoryMmap::from_arc_regions(rest).map_err(|_| MemError::BadUnmap { gpa, size })? };
             *guard = Arc::new(next);
-            removed
+            touching.iter().filter_map(|k| owners.remove(k)).collect::<Vec<_>>()
         };
-        // Wait for every in-flight user of the removed regions.
+        // Wait until no command still uses the removed regions (a snapshot
+        // taken before the swap holds them); then let go of their files: the
+        // last window into a file unmaps and unpins it.
         let start = Instant::now();
-        for r in &removed {
+        for (r, _) in &removed {
             while Arc::strong_count(r) > 1 {
                 std::thread::sleep(Duration::from_micros(200));
             }
         }
-        // No one uses the windows any more: let go of their files (the
-        // last window into a file unmaps and unpins it).
-        let mut owners = self.owners.lock().unwrap_or_else(|p| p.into_inner());
-        for r in removed {
-            owners.remove(&r.start_addr().0);
-        }
-        drop(owners);
-        tracing::debug!(gpa, size, waited_us = start.elapsed().as_micros() as u64, "dma unmap");
+        let n = removed.len();
+        drop(removed);
+        tracing::debug!(gpa, size, regions = n, waited_us = start.elapsed().as_micros() as u64, "dma unmap");
         Ok(())
     }
 
@@ -383,6 +379,14 @@ mod tests {
         // A (sparse) file larger than the host's memory is never pinned.
         let huge = memfd(host_memory_bytes() + (1 << 30));
         assert!(matches!(ram.map(0x4_0000_0000, 4096, huge, 0, true), Err(MemError::Mmap(_))));
+        // A range that would split a window changes nothing; a range of
+        // whole windows removes just those.
+        assert!(matches!(ram.unmap(0x1_0000_0000 + 2048, 8192), Err(MemError::BadUnmap { .. })));
+        ram.unmap(0x1_0000_0000 + 10 * 4096, 5 * 4096).unwrap();
+        assert!(matches!(ram.read(0x1_0000_0000 + 12 * 4096, &mut b), Err(MemError::Unmapped { .. })));
+        ram.read(0x1_0000_0000 + 15 * 4096, &mut b).unwrap();
+        ram.read(0x1_0000_0000 + 9 * 4096, &mut b).unwrap();
+        assert_eq!(ram.pinned_bytes(), PAGES * 4096, "the file stays pinned while windows remain");
         // Unmapping everything unpins and unmaps the file.
         ram.unmap(0, u64::MAX).unwrap();
         assert_eq!(ram.pinned_bytes(), 0);

@@ -454,21 +454,20 @@ impl Session<'_> {
             return Err(libc::EINVAL);
         }
         let inside: Vec<_> = self.maps.iter().copied().filter(|&(a, s, _)| span(a, s).0 >= lo && span(a, s).1 <= hi).collect();
-        for (a, s, backed) in inside {
-            if backed {
-                self.vgpu.dma_unmap(a, s).map_err(|e| errno_of(&e))?;
-            }
-            self.maps.retain(|&(x, _, _)| x != a);
+        // One call for every backed map inside: they are disjoint and no
+        // other map lies between them.
+        let backed = inside.iter().filter(|m| m.2);
+        if let (Some(lo), Some(hi)) = (backed.clone().map(|m| m.0).min(), backed.map(|m| m.0 + m.1).max()) {
+            self.vgpu.dma_unmap(lo, hi - lo).map_err(|e| errno_of(&e))?;
         }
+        self.maps.retain(|m| !inside.contains(m));
         Ok(u.encode())
     }
 
     fn unmap_all(&mut self) {
-        for (a, s, backed) in self.maps.drain(..) {
-            if backed {
-                if let Err(e) = self.vgpu.dma_unmap(a, s) {
-                    tracing::warn!(vgpu = %self.vgpu.config().name, "unmap {a:#x}+{s:#x}: {e}");
-                }
+        if self.maps.drain(..).any(|m| m.2) {
+            if let Err(e) = self.vgpu.dma_unmap(0, u64::MAX) {
+                tracing::warn!(vgpu = %self.vgpu.config().name, "unmapping the client's memory: {e}");
             }
         }
     }
