@@ -323,3 +323,34 @@ fn a_client_vanishing_mid_work_leaves_the_vgpu_quiesced() {
     let mut c = client(s.handle.path());
     assert_eq!(bar0_read(&mut c, 0), 0x5550_4756, "the socket serves the next client");
 }
+
+/// A client that sends requests but never reads the replies: once the
+/// socket is full the server gives up on it (10 s) instead of blocking,
+/// and serves the next client.
+#[test]
+fn a_client_that_never_reads_is_dropped() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let e = engine();
+    let s = serve(&e, "deaf");
+    let mut deaf = raw_connect(s.handle.path());
+    deaf.write_all(&raw(0, 1, 0, &version_payload())).unwrap();
+    let mut read_cfg = Vec::new();
+    read_cfg.extend_from_slice(&0u64.to_le_bytes());
+    read_cfg.extend_from_slice(&7u32.to_le_bytes());
+    read_cfg.extend_from_slice(&4096u32.to_le_bytes());
+    let msg = raw(1, 9, 0, &read_cfg);
+    deaf.set_write_timeout(Some(Duration::from_secs(1))).unwrap();
+    // 8 MiB of replies asked for; stop when our own side fills up.
+    for _ in 0..2048 {
+        if deaf.write_all(&msg).is_err() {
+            break;
+        }
+    }
+    let t = Instant::now();
+    while s.handle.stats().attached.load(Relaxed) {
+        assert!(t.elapsed() < Duration::from_secs(30), "the server is still stuck writing to a client that does not read");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut c = client(s.handle.path());
+    assert_eq!(bar0_read(&mut c, 0), 0x5550_4756);
+}

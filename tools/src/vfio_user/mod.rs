@@ -48,7 +48,8 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 use wire::{Command, DmaMap, DmaUnmap, Fields, Header, Payload, RegionAccess, SetIrqs, HEADER_SIZE};
 
-/// How long the rest of a message may take once its header arrived.
+/// How long the rest of a message may take once its header arrived, and
+/// how long a reply may wait for the client to read.
 const MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Counters of one vGPU's socket, for status and metrics.
@@ -165,9 +166,10 @@ impl Server {
         self.stats.attached.store(true, Ordering::Relaxed);
         tracing::info!(vgpu = %self.name(), "client attached");
         // Reads happen only once poll says a message has begun; this bounds
-        // how long the rest of it may take.
-        if let Err(e) = stream.set_read_timeout(Some(MESSAGE_TIMEOUT)) {
-            tracing::warn!(vgpu = %self.name(), "cannot bound message reads: {e}");
+        // how long the rest of it may take. A client that stops reading its
+        // replies is likewise given up on rather than blocking the server.
+        if let Err(e) = stream.set_read_timeout(Some(MESSAGE_TIMEOUT)).and_then(|_| stream.set_write_timeout(Some(MESSAGE_TIMEOUT))) {
+            tracing::warn!(vgpu = %self.name(), "cannot bound message reads and writes: {e}");
         }
         let mut session = Session { vgpu: &self.vgpu, versioned: false, maps: Vec::new() };
         let outcome = loop {
