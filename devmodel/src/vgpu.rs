@@ -745,9 +745,9 @@ impl Shared {
     }
 
     /// Carry out the command at the head of the queue. Ok(false) when the
-    /// channel must wait: its engine pipeline is full, a HOST method waits
-    /// for the channel's engine work to complete, or an acquire is not yet
-    /// satisfied.
+    /// channel must wait: its engine pipeline is full, or an acquire waits
+    /// for the channel's earlier work or is not yet satisfied. A release or
+    /// interrupt behind running work is deferred to that work's completion.
     fn run_head(self: &Arc<Self>, st: &mut State, idx: usize) -> Result<bool, ChannelError> {
         let Some(cmd) = st.channels[idx].queue.front() else { return Ok(false) };
         let ch = &st.channels[idx];

@@ -205,15 +205,12 @@ impl Tree {
         let text = std::str::from_utf8(data).map_err(|_| libc::EINVAL)?;
         let mut d = self.daemon.lock().unwrap_or_else(|p| p.into_inner());
         match parts.as_slice() {
-            ["devices", _, p, "mdev_supported_types", t, "create"] => {
-                // The kernel takes 36 characters, or 37 with a newline.
-                let uuid = text.strip_suffix('\n').unwrap_or(text);
-                super::parse_uuid(uuid).map_err(|e| errno_of(&e))?;
-                d.create(t, Some(p), Some(uuid)).map(|_| ()).map_err(|e| {
-                    tracing::info!("sysfs create {uuid} on {p}/{t}: {e}");
-                    errno_of(&e)
-                })
-            }
+            // The kernel takes 36 characters, or 37 with a newline; `create`
+            // checks that (EINVAL) before anything else.
+            ["devices", _, p, "mdev_supported_types", t, "create"] => d.create(t, Some(p), Some(text)).map(|_| ()).map_err(|e| {
+                tracing::info!("sysfs create {:?} on {p}/{t}: {e}", text.trim_end());
+                errno_of(&e)
+            }),
             ["devices", _, _, u, "remove"] => {
                 let v: u64 = text.trim().parse().map_err(|_| libc::EINVAL)?;
                 if v == 0 {
