@@ -82,8 +82,10 @@ impl Instance {
     /// Read and validate an instance block at `gpa`.
     pub fn read(mem: &GuestRam, gpa: u64) -> Result<Instance, ErrorCode> {
         let mut b = [0u8; INST_SIZE];
-        mem.read(gpa, &mut b).map_err(|_| ErrorCode::InstanceInvalid)?;
-        let u64_at = |o: u64| u64::from_le_bytes(b[o as usize..o as usize + 8].try_into().unwrap_or([0; 8]));
+        mem.read(gpa, &mut b)
+            .map_err(|_| ErrorCode::InstanceInvalid)?;
+        let u64_at =
+            |o: u64| u64::from_le_bytes(b[o as usize..o as usize + 8].try_into().unwrap_or([0; 8]));
         let inst = Instance {
             pdb: u64_at(INST_PDB),
             gpfifo: u64_at(INST_GPFIFO_VA),
@@ -174,7 +176,11 @@ impl Channel {
             ChannelState::Blocked
         } else if self.in_flight > 0 {
             ChannelState::Running
-        } else if !self.queue.is_empty() || !self.entries.is_empty() || self.gp_get != self.gp_put || self.kicked {
+        } else if !self.queue.is_empty()
+            || !self.entries.is_empty()
+            || self.gp_get != self.gp_put
+            || self.kicked
+        {
             ChannelState::Pending
         } else {
             ChannelState::Idle

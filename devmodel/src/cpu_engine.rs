@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use vm_memory::{MmapRegion, VolatileMemory};
 
-use crate::backend::{Backend, BackendError, Completion, DoneFn, EngineContext, ExecError, WorkItem};
+use crate::backend::{
+    Backend, BackendError, Completion, DoneFn, EngineContext, ExecError, WorkItem,
+};
 use crate::gmmu::{Aperture, Extent};
 use crate::memory::{for_each_slice, Snapshot};
 use crate::work::Op;
@@ -48,11 +50,17 @@ pub struct CpuEngine {
 impl CpuEngine {
     /// An engine with `workers` threads (at least one).
     pub fn new(workers: usize) -> Self {
-        let pool = Arc::new(Pool { queue: Mutex::new(Queue::default()), ready: Condvar::new() });
+        let pool = Arc::new(Pool {
+            queue: Mutex::new(Queue::default()),
+            ready: Condvar::new(),
+        });
         let workers = (0..workers.max(1))
             .map(|i| {
                 let pool = pool.clone();
-                std::thread::Builder::new().name(format!("cpu-engine-{i}")).spawn(move || worker(pool)).expect("spawn cpu engine worker")
+                std::thread::Builder::new()
+                    .name(format!("cpu-engine-{i}"))
+                    .spawn(move || worker(pool))
+                    .expect("spawn cpu engine worker")
             })
             .collect();
         CpuEngine { pool, workers }
@@ -61,7 +69,11 @@ impl CpuEngine {
 
 impl Drop for CpuEngine {
     fn drop(&mut self) {
-        self.pool.queue.lock().unwrap_or_else(|p| p.into_inner()).stopping = true;
+        self.pool
+            .queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .stopping = true;
         self.pool.ready.notify_all();
         for w in self.workers.drain(..) {
             let _ = w.join();
@@ -74,12 +86,23 @@ impl Backend for CpuEngine {
         "cpu"
     }
     fn create_context(&self, vram_bytes: u64) -> Result<Arc<dyn EngineContext>, BackendError> {
-        let err = |reason: String| BackendError::VramAlloc { bytes: vram_bytes, reason };
+        let err = |reason: String| BackendError::VramAlloc {
+            bytes: vram_bytes,
+            reason,
+        };
         let size = usize::try_from(vram_bytes).map_err(|e| err(e.to_string()))?;
-        let vram = if size == 0 { None } else { Some(MmapRegion::new(size).map_err(|e| err(e.to_string()))?) };
+        let vram = if size == 0 {
+            None
+        } else {
+            Some(MmapRegion::new(size).map_err(|e| err(e.to_string()))?)
+        };
         Ok(Arc::new(CpuContext {
             pool: self.pool.clone(),
-            state: Arc::new(ContextState { vram, size: vram_bytes, epoch: AtomicU64::new(0) }),
+            state: Arc::new(ContextState {
+                vram,
+                size: vram_bytes,
+                epoch: AtomicU64::new(0),
+            }),
             order: Arc::new(Mutex::new(HashMap::new())),
         }))
     }
@@ -100,8 +123,15 @@ fn worker(pool: Arc<Pool>) {
             }
         };
         let start = Instant::now();
-        let result = if job.ctx.cancelled(job.epoch) { Err(ExecError::Cancelled) } else { job.ctx.execute(&job.item, job.epoch) };
-        (job.done)(Completion { gpu_time: start.elapsed(), result });
+        let result = if job.ctx.cancelled(job.epoch) {
+            Err(ExecError::Cancelled)
+        } else {
+            job.ctx.execute(&job.item, job.epoch)
+        };
+        (job.done)(Completion {
+            gpu_time: start.elapsed(),
+            result,
+        });
     }
 }
 
@@ -126,7 +156,14 @@ struct ChannelOrder {
 
 /// Hand `item` to the pool; when it is done, the channel's next waiting
 /// item follows.
-fn dispatch(pool: &Arc<Pool>, ctx: &Arc<ContextState>, order: &Arc<Mutex<HashMap<u32, ChannelOrder>>>, item: WorkItem, done: DoneFn, epoch: u64) {
+fn dispatch(
+    pool: &Arc<Pool>,
+    ctx: &Arc<ContextState>,
+    order: &Arc<Mutex<HashMap<u32, ChannelOrder>>>,
+    item: WorkItem,
+    done: DoneFn,
+    epoch: u64,
+) {
     let channel = item.channel;
     let (p, c, o) = (pool.clone(), ctx.clone(), order.clone());
     let done: DoneFn = Box::new(move |completion| {
@@ -142,7 +179,16 @@ fn dispatch(pool: &Arc<Pool>, ctx: &Arc<ContextState>, order: &Arc<Mutex<HashMap
             dispatch(&p, &c, &o, item, done, epoch);
         }
     });
-    pool.queue.lock().unwrap_or_else(|p| p.into_inner()).jobs.push_back(Job { ctx: ctx.clone(), item, done, epoch });
+    pool.queue
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .jobs
+        .push_back(Job {
+            ctx: ctx.clone(),
+            item,
+            done,
+            epoch,
+        });
     pool.ready.notify_one();
 }
 
@@ -168,11 +214,15 @@ impl EngineContext for CpuContext {
         dispatch(&self.pool, &self.state, &self.order, item, done, epoch);
     }
     fn read_vram(&self, offset: u64, buf: &mut [u8]) -> Result<(), ExecError> {
-        self.state.vram_slice(offset, buf.len() as u64)?.copy_to(buf);
+        self.state
+            .vram_slice(offset, buf.len() as u64)?
+            .copy_to(buf);
         Ok(())
     }
     fn write_vram(&self, offset: u64, buf: &[u8]) -> Result<(), ExecError> {
-        self.state.vram_slice(offset, buf.len() as u64)?.copy_from(buf);
+        self.state
+            .vram_slice(offset, buf.len() as u64)?
+            .copy_from(buf);
         Ok(())
     }
     fn cancel(&self) {
@@ -185,17 +235,30 @@ impl ContextState {
         self.epoch.load(Ordering::Acquire) != epoch
     }
 
-    fn vram_slice(&self, offset: u64, len: u64) -> Result<vm_memory::VolatileSlice<'_, ()>, ExecError> {
-        let bad = || ExecError::VramRange { offset, len, size: self.size };
+    fn vram_slice(
+        &self,
+        offset: u64,
+        len: u64,
+    ) -> Result<vm_memory::VolatileSlice<'_, ()>, ExecError> {
+        let bad = || ExecError::VramRange {
+            offset,
+            len,
+            size: self.size,
+        };
         match (&self.vram, offset.checked_add(len)) {
-            (Some(v), Some(end)) if end <= self.size => v.get_slice(offset as usize, len as usize).map_err(|_| bad()),
+            (Some(v), Some(end)) if end <= self.size => v
+                .get_slice(offset as usize, len as usize)
+                .map_err(|_| bad()),
             _ => Err(bad()),
         }
     }
 
     fn execute(&self, item: &WorkItem, epoch: u64) -> Result<(), ExecError> {
         let snap = item.mem.snapshot();
-        let io = Io { ctx: self, snap: &snap };
+        let io = Io {
+            ctx: self,
+            snap: &snap,
+        };
         match &item.op {
             Op::Copy { src, dst } => {
                 let mut buf = vec![0u8; CHUNK];
@@ -210,7 +273,13 @@ impl ContextState {
             }
             Op::Memset { dst, pattern } => {
                 let total = dst.iter().map(|e| e.len).sum::<u64>();
-                let chunk: Vec<u8> = pattern.to_le_bytes().iter().copied().cycle().take(CHUNK.min(total as usize)).collect();
+                let chunk: Vec<u8> = pattern
+                    .to_le_bytes()
+                    .iter()
+                    .copied()
+                    .cycle()
+                    .take(CHUNK.min(total as usize))
+                    .collect();
                 let mut ws = Cursor::new(dst);
                 let mut remaining = total;
                 while remaining > 0 {
@@ -227,7 +296,16 @@ impl ContextState {
                 }
                 io.write_f32(y, &ys)?;
             }
-            Op::Gemm { a, b, c, m, n, k, alpha, beta } => {
+            Op::Gemm {
+                a,
+                b,
+                c,
+                m,
+                n,
+                k,
+                alpha,
+                beta,
+            } => {
                 let (m, n, k) = (*m as usize, *n as usize, *k as usize);
                 let av = io.read_f32(a, m * k)?;
                 let bv = io.read_f32(b, k * n)?;
@@ -256,7 +334,11 @@ impl ContextState {
                 let sum: f64 = v.iter().map(|&x| x as f64).sum();
                 io.write_f32(dst, &[sum as f32])?;
             }
-            Op::Spin { units, unit_ns, dst } => {
+            Op::Spin {
+                units,
+                unit_ns,
+                dst,
+            } => {
                 let total = Duration::from_nanos(*units as u64 * *unit_ns as u64);
                 let start = Instant::now();
                 loop {
@@ -268,13 +350,18 @@ impl ContextState {
                         break;
                     }
                     if left > Duration::from_micros(100) {
-                        std::thread::sleep((left - Duration::from_micros(50)).min(Duration::from_millis(1)));
+                        std::thread::sleep(
+                            (left - Duration::from_micros(50)).min(Duration::from_millis(1)),
+                        );
                     } else {
                         std::hint::spin_loop();
                     }
                 }
                 if let Some(d) = dst {
-                    let io = Io { ctx: self, snap: &item.mem.snapshot() };
+                    let io = Io {
+                        ctx: self,
+                        snap: &item.mem.snapshot(),
+                    };
                     io.write(&mut Cursor::new(d), &units.to_le_bytes())?;
                 }
             }
@@ -292,14 +379,22 @@ struct Cursor<'a> {
 
 impl<'a> Cursor<'a> {
     fn new(ext: &'a [Extent]) -> Self {
-        Cursor { ext, idx: 0, off: 0 }
+        Cursor {
+            ext,
+            idx: 0,
+            off: 0,
+        }
     }
     /// The next piece of at most `max` bytes.
     fn next(&mut self, max: u64) -> Option<Extent> {
         while let Some(e) = self.ext.get(self.idx) {
             if self.off < e.len {
                 let n = (e.len - self.off).min(max);
-                let piece = Extent { aperture: e.aperture, addr: e.addr + self.off, len: n };
+                let piece = Extent {
+                    aperture: e.aperture,
+                    addr: e.addr + self.off,
+                    len: n,
+                };
                 self.off += n;
                 return Some(piece);
             }
@@ -319,7 +414,9 @@ struct Io<'a> {
 impl Io<'_> {
     fn read(&self, cur: &mut Cursor, mut out: &mut [u8]) -> Result<(), ExecError> {
         while !out.is_empty() {
-            let p = cur.next(out.len() as u64).ok_or(ExecError::Engine("source shorter than destination".into()))?;
+            let p = cur
+                .next(out.len() as u64)
+                .ok_or(ExecError::Engine("source shorter than destination".into()))?;
             let (head, tail) = out.split_at_mut(p.len as usize);
             match p.aperture {
                 Aperture::Vram => {
@@ -339,7 +436,9 @@ impl Io<'_> {
 
     fn write(&self, cur: &mut Cursor, mut data: &[u8]) -> Result<(), ExecError> {
         while !data.is_empty() {
-            let p = cur.next(data.len() as u64).ok_or(ExecError::Engine("destination shorter than source".into()))?;
+            let p = cur
+                .next(data.len() as u64)
+                .ok_or(ExecError::Engine("destination shorter than source".into()))?;
             let (head, tail) = data.split_at(p.len as usize);
             match p.aperture {
                 Aperture::Vram => self.ctx.vram_slice(p.addr, p.len)?.copy_from(head),
@@ -360,7 +459,10 @@ impl Io<'_> {
     fn read_f32(&self, ext: &[Extent], n: usize) -> Result<Vec<f32>, ExecError> {
         let mut bytes = vec![0u8; n * 4];
         self.read(&mut Cursor::new(ext), &mut bytes)?;
-        Ok(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+        Ok(bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect())
     }
 
     fn write_f32(&self, ext: &[Extent], v: &[f32]) -> Result<(), ExecError> {

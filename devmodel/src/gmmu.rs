@@ -98,7 +98,12 @@ pub struct Gmmu {
 
 impl Gmmu {
     pub fn new(vram_size: u64) -> Self {
-        Gmmu { vram_size, tlb: HashMap::new(), hits: 0, misses: 0 }
+        Gmmu {
+            vram_size,
+            tlb: HashMap::new(),
+            hits: 0,
+            misses: 0,
+        }
     }
 
     /// Drop every cached translation (`MMU_INVALIDATE`, reset).
@@ -108,9 +113,23 @@ impl Gmmu {
 
     /// Translate `va..va+len` of the address space rooted at `pdb` for a
     /// read or a write, checking every byte, into merged extents.
-    pub fn translate(&mut self, mem: &GuestRam, pdb: u64, va: u64, len: u64, write: bool) -> Result<Vec<Extent>, Fault> {
+    pub fn translate(
+        &mut self,
+        mem: &GuestRam,
+        pdb: u64,
+        va: u64,
+        len: u64,
+        write: bool,
+    ) -> Result<Vec<Extent>, Fault> {
         let mut out: Vec<Extent> = Vec::new();
-        let end = va.checked_add(len).filter(|&e| e <= 1 << VA_BITS).ok_or(Fault { code: ErrorCode::VaRange, va, write })?;
+        let end = va
+            .checked_add(len)
+            .filter(|&e| e <= 1 << VA_BITS)
+            .ok_or(Fault {
+                code: ErrorCode::VaRange,
+                va,
+                write,
+            })?;
         let mut at = va;
         while at < end {
             let leaf = self.leaf(mem, pdb, at, write)?;
@@ -119,14 +138,24 @@ impl Gmmu {
             let phys = leaf.base + in_page;
             if leaf.aperture == Aperture::Sysmem {
                 mem.check(phys, n, write).map_err(|e| Fault {
-                    code: if matches!(e, MemError::ReadOnly { .. }) { ErrorCode::ReadOnly } else { ErrorCode::SysmemUnmapped },
+                    code: if matches!(e, MemError::ReadOnly { .. }) {
+                        ErrorCode::ReadOnly
+                    } else {
+                        ErrorCode::SysmemUnmapped
+                    },
                     va: at,
                     write,
                 })?;
             }
             match out.last_mut() {
-                Some(last) if last.aperture == leaf.aperture && last.addr + last.len == phys => last.len += n,
-                _ => out.push(Extent { aperture: leaf.aperture, addr: phys, len: n }),
+                Some(last) if last.aperture == leaf.aperture && last.addr + last.len == phys => {
+                    last.len += n
+                }
+                _ => out.push(Extent {
+                    aperture: leaf.aperture,
+                    addr: phys,
+                    len: n,
+                }),
             }
             at += n;
         }
@@ -151,7 +180,11 @@ impl Gmmu {
             }
         };
         if write && leaf.read_only {
-            return Err(Fault { code: ErrorCode::ReadOnly, va, write });
+            return Err(Fault {
+                code: ErrorCode::ReadOnly,
+                va,
+                write,
+            });
         }
         Ok(leaf)
     }
@@ -159,7 +192,9 @@ impl Gmmu {
     fn walk(&self, mem: &GuestRam, pdb: u64, va: u64, write: bool) -> Result<Leaf, Fault> {
         let fault = |code| Fault { code, va, write };
         let read = |table: u64, index: u64| -> Result<Pte, Fault> {
-            mem.read_u64(table + index * 8).map(Pte).map_err(|_| fault(ErrorCode::PageTableUnmapped))
+            mem.read_u64(table + index * 8)
+                .map(Pte)
+                .map_err(|_| fault(ErrorCode::PageTableUnmapped))
         };
         let l2 = read(pdb, (va >> 30) & 0x1FF)?;
         if !l2.valid() || l2.large() {
@@ -186,10 +221,19 @@ impl Gmmu {
             1 => Aperture::Sysmem,
             _ => return Err(fault(ErrorCode::PteInvalid)),
         };
-        if aperture == Aperture::Vram && pte.addr().checked_add(page).map_or(true, |e| e > self.vram_size) {
+        if aperture == Aperture::Vram
+            && pte
+                .addr()
+                .checked_add(page)
+                .map_or(true, |e| e > self.vram_size)
+        {
             return Err(fault(ErrorCode::VramRange));
         }
-        Ok(Leaf { aperture, base: pte.addr() + within, read_only: pte.read_only() })
+        Ok(Leaf {
+            aperture,
+            base: pte.addr() + within,
+            read_only: pte.read_only(),
+        })
     }
 }
 

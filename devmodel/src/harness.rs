@@ -9,9 +9,11 @@ use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::time::{Duration, Instant};
 
-use crate::channel::{GpfifoEntry, INST_GPFIFO_ENTRIES, INST_GPFIFO_VA, INST_NOTIFIER_VA, INST_PDB, INST_USERD_VA};
+use crate::channel::{
+    GpfifoEntry, INST_GPFIFO_ENTRIES, INST_GPFIFO_VA, INST_NOTIFIER_VA, INST_PDB, INST_USERD_VA,
+};
 use crate::classes::{compute, copy, host, COMPUTE_CLASS, COPY_CLASS};
-use crate::pushbuf::{MethodHeader, OP_INCR, OP_IMMD};
+use crate::pushbuf::{MethodHeader, OP_IMMD, OP_INCR};
 use crate::{Backend, CpuEngine, Vgpu, VgpuConfig};
 use memmap2::MmapMut;
 use mmio::bar::{REGION_BAR0, REGION_CONFIG};
@@ -61,7 +63,13 @@ pub fn memfd(size: u64) -> File {
     let f = unsafe { File::from_raw_fd(fd) };
     f.set_len(size).expect("size memfd");
     // SAFETY: adds seals to the descriptor we own.
-    let sealed = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_ADD_SEALS, libc::F_SEAL_SHRINK | libc::F_SEAL_GROW) };
+    let sealed = unsafe {
+        libc::fcntl(
+            f.as_raw_fd(),
+            libc::F_ADD_SEALS,
+            libc::F_SEAL_SHRINK | libc::F_SEAL_GROW,
+        )
+    };
     assert_eq!(sealed, 0, "seal memfd");
     f
 }
@@ -124,7 +132,13 @@ impl Guest {
     pub fn new(backend: &dyn Backend, ram_mib: u64, vram_mib: u64, channels: u32) -> Guest {
         let cfg = VgpuConfig {
             name: "test".into(),
-            identity: PciIdentity { vendor_id: 0x7667, device_id: 0x1001, subsystem_vendor_id: 0x7667, subsystem_id: 1, revision: 1 },
+            identity: PciIdentity {
+                vendor_id: 0x7667,
+                device_id: 0x1001,
+                subsystem_vendor_id: 0x7667,
+                subsystem_id: 1,
+                revision: 1,
+            },
             vram_bytes: vram_mib << 20,
             channels,
         };
@@ -139,7 +153,15 @@ impl Guest {
         let ram = unsafe { MmapMut::map_mut(&fd) }.expect("map guest ram");
         let vram_size = vgpu.config().vram_bytes;
         vgpu.dma_map(RAM_GPA, size, fd, 0, true).expect("dma map");
-        let mut g = Guest { vgpu, ram, size, next_sys: RAM_GPA, next_vram: 0, pdb: 0, vram_size };
+        let mut g = Guest {
+            vgpu,
+            ram,
+            size,
+            next_sys: RAM_GPA,
+            next_vram: 0,
+            pdb: 0,
+            vram_size,
+        };
         g.pdb = g.alloc_sys(4096);
         g
     }
@@ -181,16 +203,23 @@ impl Guest {
         self.w(gpa, &b)
     }
     pub fn rf32(&self, gpa: u64, n: usize) -> Vec<f32> {
-        self.r(gpa, n * 4).chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+        self.r(gpa, n * 4)
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect()
     }
 
     pub fn reg(&self, off: u32) -> u32 {
         let mut b = [0u8; 4];
-        self.vgpu.region_read(REGION_BAR0, off as u64, &mut b).expect("bar0 read");
+        self.vgpu
+            .region_read(REGION_BAR0, off as u64, &mut b)
+            .expect("bar0 read");
         u32::from_le_bytes(b)
     }
     pub fn set_reg(&self, off: u32, v: u32) {
-        self.vgpu.region_write(REGION_BAR0, off as u64, &v.to_le_bytes()).expect("bar0 write");
+        self.vgpu
+            .region_write(REGION_BAR0, off as u64, &v.to_le_bytes())
+            .expect("bar0 write");
     }
     pub fn chreg(&self, ch: u32, off: u32) -> u32 {
         self.reg(CHANNEL_BASE + ch * CHANNEL_STRIDE + off)
@@ -200,7 +229,9 @@ impl Guest {
     }
     pub fn cfg32(&self, off: u64) -> u32 {
         let mut b = [0u8; 4];
-        self.vgpu.region_read(REGION_CONFIG, off, &mut b).expect("config read");
+        self.vgpu
+            .region_read(REGION_CONFIG, off, &mut b)
+            .expect("config read");
         u32::from_le_bytes(b)
     }
 
@@ -273,7 +304,18 @@ impl Guest {
         self.set_chreg(id, CH_INST_LO, inst as u32);
         self.set_chreg(id, CH_INST_HI, (inst >> 32) as u32);
         self.set_chreg(id, CH_CTRL, 1);
-        Chan { id, inst, gpfifo_gpa, userd_gpa, notifier_gpa, entries, put: 0, pb_va, pb_gpa, pb_used: 0 }
+        Chan {
+            id,
+            inst,
+            gpfifo_gpa,
+            userd_gpa,
+            notifier_gpa,
+            entries,
+            put: 0,
+            pb_va,
+            pb_gpa,
+            pb_used: 0,
+        }
     }
 
     /// Append `words` as one segment and ring the doorbell.
@@ -305,7 +347,12 @@ impl Guest {
             if st == STATE_FAULTED || (self.chreg(ch.id, CH_GP_GET) == ch.put && st == STATE_IDLE) {
                 return st;
             }
-            assert!(Instant::now() < deadline, "channel {} did not finish: status {:#x}", ch.id, self.chreg(ch.id, CH_STATUS));
+            assert!(
+                Instant::now() < deadline,
+                "channel {} did not finish: status {:#x}",
+                ch.id,
+                self.chreg(ch.id, CH_STATUS)
+            );
             std::thread::sleep(Duration::from_micros(200));
         }
     }
@@ -313,7 +360,11 @@ impl Guest {
     pub fn wait_state(&self, ch: u32, state: u32) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while self.chreg(ch, CH_STATUS) & 0xF != state {
-            assert!(Instant::now() < deadline, "channel {ch} never reached state {state}: {:#x}", self.chreg(ch, CH_STATUS));
+            assert!(
+                Instant::now() < deadline,
+                "channel {ch} never reached state {state}: {:#x}",
+                self.chreg(ch, CH_STATUS)
+            );
             std::thread::sleep(Duration::from_micros(200));
         }
     }
@@ -328,7 +379,8 @@ impl Pb {
         Pb::default()
     }
     pub fn incr(mut self, sub: u8, method: u32, data: &[u32]) -> Pb {
-        self.0.push(MethodHeader::new(OP_INCR, sub, method, data.len() as u32));
+        self.0
+            .push(MethodHeader::new(OP_INCR, sub, method, data.len() as u32));
         self.0.extend_from_slice(data);
         self
     }
@@ -337,20 +389,61 @@ impl Pb {
         self
     }
     pub fn bind(self) -> Pb {
-        self.incr(SUB_COMPUTE, host::SET_OBJECT, &[COMPUTE_CLASS]).incr(SUB_COPY, host::SET_OBJECT, &[COPY_CLASS])
+        self.incr(SUB_COMPUTE, host::SET_OBJECT, &[COMPUTE_CLASS])
+            .incr(SUB_COPY, host::SET_OBJECT, &[COPY_CLASS])
     }
     pub fn sem(self, va: u64, payload: u64, exec: u32) -> Pb {
-        self.incr(0, host::SEM_ADDR_LO, &[va as u32, (va >> 32) as u32, payload as u32, (payload >> 32) as u32, exec])
+        self.incr(
+            0,
+            host::SEM_ADDR_LO,
+            &[
+                va as u32,
+                (va >> 32) as u32,
+                payload as u32,
+                (payload >> 32) as u32,
+                exec,
+            ],
+        )
     }
     pub fn copy(self, src: u64, dst: u64, bytes: u32) -> Pb {
-        self.incr(SUB_COPY, copy::SRC_LO, &[src as u32, (src >> 32) as u32, dst as u32, (dst >> 32) as u32])
-            .incr(SUB_COPY, copy::LINE_BYTES, &[bytes, 1])
-            .incr(SUB_COPY, copy::LAUNCH, &[copy::OP_COPY_1D])
+        self.incr(
+            SUB_COPY,
+            copy::SRC_LO,
+            &[
+                src as u32,
+                (src >> 32) as u32,
+                dst as u32,
+                (dst >> 32) as u32,
+            ],
+        )
+        .incr(SUB_COPY, copy::LINE_BYTES, &[bytes, 1])
+        .incr(SUB_COPY, copy::LAUNCH, &[copy::OP_COPY_1D])
     }
     #[allow(clippy::too_many_arguments)]
-    pub fn copy2d(self, src: u64, src_pitch: u32, dst: u64, dst_pitch: u32, width: u32, lines: u32) -> Pb {
-        self.incr(SUB_COPY, copy::SRC_LO, &[src as u32, (src >> 32) as u32, dst as u32, (dst >> 32) as u32, src_pitch, dst_pitch, width, lines])
-            .incr(SUB_COPY, copy::LAUNCH, &[copy::OP_COPY_2D])
+    pub fn copy2d(
+        self,
+        src: u64,
+        src_pitch: u32,
+        dst: u64,
+        dst_pitch: u32,
+        width: u32,
+        lines: u32,
+    ) -> Pb {
+        self.incr(
+            SUB_COPY,
+            copy::SRC_LO,
+            &[
+                src as u32,
+                (src >> 32) as u32,
+                dst as u32,
+                (dst >> 32) as u32,
+                src_pitch,
+                dst_pitch,
+                width,
+                lines,
+            ],
+        )
+        .incr(SUB_COPY, copy::LAUNCH, &[copy::OP_COPY_2D])
     }
     pub fn memset(self, dst: u64, bytes: u32, pattern: u32) -> Pb {
         self.incr(SUB_COPY, copy::DST_LO, &[dst as u32, (dst >> 32) as u32])
@@ -358,8 +451,12 @@ impl Pb {
             .incr(SUB_COPY, copy::LAUNCH, &[copy::OP_MEMSET_1D])
     }
     pub fn launch(self, program: u32, params_va: u64, size: u32) -> Pb {
-        self.incr(SUB_COMPUTE, compute::PROGRAM, &[program, params_va as u32, (params_va >> 32) as u32, size])
-            .incr(SUB_COMPUTE, compute::LAUNCH, &[0])
+        self.incr(
+            SUB_COMPUTE,
+            compute::PROGRAM,
+            &[program, params_va as u32, (params_va >> 32) as u32, size],
+        )
+        .incr(SUB_COMPUTE, compute::LAUNCH, &[0])
     }
 }
 

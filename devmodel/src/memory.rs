@@ -23,7 +23,10 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use vm_memory::bitmap::BS;
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, GuestRegionMmap, MmapRegion, VolatileMemory, VolatileSlice};
+use vm_memory::{
+    GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, GuestRegionMmap,
+    MmapRegion, VolatileMemory, VolatileSlice,
+};
 
 /// Errors of guest-memory access and DMA mapping.
 #[derive(Debug, thiserror::Error)]
@@ -37,7 +40,12 @@ pub enum MemError {
     #[error("no DMA mapping lies inside {gpa:#x}+{size:#x}, or one straddles its edge")]
     BadUnmap { gpa: u64, size: u64 },
     #[error("DMA map {gpa:#x}+{size:#x} at file offset {offset:#x} is not inside its file ({file_size:#x} bytes, or not a regular file)")]
-    BeyondFile { gpa: u64, size: u64, offset: u64, file_size: u64 },
+    BeyondFile {
+        gpa: u64,
+        size: u64,
+        offset: u64,
+        file_size: u64,
+    },
     #[error("mmap of the DMA region failed: {0}")]
     Mmap(String),
 }
@@ -120,7 +128,14 @@ impl GuestRam {
 
     /// Make `size` bytes of `fd` at `file_offset` guest physical
     /// `gpa..gpa+size`; the file is mapped and pinned if it is not yet.
-    pub fn map(&self, gpa: u64, size: u64, fd: File, file_offset: u64, writable: bool) -> Result<(), MemError> {
+    pub fn map(
+        &self,
+        gpa: u64,
+        size: u64,
+        fd: File,
+        file_offset: u64,
+        writable: bool,
+    ) -> Result<(), MemError> {
         let bad = || MemError::BadMap { gpa, size };
         if size == 0 || gpa.checked_add(size).is_none() || usize::try_from(size).is_err() {
             return Err(bad());
@@ -128,27 +143,48 @@ impl GuestRam {
         // A window past the end of its file would fault (SIGBUS) on first
         // access, so the whole range must lie inside a regular file.
         let meta = fd.metadata().map_err(|e| MemError::Mmap(e.to_string()))?;
-        if !meta.file_type().is_file() || file_offset.checked_add(size).map_or(true, |end| end > meta.len()) {
-            return Err(MemError::BeyondFile { gpa, size, offset: file_offset, file_size: meta.len() });
+        if !meta.file_type().is_file()
+            || file_offset
+                .checked_add(size)
+                .map_or(true, |end| end > meta.len())
+        {
+            return Err(MemError::BeyondFile {
+                gpa,
+                size,
+                offset: file_offset,
+                file_size: meta.len(),
+            });
         }
         if file_offset % 4096 != 0 {
             return Err(bad());
         }
         let file = self.file_map(fd, &meta)?;
         if writable && !file.writable {
-            return Err(MemError::Mmap("a writable DMA map of a file opened read-only".into()));
+            return Err(MemError::Mmap(
+                "a writable DMA map of a file opened read-only".into(),
+            ));
         }
         let prot = libc::PROT_READ | if writable { libc::PROT_WRITE } else { 0 };
         // SAFETY: `file_offset + size` lies inside the file mapping (checked
         // above against the file size the mapping was made with, which the
         // seal keeps); the mapping outlives the region through `owners`.
-        let mmap = unsafe { MmapRegion::build_raw(file.ptr.as_ptr().add(file_offset as usize), size as usize, prot, libc::MAP_SHARED) }
-            .map_err(|e| MemError::Mmap(e.to_string()))?;
+        let mmap = unsafe {
+            MmapRegion::build_raw(
+                file.ptr.as_ptr().add(file_offset as usize),
+                size as usize,
+                prot,
+                libc::MAP_SHARED,
+            )
+        }
+        .map_err(|e| MemError::Mmap(e.to_string()))?;
         let region = Arc::new(GuestRegionMmap::new(mmap, GuestAddress(gpa)).ok_or_else(bad)?);
         let mut guard = self.map.lock().unwrap_or_else(|p| p.into_inner());
         let next = guard.insert_region(region.clone()).map_err(|_| bad())?;
         *guard = Arc::new(next);
-        self.owners.lock().unwrap_or_else(|p| p.into_inner()).insert(gpa, (region, file));
+        self.owners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(gpa, (region, file));
         tracing::debug!(gpa, size, writable, "dma map");
         Ok(())
     }
@@ -169,7 +205,11 @@ impl GuestRam {
         // host's memory is refused rather than left to the OOM killer.
         let host = host_memory_bytes();
         if meta.len() > host {
-            return Err(MemError::Mmap(format!("guest memory file of {} MiB is larger than the host's {} MiB", meta.len() >> 20, host >> 20)));
+            return Err(MemError::Mmap(format!(
+                "guest memory file of {} MiB is larger than the host's {} MiB",
+                meta.len() >> 20,
+                host >> 20
+            )));
         }
         if !shrink_sealed(&fd) {
             tracing::warn!(size = meta.len(), "guest memory file is not sealed against shrinking; a client that truncates it would fault the daemon");
@@ -178,11 +218,21 @@ impl GuestRam {
         let writable = mode == libc::O_RDWR;
         let prot = libc::PROT_READ | if writable { libc::PROT_WRITE } else { 0 };
         // SAFETY: a fresh shared mapping of the whole file; checked.
-        let p = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, libc::MAP_SHARED, fd.as_raw_fd(), 0) };
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                prot,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
         if p == libc::MAP_FAILED {
             return Err(MemError::Mmap(std::io::Error::last_os_error().to_string()));
         }
-        let ptr = std::ptr::NonNull::new(p.cast::<u8>()).ok_or_else(|| MemError::Mmap("mmap returned null".into()))?;
+        let ptr = std::ptr::NonNull::new(p.cast::<u8>())
+            .ok_or_else(|| MemError::Mmap("mmap returned null".into()))?;
         // SAFETY: the range is exactly the mapping just made.
         let pinned = unsafe { libc::mlock(p, len) } == 0;
         if pinned {
@@ -190,7 +240,14 @@ impl GuestRam {
         } else {
             tracing::warn!(size = len, err = %std::io::Error::last_os_error(), "could not pin guest memory (mlock); continuing unpinned");
         }
-        let f = Arc::new(FileMap { ptr, len, writable, pinned, counter: self.pinned.clone(), _file: fd });
+        let f = Arc::new(FileMap {
+            ptr,
+            len,
+            writable,
+            pinned,
+            counter: self.pinned.clone(),
+            _file: fd,
+        });
         if files.len() >= 64 {
             files.retain(|_, w| w.strong_count() > 0);
         }
@@ -202,14 +259,23 @@ impl GuestRam {
     /// still uses them. A region that straddles the range is an error and
     /// nothing is unmapped.
     pub fn unmap(&self, gpa: u64, size: u64) -> Result<(), MemError> {
-        let end = gpa.checked_add(size).ok_or(MemError::BadUnmap { gpa, size })?;
+        let end = gpa
+            .checked_add(size)
+            .ok_or(MemError::BadUnmap { gpa, size })?;
         let removed = {
             let mut guard = self.map.lock().unwrap_or_else(|p| p.into_inner());
             let mut owners = self.owners.lock().unwrap_or_else(|p| p.into_inner());
             // Regions are disjoint and keyed by start: those touching the
             // range start below its end and end above its start.
-            let touching: Vec<u64> = owners.range(..end).filter(|(_, (r, _))| r.start_addr().0 + r.len() > gpa).map(|(k, _)| *k).collect();
-            if touching.iter().any(|k| *k < gpa || owners[k].0.start_addr().0 + owners[k].0.len() > end) {
+            let touching: Vec<u64> = owners
+                .range(..end)
+                .filter(|(_, (r, _))| r.start_addr().0 + r.len() > gpa)
+                .map(|(k, _)| *k)
+                .collect();
+            if touching
+                .iter()
+                .any(|k| *k < gpa || owners[k].0.start_addr().0 + owners[k].0.len() > end)
+            {
                 return Err(MemError::BadUnmap { gpa, size });
             }
             if touching.is_empty() {
@@ -218,10 +284,22 @@ impl GuestRam {
             // One pass over what stays (a vIOMMU guest has thousands of
             // page-sized regions; removing them one by one is quadratic).
             // Nothing changes unless the new set could be built.
-            let rest: Vec<Arc<GuestRegionMmap>> = owners.iter().filter(|(k, _)| touching.binary_search(k).is_err()).map(|(_, (r, _))| r.clone()).collect();
-            let next = if rest.is_empty() { GuestMemoryMmap::default() } else { GuestMemoryMmap::from_arc_regions(rest).map_err(|_| MemError::BadUnmap { gpa, size })? };
+            let rest: Vec<Arc<GuestRegionMmap>> = owners
+                .iter()
+                .filter(|(k, _)| touching.binary_search(k).is_err())
+                .map(|(_, (r, _))| r.clone())
+                .collect();
+            let next = if rest.is_empty() {
+                GuestMemoryMmap::default()
+            } else {
+                GuestMemoryMmap::from_arc_regions(rest)
+                    .map_err(|_| MemError::BadUnmap { gpa, size })?
+            };
             *guard = Arc::new(next);
-            touching.iter().filter_map(|k| owners.remove(k)).collect::<Vec<_>>()
+            touching
+                .iter()
+                .filter_map(|k| owners.remove(k))
+                .collect::<Vec<_>>()
         };
         // Wait until no command still uses the removed regions (a snapshot
         // taken before the swap holds them); then let go of their files: the
@@ -234,7 +312,13 @@ impl GuestRam {
         }
         let n = removed.len();
         drop(removed);
-        tracing::debug!(gpa, size, regions = n, waited_us = start.elapsed().as_micros() as u64, "dma unmap");
+        tracing::debug!(
+            gpa,
+            size,
+            regions = n,
+            waited_us = start.elapsed().as_micros() as u64,
+            "dma unmap"
+        );
         Ok(())
     }
 
@@ -288,15 +372,24 @@ pub fn for_each_slice<'a>(
 ) -> Result<(), MemError> {
     let mut pieces = Vec::new();
     let mut at = gpa;
-    let end = gpa.checked_add(len).ok_or(MemError::Unmapped { gpa, len })?;
+    let end = gpa
+        .checked_add(len)
+        .ok_or(MemError::Unmapped { gpa, len })?;
     while at < end {
-        let region = snap.find_region(GuestAddress(at)).ok_or(MemError::Unmapped { gpa: at, len: end - at })?;
+        let region = snap
+            .find_region(GuestAddress(at))
+            .ok_or(MemError::Unmapped {
+                gpa: at,
+                len: end - at,
+            })?;
         if write && region.get_mmap().prot() & libc::PROT_WRITE == 0 {
             return Err(MemError::ReadOnly { gpa: at });
         }
         let off = at - region.start_addr().0;
         let n = (region.len() - off).min(end - at);
-        let slice = region.get_mmap_slice(off as usize, n as usize).map_err(|_| MemError::Unmapped { gpa: at, len: n })?;
+        let slice = region
+            .get_mmap_slice(off as usize, n as usize)
+            .map_err(|_| MemError::Unmapped { gpa: at, len: n })?;
         pieces.push(slice);
         at += n;
     }
@@ -306,10 +399,18 @@ pub fn for_each_slice<'a>(
 
 /// Access to a region's host mapping as a volatile slice.
 trait MmapSlice {
-    fn get_mmap_slice(&self, off: usize, len: usize) -> Result<VolatileSlice<'_, BS<'_, ()>>, vm_memory::volatile_memory::Error>;
+    fn get_mmap_slice(
+        &self,
+        off: usize,
+        len: usize,
+    ) -> Result<VolatileSlice<'_, BS<'_, ()>>, vm_memory::volatile_memory::Error>;
 }
 impl MmapSlice for GuestRegionMmap {
-    fn get_mmap_slice(&self, off: usize, len: usize) -> Result<VolatileSlice<'_, BS<'_, ()>>, vm_memory::volatile_memory::Error> {
+    fn get_mmap_slice(
+        &self,
+        off: usize,
+        len: usize,
+    ) -> Result<VolatileSlice<'_, BS<'_, ()>>, vm_memory::volatile_memory::Error> {
         VolatileMemory::get_slice(&**self, off, len)
     }
 }
@@ -341,15 +442,29 @@ mod tests {
 
     fn memfd(len: u64) -> File {
         // SAFETY: memfd_create with a valid C string; the fd is owned by the File.
-        let f = unsafe { File::from_raw_fd(libc::memfd_create(c"t".as_ptr(), libc::MFD_ALLOW_SEALING)) };
+        let f = unsafe {
+            File::from_raw_fd(libc::memfd_create(c"t".as_ptr(), libc::MFD_ALLOW_SEALING))
+        };
         f.set_len(len).unwrap();
         // SAFETY: adds seals to our own descriptor.
-        assert_eq!(unsafe { libc::fcntl(f.as_raw_fd(), libc::F_ADD_SEALS, libc::F_SEAL_SHRINK | libc::F_SEAL_GROW) }, 0);
+        assert_eq!(
+            unsafe {
+                libc::fcntl(
+                    f.as_raw_fd(),
+                    libc::F_ADD_SEALS,
+                    libc::F_SEAL_SHRINK | libc::F_SEAL_GROW,
+                )
+            },
+            0
+        );
         f
     }
 
     fn mappings() -> usize {
-        std::fs::read_to_string("/proc/self/maps").unwrap().lines().count()
+        std::fs::read_to_string("/proc/self/maps")
+            .unwrap()
+            .lines()
+            .count()
     }
 
     #[test]
@@ -362,35 +477,76 @@ mod tests {
         let before = mappings();
         for i in 0..PAGES {
             let page = (i * 7919) % PAGES; // a permutation: PAGES is a power of two, 7919 odd
-            ram.map(0x1_0000_0000 + i * 4096, 4096, file.try_clone().unwrap(), page * 4096, true).unwrap();
+            ram.map(
+                0x1_0000_0000 + i * 4096,
+                4096,
+                file.try_clone().unwrap(),
+                page * 4096,
+                true,
+            )
+            .unwrap();
         }
         let added = mappings().saturating_sub(before);
         assert!(added <= 4, "{PAGES} windows took {added} host mappings");
-        assert_eq!(ram.pinned_bytes(), PAGES * 4096, "the file is pinned once, whole");
+        assert_eq!(
+            ram.pinned_bytes(),
+            PAGES * 4096,
+            "the file is pinned once, whole"
+        );
         // A write through window i lands at its page of the file.
         ram.write(0x1_0000_0000 + 5 * 4096 + 8, &[0xAB; 4]).unwrap();
         let mut b = [0u8; 4];
-        std::os::unix::fs::FileExt::read_exact_at(&file, &mut b, ((5 * 7919) % PAGES) * 4096 + 8).unwrap();
+        std::os::unix::fs::FileExt::read_exact_at(&file, &mut b, ((5 * 7919) % PAGES) * 4096 + 8)
+            .unwrap();
         assert_eq!(b, [0xAB; 4]);
         // Read-only windows refuse writes; windows past the file are refused.
-        ram.map(0x2_0000_0000, 4096, file.try_clone().unwrap(), 0, false).unwrap();
-        assert!(matches!(ram.write(0x2_0000_0000, &[1]), Err(MemError::ReadOnly { .. })));
-        assert!(matches!(ram.map(0x3_0000_0000, 8192, file.try_clone().unwrap(), (PAGES - 1) * 4096, true), Err(MemError::BeyondFile { .. })));
+        ram.map(0x2_0000_0000, 4096, file.try_clone().unwrap(), 0, false)
+            .unwrap();
+        assert!(matches!(
+            ram.write(0x2_0000_0000, &[1]),
+            Err(MemError::ReadOnly { .. })
+        ));
+        assert!(matches!(
+            ram.map(
+                0x3_0000_0000,
+                8192,
+                file.try_clone().unwrap(),
+                (PAGES - 1) * 4096,
+                true
+            ),
+            Err(MemError::BeyondFile { .. })
+        ));
         // A (sparse) file larger than the host's memory is never pinned.
         let huge = memfd(host_memory_bytes() + (1 << 30));
-        assert!(matches!(ram.map(0x4_0000_0000, 4096, huge, 0, true), Err(MemError::Mmap(_))));
+        assert!(matches!(
+            ram.map(0x4_0000_0000, 4096, huge, 0, true),
+            Err(MemError::Mmap(_))
+        ));
         // A range that would split a window changes nothing; a range of
         // whole windows removes just those.
-        assert!(matches!(ram.unmap(0x1_0000_0000 + 2048, 8192), Err(MemError::BadUnmap { .. })));
+        assert!(matches!(
+            ram.unmap(0x1_0000_0000 + 2048, 8192),
+            Err(MemError::BadUnmap { .. })
+        ));
         ram.unmap(0x1_0000_0000 + 10 * 4096, 5 * 4096).unwrap();
-        assert!(matches!(ram.read(0x1_0000_0000 + 12 * 4096, &mut b), Err(MemError::Unmapped { .. })));
+        assert!(matches!(
+            ram.read(0x1_0000_0000 + 12 * 4096, &mut b),
+            Err(MemError::Unmapped { .. })
+        ));
         ram.read(0x1_0000_0000 + 15 * 4096, &mut b).unwrap();
         ram.read(0x1_0000_0000 + 9 * 4096, &mut b).unwrap();
-        assert_eq!(ram.pinned_bytes(), PAGES * 4096, "the file stays pinned while windows remain");
+        assert_eq!(
+            ram.pinned_bytes(),
+            PAGES * 4096,
+            "the file stays pinned while windows remain"
+        );
         // Unmapping everything unpins and unmaps the file.
         ram.unmap(0, u64::MAX).unwrap();
         assert_eq!(ram.pinned_bytes(), 0);
         assert!(mappings() <= before + 1);
-        assert!(matches!(ram.read(0x1_0000_0000, &mut b), Err(MemError::Unmapped { .. })));
+        assert!(matches!(
+            ram.read(0x1_0000_0000, &mut b),
+            Err(MemError::Unmapped { .. })
+        ));
     }
 }

@@ -24,7 +24,9 @@ use mmio::regs::ErrorCode;
 
 use crate::classes::{self, compute, copy, host, set_hi, set_lo, Class, MethodState};
 use crate::gmmu::{Extent, Fault};
-use crate::work::{AcquireCond, Command, Op, MAX_COMMAND_BYTES, MAX_GEMM_DIM, MAX_PARAMS, MAX_SPIN_NS};
+use crate::work::{
+    AcquireCond, Command, Op, MAX_COMMAND_BYTES, MAX_GEMM_DIM, MAX_PARAMS, MAX_SPIN_NS,
+};
 
 bitfield! {
     /// A pushbuffer method header.
@@ -74,18 +76,27 @@ pub trait AddressSpace {
 }
 
 /// Decode and audit one segment, updating the channel's method state.
-pub fn parse_segment(words: &[u32], state: &mut MethodState, space: &mut dyn AddressSpace) -> Result<Vec<Command>, SegmentError> {
+pub fn parse_segment(
+    words: &[u32],
+    state: &mut MethodState,
+    space: &mut dyn AddressSpace,
+) -> Result<Vec<Command>, SegmentError> {
     let mut out = Vec::new();
     let mut i = 0usize;
     while i < words.len() {
         let at = i as u32;
         let h = MethodHeader(words[i]);
         i += 1;
-        let err = |code| SegmentError { code, word: at, fault: None };
+        let err = |code| SegmentError {
+            code,
+            word: at,
+            fault: None,
+        };
         let (method, sub) = (h.method_dw() << 2, h.subchannel());
         let count = h.count() as usize;
         match h.opcode() {
-            OP_IMMD => method_write(state, space, sub, method, h.count(), &mut out).map_err(|e| e.at(at))?,
+            OP_IMMD => method_write(state, space, sub, method, h.count(), &mut out)
+                .map_err(|e| e.at(at))?,
             OP_INCR | OP_NONINCR | OP_ONE_INC => {
                 if words.len() - i < count {
                     return Err(err(ErrorCode::PushbufferTruncated));
@@ -96,7 +107,8 @@ pub fn parse_segment(words: &[u32], state: &mut MethodState, space: &mut dyn Add
                         OP_NONINCR => method,
                         _ => method + if k == 0 { 0 } else { 4 },
                     };
-                    method_write(state, space, sub, m, words[i + k], &mut out).map_err(|e| e.at((i + k) as u32))?;
+                    method_write(state, space, sub, m, words[i + k], &mut out)
+                        .map_err(|e| e.at((i + k) as u32))?;
                 }
                 i += count;
             }
@@ -114,12 +126,19 @@ struct MethodError {
 }
 impl MethodError {
     fn at(self, word: u32) -> SegmentError {
-        SegmentError { code: self.code, word, fault: self.fault }
+        SegmentError {
+            code: self.code,
+            word,
+            fault: self.fault,
+        }
     }
 }
 impl From<Fault> for MethodError {
     fn from(f: Fault) -> Self {
-        MethodError { code: f.code, fault: Some(f) }
+        MethodError {
+            code: f.code,
+            fault: Some(f),
+        }
     }
 }
 fn fail(code: ErrorCode) -> MethodError {
@@ -144,7 +163,14 @@ fn method_write(
     }
 }
 
-fn host_method(st: &mut MethodState, space: &mut dyn AddressSpace, sub: u8, method: u32, data: u32, out: &mut Vec<Command>) -> Result<(), MethodError> {
+fn host_method(
+    st: &mut MethodState,
+    space: &mut dyn AddressSpace,
+    sub: u8,
+    method: u32,
+    data: u32,
+    out: &mut Vec<Command>,
+) -> Result<(), MethodError> {
     let h = &mut st.host;
     match method {
         host::SET_OBJECT => {
@@ -164,23 +190,50 @@ fn host_method(st: &mut MethodState, space: &mut dyn AddressSpace, sub: u8, meth
             let op = data & 7;
             let size: u8 = match (op, data & host::SEM_TIMESTAMP != 0) {
                 (host::SEM_OP_RELEASE, true) => 16,
-                (host::SEM_OP_RELEASE | host::SEM_OP_ACQUIRE_EQ | host::SEM_OP_ACQUIRE_GEQ, false) => if wide { 8 } else { 4 },
+                (
+                    host::SEM_OP_RELEASE | host::SEM_OP_ACQUIRE_EQ | host::SEM_OP_ACQUIRE_GEQ,
+                    false,
+                ) => {
+                    if wide {
+                        8
+                    } else {
+                        4
+                    }
+                }
                 _ => return Err(fail(ErrorCode::InvalidArgument)),
             };
             if h.sem_addr % size as u64 != 0 {
                 return Err(fail(ErrorCode::InvalidArgument));
             }
-            let payload = if wide || size == 16 { h.payload } else { h.payload & 0xFFFF_FFFF };
+            let payload = if wide || size == 16 {
+                h.payload
+            } else {
+                h.payload & 0xFFFF_FFFF
+            };
             if op == host::SEM_OP_RELEASE {
                 let target = space.translate(h.sem_addr, size as u64, true)?;
-                out.push(Command::SemRelease { target, payload, size, interrupt: data & host::SEM_INTERRUPT != 0 });
+                out.push(Command::SemRelease {
+                    target,
+                    payload,
+                    size,
+                    interrupt: data & host::SEM_INTERRUPT != 0,
+                });
             } else {
                 if data & (host::SEM_TIMESTAMP | host::SEM_INTERRUPT) != 0 {
                     return Err(fail(ErrorCode::InvalidArgument));
                 }
                 let target = space.translate(h.sem_addr, size as u64, false)?;
-                let cond = if op == host::SEM_OP_ACQUIRE_EQ { AcquireCond::Equal } else { AcquireCond::GreaterOrEqual };
-                out.push(Command::SemAcquire { target, payload, wide, cond });
+                let cond = if op == host::SEM_OP_ACQUIRE_EQ {
+                    AcquireCond::Equal
+                } else {
+                    AcquireCond::GreaterOrEqual
+                };
+                out.push(Command::SemAcquire {
+                    target,
+                    payload,
+                    wide,
+                    cond,
+                });
             }
         }
         host::NON_STALL_INTERRUPT => out.push(Command::Interrupt),
@@ -189,7 +242,13 @@ fn host_method(st: &mut MethodState, space: &mut dyn AddressSpace, sub: u8, meth
     Ok(())
 }
 
-fn copy_method(st: &mut MethodState, space: &mut dyn AddressSpace, method: u32, data: u32, out: &mut Vec<Command>) -> Result<(), MethodError> {
+fn copy_method(
+    st: &mut MethodState,
+    space: &mut dyn AddressSpace,
+    method: u32,
+    data: u32,
+    out: &mut Vec<Command>,
+) -> Result<(), MethodError> {
     let c = &mut st.copy;
     match method {
         copy::SRC_LO => set_lo(&mut c.src, data),
@@ -209,7 +268,10 @@ fn copy_method(st: &mut MethodState, space: &mut dyn AddressSpace, method: u32, 
             let two_d = op == copy::OP_COPY_2D || op == copy::OP_MEMSET_2D;
             let lines = if two_d { c.line_count as u64 } else { 1 };
             let width = c.line_bytes as u64;
-            if width.checked_mul(lines).map_or(true, |t| t > MAX_COMMAND_BYTES) {
+            if width
+                .checked_mul(lines)
+                .map_or(true, |t| t > MAX_COMMAND_BYTES)
+            {
                 return Err(fail(ErrorCode::InvalidArgument));
             }
             let memset = op >= copy::OP_MEMSET_1D;
@@ -217,13 +279,21 @@ fn copy_method(st: &mut MethodState, space: &mut dyn AddressSpace, method: u32, 
                 return Err(fail(ErrorCode::InvalidArgument));
             }
             let c = *c;
-            let gather = |space: &mut dyn AddressSpace, base: u64, pitch: u32, write: bool| -> Result<Vec<Extent>, MethodError> {
+            let gather = |space: &mut dyn AddressSpace,
+                          base: u64,
+                          pitch: u32,
+                          write: bool|
+             -> Result<Vec<Extent>, MethodError> {
                 let mut all: Vec<Extent> = Vec::new();
                 for l in 0..lines {
-                    let va = base.checked_add(l * pitch as u64).ok_or(fail(ErrorCode::InvalidArgument))?;
+                    let va = base
+                        .checked_add(l * pitch as u64)
+                        .ok_or(fail(ErrorCode::InvalidArgument))?;
                     for e in space.translate(va, width, write)? {
                         match all.last_mut() {
-                            Some(p) if p.aperture == e.aperture && p.addr + p.len == e.addr => p.len += e.len,
+                            Some(p) if p.aperture == e.aperture && p.addr + p.len == e.addr => {
+                                p.len += e.len
+                            }
                             _ => all.push(e),
                         }
                     }
@@ -232,7 +302,10 @@ fn copy_method(st: &mut MethodState, space: &mut dyn AddressSpace, method: u32, 
             };
             let dst = gather(space, c.dst, c.dst_pitch, true)?;
             if memset {
-                out.push(Command::Engine(Op::Memset { dst, pattern: c.pattern }));
+                out.push(Command::Engine(Op::Memset {
+                    dst,
+                    pattern: c.pattern,
+                }));
             } else {
                 let src = gather(space, c.src, c.src_pitch, false)?;
                 out.push(Command::Engine(Op::Copy { src, dst }));
@@ -243,7 +316,13 @@ fn copy_method(st: &mut MethodState, space: &mut dyn AddressSpace, method: u32, 
     Ok(())
 }
 
-fn compute_method(st: &mut MethodState, space: &mut dyn AddressSpace, method: u32, data: u32, out: &mut Vec<Command>) -> Result<(), MethodError> {
+fn compute_method(
+    st: &mut MethodState,
+    space: &mut dyn AddressSpace,
+    method: u32,
+    data: u32,
+    out: &mut Vec<Command>,
+) -> Result<(), MethodError> {
     let c = &mut st.compute;
     match method {
         compute::PROGRAM => c.program = data,
@@ -316,7 +395,11 @@ fn builtin(space: &mut dyn AddressSpace, c: &classes::ComputeState) -> Result<Op
     }
     let raw = space.read(c.params, need)?;
     let p = Params(&raw);
-    let f32s = |space: &mut dyn AddressSpace, va: u64, n: u64, write: bool| -> Result<Vec<Extent>, MethodError> {
+    let f32s = |space: &mut dyn AddressSpace,
+                va: u64,
+                n: u64,
+                write: bool|
+     -> Result<Vec<Extent>, MethodError> {
         if va % 4 != 0 {
             return Err(fail(ErrorCode::InvalidArgument));
         }
@@ -328,14 +411,22 @@ fn builtin(space: &mut dyn AddressSpace, c: &classes::ComputeState) -> Result<Op
             if count as u64 * 4 > MAX_COMMAND_BYTES {
                 return Err(fail(ErrorCode::InvalidArgument));
             }
-            Op::Memset { dst: f32s(space, dst, count as u64, true)?, pattern: value }
+            Op::Memset {
+                dst: f32s(space, dst, count as u64, true)?,
+                pattern: value,
+            }
         }
         compute::PROG_SAXPY => {
             let (x, y, n, a) = (p.u64(0), p.u64(8), p.u32(16), p.f32(20));
             if n as u64 * 4 > MAX_COMMAND_BYTES {
                 return Err(fail(ErrorCode::InvalidArgument));
             }
-            Op::Saxpy { x: f32s(space, x, n as u64, false)?, y: f32s(space, y, n as u64, true)?, n, a }
+            Op::Saxpy {
+                x: f32s(space, x, n as u64, false)?,
+                y: f32s(space, y, n as u64, true)?,
+                n,
+                a,
+            }
         }
         compute::PROG_GEMM_F32 => {
             let (a, b, cc) = (p.u64(0), p.u64(8), p.u64(16));
@@ -361,15 +452,27 @@ fn builtin(space: &mut dyn AddressSpace, c: &classes::ComputeState) -> Result<Op
             if n as u64 * 4 > MAX_COMMAND_BYTES {
                 return Err(fail(ErrorCode::InvalidArgument));
             }
-            Op::ReduceSum { src: f32s(space, src, n as u64, false)?, dst: f32s(space, dst, 1, true)?, n }
+            Op::ReduceSum {
+                src: f32s(space, src, n as u64, false)?,
+                dst: f32s(space, dst, 1, true)?,
+                n,
+            }
         }
         compute::PROG_SPIN => {
             let (dst, units, unit_ns) = (p.u64(0), p.u32(8), p.u32(12));
             if units as u64 * unit_ns as u64 > MAX_SPIN_NS {
                 return Err(fail(ErrorCode::InvalidArgument));
             }
-            let dst = if dst == 0 { None } else { Some(f32s(space, dst, 1, true)?) };
-            Op::Spin { units, unit_ns, dst }
+            let dst = if dst == 0 {
+                None
+            } else {
+                Some(f32s(space, dst, 1, true)?)
+            };
+            Op::Spin {
+                units,
+                unit_ns,
+                dst,
+            }
         }
         _ => return Err(fail(ErrorCode::InvalidArgument)),
     })

@@ -16,7 +16,10 @@ use std::time::{Duration, Instant};
 
 use mmio::bar::{MSIX_VECTORS, REGION_BAR0, REGION_BAR2, REGION_CONFIG};
 use mmio::pci::{ConfigSpace, PciIdentity};
-use mmio::regs::{Caps, ChannelCtrl, ChannelReg, ChannelStatus, ErrorCode, GlobalReg, Intr, MmuFaultInfo, RunlistInfo};
+use mmio::regs::{
+    Caps, ChannelCtrl, ChannelReg, ChannelStatus, ErrorCode, GlobalReg, Intr, MmuFaultInfo,
+    RunlistInfo,
+};
 use mmio::{Decoded, RegRef, RegisterFile};
 
 use crate::backend::{Backend, Completion, EngineContext, ExecError, WorkItem};
@@ -118,7 +121,10 @@ impl Vgpu {
         regs.set(RegRef::Global(GlobalReg::Caps), caps.0);
         regs.set(RegRef::Global(GlobalReg::NumChannels), regs.channels());
         regs.set(RegRef::Global(GlobalReg::VramSizeLo), cfg.vram_bytes as u32);
-        regs.set(RegRef::Global(GlobalReg::VramSizeHi), (cfg.vram_bytes >> 32) as u32);
+        regs.set(
+            RegRef::Global(GlobalReg::VramSizeHi),
+            (cfg.vram_bytes >> 32) as u32,
+        );
         let channels = (0..regs.channels()).map(|_| Channel::default()).collect();
         let state = State {
             regs,
@@ -135,13 +141,23 @@ impl Vgpu {
             timer_latch: 0,
             stats: VgpuStats::default(),
         };
-        let shared = Arc::new(Shared { cfg, mem: Arc::new(GuestRam::new()), ctx, state: Mutex::new(state), wake: Condvar::new(), born: Instant::now() });
+        let shared = Arc::new(Shared {
+            cfg,
+            mem: Arc::new(GuestRam::new()),
+            ctx,
+            state: Mutex::new(state),
+            wake: Condvar::new(),
+            born: Instant::now(),
+        });
         let s = shared.clone();
         let pfifo = std::thread::Builder::new()
             .name(format!("pfifo-{}", shared.cfg.name))
             .spawn(move || s.pfifo())
             .map_err(|e| DeviceError::Thread(e.to_string()))?;
-        Ok(Vgpu { shared, pfifo: Some(pfifo) })
+        Ok(Vgpu {
+            shared,
+            pfifo: Some(pfifo),
+        })
     }
 
     pub fn config(&self) -> &VgpuConfig {
@@ -154,7 +170,8 @@ impl Vgpu {
         match index {
             REGION_CONFIG => Ok(st.config.read(offset, data)?),
             REGION_BAR0 => {
-                let dwords = RegisterFile::dwords(offset, data.len()).inspect_err(|_| st.stats.bad_accesses += 1)?;
+                let dwords = RegisterFile::dwords(offset, data.len())
+                    .inspect_err(|_| st.stats.bad_accesses += 1)?;
                 for (i, off) in dwords.enumerate() {
                     let v = self.shared.read_reg(&mut st, off);
                     data[4 * i..4 * i + 4].copy_from_slice(&v.to_le_bytes());
@@ -184,10 +201,16 @@ impl Vgpu {
                 Ok(())
             }
             REGION_BAR0 => {
-                let dwords = RegisterFile::dwords(offset, data.len()).inspect_err(|_| st.stats.bad_accesses += 1)?;
+                let dwords = RegisterFile::dwords(offset, data.len())
+                    .inspect_err(|_| st.stats.bad_accesses += 1)?;
                 let mut reset = false;
                 for (i, off) in dwords.enumerate() {
-                    let v = u32::from_le_bytes([data[4 * i], data[4 * i + 1], data[4 * i + 2], data[4 * i + 3]]);
+                    let v = u32::from_le_bytes([
+                        data[4 * i],
+                        data[4 * i + 1],
+                        data[4 * i + 2],
+                        data[4 * i + 3],
+                    ]);
                     reset |= self.shared.write_reg(&mut st, off, v);
                 }
                 drop(st);
@@ -210,7 +233,14 @@ impl Vgpu {
     }
 
     /// Map guest RAM `gpa..gpa+size` from `fd` at `file_offset`.
-    pub fn dma_map(&self, gpa: u64, size: u64, fd: File, file_offset: u64, writable: bool) -> Result<(), DeviceError> {
+    pub fn dma_map(
+        &self,
+        gpa: u64,
+        size: u64,
+        fd: File,
+        file_offset: u64,
+        writable: bool,
+    ) -> Result<(), DeviceError> {
         Ok(self.shared.mem.map(gpa, size, fd, file_offset, writable)?)
     }
 
@@ -221,11 +251,24 @@ impl Vgpu {
 
     /// Set eventfds for `fds.len()` MSI-X vectors from `start` (`None`
     /// unassigns one); an empty list at start 0 disables them all.
-    pub fn set_irqs(&self, index: u32, start: u32, fds: Vec<Option<File>>) -> Result<(), DeviceError> {
+    pub fn set_irqs(
+        &self,
+        index: u32,
+        start: u32,
+        fds: Vec<Option<File>>,
+    ) -> Result<(), DeviceError> {
         let mut st = self.shared.lock();
         let n = st.irqs.len();
-        let bad = || DeviceError::BadIrq { index, start, count: fds.len() as u32 };
-        if index != IRQ_INDEX_MSIX || (start as usize).checked_add(fds.len()).map_or(true, |e| e > n) {
+        let bad = || DeviceError::BadIrq {
+            index,
+            start,
+            count: fds.len() as u32,
+        };
+        if index != IRQ_INDEX_MSIX
+            || (start as usize)
+                .checked_add(fds.len())
+                .map_or(true, |e| e > n)
+        {
             return Err(bad());
         }
         if fds.is_empty() {
@@ -274,7 +317,11 @@ impl Drop for Vgpu {
 fn range(offset: u64, len: usize, size: usize) -> Result<std::ops::Range<usize>, DeviceError> {
     match offset.checked_add(len as u64) {
         Some(end) if end <= size as u64 => Ok(offset as usize..end as usize),
-        _ => Err(DeviceError::Mmio(mmio::MmioError::OutOfRange { offset, len, size: size as u64 })),
+        _ => Err(DeviceError::Mmio(mmio::MmioError::OutOfRange {
+            offset,
+            len,
+            size: size as u64,
+        })),
     }
 }
 
@@ -293,12 +340,21 @@ impl AddressSpace for Space<'_> {
     fn read(&mut self, va: u64, len: u32) -> Result<Vec<u8>, Fault> {
         let ext = self.translate(va, len as u64, false)?;
         let mut out = vec![0u8; len as usize];
-        read_extents(self.mem, self.ctx, &ext, &mut out).map_err(|_| Fault { code: ErrorCode::SysmemUnmapped, va, write: false })?;
+        read_extents(self.mem, self.ctx, &ext, &mut out).map_err(|_| Fault {
+            code: ErrorCode::SysmemUnmapped,
+            va,
+            write: false,
+        })?;
         Ok(out)
     }
 }
 
-fn read_extents(mem: &GuestRam, ctx: &dyn EngineContext, ext: &[Extent], out: &mut [u8]) -> Result<(), ExecError> {
+fn read_extents(
+    mem: &GuestRam,
+    ctx: &dyn EngineContext,
+    ext: &[Extent],
+    out: &mut [u8],
+) -> Result<(), ExecError> {
     let mut at = 0usize;
     for e in ext {
         let dst = &mut out[at..at + e.len as usize];
@@ -311,7 +367,12 @@ fn read_extents(mem: &GuestRam, ctx: &dyn EngineContext, ext: &[Extent], out: &m
     Ok(())
 }
 
-fn write_extents(mem: &GuestRam, ctx: &dyn EngineContext, ext: &[Extent], data: &[u8]) -> Result<(), ExecError> {
+fn write_extents(
+    mem: &GuestRam,
+    ctx: &dyn EngineContext,
+    ext: &[Extent],
+    data: &[u8],
+) -> Result<(), ExecError> {
     let mut at = 0usize;
     for e in ext {
         let src = &data[at..at + e.len as usize];
@@ -334,16 +395,28 @@ struct ChannelError {
 
 impl From<SegmentError> for ChannelError {
     fn from(e: SegmentError) -> Self {
-        ChannelError { code: e.code, info: e.word, fault: e.fault }
+        ChannelError {
+            code: e.code,
+            info: e.word,
+            fault: e.fault,
+        }
     }
 }
 impl From<Fault> for ChannelError {
     fn from(f: Fault) -> Self {
-        ChannelError { code: f.code, info: 0, fault: Some(f) }
+        ChannelError {
+            code: f.code,
+            info: 0,
+            fault: Some(f),
+        }
     }
 }
 fn chan_err(code: ErrorCode, info: u32) -> ChannelError {
-    ChannelError { code, info, fault: None }
+    ChannelError {
+        code,
+        info,
+        fault: None,
+    }
 }
 
 impl Shared {
@@ -372,7 +445,11 @@ impl Shared {
                 now as u32
             }
             RegRef::Global(GlobalReg::TimerHi) => st.timer_latch,
-            RegRef::Global(GlobalReg::Status) => st.channels.iter().any(|c| c.faulted.is_none() && c.state() as u8 >= 2) as u32,
+            RegRef::Global(GlobalReg::Status) => {
+                st.channels
+                    .iter()
+                    .any(|c| c.faulted.is_none() && c.state() as u8 >= 2) as u32
+            }
             RegRef::Channel(c, ChannelReg::Status) => {
                 let ch = &st.channels[c as usize];
                 let mut s = ChannelStatus(0);
@@ -412,7 +489,11 @@ impl Shared {
             RegRef::Global(GlobalReg::MmuInvalidate) => st.mmu.invalidate(),
             RegRef::Global(GlobalReg::MmuFaultInfo) => {
                 if !MmuFaultInfo(o.new).valid() {
-                    for r in [GlobalReg::MmuFaultInfo, GlobalReg::MmuFaultAddrLo, GlobalReg::MmuFaultAddrHi] {
+                    for r in [
+                        GlobalReg::MmuFaultInfo,
+                        GlobalReg::MmuFaultAddrLo,
+                        GlobalReg::MmuFaultAddrHi,
+                    ] {
                         st.regs.set(RegRef::Global(r), 0);
                     }
                 }
@@ -443,7 +524,12 @@ impl Shared {
             ch.gp_get = 0;
             ch.gp_put = 0;
             ch.methods = Default::default();
-            for r in [ChannelReg::Ctrl, ChannelReg::GpGet, ChannelReg::GpPut, ChannelReg::ErrorInfo] {
+            for r in [
+                ChannelReg::Ctrl,
+                ChannelReg::GpGet,
+                ChannelReg::GpPut,
+                ChannelReg::ErrorInfo,
+            ] {
                 st.regs.set(RegRef::Channel(c, r), 0);
             }
             tracing::debug!(channel = c, "channel reset");
@@ -451,7 +537,8 @@ impl Shared {
         }
         let (was, now) = (old & ChannelCtrl::ENABLE != 0, v & ChannelCtrl::ENABLE != 0);
         if now && !was && st.channels[idx].faulted.is_none() {
-            let gpa = st.regs.get(RegRef::Channel(c, ChannelReg::InstLo)) as u64 | (st.regs.get(RegRef::Channel(c, ChannelReg::InstHi)) as u64) << 32;
+            let gpa = st.regs.get(RegRef::Channel(c, ChannelReg::InstLo)) as u64
+                | (st.regs.get(RegRef::Channel(c, ChannelReg::InstHi)) as u64) << 32;
             match Instance::read(&self.mem, gpa) {
                 Ok(inst) => {
                     let ch = &mut st.channels[idx];
@@ -477,31 +564,41 @@ impl Shared {
     }
 
     fn submit_runlist(&self, st: &mut State, n: u32) {
-        let base = st.regs.get(RegRef::Global(GlobalReg::RunlistBaseLo)) as u64 | (st.regs.get(RegRef::Global(GlobalReg::RunlistBaseHi)) as u64) << 32;
+        let base = st.regs.get(RegRef::Global(GlobalReg::RunlistBaseLo)) as u64
+            | (st.regs.get(RegRef::Global(GlobalReg::RunlistBaseHi)) as u64) << 32;
         let mut info = RunlistInfo(0);
         let mut buf = vec![0u8; n as usize * 8];
-        let parsed: Option<Vec<RunlistEntry>> = if n > st.regs.channels() || self.mem.read(base, &mut buf).is_err() {
-            None
-        } else {
-            let entries: Vec<RunlistEntry> = buf
-                .chunks_exact(8)
-                .map(|e| RunlistEntry { channel: u32::from_le_bytes([e[0], e[1], e[2], e[3]]), timeslice_us: u32::from_le_bytes([e[4], e[5], e[6], e[7]]) })
-                .collect();
-            let mut seen = vec![false; st.channels.len()];
-            let ok = entries.iter().all(|e| match seen.get_mut(e.channel as usize) {
-                Some(s) if !*s => {
-                    *s = true;
-                    true
-                }
-                _ => false,
-            });
-            ok.then_some(entries)
-        };
+        let parsed: Option<Vec<RunlistEntry>> =
+            if n > st.regs.channels() || self.mem.read(base, &mut buf).is_err() {
+                None
+            } else {
+                let entries: Vec<RunlistEntry> = buf
+                    .chunks_exact(8)
+                    .map(|e| RunlistEntry {
+                        channel: u32::from_le_bytes([e[0], e[1], e[2], e[3]]),
+                        timeslice_us: u32::from_le_bytes([e[4], e[5], e[6], e[7]]),
+                    })
+                    .collect();
+                let mut seen = vec![false; st.channels.len()];
+                let ok = entries
+                    .iter()
+                    .all(|e| match seen.get_mut(e.channel as usize) {
+                        Some(s) if !*s => {
+                            *s = true;
+                            true
+                        }
+                        _ => false,
+                    });
+                ok.then_some(entries)
+            };
         match parsed {
             Some(entries) => {
                 info.set_entries(entries.len() as u8);
                 tracing::debug!(entries = entries.len(), "runlist submitted");
-                let pairs: Vec<(u32, u32)> = entries.iter().map(|e| (e.channel, e.timeslice_us)).collect();
+                let pairs: Vec<(u32, u32)> = entries
+                    .iter()
+                    .map(|e| (e.channel, e.timeslice_us))
+                    .collect();
                 self.ctx.set_runlist(&pairs);
                 st.runlist = Some(entries);
                 self.wake.notify_all();
@@ -518,8 +615,13 @@ impl Shared {
     // ---- interrupts and faults ------------------------------------------
 
     fn raise(&self, st: &mut State, cause: u32, channel: usize) {
-        st.regs.set_bits(RegRef::Global(GlobalReg::IntrStatus), cause);
-        let (reg, bit) = if channel < 32 { (GlobalReg::IntrChannelLo, channel) } else { (GlobalReg::IntrChannelHi, channel - 32) };
+        st.regs
+            .set_bits(RegRef::Global(GlobalReg::IntrStatus), cause);
+        let (reg, bit) = if channel < 32 {
+            (GlobalReg::IntrChannelLo, channel)
+        } else {
+            (GlobalReg::IntrChannelHi, channel - 32)
+        };
         st.regs.set_bits(RegRef::Global(reg), 1 << bit);
         st.stats.interrupts_raised += 1;
         if st.regs.get(RegRef::Global(GlobalReg::IntrEnable)) & cause != 0 {
@@ -550,20 +652,29 @@ impl Shared {
         // no longer count for this channel.
         ch.new_epoch();
         let inst = ch.inst;
-        st.regs.set(RegRef::Channel(c, ChannelReg::ErrorInfo), e.info);
+        st.regs
+            .set(RegRef::Channel(c, ChannelReg::ErrorInfo), e.info);
         st.stats.faults += 1;
         tracing::warn!(vgpu = %self.cfg.name, channel = c, code = ?e.code, info = e.info, fault_va = e.fault.map(|f| f.va), "channel stopped");
         if e.code.is_mmu_fault() {
             if !MmuFaultInfo(st.regs.get(RegRef::Global(GlobalReg::MmuFaultInfo))).valid() {
-                let f = e.fault.unwrap_or(Fault { code: e.code, va: 0, write: false });
+                let f = e.fault.unwrap_or(Fault {
+                    code: e.code,
+                    va: 0,
+                    write: false,
+                });
                 let mut info = MmuFaultInfo(0);
                 info.set_code(e.code as u8);
                 info.set_channel(c as u8);
                 info.set_write(f.write);
                 info.set_valid(true);
                 st.regs.set(RegRef::Global(GlobalReg::MmuFaultInfo), info.0);
-                st.regs.set(RegRef::Global(GlobalReg::MmuFaultAddrLo), f.va as u32);
-                st.regs.set(RegRef::Global(GlobalReg::MmuFaultAddrHi), (f.va >> 32) as u32);
+                st.regs
+                    .set(RegRef::Global(GlobalReg::MmuFaultAddrLo), f.va as u32);
+                st.regs.set(
+                    RegRef::Global(GlobalReg::MmuFaultAddrHi),
+                    (f.va >> 32) as u32,
+                );
             }
             self.raise(st, Intr::MMU_FAULT, idx);
         } else {
@@ -619,7 +730,10 @@ impl Shared {
             }
             let blocked = st.channels.iter().any(|c| c.blocked);
             st = if blocked {
-                self.wake.wait_timeout(st, ACQUIRE_POLL).map(|(g, _)| g).unwrap_or_else(|p| p.into_inner().0)
+                self.wake
+                    .wait_timeout(st, ACQUIRE_POLL)
+                    .map(|(g, _)| g)
+                    .unwrap_or_else(|p| p.into_inner().0)
             } else {
                 self.wake.wait(st).unwrap_or_else(|p| p.into_inner())
             };
@@ -680,12 +794,15 @@ impl Shared {
     /// and is written back to USERD.
     fn retire(&self, st: &mut State, idx: usize) -> Result<bool, ChannelError> {
         let c = idx as u32;
-        let Some(inst) = st.channels[idx].inst else { return Ok(false) };
+        let Some(inst) = st.channels[idx].inst else {
+            return Ok(false);
+        };
         let mut retired = false;
         loop {
             let ch = &mut st.channels[idx];
             // The newest entry is still being carried out while its queue holds commands.
-            let done = ch.entries.front() == Some(&0) && (ch.entries.len() > 1 || ch.queue.is_empty());
+            let done =
+                ch.entries.front() == Some(&0) && (ch.entries.len() > 1 || ch.queue.is_empty());
             if !done {
                 break;
             }
@@ -696,8 +813,11 @@ impl Shared {
         if retired {
             let gp_get = st.channels[idx].gp_get;
             st.regs.set(RegRef::Channel(c, ChannelReg::GpGet), gp_get);
-            let userd = st.mmu.translate(&self.mem, inst.pdb, inst.userd + USERD_GP_GET, 4, true)?;
-            write_extents(&self.mem, &*self.ctx, &userd, &gp_get.to_le_bytes()).map_err(|_| chan_err(ErrorCode::SysmemUnmapped, 0))?;
+            let userd =
+                st.mmu
+                    .translate(&self.mem, inst.pdb, inst.userd + USERD_GP_GET, 4, true)?;
+            write_extents(&self.mem, &*self.ctx, &userd, &gp_get.to_le_bytes())
+                .map_err(|_| chan_err(ErrorCode::SysmemUnmapped, 0))?;
         }
         Ok(retired)
     }
@@ -706,13 +826,18 @@ impl Shared {
     /// and audit the next entry. Ok(false) when there is nothing to fetch.
     fn next_entry(&self, st: &mut State, idx: usize) -> Result<bool, ChannelError> {
         let c = idx as u32;
-        let Some(inst) = st.channels[idx].inst else { return Ok(false) };
+        let Some(inst) = st.channels[idx].inst else {
+            return Ok(false);
+        };
         let mut progressed = false;
         if st.channels[idx].kicked {
             st.channels[idx].kicked = false;
-            let userd = st.mmu.translate(&self.mem, inst.pdb, inst.userd + USERD_GP_PUT, 4, false)?;
+            let userd =
+                st.mmu
+                    .translate(&self.mem, inst.pdb, inst.userd + USERD_GP_PUT, 4, false)?;
             let mut b = [0u8; 4];
-            read_extents(&self.mem, &*self.ctx, &userd, &mut b).map_err(|_| chan_err(ErrorCode::SysmemUnmapped, 0))?;
+            read_extents(&self.mem, &*self.ctx, &userd, &mut b)
+                .map_err(|_| chan_err(ErrorCode::SysmemUnmapped, 0))?;
             let put = u32::from_le_bytes(b);
             if put >= inst.entries {
                 return Err(chan_err(ErrorCode::GpfifoEntryInvalid, put));
@@ -727,14 +852,22 @@ impl Shared {
             return Ok(progressed);
         }
         let mut methods = ch.methods;
-        let mut space = Space { mmu: &mut st.mmu, mem: &self.mem, ctx: &*self.ctx, pdb: inst.pdb };
+        let mut space = Space {
+            mmu: &mut st.mmu,
+            mem: &self.mem,
+            ctx: &*self.ctx,
+            pdb: inst.pdb,
+        };
         let raw = space.read(inst.gpfifo + 8 * fetch as u64, 8)?;
         let entry = GpfifoEntry(u64::from_le_bytes(raw.try_into().unwrap_or([0xFF; 8])));
         if !entry.is_valid() || entry.length() > MAX_SEGMENT_WORDS {
             return Err(chan_err(ErrorCode::GpfifoEntryInvalid, fetch));
         }
         let bytes = space.read(entry.va(), entry.length() * 4)?;
-        let words: Vec<u32> = bytes.chunks_exact(4).map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]])).collect();
+        let words: Vec<u32> = bytes
+            .chunks_exact(4)
+            .map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]))
+            .collect();
         let cmds = pushbuf::parse_segment(&words, &mut methods, &mut space)?;
         tracing::trace!(vgpu = %self.cfg.name, channel = c, entry = fetch, commands = cmds.len(), "segment fetched");
         let ch = &mut st.channels[idx];
@@ -749,7 +882,9 @@ impl Shared {
     /// for the channel's earlier work or is not yet satisfied. A release or
     /// interrupt behind running work is deferred to that work's completion.
     fn run_head(self: &Arc<Self>, st: &mut State, idx: usize) -> Result<bool, ChannelError> {
-        let Some(cmd) = st.channels[idx].queue.front() else { return Ok(false) };
+        let Some(cmd) = st.channels[idx].queue.front() else {
+            return Ok(false);
+        };
         let ch = &st.channels[idx];
         match cmd {
             Command::Engine(_) if ch.in_flight >= MAX_CHANNEL_IN_FLIGHT => return Ok(false),
@@ -757,7 +892,9 @@ impl Shared {
             // that work completes; the front end goes on meanwhile.
             Command::SemRelease { .. } | Command::Interrupt if ch.engine_busy() => {
                 let ch = &mut st.channels[idx];
-                let Some(cmd) = ch.queue.pop_front() else { return Ok(false) };
+                let Some(cmd) = ch.queue.pop_front() else {
+                    return Ok(false);
+                };
                 let after = ch.submitted;
                 ch.deferred.push_back((after, cmd));
                 if let Some(n) = ch.entries.back_mut() {
@@ -767,12 +904,16 @@ impl Shared {
             }
             // An acquire gates everything after it, and sees the memory
             // every earlier command of the channel has written.
-            Command::SemAcquire { .. } if ch.engine_busy() || !ch.deferred.is_empty() => return Ok(false),
+            Command::SemAcquire { .. } if ch.engine_busy() || !ch.deferred.is_empty() => {
+                return Ok(false)
+            }
             _ => {}
         }
         match cmd {
             Command::Engine(_) => {
-                let Some(Command::Engine(op)) = st.channels[idx].queue.pop_front() else { return Ok(false) };
+                let Some(Command::Engine(op)) = st.channels[idx].queue.pop_front() else {
+                    return Ok(false);
+                };
                 let ch = &mut st.channels[idx];
                 ch.in_flight += 1;
                 ch.submitted += 1;
@@ -785,23 +926,40 @@ impl Shared {
                 tracing::trace!(vgpu = %self.cfg.name, channel = idx, op = op.name(), "submit");
                 // Submitting under the state lock orders this item before
                 // any reset; the backend never completes inside submit.
-                self.ctx.submit(WorkItem { op, channel: idx as u32, mem: self.mem.clone() }, Box::new(move |c| me.complete(gen, idx, epoch, c)));
+                self.ctx.submit(
+                    WorkItem {
+                        op,
+                        channel: idx as u32,
+                        mem: self.mem.clone(),
+                    },
+                    Box::new(move |c| me.complete(gen, idx, epoch, c)),
+                );
                 Ok(true)
             }
             Command::SemRelease { .. } | Command::Interrupt => {
-                let Some(cmd) = st.channels[idx].queue.pop_front() else { return Ok(false) };
+                let Some(cmd) = st.channels[idx].queue.pop_front() else {
+                    return Ok(false);
+                };
                 self.host_op(st, idx, &cmd)?;
                 Ok(true)
             }
-            Command::SemAcquire { target, payload, wide, cond } => {
+            Command::SemAcquire {
+                target,
+                payload,
+                wide,
+                cond,
+            } => {
                 let n = if *wide { 8 } else { 4 };
                 let mut b = [0u8; 8];
-                read_extents(&self.mem, &*self.ctx, target, &mut b[..n]).map_err(|e| exec_err(&e, target))?;
+                read_extents(&self.mem, &*self.ctx, target, &mut b[..n])
+                    .map_err(|e| exec_err(&e, target))?;
                 let mem = u64::from_le_bytes(b);
                 let ok = match (cond, wide) {
                     (AcquireCond::Equal, _) => mem == *payload,
                     (AcquireCond::GreaterOrEqual, true) => mem.wrapping_sub(*payload) as i64 >= 0,
-                    (AcquireCond::GreaterOrEqual, false) => (mem as u32).wrapping_sub(*payload as u32) as i32 >= 0,
+                    (AcquireCond::GreaterOrEqual, false) => {
+                        (mem as u32).wrapping_sub(*payload as u32) as i32 >= 0
+                    }
                 };
                 let ch = &mut st.channels[idx];
                 if ok {
@@ -819,13 +977,19 @@ impl Shared {
     /// Carry out a semaphore release or an interrupt.
     fn host_op(&self, st: &mut State, idx: usize, cmd: &Command) -> Result<(), ChannelError> {
         match cmd {
-            Command::SemRelease { target, payload, size, interrupt } => {
+            Command::SemRelease {
+                target,
+                payload,
+                size,
+                interrupt,
+            } => {
                 let mut bytes = payload.to_le_bytes().to_vec();
                 bytes.truncate((*size).min(8) as usize);
                 if *size == 16 {
                     bytes.extend_from_slice(&self.now_ns().to_le_bytes());
                 }
-                write_extents(&self.mem, &*self.ctx, target, &bytes).map_err(|e| exec_err(&e, target))?;
+                write_extents(&self.mem, &*self.ctx, target, &bytes)
+                    .map_err(|e| exec_err(&e, target))?;
                 if *interrupt {
                     self.raise(st, Intr::HOST, idx);
                 }
@@ -842,10 +1006,16 @@ impl Shared {
     fn run_deferred(&self, st: &mut State, idx: usize) {
         loop {
             let ch = &mut st.channels[idx];
-            if ch.deferred.front().is_none_or(|(after, _)| *after > ch.completed) {
+            if ch
+                .deferred
+                .front()
+                .is_none_or(|(after, _)| *after > ch.completed)
+            {
                 return;
             }
-            let Some((_, cmd)) = ch.deferred.pop_front() else { return };
+            let Some((_, cmd)) = ch.deferred.pop_front() else {
+                return;
+            };
             if let Some(n) = ch.entries.iter_mut().find(|n| **n > 0) {
                 *n -= 1;
             }

@@ -25,14 +25,36 @@ pub enum Op {
     /// Fill `dst` (a multiple of 4 bytes) with a 32-bit pattern.
     Memset { dst: Vec<Extent>, pattern: u32 },
     /// `y[i] = a * x[i] + y[i]` over `n` f32 elements.
-    Saxpy { x: Vec<Extent>, y: Vec<Extent>, n: u32, a: f32 },
+    Saxpy {
+        x: Vec<Extent>,
+        y: Vec<Extent>,
+        n: u32,
+        a: f32,
+    },
     /// `C = alpha * A·B + beta * C`, row-major f32, A m×k, B k×n, C m×n.
-    Gemm { a: Vec<Extent>, b: Vec<Extent>, c: Vec<Extent>, m: u32, n: u32, k: u32, alpha: f32, beta: f32 },
+    Gemm {
+        a: Vec<Extent>,
+        b: Vec<Extent>,
+        c: Vec<Extent>,
+        m: u32,
+        n: u32,
+        k: u32,
+        alpha: f32,
+        beta: f32,
+    },
     /// `*dst = Σ src[i]` over `n` f32 elements.
-    ReduceSum { src: Vec<Extent>, dst: Vec<Extent>, n: u32 },
+    ReduceSum {
+        src: Vec<Extent>,
+        dst: Vec<Extent>,
+        n: u32,
+    },
     /// Occupy the engine for `units * unit_ns` ns, then write `units` (u32)
     /// to `dst` if given.
-    Spin { units: u32, unit_ns: u32, dst: Option<Vec<Extent>> },
+    Spin {
+        units: u32,
+        unit_ns: u32,
+        dst: Option<Vec<Extent>>,
+    },
 }
 
 impl Op {
@@ -65,9 +87,19 @@ pub enum Command {
     Engine(Op),
     /// Write a semaphore: `size` 4 (32-bit payload), 8 (64-bit payload) or
     /// 16 (64-bit payload then 64-bit timestamp).
-    SemRelease { target: Vec<Extent>, payload: u64, size: u8, interrupt: bool },
+    SemRelease {
+        target: Vec<Extent>,
+        payload: u64,
+        size: u8,
+        interrupt: bool,
+    },
     /// Wait until the semaphore satisfies `cond` against `payload`.
-    SemAcquire { target: Vec<Extent>, payload: u64, wide: bool, cond: AcquireCond },
+    SemAcquire {
+        target: Vec<Extent>,
+        payload: u64,
+        wide: bool,
+        cond: AcquireCond,
+    },
     /// Raise the HOST (non-stall) interrupt.
     Interrupt,
 }

@@ -12,7 +12,9 @@ use mmio::bar::{REGION_BAR0, REGION_CONFIG};
 use mmio::regs::{ErrorCode, ID_MAGIC};
 
 fn lcg(seed: &mut u64) -> f32 {
-    *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    *seed = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     ((*seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
 }
 
@@ -28,7 +30,9 @@ fn identity_registers_and_bar_sizing() {
     assert_eq!(g.cfg32(0) & 0xFFFF, 0x7667);
     assert_eq!(g.cfg32(8) >> 8, 0x030200);
     for bar in 0..6u64 {
-        g.vgpu.region_write(REGION_CONFIG, 0x10 + 4 * bar, &[0xFF; 4]).unwrap();
+        g.vgpu
+            .region_write(REGION_CONFIG, 0x10 + 4 * bar, &[0xFF; 4])
+            .unwrap();
     }
     assert_eq!(g.cfg32(0x10), 0xFFFF_0000);
     assert_eq!(g.cfg32(0x14), 0);
@@ -36,8 +40,14 @@ fn identity_registers_and_bar_sizing() {
     // Holes read zero and ignore writes; bad widths are errors.
     g.set_reg(0x0FC, 0xDEAD_BEEF);
     assert_eq!(g.reg(0x0FC), 0);
-    assert!(g.vgpu.region_read(REGION_BAR0, 0x21, &mut [0u8; 4]).is_err());
-    assert!(g.vgpu.region_read(REGION_BAR0, 0x1_0000, &mut [0u8; 4]).is_err());
+    assert!(g
+        .vgpu
+        .region_read(REGION_BAR0, 0x21, &mut [0u8; 4])
+        .is_err());
+    assert!(g
+        .vgpu
+        .region_read(REGION_BAR0, 0x1_0000, &mut [0u8; 4])
+        .is_err());
     assert!(g.vgpu.region_write(REGION_BAR0, 0x20, &[1, 2]).is_err());
     assert!(g.vgpu.region_read(5, 0, &mut [0u8; 4]).is_err());
     assert_eq!(g.vgpu.stats().bad_accesses, 3);
@@ -65,7 +75,11 @@ fn saxpy_fill_and_reduce_in_system_memory() {
     let (p1, s1) = g.params(Params::default().u64(xv).u64(yv).u32(n).f32(2.5));
     let (p2, s2) = g.params(Params::default().u64(fv).u32(n).u32(1.25f32.to_bits()));
     let (p3, s3) = g.params(Params::default().u64(xv).u64(sv).u32(n).u32(0));
-    let pb = Pb::new().bind().launch(compute::PROG_SAXPY, p1, s1).launch(compute::PROG_FILL, p2, s2).launch(compute::PROG_REDUCE_SUM, p3, s3);
+    let pb = Pb::new()
+        .bind()
+        .launch(compute::PROG_SAXPY, p1, s1)
+        .launch(compute::PROG_FILL, p2, s2)
+        .launch(compute::PROG_REDUCE_SUM, p3, s3);
     g.submit(&mut ch, &pb.0);
     assert_eq!(g.wait(&ch), STATE_IDLE);
     let got = g.rf32(yg, n as usize);
@@ -101,7 +115,18 @@ fn gemm_in_vram_against_reference() {
     let (_, va_a) = g.vram_buf(a.len() as u64 * 4);
     let (_, va_b) = g.vram_buf(b.len() as u64 * 4);
     let (_, va_c) = g.vram_buf(c.len() as u64 * 4);
-    let (p, s) = g.params(Params::default().u64(va_a).u64(va_b).u64(va_c).u32(m).u32(n).u32(k).f32(alpha).f32(beta).u32(0));
+    let (p, s) = g.params(
+        Params::default()
+            .u64(va_a)
+            .u64(va_b)
+            .u64(va_c)
+            .u32(m)
+            .u32(n)
+            .u32(k)
+            .f32(alpha)
+            .f32(beta)
+            .u32(0),
+    );
     let pb = Pb::new()
         .bind()
         .copy(av, va_a, a.len() as u32 * 4)
@@ -114,10 +139,15 @@ fn gemm_in_vram_against_reference() {
     let got = g.rf32(cg, c.len());
     for i in 0..m as usize {
         for j in 0..n as usize {
-            let dot: f64 = (0..k as usize).map(|p| a[i * k as usize + p] as f64 * b[p * n as usize + j] as f64).sum();
+            let dot: f64 = (0..k as usize)
+                .map(|p| a[i * k as usize + p] as f64 * b[p * n as usize + j] as f64)
+                .sum();
             let want = alpha as f64 * dot + beta as f64 * c[i * n as usize + j] as f64;
             let gotv = got[i * n as usize + j] as f64;
-            assert!((gotv - want).abs() < 1e-4, "C[{i}][{j}] = {gotv}, want {want}");
+            assert!(
+                (gotv - want).abs() < 1e-4,
+                "C[{i}][{j}] = {gotv}, want {want}"
+            );
         }
     }
 }
@@ -136,10 +166,19 @@ fn copies_in_every_aperture_mix_1d_and_2d() {
     let (sys_b_g, sys_b_v) = g.sys_buf(len as u64);
     let (out_g, out_v) = g.sys_buf(len as u64);
     // sys->vram, vram->vram, vram->sys, sys->sys
-    let pb = Pb::new().bind().copy(src_v, vram_a, len).copy(vram_a, vram_b, len).copy(vram_b, sys_b_v, len).copy(sys_b_v, out_v, len);
+    let pb = Pb::new()
+        .bind()
+        .copy(src_v, vram_a, len)
+        .copy(vram_a, vram_b, len)
+        .copy(vram_b, sys_b_v, len)
+        .copy(sys_b_v, out_v, len);
     g.submit(&mut ch, &pb.0);
     assert_eq!(g.wait(&ch), STATE_IDLE);
-    assert_eq!(g.r(sys_b_g, len as usize), pattern, "after sys->vram->vram->sys");
+    assert_eq!(
+        g.r(sys_b_g, len as usize),
+        pattern,
+        "after sys->vram->vram->sys"
+    );
     assert_eq!(g.r(out_g, len as usize), pattern, "after sys->sys");
 
     // 2D: a 40x30 window out of a 100-byte-pitch image, through VRAM.
@@ -149,13 +188,19 @@ fn copies_in_every_aperture_mix_1d_and_2d() {
     g.w(img_g, &img);
     let (_, v2d) = g.vram_buf((dp * h) as u64);
     let (o2_g, o2_v) = g.sys_buf((sp * h) as u64);
-    let pb = Pb::new().copy2d(img_v + 5, sp, v2d, dp, w, h).copy2d(v2d, dp, o2_v, sp, w, h);
+    let pb = Pb::new()
+        .copy2d(img_v + 5, sp, v2d, dp, w, h)
+        .copy2d(v2d, dp, o2_v, sp, w, h);
     g.submit(&mut ch, &pb.0);
     assert_eq!(g.wait(&ch), STATE_IDLE);
     let out = g.r(o2_g, (sp * h) as usize);
     for y in 0..h as usize {
         for x in 0..sp as usize {
-            let want = if x < w as usize { img[y * sp as usize + x + 5] } else { 0 };
+            let want = if x < w as usize {
+                img[y * sp as usize + x + 5]
+            } else {
+                0
+            };
             assert_eq!(out[y * sp as usize + x], want, "pixel ({x},{y})");
         }
     }
@@ -165,7 +210,10 @@ fn copies_in_every_aperture_mix_1d_and_2d() {
     let pb = Pb::new().memset(mv, 8192, 0xA5A5_5A5A).copy(mv, mvs, 8192);
     g.submit(&mut ch, &pb.0);
     assert_eq!(g.wait(&ch), STATE_IDLE);
-    assert!(g.r(mg, 8192).chunks(4).all(|c| c == [0x5A, 0x5A, 0xA5, 0xA5]));
+    assert!(g
+        .r(mg, 8192)
+        .chunks(4)
+        .all(|c| c == [0x5A, 0x5A, 0xA5, 0xA5]));
 }
 
 #[test]
@@ -179,7 +227,10 @@ fn large_pages_map_vram_and_sysmem() {
     let data: Vec<u8> = (0..5000).map(|i| (i % 199) as u8).collect();
     g.w(sys2m + 0x1234, &data);
     let (out_g, out_v) = g.sys_buf(5000);
-    let pb = Pb::new().bind().copy(0x20_0000_1234, 0x20_0020_0100, 5000).copy(0x20_0020_0100, out_v, 5000);
+    let pb = Pb::new()
+        .bind()
+        .copy(0x20_0000_1234, 0x20_0020_0100, 5000)
+        .copy(0x20_0020_0100, out_v, 5000);
     g.submit(&mut ch, &pb.0);
     assert_eq!(g.wait(&ch), STATE_IDLE);
     assert_eq!(g.r(out_g, 5000), data);
@@ -190,18 +241,32 @@ fn semaphores_payloads_timestamps_and_interrupts() {
     let e = engine();
     let mut g = Guest::new(&e, 8, 8, 2);
     let (irq_fd, irq) = eventfd();
-    g.vgpu.set_irqs(devmodel::vgpu::IRQ_INDEX_MSIX, 0, vec![Some(irq_fd)]).unwrap();
+    g.vgpu
+        .set_irqs(devmodel::vgpu::IRQ_INDEX_MSIX, 0, vec![Some(irq_fd)])
+        .unwrap();
     g.set_reg(INTR_ENABLE, 0x7);
     let mut ch = g.channel(1, 8);
     let (sg, sv) = g.sys_buf(64);
     let pb = Pb::new()
         .sem(sv, 0x1234_5678_9ABC_DEF0, host::SEM_OP_RELEASE)
-        .sem(sv + 8, 0x1122_3344_5566_7788, host::SEM_OP_RELEASE | host::SEM_PAYLOAD_64)
+        .sem(
+            sv + 8,
+            0x1122_3344_5566_7788,
+            host::SEM_OP_RELEASE | host::SEM_PAYLOAD_64,
+        )
         .sem(sv + 16, 1, host::SEM_OP_RELEASE | host::SEM_TIMESTAMP)
-        .sem(sv + 32, 2, host::SEM_OP_RELEASE | host::SEM_TIMESTAMP | host::SEM_INTERRUPT);
+        .sem(
+            sv + 32,
+            2,
+            host::SEM_OP_RELEASE | host::SEM_TIMESTAMP | host::SEM_INTERRUPT,
+        );
     g.submit(&mut ch, &pb.0);
     assert_eq!(g.wait(&ch), STATE_IDLE);
-    assert_eq!(g.r32(sg), 0x9ABC_DEF0, "32-bit release writes the low payload");
+    assert_eq!(
+        g.r32(sg),
+        0x9ABC_DEF0,
+        "32-bit release writes the low payload"
+    );
     assert_eq!(g.r32(sg + 4), 0, "and nothing more");
     assert_eq!(g.r64(sg + 8), 0x1122_3344_5566_7788);
     assert_eq!((g.r64(sg + 16), g.r64(sg + 32)), (1, 2));
@@ -215,7 +280,10 @@ fn semaphores_payloads_timestamps_and_interrupts() {
     assert_eq!(g.reg(INTR_STATUS), 0, "write-1-to-clear");
     // NON_STALL_INTERRUPT with the cause masked: status set, no MSI.
     g.set_reg(INTR_ENABLE, 0);
-    g.submit(&mut ch, &Pb::new().incr(0, host::NON_STALL_INTERRUPT, &[0]).0);
+    g.submit(
+        &mut ch,
+        &Pb::new().incr(0, host::NON_STALL_INTERRUPT, &[0]).0,
+    );
     assert_eq!(g.wait(&ch), STATE_IDLE);
     assert_eq!(g.reg(INTR_STATUS), 1);
     assert!(irq.read().is_err(), "masked cause does not signal");
@@ -231,7 +299,13 @@ fn acquire_blocks_only_its_channel_until_released() {
     let mut a = g.channel(0, 8);
     let mut b = g.channel(1, 8);
     let (sg, sv) = g.sys_buf(64);
-    g.submit(&mut a, &Pb::new().sem(sv, 5, host::SEM_OP_ACQUIRE_GEQ).sem(sv + 8, 77, host::SEM_OP_RELEASE).0);
+    g.submit(
+        &mut a,
+        &Pb::new()
+            .sem(sv, 5, host::SEM_OP_ACQUIRE_GEQ)
+            .sem(sv + 8, 77, host::SEM_OP_RELEASE)
+            .0,
+    );
     g.wait_state(0, STATE_BLOCKED);
     // Channel 1 runs while channel 0 waits.
     g.submit(&mut b, &Pb::new().sem(sv + 16, 9, host::SEM_OP_RELEASE).0);
@@ -247,7 +321,13 @@ fn acquire_blocks_only_its_channel_until_released() {
     assert_eq!(g.wait(&a), STATE_IDLE);
     assert_eq!(g.r32(sg + 8), 77);
     // Equality acquire satisfied by another channel's release.
-    g.submit(&mut a, &Pb::new().sem(sv + 24, 3, host::SEM_OP_ACQUIRE_EQ).sem(sv + 32, 1, host::SEM_OP_RELEASE).0);
+    g.submit(
+        &mut a,
+        &Pb::new()
+            .sem(sv + 24, 3, host::SEM_OP_ACQUIRE_EQ)
+            .sem(sv + 32, 1, host::SEM_OP_RELEASE)
+            .0,
+    );
     g.wait_state(0, STATE_BLOCKED);
     g.submit(&mut b, &Pb::new().sem(sv + 24, 3, host::SEM_OP_RELEASE).0);
     assert_eq!(g.wait(&a), STATE_IDLE);
@@ -261,7 +341,10 @@ fn gp_get_advances_per_entry_and_wraps() {
     let mut ch = g.channel(0, 4);
     let (sg, sv) = g.sys_buf(64);
     for i in 0..10u32 {
-        g.submit(&mut ch, &Pb::new().sem(sv, i as u64, host::SEM_OP_RELEASE).0);
+        g.submit(
+            &mut ch,
+            &Pb::new().sem(sv, i as u64, host::SEM_OP_RELEASE).0,
+        );
         assert_eq!(g.wait(&ch), STATE_IDLE);
         assert_eq!(g.chreg(0, CH_GP_GET), (i + 1) % 4);
         assert_eq!(g.r32(sg), i);
@@ -273,7 +356,9 @@ fn fault_case(code: ErrorCode, build: impl FnOnce(&mut Guest) -> Vec<u32>, mmu_v
     let e = engine();
     let mut g = Guest::new(&e, 16, 4, 2);
     let (irq_fd, irq) = eventfd();
-    g.vgpu.set_irqs(devmodel::vgpu::IRQ_INDEX_MSIX, 0, vec![Some(irq_fd)]).unwrap();
+    g.vgpu
+        .set_irqs(devmodel::vgpu::IRQ_INDEX_MSIX, 0, vec![Some(irq_fd)])
+        .unwrap();
     g.set_reg(INTR_ENABLE, 0x7);
     let mut bad = g.channel(0, 8);
     let mut good = g.channel(1, 8);
@@ -285,12 +370,31 @@ fn fault_case(code: ErrorCode, build: impl FnOnce(&mut Guest) -> Vec<u32>, mmu_v
     let (xg, xv) = g.sys_buf(n as u64 * 4);
     g.wf32(xg, &vec![1.0; n as usize]);
     let (p, s) = g.params(Params::default().u64(xv).u64(xv).u32(n).f32(1.0));
-    g.submit(&mut good, &Pb::new().bind().launch(compute::PROG_SAXPY, p, s).sem(sv, 42, host::SEM_OP_RELEASE).0);
-    assert_eq!(g.wait(&bad), STATE_FAULTED, "{code:?}: offending channel stops");
-    assert_eq!(g.wait(&good), STATE_IDLE, "{code:?}: other channel completes");
+    g.submit(
+        &mut good,
+        &Pb::new()
+            .bind()
+            .launch(compute::PROG_SAXPY, p, s)
+            .sem(sv, 42, host::SEM_OP_RELEASE)
+            .0,
+    );
+    assert_eq!(
+        g.wait(&bad),
+        STATE_FAULTED,
+        "{code:?}: offending channel stops"
+    );
+    assert_eq!(
+        g.wait(&good),
+        STATE_IDLE,
+        "{code:?}: other channel completes"
+    );
     assert_eq!(g.r32(sg), 42);
     assert!(g.rf32(xg, n as usize).iter().all(|&v| v == 2.0));
-    assert_eq!((g.chreg(0, CH_STATUS) >> 8) & 0xFF, code as u32, "error code in CH_STATUS");
+    assert_eq!(
+        (g.chreg(0, CH_STATUS) >> 8) & 0xFF,
+        code as u32,
+        "error code in CH_STATUS"
+    );
     assert_eq!(g.chreg(0, CH_GP_GET), 0, "faulting entry not retired");
     // Error notifier.
     assert_eq!(g.r32(bad.notifier_gpa + 8), code as u32);
@@ -316,67 +420,94 @@ fn fault_case(code: ErrorCode, build: impl FnOnce(&mut Guest) -> Vec<u32>, mmu_v
     g.set_chreg(0, CH_CTRL, 2);
     assert_eq!(g.chreg(0, CH_STATUS) & 0xFF, 0, "disabled, error cleared");
     let mut again = g.channel(0, 8);
-    g.submit(&mut again, &Pb::new().sem(sv + 8, 5, host::SEM_OP_RELEASE).0);
+    g.submit(
+        &mut again,
+        &Pb::new().sem(sv + 8, 5, host::SEM_OP_RELEASE).0,
+    );
     assert_eq!(g.wait(&again), STATE_IDLE);
     assert_eq!(g.r32(sg + 8), 5);
 }
 
 #[test]
 fn fault_invalid_pte() {
-    fault_case(ErrorCode::PteInvalid, |g| {
-        let (_, dst) = g.sys_buf(4096);
-        // 0x30_0000_1000 sits in a populated L0 table with no valid PTE.
-        let gpa = g.alloc_sys(4096);
-        g.map(0x30_0000_0000, gpa, 4096, true, false);
-        Pb::new().bind().copy(dst, 0x30_0000_1000, 64).0
-    }, Some(0x30_0000_1000));
+    fault_case(
+        ErrorCode::PteInvalid,
+        |g| {
+            let (_, dst) = g.sys_buf(4096);
+            // 0x30_0000_1000 sits in a populated L0 table with no valid PTE.
+            let gpa = g.alloc_sys(4096);
+            g.map(0x30_0000_0000, gpa, 4096, true, false);
+            Pb::new().bind().copy(dst, 0x30_0000_1000, 64).0
+        },
+        Some(0x30_0000_1000),
+    );
 }
 
 #[test]
 fn fault_vram_past_framebuffer() {
-    fault_case(ErrorCode::VramRange, |g| {
-        // The framebuffer is 4 MiB; map a page at 4 MiB.
-        g.map(0x30_0000_0000, 4 << 20, 4096, false, false);
-        let (_, src) = g.sys_buf(64);
-        Pb::new().bind().copy(src, 0x30_0000_0000, 64).0
-    }, Some(0x30_0000_0000));
+    fault_case(
+        ErrorCode::VramRange,
+        |g| {
+            // The framebuffer is 4 MiB; map a page at 4 MiB.
+            g.map(0x30_0000_0000, 4 << 20, 4096, false, false);
+            let (_, src) = g.sys_buf(64);
+            Pb::new().bind().copy(src, 0x30_0000_0000, 64).0
+        },
+        Some(0x30_0000_0000),
+    );
 }
 
 #[test]
 fn fault_gpa_outside_dma_maps() {
-    fault_case(ErrorCode::SysmemUnmapped, |g| {
-        g.map(0x30_0000_0000, 0x10_0000_0000, 4096, true, false);
-        let (_, dst) = g.sys_buf(64);
-        Pb::new().bind().copy(0x30_0000_0000 + 16, dst, 64).0
-    }, Some(0x30_0000_0010));
+    fault_case(
+        ErrorCode::SysmemUnmapped,
+        |g| {
+            g.map(0x30_0000_0000, 0x10_0000_0000, 4096, true, false);
+            let (_, dst) = g.sys_buf(64);
+            Pb::new().bind().copy(0x30_0000_0000 + 16, dst, 64).0
+        },
+        Some(0x30_0000_0010),
+    );
 }
 
 #[test]
 fn fault_write_through_read_only_pte() {
-    fault_case(ErrorCode::ReadOnly, |g| {
-        let gpa = g.alloc_sys(4096);
-        g.map(0x30_0000_0000, gpa, 4096, true, true);
-        Pb::new().sem(0x30_0000_0000, 1, host::SEM_OP_RELEASE).0
-    }, Some(0x30_0000_0000));
+    fault_case(
+        ErrorCode::ReadOnly,
+        |g| {
+            let gpa = g.alloc_sys(4096);
+            g.map(0x30_0000_0000, gpa, 4096, true, true);
+            Pb::new().sem(0x30_0000_0000, 1, host::SEM_OP_RELEASE).0
+        },
+        Some(0x30_0000_0000),
+    );
 }
 
 #[test]
 fn fault_malformed_method_header() {
-    fault_case(ErrorCode::MalformedHeader, |_| {
-        let mut w = Pb::new().incr(0, host::NOP, &[0]).0;
-        w.push(MethodHeader::new(6, 0, 0, 0));
-        w
-    }, None);
+    fault_case(
+        ErrorCode::MalformedHeader,
+        |_| {
+            let mut w = Pb::new().incr(0, host::NOP, &[0]).0;
+            w.push(MethodHeader::new(6, 0, 0, 0));
+            w
+        },
+        None,
+    );
 }
 
 #[test]
 fn fault_method_count_past_segment_end() {
-    fault_case(ErrorCode::PushbufferTruncated, |_| {
-        let mut w = Pb::new().bind().0;
-        w.push(MethodHeader::new(1, 0, host::SEM_ADDR_LO, 5));
-        w.extend_from_slice(&[1, 2]);
-        w
-    }, None);
+    fault_case(
+        ErrorCode::PushbufferTruncated,
+        |_| {
+            let mut w = Pb::new().bind().0;
+            w.push(MethodHeader::new(1, 0, host::SEM_ADDR_LO, 5));
+            w.extend_from_slice(&[1, 2]);
+            w
+        },
+        None,
+    );
 }
 
 #[test]
@@ -398,7 +529,10 @@ fn fault_gpfifo_entry_longer_than_its_segment() {
     g.submit(&mut good, &Pb::new().sem(sv + 8, 2, host::SEM_OP_RELEASE).0);
     assert_eq!(g.wait(&bad), STATE_FAULTED);
     assert_eq!(g.wait(&good), STATE_IDLE);
-    assert_eq!((g.chreg(0, CH_STATUS) >> 8) & 0xFF, ErrorCode::PteInvalid as u32);
+    assert_eq!(
+        (g.chreg(0, CH_STATUS) >> 8) & 0xFF,
+        ErrorCode::PteInvalid as u32
+    );
     let addr = g.reg(MMU_FAULT_ADDR_LO) as u64 | (g.reg(MMU_FAULT_ADDR_HI) as u64) << 32;
     assert_eq!(addr, pv + 4096);
     assert_eq!(g.r32(sg), 0, "nothing of the faulting segment ran");
@@ -406,9 +540,15 @@ fn fault_gpfifo_entry_longer_than_its_segment() {
     // Reserved bits in an entry are a channel error too.
     g.set_chreg(0, CH_CTRL, 2);
     let mut again = g.channel(0, 8);
-    g.submit_entry(&mut again, devmodel::channel::GpfifoEntry::new(pv, 2) | 1 << 63);
+    g.submit_entry(
+        &mut again,
+        devmodel::channel::GpfifoEntry::new(pv, 2) | 1 << 63,
+    );
     assert_eq!(g.wait(&again), STATE_FAULTED);
-    assert_eq!((g.chreg(0, CH_STATUS) >> 8) & 0xFF, ErrorCode::GpfifoEntryInvalid as u32);
+    assert_eq!(
+        (g.chreg(0, CH_STATUS) >> 8) & 0xFF,
+        ErrorCode::GpfifoEntryInvalid as u32
+    );
 }
 
 #[test]
@@ -420,11 +560,17 @@ fn bad_instance_block_and_unbound_subchannel() {
     g.set_chreg(0, CH_INST_LO, inst as u32);
     g.set_chreg(0, CH_INST_HI, (inst >> 32) as u32);
     g.set_chreg(0, CH_CTRL, 1);
-    assert_eq!(g.chreg(0, CH_STATUS), STATE_FAULTED | (ErrorCode::InstanceInvalid as u32) << 8);
+    assert_eq!(
+        g.chreg(0, CH_STATUS),
+        STATE_FAULTED | (ErrorCode::InstanceInvalid as u32) << 8
+    );
     let mut ch = g.channel(1, 8);
     g.submit(&mut ch, &Pb::new().incr(SUB_COPY, 0x124, &[0]).0);
     assert_eq!(g.wait(&ch), STATE_FAULTED);
-    assert_eq!((g.chreg(1, CH_STATUS) >> 8) & 0xFF, ErrorCode::InvalidSubchannel as u32);
+    assert_eq!(
+        (g.chreg(1, CH_STATUS) >> 8) & 0xFF,
+        ErrorCode::InvalidSubchannel as u32
+    );
     assert_eq!(g.chreg(1, CH_ERROR_INFO), 1, "offending word index");
 }
 
@@ -442,7 +588,11 @@ fn tlb_keeps_translations_until_invalidated() {
     g.map(va, bg, 4096, true, false); // retarget the page
     g.submit(&mut ch, &Pb::new().sem(va, 2, host::SEM_OP_RELEASE).0);
     g.wait(&ch);
-    assert_eq!((g.r32(ag), g.r32(bg)), (2, 0), "stale translation used before invalidate");
+    assert_eq!(
+        (g.r32(ag), g.r32(bg)),
+        (2, 0),
+        "stale translation used before invalidate"
+    );
     g.set_reg(MMU_INVALIDATE, 1);
     g.submit(&mut ch, &Pb::new().sem(va, 3, host::SEM_OP_RELEASE).0);
     g.wait(&ch);
@@ -489,11 +639,22 @@ fn reset_mid_work_drops_queued_work_and_restores_registers() {
     let (sg, sv) = g.sys_buf(64);
     let (p, s) = g.params(Params::default().u64(sv).u32(1000).u32(1_000_000)); // 1 s of spin
     g.set_reg(INTR_ENABLE, 7);
-    g.submit(&mut ch, &Pb::new().bind().launch(compute::PROG_SPIN, p, s).sem(sv + 8, 1, host::SEM_OP_RELEASE).0);
+    g.submit(
+        &mut ch,
+        &Pb::new()
+            .bind()
+            .launch(compute::PROG_SPIN, p, s)
+            .sem(sv + 8, 1, host::SEM_OP_RELEASE)
+            .0,
+    );
     std::thread::sleep(Duration::from_millis(30));
     let t = Instant::now();
     g.set_reg(RESET, 1);
-    assert!(t.elapsed() < Duration::from_millis(500), "reset waits only for a cancelled item: {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_millis(500),
+        "reset waits only for a cancelled item: {:?}",
+        t.elapsed()
+    );
     assert_eq!(g.chreg(0, CH_STATUS), 0, "channel disabled");
     assert_eq!(g.chreg(0, CH_INST_LO), 0);
     assert_eq!(g.reg(INTR_ENABLE), 0);
@@ -506,7 +667,9 @@ fn reset_mid_work_drops_queued_work_and_restores_registers() {
     assert_eq!(g.wait(&ch), STATE_IDLE);
     assert_eq!(g.r32(sg + 8), 7);
     g.vgpu.region_write(REGION_CONFIG, 4, &[0x06, 0]).unwrap();
-    g.vgpu.region_write(REGION_CONFIG, 0x58, &[0, 0x80]).unwrap();
+    g.vgpu
+        .region_write(REGION_CONFIG, 0x58, &[0, 0x80])
+        .unwrap();
     assert_eq!(g.cfg32(4) & 0xFFFF, 0, "FLR clears the command register");
     assert_eq!(g.chreg(0, CH_STATUS), 0);
     assert_eq!(g.vgpu.stats().resets, 2);
@@ -522,13 +685,27 @@ fn reset_of_one_vgpu_leaves_another_running() {
     let (ag, av) = a.sys_buf(64);
     let (bg, bv) = b.sys_buf(64);
     let (p, s) = b.params(Params::default().u64(bv).u32(100).u32(1_000_000)); // 100 ms
-    b.submit(&mut cb, &Pb::new().bind().launch(compute::PROG_SPIN, p, s).sem(bv + 8, 9, host::SEM_OP_RELEASE).0);
+    b.submit(
+        &mut cb,
+        &Pb::new()
+            .bind()
+            .launch(compute::PROG_SPIN, p, s)
+            .sem(bv + 8, 9, host::SEM_OP_RELEASE)
+            .0,
+    );
     let (pa, sa) = a.params(Params::default().u64(av).u32(1000).u32(1_000_000));
-    a.submit(&mut ca, &Pb::new().bind().launch(compute::PROG_SPIN, pa, sa).0);
+    a.submit(
+        &mut ca,
+        &Pb::new().bind().launch(compute::PROG_SPIN, pa, sa).0,
+    );
     std::thread::sleep(Duration::from_millis(10));
     a.vgpu.reset();
     assert_eq!(b.wait(&cb), STATE_IDLE);
-    assert_eq!((b.r32(bg), b.r32(bg + 8)), (100, 9), "the other vGPU's work completed");
+    assert_eq!(
+        (b.r32(bg), b.r32(bg + 8)),
+        (100, 9),
+        "the other vGPU's work completed"
+    );
     assert_eq!(a.r32(ag), 0);
 }
 
@@ -551,7 +728,14 @@ fn unmap_waits_for_the_copy_in_flight() {
     }
     // Copy the region onto itself (second half to first half), twice.
     let half = (size / 2) as u32;
-    g.submit(&mut ch, &Pb::new().bind().copy(va + half as u64, va, half).copy(va, va + half as u64, half).0);
+    g.submit(
+        &mut ch,
+        &Pb::new()
+            .bind()
+            .copy(va + half as u64, va, half)
+            .copy(va, va + half as u64, half)
+            .0,
+    );
     std::thread::sleep(Duration::from_millis(5));
     let t = Instant::now();
     g.vgpu.dma_unmap(gpa2, size).unwrap();
@@ -568,10 +752,16 @@ fn unmap_waits_for_the_copy_in_flight() {
     assert_eq!(&region[size as usize - 8..], b"CANARY!!");
     // Either both copies ran before the unmap, or the one left faulted.
     if st == STATE_FAULTED {
-        assert_eq!((g.chreg(0, CH_STATUS) >> 8) & 0xFF, ErrorCode::SysmemUnmapped as u32);
+        assert_eq!(
+            (g.chreg(0, CH_STATUS) >> 8) & 0xFF,
+            ErrorCode::SysmemUnmapped as u32
+        );
     }
     eprintln!("unmap waited {waited:?}, channel state {st}");
-    assert!(g.vgpu.dma_unmap(gpa2, size).is_err(), "double unmap is an error");
+    assert!(
+        g.vgpu.dma_unmap(gpa2, size).is_err(),
+        "double unmap is an error"
+    );
 }
 
 #[test]
@@ -589,13 +779,22 @@ fn pipelined_engine_commands_keep_channel_order_and_host_methods_wait() {
     g.w(bufs[0].0, &pattern);
     let (sg, sv) = g.sys_buf(64);
     for k in 0..8 {
-        g.submit(&mut ch, &Pb::new().bind().copy(bufs[k].1, bufs[k + 1].1, LEN as u32).0);
+        g.submit(
+            &mut ch,
+            &Pb::new()
+                .bind()
+                .copy(bufs[k].1, bufs[k + 1].1, LEN as u32)
+                .0,
+        );
     }
     g.submit(&mut ch, &Pb::new().sem(sv, 77, host::SEM_OP_RELEASE).0);
     assert_eq!(g.wait(&ch), STATE_IDLE);
     assert_eq!(g.r32(sg), 77, "release ran");
     assert_eq!(g.chreg(0, CH_GP_GET), 9, "every entry retired");
-    assert!(g.r(bufs[8].0, LEN as usize) == pattern, "the chain of copies ran in order");
+    assert!(
+        g.r(bufs[8].0, LEN as usize) == pattern,
+        "the chain of copies ran in order"
+    );
 }
 
 /// An engine context that counts how many items are handed over and not
@@ -640,10 +839,20 @@ fn fenced_submissions_still_pipeline_and_fences_land_in_order() {
     use devmodel::Backend;
     let e = engine();
     let max = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
-    let ctx = std::sync::Arc::new(Depth { inner: e.create_context(8 << 20).unwrap(), now: Default::default(), max: max.clone() });
+    let ctx = std::sync::Arc::new(Depth {
+        inner: e.create_context(8 << 20).unwrap(),
+        now: Default::default(),
+        max: max.clone(),
+    });
     let cfg = devmodel::VgpuConfig {
         name: "depth".into(),
-        identity: mmio::pci::PciIdentity { vendor_id: 0x7667, device_id: 0x1001, subsystem_vendor_id: 0x7667, subsystem_id: 1, revision: 1 },
+        identity: mmio::pci::PciIdentity {
+            vendor_id: 0x7667,
+            device_id: 0x1001,
+            subsystem_vendor_id: 0x7667,
+            subsystem_id: 1,
+            revision: 1,
+        },
         vram_bytes: 8 << 20,
         channels: 1,
     };
@@ -653,7 +862,18 @@ fn fenced_submissions_still_pipeline_and_fences_land_in_order() {
     let (_, dst) = g.sys_buf(64);
     let (p, s) = g.params(Params::default().u64(dst).u32(1).u32(2_000_000));
     for i in 0..8u64 {
-        g.submit(&mut ch, &Pb::new().bind().launch(compute::PROG_SPIN, p, s).sem(sv + 16 * i, 100 + i, host::SEM_OP_RELEASE | host::SEM_TIMESTAMP).0);
+        g.submit(
+            &mut ch,
+            &Pb::new()
+                .bind()
+                .launch(compute::PROG_SPIN, p, s)
+                .sem(
+                    sv + 16 * i,
+                    100 + i,
+                    host::SEM_OP_RELEASE | host::SEM_TIMESTAMP,
+                )
+                .0,
+        );
     }
     assert_eq!(g.wait(&ch), STATE_IDLE);
     assert_eq!(g.chreg(0, CH_GP_GET), 8);
@@ -661,9 +881,15 @@ fn fenced_submissions_still_pipeline_and_fences_land_in_order() {
     for i in 0..8u64 {
         assert_eq!(g.r32(sg + 16 * i), 100 + i as u32, "fence {i} released");
     }
-    assert!(stamps.windows(2).all(|w| w[1] >= w[0] + 1_500_000), "each fence lands after its 2 ms spin, in order: {stamps:?}");
+    assert!(
+        stamps.windows(2).all(|w| w[1] >= w[0] + 1_500_000),
+        "each fence lands after its 2 ms spin, in order: {stamps:?}"
+    );
     let depth = max.load(std::sync::atomic::Ordering::SeqCst);
-    assert!(depth >= 4, "fenced entries were handed to the engine ahead ({depth} at most at once)");
+    assert!(
+        depth >= 4,
+        "fenced entries were handed to the engine ahead ({depth} at most at once)"
+    );
 }
 
 #[test]
@@ -684,5 +910,9 @@ fn an_empty_runlist_parks_every_channel_until_the_next_submit() {
     g.w(rl, &[0, 0, 0, 0, 0, 0, 0, 0]);
     g.set_reg(RUNLIST_SUBMIT, 1);
     assert_eq!(g.wait(&c0), STATE_IDLE);
-    assert_eq!(g.r32(sg), 7, "the queued work ran once the channel was back on the runlist");
+    assert_eq!(
+        g.r32(sg),
+        7,
+        "the queued work ran once the channel was back on the runlist"
+    );
 }

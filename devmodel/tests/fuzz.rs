@@ -7,9 +7,9 @@ use devmodel::harness as common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use devmodel::CpuEngine;
 use devmodel::classes::{compute, copy, host, COMPUTE_CLASS, COPY_CLASS};
 use devmodel::pushbuf::MethodHeader;
+use devmodel::CpuEngine;
 use mmio::bar::{REGION_BAR0, REGION_BAR2, REGION_CONFIG};
 use proptest::prelude::*;
 use proptest::test_runner::Config;
@@ -17,7 +17,11 @@ use proptest::test_runner::Config;
 const CANARY: u8 = 0xC5;
 
 fn config() -> Config {
-    Config { cases: 48, failure_persistence: None, ..Config::default() }
+    Config {
+        cases: 48,
+        failure_persistence: None,
+        ..Config::default()
+    }
 }
 
 /// A guest with scratch buffers mapped at known VAs and an unmapped canary.
@@ -40,7 +44,12 @@ fn rig() -> Rig {
     g.w(canary, &[CANARY; 65536]);
     let n = neighbour.alloc_sys(65536);
     neighbour.w(n, &[CANARY; 65536]);
-    Rig { g, neighbour, ch, canary }
+    Rig {
+        g,
+        neighbour,
+        ch,
+        canary,
+    }
 }
 
 impl Rig {
@@ -49,7 +58,10 @@ impl Rig {
         let deadline = Instant::now() + Duration::from_millis(300);
         loop {
             let st = self.g.chreg(0, CH_STATUS) & 0xF;
-            if st == STATE_FAULTED || st == STATE_IDLE && self.g.chreg(0, CH_GP_GET) == self.ch.put || st == STATE_BLOCKED {
+            if st == STATE_FAULTED
+                || st == STATE_IDLE && self.g.chreg(0, CH_GP_GET) == self.ch.put
+                || st == STATE_BLOCKED
+            {
                 break;
             }
             if Instant::now() > deadline {
@@ -62,13 +74,23 @@ impl Rig {
 
     /// The canaries are intact and the vGPU still does work.
     fn check(&mut self) {
-        assert!(self.g.r(self.canary, 65536).iter().all(|&b| b == CANARY), "unmapped guest memory was written");
-        assert!(self.neighbour.r(0x8000_0000 + 4096, 65536 - 4096).iter().all(|&b| b == CANARY || b == 0), "another guest's memory was written");
+        assert!(
+            self.g.r(self.canary, 65536).iter().all(|&b| b == CANARY),
+            "unmapped guest memory was written"
+        );
+        assert!(
+            self.neighbour
+                .r(0x8000_0000 + 4096, 65536 - 4096)
+                .iter()
+                .all(|&b| b == CANARY || b == 0),
+            "another guest's memory was written"
+        );
         // Recover: engine reset, then a fresh channel must work.
         self.g.set_reg(RESET, 1);
         let mut ch = self.g.channel(1, 8);
         let (sg, sv) = self.g.sys_buf(64);
-        self.g.submit(&mut ch, &Pb::new().sem(sv, 0xFEED, host::SEM_OP_RELEASE).0);
+        self.g
+            .submit(&mut ch, &Pb::new().sem(sv, 0xFEED, host::SEM_OP_RELEASE).0);
         assert_eq!(self.g.wait(&ch), STATE_IDLE);
         assert_eq!(self.g.r32(sg), 0xFEED);
     }
@@ -101,13 +123,27 @@ fn data(scratch: Vec<u64>) -> impl Strategy<Value = u32> {
 fn segment() -> impl Strategy<Value = Vec<u32>> {
     let scratch = vec![SYS_VA, SYS_VA + 4096, VRAM_VA, VRAM_VA + 8192];
     prop::collection::vec(
-        (prop_oneof![Just(1u8), Just(3), Just(4), Just(5), Just(7), 0u8..8], 0u8..8, method(), prop::collection::vec(data(scratch), 0..6)),
+        (
+            prop_oneof![Just(1u8), Just(3), Just(4), Just(5), Just(7), 0u8..8],
+            0u8..8,
+            method(),
+            prop::collection::vec(data(scratch), 0..6),
+        ),
         0..24,
     )
     .prop_map(|hs| {
         let mut w = Vec::new();
         for (op, sub, m, d) in hs {
-            w.push(MethodHeader::new(op, sub, m, if op == 4 { d.first().copied().unwrap_or(0) & 0x1FFF } else { d.len() as u32 }));
+            w.push(MethodHeader::new(
+                op,
+                sub,
+                m,
+                if op == 4 {
+                    d.first().copied().unwrap_or(0) & 0x1FFF
+                } else {
+                    d.len() as u32
+                },
+            ));
             if op != 4 {
                 w.extend(d);
             }

@@ -73,7 +73,10 @@ pub struct ParentCapacity {
 
 /// The default cpu-engine parent: 8 GiB of framebuffer (allocated lazily),
 /// up to 8 vGPUs.
-pub const DEFAULT_CAPACITY: ParentCapacity = ParentCapacity { framebuffer_bytes: 8 * GIB, max_vgpus: 8 };
+pub const DEFAULT_CAPACITY: ParentCapacity = ParentCapacity {
+    framebuffer_bytes: 8 * GIB,
+    max_vgpus: 8,
+};
 
 impl ParentCapacity {
     /// `available_instances` of type `t` on a parent that already holds
@@ -90,7 +93,8 @@ impl ParentCapacity {
         let same = existing.iter().filter(|e| e.id == t.id).count() as u32;
         let used: u64 = existing.iter().map(|e| e.framebuffer_bytes).sum();
         let by_type = t.max_instances.saturating_sub(same);
-        let by_fb = (self.framebuffer_bytes.saturating_sub(used) / t.framebuffer_bytes.max(1)).min(u32::MAX as u64) as u32;
+        let by_fb = (self.framebuffer_bytes.saturating_sub(used) / t.framebuffer_bytes.max(1))
+            .min(u32::MAX as u64) as u32;
         let by_slots = self.max_vgpus.saturating_sub(existing.len() as u32);
         by_type.min(by_fb).min(by_slots)
     }
@@ -125,7 +129,12 @@ impl Default for Catalog {
     /// One cpu-engine parent `cpu0` with the default capacity and types.
     fn default() -> Self {
         Catalog {
-            parents: vec![ParentDef { id: DEFAULT_PARENT.into(), engine: Engine::Cpu, capacity: DEFAULT_CAPACITY, types: default_types().into_iter().map(Arc::new).collect() }],
+            parents: vec![ParentDef {
+                id: DEFAULT_PARENT.into(),
+                engine: Engine::Cpu,
+                capacity: DEFAULT_CAPACITY,
+                types: default_types().into_iter().map(Arc::new).collect(),
+            }],
         }
     }
 }
@@ -134,11 +143,18 @@ impl Default for Catalog {
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
     #[error("{file}: {source}")]
-    Io { file: String, source: std::io::Error },
+    Io {
+        file: String,
+        source: std::io::Error,
+    },
     #[error("{file}: {message}")]
     Syntax { file: String, message: String },
     #[error("{file}: {key}: {message}")]
-    Invalid { file: String, key: String, message: String },
+    Invalid {
+        file: String,
+        key: String,
+        message: String,
+    },
 }
 
 #[derive(Deserialize, Default)]
@@ -210,7 +226,10 @@ impl Catalog {
     pub fn load(path: impl AsRef<std::path::Path>) -> Result<Catalog, CatalogError> {
         let path = path.as_ref();
         let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| CatalogError::Io { file: file.clone(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| CatalogError::Io {
+            file: file.clone(),
+            source,
+        })?;
         Catalog::parse(&text, &file)
     }
 
@@ -220,53 +239,140 @@ impl Catalog {
     /// built-in ones. Parents under `[catalog.parent."<id>"]` replace the
     /// default parent; a parent without `types` offers every type.
     pub fn parse(text: &str, file: &str) -> Result<Catalog, CatalogError> {
-        let doc: FileDoc = toml::from_str(text).map_err(|e| CatalogError::Syntax { file: file.into(), message: e.to_string().trim().replace('\n', " ") })?;
-        let Some(cat) = doc.catalog else { return Ok(Catalog::default()) };
-        let invalid = |key: String, message: String| CatalogError::Invalid { file: file.into(), key, message };
-        let mut types: BTreeMap<String, Arc<VgpuType>> = default_types().into_iter().map(|t| (t.id.clone(), Arc::new(t))).collect();
+        let doc: FileDoc = toml::from_str(text).map_err(|e| CatalogError::Syntax {
+            file: file.into(),
+            message: e.to_string().trim().replace('\n', " "),
+        })?;
+        let Some(cat) = doc.catalog else {
+            return Ok(Catalog::default());
+        };
+        let invalid = |key: String, message: String| CatalogError::Invalid {
+            file: file.into(),
+            key,
+            message,
+        };
+        let mut types: BTreeMap<String, Arc<VgpuType>> = default_types()
+            .into_iter()
+            .map(|t| (t.id.clone(), Arc::new(t)))
+            .collect();
         for (id, t) in cat.types {
             let key = format!("catalog.type.\"{id}\"");
-            if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-                return Err(invalid(key, "a type id is letters, digits, '-' and '_' (the kernel's <driver>-<name>)".into()));
+            if id.is_empty()
+                || !id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return Err(invalid(
+                    key,
+                    "a type id is letters, digits, '-' and '_' (the kernel's <driver>-<name>)"
+                        .into(),
+                ));
             }
-            let fb = parse_size(&t.framebuffer).ok_or_else(|| invalid(format!("{key}.framebuffer"), format!("{:?} is not a size like \"4GiB\"", t.framebuffer)))?;
+            let fb = parse_size(&t.framebuffer).ok_or_else(|| {
+                invalid(
+                    format!("{key}.framebuffer"),
+                    format!("{:?} is not a size like \"4GiB\"", t.framebuffer),
+                )
+            })?;
             if fb == 0 {
-                return Err(invalid(format!("{key}.framebuffer"), "must be above 0".into()));
+                return Err(invalid(
+                    format!("{key}.framebuffer"),
+                    "must be above 0".into(),
+                ));
             }
             if t.max_instances == 0 {
-                return Err(invalid(format!("{key}.max_instances"), "must be at least 1".into()));
+                return Err(invalid(
+                    format!("{key}.max_instances"),
+                    "must be at least 1".into(),
+                ));
             }
             if t.channels == 0 || t.channels > MAX_CHANNELS {
-                return Err(invalid(format!("{key}.channels"), format!("must be 1 ..= {MAX_CHANNELS}")));
+                return Err(invalid(
+                    format!("{key}.channels"),
+                    format!("must be 1 ..= {MAX_CHANNELS}"),
+                ));
             }
             if t.name.trim().is_empty() {
                 return Err(invalid(format!("{key}.name"), "must not be empty".into()));
             }
-            let vt = VgpuType { id: id.clone(), name: t.name, framebuffer_bytes: fb, max_instances: t.max_instances, channels: t.channels, vendor_id: VENDOR_ID, device_id: t.device_id };
+            let vt = VgpuType {
+                id: id.clone(),
+                name: t.name,
+                framebuffer_bytes: fb,
+                max_instances: t.max_instances,
+                channels: t.channels,
+                vendor_id: VENDOR_ID,
+                device_id: t.device_id,
+            };
             types.insert(id, Arc::new(vt));
         }
         let mut parents = Vec::new();
         for (id, p) in cat.parents {
             let key = format!("catalog.parent.\"{id}\"");
             if id.is_empty() || id.contains('/') {
-                return Err(invalid(key, "a parent id must be a non-empty name without '/'".into()));
+                return Err(invalid(
+                    key,
+                    "a parent id must be a non-empty name without '/'".into(),
+                ));
             }
             let engine = match p.engine.as_str() {
                 "cpu" => Engine::Cpu,
-                other => return Err(invalid(format!("{key}.engine"), format!("unknown engine {other:?} (expected cpu)"))),
+                other => {
+                    return Err(invalid(
+                        format!("{key}.engine"),
+                        format!("unknown engine {other:?} (expected cpu)"),
+                    ))
+                }
             };
-            let fb = parse_size(&p.framebuffer).ok_or_else(|| invalid(format!("{key}.framebuffer"), format!("{:?} is not a size like \"8GiB\"", p.framebuffer)))?;
+            let fb = parse_size(&p.framebuffer).ok_or_else(|| {
+                invalid(
+                    format!("{key}.framebuffer"),
+                    format!("{:?} is not a size like \"8GiB\"", p.framebuffer),
+                )
+            })?;
             if p.max_vgpus == 0 {
-                return Err(invalid(format!("{key}.max_vgpus"), "must be at least 1".into()));
+                return Err(invalid(
+                    format!("{key}.max_vgpus"),
+                    "must be at least 1".into(),
+                ));
             }
             let offered: Vec<Arc<VgpuType>> = match &p.types {
                 None => types.values().cloned().collect(),
-                Some(ids) => ids.iter().map(|t| types.get(t).cloned().ok_or_else(|| invalid(format!("{key}.types"), format!("no type {t:?} (defined: {})", types.keys().cloned().collect::<Vec<_>>().join(", "))))).collect::<Result<_, _>>()?,
+                Some(ids) => ids
+                    .iter()
+                    .map(|t| {
+                        types.get(t).cloned().ok_or_else(|| {
+                            invalid(
+                                format!("{key}.types"),
+                                format!(
+                                    "no type {t:?} (defined: {})",
+                                    types.keys().cloned().collect::<Vec<_>>().join(", ")
+                                ),
+                            )
+                        })
+                    })
+                    .collect::<Result<_, _>>()?,
             };
             if let Some(t) = offered.iter().find(|t| t.framebuffer_bytes > fb) {
-                return Err(invalid(format!("{key}.types"), format!("{} needs {} MiB of framebuffer, more than the parent's {} MiB", t.id, t.framebuffer_bytes >> 20, fb >> 20)));
+                return Err(invalid(
+                    format!("{key}.types"),
+                    format!(
+                        "{} needs {} MiB of framebuffer, more than the parent's {} MiB",
+                        t.id,
+                        t.framebuffer_bytes >> 20,
+                        fb >> 20
+                    ),
+                ));
             }
-            parents.push(ParentDef { id, engine, capacity: ParentCapacity { framebuffer_bytes: fb, max_vgpus: p.max_vgpus }, types: offered });
+            parents.push(ParentDef {
+                id,
+                engine,
+                capacity: ParentCapacity {
+                    framebuffer_bytes: fb,
+                    max_vgpus: p.max_vgpus,
+                },
+                types: offered,
+            });
         }
         if parents.is_empty() {
             let mut d = Catalog::default();
@@ -288,10 +394,18 @@ mod tests {
     #[test]
     fn default_catalogue_fills_an_8_gib_parent_exactly() {
         for t in default_types() {
-            assert_eq!(t.framebuffer_bytes * t.max_instances as u64, 8 * GIB, "{}", t.id);
+            assert_eq!(
+                t.framebuffer_bytes * t.max_instances as u64,
+                8 * GIB,
+                "{}",
+                t.id
+            );
             assert!(t.id.starts_with("vgpud-"));
         }
-        assert_eq!(default_type("vgpud-4c").map(|t| t.name), Some("VGPU-4C".to_string()));
+        assert_eq!(
+            default_type("vgpud-4c").map(|t| t.name),
+            Some("VGPU-4C".to_string())
+        );
         assert_eq!(default_type("vgpud-8c").map(|t| t.device_id), Some(0x1008));
         assert!(default_type("nope").is_none());
     }
@@ -308,9 +422,18 @@ mod tests {
         assert_eq!(cap.available_instances(&c1, &one4), 4);
         assert_eq!(cap.available_instances(&c8, &one4), 0);
         let full = [&c2; 4];
-        assert!(default_types().iter().all(|x| cap.available_instances(x, &full) == 0));
-        let small = ParentCapacity { framebuffer_bytes: 64 * GIB, max_vgpus: 3 };
-        assert_eq!(small.available_instances(&c1, &[&c1; 2]), 1, "slots bound it");
+        assert!(default_types()
+            .iter()
+            .all(|x| cap.available_instances(x, &full) == 0));
+        let small = ParentCapacity {
+            framebuffer_bytes: 64 * GIB,
+            max_vgpus: 3,
+        };
+        assert_eq!(
+            small.available_instances(&c1, &[&c1; 2]),
+            1,
+            "slots bound it"
+        );
     }
 
     #[test]
@@ -334,12 +457,25 @@ types = ["vgpud-16c", "vgpud-8c"]
         let c = Catalog::parse(text, "x.toml").unwrap();
         assert_eq!(c.parents.len(), 1);
         let p = &c.parents[0];
-        assert_eq!((p.id.as_str(), p.capacity.framebuffer_bytes, p.capacity.max_vgpus), ("big0", 32 * GIB, 4));
-        assert_eq!(p.types.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(), ["vgpud-16c", "vgpud-8c"]);
+        assert_eq!(
+            (
+                p.id.as_str(),
+                p.capacity.framebuffer_bytes,
+                p.capacity.max_vgpus
+            ),
+            ("big0", 32 * GIB, 4)
+        );
+        assert_eq!(
+            p.types.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(),
+            ["vgpud-16c", "vgpud-8c"]
+        );
         assert_eq!(p.types[0].fixed_share(), 0.5);
         assert_eq!(p.types[0].channels, 32);
         // No [catalog]: the defaults; types only: cpu0 offers them too.
-        assert_eq!(Catalog::parse("[default]\npolicy = \"weighted\"\n", "x").unwrap(), Catalog::default());
+        assert_eq!(
+            Catalog::parse("[default]\npolicy = \"weighted\"\n", "x").unwrap(),
+            Catalog::default()
+        );
         let only = Catalog::parse("[catalog.type.\"vgpud-half\"]\nname = \"VGPU-H\"\nframebuffer = \"512MiB\"\nmax_instances = 16\ndevice_id = 0x1100\n", "x").unwrap();
         assert_eq!(only.parents[0].types.len(), 5);
     }
@@ -358,7 +494,10 @@ types = ["vgpud-16c", "vgpud-8c"]
         ];
         for (text, want) in cases {
             let e = Catalog::parse(text, "x.toml").unwrap_err().to_string();
-            assert!(e.starts_with("x.toml") && e.contains(want), "{e:?} should contain {want:?}");
+            assert!(
+                e.starts_with("x.toml") && e.contains(want),
+                "{e:?} should contain {want:?}"
+            );
         }
     }
 }

@@ -68,7 +68,12 @@ pub struct ConfigSpace {
 
 impl ConfigSpace {
     pub fn new(id: PciIdentity) -> Self {
-        let mut cs = ConfigSpace { data: [0; CONVENTIONAL], wmask: [0; CONVENTIONAL], w1cmask: [0; CONVENTIONAL], reset_image: [0; CONVENTIONAL] };
+        let mut cs = ConfigSpace {
+            data: [0; CONVENTIONAL],
+            wmask: [0; CONVENTIONAL],
+            w1cmask: [0; CONVENTIONAL],
+            reset_image: [0; CONVENTIONAL],
+        };
         cs.put16(0x00, id.vendor_id);
         cs.put16(0x02, id.device_id);
         cs.put16(PCI_STATUS, 1 << 4); // capability list
@@ -81,7 +86,10 @@ impl ConfigSpace {
         cs.put16(0x2E, id.subsystem_id);
         cs.data[PCI_CAP_PTR] = MSIX_CAP as u8;
         cs.data[0x3D] = 0; // no INTx pin
-        cs.wmask16(PCI_COMMAND, CMD_MEMORY | CMD_BUS_MASTER | CMD_INTX_DISABLE | (1 << 6) | (1 << 8));
+        cs.wmask16(
+            PCI_COMMAND,
+            CMD_MEMORY | CMD_BUS_MASTER | CMD_INTX_DISABLE | (1 << 6) | (1 << 8),
+        );
         cs.w1cmask16(PCI_STATUS, 0xF900); // error bits
         cs.wmask[0x0C] = 0xFF; // cache line size
         cs.wmask[0x0D] = 0xFF; // latency timer
@@ -189,7 +197,11 @@ impl ConfigSpace {
 fn check(offset: u64, len: usize) -> Result<(), MmioError> {
     match offset.checked_add(len as u64) {
         Some(end) if end <= CONFIG_SPACE_SIZE => Ok(()),
-        _ => Err(MmioError::OutOfRange { offset, len, size: CONFIG_SPACE_SIZE }),
+        _ => Err(MmioError::OutOfRange {
+            offset,
+            len,
+            size: CONFIG_SPACE_SIZE,
+        }),
     }
 }
 
@@ -198,7 +210,13 @@ mod tests {
     use super::*;
 
     fn cs() -> ConfigSpace {
-        ConfigSpace::new(PciIdentity { vendor_id: 0x7667, device_id: 0x1001, subsystem_vendor_id: 0x7667, subsystem_id: 0x0001, revision: 1 })
+        ConfigSpace::new(PciIdentity {
+            vendor_id: 0x7667,
+            device_id: 0x1001,
+            subsystem_vendor_id: 0x7667,
+            subsystem_id: 0x0001,
+            revision: 1,
+        })
     }
     fn r32(cs: &ConfigSpace, off: u64) -> u32 {
         let mut b = [0; 4];
@@ -219,7 +237,8 @@ mod tests {
     fn bar_sizing_protocol() {
         let mut c = cs();
         for bar in 0..6u64 {
-            c.write(0x10 + 4 * bar, &0xFFFF_FFFFu32.to_le_bytes()).unwrap();
+            c.write(0x10 + 4 * bar, &0xFFFF_FFFFu32.to_le_bytes())
+                .unwrap();
         }
         assert_eq!(r32(&c, 0x10), 0xFFFF_0000, "BAR0 is 64 KiB, 32-bit memory");
         assert_eq!(r32(&c, 0x14), 0, "BAR1 not implemented");
@@ -249,15 +268,28 @@ mod tests {
     fn command_msix_and_flr() {
         let mut c = cs();
         c.write(4, &0xFFFFu16.to_le_bytes()).unwrap();
-        assert_eq!(c.command(), CMD_MEMORY | CMD_BUS_MASTER | CMD_INTX_DISABLE | (1 << 6) | (1 << 8));
+        assert_eq!(
+            c.command(),
+            CMD_MEMORY | CMD_BUS_MASTER | CMD_INTX_DISABLE | (1 << 6) | (1 << 8)
+        );
         let e = c.write(0x42, &MSIX_CTRL_ENABLE.to_le_bytes()).unwrap();
         assert!(e.msix_changed && c.msix_enabled());
-        assert_eq!(r32(&c, 0x40) >> 16 & 0x7FF, 0, "table size N-1 is read-only");
-        let e = c.write(PCIE_DEVCTL as u64, &DEVCTL_INITIATE_FLR.to_le_bytes()).unwrap();
+        assert_eq!(
+            r32(&c, 0x40) >> 16 & 0x7FF,
+            0,
+            "table size N-1 is read-only"
+        );
+        let e = c
+            .write(PCIE_DEVCTL as u64, &DEVCTL_INITIATE_FLR.to_le_bytes())
+            .unwrap();
         assert!(e.flr);
         assert_eq!(c.command(), 0, "FLR restores the power-on image");
         assert!(!c.msix_enabled());
-        assert_eq!(r32(&c, PCIE_DEVCTL as u64) & 0xFFFF, 0, "initiate-FLR reads as 0");
+        assert_eq!(
+            r32(&c, PCIE_DEVCTL as u64) & 0xFFFF,
+            0,
+            "initiate-FLR reads as 0"
+        );
         assert!(c.write(0xFFF, &[0, 0]).is_err());
     }
 }

@@ -7,7 +7,9 @@
 //! ignore writes, with a `tracing` event.
 
 use crate::bar::BAR0_SIZE;
-use crate::regs::{Access, ChannelReg, GlobalReg, RegDesc, CHANNEL_BASE, CHANNEL_REGS, CHANNEL_STRIDE, GLOBAL_REGS};
+use crate::regs::{
+    Access, ChannelReg, GlobalReg, RegDesc, CHANNEL_BASE, CHANNEL_REGS, CHANNEL_STRIDE, GLOBAL_REGS,
+};
 use crate::MmioError;
 
 /// A decoded register.
@@ -65,7 +67,11 @@ impl RegisterFile {
     /// A register file at reset values for a vGPU with `channels` channels.
     pub fn new(channels: u32) -> Self {
         let channels = channels.min(crate::regs::MAX_CHANNELS);
-        let mut rf = RegisterFile { channels, global: vec![0; GLOBAL_REGS.len()], channel: vec![0; CHANNEL_REGS.len() * channels as usize] };
+        let mut rf = RegisterFile {
+            channels,
+            global: vec![0; GLOBAL_REGS.len()],
+            channel: vec![0; CHANNEL_REGS.len() * channels as usize],
+        };
         rf.reset();
         rf
     }
@@ -79,7 +85,13 @@ impl RegisterFile {
     /// identity registers (ID through VRAM_SIZE), which describe the vGPU type.
     pub fn reset(&mut self) {
         for d in GLOBAL_REGS {
-            let identity = matches!(d.reg, GlobalReg::Caps | GlobalReg::NumChannels | GlobalReg::VramSizeLo | GlobalReg::VramSizeHi);
+            let identity = matches!(
+                d.reg,
+                GlobalReg::Caps
+                    | GlobalReg::NumChannels
+                    | GlobalReg::VramSizeLo
+                    | GlobalReg::VramSizeHi
+            );
             if !identity {
                 self.global[global_index(d.reg)] = d.reset;
             }
@@ -108,7 +120,10 @@ impl RegisterFile {
         if ch >= self.channels {
             return Decoded::Hole;
         }
-        match CHANNEL_REGS.iter().find(|d| d.offset == rel % CHANNEL_STRIDE) {
+        match CHANNEL_REGS
+            .iter()
+            .find(|d| d.offset == rel % CHANNEL_STRIDE)
+        {
             Some(d) => Decoded::Register(RegRef::Channel(ch, d.reg)),
             None => Decoded::Hole,
         }
@@ -120,7 +135,11 @@ impl RegisterFile {
     pub fn dwords(offset: u64, len: usize) -> Result<impl Iterator<Item = u32>, MmioError> {
         let end = offset.checked_add(len as u64).filter(|&e| e <= BAR0_SIZE);
         if end.is_none() {
-            return Err(MmioError::OutOfRange { offset, len, size: BAR0_SIZE });
+            return Err(MmioError::OutOfRange {
+                offset,
+                len,
+                size: BAR0_SIZE,
+            });
         }
         if !((len == 4 && offset % 4 == 0) || (len == 8 && offset % 8 == 0)) {
             return Err(MmioError::BadWidth { offset, len });
@@ -177,7 +196,12 @@ impl RegisterFile {
             tracing::debug!(?reg, value, "write to read-only register ignored");
         }
         self.set(reg, new);
-        WriteOutcome { reg, written: value, old, new }
+        WriteOutcome {
+            reg,
+            written: value,
+            old,
+            new,
+        }
     }
 }
 
@@ -206,9 +230,19 @@ mod tests {
     #[test]
     fn decode_registers_channels_and_holes() {
         let rf = RegisterFile::new(4);
-        assert_eq!(rf.decode(0x20), Decoded::Register(RegRef::Global(GlobalReg::IntrStatus)));
-        assert_eq!(rf.decode(0x1000 + 3 * 0x20 + 0x10), Decoded::Register(RegRef::Channel(3, ChannelReg::GpGet)));
-        assert_eq!(rf.decode(0x1000 + 4 * 0x20), Decoded::Hole, "channel 4 does not exist");
+        assert_eq!(
+            rf.decode(0x20),
+            Decoded::Register(RegRef::Global(GlobalReg::IntrStatus))
+        );
+        assert_eq!(
+            rf.decode(0x1000 + 3 * 0x20 + 0x10),
+            Decoded::Register(RegRef::Channel(3, ChannelReg::GpGet))
+        );
+        assert_eq!(
+            rf.decode(0x1000 + 4 * 0x20),
+            Decoded::Hole,
+            "channel 4 does not exist"
+        );
         assert_eq!(rf.decode(0x1000 + 0x1C), Decoded::Hole);
         assert_eq!(rf.decode(0x18), Decoded::Hole);
         assert_eq!(rf.decode(0xFFFC), Decoded::Hole);
@@ -225,12 +259,21 @@ mod tests {
         rf.guest_write(RegRef::Global(GlobalReg::IntrEnable), 0xFFFF_FFFF);
         assert_eq!(rf.get(RegRef::Global(GlobalReg::IntrEnable)), Intr::ALL);
         // W1C clears only written ones.
-        rf.set(RegRef::Global(GlobalReg::IntrStatus), Intr::HOST | Intr::MMU_FAULT);
+        rf.set(
+            RegRef::Global(GlobalReg::IntrStatus),
+            Intr::HOST | Intr::MMU_FAULT,
+        );
         rf.guest_write(RegRef::Global(GlobalReg::IntrStatus), Intr::HOST);
-        assert_eq!(rf.get(RegRef::Global(GlobalReg::IntrStatus)), Intr::MMU_FAULT);
+        assert_eq!(
+            rf.get(RegRef::Global(GlobalReg::IntrStatus)),
+            Intr::MMU_FAULT
+        );
         // WO reads zero and stores nothing.
         let o = rf.guest_write(RegRef::Global(GlobalReg::Doorbell), 1);
-        assert_eq!((o.written, rf.get(RegRef::Global(GlobalReg::Doorbell))), (1, 0));
+        assert_eq!(
+            (o.written, rf.get(RegRef::Global(GlobalReg::Doorbell))),
+            (1, 0)
+        );
         // Instance block pointer keeps 4 KiB alignment.
         rf.guest_write(RegRef::Channel(1, ChannelReg::InstLo), 0x1234_5678);
         assert_eq!(rf.get(RegRef::Channel(1, ChannelReg::InstLo)), 0x1234_5000);
@@ -241,12 +284,33 @@ mod tests {
 
     #[test]
     fn width_and_alignment() {
-        assert_eq!(RegisterFile::dwords(0x20, 4).unwrap().collect::<Vec<_>>(), vec![0x20]);
-        assert_eq!(RegisterFile::dwords(0x30, 8).unwrap().collect::<Vec<_>>(), vec![0x30, 0x34]);
-        assert!(matches!(RegisterFile::dwords(0x22, 4), Err(MmioError::BadWidth { .. })));
-        assert!(matches!(RegisterFile::dwords(0x34, 8), Err(MmioError::BadWidth { .. })));
-        assert!(matches!(RegisterFile::dwords(0x20, 2), Err(MmioError::BadWidth { .. })));
-        assert!(matches!(RegisterFile::dwords(0xFFFC, 8), Err(MmioError::OutOfRange { .. })));
-        assert!(matches!(RegisterFile::dwords(u64::MAX - 1, 4), Err(MmioError::OutOfRange { .. })));
+        assert_eq!(
+            RegisterFile::dwords(0x20, 4).unwrap().collect::<Vec<_>>(),
+            vec![0x20]
+        );
+        assert_eq!(
+            RegisterFile::dwords(0x30, 8).unwrap().collect::<Vec<_>>(),
+            vec![0x30, 0x34]
+        );
+        assert!(matches!(
+            RegisterFile::dwords(0x22, 4),
+            Err(MmioError::BadWidth { .. })
+        ));
+        assert!(matches!(
+            RegisterFile::dwords(0x34, 8),
+            Err(MmioError::BadWidth { .. })
+        ));
+        assert!(matches!(
+            RegisterFile::dwords(0x20, 2),
+            Err(MmioError::BadWidth { .. })
+        ));
+        assert!(matches!(
+            RegisterFile::dwords(0xFFFC, 8),
+            Err(MmioError::OutOfRange { .. })
+        ));
+        assert!(matches!(
+            RegisterFile::dwords(u64::MAX - 1, 4),
+            Err(MmioError::OutOfRange { .. })
+        ));
     }
 }

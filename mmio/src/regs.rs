@@ -85,11 +85,39 @@ pub enum ChannelReg {
     ErrorInfo,
 }
 
-const fn g(reg: GlobalReg, name: &'static str, offset: u32, access: Access, reset: u32, mask: u32) -> RegDesc<GlobalReg> {
-    RegDesc { reg, name, offset, access, reset, mask }
+const fn g(
+    reg: GlobalReg,
+    name: &'static str,
+    offset: u32,
+    access: Access,
+    reset: u32,
+    mask: u32,
+) -> RegDesc<GlobalReg> {
+    RegDesc {
+        reg,
+        name,
+        offset,
+        access,
+        reset,
+        mask,
+    }
 }
-const fn c(reg: ChannelReg, name: &'static str, offset: u32, access: Access, reset: u32, mask: u32) -> RegDesc<ChannelReg> {
-    RegDesc { reg, name, offset, access, reset, mask }
+const fn c(
+    reg: ChannelReg,
+    name: &'static str,
+    offset: u32,
+    access: Access,
+    reset: u32,
+    mask: u32,
+) -> RegDesc<ChannelReg> {
+    RegDesc {
+        reg,
+        name,
+        offset,
+        access,
+        reset,
+        mask,
+    }
 }
 
 use Access::*;
@@ -102,21 +130,91 @@ pub const GLOBAL_REGS: &[RegDesc<GlobalReg>] = &[
     g(GlobalReg::NumChannels, "NUM_CHANNELS", 0x00C, Ro, 0, 0xFF),
     g(GlobalReg::VramSizeLo, "VRAM_SIZE_LO", 0x010, Ro, 0, !0),
     g(GlobalReg::VramSizeHi, "VRAM_SIZE_HI", 0x014, Ro, 0, !0),
-    g(GlobalReg::IntrStatus, "INTR_STATUS", 0x020, W1c, 0, Intr::ALL),
-    g(GlobalReg::IntrEnable, "INTR_ENABLE", 0x024, Rw, 0, Intr::ALL),
-    g(GlobalReg::IntrChannelLo, "INTR_CHANNEL_LO", 0x028, W1c, 0, !0),
-    g(GlobalReg::IntrChannelHi, "INTR_CHANNEL_HI", 0x02C, W1c, 0, !0),
+    g(
+        GlobalReg::IntrStatus,
+        "INTR_STATUS",
+        0x020,
+        W1c,
+        0,
+        Intr::ALL,
+    ),
+    g(
+        GlobalReg::IntrEnable,
+        "INTR_ENABLE",
+        0x024,
+        Rw,
+        0,
+        Intr::ALL,
+    ),
+    g(
+        GlobalReg::IntrChannelLo,
+        "INTR_CHANNEL_LO",
+        0x028,
+        W1c,
+        0,
+        !0,
+    ),
+    g(
+        GlobalReg::IntrChannelHi,
+        "INTR_CHANNEL_HI",
+        0x02C,
+        W1c,
+        0,
+        !0,
+    ),
     g(GlobalReg::TimerLo, "TIMER_LO", 0x030, Ro, 0, !0),
     g(GlobalReg::TimerHi, "TIMER_HI", 0x034, Ro, 0, !0),
     g(GlobalReg::Reset, "RESET", 0x040, Wo, 0, 1),
     g(GlobalReg::Status, "STATUS", 0x044, Ro, 0, 1),
     g(GlobalReg::MmuInvalidate, "MMU_INVALIDATE", 0x080, Wo, 0, !0),
-    g(GlobalReg::MmuFaultInfo, "MMU_FAULT_INFO", 0x084, W1c, 0, 0x8000_0000),
-    g(GlobalReg::MmuFaultAddrLo, "MMU_FAULT_ADDR_LO", 0x088, Ro, 0, !0),
-    g(GlobalReg::MmuFaultAddrHi, "MMU_FAULT_ADDR_HI", 0x08C, Ro, 0, !0),
-    g(GlobalReg::RunlistBaseLo, "RUNLIST_BASE_LO", 0x090, Rw, 0, !7),
-    g(GlobalReg::RunlistBaseHi, "RUNLIST_BASE_HI", 0x094, Rw, 0, !0),
-    g(GlobalReg::RunlistSubmit, "RUNLIST_SUBMIT", 0x098, Wo, 0, 0xFF),
+    g(
+        GlobalReg::MmuFaultInfo,
+        "MMU_FAULT_INFO",
+        0x084,
+        W1c,
+        0,
+        0x8000_0000,
+    ),
+    g(
+        GlobalReg::MmuFaultAddrLo,
+        "MMU_FAULT_ADDR_LO",
+        0x088,
+        Ro,
+        0,
+        !0,
+    ),
+    g(
+        GlobalReg::MmuFaultAddrHi,
+        "MMU_FAULT_ADDR_HI",
+        0x08C,
+        Ro,
+        0,
+        !0,
+    ),
+    g(
+        GlobalReg::RunlistBaseLo,
+        "RUNLIST_BASE_LO",
+        0x090,
+        Rw,
+        0,
+        !7,
+    ),
+    g(
+        GlobalReg::RunlistBaseHi,
+        "RUNLIST_BASE_HI",
+        0x094,
+        Rw,
+        0,
+        !0,
+    ),
+    g(
+        GlobalReg::RunlistSubmit,
+        "RUNLIST_SUBMIT",
+        0x098,
+        Wo,
+        0,
+        0xFF,
+    ),
     g(GlobalReg::RunlistInfo, "RUNLIST_INFO", 0x09C, Ro, 0, !0),
     g(GlobalReg::Doorbell, "DOORBELL", 0x0A0, Wo, 0, 0xFF),
 ];
@@ -125,7 +223,14 @@ pub const GLOBAL_REGS: &[RegDesc<GlobalReg>] = &[
 pub const CHANNEL_REGS: &[RegDesc<ChannelReg>] = &[
     c(ChannelReg::InstLo, "CH_INST_LO", 0x00, Rw, 0, !0xFFF),
     c(ChannelReg::InstHi, "CH_INST_HI", 0x04, Rw, 0, !0),
-    c(ChannelReg::Ctrl, "CH_CTRL", 0x08, Rw, 0, ChannelCtrl::ENABLE),
+    c(
+        ChannelReg::Ctrl,
+        "CH_CTRL",
+        0x08,
+        Rw,
+        0,
+        ChannelCtrl::ENABLE,
+    ),
     c(ChannelReg::Status, "CH_STATUS", 0x0C, Ro, 0, !0),
     c(ChannelReg::GpGet, "CH_GP_GET", 0x10, Ro, 0, !0),
     c(ChannelReg::GpPut, "CH_GP_PUT", 0x14, Ro, 0, !0),

@@ -13,12 +13,22 @@ static ENGINE: Mutex<()> = Mutex::new(());
 
 fn shares(config: Config, policy: Option<PolicyKind>) -> Vec<f64> {
     let _one_at_a_time = ENGINE.lock().unwrap_or_else(|p| p.into_inner());
-    let dir = std::env::temp_dir().join(format!("vgpud-shares-{}-{:?}", std::process::id(), policy));
+    let dir =
+        std::env::temp_dir().join(format!("vgpud-shares-{}-{:?}", std::process::id(), policy));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let daemon = Arc::new(Mutex::new(Daemon::new(&dir, None, config, &mdev_types::Catalog::default())));
+    let daemon = Arc::new(Mutex::new(Daemon::new(
+        &dir,
+        None,
+        config,
+        &mdev_types::Catalog::default(),
+    )));
     if let Some(p) = policy {
-        daemon.lock().unwrap().policy_set(None, p.name(), None).unwrap();
+        daemon
+            .lock()
+            .unwrap()
+            .policy_set(None, p.name(), None)
+            .unwrap();
     }
     let r = tools::demo::run(&daemon, 2.0).expect("demo workload");
     let _ = std::fs::remove_dir_all(&dir);
@@ -35,7 +45,10 @@ fn fixed_share_two_to_one_over_vfio_user() {
     let s = shares(Config::default(), Some(PolicyKind::FixedShare));
     let ratio = s[0] / s[1];
     eprintln!("fixed_share: {:.4} / {:.4}, ratio {ratio:.4}", s[0], s[1]);
-    assert!((ratio / 2.0 - 1.0).abs() <= 0.03, "ratio {ratio} not within 3% of 2");
+    assert!(
+        (ratio / 2.0 - 1.0).abs() <= 0.03,
+        "ratio {ratio} not within 3% of 2"
+    );
     assert!((s[0] - 0.5).abs() <= 0.015, "4c share {}", s[0]);
     assert!((s[1] - 0.25).abs() <= 0.0075, "2c share {}", s[1]);
 }
@@ -46,8 +59,14 @@ fn best_effort_is_work_conserving_over_vfio_user() {
     eprintln!("best_effort: {:.4} / {:.4}", s[0], s[1]);
     // Strict fixed shares would leave 1/4 idle (total 0.75); work-conserving
     // best effort keeps the engine busy but for dispatch overhead between items.
-    assert!(s[0] + s[1] > 0.85, "engine idle while both vGPUs had work: {s:?}");
-    assert!((s[0] / s[1] - 1.0).abs() < 0.1, "round robin over equal work: {s:?}");
+    assert!(
+        s[0] + s[1] > 0.85,
+        "engine idle while both vGPUs had work: {s:?}"
+    );
+    assert!(
+        (s[0] / s[1] - 1.0).abs() < 0.1,
+        "round robin over equal work: {s:?}"
+    );
 }
 
 #[test]
@@ -57,6 +76,9 @@ fn weighted_three_to_one_from_the_policy_file_on_one_channel_each() {
     let s = shares(config, None);
     let ratio = s[1] / s[0];
     eprintln!("weighted: {:.4} / {:.4}, ratio {ratio:.4}", s[0], s[1]);
-    assert!((ratio / 3.0 - 1.0).abs() <= 0.05, "weight 3 vs 1 gave ratio {ratio}");
+    assert!(
+        (ratio / 3.0 - 1.0).abs() <= 0.05,
+        "weight 3 vs 1 gave ratio {ratio}"
+    );
     assert!(s[0] + s[1] > 0.85, "weighted is work-conserving: {s:?}");
 }

@@ -49,7 +49,10 @@ fn gpu_time(daemon: &Mutex<Daemon>, uuid: &str) -> Result<(u64, Option<f64>), St
     let d = daemon.lock().unwrap_or_else(|p| p.into_inner());
     let st = d.status(Some(uuid)).map_err(|e| e.to_string())?;
     let v = &st[0];
-    Ok((v["gpu_time_ns"].as_u64().unwrap_or(0), v["configured_share"].as_f64()))
+    Ok((
+        v["gpu_time_ns"].as_u64().unwrap_or(0),
+        v["configured_share"].as_f64(),
+    ))
 }
 
 /// Create the demo's vGPUs on `daemon`, run the tenants for `seconds` of
@@ -57,54 +60,99 @@ fn gpu_time(daemon: &Mutex<Daemon>, uuid: &str) -> Result<(u64, Option<f64>), St
 pub fn run(daemon: &Arc<Mutex<Daemon>>, seconds: f64) -> Result<DemoReport, String> {
     let mut created = Vec::new();
     for t in DEMO_TYPES {
-        let r = daemon.lock().unwrap_or_else(|p| p.into_inner()).create(t, None, None).map_err(|e| format!("create {t}: {e}"))?;
-        created.push((r["uuid"].as_str().unwrap_or_default().to_string(), t.to_string(), r["socket"].as_str().unwrap_or_default().to_string()));
+        let r = daemon
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .create(t, None, None)
+            .map_err(|e| format!("create {t}: {e}"))?;
+        created.push((
+            r["uuid"].as_str().unwrap_or_default().to_string(),
+            t.to_string(),
+            r["socket"].as_str().unwrap_or_default().to_string(),
+        ));
     }
     let result = run_tenants(daemon, &created, seconds);
     for (uuid, _, _) in &created {
-        let _ = daemon.lock().unwrap_or_else(|p| p.into_inner()).remove(uuid);
+        let _ = daemon
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(uuid);
     }
     result
 }
 
-fn run_tenants(daemon: &Arc<Mutex<Daemon>>, created: &[(String, String, String)], seconds: f64) -> Result<DemoReport, String> {
-    let policy = daemon.lock().unwrap_or_else(|p| p.into_inner()).policy_show(None).map_err(|e| e.to_string())?["policy"].as_str().unwrap_or("").to_string();
+fn run_tenants(
+    daemon: &Arc<Mutex<Daemon>>,
+    created: &[(String, String, String)],
+    seconds: f64,
+) -> Result<DemoReport, String> {
+    let policy = daemon
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .policy_show(None)
+        .map_err(|e| e.to_string())?["policy"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
     let start = Arc::new(Barrier::new(created.len() + 1));
     let done = Arc::new(Barrier::new(created.len() + 1));
-    let cfg = LoadConfig { unit_us: 1000, duration: Duration::from_secs_f64(seconds), channels: 1 };
+    let cfg = LoadConfig {
+        unit_us: 1000,
+        duration: Duration::from_secs_f64(seconds),
+        channels: 1,
+    };
     let mut threads = Vec::new();
     for (uuid, type_id, socket) in created {
-        let (start, done, socket, name) = (start.clone(), done.clone(), socket.clone(), format!("{type_id} {}", &uuid[..8]));
-        threads.push(std::thread::spawn(move || -> Result<(usize, usize, LoadReport), String> {
-            let tenant = || -> Result<(usize, usize, Device), String> {
-                let t = VfioUserTransport::connect(socket.as_ref(), 64 << 20).map_err(|e| format!("{name}: connect: {e}"))?;
-                let mut dev = Device::open(Box::new(t)).map_err(|e| format!("{name}: open: {e}"))?;
-                let report = selftest::run(&mut dev);
-                for c in report.failures() {
-                    eprintln!("{name}: FAIL {}: {}", c.name, c.detail);
-                }
-                let passed = report.checks.iter().filter(|c| c.passed).count();
-                Ok((passed, report.checks.len(), dev))
-            };
-            let outcome = tenant();
-            start.wait();
-            let r = match outcome {
-                Ok((passed, total, mut dev)) => load::run(&mut dev, &cfg).map(|l| (passed, total, l)).map_err(|e| format!("{name}: load: {e}")),
-                Err(e) => Err(e),
-            };
-            done.wait();
-            r
-        }));
+        let (start, done, socket, name) = (
+            start.clone(),
+            done.clone(),
+            socket.clone(),
+            format!("{type_id} {}", &uuid[..8]),
+        );
+        threads.push(std::thread::spawn(
+            move || -> Result<(usize, usize, LoadReport), String> {
+                let tenant = || -> Result<(usize, usize, Device), String> {
+                    let t = VfioUserTransport::connect(socket.as_ref(), 64 << 20)
+                        .map_err(|e| format!("{name}: connect: {e}"))?;
+                    let mut dev =
+                        Device::open(Box::new(t)).map_err(|e| format!("{name}: open: {e}"))?;
+                    let report = selftest::run(&mut dev);
+                    for c in report.failures() {
+                        eprintln!("{name}: FAIL {}: {}", c.name, c.detail);
+                    }
+                    let passed = report.checks.iter().filter(|c| c.passed).count();
+                    Ok((passed, report.checks.len(), dev))
+                };
+                let outcome = tenant();
+                start.wait();
+                let r = match outcome {
+                    Ok((passed, total, mut dev)) => load::run(&mut dev, &cfg)
+                        .map(|l| (passed, total, l))
+                        .map_err(|e| format!("{name}: load: {e}")),
+                    Err(e) => Err(e),
+                };
+                done.wait();
+                r
+            },
+        ));
     }
     start.wait();
-    let before: Vec<_> = created.iter().map(|(u, _, _)| gpu_time(daemon, u)).collect::<Result<_, _>>()?;
+    let before: Vec<_> = created
+        .iter()
+        .map(|(u, _, _)| gpu_time(daemon, u))
+        .collect::<Result<_, _>>()?;
     let t0 = Instant::now();
     done.wait();
     let wall = t0.elapsed().as_nanos() as f64;
-    let after: Vec<_> = created.iter().map(|(u, _, _)| gpu_time(daemon, u)).collect::<Result<_, _>>()?;
+    let after: Vec<_> = created
+        .iter()
+        .map(|(u, _, _)| gpu_time(daemon, u))
+        .collect::<Result<_, _>>()?;
     let mut tenants = Vec::new();
     for (i, th) in threads.into_iter().enumerate() {
-        let (passed, total, load) = th.join().map_err(|_| "a tenant thread panicked".to_string())??;
+        let (passed, total, load) = th
+            .join()
+            .map_err(|_| "a tenant thread panicked".to_string())??;
         let (uuid, type_id, _) = &created[i];
         tenants.push(Tenant {
             uuid: uuid.clone(),
@@ -122,7 +170,10 @@ fn run_tenants(daemon: &Arc<Mutex<Daemon>>, created: &[(String, String, String)]
 /// The report as the demo prints it.
 pub fn render(r: &DemoReport) -> String {
     let mut out = format!("policy {}\n", r.policy);
-    out += &format!("{:<10} {:>8} {:>10} {:>9} {:>9} {:>9} {:>9}\n", "type", "selftest", "configured", "achieved", "commands", "p50_ms", "p99_ms");
+    out += &format!(
+        "{:<10} {:>8} {:>10} {:>9} {:>9} {:>9} {:>9}\n",
+        "type", "selftest", "configured", "achieved", "commands", "p50_ms", "p99_ms"
+    );
     for t in &r.tenants {
         let conf = t.configured.map_or("-".to_string(), |c| format!("{c:.3}"));
         out += &format!(
@@ -141,5 +192,7 @@ pub fn render(r: &DemoReport) -> String {
 
 /// Whether every tenant's selftest passed.
 pub fn all_passed(r: &DemoReport) -> bool {
-    r.tenants.iter().all(|t| t.checks_passed == t.checks && t.checks > 0)
+    r.tenants
+        .iter()
+        .all(|t| t.checks_passed == t.checks && t.checks > 0)
 }

@@ -70,13 +70,27 @@ impl Parent {
     pub fn new(name: &str, backend: Box<dyn Backend>, policy: ParentPolicy) -> Parent {
         let shared = Arc::new(Shared {
             backend,
-            state: Mutex::new(State { sched: Scheduler::new(policy), contexts: HashMap::new(), channels: HashMap::new(), cancelled: Vec::new(), stopping: false }),
+            state: Mutex::new(State {
+                sched: Scheduler::new(policy),
+                contexts: HashMap::new(),
+                channels: HashMap::new(),
+                cancelled: Vec::new(),
+                stopping: false,
+            }),
             wake: Condvar::new(),
             born: Instant::now(),
         });
         let s = shared.clone();
-        let dispatcher = std::thread::Builder::new().name(format!("sched-{name}")).spawn(move || dispatch(s)).ok();
-        Parent { name: name.to_string(), shared, next_key: Mutex::new(1), dispatcher }
+        let dispatcher = std::thread::Builder::new()
+            .name(format!("sched-{name}"))
+            .spawn(move || dispatch(s))
+            .ok();
+        Parent {
+            name: name.to_string(),
+            shared,
+            next_key: Mutex::new(1),
+            dispatcher,
+        }
     }
 
     pub fn name(&self) -> &str {
@@ -85,7 +99,12 @@ impl Parent {
 
     /// Attach a new vGPU with `channels` channels and `vram_bytes` of
     /// framebuffer; returns its scheduler key and its engine context.
-    pub fn attach(&self, vram_bytes: u64, channels: u32, params: VgpuParams) -> Result<(u64, Arc<dyn EngineContext>), ParentError> {
+    pub fn attach(
+        &self,
+        vram_bytes: u64,
+        channels: u32,
+        params: VgpuParams,
+    ) -> Result<(u64, Arc<dyn EngineContext>), ParentError> {
         let inner = self.shared.backend.create_context(vram_bytes)?;
         let key = {
             let mut k = self.next_key.lock().unwrap_or_else(|p| p.into_inner());
@@ -100,7 +119,13 @@ impl Parent {
         st.sched.set_runlist(key, &every)?;
         st.contexts.insert(key, inner);
         st.channels.insert(key, (0..channels).collect());
-        Ok((key, Arc::new(ScheduledContext { key, shared: self.shared.clone() })))
+        Ok((
+            key,
+            Arc::new(ScheduledContext {
+                key,
+                shared: self.shared.clone(),
+            }),
+        ))
     }
 
     /// Change the policy while vGPUs run (takes effect at the next slice).
@@ -173,17 +198,24 @@ impl EngineContext for ScheduledContext {
     }
 
     fn read_vram(&self, offset: u64, buf: &mut [u8]) -> Result<(), ExecError> {
-        self.inner().ok_or(ExecError::Cancelled)?.read_vram(offset, buf)
+        self.inner()
+            .ok_or(ExecError::Cancelled)?
+            .read_vram(offset, buf)
     }
 
     fn write_vram(&self, offset: u64, buf: &[u8]) -> Result<(), ExecError> {
-        self.inner().ok_or(ExecError::Cancelled)?.write_vram(offset, buf)
+        self.inner()
+            .ok_or(ExecError::Cancelled)?
+            .write_vram(offset, buf)
     }
 
     fn set_runlist(&self, entries: &[(u32, u32)]) {
         let mut st = self.shared.lock();
         let ts = st.sched.timeslice();
-        let rl: Vec<(u32, Nanos)> = entries.iter().map(|&(c, us)| (c, if us == 0 { ts } else { us as Nanos * 1000 })).collect();
+        let rl: Vec<(u32, Nanos)> = entries
+            .iter()
+            .map(|&(c, us)| (c, if us == 0 { ts } else { us as Nanos * 1000 }))
+            .collect();
         if let Err(e) = st.sched.set_runlist(self.key, &rl) {
             tracing::warn!(vgpu = self.key, error = %e, "runlist not applied");
         }
@@ -193,7 +225,11 @@ impl EngineContext for ScheduledContext {
 
     fn cancel(&self) {
         let mut st = self.shared.lock();
-        let chans: Vec<u32> = st.channels.get(&self.key).map(|c| c.iter().copied().collect()).unwrap_or_default();
+        let chans: Vec<u32> = st
+            .channels
+            .get(&self.key)
+            .map(|c| c.iter().copied().collect())
+            .unwrap_or_default();
         for c in chans {
             let dropped = st.sched.drop_channel(self.key, c);
             st.cancelled.extend(dropped);
@@ -231,14 +267,21 @@ fn dispatch(shared: Arc<Shared>) {
             let jobs = std::mem::take(&mut st.cancelled);
             drop(st);
             for j in jobs {
-                (j.done)(Completion { gpu_time: Duration::ZERO, result: Err(ExecError::Cancelled) });
+                (j.done)(Completion {
+                    gpu_time: Duration::ZERO,
+                    result: Err(ExecError::Cancelled),
+                });
             }
             st = shared.lock();
             continue;
         }
         let now = shared.now();
         match st.sched.pick(now) {
-            Pick::Run { vgpu, channel, item } => {
+            Pick::Run {
+                vgpu,
+                channel,
+                item,
+            } => {
                 let Some(ctx) = st.contexts.get(&vgpu).cloned() else {
                     st.cancelled.push(item);
                     continue;
@@ -265,7 +308,11 @@ fn dispatch(shared: Arc<Shared>) {
             }
             Pick::IdleUntil(t) => {
                 let wait = Duration::from_nanos(t.saturating_sub(now).max(1_000));
-                st = shared.wake.wait_timeout(st, wait).map(|(g, _)| g).unwrap_or_else(|p| p.into_inner().0);
+                st = shared
+                    .wake
+                    .wait_timeout(st, wait)
+                    .map(|(g, _)| g)
+                    .unwrap_or_else(|p| p.into_inner().0);
             }
             Pick::Empty | Pick::Busy => {
                 st = shared.wake.wait(st).unwrap_or_else(|p| p.into_inner());

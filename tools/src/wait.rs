@@ -10,7 +10,14 @@ use vmm_sys_util::eventfd::EventFd;
 /// Returns which of `fds` are ready, or `None` once `stop` fired (or poll
 /// itself failed, which is treated the same: the caller winds down).
 pub fn readable(stop: &EventFd, fds: &[RawFd]) -> Option<Vec<bool>> {
-    let mut p: Vec<libc::pollfd> = std::iter::once(stop.as_raw_fd()).chain(fds.iter().copied()).map(|fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 }).collect();
+    let mut p: Vec<libc::pollfd> = std::iter::once(stop.as_raw_fd())
+        .chain(fds.iter().copied())
+        .map(|fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
     loop {
         // SAFETY: `p` is a valid array of pollfd for the call's duration.
         let n = unsafe { libc::poll(p.as_mut_ptr(), p.len() as libc::nfds_t, -1) };

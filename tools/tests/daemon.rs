@@ -23,7 +23,11 @@ impl Vgpud {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_vgpud"));
-        cmd.arg("--run-dir").arg(dir.join("run")).args(extra).stdout(Stdio::null()).stderr(Stdio::null());
+        cmd.arg("--run-dir")
+            .arg(dir.join("run"))
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
         if let Some(text) = config {
             std::fs::write(dir.join("sched.toml"), text).unwrap();
             cmd.arg("--config").arg(dir.join("sched.toml"));
@@ -56,7 +60,11 @@ impl Drop for Vgpud {
 fn wait_for(p: &Path, what: &str) {
     let t = Instant::now();
     while UnixStream::connect(p).is_err() {
-        assert!(t.elapsed() < Duration::from_secs(20), "{what} never appeared at {}", p.display());
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "{what} never appeared at {}",
+            p.display()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -87,7 +95,14 @@ impl Ctl {
 
 fn available(ctl: &mut Ctl, t: &str) -> u64 {
     let types = ctl.ok(json!({"op": "types"}));
-    types.as_array().unwrap().iter().find(|x| x["id"] == t).unwrap()["available_instances"].as_u64().unwrap()
+    types
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["id"] == t)
+        .unwrap()["available_instances"]
+        .as_u64()
+        .unwrap()
 }
 
 const U1: &str = "aa618089-8b16-4d01-a136-25a0f3c73123";
@@ -105,17 +120,44 @@ fn control_socket_creates_lists_reports_and_removes_vgpus() {
     assert_eq!(sock, v.run().join(format!("{U1}.sock")));
     assert!(sock.exists(), "socket exists when create returns");
     // Uppercase is the same UUID.
-    assert_eq!(ctl.err(json!({"op": "create", "type": "vgpud-1c", "uuid": U1.to_uppercase()})), "EEXIST");
-    assert_eq!(ctl.err(json!({"op": "create", "type": "vgpud-1c", "uuid": "not-a-uuid"})), "EINVAL");
-    assert_eq!(ctl.err(json!({"op": "create", "type": "vgpud-9z"})), "ENOENT");
-    assert_eq!(available(&mut ctl, "vgpud-8c"), 0, "a 4 GiB vGPU leaves no room for 8 GiB");
+    assert_eq!(
+        ctl.err(json!({"op": "create", "type": "vgpud-1c", "uuid": U1.to_uppercase()})),
+        "EEXIST"
+    );
+    assert_eq!(
+        ctl.err(json!({"op": "create", "type": "vgpud-1c", "uuid": "not-a-uuid"})),
+        "EINVAL"
+    );
+    assert_eq!(
+        ctl.err(json!({"op": "create", "type": "vgpud-9z"})),
+        "ENOENT"
+    );
+    assert_eq!(
+        available(&mut ctl, "vgpud-8c"),
+        0,
+        "a 4 GiB vGPU leaves no room for 8 GiB"
+    );
     assert_eq!(available(&mut ctl, "vgpud-2c"), 2);
-    assert_eq!(ctl.err(json!({"op": "create", "type": "vgpud-8c"})), "EUSERS");
+    assert_eq!(
+        ctl.err(json!({"op": "create", "type": "vgpud-8c"})),
+        "EUSERS"
+    );
     ctl.ok(json!({"op": "create", "type": "vgpud-2c", "uuid": U2}));
     let anon = ctl.ok(json!({"op": "create", "type": "vgpud-2c"}));
-    assert_eq!(anon["uuid"].as_str().unwrap().len(), 36, "a UUID is generated");
-    assert_eq!(ctl.err(json!({"op": "create", "type": "vgpud-2c"})), "EUSERS");
-    assert_eq!(ctl.err(json!({"op": "create", "type": "vgpud-1c"})), "EUSERS", "framebuffer exhausted");
+    assert_eq!(
+        anon["uuid"].as_str().unwrap().len(),
+        36,
+        "a UUID is generated"
+    );
+    assert_eq!(
+        ctl.err(json!({"op": "create", "type": "vgpud-2c"})),
+        "EUSERS"
+    );
+    assert_eq!(
+        ctl.err(json!({"op": "create", "type": "vgpud-1c"})),
+        "EUSERS",
+        "framebuffer exhausted"
+    );
 
     let list = ctl.ok(json!({"op": "list"}));
     assert_eq!(list.as_array().unwrap().len(), 3);
@@ -135,37 +177,72 @@ fn control_socket_creates_lists_reports_and_removes_vgpus() {
     assert_eq!(r["was_attached"], true);
     assert!(!sock.exists(), "socket removed");
     let mut b = [0u8; 4];
-    assert!(c.region_read(0, 0, &mut b).is_err(), "client was disconnected");
+    assert!(
+        c.region_read(0, 0, &mut b).is_err(),
+        "client was disconnected"
+    );
     assert_eq!(ctl.err(json!({"op": "remove", "uuid": U1})), "ENOENT");
     assert_eq!(available(&mut ctl, "vgpud-2c"), 2);
 
     // Malformed requests get EINVAL and the connection keeps working.
     assert_eq!(ctl.raw("{not json")["error"], "EINVAL");
-    assert_eq!(ctl.raw(r#"{"op":"create","type":"vgpud-1c","colour":"red"}"#)["error"], "EINVAL");
-    assert_eq!(ctl.err(json!({"op": "policy_set", "policy": "round_robin"})), "EINVAL");
+    assert_eq!(
+        ctl.raw(r#"{"op":"create","type":"vgpud-1c","colour":"red"}"#)["error"],
+        "EINVAL"
+    );
+    assert_eq!(
+        ctl.err(json!({"op": "policy_set", "policy": "round_robin"})),
+        "EINVAL"
+    );
     let p = ctl.ok(json!({"op": "policy_set", "policy": "equal_share", "timeslice_us": 4000}));
-    assert_eq!((p["policy"].as_str(), p["timeslice_us"].as_u64()), (Some("equal_share"), Some(4000)));
-    assert_eq!(ctl.ok(json!({"op": "policy_show"}))["policy"], "equal_share");
+    assert_eq!(
+        (p["policy"].as_str(), p["timeslice_us"].as_u64()),
+        (Some("equal_share"), Some(4000))
+    );
+    assert_eq!(
+        ctl.ok(json!({"op": "policy_show"}))["policy"],
+        "equal_share"
+    );
 }
 
 #[test]
 fn sighup_reloads_the_policy_file_and_sigterm_stops_cleanly() {
-    let mut v = Vgpud::start("signals", Some("[parent.\"cpu0\"]\npolicy = \"fixed_share\"\n"));
+    let mut v = Vgpud::start(
+        "signals",
+        Some("[parent.\"cpu0\"]\npolicy = \"fixed_share\"\n"),
+    );
     let mut ctl = Ctl::new(&v);
-    assert_eq!(ctl.ok(json!({"op": "policy_show"}))["policy"], "fixed_share");
+    assert_eq!(
+        ctl.ok(json!({"op": "policy_show"}))["policy"],
+        "fixed_share"
+    );
     ctl.ok(json!({"op": "create", "type": "vgpud-1c", "uuid": U1}));
 
     // A broken file changes nothing.
-    std::fs::write(v.dir.join("sched.toml"), "[parent.\"cpu0\"]\npolicy = \"fastest\"\n").unwrap();
+    std::fs::write(
+        v.dir.join("sched.toml"),
+        "[parent.\"cpu0\"]\npolicy = \"fastest\"\n",
+    )
+    .unwrap();
     v.signal(libc::SIGHUP);
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(ctl.ok(json!({"op": "policy_show"}))["policy"], "fixed_share");
+    assert_eq!(
+        ctl.ok(json!({"op": "policy_show"}))["policy"],
+        "fixed_share"
+    );
 
-    std::fs::write(v.dir.join("sched.toml"), "[parent.\"cpu0\"]\npolicy = \"weighted\"\n").unwrap();
+    std::fs::write(
+        v.dir.join("sched.toml"),
+        "[parent.\"cpu0\"]\npolicy = \"weighted\"\n",
+    )
+    .unwrap();
     v.signal(libc::SIGHUP);
     let t = Instant::now();
     while ctl.ok(json!({"op": "policy_show"}))["policy"] != "weighted" {
-        assert!(t.elapsed() < Duration::from_secs(5), "SIGHUP did not reload");
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "SIGHUP did not reload"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 
@@ -177,7 +254,10 @@ fn sighup_reloads_the_policy_file_and_sigterm_stops_cleanly() {
         if let Some(s) = v.child.try_wait().unwrap() {
             break s;
         }
-        assert!(t.elapsed() < Duration::from_secs(10), "vgpud did not stop on SIGTERM");
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "vgpud did not stop on SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(status.success(), "clean exit: {status}");
@@ -187,15 +267,26 @@ fn sighup_reloads_the_policy_file_and_sigterm_stops_cleanly() {
 #[test]
 fn a_second_daemon_refuses_a_live_run_dir() {
     let v = Vgpud::start("twice", None);
-    let out = Command::new(env!("CARGO_BIN_EXE_vgpud")).arg("--run-dir").arg(v.run()).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_vgpud"))
+        .arg("--run-dir")
+        .arg(v.run())
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("another vgpud"));
-    assert!(v.control().exists(), "the live daemon's socket is untouched");
+    assert!(
+        v.control().exists(),
+        "the live daemon's socket is untouched"
+    );
 }
 
 #[test]
 fn metrics_endpoint_reports_every_vgpu() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let addr = format!("127.0.0.1:{port}");
     let v = Vgpud::start_with("metrics", None, &["--metrics-addr", &addr]);
     let mut ctl = Ctl::new(&v);
@@ -217,9 +308,16 @@ fn metrics_endpoint_reports_every_vgpu() {
 
 #[test]
 fn the_demo_main_job_runs_two_tenants_over_vfio_user() {
-    let out = Command::new(env!("CARGO_BIN_EXE_vgpud")).args(["--demo", "1"]).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_vgpud"))
+        .args(["--demo", "1"])
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "demo failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "demo failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let rows: Vec<&str> = stdout.lines().filter(|l| l.starts_with("vgpud-")).collect();
     assert_eq!(rows.len(), 2, "{stdout}");
     for r in rows {
@@ -253,22 +351,57 @@ types = ["vgpud-16c", "vgpud-1c"]
     let v = Vgpud::start("catalog", Some(text));
     let mut ctl = Ctl::new(&v);
     let types = ctl.ok(json!({"op": "types"}));
-    let ids: Vec<(&str, &str, u64)> = types.as_array().unwrap().iter().map(|t| (t["parent"].as_str().unwrap(), t["id"].as_str().unwrap(), t["available_instances"].as_u64().unwrap())).collect();
-    assert_eq!(ids, vec![("big0", "vgpud-16c", 2), ("big0", "vgpud-1c", 4)], "1c: 8 per type but 4 slots");
+    let ids: Vec<(&str, &str, u64)> = types
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["parent"].as_str().unwrap(),
+                t["id"].as_str().unwrap(),
+                t["available_instances"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        ids,
+        vec![("big0", "vgpud-16c", 2), ("big0", "vgpud-1c", 4)],
+        "1c: 8 per type but 4 slots"
+    );
     assert_eq!(types[0]["channels"], 32);
     assert_eq!(types[0]["fixed_share"], 0.5);
     let r = ctl.ok(json!({"op": "create", "type": "vgpud-16c"}));
     assert_eq!(r["parent"], "big0");
-    assert_eq!(ctl.ok(json!({"op": "policy_show"}))["policy"], "fixed_share");
+    assert_eq!(
+        ctl.ok(json!({"op": "policy_show"}))["policy"],
+        "fixed_share"
+    );
     let st = ctl.ok(json!({"op": "status"}));
     assert_eq!(st[0]["configured_share"], 0.5);
-    assert_eq!(ctl.err(json!({"op": "create", "type": "vgpud-4c"})), "ENOENT", "big0 does not offer 4c");
+    assert_eq!(
+        ctl.err(json!({"op": "create", "type": "vgpud-4c"})),
+        "ENOENT",
+        "big0 does not offer 4c"
+    );
 
     // A catalogue that cannot work stops vgpud at once with the key named.
     let bad = v.dir.join("bad.toml");
-    std::fs::write(&bad, "[catalog.parent.\"p\"]\nframebuffer = \"4GiB\"\nmax_vgpus = 2\ntypes = [\"vgpud-8c\"]\n").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_vgpud")).arg("--config").arg(&bad).arg("--run-dir").arg(v.dir.join("run2")).output().unwrap();
+    std::fs::write(
+        &bad,
+        "[catalog.parent.\"p\"]\nframebuffer = \"4GiB\"\nmax_vgpus = 2\ntypes = [\"vgpud-8c\"]\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_vgpud"))
+        .arg("--config")
+        .arg(&bad)
+        .arg("--run-dir")
+        .arg(v.dir.join("run2"))
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("bad.toml") && err.contains("catalog.parent.\"p\".types"), "{err}");
+    assert!(
+        err.contains("bad.toml") && err.contains("catalog.parent.\"p\".types"),
+        "{err}"
+    );
 }

@@ -15,13 +15,20 @@ fn workspace() -> PathBuf {
 }
 
 fn mdevctl_binary() -> PathBuf {
-    if let Ok(out) = Command::new("sh").args(["-c", "command -v mdevctl"]).output() {
+    if let Ok(out) = Command::new("sh")
+        .args(["-c", "command -v mdevctl"])
+        .output()
+    {
         let p = String::from_utf8_lossy(&out.stdout).trim().to_string();
         if out.status.success() && !p.is_empty() {
             return PathBuf::from(p);
         }
     }
-    let out = Command::new("bash").arg(workspace().join("tests/mdev/install-mdevctl.sh")).stderr(Stdio::inherit()).output().expect("run install-mdevctl.sh");
+    let out = Command::new("bash")
+        .arg(workspace().join("tests/mdev/install-mdevctl.sh"))
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run install-mdevctl.sh");
     assert!(out.status.success(), "installing mdevctl 1.4.0 failed");
     PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
 }
@@ -44,10 +51,16 @@ impl Vgpud {
             .unwrap();
         let t = Instant::now();
         while !dir.join("root/sys/class/mdev_bus/cpu0").exists() {
-            assert!(t.elapsed() < Duration::from_secs(20), "the mdev tree never appeared");
+            assert!(
+                t.elapsed() < Duration::from_secs(20),
+                "the mdev tree never appeared"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
-        Vgpud { child: Some(child), dir: dir.to_path_buf() }
+        Vgpud {
+            child: Some(child),
+            dir: dir.to_path_buf(),
+        }
     }
 
     /// SIGTERM and wait for a clean exit.
@@ -57,7 +70,10 @@ impl Vgpud {
         unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
         let status = c.wait().unwrap();
         assert!(status.success(), "vgpud exit {status}");
-        assert!(!self.dir.join("root/sys/class").exists(), "tree unmounted on exit");
+        assert!(
+            !self.dir.join("root/sys/class").exists(),
+            "tree unmounted on exit"
+        );
     }
 }
 
@@ -77,11 +93,20 @@ struct Mdevctl {
 
 impl Mdevctl {
     fn run(&self, args: &[&str]) -> Output {
-        Command::new(&self.bin).args(args).env("MDEVCTL_ENV_ROOT", &self.root).env("RUST_BACKTRACE", "0").output().unwrap()
+        Command::new(&self.bin)
+            .args(args)
+            .env("MDEVCTL_ENV_ROOT", &self.root)
+            .env("RUST_BACKTRACE", "0")
+            .output()
+            .unwrap()
     }
     fn ok(&self, args: &[&str]) -> String {
         let out = self.run(args);
-        assert!(out.status.success(), "mdevctl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "mdevctl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).to_string()
     }
     fn json(&self, args: &[&str]) -> Value {
@@ -105,7 +130,13 @@ impl Mdevctl {
     /// Active devices: uuid → (type, start).
     fn active(&self) -> Vec<String> {
         let v = self.json(&["list", "--dumpjson"]);
-        v.as_array().into_iter().flatten().filter_map(|p| p["cpu0"].as_array()).flatten().flat_map(|d| d.as_object().unwrap().keys().cloned().collect::<Vec<_>>()).collect()
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p["cpu0"].as_array())
+            .flatten()
+            .flat_map(|d| d.as_object().unwrap().keys().cloned().collect::<Vec<_>>())
+            .collect()
     }
 }
 
@@ -114,7 +145,9 @@ fn avail_of(list: &[(String, u64)], t: &str) -> u64 {
 }
 
 fn write_err(path: &Path, data: &str) -> Option<i32> {
-    std::fs::write(path, data).err().map(|e| e.raw_os_error().unwrap_or(0))
+    std::fs::write(path, data)
+        .err()
+        .map(|e| e.raw_os_error().unwrap_or(0))
 }
 
 const U1: &str = "6a4e1d2c-3b5f-4a6e-8d7c-9e0f1a2b3c01";
@@ -123,17 +156,32 @@ const U2: &str = "6a4e1d2c-3b5f-4a6e-8d7c-9e0f1a2b3c02";
 #[test]
 fn mdevctl_manages_vgpus_through_the_sysfs_tree() {
     // SAFETY: geteuid has no preconditions.
-    assert_eq!(unsafe { libc::geteuid() }, 0, "the mdev test mounts FUSE and needs root, as .ci/run has");
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "the mdev test mounts FUSE and needs root, as .ci/run has"
+    );
     let dir = std::env::temp_dir().join(format!("vgpud-mdev-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let mut vgpud = Vgpud::start(&dir);
-    let m = Mdevctl { bin: mdevctl_binary(), root: dir.join("root") };
+    let m = Mdevctl {
+        bin: mdevctl_binary(),
+        root: dir.join("root"),
+    };
     let types = dir.join("root/sys/devices/vgpud/cpu0/mdev_supported_types");
 
     // types: the default catalogue with its instance counts.
     let a = m.available();
-    assert_eq!(a, vec![("vgpud-1c".into(), 8), ("vgpud-2c".into(), 4), ("vgpud-4c".into(), 2), ("vgpud-8c".into(), 1)]);
+    assert_eq!(
+        a,
+        vec![
+            ("vgpud-1c".into(), 8),
+            ("vgpud-2c".into(), 4),
+            ("vgpud-4c".into(), 2),
+            ("vgpud-8c".into(), 1)
+        ]
+    );
     assert!(m.ok(&["types"]).contains("Name: VGPU-4C"));
 
     // start to exhaustion: four 2 GiB vGPUs fill the 8 GiB parent.
@@ -142,7 +190,12 @@ fn mdevctl_manages_vgpus_through_the_sysfs_tree() {
         let out = m.ok(&["start", "-p", "cpu0", "-t", "vgpud-2c"]);
         started.push(out.trim().to_string());
     }
-    assert!(!m.run(&["start", "-p", "cpu0", "-t", "vgpud-2c"]).status.success(), "a fifth vgpud-2c is refused");
+    assert!(
+        !m.run(&["start", "-p", "cpu0", "-t", "vgpud-2c"])
+            .status
+            .success(),
+        "a fifth vgpud-2c is refused"
+    );
     let a = m.available();
     assert!(a.iter().all(|(_, n)| *n == 0), "nothing left: {a:?}");
     let mut active = m.active();
@@ -150,19 +203,40 @@ fn mdevctl_manages_vgpus_through_the_sysfs_tree() {
     started.sort();
     assert_eq!(active, started);
     for u in &started {
-        assert!(dir.join(format!("run/{u}.sock")).exists(), "vfio-user socket of {u}");
+        assert!(
+            dir.join(format!("run/{u}.sock")).exists(),
+            "vfio-user socket of {u}"
+        );
     }
     // The kernel's errnos on the raw files.
-    assert_eq!(write_err(&types.join("vgpud-1c/create"), "not-a-uuid\n"), Some(libc::EINVAL));
-    assert_eq!(write_err(&types.join("vgpud-1c/create"), &format!("{}\n", started[0])), Some(libc::EEXIST));
-    assert_eq!(write_err(&types.join("vgpud-1c/create"), U1), Some(libc::EUSERS));
-    assert_eq!(std::fs::read_to_string(types.join("vgpud-1c/create")).map_err(|e| e.kind()), Err(ErrorKind::PermissionDenied));
+    assert_eq!(
+        write_err(&types.join("vgpud-1c/create"), "not-a-uuid\n"),
+        Some(libc::EINVAL)
+    );
+    assert_eq!(
+        write_err(&types.join("vgpud-1c/create"), &format!("{}\n", started[0])),
+        Some(libc::EEXIST)
+    );
+    assert_eq!(
+        write_err(&types.join("vgpud-1c/create"), U1),
+        Some(libc::EUSERS)
+    );
+    assert_eq!(
+        std::fs::read_to_string(types.join("vgpud-1c/create")).map_err(|e| e.kind()),
+        Err(ErrorKind::PermissionDenied)
+    );
     let dev = dir.join(format!("root/sys/bus/mdev/devices/{}", started[0]));
     assert_eq!(write_err(&dev.join("remove"), "yes"), Some(libc::EINVAL));
     assert_eq!(write_err(&dev.join("remove"), "0"), None, "0 does nothing");
     assert!(dev.exists());
-    assert_eq!(std::fs::read_link(dev.join("mdev_type")).unwrap(), PathBuf::from("../mdev_supported_types/vgpud-2c"));
-    assert_eq!(std::fs::read_link(types.join(format!("vgpud-2c/devices/{}", started[0]))).unwrap(), PathBuf::from(format!("../../../{}", started[0])));
+    assert_eq!(
+        std::fs::read_link(dev.join("mdev_type")).unwrap(),
+        PathBuf::from("../mdev_supported_types/vgpud-2c")
+    );
+    assert_eq!(
+        std::fs::read_link(types.join(format!("vgpud-2c/devices/{}", started[0]))).unwrap(),
+        PathBuf::from(format!("../../../{}", started[0]))
+    );
 
     // stop: an attached VMM is disconnected and the vGPU goes.
     let mut client = vfio_user::Client::new(&dir.join(format!("run/{}.sock", started[0]))).unwrap();
@@ -171,7 +245,10 @@ fn mdevctl_manages_vgpus_through_the_sysfs_tree() {
         assert!(!dir.join(format!("run/{u}.sock")).exists());
     }
     let mut b = [0u8; 4];
-    assert!(client.region_read(0, 0, &mut b).is_err(), "the attached client was disconnected");
+    assert!(
+        client.region_read(0, 0, &mut b).is_err(),
+        "the attached client was disconnected"
+    );
     assert!(m.active().is_empty());
     assert_eq!(avail_of(&m.available(), "vgpud-8c"), 1);
 
@@ -180,8 +257,14 @@ fn mdevctl_manages_vgpus_through_the_sysfs_tree() {
     m.ok(&["define", "-u", U2, "-p", "cpu0", "-t", "vgpud-1c"]);
     m.ok(&["modify", "-u", U2, "--type", "vgpud-2c", "--manual"]);
     let defined = m.ok(&["list", "-d"]);
-    assert!(defined.contains(&format!("{U1} cpu0 vgpud-4c auto")), "{defined}");
-    assert!(defined.contains(&format!("{U2} cpu0 vgpud-2c manual")), "{defined}");
+    assert!(
+        defined.contains(&format!("{U1} cpu0 vgpud-4c auto")),
+        "{defined}"
+    );
+    assert!(
+        defined.contains(&format!("{U2} cpu0 vgpud-2c manual")),
+        "{defined}"
+    );
     m.ok(&["start", "-u", U2]);
     assert_eq!(m.active(), vec![U2.to_string()]);
     let d = m.json(&["list", "-d", "--dumpjson"]);
@@ -191,12 +274,22 @@ fn mdevctl_manages_vgpus_through_the_sysfs_tree() {
     let mut vgpud = Vgpud::start(&dir);
     let t = Instant::now();
     while !m.active().contains(&U1.to_string()) {
-        assert!(t.elapsed() < Duration::from_secs(10), "the --auto device did not start with vgpud");
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the --auto device did not start with vgpud"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert_eq!(m.active(), vec![U1.to_string()], "only the auto device starts; the manual one stays defined");
+    assert_eq!(
+        m.active(),
+        vec![U1.to_string()],
+        "only the auto device starts; the manual one stays defined"
+    );
     assert!(dir.join(format!("run/{U1}.sock")).exists());
-    assert!(m.ok(&["list", "-d"]).contains(U2), "definitions persist across the restart");
+    assert!(
+        m.ok(&["list", "-d"]).contains(U2),
+        "definitions persist across the restart"
+    );
     m.ok(&["stop", "-u", U1]);
     m.ok(&["undefine", "-u", U1]);
     m.ok(&["undefine", "-u", U2]);
@@ -210,16 +303,33 @@ fn vgpuctl_covers_the_operator_commands() {
     let dir = std::env::temp_dir().join(format!("vgpud-ctl-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_vgpud")).arg("--run-dir").arg(dir.join("run")).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vgpud"))
+        .arg("--run-dir")
+        .arg(dir.join("run"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     let t = Instant::now();
     while !dir.join("run/control.sock").exists() {
         assert!(t.elapsed() < Duration::from_secs(20));
         std::thread::sleep(Duration::from_millis(20));
     }
-    let ctl = |args: &[&str]| -> Output { Command::new(env!("CARGO_BIN_EXE_vgpuctl")).arg("--run-dir").arg(dir.join("run")).args(args).output().unwrap() };
+    let ctl = |args: &[&str]| -> Output {
+        Command::new(env!("CARGO_BIN_EXE_vgpuctl"))
+            .arg("--run-dir")
+            .arg(dir.join("run"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
     let ok = |args: &[&str]| -> String {
         let o = ctl(args);
-        assert!(o.status.success(), "vgpuctl {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "vgpuctl {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
         String::from_utf8_lossy(&o.stdout).to_string()
     };
     assert!(ok(&["types"]).contains("VGPU-8C"));
@@ -230,21 +340,38 @@ fn vgpuctl_covers_the_operator_commands() {
     assert!(String::from_utf8_lossy(&dup.stderr).contains("EEXIST"));
     assert!(ok(&["list"]).contains(&format!("{U1} vgpud-4c cpu0 detached")));
     let status = ok(&["status", U1]);
-    assert!(status.contains("Type                 : VGPU-4C (vgpud-4c)") && status.contains("Attached             : No"), "{status}");
+    assert!(
+        status.contains("Type                 : VGPU-4C (vgpud-4c)")
+            && status.contains("Attached             : No"),
+        "{status}"
+    );
     let js: Value = serde_json::from_str(&ok(&["status", "--json"])).unwrap();
     assert_eq!(js[0]["uuid"], U1);
     assert!(ok(&["policy", "show"]).starts_with("cpu0 best_effort"));
-    assert!(ok(&["policy", "set", "fixed_share", "--timeslice-us", "3000"]).contains("fixed_share timeslice 3000"));
+    assert!(
+        ok(&["policy", "set", "fixed_share", "--timeslice-us", "3000"])
+            .contains("fixed_share timeslice 3000")
+    );
     let bad = ctl(&["policy", "set", "fastest"]);
     assert_eq!(bad.status.code(), Some(1));
     let xml = ok(&["libvirt-xml", U1]);
-    assert!(xml.contains("<qemu:commandline>") && xml.contains("vfio-user-pci") && xml.contains(&format!("{U1}.sock")) && xml.contains("<access mode='shared'/>"));
+    assert!(
+        xml.contains("<qemu:commandline>")
+            && xml.contains("vfio-user-pci")
+            && xml.contains(&format!("{U1}.sock"))
+            && xml.contains("<access mode='shared'/>")
+    );
     ok(&["remove", U1]);
     assert_eq!(ctl(&["remove", U1]).status.code(), Some(1));
     assert_eq!(ctl(&["status", "not-a-uuid"]).status.code(), Some(1));
     let _ = child.kill();
     let _ = child.wait();
-    let gone = Command::new(env!("CARGO_BIN_EXE_vgpuctl")).arg("--run-dir").arg(dir.join("run")).arg("list").output().unwrap();
+    let gone = Command::new(env!("CARGO_BIN_EXE_vgpuctl"))
+        .arg("--run-dir")
+        .arg(dir.join("run"))
+        .arg("list")
+        .output()
+        .unwrap();
     assert_eq!(gone.status.code(), Some(3), "vgpud unreachable");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -34,7 +34,13 @@ fn msg() -> impl Strategy<Value = Msg> {
         prop::collection::vec(any::<u8>(), 0..80),
         prop::bool::weighted(0.2),
     )
-        .prop_map(|(command, flags, size_lie, payload, with_fd)| Msg { command, flags, size_lie, payload, with_fd })
+        .prop_map(|(command, flags, size_lie, payload, with_fd)| Msg {
+            command,
+            flags,
+            size_lie,
+            payload,
+            with_fd,
+        })
 }
 
 fn encode(id: u16, m: &Msg) -> Vec<u8> {

@@ -13,7 +13,9 @@ use devmodel::harness::{engine, memfd};
 use devmodel::{CpuEngine, Vgpu, VgpuConfig};
 use mmio::pci::PciIdentity;
 use tools::vfio_user::{spawn, ServerHandle};
-use vfio_bindings::bindings::vfio::{VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_IRQ_SET_DATA_EVENTFD, VFIO_PCI_MSIX_IRQ_INDEX};
+use vfio_bindings::bindings::vfio::{
+    VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_IRQ_SET_DATA_EVENTFD, VFIO_PCI_MSIX_IRQ_INDEX,
+};
 
 struct Served {
     vgpu: Arc<Vgpu>,
@@ -32,10 +34,25 @@ fn serve(engine: &CpuEngine, name: &str) -> Served {
     let dir = std::env::temp_dir().join(format!("vgpud-proto-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let cfg = VgpuConfig { name: name.into(), identity: PciIdentity { vendor_id: 0x7667, device_id: 0x1001, subsystem_vendor_id: 0x7667, subsystem_id: 1, revision: 1 }, vram_bytes: 16 << 20, channels: 4 };
+    let cfg = VgpuConfig {
+        name: name.into(),
+        identity: PciIdentity {
+            vendor_id: 0x7667,
+            device_id: 0x1001,
+            subsystem_vendor_id: 0x7667,
+            subsystem_id: 1,
+            revision: 1,
+        },
+        vram_bytes: 16 << 20,
+        channels: 4,
+    };
     let vgpu = Arc::new(Vgpu::new(cfg, engine).unwrap());
     let handle = spawn(&dir.join("vgpu.sock"), vgpu.clone()).unwrap();
-    Served { vgpu, handle, _dir: TempDir(dir) }
+    Served {
+        vgpu,
+        handle,
+        _dir: TempDir(dir),
+    }
 }
 
 fn client(path: &Path) -> vfio_user::Client {
@@ -51,7 +68,10 @@ fn bar0_read(c: &mut vfio_user::Client, off: u64) -> u32 {
 fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
     let t = Instant::now();
     while !f() {
-        assert!(t.elapsed() < Duration::from_secs(10), "timed out waiting for {what}");
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "timed out waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
 }
@@ -103,7 +123,10 @@ fn assert_closed(s: &mut UnixStream) {
     match s.read(&mut b) {
         Ok(0) => {}
         Ok(_) => panic!("server sent data instead of closing"),
-        Err(e) => assert!(e.kind() == std::io::ErrorKind::ConnectionReset, "expected close, got {e}"),
+        Err(e) => assert!(
+            e.kind() == std::io::ErrorKind::ConnectionReset,
+            "expected close, got {e}"
+        ),
     }
 }
 
@@ -120,7 +143,11 @@ fn independent_client_discovers_the_device() {
     let mut cfg = [0u8; 12];
     c.region_read(7, 0, &mut cfg).unwrap();
     assert_eq!(u16::from_le_bytes([cfg[0], cfg[1]]), 0x7667, "vendor id");
-    assert_eq!(u32::from_le_bytes([cfg[8], cfg[9], cfg[10], cfg[11]]) >> 8, 0x030200, "class code");
+    assert_eq!(
+        u32::from_le_bytes([cfg[8], cfg[9], cfg[10], cfg[11]]) >> 8,
+        0x030200,
+        "class code"
+    );
     assert_eq!(bar0_read(&mut c, 0), 0x5550_4756, "ID register magic");
     let irq = c.get_irq_info(VFIO_PCI_MSIX_IRQ_INDEX).unwrap();
     assert_eq!((irq.index, irq.count), (VFIO_PCI_MSIX_IRQ_INDEX, 1));
@@ -138,16 +165,41 @@ fn disconnect_quiesces_and_unpins_then_serves_again() {
         let mut c = client(s.handle.path());
         c.dma_map(0, 0x1000_0000, 8 << 20, ram.as_raw_fd()).unwrap();
         let (efd, _counter) = devmodel::harness::eventfd();
-        c.set_irqs(VFIO_PCI_MSIX_IRQ_INDEX, VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER, 0, 1, &[efd.as_raw_fd()]).unwrap();
+        c.set_irqs(
+            VFIO_PCI_MSIX_IRQ_INDEX,
+            VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER,
+            0,
+            1,
+            &[efd.as_raw_fd()],
+        )
+        .unwrap();
         c.region_write(0, 0x24, &0x7u32.to_le_bytes()).unwrap();
-        wait_until("attached", || s.handle.stats().attached.load(std::sync::atomic::Ordering::Relaxed));
-        assert_eq!(s.vgpu.stats().pinned_bytes, 8 << 20, "guest RAM pinned while attached (the tests run as root)");
+        wait_until("attached", || {
+            s.handle
+                .stats()
+                .attached
+                .load(std::sync::atomic::Ordering::Relaxed)
+        });
+        assert_eq!(
+            s.vgpu.stats().pinned_bytes,
+            8 << 20,
+            "guest RAM pinned while attached (the tests run as root)"
+        );
         // Client dropped here without any unmap: as if the VMM was killed.
     }
-    wait_until("detach", || !s.handle.stats().attached.load(std::sync::atomic::Ordering::Relaxed));
+    wait_until("detach", || {
+        !s.handle
+            .stats()
+            .attached
+            .load(std::sync::atomic::Ordering::Relaxed)
+    });
     assert_eq!(s.vgpu.stats().pinned_bytes, 0, "guest memory unpinned");
     let mut c = client(s.handle.path());
-    assert_eq!(bar0_read(&mut c, 0x24), 0, "registers back at reset values for the next client");
+    assert_eq!(
+        bar0_read(&mut c, 0x24),
+        0,
+        "registers back at reset values for the next client"
+    );
     // The old mapping is gone: mapping the same range again succeeds.
     c.dma_map(0, 0x1000_0000, 8 << 20, ram.as_raw_fd()).unwrap();
 }
@@ -159,7 +211,11 @@ fn second_client_is_turned_away_while_one_is_attached() {
     let mut c = client(s.handle.path());
     let mut other = raw_connect(s.handle.path());
     assert_closed(&mut other);
-    assert_eq!(bar0_read(&mut c, 0), 0x5550_4756, "the attached client is undisturbed");
+    assert_eq!(
+        bar0_read(&mut c, 0),
+        0x5550_4756,
+        "the attached client is undisturbed"
+    );
 }
 
 #[test]
@@ -172,14 +228,20 @@ fn hostile_messages_get_errors_or_a_disconnect_and_others_keep_being_served() {
 
     // Commands before VERSION are refused, the connection stays usable.
     let mut s = raw_connect(&path);
-    s.write_all(&raw(1, 4, 0, &16u32.to_le_bytes().repeat(4))).unwrap();
+    s.write_all(&raw(1, 4, 0, &16u32.to_le_bytes().repeat(4)))
+        .unwrap();
     let (id, cmd, flags, errno, _) = read_reply(&mut s);
-    assert_eq!((id, cmd, flags & 0x21, errno), (1, 4, 0x21, libc::EINVAL as u32));
+    assert_eq!(
+        (id, cmd, flags & 0x21, errno),
+        (1, 4, 0x21, libc::EINVAL as u32)
+    );
     s.write_all(&raw(2, 1, 0, &version_payload())).unwrap();
     let (_, _, flags, _, p) = read_reply(&mut s);
     assert_eq!(flags & 0x20, 0, "version accepted");
     assert_eq!(&p[0..2], &[0, 0], "major 0");
-    assert!(std::str::from_utf8(&p[4..p.len() - 1]).unwrap().contains("max_data_xfer_size"));
+    assert!(std::str::from_utf8(&p[4..p.len() - 1])
+        .unwrap()
+        .contains("max_data_xfer_size"));
     // Unknown command: ENOSYS.
     s.write_all(&raw(3, 99, 0, &[1, 2, 3])).unwrap();
     assert_eq!(read_reply(&mut s).3, libc::ENOSYS as u32);
@@ -216,7 +278,10 @@ fn hostile_messages_get_errors_or_a_disconnect_and_others_keep_being_served() {
     s.write_all(&raw(8, 9, 0, &acc)).unwrap();
     let (id, _, flags, _, p) = read_reply(&mut s);
     assert_eq!((id, flags), (8, 1));
-    assert_eq!(u32::from_le_bytes(p[16..20].try_into().unwrap()), 0x5550_4756);
+    assert_eq!(
+        u32::from_le_bytes(p[16..20].try_into().unwrap()),
+        0x5550_4756
+    );
     // DMA_MAP of 1 GiB from a 64 KiB file: refused (it would fault later).
     let small = memfd(64 << 10);
     let mut m = Vec::new();
@@ -226,7 +291,8 @@ fn hostile_messages_get_errors_or_a_disconnect_and_others_keep_being_served() {
     m.extend_from_slice(&0u64.to_le_bytes());
     m.extend_from_slice(&(1u64 << 30).to_le_bytes());
     use vmm_sys_util::sock_ctrl_msg::ScmSocket;
-    s.send_with_fd(&raw(9, 2, 0, &m)[..], small.as_raw_fd()).unwrap();
+    s.send_with_fd(&raw(9, 2, 0, &m)[..], small.as_raw_fd())
+        .unwrap();
     assert_ne!(read_reply(&mut s).3, 0, "oversized DMA map refused");
     drop(s);
 
@@ -264,11 +330,24 @@ fn hostile_messages_get_errors_or_a_disconnect_and_others_keep_being_served() {
 
     // The victim's socket serves a well-behaved client again, and the
     // bystander never noticed.
-    wait_until("victim free", || !victim.handle.stats().attached.load(std::sync::atomic::Ordering::Relaxed));
+    wait_until("victim free", || {
+        !victim
+            .handle
+            .stats()
+            .attached
+            .load(std::sync::atomic::Ordering::Relaxed)
+    });
     let mut c = client(&path);
     assert_eq!(bar0_read(&mut c, 0), 0x5550_4756);
     assert_eq!(bar0_read(&mut b, 0), 0x5550_4756);
-    assert!(victim.handle.stats().errors.load(std::sync::atomic::Ordering::Relaxed) >= 8);
+    assert!(
+        victim
+            .handle
+            .stats()
+            .errors
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 8
+    );
 }
 
 /// The guest driver over the crate's `Client`: guest RAM is the driver's
@@ -287,8 +366,17 @@ fn guest_driver_selftest_over_the_socket() {
         eprintln!("FAIL {}: {}", c.name, c.detail);
     }
     assert!(report.passed(), "selftest over vfio-user");
-    assert!(report.checks.iter().any(|c| c.name.contains("interrupt") && c.passed), "an interrupt check ran");
-    assert!(s.vgpu.stats().msi_delivered > 0, "MSI-X went out on the eventfd");
+    assert!(
+        report
+            .checks
+            .iter()
+            .any(|c| c.name.contains("interrupt") && c.passed),
+        "an interrupt check ran"
+    );
+    assert!(
+        s.vgpu.stats().msi_delivered > 0,
+        "MSI-X went out on the eventfd"
+    );
     assert!(s.vgpu.stats().commands > 20);
 }
 
@@ -304,24 +392,45 @@ fn a_client_vanishing_mid_work_leaves_the_vgpu_quiesced() {
     {
         let t = VfioUserTransport::connect(s.handle.path(), 16 << 20).unwrap();
         let mut dev = vgpu_guest::Device::open(Box::new(t)).unwrap();
-        let mut ch = vgpu_guest::Channel::new(&mut dev, 0, vgpu_guest::ChannelConfig::default()).unwrap();
+        let mut ch =
+            vgpu_guest::Channel::new(&mut dev, 0, vgpu_guest::ChannelConfig::default()).unwrap();
         let out = dev.alloc(vgpu_guest::Placement::Sysmem, 4096).unwrap();
         for _ in 0..4 {
-            ch.launch(&mut dev, &Program::Spin { dst: out.va(), units: 500, unit_ns: 1_000_000 }).unwrap();
+            ch.launch(
+                &mut dev,
+                &Program::Spin {
+                    dst: out.va(),
+                    units: 500,
+                    unit_ns: 1_000_000,
+                },
+            )
+            .unwrap();
         }
         let t0 = Instant::now();
         while s.vgpu.stats().commands == 0 && t0.elapsed() < Duration::from_millis(300) {
             std::thread::sleep(Duration::from_millis(5));
         }
-        assert_eq!(s.vgpu.stats().pinned_bytes, 16 << 20, "the driver's guest RAM is mapped and pinned while attached");
+        assert_eq!(
+            s.vgpu.stats().pinned_bytes,
+            16 << 20,
+            "the driver's guest RAM is mapped and pinned while attached"
+        );
         // The client goes away with 2 s of spin queued and running.
     }
     let gone = Instant::now();
     wait_until("detach", || !s.handle.stats().attached.load(Relaxed));
-    assert!(gone.elapsed() < Duration::from_secs(1), "quiesce cut the running work short ({:?})", gone.elapsed());
+    assert!(
+        gone.elapsed() < Duration::from_secs(1),
+        "quiesce cut the running work short ({:?})",
+        gone.elapsed()
+    );
     assert_eq!(s.vgpu.stats().pinned_bytes, 0, "guest memory unpinned");
     let mut c = client(s.handle.path());
-    assert_eq!(bar0_read(&mut c, 0), 0x5550_4756, "the socket serves the next client");
+    assert_eq!(
+        bar0_read(&mut c, 0),
+        0x5550_4756,
+        "the socket serves the next client"
+    );
 }
 
 /// A client that sends requests but never reads the replies: once the
@@ -339,7 +448,8 @@ fn a_client_that_never_reads_is_dropped() {
     read_cfg.extend_from_slice(&7u32.to_le_bytes());
     read_cfg.extend_from_slice(&4096u32.to_le_bytes());
     let msg = raw(1, 9, 0, &read_cfg);
-    deaf.set_write_timeout(Some(Duration::from_secs(1))).unwrap();
+    deaf.set_write_timeout(Some(Duration::from_secs(1)))
+        .unwrap();
     // 8 MiB of replies asked for; stop when our own side fills up.
     for _ in 0..2048 {
         if deaf.write_all(&msg).is_err() {
@@ -348,7 +458,10 @@ fn a_client_that_never_reads_is_dropped() {
     }
     let t = Instant::now();
     while s.handle.stats().attached.load(Relaxed) {
-        assert!(t.elapsed() < Duration::from_secs(30), "the server is still stuck writing to a client that does not read");
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "the server is still stuck writing to a client that does not read"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let mut c = client(s.handle.path());

@@ -20,7 +20,17 @@ fn static_guest_binary() -> PathBuf {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
         .current_dir(&root)
-        .args(["build", "--release", "-j2", "-p", "vgpu-guest", "--bin", "vgpu-guest", "--target", "x86_64-unknown-linux-gnu"])
+        .args([
+            "build",
+            "--release",
+            "-j2",
+            "-p",
+            "vgpu-guest",
+            "--bin",
+            "vgpu-guest",
+            "--target",
+            "x86_64-unknown-linux-gnu",
+        ])
         .env("RUSTFLAGS", "-C target-feature=+crt-static")
         .env("CARGO_TARGET_DIR", &target)
         .status()
@@ -32,7 +42,11 @@ fn static_guest_binary() -> PathBuf {
 #[test]
 fn linux_vms_run_the_guest_driver_selftest_on_vgpus() {
     // SAFETY: geteuid has no preconditions.
-    assert_eq!(unsafe { libc::geteuid() }, 0, "the VM test needs root (debootstrap, chroot, mounts); run it as root, as .ci/run does");
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "the VM test needs root (debootstrap, chroot, mounts); run it as root, as .ci/run does"
+    );
     let guest = static_guest_binary();
     let out = Command::new("bash")
         .arg(workspace().join("tests/vm/e2e.sh"))
@@ -47,8 +61,15 @@ fn linux_vms_run_the_guest_driver_selftest_on_vgpus() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     eprintln!("{}", String::from_utf8_lossy(&out.stderr));
     println!("{stdout}");
-    assert!(out.status.success(), "VM end-to-end test failed: {}", out.status);
+    assert!(
+        out.status.success(),
+        "VM end-to-end test failed: {}",
+        out.status
+    );
     for case in 0..=2 {
-        assert!(stdout.contains(&format!("VGPUD-E2E case={case}")), "case {case} ran");
+        assert!(
+            stdout.contains(&format!("VGPUD-E2E case={case}")),
+            "case {case} ran"
+        );
     }
 }

@@ -58,7 +58,9 @@ impl RangeAllocator {
     /// Return a range handed out by [`alloc`](Self::alloc). Freeing
     /// something not allocated (or twice) is refused with `false`.
     pub fn free(&mut self, start: u64, size: u64) -> bool {
-        let Some(end) = start.checked_add(size) else { return false };
+        let Some(end) = start.checked_add(size) else {
+            return false;
+        };
         if size == 0 || start < self.base || end > self.base + self.size {
             return false;
         }
@@ -124,7 +126,9 @@ mod tests {
         let mut live: Vec<(u64, u64)> = Vec::new();
         let mut seed = 12345u64;
         for _ in 0..2000 {
-            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             if seed >> 63 == 0 || live.is_empty() {
                 let size = (seed >> 40) % 20000 + 1;
                 let align = 1 << ((seed >> 20) % 13);

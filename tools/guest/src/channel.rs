@@ -36,7 +36,11 @@ pub struct ChannelConfig {
 
 impl Default for ChannelConfig {
     fn default() -> Self {
-        ChannelConfig { gpfifo_entries: 64, segment_bytes: 16 * 1024, interrupt_fences: true }
+        ChannelConfig {
+            gpfifo_entries: 64,
+            segment_bytes: 16 * 1024,
+            interrupt_fences: true,
+        }
     }
 }
 
@@ -103,19 +107,41 @@ impl Channel {
     /// space), write its instance block and enable it.
     pub fn new(dev: &mut Device, id: u32, cfg: ChannelConfig) -> Result<Channel> {
         if id >= dev.identity().channels {
-            return Err(Error::InvalidArgument(format!("channel {id} of {}", dev.identity().channels)));
+            return Err(Error::InvalidArgument(format!(
+                "channel {id} of {}",
+                dev.identity().channels
+            )));
         }
         if !cfg.gpfifo_entries.is_power_of_two() || !(2..=32768).contains(&cfg.gpfifo_entries) {
-            return Err(Error::InvalidArgument(format!("{} GPFIFO entries", cfg.gpfifo_entries)));
+            return Err(Error::InvalidArgument(format!(
+                "{} GPFIFO entries",
+                cfg.gpfifo_entries
+            )));
         }
         if cfg.segment_bytes < 256 || cfg.segment_bytes % 16 != 0 {
-            return Err(Error::InvalidArgument(format!("segment of {} bytes", cfg.segment_bytes)));
+            return Err(Error::InvalidArgument(format!(
+                "segment of {} bytes",
+                cfg.segment_bytes
+            )));
         }
         let inst = dev.dma_alloc(4096)?;
         let control = dev.alloc(Placement::Sysmem, 4096)?;
         let gpfifo = dev.alloc(Placement::Sysmem, cfg.gpfifo_entries as u64 * 8)?;
-        let pushbuf = dev.alloc(Placement::Sysmem, cfg.gpfifo_entries as u64 * cfg.segment_bytes as u64)?;
-        let mut ch = Channel { id, cfg, inst, control, gpfifo, pushbuf, put: 0, seqno: 0, bound: false };
+        let pushbuf = dev.alloc(
+            Placement::Sysmem,
+            cfg.gpfifo_entries as u64 * cfg.segment_bytes as u64,
+        )?;
+        let mut ch = Channel {
+            id,
+            cfg,
+            inst,
+            control,
+            gpfifo,
+            pushbuf,
+            put: 0,
+            seqno: 0,
+            bound: false,
+        };
         // Start from a clean channel whatever its previous user did.
         dev.write32(channel_reg(id, regs::CH_CTRL), regs::CH_CTRL_RESET)?;
         ch.enable(dev)?;
@@ -158,9 +184,16 @@ impl Channel {
         dev.write64(channel_reg(self.id, regs::CH_INST), self.inst.dev_addr(0))?;
         dev.write32(channel_reg(self.id, regs::CH_CTRL), regs::CH_CTRL_ENABLE)?;
         match self.status(dev)? {
-            ChannelStatus { state: ChannelState::Faulted, error } => {
+            ChannelStatus {
+                state: ChannelState::Faulted,
+                error,
+            } => {
                 let info = dev.read32(channel_reg(self.id, regs::CH_ERROR_INFO))?;
-                Err(Error::ChannelFault { channel: self.id, code: error.unwrap_or(ErrorCode::Unknown(0)), info })
+                Err(Error::ChannelFault {
+                    channel: self.id,
+                    code: error.unwrap_or(ErrorCode::Unknown(0)),
+                    info,
+                })
             }
             _ => Ok(()),
         }
@@ -179,7 +212,11 @@ impl Channel {
         let s = self.status(dev)?;
         if s.state == ChannelState::Faulted {
             let info = dev.read32(channel_reg(self.id, regs::CH_ERROR_INFO))?;
-            return Err(Error::ChannelFault { channel: self.id, code: s.error.unwrap_or(ErrorCode::Unknown(0)), info });
+            return Err(Error::ChannelFault {
+                channel: self.id,
+                code: s.error.unwrap_or(ErrorCode::Unknown(0)),
+                info,
+            });
         }
         Ok(())
     }
@@ -191,7 +228,11 @@ impl Channel {
         let ts = c.read_u64(NOTIFIER)?;
         let code = c.read_u32(NOTIFIER + 8)?;
         let info = c.read_u32(NOTIFIER + 12)?;
-        Ok((ts != 0 || code != 0).then(|| Notifier { timestamp_ns: ts, code: ErrorCode::from_raw(code as u8), info }))
+        Ok((ts != 0 || code != 0).then(|| Notifier {
+            timestamp_ns: ts,
+            code: ErrorCode::from_raw(code as u8),
+            info,
+        }))
     }
 
     /// `GP_GET` as the device last wrote it to USERD.
@@ -245,7 +286,10 @@ impl Channel {
                 self.check(dev)?;
             }
             if start.elapsed() > timeout {
-                return Err(Error::Timeout { what: format!("room in channel {}'s GPFIFO", self.id), after: timeout });
+                return Err(Error::Timeout {
+                    what: format!("room in channel {}'s GPFIFO", self.id),
+                    after: timeout,
+                });
             }
             if spins > 1000 {
                 std::thread::sleep(Duration::from_micros(50));
@@ -254,7 +298,11 @@ impl Channel {
             }
         }
         let top = self.cfg.segment_bytes;
-        Ok(Segment { ch: self, pb: Pushbuf::new(), data_low: top })
+        Ok(Segment {
+            ch: self,
+            pb: Pushbuf::new(),
+            data_low: top,
+        })
     }
 
     /// Submit `pb` as one segment (with a fence appended).
@@ -282,9 +330,18 @@ impl Channel {
 
     /// Wait for `fence`, up to `timeout`. A fault of the channel ends the
     /// wait with [`Error::ChannelFault`].
-    pub fn wait(&self, dev: &mut Device, fence: Fence, mode: WaitMode, timeout: Duration) -> Result<()> {
+    pub fn wait(
+        &self,
+        dev: &mut Device,
+        fence: Fence,
+        mode: WaitMode,
+        timeout: Duration,
+    ) -> Result<()> {
         if fence.channel != self.id {
-            return Err(Error::InvalidArgument(format!("fence of channel {} waited on channel {}", fence.channel, self.id)));
+            return Err(Error::InvalidArgument(format!(
+                "fence of channel {} waited on channel {}",
+                fence.channel, self.id
+            )));
         }
         let start = Instant::now();
         let mut last_check = Instant::now();
@@ -295,7 +352,10 @@ impl Channel {
             let elapsed = start.elapsed();
             if elapsed > timeout {
                 self.check(dev)?;
-                return Err(Error::Timeout { what: format!("fence {} of channel {}", fence.value, self.id), after: timeout });
+                return Err(Error::Timeout {
+                    what: format!("fence {} of channel {}", fence.value, self.id),
+                    after: timeout,
+                });
             }
             match mode {
                 WaitMode::Poll => {
@@ -315,7 +375,9 @@ impl Channel {
                     let slice = (timeout - elapsed).min(Duration::from_millis(100));
                     if dev.wait_interrupt(slice)? {
                         let i = dev.take_interrupts()?;
-                        if i.channels & (1 << self.id) != 0 && i.causes & (regs::INTR_MMU_FAULT | regs::INTR_CHANNEL_ERROR) != 0 {
+                        if i.channels & (1 << self.id) != 0
+                            && i.causes & (regs::INTR_MMU_FAULT | regs::INTR_CHANNEL_ERROR) != 0
+                        {
                             self.check(dev)?;
                         }
                     } else {
@@ -328,19 +390,34 @@ impl Channel {
 
     /// Copy `data` into `dst` at `offset` (any placement), through a
     /// staging buffer and the COPY engine for VRAM.
-    pub fn upload(&mut self, dev: &mut Device, dst: &Buffer, offset: u64, data: &[u8]) -> Result<()> {
+    pub fn upload(
+        &mut self,
+        dev: &mut Device,
+        dst: &Buffer,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<()> {
         check_range(dst, offset, data.len() as u64)?;
         if let Some(h) = dst.cpu() {
             return h.write(offset as usize, data);
         }
         let staging = dev.alloc(Placement::Sysmem, data.len() as u64)?;
-        let r = staging.host().and_then(|h| h.write(0, data)).and_then(|_| self.copy_sync(dev, staging.va(), dst.va() + offset, data.len() as u64));
+        let r = staging
+            .host()
+            .and_then(|h| h.write(0, data))
+            .and_then(|_| self.copy_sync(dev, staging.va(), dst.va() + offset, data.len() as u64));
         dev.free(staging)?;
         r
     }
 
     /// Read `len` bytes of `src` at `offset` (any placement).
-    pub fn download(&mut self, dev: &mut Device, src: &Buffer, offset: u64, len: u64) -> Result<Vec<u8>> {
+    pub fn download(
+        &mut self,
+        dev: &mut Device,
+        src: &Buffer,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<u8>> {
         check_range(src, offset, len)?;
         let mut out = vec![0u8; len as usize];
         if let Some(h) = src.cpu() {
@@ -348,7 +425,9 @@ impl Channel {
             return Ok(out);
         }
         let staging = dev.alloc(Placement::Sysmem, len)?;
-        let r = self.copy_sync(dev, src.va() + offset, staging.va(), len).and_then(|_| staging.host()?.read(0, &mut out));
+        let r = self
+            .copy_sync(dev, src.va() + offset, staging.va(), len)
+            .and_then(|_| staging.host()?.read(0, &mut out));
         dev.free(staging)?;
         r.map(|_| out)
     }
@@ -373,7 +452,10 @@ impl Channel {
             return Err(Error::Unsupported("PTX (CAPS.PTX = 0)"));
         }
         if slot >= compute::PTX_SLOTS || text.is_empty() {
-            return Err(Error::InvalidArgument(format!("PTX slot {slot}, {} bytes", text.len())));
+            return Err(Error::InvalidArgument(format!(
+                "PTX slot {slot}, {} bytes",
+                text.len()
+            )));
         }
         let buf = dev.alloc(Placement::Sysmem, text.len() as u64)?;
         let r = (|| {
@@ -389,14 +471,30 @@ impl Channel {
 
     /// Launch function `name` of PTX module `slot` with parameter block
     /// `params` (carried inline) on `grid` × `block` threads.
-    pub fn launch_ptx(&mut self, dev: &mut Device, slot: u32, name: &str, grid: [u32; 3], block: [u32; 3], params: &[u8]) -> Result<Fence> {
+    pub fn launch_ptx(
+        &mut self,
+        dev: &mut Device,
+        slot: u32,
+        name: &str,
+        grid: [u32; 3],
+        block: [u32; 3],
+        params: &[u8],
+    ) -> Result<Fence> {
         if !dev.identity().ptx() {
             return Err(Error::Unsupported("PTX (CAPS.PTX = 0)"));
         }
         let mut seg = self.segment(dev, Duration::from_secs(10))?;
         let name_va = seg.inline(name.as_bytes())?;
         let params_va = seg.inline(params)?;
-        seg.pb.launch_ptx(slot, name_va, name.len() as u32, grid, block, params_va, params.len() as u32);
+        seg.pb.launch_ptx(
+            slot,
+            name_va,
+            name.len() as u32,
+            grid,
+            block,
+            params_va,
+            params.len() as u32,
+        );
         seg.submit(dev)
     }
 }
@@ -404,7 +502,10 @@ impl Channel {
 fn check_range(b: &Buffer, offset: u64, len: u64) -> Result<()> {
     match offset.checked_add(len) {
         Some(end) if end <= b.len() => Ok(()),
-        _ => Err(Error::InvalidArgument(format!("{offset:#x}+{len:#x} past a {:#x}-byte buffer", b.len()))),
+        _ => Err(Error::InvalidArgument(format!(
+            "{offset:#x}+{len:#x} past a {:#x}-byte buffer",
+            b.len()
+        ))),
     }
 }
 
@@ -427,7 +528,10 @@ impl Segment<'_> {
     pub fn inline(&mut self, data: &[u8]) -> Result<u64> {
         let need = (data.len() as u32).div_ceil(16) * 16;
         if need >= self.data_low {
-            return Err(Error::OutOfMemory { what: "segment inline data", bytes: data.len() as u64 });
+            return Err(Error::OutOfMemory {
+                what: "segment inline data",
+                bytes: data.len() as u64,
+            });
         }
         self.data_low -= need;
         let off = self.slot_offset() + self.data_low as u64;
@@ -464,7 +568,10 @@ impl Segment<'_> {
         words.extend_from_slice(tail.words());
         let bytes = words.len() as u64 * 4;
         if bytes > self.data_low as u64 {
-            return Err(Error::OutOfMemory { what: "segment space", bytes });
+            return Err(Error::OutOfMemory {
+                what: "segment space",
+                bytes,
+            });
         }
         let slot_off = ch.put as u64 * ch.cfg.segment_bytes as u64;
         let raw: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
@@ -479,6 +586,9 @@ impl Segment<'_> {
         dev.write32(regs::DOORBELL, ch.id)?;
         ch.seqno = value;
         ch.bound = true;
-        Ok(Fence { channel: ch.id, value })
+        Ok(Fence {
+            channel: ch.id,
+            value,
+        })
     }
 }

@@ -97,7 +97,9 @@ impl Buffer {
     }
     /// The CPU view, or an error for VRAM.
     pub fn host(&self) -> Result<&DmaBuffer> {
-        self.cpu().ok_or_else(|| Error::InvalidArgument("a VRAM buffer has no CPU view; copy it to system memory".into()))
+        self.cpu().ok_or_else(|| {
+            Error::InvalidArgument("a VRAM buffer has no CPU view; copy it to system memory".into())
+        })
     }
     /// The framebuffer offset of a VRAM buffer.
     pub fn vram_offset(&self) -> Option<u64> {
@@ -157,10 +159,16 @@ impl TableStore for Tables<'_> {
         }
     }
     fn read_entry(&mut self, table: u64, index: usize) -> Result<u64> {
-        self.map.get(&table).ok_or_else(|| Error::Protocol(format!("no page table at {table:#x}")))?.read_u64(index * 8)
+        self.map
+            .get(&table)
+            .ok_or_else(|| Error::Protocol(format!("no page table at {table:#x}")))?
+            .read_u64(index * 8)
     }
     fn write_entry(&mut self, table: u64, index: usize, entry: u64) -> Result<()> {
-        self.map.get(&table).ok_or_else(|| Error::Protocol(format!("no page table at {table:#x}")))?.write_u64(index * 8, entry)
+        self.map
+            .get(&table)
+            .ok_or_else(|| Error::Protocol(format!("no page table at {table:#x}")))?
+            .write_u64(index * 8, entry)
     }
 }
 
@@ -195,7 +203,10 @@ impl Device {
         t.config_read(regs::PCI_VENDOR_ID, &mut cfg)?;
         let class_code = u32::from_le_bytes([cfg[9], cfg[10], cfg[11], 0]);
         if class_code != regs::PCI_CLASS_3D {
-            return Err(Error::NotVgpu(format!("class code {class_code:#08x}, expected {:#08x}", regs::PCI_CLASS_3D)));
+            return Err(Error::NotVgpu(format!(
+                "class code {class_code:#08x}, expected {:#08x}",
+                regs::PCI_CLASS_3D
+            )));
         }
         let id = t.bar0_read32(regs::ID)?;
         if id != regs::ID_MAGIC {
@@ -203,7 +214,12 @@ impl Device {
         }
         let version = t.bar0_read32(regs::VERSION)?;
         if version >> 16 != regs::ABI_MAJOR {
-            return Err(Error::NotVgpu(format!("ABI version {}.{}, this driver speaks {}.x", version >> 16, version & 0xFFFF, regs::ABI_MAJOR)));
+            return Err(Error::NotVgpu(format!(
+                "ABI version {}.{}, this driver speaks {}.x",
+                version >> 16,
+                version & 0xFFFF,
+                regs::ABI_MAJOR
+            )));
         }
         let caps = t.bar0_read32(regs::CAPS)?;
         let channels = t.bar0_read32(regs::NUM_CHANNELS)?;
@@ -224,10 +240,21 @@ impl Device {
         };
         t.bar0_write32(regs::RESET, 1)?;
         let mut tables = HashMap::new();
-        let pt = PageTables::new(&mut Tables { t: &mut *t, map: &mut tables })?;
+        let pt = PageTables::new(&mut Tables {
+            t: &mut *t,
+            map: &mut tables,
+        })?;
         let runlist = t.dma_alloc(64 * 8)?;
         t.bar0_write32(regs::INTR_ENABLE, regs::INTR_ALL)?;
-        Ok(Device { t, ident, vram: RangeAllocator::new(0, vram_bytes), va: RangeAllocator::new(VA_BASE, (1 << VA_BITS) - VA_BASE), tables, pt, runlist })
+        Ok(Device {
+            t,
+            ident,
+            vram: RangeAllocator::new(0, vram_bytes),
+            va: RangeAllocator::new(VA_BASE, (1 << VA_BITS) - VA_BASE),
+            tables,
+            pt,
+            runlist,
+        })
     }
 
     /// The identity read at open.
@@ -308,13 +335,19 @@ impl Device {
         let mapped = len.div_ceil(PAGE_4K) * PAGE_4K;
         let align = if mapped >= PAGE_2M { PAGE_2M } else { PAGE_4K };
         let va_span = mapped + PAGE_4K;
-        let va = self.va.alloc(va_span, align).ok_or(Error::OutOfMemory { what: "GPU virtual address space", bytes: va_span })?;
+        let va = self.va.alloc(va_span, align).ok_or(Error::OutOfMemory {
+            what: "GPU virtual address space",
+            bytes: va_span,
+        })?;
         let backed = match placement {
             Placement::Vram => match self.vram.alloc(mapped, align) {
                 Some(offset) => Backed::Vram { offset },
                 None => {
                     self.va.free(va, va_span);
-                    return Err(Error::OutOfMemory { what: "VRAM", bytes: mapped });
+                    return Err(Error::OutOfMemory {
+                        what: "VRAM",
+                        bytes: mapped,
+                    });
                 }
             },
             Placement::Sysmem => match self.t.dma_alloc(mapped) {
@@ -325,15 +358,41 @@ impl Device {
                 }
             },
         };
-        let buf = Buffer { va, len, mapped, va_span, backed };
+        let buf = Buffer {
+            va,
+            len,
+            mapped,
+            va_span,
+            backed,
+        };
         let large = self.ident.large_pages();
-        let mut st = Tables { t: &mut *self.t, map: &mut self.tables };
+        let mut st = Tables {
+            t: &mut *self.t,
+            map: &mut self.tables,
+        };
         let r = match &buf.backed {
-            Backed::Vram { offset } => self.pt.map(&mut st, va, mapped, Backing::Contiguous(*offset), Leaf { aperture: Aperture::Vram, read_only, large }),
+            Backed::Vram { offset } => self.pt.map(
+                &mut st,
+                va,
+                mapped,
+                Backing::Contiguous(*offset),
+                Leaf {
+                    aperture: Aperture::Vram,
+                    read_only,
+                    large,
+                },
+            ),
             Backed::Sysmem(b) => {
-                let leaf = Leaf { aperture: Aperture::Sysmem, read_only, large };
+                let leaf = Leaf {
+                    aperture: Aperture::Sysmem,
+                    read_only,
+                    large,
+                };
                 match b.addrs() {
-                    DevAddrs::Linear(base) => self.pt.map(&mut st, va, mapped, Backing::Contiguous(*base), leaf),
+                    DevAddrs::Linear(base) => {
+                        self.pt
+                            .map(&mut st, va, mapped, Backing::Contiguous(*base), leaf)
+                    }
                     DevAddrs::Pages(p) => self.pt.map(&mut st, va, mapped, Backing::Pages(p), leaf),
                 }
             }
@@ -361,7 +420,10 @@ impl Device {
     /// Unmap a buffer, drop cached translations and return its memory.
     /// No queued work may still use it.
     pub fn free(&mut self, buf: Buffer) -> Result<()> {
-        let mut st = Tables { t: &mut *self.t, map: &mut self.tables };
+        let mut st = Tables {
+            t: &mut *self.t,
+            map: &mut self.tables,
+        };
         self.pt.unmap(&mut st, buf.va, buf.mapped)?;
         self.invalidate()?;
         self.release(buf);
@@ -389,9 +451,21 @@ impl Device {
     /// round robin, with the given timeslices.
     pub fn submit_runlist(&mut self, entries: &[RunlistEntry]) -> Result<()> {
         if entries.len() > self.ident.channels as usize {
-            return Err(Error::InvalidArgument(format!("{} runlist entries for {} channels", entries.len(), self.ident.channels)));
+            return Err(Error::InvalidArgument(format!(
+                "{} runlist entries for {} channels",
+                entries.len(),
+                self.ident.channels
+            )));
         }
-        let bytes: Vec<u8> = entries.iter().flat_map(|e| e.channel.to_le_bytes().into_iter().chain(e.timeslice_us.to_le_bytes())).collect();
+        let bytes: Vec<u8> = entries
+            .iter()
+            .flat_map(|e| {
+                e.channel
+                    .to_le_bytes()
+                    .into_iter()
+                    .chain(e.timeslice_us.to_le_bytes())
+            })
+            .collect();
         self.runlist.write(0, &bytes)?;
         std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
         let gpa = self.runlist.dev_addr(0);
@@ -399,10 +473,16 @@ impl Device {
         self.write32(regs::RUNLIST_SUBMIT, entries.len() as u32)?;
         let info = self.read32(regs::RUNLIST_INFO)?;
         if info & regs::RUNLIST_INFO_REJECTED != 0 {
-            return Err(Error::RunlistRejected(ErrorCode::from_raw((info >> 8) as u8)));
+            return Err(Error::RunlistRejected(ErrorCode::from_raw(
+                (info >> 8) as u8,
+            )));
         }
         if info & 0xFF != entries.len() as u32 {
-            return Err(Error::Protocol(format!("RUNLIST_INFO accepted {} of {} entries", info & 0xFF, entries.len())));
+            return Err(Error::Protocol(format!(
+                "RUNLIST_INFO accepted {} of {} entries",
+                info & 0xFF,
+                entries.len()
+            )));
         }
         Ok(())
     }
@@ -450,7 +530,12 @@ impl Device {
             return Ok(None);
         }
         let va = self.read64(regs::MMU_FAULT_ADDR)?;
-        Ok(Some(MmuFault { code: ErrorCode::from_raw(info as u8), channel: (info >> 8) & 0xFF, write: info & (1 << 16) != 0, va }))
+        Ok(Some(MmuFault {
+            code: ErrorCode::from_raw(info as u8),
+            channel: (info >> 8) & 0xFF,
+            write: info & (1 << 16) != 0,
+            va,
+        }))
     }
 
     /// Acknowledge the MMU fault record so that the next fault is recorded.

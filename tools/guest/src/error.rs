@@ -148,7 +148,11 @@ pub enum Error {
     Timeout { what: String, after: Duration },
     /// A channel stopped on an error (ABI §9); recover it with `Channel::recover`.
     #[error("channel {channel} faulted: {code}, info {info:#x}")]
-    ChannelFault { channel: u32, code: ErrorCode, info: u32 },
+    ChannelFault {
+        channel: u32,
+        code: ErrorCode,
+        info: u32,
+    },
     /// `RUNLIST_SUBMIT` was rejected (`RUNLIST_INFO.REJECTED`).
     #[error("runlist rejected: {0}")]
     RunlistRejected(ErrorCode),
@@ -163,7 +167,10 @@ pub enum Error {
 impl Error {
     /// Wrap an `io::Error` with what was being done.
     pub fn io(what: impl Into<String>, source: std::io::Error) -> Self {
-        Error::Io { what: what.into(), source }
+        Error::Io {
+            what: what.into(),
+            source,
+        }
     }
 
     /// The last OS error, with what was being done.

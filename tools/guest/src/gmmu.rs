@@ -92,7 +92,11 @@ pub struct Leaf {
 impl Leaf {
     /// Read-write 4 KiB leaves in `aperture`.
     pub fn small(aperture: Aperture) -> Leaf {
-        Leaf { aperture, read_only: false, large: false }
+        Leaf {
+            aperture,
+            read_only: false,
+            large: false,
+        }
     }
 }
 
@@ -114,7 +118,9 @@ pub struct PageTables {
 impl PageTables {
     /// A fresh, empty address space.
     pub fn new(store: &mut impl TableStore) -> Result<PageTables> {
-        Ok(PageTables { pdb: store.alloc_table()? })
+        Ok(PageTables {
+            pdb: store.alloc_table()?,
+        })
     }
 
     /// GPA of the top-level directory, for the instance block's `PDB`.
@@ -123,9 +129,13 @@ impl PageTables {
     }
 
     fn check_range(va: u64, len: u64) -> Result<()> {
-        let end = va.checked_add(len).ok_or_else(|| Error::InvalidArgument("VA range overflows".into()))?;
+        let end = va
+            .checked_add(len)
+            .ok_or_else(|| Error::InvalidArgument("VA range overflows".into()))?;
         if va % PAGE_4K != 0 || len % PAGE_4K != 0 || end > 1 << VA_BITS {
-            return Err(Error::InvalidArgument(format!("VA range {va:#x}+{len:#x} is not page aligned inside 2^{VA_BITS}")));
+            return Err(Error::InvalidArgument(format!(
+                "VA range {va:#x}+{len:#x} is not page aligned inside 2^{VA_BITS}"
+            )));
         }
         Ok(())
     }
@@ -145,12 +155,25 @@ impl PageTables {
     /// Map `len` bytes at `va` onto `backing`. With `leaf.large`, 2 MiB
     /// leaves are used wherever VA and a contiguous backing are both 2 MiB
     /// aligned over a whole large page.
-    pub fn map(&mut self, store: &mut impl TableStore, va: u64, len: u64, backing: Backing<'_>, leaf: Leaf) -> Result<()> {
-        let Leaf { aperture, read_only, large } = leaf;
+    pub fn map(
+        &mut self,
+        store: &mut impl TableStore,
+        va: u64,
+        len: u64,
+        backing: Backing<'_>,
+        leaf: Leaf,
+    ) -> Result<()> {
+        let Leaf {
+            aperture,
+            read_only,
+            large,
+        } = leaf;
         Self::check_range(va, len)?;
         if let Backing::Pages(p) = backing {
             if (p.len() as u64) < len / PAGE_4K {
-                return Err(Error::InvalidArgument("fewer backing pages than the mapping".into()));
+                return Err(Error::InvalidArgument(
+                    "fewer backing pages than the mapping".into(),
+                ));
             }
         }
         let mut off = 0;
@@ -160,7 +183,11 @@ impl PageTables {
             if let (true, Backing::Contiguous(base)) = (large, backing) {
                 if v % PAGE_2M == 0 && len - off >= PAGE_2M && (base + off) % PAGE_2M == 0 {
                     let old = store.read_entry(l1, index(v, 1))?;
-                    store.write_entry(l1, index(v, 1), large_pte(base + off, aperture, read_only))?;
+                    store.write_entry(
+                        l1,
+                        index(v, 1),
+                        large_pte(base + off, aperture, read_only),
+                    )?;
                     if old & VALID != 0 && old & LARGE == 0 {
                         store.free_table(old & ADDR_MASK);
                     }
@@ -232,7 +259,12 @@ impl PageTables {
             1 => Aperture::Sysmem,
             _ => return Ok(None),
         };
-        Ok(Some(Translation { addr: (leaf & ADDR_MASK) + (va & (page - 1)), aperture, read_only: leaf & READ_ONLY != 0, large: page == PAGE_2M }))
+        Ok(Some(Translation {
+            addr: (leaf & ADDR_MASK) + (va & (page - 1)),
+            aperture,
+            read_only: leaf & READ_ONLY != 0,
+            large: page == PAGE_2M,
+        }))
     }
 }
 
@@ -259,10 +291,16 @@ mod tests {
             self.freed.push(gpa);
         }
         fn read_entry(&mut self, table: u64, index: usize) -> Result<u64> {
-            self.tables.get(&table).map(|t| t[index]).ok_or_else(|| Error::Protocol(format!("no table {table:#x}")))
+            self.tables
+                .get(&table)
+                .map(|t| t[index])
+                .ok_or_else(|| Error::Protocol(format!("no table {table:#x}")))
         }
         fn write_entry(&mut self, table: u64, index: usize, entry: u64) -> Result<()> {
-            let t = self.tables.get_mut(&table).ok_or_else(|| Error::Protocol(format!("no table {table:#x}")))?;
+            let t = self
+                .tables
+                .get_mut(&table)
+                .ok_or_else(|| Error::Protocol(format!("no table {table:#x}")))?;
             t[index] = entry;
             Ok(())
         }
@@ -275,7 +313,11 @@ mod tests {
         assert_eq!(pte(0x1234_5000, Aperture::Sysmem, false), 0x1234_5005);
         assert_eq!(pte(0x1234_5000, Aperture::Sysmem, true), 0x1234_5015);
         assert_eq!(large_pte(0x4020_0000, Aperture::Vram, false), 0x4020_0003);
-        assert_eq!(pte(0xFFFF_FFFF_FFFF_FFFF, Aperture::Vram, false) >> 52, 0, "reserved high bits stay 0");
+        assert_eq!(
+            pte(0xFFFF_FFFF_FFFF_FFFF, Aperture::Vram, false) >> 52,
+            0,
+            "reserved high bits stay 0"
+        );
         assert_eq!(index(0x40_0000_0000 - 1, 2), 255);
         assert_eq!(index(0x7F_C000_0000, 2), 511);
         assert_eq!(index(0x20_0000, 1), 1);
@@ -288,28 +330,97 @@ mod tests {
         let mut pt = PageTables::new(&mut s).unwrap();
         // 4 MiB + 8 KiB of VRAM at a 2 MiB aligned VA: two large pages, two small.
         let va = 0x10_0000_0000;
-        pt.map(&mut s, va, 2 * PAGE_2M + 2 * PAGE_4K, Backing::Contiguous(0x40_0000), Leaf { aperture: Aperture::Vram, read_only: false, large: true }).unwrap();
+        pt.map(
+            &mut s,
+            va,
+            2 * PAGE_2M + 2 * PAGE_4K,
+            Backing::Contiguous(0x40_0000),
+            Leaf {
+                aperture: Aperture::Vram,
+                read_only: false,
+                large: true,
+            },
+        )
+        .unwrap();
         let t = pt.translate(&mut s, va + 0x1234).unwrap().unwrap();
-        assert_eq!(t, Translation { addr: 0x40_1234, aperture: Aperture::Vram, read_only: false, large: true });
-        let t = pt.translate(&mut s, va + 2 * PAGE_2M + 0x1008).unwrap().unwrap();
+        assert_eq!(
+            t,
+            Translation {
+                addr: 0x40_1234,
+                aperture: Aperture::Vram,
+                read_only: false,
+                large: true
+            }
+        );
+        let t = pt
+            .translate(&mut s, va + 2 * PAGE_2M + 0x1008)
+            .unwrap()
+            .unwrap();
         assert_eq!((t.addr, t.large), (0x80_1008, false));
-        assert!(pt.translate(&mut s, va + 2 * PAGE_2M + 2 * PAGE_4K).unwrap().is_none());
+        assert!(pt
+            .translate(&mut s, va + 2 * PAGE_2M + 2 * PAGE_4K)
+            .unwrap()
+            .is_none());
         // Scattered system pages, read-only.
         let pages = [0x9000, 0x3000, 0x7000];
-        pt.map(&mut s, 0x40_0000_1000, 3 * PAGE_4K, Backing::Pages(&pages), Leaf { aperture: Aperture::Sysmem, read_only: true, large: true }).unwrap();
+        pt.map(
+            &mut s,
+            0x40_0000_1000,
+            3 * PAGE_4K,
+            Backing::Pages(&pages),
+            Leaf {
+                aperture: Aperture::Sysmem,
+                read_only: true,
+                large: true,
+            },
+        )
+        .unwrap();
         for (i, p) in pages.iter().enumerate() {
-            let t = pt.translate(&mut s, 0x40_0000_1000 + i as u64 * PAGE_4K + 5).unwrap().unwrap();
-            assert_eq!(t, Translation { addr: p + 5, aperture: Aperture::Sysmem, read_only: true, large: false });
+            let t = pt
+                .translate(&mut s, 0x40_0000_1000 + i as u64 * PAGE_4K + 5)
+                .unwrap()
+                .unwrap();
+            assert_eq!(
+                t,
+                Translation {
+                    addr: p + 5,
+                    aperture: Aperture::Sysmem,
+                    read_only: true,
+                    large: false
+                }
+            );
         }
         // A misaligned backing gets small pages only.
-        pt.map(&mut s, 0x20_0000_0000, PAGE_2M, Backing::Contiguous(0x1000), Leaf { aperture: Aperture::Vram, read_only: false, large: true }).unwrap();
+        pt.map(
+            &mut s,
+            0x20_0000_0000,
+            PAGE_2M,
+            Backing::Contiguous(0x1000),
+            Leaf {
+                aperture: Aperture::Vram,
+                read_only: false,
+                large: true,
+            },
+        )
+        .unwrap();
         assert!(!pt.translate(&mut s, 0x20_0000_0000).unwrap().unwrap().large);
         // Unmap drops both kinds.
         pt.unmap(&mut s, va, 2 * PAGE_2M + 2 * PAGE_4K).unwrap();
         assert!(pt.translate(&mut s, va).unwrap().is_none());
         assert!(pt.translate(&mut s, va + 2 * PAGE_2M).unwrap().is_none());
         // Remapping a small-page region large frees its L0 table.
-        pt.map(&mut s, 0x20_0000_0000, PAGE_2M, Backing::Contiguous(0x20_0000), Leaf { aperture: Aperture::Vram, read_only: false, large: true }).unwrap();
+        pt.map(
+            &mut s,
+            0x20_0000_0000,
+            PAGE_2M,
+            Backing::Contiguous(0x20_0000),
+            Leaf {
+                aperture: Aperture::Vram,
+                read_only: false,
+                large: true,
+            },
+        )
+        .unwrap();
         assert!(pt.translate(&mut s, 0x20_0000_0000).unwrap().unwrap().large);
         assert_eq!(s.freed.len(), 1);
     }
@@ -318,9 +429,33 @@ mod tests {
     fn rejects_bad_ranges() {
         let mut s = MapStore::default();
         let mut pt = PageTables::new(&mut s).unwrap();
-        assert!(pt.map(&mut s, 0x1001, PAGE_4K, Backing::Contiguous(0), Leaf::small(Aperture::Vram)).is_err());
-        assert!(pt.map(&mut s, (1 << 39) - PAGE_4K, 2 * PAGE_4K, Backing::Contiguous(0), Leaf::small(Aperture::Vram)).is_err());
-        assert!(pt.map(&mut s, 0, 2 * PAGE_4K, Backing::Pages(&[0x1000]), Leaf::small(Aperture::Sysmem)).is_err());
+        assert!(pt
+            .map(
+                &mut s,
+                0x1001,
+                PAGE_4K,
+                Backing::Contiguous(0),
+                Leaf::small(Aperture::Vram)
+            )
+            .is_err());
+        assert!(pt
+            .map(
+                &mut s,
+                (1 << 39) - PAGE_4K,
+                2 * PAGE_4K,
+                Backing::Contiguous(0),
+                Leaf::small(Aperture::Vram)
+            )
+            .is_err());
+        assert!(pt
+            .map(
+                &mut s,
+                0,
+                2 * PAGE_4K,
+                Backing::Pages(&[0x1000]),
+                Leaf::small(Aperture::Sysmem)
+            )
+            .is_err());
         assert!(pt.translate(&mut s, 1 << 39).unwrap().is_none());
     }
 }

@@ -56,17 +56,36 @@ pub struct LoadReport {
 /// ```
 pub fn run(dev: &mut Device, cfg: &LoadConfig) -> Result<LoadReport> {
     if cfg.unit_us == 0 || cfg.unit_us as u64 * 1000 > SPIN_MAX_NS {
-        return Err(Error::InvalidArgument(format!("unit of {} us", cfg.unit_us)));
+        return Err(Error::InvalidArgument(format!(
+            "unit of {} us",
+            cfg.unit_us
+        )));
     }
     if cfg.channels == 0 || cfg.channels > dev.identity().channels {
-        return Err(Error::InvalidArgument(format!("{} channels of {}", cfg.channels, dev.identity().channels)));
+        return Err(Error::InvalidArgument(format!(
+            "{} channels of {}",
+            cfg.channels,
+            dev.identity().channels
+        )));
     }
-    let ccfg = ChannelConfig { gpfifo_entries: 8, segment_bytes: 1024, interrupt_fences: false };
-    let mut chans = (0..cfg.channels).map(|id| Channel::new(dev, id, ccfg)).collect::<Result<Vec<_>>>()?;
-    let spin = Program::Spin { dst: 0, units: cfg.unit_us, unit_ns: 1000 };
+    let ccfg = ChannelConfig {
+        gpfifo_entries: 8,
+        segment_bytes: 1024,
+        interrupt_fences: false,
+    };
+    let mut chans = (0..cfg.channels)
+        .map(|id| Channel::new(dev, id, ccfg))
+        .collect::<Result<Vec<_>>>()?;
+    let spin = Program::Spin {
+        dst: 0,
+        units: cfg.unit_us,
+        unit_ns: 1000,
+    };
     let mut inflight: Vec<VecDeque<(Fence, Instant)>> = vec![VecDeque::new(); chans.len()];
     let mut latencies: Vec<f64> = Vec::new();
-    let timeout = Duration::from_micros(cfg.unit_us as u64 * (DEPTH as u64 * cfg.channels as u64 + 2)) + Duration::from_secs(10);
+    let timeout =
+        Duration::from_micros(cfg.unit_us as u64 * (DEPTH as u64 * cfg.channels as u64 + 2))
+            + Duration::from_secs(10);
     let start = Instant::now();
     let deadline = start + cfg.duration;
     let mut last_check = start;
@@ -98,7 +117,10 @@ pub fn run(dev: &mut Device, cfg: &LoadConfig) -> Result<LoadReport> {
         if progressed {
             last_progress = now;
         } else if now.duration_since(last_progress) > timeout {
-            return Err(Error::Timeout { what: "spin completions".into(), after: timeout });
+            return Err(Error::Timeout {
+                what: "spin completions".into(),
+                after: timeout,
+            });
         }
         if now.duration_since(last_check) > Duration::from_millis(100) {
             for ch in &chans {

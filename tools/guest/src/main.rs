@@ -13,10 +13,15 @@ use vgpu_guest::programs::Program;
 use vgpu_guest::pushbuf::Pushbuf;
 use vgpu_guest::transport::vfio::VfioTransport;
 use vgpu_guest::transport::vfio_user::VfioUserTransport;
-use vgpu_guest::{regs, selftest, Channel, ChannelConfig, Device, Error, Placement, Result, Transport, WaitMode};
+use vgpu_guest::{
+    regs, selftest, Channel, ChannelConfig, Device, Error, Placement, Result, Transport, WaitMode,
+};
 
 #[derive(Parser)]
-#[command(name = "vgpu-guest", about = "Drive a vgpud vGPU (ABI v1) from user space")]
+#[command(
+    name = "vgpu-guest",
+    about = "Drive a vgpud vGPU (ABI v1) from user space"
+)]
 struct Cli {
     /// How to reach the vGPU.
     #[arg(long, value_enum, default_value = "vfio-user", global = true)]
@@ -92,11 +97,15 @@ fn open(cli: &Cli) -> Result<Device> {
     let bytes = cli.ram_mib << 20;
     let t: Box<dyn Transport> = match cli.transport {
         TransportKind::VfioUser => {
-            let socket = cli.socket.as_ref().ok_or_else(|| Error::InvalidArgument("--transport vfio-user needs --socket PATH".into()))?;
+            let socket = cli.socket.as_ref().ok_or_else(|| {
+                Error::InvalidArgument("--transport vfio-user needs --socket PATH".into())
+            })?;
             Box::new(VfioUserTransport::connect(socket, bytes)?)
         }
         TransportKind::Vfio => {
-            let bdf = cli.device.as_ref().ok_or_else(|| Error::InvalidArgument("--transport vfio needs --device BDF".into()))?;
+            let bdf = cli.device.as_ref().ok_or_else(|| {
+                Error::InvalidArgument("--transport vfio needs --device BDF".into())
+            })?;
             Box::new(VfioTransport::open(bdf, bytes)?)
         }
     };
@@ -127,13 +136,29 @@ fn real_main(cli: &Cli) -> Result<bool> {
             Ok(r.passed())
         }
         Cmd::Run { workload, size } => run(&mut dev, *workload, *size),
-        Cmd::Load { workload: LoadWorkload::Spin, unit_us, seconds, channels, json } => {
+        Cmd::Load {
+            workload: LoadWorkload::Spin,
+            unit_us,
+            seconds,
+            channels,
+            json,
+        } => {
             if !(seconds.is_finite() && *seconds > 0.0) {
                 return Err(Error::InvalidArgument(format!("--seconds {seconds}")));
             }
-            let r = load::run(&mut dev, &LoadConfig { unit_us: *unit_us, duration: Duration::from_secs_f64(*seconds), channels: *channels })?;
+            let r = load::run(
+                &mut dev,
+                &LoadConfig {
+                    unit_us: *unit_us,
+                    duration: Duration::from_secs_f64(*seconds),
+                    channels: *channels,
+                },
+            )?;
             if *json {
-                println!("{}", serde_json::to_string(&r).map_err(|e| Error::Protocol(e.to_string()))?);
+                println!(
+                    "{}",
+                    serde_json::to_string(&r).map_err(|e| Error::Protocol(e.to_string()))?
+                );
             } else {
                 println!(
                     "{} commands of {} us on {} channel(s) in {:.3} s: {:.1}/s, utilization {:.1}%, latency p50 {:.0} us p99 {:.0} us",
@@ -155,16 +180,36 @@ fn real_main(cli: &Cli) -> Result<bool> {
 fn info(dev: &mut Device) -> Result<()> {
     let id = dev.identity().clone();
     println!("transport     {}", dev.transport_name());
-    println!("pci id        {:04x}:{:04x} rev {} class {:06x}", id.vendor_id, id.device_id, id.revision, id.class_code);
-    println!("abi           {}.{} (ID {:#010x})", id.version >> 16, id.version & 0xFFFF, id.id);
-    println!("caps          {:#x} (ptx {}, large pages {}, msi-x vectors {})", id.caps, id.ptx(), id.large_pages(), id.msix_vectors());
+    println!(
+        "pci id        {:04x}:{:04x} rev {} class {:06x}",
+        id.vendor_id, id.device_id, id.revision, id.class_code
+    );
+    println!(
+        "abi           {}.{} (ID {:#010x})",
+        id.version >> 16,
+        id.version & 0xFFFF,
+        id.id
+    );
+    println!(
+        "caps          {:#x} (ptx {}, large pages {}, msi-x vectors {})",
+        id.caps,
+        id.ptx(),
+        id.large_pages(),
+        id.msix_vectors()
+    );
     println!("channels      {}", id.channels);
     println!("vram          {} MiB", id.vram_bytes >> 20);
     println!("timer         {} ns", dev.timer_ns()?);
     let i = dev.interrupts()?;
-    println!("interrupts    status {:#x} channels {:#x}", i.causes, i.channels);
+    println!(
+        "interrupts    status {:#x} channels {:#x}",
+        i.causes, i.channels
+    );
     match dev.mmu_fault()? {
-        Some(f) => println!("mmu fault     {} channel {} va {:#x} write {}", f.code, f.channel, f.va, f.write),
+        Some(f) => println!(
+            "mmu fault     {} channel {} va {:#x} write {}",
+            f.code, f.channel, f.va, f.write
+        ),
         None => println!("mmu fault     none"),
     }
     println!("busy          {}", dev.busy()?);
@@ -174,7 +219,10 @@ fn info(dev: &mut Device) -> Result<()> {
 struct Rng(u64);
 impl Rng {
     fn f32(&mut self) -> f32 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
     }
     fn vec(&mut self, n: usize) -> Vec<f32> {
@@ -186,11 +234,18 @@ fn f32_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 fn bytes_f32(b: &[u8]) -> Vec<f32> {
-    b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+    b.chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
 }
 
 /// Time one launch on `ch` (submit to fence).
-fn timed(dev: &mut Device, ch: &mut Channel, pb: Option<&Pushbuf>, prog: Option<&Program>) -> Result<Duration> {
+fn timed(
+    dev: &mut Device,
+    ch: &mut Channel,
+    pb: Option<&Pushbuf>,
+    prog: Option<&Program>,
+) -> Result<Duration> {
     let t = Instant::now();
     let f = match (pb, prog) {
         (Some(pb), _) => ch.submit(dev, pb)?,
@@ -215,23 +270,53 @@ fn run(dev: &mut Device, w: Workload, size: u32) -> Result<bool> {
             let yb = dev.alloc(Placement::Vram, n as u64 * 4)?;
             ch.upload(dev, &xb, 0, &f32_bytes(&x))?;
             ch.upload(dev, &yb, 0, &f32_bytes(&y))?;
-            let took = timed(dev, &mut ch, None, Some(&Program::Saxpy { x: xb.va(), y: yb.va(), n: size, a }))?;
+            let took = timed(
+                dev,
+                &mut ch,
+                None,
+                Some(&Program::Saxpy {
+                    x: xb.va(),
+                    y: yb.va(),
+                    n: size,
+                    a,
+                }),
+            )?;
             let got = bytes_f32(&ch.download(dev, &yb, 0, n as u64 * 4)?);
             let bad = (0..n).find(|&i| got[i] != a.mul_add(x[i], y[i]));
             if let Some(i) = bad {
-                println!("mismatch: y[{i}] = {}, want {}", got[i], a.mul_add(x[i], y[i]));
+                println!(
+                    "mismatch: y[{i}] = {}, want {}",
+                    got[i],
+                    a.mul_add(x[i], y[i])
+                );
             }
             (bad.is_none(), format!("saxpy n={n}"), took, 12 * n as u64)
         }
         Workload::Gemm => {
             if size > vgpu_guest::programs::GEMM_MAX_DIM {
-                return Err(Error::InvalidArgument(format!("gemm order {size} > {}", vgpu_guest::programs::GEMM_MAX_DIM)));
+                return Err(Error::InvalidArgument(format!(
+                    "gemm order {size} > {}",
+                    vgpu_guest::programs::GEMM_MAX_DIM
+                )));
             }
             let (a, b) = (rng.vec(n * n), rng.vec(n * n));
-            let bufs = [dev.alloc(Placement::Vram, (n * n * 4) as u64)?, dev.alloc(Placement::Vram, (n * n * 4) as u64)?, dev.alloc(Placement::Vram, (n * n * 4) as u64)?];
+            let bufs = [
+                dev.alloc(Placement::Vram, (n * n * 4) as u64)?,
+                dev.alloc(Placement::Vram, (n * n * 4) as u64)?,
+                dev.alloc(Placement::Vram, (n * n * 4) as u64)?,
+            ];
             ch.upload(dev, &bufs[0], 0, &f32_bytes(&a))?;
             ch.upload(dev, &bufs[1], 0, &f32_bytes(&b))?;
-            let p = Program::Gemm { a: bufs[0].va(), b: bufs[1].va(), c: bufs[2].va(), m: size, n: size, k: size, alpha: 1.0, beta: 0.0 };
+            let p = Program::Gemm {
+                a: bufs[0].va(),
+                b: bufs[1].va(),
+                c: bufs[2].va(),
+                m: size,
+                n: size,
+                k: size,
+                alpha: 1.0,
+                beta: 0.0,
+            };
             let took = timed(dev, &mut ch, None, Some(&p))?;
             let c = bytes_f32(&ch.download(dev, &bufs[2], 0, (n * n * 4) as u64)?);
             // Check a sample of elements against an f64 reference.
@@ -261,17 +346,38 @@ fn run(dev: &mut Device, w: Workload, size: u32) -> Result<bool> {
             let dst = dev.alloc(Placement::Sysmem, n as u64)?;
             src.host()?.write(0, &data)?;
             let mut pb = Pushbuf::new();
-            pb.copy_1d(src.va(), mid.va(), size).copy_1d(mid.va(), dst.va(), size);
+            pb.copy_1d(src.va(), mid.va(), size)
+                .copy_1d(mid.va(), dst.va(), size);
             let took = timed(dev, &mut ch, Some(&pb), None)?;
             let mut got = vec![0u8; n];
             dst.host()?.read(0, &mut got)?;
-            (got == data, format!("copy {n} B sysmem->VRAM->sysmem"), took, 2 * n as u64)
+            (
+                got == data,
+                format!("copy {n} B sysmem->VRAM->sysmem"),
+                took,
+                2 * n as u64,
+            )
         }
         Workload::Fill => {
             let b = dev.alloc(Placement::Vram, n as u64 * 4)?;
-            let took = timed(dev, &mut ch, None, Some(&Program::Fill { dst: b.va(), count: size, value: 0x3F80_0000 }))?;
+            let took = timed(
+                dev,
+                &mut ch,
+                None,
+                Some(&Program::Fill {
+                    dst: b.va(),
+                    count: size,
+                    value: 0x3F80_0000,
+                }),
+            )?;
             let got = ch.download(dev, &b, 0, n as u64 * 4)?;
-            (got.chunks_exact(4).all(|c| c == 0x3F80_0000u32.to_le_bytes()), format!("fill {n} words in VRAM"), took, 4 * n as u64)
+            (
+                got.chunks_exact(4)
+                    .all(|c| c == 0x3F80_0000u32.to_le_bytes()),
+                format!("fill {n} words in VRAM"),
+                took,
+                4 * n as u64,
+            )
         }
     };
     let s = took.as_secs_f64();
@@ -279,7 +385,11 @@ fn run(dev: &mut Device, w: Workload, size: u32) -> Result<bool> {
         Workload::Gemm => format!("{:.2} GFLOP/s", bytes as f64 / s / 1e9),
         _ => format!("{:.2} GB/s", bytes as f64 / s / 1e9),
     };
-    println!("{} {what}: {:.3} ms submit-to-fence, {rate}", if ok { "PASS" } else { "FAIL" }, s * 1e3);
+    println!(
+        "{} {what}: {:.3} ms submit-to-fence, {rate}",
+        if ok { "PASS" } else { "FAIL" },
+        s * 1e3
+    );
     let st = dev.read32(regs::STATUS)?;
     if st & regs::STATUS_BUSY != 0 {
         println!("note: STATUS.BUSY still set");

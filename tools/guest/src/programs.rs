@@ -22,7 +22,16 @@ pub enum Program {
     /// `y[i] = a·x[i] + y[i]` (fused multiply-add), `i < n`.
     Saxpy { x: u64, y: u64, n: u32, a: f32 },
     /// `C = α·A·B + β·C`, row-major: A m×k, B k×n, C m×n.
-    Gemm { a: u64, b: u64, c: u64, m: u32, n: u32, k: u32, alpha: f32, beta: f32 },
+    Gemm {
+        a: u64,
+        b: u64,
+        c: u64,
+        m: u32,
+        n: u32,
+        k: u32,
+        alpha: f32,
+        beta: f32,
+    },
     /// `*dst = Σ src[i]` (f32).
     ReduceSum { src: u64, dst: u64, n: u32 },
     /// Occupy the engine for `units × unit_ns` ns, then write `units` to
@@ -57,7 +66,16 @@ impl Program {
                 p.extend(n.to_le_bytes());
                 p.extend(a.to_le_bytes());
             }
-            Program::Gemm { a, b, c, m, n, k, alpha, beta } => {
+            Program::Gemm {
+                a,
+                b,
+                c,
+                m,
+                n,
+                k,
+                alpha,
+                beta,
+            } => {
                 for v in [a, b, c] {
                     p.extend(v.to_le_bytes());
                 }
@@ -74,7 +92,11 @@ impl Program {
                 p.extend(n.to_le_bytes());
                 p.extend(0u32.to_le_bytes());
             }
-            Program::Spin { dst, units, unit_ns } => {
+            Program::Spin {
+                dst,
+                units,
+                unit_ns,
+            } => {
                 p.extend(dst.to_le_bytes());
                 p.extend(units.to_le_bytes());
                 p.extend(unit_ns.to_le_bytes());
@@ -90,20 +112,63 @@ mod tests {
 
     #[test]
     fn parameter_blocks_have_abi_sizes_and_offsets() {
-        let f = Program::Fill { dst: 0x1122_3344_5566_7788, count: 9, value: 0xABCD }.params();
+        let f = Program::Fill {
+            dst: 0x1122_3344_5566_7788,
+            count: 9,
+            value: 0xABCD,
+        }
+        .params();
         assert_eq!(f.len(), 16);
         assert_eq!(&f[8..12], &9u32.to_le_bytes());
-        let s = Program::Saxpy { x: 1, y: 2, n: 3, a: 2.5 }.params();
+        let s = Program::Saxpy {
+            x: 1,
+            y: 2,
+            n: 3,
+            a: 2.5,
+        }
+        .params();
         assert_eq!(s.len(), 24);
         assert_eq!(&s[20..24], &2.5f32.to_le_bytes());
-        let g = Program::Gemm { a: 1, b: 2, c: 3, m: 4, n: 5, k: 6, alpha: 1.5, beta: -0.5 }.params();
+        let g = Program::Gemm {
+            a: 1,
+            b: 2,
+            c: 3,
+            m: 4,
+            n: 5,
+            k: 6,
+            alpha: 1.5,
+            beta: -0.5,
+        }
+        .params();
         assert_eq!(g.len(), 48);
         assert_eq!(&g[16..24], &3u64.to_le_bytes());
         assert_eq!(&g[32..36], &6u32.to_le_bytes());
         assert_eq!(&g[40..44], &(-0.5f32).to_le_bytes());
-        assert_eq!(Program::ReduceSum { src: 1, dst: 2, n: 3 }.params().len(), 24);
-        let sp = Program::Spin { dst: 0, units: 7, unit_ns: 1000 }.params();
+        assert_eq!(
+            Program::ReduceSum {
+                src: 1,
+                dst: 2,
+                n: 3
+            }
+            .params()
+            .len(),
+            24
+        );
+        let sp = Program::Spin {
+            dst: 0,
+            units: 7,
+            unit_ns: 1000,
+        }
+        .params();
         assert_eq!((sp.len(), &sp[12..16]), (16, &1000u32.to_le_bytes()[..]));
-        assert_eq!(Program::Spin { dst: 0, units: 0, unit_ns: 0 }.id(), 5);
+        assert_eq!(
+            Program::Spin {
+                dst: 0,
+                units: 0,
+                unit_ns: 0
+            }
+            .id(),
+            5
+        );
     }
 }

@@ -100,7 +100,12 @@ pub struct Header {
 
 impl Header {
     pub fn decode(w: u32) -> Header {
-        Header { opcode: w >> 29, subchannel: (w >> 13) & 7, method: (w & 0x1FFF) << 2, count: (w >> 16) & MAX_COUNT }
+        Header {
+            opcode: w >> 29,
+            subchannel: (w >> 13) & 7,
+            method: (w & 0x1FFF) << 2,
+            count: (w >> 16) & MAX_COUNT,
+        }
     }
 }
 
@@ -110,7 +115,9 @@ pub const MAX_SEGMENT_WORDS: u64 = (1 << 22) - 1;
 /// Encode a GPFIFO entry for a segment of `words` words at `va`.
 pub fn gpfifo_entry(va: u64, words: u64) -> Result<u64> {
     if va % 4 != 0 || va >> 39 != 0 || words > MAX_SEGMENT_WORDS {
-        return Err(Error::InvalidArgument(format!("segment at {va:#x} of {words} words")));
+        return Err(Error::InvalidArgument(format!(
+            "segment at {va:#x} of {words} words"
+        )));
     }
     Ok(va | words << 40)
 }
@@ -177,7 +184,8 @@ impl Pushbuf {
             self.fail(format!("INCR of {} words to {method:#x}", data.len()));
             return self;
         }
-        self.words.push(header(OP_INCR, subchannel, method, data.len() as u32));
+        self.words
+            .push(header(OP_INCR, subchannel, method, data.len() as u32));
         self.words.extend_from_slice(data);
         self
     }
@@ -186,7 +194,8 @@ impl Pushbuf {
     /// past 8191 words).
     pub fn nonincr(&mut self, subchannel: u32, method: u32, data: &[u32]) -> &mut Self {
         for chunk in data.chunks(MAX_COUNT as usize) {
-            self.words.push(header(OP_NONINCR, subchannel, method, chunk.len() as u32));
+            self.words
+                .push(header(OP_NONINCR, subchannel, method, chunk.len() as u32));
             self.words.extend_from_slice(chunk);
         }
         self
@@ -199,7 +208,8 @@ impl Pushbuf {
             self.fail(format!("ONE_INC of {} words to {method:#x}", data.len()));
             return self;
         }
-        self.words.push(header(OP_ONE_INC, subchannel, method, data.len() as u32));
+        self.words
+            .push(header(OP_ONE_INC, subchannel, method, data.len() as u32));
         self.words.extend_from_slice(data);
         self
     }
@@ -228,7 +238,8 @@ impl Pushbuf {
 
     /// Bind COMPUTE to [`SUBCH_COMPUTE`] and COPY to [`SUBCH_COPY`].
     pub fn bind_classes(&mut self) -> &mut Self {
-        self.set_object(SUBCH_COMPUTE, compute::CLASS).set_object(SUBCH_COPY, copy::CLASS)
+        self.set_object(SUBCH_COMPUTE, compute::CLASS)
+            .set_object(SUBCH_COPY, copy::CLASS)
     }
 
     pub fn nop(&mut self) -> &mut Self {
@@ -246,47 +257,98 @@ impl Pushbuf {
 
     /// Set semaphore address and payload, then `SEM_EXECUTE` with `exec`.
     pub fn semaphore(&mut self, va: u64, payload: u64, exec: u32) -> &mut Self {
-        self.incr(0, host::SEM_ADDR_LO, &[lo(va), hi(va), lo(payload), hi(payload), exec])
+        self.incr(
+            0,
+            host::SEM_ADDR_LO,
+            &[lo(va), hi(va), lo(payload), hi(payload), exec],
+        )
     }
 
     /// A 32-bit release of `payload` (optionally raising `HOST`), after
     /// all earlier work of the channel.
     pub fn sem_release(&mut self, va: u64, payload: u32, interrupt: bool) -> &mut Self {
-        self.semaphore(va, payload as u64, host::SEM_RELEASE | if interrupt { host::SEM_INTERRUPT } else { 0 })
+        self.semaphore(
+            va,
+            payload as u64,
+            host::SEM_RELEASE | if interrupt { host::SEM_INTERRUPT } else { 0 },
+        )
     }
 
     /// A 64-bit release.
     pub fn sem_release64(&mut self, va: u64, payload: u64, interrupt: bool) -> &mut Self {
-        self.semaphore(va, payload, host::SEM_RELEASE | host::SEM_PAYLOAD_64 | if interrupt { host::SEM_INTERRUPT } else { 0 })
+        self.semaphore(
+            va,
+            payload,
+            host::SEM_RELEASE
+                | host::SEM_PAYLOAD_64
+                | if interrupt { host::SEM_INTERRUPT } else { 0 },
+        )
     }
 
     /// A 16-byte timestamped release: payload, then the `TIMER` value.
     pub fn sem_release_timestamp(&mut self, va: u64, payload: u64) -> &mut Self {
-        self.semaphore(va, payload, host::SEM_RELEASE | host::SEM_PAYLOAD_64 | host::SEM_TIMESTAMP)
+        self.semaphore(
+            va,
+            payload,
+            host::SEM_RELEASE | host::SEM_PAYLOAD_64 | host::SEM_TIMESTAMP,
+        )
     }
 
     /// Block the channel until the value at `va` is ≥ `payload`
     /// (wrapping compare; 64-bit with `wide`), or equal with `equal`.
     pub fn sem_acquire(&mut self, va: u64, payload: u64, equal: bool, wide: bool) -> &mut Self {
-        let op = if equal { host::SEM_ACQUIRE_EQ } else { host::SEM_ACQUIRE_GEQ };
-        self.semaphore(va, payload, op | if wide { host::SEM_PAYLOAD_64 } else { 0 })
+        let op = if equal {
+            host::SEM_ACQUIRE_EQ
+        } else {
+            host::SEM_ACQUIRE_GEQ
+        };
+        self.semaphore(
+            va,
+            payload,
+            op | if wide { host::SEM_PAYLOAD_64 } else { 0 },
+        )
     }
 
     // ---- COPY -------------------------------------------------------------
 
     /// Copy `bytes` from `src` to `dst` (VAs).
     pub fn copy_1d(&mut self, src: u64, dst: u64, bytes: u32) -> &mut Self {
-        self.incr(SUBCH_COPY, copy::SRC_LO, &[lo(src), hi(src), lo(dst), hi(dst)])
-            .incr(SUBCH_COPY, copy::LINE_BYTES, &[bytes])
-            .immd(SUBCH_COPY, copy::LAUNCH, copy::LAUNCH_COPY_1D)
+        self.incr(
+            SUBCH_COPY,
+            copy::SRC_LO,
+            &[lo(src), hi(src), lo(dst), hi(dst)],
+        )
+        .incr(SUBCH_COPY, copy::LINE_BYTES, &[bytes])
+        .immd(SUBCH_COPY, copy::LAUNCH, copy::LAUNCH_COPY_1D)
     }
 
     /// Copy `lines` lines of `line_bytes`, line *l* from `src + l·src_pitch`
     /// to `dst + l·dst_pitch`.
     #[allow(clippy::too_many_arguments)]
-    pub fn copy_2d(&mut self, src: u64, src_pitch: u32, dst: u64, dst_pitch: u32, line_bytes: u32, lines: u32) -> &mut Self {
-        self.incr(SUBCH_COPY, copy::SRC_LO, &[lo(src), hi(src), lo(dst), hi(dst), src_pitch, dst_pitch, line_bytes, lines])
-            .immd(SUBCH_COPY, copy::LAUNCH, copy::LAUNCH_COPY_2D)
+    pub fn copy_2d(
+        &mut self,
+        src: u64,
+        src_pitch: u32,
+        dst: u64,
+        dst_pitch: u32,
+        line_bytes: u32,
+        lines: u32,
+    ) -> &mut Self {
+        self.incr(
+            SUBCH_COPY,
+            copy::SRC_LO,
+            &[
+                lo(src),
+                hi(src),
+                lo(dst),
+                hi(dst),
+                src_pitch,
+                dst_pitch,
+                line_bytes,
+                lines,
+            ],
+        )
+        .immd(SUBCH_COPY, copy::LAUNCH, copy::LAUNCH_COPY_2D)
     }
 
     /// Fill `bytes` (a multiple of 4) at `dst` with the 32-bit `pattern`.
@@ -298,9 +360,20 @@ impl Pushbuf {
     }
 
     /// Fill `lines` lines of `line_bytes` at `dst`, `dst_pitch` apart.
-    pub fn memset_2d(&mut self, dst: u64, dst_pitch: u32, pattern: u32, line_bytes: u32, lines: u32) -> &mut Self {
+    pub fn memset_2d(
+        &mut self,
+        dst: u64,
+        dst_pitch: u32,
+        pattern: u32,
+        line_bytes: u32,
+        lines: u32,
+    ) -> &mut Self {
         self.incr(SUBCH_COPY, copy::DST_LO, &[lo(dst), hi(dst)])
-            .incr(SUBCH_COPY, copy::DST_PITCH, &[dst_pitch, line_bytes, lines, pattern])
+            .incr(
+                SUBCH_COPY,
+                copy::DST_PITCH,
+                &[dst_pitch, line_bytes, lines, pattern],
+            )
             .immd(SUBCH_COPY, copy::LAUNCH, copy::LAUNCH_MEMSET_2D)
     }
 
@@ -309,21 +382,44 @@ impl Pushbuf {
     /// Run `program` (a built-in id, or `0x100 | slot`) with the parameter
     /// block at `params` of `size` bytes.
     pub fn launch(&mut self, program: u32, params: u64, size: u32) -> &mut Self {
-        self.incr(SUBCH_COMPUTE, compute::PROGRAM, &[program, lo(params), hi(params), size]).immd(SUBCH_COMPUTE, compute::LAUNCH, 0)
+        self.incr(
+            SUBCH_COMPUTE,
+            compute::PROGRAM,
+            &[program, lo(params), hi(params), size],
+        )
+        .immd(SUBCH_COMPUTE, compute::LAUNCH, 0)
     }
 
     /// Load the PTX text at `va` (`size` bytes) into module `slot`.
     pub fn module_load(&mut self, slot: u32, va: u64, size: u32) -> &mut Self {
-        self.incr(SUBCH_COMPUTE, compute::MODULE_LO, &[lo(va), hi(va), size]).immd(SUBCH_COMPUTE, compute::MODULE_LOAD, slot)
+        self.incr(SUBCH_COMPUTE, compute::MODULE_LO, &[lo(va), hi(va), size])
+            .immd(SUBCH_COMPUTE, compute::MODULE_LOAD, slot)
     }
 
     /// Launch PTX function `name_va` (`name_len` bytes) of module `slot`
     /// on `grid` × `block` threads with the parameter block at `params`.
     #[allow(clippy::too_many_arguments)]
-    pub fn launch_ptx(&mut self, slot: u32, name_va: u64, name_len: u32, grid: [u32; 3], block: [u32; 3], params: u64, size: u32) -> &mut Self {
-        self.incr(SUBCH_COMPUTE, compute::GRID_X, &[grid[0], grid[1], grid[2], block[0], block[1], block[2]])
-            .incr(SUBCH_COMPUTE, compute::FUNC_NAME_LO, &[lo(name_va), hi(name_va), name_len])
-            .launch(compute::PROGRAM_PTX | slot, params, size)
+    pub fn launch_ptx(
+        &mut self,
+        slot: u32,
+        name_va: u64,
+        name_len: u32,
+        grid: [u32; 3],
+        block: [u32; 3],
+        params: u64,
+        size: u32,
+    ) -> &mut Self {
+        self.incr(
+            SUBCH_COMPUTE,
+            compute::GRID_X,
+            &[grid[0], grid[1], grid[2], block[0], block[1], block[2]],
+        )
+        .incr(
+            SUBCH_COMPUTE,
+            compute::FUNC_NAME_LO,
+            &[lo(name_va), hi(name_va), name_len],
+        )
+        .launch(compute::PROGRAM_PTX | slot, params, size)
     }
 }
 
@@ -342,13 +438,28 @@ mod tests {
         assert_eq!(h, 0x2002_8041);
         assert_eq!(header(OP_IMMD, 1, 0x180, 0), 0x8000_2060);
         assert_eq!(header(OP_END_SEGMENT, 0, 0, 0), 0xE000_0000);
-        assert_eq!(Header::decode(header(OP_NONINCR, 7, 0x7FFC, MAX_COUNT)), Header { opcode: 3, subchannel: 7, method: 0x7FFC, count: 8191 });
+        assert_eq!(
+            Header::decode(header(OP_NONINCR, 7, 0x7FFC, MAX_COUNT)),
+            Header {
+                opcode: 3,
+                subchannel: 7,
+                method: 0x7FFC,
+                count: 8191
+            }
+        );
     }
 
     #[test]
     fn gpfifo_entry_layout() {
-        assert_eq!(gpfifo_entry(0x40_0000_1000, 5).unwrap(), 0x40_0000_1000 | 5 << 40);
-        assert_eq!(gpfifo_entry(0x7F_FFFF_FFFC, MAX_SEGMENT_WORDS).unwrap() >> 62, 0, "bits 63:62 stay clear");
+        assert_eq!(
+            gpfifo_entry(0x40_0000_1000, 5).unwrap(),
+            0x40_0000_1000 | 5 << 40
+        );
+        assert_eq!(
+            gpfifo_entry(0x7F_FFFF_FFFC, MAX_SEGMENT_WORDS).unwrap() >> 62,
+            0,
+            "bits 63:62 stay clear"
+        );
         assert!(gpfifo_entry(0x1002, 1).is_err());
         assert!(gpfifo_entry(1 << 39, 1).is_err());
         assert!(gpfifo_entry(0, 1 << 22).is_err());
@@ -358,23 +469,69 @@ mod tests {
     fn builder_emits_expected_words() {
         let mut pb = Pushbuf::new();
         pb.bind_classes();
-        assert_eq!(pb.words(), &[header(OP_INCR, 1, 0, 1), 0x56C0, header(OP_INCR, 4, 0, 1), 0x56B5]);
+        assert_eq!(
+            pb.words(),
+            &[
+                header(OP_INCR, 1, 0, 1),
+                0x56C0,
+                header(OP_INCR, 4, 0, 1),
+                0x56B5
+            ]
+        );
 
         let mut pb = Pushbuf::new();
         pb.sem_release64(0x1_2345_6780, 0xAABB_CCDD_0011_2233, true);
-        assert_eq!(pb.words(), &[header(OP_INCR, 0, 0x10, 5), 0x2345_6780, 1, 0x0011_2233, 0xAABB_CCDD, 1 | 1 << 8 | 1 << 10]);
+        assert_eq!(
+            pb.words(),
+            &[
+                header(OP_INCR, 0, 0x10, 5),
+                0x2345_6780,
+                1,
+                0x0011_2233,
+                0xAABB_CCDD,
+                1 | 1 << 8 | 1 << 10
+            ]
+        );
 
         let mut pb = Pushbuf::new();
         pb.copy_2d(0x1000, 64, 0x2000, 128, 32, 3);
-        assert_eq!(pb.words(), &[header(OP_INCR, 4, 0x100, 8), 0x1000, 0, 0x2000, 0, 64, 128, 32, 3, header(OP_IMMD, 4, 0x124, 1)]);
+        assert_eq!(
+            pb.words(),
+            &[
+                header(OP_INCR, 4, 0x100, 8),
+                0x1000,
+                0,
+                0x2000,
+                0,
+                64,
+                128,
+                32,
+                3,
+                header(OP_IMMD, 4, 0x124, 1)
+            ]
+        );
 
         let mut pb = Pushbuf::new();
         pb.launch(3, 0x40_0000_0000, 48);
-        assert_eq!(pb.words(), &[header(OP_INCR, 1, 0x100, 4), 3, 0, 0x40, 48, header(OP_IMMD, 1, 0x180, 0)]);
+        assert_eq!(
+            pb.words(),
+            &[
+                header(OP_INCR, 1, 0x100, 4),
+                3,
+                0,
+                0x40,
+                48,
+                header(OP_IMMD, 1, 0x180, 0)
+            ]
+        );
 
         let mut pb = Pushbuf::new();
         pb.immd(0, host::NOP, 0x12345);
-        assert_eq!(pb.words(), &[header(OP_INCR, 0, 8, 1), 0x12345], "large immediates fall back to INCR");
+        assert_eq!(
+            pb.words(),
+            &[header(OP_INCR, 0, 8, 1), 0x12345],
+            "large immediates fall back to INCR"
+        );
     }
 
     #[test]
@@ -383,7 +540,10 @@ mod tests {
         let mut pb = Pushbuf::new();
         pb.nonincr(2, 0x200, &data);
         let h1 = Header::decode(pb.words()[0]);
-        assert_eq!((h1.opcode, h1.method, h1.count), (OP_NONINCR, 0x200, MAX_COUNT));
+        assert_eq!(
+            (h1.opcode, h1.method, h1.count),
+            (OP_NONINCR, 0x200, MAX_COUNT)
+        );
         let h2 = Header::decode(pb.words()[1 + MAX_COUNT as usize]);
         assert_eq!((h2.method, h2.count), (0x200, 9000 - MAX_COUNT));
         assert_eq!(pb.len(), 9002);

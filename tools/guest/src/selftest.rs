@@ -35,7 +35,14 @@ pub struct Check {
 
 impl fmt::Display for Check {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {:<34} {:>8}us  {}", if self.passed { "PASS" } else { "FAIL" }, self.name, self.elapsed_us, self.detail)
+        write!(
+            f,
+            "{} {:<34} {:>8}us  {}",
+            if self.passed { "PASS" } else { "FAIL" },
+            self.name,
+            self.elapsed_us,
+            self.detail
+        )
     }
 }
 
@@ -91,7 +98,12 @@ pub fn run_with<'d>(dev: &'d mut Device, on_check: &mut dyn FnMut(&Check)) -> Re
             Ok(d) => (true, d),
             Err(Fail(d)) => (false, d),
         };
-        let c = Check { name: name.to_string(), passed, detail, elapsed_us: start.elapsed().as_micros() as u64 };
+        let c = Check {
+            name: name.to_string(),
+            passed,
+            detail,
+            elapsed_us: start.elapsed().as_micros() as u64,
+        };
         on_check(&c);
         report.checks.push(c);
     };
@@ -120,21 +132,39 @@ pub fn run_with<'d>(dev: &'d mut Device, on_check: &mut dyn FnMut(&Check)) -> Re
     } else {
         None
     };
-    push(&mut report, "channel setup", start, Ok(format!("{} channel(s)", 1 + ch1.is_some() as u32)));
+    push(
+        &mut report,
+        "channel setup",
+        start,
+        Ok(format!("{} channel(s)", 1 + ch1.is_some() as u32)),
+    );
 
-    let mut t: Tests<'d> = Tests { dev, ch: ch0, seed: 0x5EED_1234 };
+    let mut t: Tests<'d> = Tests {
+        dev,
+        ch: ch0,
+        seed: 0x5EED_1234,
+    };
     type Test<'d> = fn(&mut Tests<'d>) -> Outcome;
     type Named<'d> = (String, Box<dyn Fn(&mut Tests<'d>) -> Outcome + 'd>);
     let mut tests: Vec<Named<'d>> = Vec::new();
     tests.push(("timer".into(), Box::new(Tests::timer)));
     for (s, d) in MIXES {
-        tests.push((format!("copy 1D {}->{}", name(s), name(d)), Box::new(move |t: &mut Tests<'d>| t.copy_1d(s, d))));
+        tests.push((
+            format!("copy 1D {}->{}", name(s), name(d)),
+            Box::new(move |t: &mut Tests<'d>| t.copy_1d(s, d)),
+        ));
     }
     for (s, d) in MIXES {
-        tests.push((format!("copy 2D {}->{}", name(s), name(d)), Box::new(move |t: &mut Tests<'d>| t.copy_2d(s, d))));
+        tests.push((
+            format!("copy 2D {}->{}", name(s), name(d)),
+            Box::new(move |t: &mut Tests<'d>| t.copy_2d(s, d)),
+        ));
     }
     for p in [Placement::Sysmem, Placement::Vram] {
-        tests.push((format!("memset 1D+2D {}", name(p)), Box::new(move |t: &mut Tests<'d>| t.memset(p))));
+        tests.push((
+            format!("memset 1D+2D {}", name(p)),
+            Box::new(move |t: &mut Tests<'d>| t.memset(p)),
+        ));
     }
     let simple: [(&str, Test<'d>); 8] = [
         ("fill", Tests::fill),
@@ -195,8 +225,12 @@ pub fn run_with<'d>(dev: &'d mut Device, on_check: &mut dyn FnMut(&Check)) -> Re
     report
 }
 
-const MIXES: [(Placement, Placement); 4] =
-    [(Placement::Sysmem, Placement::Sysmem), (Placement::Sysmem, Placement::Vram), (Placement::Vram, Placement::Vram), (Placement::Vram, Placement::Sysmem)];
+const MIXES: [(Placement, Placement); 4] = [
+    (Placement::Sysmem, Placement::Sysmem),
+    (Placement::Sysmem, Placement::Vram),
+    (Placement::Vram, Placement::Vram),
+    (Placement::Vram, Placement::Sysmem),
+];
 
 fn name(p: Placement) -> &'static str {
     match p {
@@ -209,9 +243,17 @@ fn identity(dev: &mut Device) -> Outcome {
     let id = dev.identity().clone();
     ensure!(id.id == regs::ID_MAGIC, "ID {:#x}", id.id);
     ensure!(id.version >> 16 == 1, "VERSION {:#x}", id.version);
-    ensure!(id.class_code == regs::PCI_CLASS_3D, "class {:#x}", id.class_code);
+    ensure!(
+        id.class_code == regs::PCI_CLASS_3D,
+        "class {:#x}",
+        id.class_code
+    );
     ensure!(id.large_pages(), "CAPS.LARGE_PAGES is 0");
-    ensure!(id.msix_vectors() == 1, "CAPS reports {} MSI-X vectors", id.msix_vectors());
+    ensure!(
+        id.msix_vectors() == 1,
+        "CAPS reports {} MSI-X vectors",
+        id.msix_vectors()
+    );
     ensure!(dev.read32(regs::ID)? == regs::ID_MAGIC, "ID changed");
     Ok(format!(
         "{:04x}:{:04x} rev {} ABI {}.{} caps {:#x} {} channels {} MiB VRAM via {}",
@@ -235,7 +277,10 @@ struct Tests<'a> {
 
 impl Tests<'_> {
     fn rand_u32(&mut self) -> u32 {
-        self.seed = self.seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.seed = self
+            .seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (self.seed >> 32) as u32
     }
     fn rand_f32(&mut self) -> f32 {
@@ -266,10 +311,17 @@ impl Tests<'_> {
         self.ch.download(self.dev, b, 0, b.len())
     }
     fn put_f32(&mut self, b: &Buffer, v: &[f32]) -> Result<(), Error> {
-        self.put(b, &v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<_>>())
+        self.put(
+            b,
+            &v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<_>>(),
+        )
     }
     fn get_f32(&mut self, b: &Buffer) -> Result<Vec<f32>, Error> {
-        Ok(self.get(b)?.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+        Ok(self
+            .get(b)?
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect())
     }
     fn free(&mut self, bufs: Vec<Buffer>) -> Result<(), Error> {
         bufs.into_iter().try_for_each(|b| self.dev.free(b))
@@ -279,8 +331,15 @@ impl Tests<'_> {
         let t0 = self.dev.timer_ns()?;
         std::thread::sleep(Duration::from_millis(2));
         let t1 = self.dev.timer_ns()?;
-        ensure!(t1 > t0 && t1 - t0 >= 2_000_000, "TIMER moved {} ns over 2 ms", t1.wrapping_sub(t0));
-        Ok(format!("advanced {} us over a 2 ms sleep", (t1 - t0) / 1000))
+        ensure!(
+            t1 > t0 && t1 - t0 >= 2_000_000,
+            "TIMER moved {} ns over 2 ms",
+            t1.wrapping_sub(t0)
+        );
+        Ok(format!(
+            "advanced {} us over a 2 ms sleep",
+            (t1 - t0) / 1000
+        ))
     }
 
     fn copy_1d(&mut self, s: Placement, d: Placement) -> Outcome {
@@ -296,7 +355,10 @@ impl Tests<'_> {
         self.exec(&pb)?;
         let got = self.get(&dst)?;
         self.free(vec![src, dst])?;
-        ensure!(got[0] == 0xEE && got[len + 1] == 0xEE, "bytes outside the copy changed");
+        ensure!(
+            got[0] == 0xEE && got[len + 1] == 0xEE,
+            "bytes outside the copy changed"
+        );
         ensure!(got[1..len + 1] == data[3..len + 3], "copied bytes differ");
         Ok(format!("{len} bytes"))
     }
@@ -314,9 +376,15 @@ impl Tests<'_> {
         let got = self.get(&dst)?;
         self.free(vec![src, dst])?;
         for l in 0..lines as usize {
-            let (g, w) = (&got[l * dp as usize..][..dp as usize], &data[l * sp as usize..][..line as usize]);
+            let (g, w) = (
+                &got[l * dp as usize..][..dp as usize],
+                &data[l * sp as usize..][..line as usize],
+            );
             ensure!(&g[..line as usize] == w, "line {l} differs");
-            ensure!(g[line as usize..].iter().all(|&b| b == 0xEE), "pitch gap of line {l} changed");
+            ensure!(
+                g[line as usize..].iter().all(|&b| b == 0xEE),
+                "pitch gap of line {l} changed"
+            );
         }
         Ok(format!("{lines} lines of {line} B, pitches {sp}/{dp}"))
     }
@@ -326,7 +394,13 @@ impl Tests<'_> {
         let b = self.dev.alloc(p, n as u64)?;
         self.put(&b, &vec![0x11; n])?;
         let mut pb = Pushbuf::new();
-        pb.memset_1d(b.va() + 4, 0xA1B2_C3D4, 4000).memset_2d(b.va() + 4096, 256, 0x0102_0304, 64, 10);
+        pb.memset_1d(b.va() + 4, 0xA1B2_C3D4, 4000).memset_2d(
+            b.va() + 4096,
+            256,
+            0x0102_0304,
+            64,
+            10,
+        );
         self.exec(&pb)?;
         let got = self.get(&b)?;
         self.free(vec![b])?;
@@ -340,7 +414,11 @@ impl Tests<'_> {
                 want[o..o + 4].copy_from_slice(&0x0102_0304u32.to_le_bytes());
             }
         }
-        ensure!(got == want, "memset result differs at byte {:?}", got.iter().zip(&want).position(|(a, b)| a != b));
+        ensure!(
+            got == want,
+            "memset result differs at byte {:?}",
+            got.iter().zip(&want).position(|(a, b)| a != b)
+        );
         Ok("1D 4000 B + 2D 10x64 B".into())
     }
 
@@ -348,11 +426,21 @@ impl Tests<'_> {
         let n = 5000u32;
         let b = self.dev.alloc(Placement::Vram, n as u64 * 4 + 4)?;
         self.put(&b, &[0x55; 20004])?;
-        self.launch(&Program::Fill { dst: b.va(), count: n, value: 0xCAFE_F00D })?;
+        self.launch(&Program::Fill {
+            dst: b.va(),
+            count: n,
+            value: 0xCAFE_F00D,
+        })?;
         let got = self.get(&b)?;
         self.free(vec![b])?;
-        let words: Vec<u32> = got.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
-        ensure!(words[..n as usize].iter().all(|&w| w == 0xCAFE_F00D), "fill value wrong");
+        let words: Vec<u32> = got
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        ensure!(
+            words[..n as usize].iter().all(|&w| w == 0xCAFE_F00D),
+            "fill value wrong"
+        );
         ensure!(words[n as usize] == 0x5555_5555, "fill wrote past count");
         Ok(format!("{n} words in VRAM"))
     }
@@ -365,7 +453,12 @@ impl Tests<'_> {
         let yb = self.dev.alloc(Placement::Vram, n as u64 * 4)?;
         self.put_f32(&xb, &x)?;
         self.put_f32(&yb, &y)?;
-        self.launch(&Program::Saxpy { x: xb.va(), y: yb.va(), n: n as u32, a })?;
+        self.launch(&Program::Saxpy {
+            x: xb.va(),
+            y: yb.va(),
+            n: n as u32,
+            a,
+        })?;
         let got = self.get_f32(&yb)?;
         self.free(vec![xb, yb])?;
         for i in 0..n {
@@ -385,7 +478,16 @@ impl Tests<'_> {
         self.put_f32(&ab, &a)?;
         self.put_f32(&bb, &b)?;
         self.put_f32(&cb, &c)?;
-        self.launch(&Program::Gemm { a: ab.va(), b: bb.va(), c: cb.va(), m: m as u32, n: n as u32, k: k as u32, alpha, beta })?;
+        self.launch(&Program::Gemm {
+            a: ab.va(),
+            b: bb.va(),
+            c: cb.va(),
+            m: m as u32,
+            n: n as u32,
+            k: k as u32,
+            alpha,
+            beta,
+        })?;
         let got = self.get_f32(&cb)?;
         self.free(vec![ab, bb, cb])?;
         let mut worst = 0f64;
@@ -398,9 +500,16 @@ impl Tests<'_> {
                     mag += t.abs();
                 }
                 let want = alpha as f64 * dot + beta as f64 * c[i * n + j] as f64;
-                let tol = 4.0 * f32::EPSILON as f64 * (k as f64 + 2.0) * (alpha.abs() as f64 * mag + (beta * c[i * n + j]).abs() as f64 + 1e-30);
+                let tol = 4.0
+                    * f32::EPSILON as f64
+                    * (k as f64 + 2.0)
+                    * (alpha.abs() as f64 * mag + (beta * c[i * n + j]).abs() as f64 + 1e-30);
                 let err = (got[i * n + j] as f64 - want).abs();
-                ensure!(err <= tol, "C[{i}][{j}] = {}, want {want} (tolerance {tol:e})", got[i * n + j]);
+                ensure!(
+                    err <= tol,
+                    "C[{i}][{j}] = {}, want {want} (tolerance {tol:e})",
+                    got[i * n + j]
+                );
                 worst = worst.max(err);
             }
         }
@@ -413,13 +522,23 @@ impl Tests<'_> {
         let xb = self.dev.alloc(Placement::Vram, n as u64 * 4)?;
         let out = self.dev.alloc(Placement::Sysmem, 4)?;
         self.put_f32(&xb, &x)?;
-        self.launch(&Program::ReduceSum { src: xb.va(), dst: out.va(), n: n as u32 })?;
+        self.launch(&Program::ReduceSum {
+            src: xb.va(),
+            dst: out.va(),
+            n: n as u32,
+        })?;
         let got = out.host()?.read_f32s(0, 1)?[0] as f64;
         self.free(vec![xb, out])?;
         let want: f64 = x.iter().map(|&v| v as f64).sum();
         let tol = n as f64 * f32::EPSILON as f64 * x.iter().map(|v| v.abs() as f64).sum::<f64>();
-        ensure!((got - want).abs() <= tol, "sum {got}, want {want} (tolerance {tol:e})");
-        Ok(format!("n = {n}, |error| {:.2e} <= {tol:.2e}", (got - want).abs()))
+        ensure!(
+            (got - want).abs() <= tol,
+            "sum {got}, want {want} (tolerance {tol:e})"
+        );
+        Ok(format!(
+            "n = {n}, |error| {:.2e} <= {tol:.2e}",
+            (got - want).abs()
+        ))
     }
 
     fn spin(&mut self) -> Outcome {
@@ -427,27 +546,51 @@ impl Tests<'_> {
         let (units, unit_ns) = (5u32, 200_000u32);
         let mut seg = self.ch.segment(self.dev, TIMEOUT)?;
         seg.pb.sem_release_timestamp(sem.va(), 0x1111);
-        seg.launch(&Program::Spin { dst: sem.va() + 32, units, unit_ns })?;
+        seg.launch(&Program::Spin {
+            dst: sem.va() + 32,
+            units,
+            unit_ns,
+        })?;
         seg.pb.sem_release_timestamp(sem.va() + 16, 0x2222);
         let f = seg.submit(self.dev)?;
         self.ch.wait(self.dev, f, WaitMode::Interrupt, TIMEOUT)?;
         let h = sem.host()?;
-        let (p0, t0, p1, t1, done) = (h.read_u64(0)?, h.read_u64(8)?, h.read_u64(16)?, h.read_u64(24)?, h.read_u32(32)?);
+        let (p0, t0, p1, t1, done) = (
+            h.read_u64(0)?,
+            h.read_u64(8)?,
+            h.read_u64(16)?,
+            h.read_u64(24)?,
+            h.read_u32(32)?,
+        );
         let now = self.dev.timer_ns()?;
         self.free(vec![sem])?;
-        ensure!(p0 == 0x1111 && p1 == 0x2222, "timestamp payloads {p0:#x} {p1:#x}");
+        ensure!(
+            p0 == 0x1111 && p1 == 0x2222,
+            "timestamp payloads {p0:#x} {p1:#x}"
+        );
         ensure!(done == units, "spin wrote {done}, want {units}");
         let want = units as u64 * unit_ns as u64;
-        ensure!(t1 >= t0 + want, "timestamps {t0} .. {t1}: spin took {} ns < {want} ns", t1.saturating_sub(t0));
+        ensure!(
+            t1 >= t0 + want,
+            "timestamps {t0} .. {t1}: spin took {} ns < {want} ns",
+            t1.saturating_sub(t0)
+        );
         ensure!(t1 <= now, "timestamp {t1} is in the future (TIMER {now})");
-        Ok(format!("{units} x {unit_ns} ns took {} us between timestamps", (t1 - t0) / 1000))
+        Ok(format!(
+            "{units} x {unit_ns} ns took {} us between timestamps",
+            (t1 - t0) / 1000
+        ))
     }
 
     fn sem_release(&mut self) -> Outcome {
         let sem = self.dev.alloc(Placement::Sysmem, 64)?;
         sem.host()?.fill(0, 64, 0xFF)?;
         let mut pb = Pushbuf::new();
-        pb.sem_release(sem.va(), 0x1234_5678, false).sem_release64(sem.va() + 8, 0x0123_4567_89AB_CDEF, false);
+        pb.sem_release(sem.va(), 0x1234_5678, false).sem_release64(
+            sem.va() + 8,
+            0x0123_4567_89AB_CDEF,
+            false,
+        );
         self.exec(&pb)?;
         let h = sem.host()?;
         let (a, pad, b) = (h.read_u32(0)?, h.read_u32(4)?, h.read_u64(8)?);
@@ -464,15 +607,23 @@ impl Tests<'_> {
         h.write_u64(0, 0xFFFF_FFFF_FFFF_FFF0)?;
         // 64-bit GEQ across a wrap, then 32-bit EQ.
         let mut pb = Pushbuf::new();
-        pb.sem_acquire(sem.va(), 0xFFFF_FFFF_FFFF_FFF8, false, true).sem_acquire(sem.va() + 8, 7, true, false);
+        pb.sem_acquire(sem.va(), 0xFFFF_FFFF_FFFF_FFF8, false, true)
+            .sem_acquire(sem.va() + 8, 7, true, false);
         let f = self.ch.submit(self.dev, &pb)?;
         std::thread::sleep(Duration::from_millis(20));
         let st = self.ch.status(self.dev)?;
-        ensure!(st.state == ChannelState::Blocked, "channel {:?} while its acquire is unsatisfied", st.state);
+        ensure!(
+            st.state == ChannelState::Blocked,
+            "channel {:?} while its acquire is unsatisfied",
+            st.state
+        );
         ensure!(!self.ch.reached(f)?, "fence passed an unsatisfied acquire");
         h.write_u64(0, 2)?; // wrapped past the payload: GEQ holds
         std::thread::sleep(Duration::from_millis(20));
-        ensure!(!self.ch.reached(f)?, "fence passed the unsatisfied EQ acquire");
+        ensure!(
+            !self.ch.reached(f)?,
+            "fence passed the unsatisfied EQ acquire"
+        );
         h.write_u32(8, 7)?;
         self.ch.wait(self.dev, f, WaitMode::Poll, TIMEOUT)?;
         self.free(vec![sem])?;
@@ -500,12 +651,23 @@ impl Tests<'_> {
         let late = self.dev.wait_interrupt(Duration::from_secs(2))?;
         let cleared = self.dev.take_interrupts()?;
         let after = self.dev.interrupts()?;
-        ensure!(i.causes & regs::INTR_HOST != 0, "INTR_STATUS {:#x} lacks HOST", i.causes);
-        ensure!(i.channels & (1 << id) != 0, "INTR_CHANNEL {:#x} lacks channel {id}", i.channels);
+        ensure!(
+            i.causes & regs::INTR_HOST != 0,
+            "INTR_STATUS {:#x} lacks HOST",
+            i.causes
+        );
+        ensure!(
+            i.channels & (1 << id) != 0,
+            "INTR_CHANNEL {:#x} lacks channel {id}",
+            i.channels
+        );
         ensure!(!early, "MSI-X fired while HOST was masked");
         ensure!(late, "no MSI-X after enabling the pending cause");
         ensure!(cleared.causes & regs::INTR_HOST != 0, "HOST vanished");
-        ensure!(after.causes == 0 && after.channels == 0, "W1C left {after:?}");
+        ensure!(
+            after.causes == 0 && after.channels == 0,
+            "W1C left {after:?}"
+        );
         // Unmasked: a release with INTERRUPT signals directly.
         let sem = self.dev.alloc(Placement::Sysmem, 16)?;
         let mut pb = Pushbuf::new();
@@ -518,7 +680,10 @@ impl Tests<'_> {
         self.drain_interrupts()?;
         self.free(vec![sem])?;
         ensure!(fired, "no MSI-X for a release with INTERRUPT");
-        Ok(format!("masking, pending-enable and release interrupts; MSI after {} us", lat.as_micros()))
+        Ok(format!(
+            "masking, pending-enable and release interrupts; MSI after {} us",
+            lat.as_micros()
+        ))
     }
 
     fn cross_channel(&mut self, other: &mut Channel) -> Outcome {
@@ -533,21 +698,60 @@ impl Tests<'_> {
         self.exec(&pb)?;
         other.wait(self.dev, f1, WaitMode::Poll, TIMEOUT)?;
         self.free(vec![sem])?;
-        ensure!(blocked == ChannelState::Blocked, "channel {} was {blocked:?}, not BLOCKED", other.id());
-        Ok(format!("channel {} released channel {}", self.ch.id(), other.id()))
+        ensure!(
+            blocked == ChannelState::Blocked,
+            "channel {} was {blocked:?}, not BLOCKED",
+            other.id()
+        );
+        Ok(format!(
+            "channel {} released channel {}",
+            self.ch.id(),
+            other.id()
+        ))
     }
 
     fn runlist(&mut self, other: &mut Channel) -> Outcome {
         let (a, b) = (self.ch.id(), other.id());
-        let dup = self.dev.submit_runlist(&[RunlistEntry { channel: a, timeslice_us: 100 }, RunlistEntry { channel: a, timeslice_us: 100 }]);
-        ensure!(matches!(dup, Err(Error::RunlistRejected(ErrorCode::RunlistInvalid))), "duplicate runlist: {dup:?}");
-        self.dev.submit_runlist(&[RunlistEntry { channel: a, timeslice_us: 2000 }])?;
+        let dup = self.dev.submit_runlist(&[
+            RunlistEntry {
+                channel: a,
+                timeslice_us: 100,
+            },
+            RunlistEntry {
+                channel: a,
+                timeslice_us: 100,
+            },
+        ]);
+        ensure!(
+            matches!(dup, Err(Error::RunlistRejected(ErrorCode::RunlistInvalid))),
+            "duplicate runlist: {dup:?}"
+        );
+        self.dev.submit_runlist(&[RunlistEntry {
+            channel: a,
+            timeslice_us: 2000,
+        }])?;
         // Off the runlist, the other channel keeps its work queued.
         let buf = self.dev.alloc(Placement::Sysmem, 64)?;
-        let f = other.launch(self.dev, &Program::Fill { dst: buf.va(), count: 16, value: 9 })?;
+        let f = other.launch(
+            self.dev,
+            &Program::Fill {
+                dst: buf.va(),
+                count: 16,
+                value: 9,
+            },
+        )?;
         std::thread::sleep(Duration::from_millis(20));
         let early = other.reached(f)?;
-        self.dev.submit_runlist(&[RunlistEntry { channel: b, timeslice_us: 500 }, RunlistEntry { channel: a, timeslice_us: 1000 }])?;
+        self.dev.submit_runlist(&[
+            RunlistEntry {
+                channel: b,
+                timeslice_us: 500,
+            },
+            RunlistEntry {
+                channel: a,
+                timeslice_us: 1000,
+            },
+        ])?;
         other.wait(self.dev, f, WaitMode::Poll, TIMEOUT)?;
         let v = buf.host()?.read_u32(60)?;
         self.free(vec![buf])?;
@@ -555,11 +759,17 @@ impl Tests<'_> {
         ensure!(v == 9, "fill wrote {v}");
         // The main channel, on both runlists, still runs.
         let buf = self.dev.alloc(Placement::Sysmem, 64)?;
-        self.launch(&Program::Fill { dst: buf.va(), count: 16, value: 4 })?;
+        self.launch(&Program::Fill {
+            dst: buf.va(),
+            count: 16,
+            value: 4,
+        })?;
         let v = buf.host()?.read_u32(0)?;
         self.free(vec![buf])?;
         ensure!(v == 4, "channel {a} on the runlist did not run");
-        Ok(format!("rejected duplicate; [{b}:500us, {a}:1000us] accepted; off-list channel waited"))
+        Ok(format!(
+            "rejected duplicate; [{b}:500us, {a}:1000us] accepted; off-list channel waited"
+        ))
     }
 
     /// Run `pb` expecting the channel to fault with `code`.
@@ -575,24 +785,44 @@ impl Tests<'_> {
     fn check_fault_state(&mut self, code: ErrorCode, va: Option<u64>) -> Outcome {
         let id = self.ch.id();
         let st = self.ch.status(self.dev)?;
-        ensure!(st.state == ChannelState::Faulted && st.error == Some(code), "CH_STATUS {st:?}");
+        ensure!(
+            st.state == ChannelState::Faulted && st.error == Some(code),
+            "CH_STATUS {st:?}"
+        );
         let n = self.ch.notifier()?;
         ensure!(n.map(|n| n.code) == Some(code), "error notifier {n:?}");
         let i = self.dev.interrupts()?;
-        let cause = if code.is_mmu_fault() { regs::INTR_MMU_FAULT } else { regs::INTR_CHANNEL_ERROR };
-        ensure!(i.causes & cause != 0 && i.channels & (1 << id) != 0, "interrupts {i:?} lack cause {cause:#x} for channel {id}");
+        let cause = if code.is_mmu_fault() {
+            regs::INTR_MMU_FAULT
+        } else {
+            regs::INTR_CHANNEL_ERROR
+        };
+        ensure!(
+            i.causes & cause != 0 && i.channels & (1 << id) != 0,
+            "interrupts {i:?} lack cause {cause:#x} for channel {id}"
+        );
         let mut detail = format!("{code}, notifier at {} ns", n.map_or(0, |n| n.timestamp_ns));
         if let Some(va) = va {
             let f = self.dev.mmu_fault()?;
-            ensure!(matches!(f, Some(f) if f.code == code && f.channel == id && f.va == va), "MMU_FAULT record {f:?}, want {code} at {va:#x}");
+            ensure!(
+                matches!(f, Some(f) if f.code == code && f.channel == id && f.va == va),
+                "MMU_FAULT record {f:?}, want {code} at {va:#x}"
+            );
             detail += &format!(", MMU_FAULT at {va:#x}");
         }
         // Recovery: reset, rebuild, and the channel works again.
         self.ch.recover(self.dev)?;
-        ensure!(self.dev.mmu_fault()?.is_none(), "MMU fault record not cleared");
+        ensure!(
+            self.dev.mmu_fault()?.is_none(),
+            "MMU fault record not cleared"
+        );
         self.dev.take_interrupts()?;
         let b = self.dev.alloc(Placement::Sysmem, 64)?;
-        self.launch(&Program::Fill { dst: b.va(), count: 16, value: 0xABCD })?;
+        self.launch(&Program::Fill {
+            dst: b.va(),
+            count: 16,
+            value: 0xABCD,
+        })?;
         let v = b.host()?.read_u32(60)?;
         self.free(vec![b])?;
         ensure!(v == 0xABCD, "channel does not work after recovery");
@@ -608,7 +838,10 @@ impl Tests<'_> {
         self.free(vec![src])?;
         r?;
         let f = self.dev.mmu_fault()?;
-        ensure!(matches!(f, Some(f) if f.write), "fault record should be a write: {f:?}");
+        ensure!(
+            matches!(f, Some(f) if f.write),
+            "fault record should be a write: {f:?}"
+        );
         self.check_fault_state(ErrorCode::PdeInvalid, Some(bad))
     }
 
@@ -616,13 +849,20 @@ impl Tests<'_> {
         let b = self.dev.alloc(Placement::Vram, 4096)?;
         let r = (|| {
             let mut seg = self.ch.segment(self.dev, TIMEOUT)?;
-            seg.launch(&Program::Fill { dst: b.va(), count: 1025, value: 1 })?;
+            seg.launch(&Program::Fill {
+                dst: b.va(),
+                count: 1025,
+                value: 1,
+            })?;
             let f = seg.submit(self.dev)?;
             Ok::<_, Error>(self.ch.wait(self.dev, f, WaitMode::Poll, TIMEOUT))
         })();
         self.free(vec![b])?;
         match r? {
-            Err(Error::ChannelFault { code: ErrorCode::PteInvalid, .. }) => {}
+            Err(Error::ChannelFault {
+                code: ErrorCode::PteInvalid,
+                ..
+            }) => {}
             other => return Err(Fail(format!("expected PTE_INVALID, got {other:?}"))),
         }
         self.check_fault_state(ErrorCode::PteInvalid, None)
@@ -674,12 +914,17 @@ impl Tests<'_> {
         let ptx = ".version 7.0\n.target sm_70\n.address_size 64\n.visible .entry nop() { ret; }\n";
         if self.dev.identity().ptx() {
             self.ch.load_ptx(self.dev, 0, ptx)?;
-            let f = self.ch.launch_ptx(self.dev, 0, "nop", [1, 1, 1], [1, 1, 1], &[])?;
+            let f = self
+                .ch
+                .launch_ptx(self.dev, 0, "nop", [1, 1, 1], [1, 1, 1], &[])?;
             self.ch.wait(self.dev, f, WaitMode::Poll, TIMEOUT)?;
             return Ok("CAPS.PTX = 1: loaded and launched".into());
         }
         let api = self.ch.load_ptx(self.dev, 0, ptx);
-        ensure!(matches!(api, Err(Error::Unsupported(_))), "load_ptx on a non-PTX device gave {api:?}");
+        ensure!(
+            matches!(api, Err(Error::Unsupported(_))),
+            "load_ptx on a non-PTX device gave {api:?}"
+        );
         // The device itself answers UNSUPPORTED.
         let text = self.dev.alloc(Placement::Sysmem, ptx.len() as u64)?;
         text.host()?.write(0, ptx.as_bytes())?;
@@ -694,7 +939,14 @@ impl Tests<'_> {
 
     fn engine_reset(&mut self, other: Option<&mut Channel>) -> Outcome {
         // Queue a long spin, then reset under it.
-        let f = self.ch.launch(self.dev, &Program::Spin { dst: 0, units: 1000, unit_ns: 1_000_000 })?;
+        let f = self.ch.launch(
+            self.dev,
+            &Program::Spin {
+                dst: 0,
+                units: 1000,
+                unit_ns: 1_000_000,
+            },
+        )?;
         std::thread::sleep(Duration::from_millis(5));
         let t = Instant::now();
         self.dev.write32(regs::RESET, 1)?;
@@ -704,20 +956,37 @@ impl Tests<'_> {
         let id = self.dev.read32(regs::ID)?;
         let reached = self.ch.reached(f)?;
         self.dev.set_interrupt_enable(regs::INTR_ALL)?;
-        ensure!(st.state == ChannelState::Disabled, "channel {:?} after reset", st.state);
+        ensure!(
+            st.state == ChannelState::Disabled,
+            "channel {:?} after reset",
+            st.state
+        );
         ensure!(enable == 0, "INTR_ENABLE {enable:#x} after reset");
         ensure!(id == regs::ID_MAGIC, "ID {id:#x} after reset");
         ensure!(!reached, "the cancelled spin's fence was released");
-        ensure!(took < Duration::from_secs(5), "reset took {took:?}: the spin was not cut short");
+        ensure!(
+            took < Duration::from_secs(5),
+            "reset took {took:?}: the spin was not cut short"
+        );
         self.ch.recover(self.dev)?;
         if let Some(o) = other {
             o.recover(self.dev)?;
         }
         let b = self.dev.alloc(Placement::Vram, 64)?;
-        self.launch(&Program::Fill { dst: b.va(), count: 16, value: 5 })?;
+        self.launch(&Program::Fill {
+            dst: b.va(),
+            count: 16,
+            value: 5,
+        })?;
         let v = self.get(&b)?;
         self.free(vec![b])?;
-        ensure!(v[60..64] == 5u32.to_le_bytes(), "channel does not work after reset");
-        Ok(format!("a 1 s spin was cut short after {} us; channels rebuilt", took.as_micros()))
+        ensure!(
+            v[60..64] == 5u32.to_le_bytes(),
+            "channel does not work after reset"
+        );
+        Ok(format!(
+            "a 1 s spin was cut short after {} us; channels rebuilt",
+            took.as_micros()
+        ))
     }
 }

@@ -87,16 +87,24 @@ enum Failure {
 
 fn call(args: &Args, req: Value) -> Result<Value, Failure> {
     let path = args.run_dir.join("control.sock");
-    let unreachable = |e: std::io::Error| Failure::Unreachable(format!("cannot reach vgpud at {}: {e}", path.display()));
+    let unreachable = |e: std::io::Error| {
+        Failure::Unreachable(format!("cannot reach vgpud at {}: {e}", path.display()))
+    };
     let mut s = UnixStream::connect(&path).map_err(unreachable)?;
     writeln!(s, "{req}").map_err(unreachable)?;
     let mut line = String::new();
-    BufReader::new(&s).read_line(&mut line).map_err(unreachable)?;
-    let v: Value = serde_json::from_str(&line).map_err(|e| Failure::Unreachable(format!("bad reply from vgpud: {e}")))?;
+    BufReader::new(&s)
+        .read_line(&mut line)
+        .map_err(unreachable)?;
+    let v: Value = serde_json::from_str(&line)
+        .map_err(|e| Failure::Unreachable(format!("bad reply from vgpud: {e}")))?;
     if v["ok"] == true {
         Ok(v["result"].clone())
     } else {
-        Err(Failure::Refused(v["error"].as_str().unwrap_or("EIO").to_string(), v["message"].as_str().unwrap_or("").to_string()))
+        Err(Failure::Refused(
+            v["error"].as_str().unwrap_or("EIO").to_string(),
+            v["message"].as_str().unwrap_or("").to_string(),
+        ))
     }
 }
 
@@ -109,13 +117,19 @@ fn opt(v: &Value, digits: usize) -> String {
 
 fn run(args: &Args) -> Result<(), Failure> {
     match &args.cmd {
-        Cmd::Types { parent, json: as_json } => {
+        Cmd::Types {
+            parent,
+            json: as_json,
+        } => {
             let r = call(args, json!({"op": "types", "parent": parent}))?;
             if *as_json {
                 println!("{r:#}");
                 return Ok(());
             }
-            println!("{:<8} {:<10} {:<8} {:>6} {:>5} {:>9}  description", "parent", "type", "name", "fb_gib", "max", "available");
+            println!(
+                "{:<8} {:<10} {:<8} {:>6} {:>5} {:>9}  description",
+                "parent", "type", "name", "fb_gib", "max", "available"
+            );
             for t in r.as_array().into_iter().flatten() {
                 println!(
                     "{:<8} {:<10} {:<8} {:>6} {:>5} {:>9}  {}",
@@ -129,9 +143,20 @@ fn run(args: &Args) -> Result<(), Failure> {
                 );
             }
         }
-        Cmd::Create { vtype, parent, uuid } => {
-            let r = call(args, json!({"op": "create", "type": vtype, "parent": parent, "uuid": uuid}))?;
-            println!("{} {}", r["uuid"].as_str().unwrap_or(""), r["socket"].as_str().unwrap_or(""));
+        Cmd::Create {
+            vtype,
+            parent,
+            uuid,
+        } => {
+            let r = call(
+                args,
+                json!({"op": "create", "type": vtype, "parent": parent, "uuid": uuid}),
+            )?;
+            println!(
+                "{} {}",
+                r["uuid"].as_str().unwrap_or(""),
+                r["socket"].as_str().unwrap_or("")
+            );
         }
         Cmd::Remove { uuid } => {
             call(args, json!({"op": "remove", "uuid": uuid}))?;
@@ -148,12 +173,19 @@ fn run(args: &Args) -> Result<(), Failure> {
                     v["uuid"].as_str().unwrap_or(""),
                     v["type"].as_str().unwrap_or(""),
                     v["parent"].as_str().unwrap_or(""),
-                    if v["attached"] == true { "attached" } else { "detached" },
+                    if v["attached"] == true {
+                        "attached"
+                    } else {
+                        "detached"
+                    },
                     v["socket"].as_str().unwrap_or("")
                 );
             }
         }
-        Cmd::Status { uuid, json: as_json } => {
+        Cmd::Status {
+            uuid,
+            json: as_json,
+        } => {
             let r = call(args, json!({"op": "status", "uuid": uuid}))?;
             if *as_json {
                 println!("{r:#}");
@@ -161,29 +193,83 @@ fn run(args: &Args) -> Result<(), Failure> {
             }
             for v in r.as_array().into_iter().flatten() {
                 println!("vGPU {}", v["uuid"].as_str().unwrap_or(""));
-                println!("    Type                 : {} ({})", v["type_name"].as_str().unwrap_or(""), v["type"].as_str().unwrap_or(""));
-                println!("    Parent               : {}", v["parent"].as_str().unwrap_or(""));
-                println!("    Socket               : {}", v["socket"].as_str().unwrap_or(""));
-                println!("    Attached             : {}", if v["attached"] == true { "Yes" } else { "No" });
-                println!("    Scheduling Policy    : {}", v["policy"].as_str().unwrap_or(""));
-                println!("    Configured Share     : {}", opt(&v["configured_share"], 3));
-                println!("    Achieved Share       : {}", opt(&v["achieved_share"], 3));
-                println!("    GPU Time             : {:.3} s", v["gpu_time_ns"].as_f64().unwrap_or(0.0) / 1e9);
+                println!(
+                    "    Type                 : {} ({})",
+                    v["type_name"].as_str().unwrap_or(""),
+                    v["type"].as_str().unwrap_or("")
+                );
+                println!(
+                    "    Parent               : {}",
+                    v["parent"].as_str().unwrap_or("")
+                );
+                println!(
+                    "    Socket               : {}",
+                    v["socket"].as_str().unwrap_or("")
+                );
+                println!(
+                    "    Attached             : {}",
+                    if v["attached"] == true { "Yes" } else { "No" }
+                );
+                println!(
+                    "    Scheduling Policy    : {}",
+                    v["policy"].as_str().unwrap_or("")
+                );
+                println!(
+                    "    Configured Share     : {}",
+                    opt(&v["configured_share"], 3)
+                );
+                println!(
+                    "    Achieved Share       : {}",
+                    opt(&v["achieved_share"], 3)
+                );
+                println!(
+                    "    GPU Time             : {:.3} s",
+                    v["gpu_time_ns"].as_f64().unwrap_or(0.0) / 1e9
+                );
                 println!("    Commands             : {}", v["commands"]);
                 println!("    Queue Depth          : {}", v["queue_depth"]);
                 println!("    Faults               : {}", v["faults"]);
                 println!("    Interrupts           : {}", v["interrupts"]);
-                println!("    Framebuffer          : {} MiB", v["framebuffer_bytes"].as_u64().unwrap_or(0) >> 20);
-                println!("    Pinned Guest Memory  : {} MiB", v["pinned_bytes"].as_u64().unwrap_or(0) >> 20);
+                println!(
+                    "    Framebuffer          : {} MiB",
+                    v["framebuffer_bytes"].as_u64().unwrap_or(0) >> 20
+                );
+                println!(
+                    "    Pinned Guest Memory  : {} MiB",
+                    v["pinned_bytes"].as_u64().unwrap_or(0) >> 20
+                );
             }
         }
-        Cmd::Policy { cmd: PolicyCmd::Show { parent } } => {
+        Cmd::Policy {
+            cmd: PolicyCmd::Show { parent },
+        } => {
             let r = call(args, json!({"op": "policy_show", "parent": parent}))?;
-            println!("{} {} timeslice {} us window {} us", r["parent"].as_str().unwrap_or(""), r["policy"].as_str().unwrap_or(""), r["timeslice_us"], r["window_us"]);
+            println!(
+                "{} {} timeslice {} us window {} us",
+                r["parent"].as_str().unwrap_or(""),
+                r["policy"].as_str().unwrap_or(""),
+                r["timeslice_us"],
+                r["window_us"]
+            );
         }
-        Cmd::Policy { cmd: PolicyCmd::Set { policy, parent, timeslice_us } } => {
-            let r = call(args, json!({"op": "policy_set", "parent": parent, "policy": policy, "timeslice_us": timeslice_us}))?;
-            println!("{} {} timeslice {} us", r["parent"].as_str().unwrap_or(""), r["policy"].as_str().unwrap_or(""), r["timeslice_us"]);
+        Cmd::Policy {
+            cmd:
+                PolicyCmd::Set {
+                    policy,
+                    parent,
+                    timeslice_us,
+                },
+        } => {
+            let r = call(
+                args,
+                json!({"op": "policy_set", "parent": parent, "policy": policy, "timeslice_us": timeslice_us}),
+            )?;
+            println!(
+                "{} {} timeslice {} us",
+                r["parent"].as_str().unwrap_or(""),
+                r["policy"].as_str().unwrap_or(""),
+                r["timeslice_us"]
+            );
         }
         Cmd::Reload => {
             let r = call(args, json!({"op": "reload"}))?;
@@ -203,7 +289,11 @@ fn run(args: &Args) -> Result<(), Failure> {
 /// guest RAM must be a shared memfd for QEMU to pass it to vgpud.
 fn libvirt_xml(uuid: &str, socket: &str) -> String {
     let dev = json!({"driver": "vfio-user-pci", "id": format!("vgpu-{}", &uuid[..8.min(uuid.len())]), "socket": {"type": "unix", "path": socket}});
-    let dev = dev.to_string().replace('&', "&amp;").replace('"', "&quot;").replace('<', "&lt;");
+    let dev = dev
+        .to_string()
+        .replace('&', "&amp;")
+        .replace('"', "&quot;")
+        .replace('<', "&lt;");
     format!(
         "<!-- add xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0' to <domain> -->\n\
          <memoryBacking>\n  <source type='memfd'/>\n  <access mode='shared'/>\n</memoryBacking>\n\

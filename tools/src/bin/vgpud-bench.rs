@@ -49,17 +49,35 @@ fn percentiles(mut v: Vec<f64>) -> (f64, f64, f64) {
 }
 
 fn main() -> Result<(), String> {
-    let Args { cmd: Cmd::Latency { iterations } } = Args::parse();
+    let Args {
+        cmd: Cmd::Latency { iterations },
+    } = Args::parse();
     let n = iterations.max(100);
 
     // Baseline: the device model's face, called in-process.
     let engine = CpuEngine::new(1);
-    let identity = PciIdentity { vendor_id: 0x7667, device_id: 0x1001, subsystem_vendor_id: 0x7667, subsystem_id: 1, revision: 1 };
-    let vgpu = Vgpu::new(VgpuConfig { name: "baseline".into(), identity, vram_bytes: 1 << 20, channels: 1 }, &engine).map_err(|e| e.to_string())?;
+    let identity = PciIdentity {
+        vendor_id: 0x7667,
+        device_id: 0x1001,
+        subsystem_vendor_id: 0x7667,
+        subsystem_id: 1,
+        revision: 1,
+    };
+    let vgpu = Vgpu::new(
+        VgpuConfig {
+            name: "baseline".into(),
+            identity,
+            vram_bytes: 1 << 20,
+            channels: 1,
+        },
+        &engine,
+    )
+    .map_err(|e| e.to_string())?;
     let mut direct = Vec::with_capacity(n);
     for i in 0..n {
         let t = Instant::now();
-        vgpu.region_write(0, INTR_ENABLE as u64, &((i as u32) & 7).to_le_bytes()).map_err(|e| e.to_string())?;
+        vgpu.region_write(0, INTR_ENABLE as u64, &((i as u32) & 7).to_le_bytes())
+            .map_err(|e| e.to_string())?;
         direct.push(t.elapsed().as_secs_f64() * 1e6);
     }
 
@@ -92,20 +110,39 @@ fn main() -> Result<(), String> {
     // The daemon's vfio-user server, an independent client.
     let dir = std::env::temp_dir().join(format!("vgpud-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let daemon = Arc::new(Mutex::new(Daemon::new(&dir, None, scheduler::Config::default(), &mdev_types::Catalog::default())));
-    let created = daemon.lock().map_err(|e| e.to_string())?.create("vgpud-1c", None, None).map_err(|e| e.to_string())?;
+    let daemon = Arc::new(Mutex::new(Daemon::new(
+        &dir,
+        None,
+        scheduler::Config::default(),
+        &mdev_types::Catalog::default(),
+    )));
+    let created = daemon
+        .lock()
+        .map_err(|e| e.to_string())?
+        .create("vgpud-1c", None, None)
+        .map_err(|e| e.to_string())?;
     let socket = created["socket"].as_str().unwrap_or_default().to_string();
     let t = VfioUserTransport::connect(socket.as_ref(), 16 << 20).map_err(|e| e.to_string())?;
     let mut dev = Device::open(Box::new(t)).map_err(|e| e.to_string())?;
     let mut socket_rt = Vec::with_capacity(n);
     for i in 0..n {
         let t = Instant::now();
-        dev.write32(INTR_ENABLE, (i as u32) & 7).map_err(|e| e.to_string())?;
+        dev.write32(INTR_ENABLE, (i as u32) & 7)
+            .map_err(|e| e.to_string())?;
         socket_rt.push(t.elapsed().as_secs_f64() * 1e6);
     }
     dev.write32(INTR_ENABLE, 7).map_err(|e| e.to_string())?;
 
-    let mut ch = Channel::new(&mut dev, 0, ChannelConfig { gpfifo_entries: 64, segment_bytes: 256, interrupt_fences: false }).map_err(|e| e.to_string())?;
+    let mut ch = Channel::new(
+        &mut dev,
+        0,
+        ChannelConfig {
+            gpfifo_entries: 64,
+            segment_bytes: 256,
+            interrupt_fences: false,
+        },
+    )
+    .map_err(|e| e.to_string())?;
     let doorbells = (n / 4).max(100);
     let empty = Pushbuf::new();
     let mut db = Vec::with_capacity(doorbells);
@@ -132,8 +169,16 @@ fn main() -> Result<(), String> {
     println!("| measurement | samples | median µs | p99 µs | mean µs |");
     println!("|---|---|---|---|---|");
     row("BAR0 write, in-process face (baseline)", n, direct);
-    row("Unix socket ping-pong, 32 B request / 16 B reply, two threads (floor)", n, floor);
+    row(
+        "Unix socket ping-pong, 32 B request / 16 B reply, two threads (floor)",
+        n,
+        floor,
+    );
     row("BAR0 REGION_WRITE round trip over the socket", n, socket_rt);
-    row("doorbell to first command done (semaphore release seen by the guest)", doorbells, db);
+    row(
+        "doorbell to first command done (semaphore release seen by the guest)",
+        doorbells,
+        db,
+    );
     Ok(())
 }

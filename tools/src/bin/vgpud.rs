@@ -58,12 +58,19 @@ fn main() -> ExitCode {
     // report, so it logs errors only unless VGPUD_LOG says otherwise.
     let default_level = if args.demo.is_some() { "error" } else { "info" };
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("VGPUD_LOG").unwrap_or_else(|_| default_level.into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("VGPUD_LOG")
+                .unwrap_or_else(|_| default_level.into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     // One file holds both the scheduling policy and the type catalogue.
     let (config, catalog) = match &args.config {
-        Some(path) => match Config::load(path).map_err(|e| e.to_string()).and_then(|c| Catalog::load(path).map(|k| (c, k)).map_err(|e| e.to_string())) {
+        Some(path) => match Config::load(path).map_err(|e| e.to_string()).and_then(|c| {
+            Catalog::load(path)
+                .map(|k| (c, k))
+                .map_err(|e| e.to_string())
+        }) {
             Ok(both) => both,
             Err(e) => {
                 eprintln!("vgpud: {e}");
@@ -76,7 +83,10 @@ fn main() -> ExitCode {
         return demo(&args, config, &catalog, seconds);
     }
     raise_fd_limit();
-    let run_dir = args.run_dir.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_RUN_DIR));
+    let run_dir = args
+        .run_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_RUN_DIR));
     if let Err(e) = prepare_run_dir(&run_dir) {
         eprintln!("vgpud: {e}");
         return ExitCode::from(1);
@@ -88,7 +98,12 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let daemon = Arc::new(Mutex::new(Daemon::new(&run_dir, args.config.clone(), config, &catalog)));
+    let daemon = Arc::new(Mutex::new(Daemon::new(
+        &run_dir,
+        args.config.clone(),
+        config,
+        &catalog,
+    )));
     let control_path = run_dir.join("control.sock");
     let control = match ControlServer::spawn(&control_path, daemon.clone()) {
         Ok(c) => c,
@@ -100,18 +115,29 @@ fn main() -> ExitCode {
     let sysfs = match &args.mdev_root {
         Some(root) => match tools::daemon::sysfs::mount(root, daemon.clone()) {
             Ok(m) => {
-                let started = daemon.lock().unwrap_or_else(|p| p.into_inner()).start_defined(root);
+                let started = daemon
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .start_defined(root);
                 tracing::info!(root = %root.display(), auto_started = started.len(), "mdev tree mounted at {}/sys", root.display());
                 Some(m)
             }
             Err(e) => {
-                eprintln!("vgpud: --mdev-root {}: cannot mount the sysfs tree: {e}", root.display());
+                eprintln!(
+                    "vgpud: --mdev-root {}: cannot mount the sysfs tree: {e}",
+                    root.display()
+                );
                 return ExitCode::from(1);
             }
         },
         None => None,
     };
-    let metrics = match args.metrics_addr.as_deref().map(|a| MetricsServer::spawn(a, daemon.clone())).transpose() {
+    let metrics = match args
+        .metrics_addr
+        .as_deref()
+        .map(|a| MetricsServer::spawn(a, daemon.clone()))
+        .transpose()
+    {
         Ok(m) => m,
         Err(e) => {
             eprintln!("vgpud: --metrics-addr: {e}");
@@ -148,7 +174,10 @@ fn main() -> ExitCode {
 /// Lift the soft limit on open files to the hard one: every VMM shares
 /// guest memory and eventfds as descriptors.
 fn raise_fd_limit() {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: getrlimit/setrlimit with a valid rlimit struct.
     unsafe {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
@@ -193,20 +222,37 @@ fn demo(args: &Args, config: Config, catalog: &Catalog, seconds: f64) -> ExitCod
         return ExitCode::from(2);
     }
     let temp = args.run_dir.is_none();
-    let run_dir = args.run_dir.clone().unwrap_or_else(|| std::env::temp_dir().join(format!("vgpud-demo-{}", std::process::id())));
+    let run_dir = args
+        .run_dir
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("vgpud-demo-{}", std::process::id())));
     if let Err(e) = prepare_run_dir(&run_dir) {
         eprintln!("vgpud: {e}");
         return ExitCode::from(1);
     }
-    let daemon = Arc::new(Mutex::new(Daemon::new(&run_dir, args.config.clone(), config, catalog)));
+    let daemon = Arc::new(Mutex::new(Daemon::new(
+        &run_dir,
+        args.config.clone(),
+        config,
+        catalog,
+    )));
     if let Some(kind) = policy {
-        if let Err(e) = daemon.lock().unwrap_or_else(|p| p.into_inner()).policy_set(None, kind.name(), None) {
+        if let Err(e) =
+            daemon
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .policy_set(None, kind.name(), None)
+        {
             eprintln!("vgpud: {e}");
             return ExitCode::from(2);
         }
     }
     let control = ControlServer::spawn(&run_dir.join("control.sock"), daemon.clone()).ok();
-    println!("vgpud demo: parent cpu0 (cpu engine), run dir {} (try: vgpuctl --run-dir {} status)", run_dir.display(), run_dir.display());
+    println!(
+        "vgpud demo: parent cpu0 (cpu engine), run dir {} (try: vgpuctl --run-dir {} status)",
+        run_dir.display(),
+        run_dir.display()
+    );
     println!("two tenants connect over vfio-user, run the guest driver's selftest, then share the engine for {seconds} s");
     let result = tools::demo::run(&daemon, seconds);
     drop(control);

@@ -57,12 +57,20 @@ pub fn execute(daemon: &Mutex<Daemon>, req: Request) -> Result<Value, OpError> {
     let mut d = daemon.lock().unwrap_or_else(|p| p.into_inner());
     match req {
         Request::Types { parent } => d.types(parent.as_deref()),
-        Request::Create { vtype, parent, uuid } => d.create(&vtype, parent.as_deref(), uuid.as_deref()),
+        Request::Create {
+            vtype,
+            parent,
+            uuid,
+        } => d.create(&vtype, parent.as_deref(), uuid.as_deref()),
         Request::Remove { uuid } => d.remove(&uuid),
         Request::List => Ok(d.list()),
         Request::Status { uuid } => d.status(uuid.as_deref()),
         Request::PolicyShow { parent } => d.policy_show(parent.as_deref()),
-        Request::PolicySet { parent, policy, timeslice_us } => d.policy_set(parent.as_deref(), &policy, timeslice_us),
+        Request::PolicySet {
+            parent,
+            policy,
+            timeslice_us,
+        } => d.policy_set(parent.as_deref(), &policy, timeslice_us),
         Request::Reload => d.reload(),
     }
 }
@@ -90,8 +98,14 @@ impl ControlServer {
         let listener = UnixListener::bind(path)?;
         let stop = EventFd::new(EFD_NONBLOCK)?;
         let stop2 = stop.try_clone()?;
-        let thread = std::thread::Builder::new().name("control".into()).spawn(move || accept_loop(listener, stop2, daemon))?;
-        Ok(ControlServer { path: path.to_path_buf(), stop, thread: Some(thread) })
+        let thread = std::thread::Builder::new()
+            .name("control".into())
+            .spawn(move || accept_loop(listener, stop2, daemon))?;
+        Ok(ControlServer {
+            path: path.to_path_buf(),
+            stop,
+            thread: Some(thread),
+        })
     }
 }
 
@@ -110,9 +124,14 @@ fn accept_loop(listener: UnixListener, stop: EventFd, daemon: Arc<Mutex<Daemon>>
     while crate::wait::readable(&stop, &[listener.as_raw_fd()]).is_some() {
         clients.retain(|(_, t)| !t.is_finished());
         if let Ok((stream, _)) = listener.accept() {
-            let Ok(mine) = stream.try_clone() else { continue };
+            let Ok(mine) = stream.try_clone() else {
+                continue;
+            };
             let d = daemon.clone();
-            match std::thread::Builder::new().name("control-client".into()).spawn(move || serve_client(stream, d)) {
+            match std::thread::Builder::new()
+                .name("control-client".into())
+                .spawn(move || serve_client(stream, d))
+            {
                 Ok(t) => clients.push((mine, t)),
                 Err(e) => tracing::warn!("control client thread: {e}"),
             }
@@ -126,7 +145,9 @@ fn accept_loop(listener: UnixListener, stop: EventFd, daemon: Arc<Mutex<Daemon>>
 }
 
 fn serve_client(stream: UnixStream, daemon: Arc<Mutex<Daemon>>) {
-    let Ok(mut out) = stream.try_clone() else { return };
+    let Ok(mut out) = stream.try_clone() else {
+        return;
+    };
     let mut reader = BufReader::new(stream);
     loop {
         let mut line = String::new();

@@ -28,8 +28,14 @@ impl MetricsServer {
         let addr = listener.local_addr()?;
         let stop = EventFd::new(EFD_NONBLOCK)?;
         let stop2 = stop.try_clone()?;
-        let thread = std::thread::Builder::new().name("metrics".into()).spawn(move || serve(listener, stop2, daemon))?;
-        Ok(MetricsServer { addr, stop, thread: Some(thread) })
+        let thread = std::thread::Builder::new()
+            .name("metrics".into())
+            .spawn(move || serve(listener, stop2, daemon))?;
+        Ok(MetricsServer {
+            addr,
+            stop,
+            thread: Some(thread),
+        })
     }
 
     /// The address it listens on (the port is known here when 0 was asked).
@@ -87,15 +93,69 @@ pub fn render(daemon: &Mutex<Daemon>) -> String {
     let vgpus = status.as_array().cloned().unwrap_or_default();
     let mut out = String::new();
     let metrics: [(&str, &str, &str, &str, f64); 9] = [
-        ("vgpud_vgpu_attached", "gauge", "1 when a VMM is connected to the vGPU", "attached", 1.0),
-        ("vgpud_vgpu_gpu_seconds_total", "counter", "engine time the vGPU's work used", "gpu_time_ns", 1e-9),
-        ("vgpud_vgpu_commands_total", "counter", "engine commands completed", "commands", 1.0),
-        ("vgpud_vgpu_share", "gauge", "share of the parent's time over the averaging window", "achieved_share", 1.0),
-        ("vgpud_vgpu_configured_share", "gauge", "share the policy promises (strict policies, reservations)", "configured_share", 1.0),
-        ("vgpud_vgpu_queue_depth", "gauge", "engine commands queued in the scheduler", "queue_depth", 1.0),
-        ("vgpud_vgpu_wait_seconds_total", "counter", "time commands waited for the engine", "wait_ns", 1e-9),
-        ("vgpud_vgpu_faults_total", "counter", "channel faults (MMU faults and channel errors)", "faults", 1.0),
-        ("vgpud_vgpu_pinned_bytes", "gauge", "guest memory mapped and pinned for the vGPU", "pinned_bytes", 1.0),
+        (
+            "vgpud_vgpu_attached",
+            "gauge",
+            "1 when a VMM is connected to the vGPU",
+            "attached",
+            1.0,
+        ),
+        (
+            "vgpud_vgpu_gpu_seconds_total",
+            "counter",
+            "engine time the vGPU's work used",
+            "gpu_time_ns",
+            1e-9,
+        ),
+        (
+            "vgpud_vgpu_commands_total",
+            "counter",
+            "engine commands completed",
+            "commands",
+            1.0,
+        ),
+        (
+            "vgpud_vgpu_share",
+            "gauge",
+            "share of the parent's time over the averaging window",
+            "achieved_share",
+            1.0,
+        ),
+        (
+            "vgpud_vgpu_configured_share",
+            "gauge",
+            "share the policy promises (strict policies, reservations)",
+            "configured_share",
+            1.0,
+        ),
+        (
+            "vgpud_vgpu_queue_depth",
+            "gauge",
+            "engine commands queued in the scheduler",
+            "queue_depth",
+            1.0,
+        ),
+        (
+            "vgpud_vgpu_wait_seconds_total",
+            "counter",
+            "time commands waited for the engine",
+            "wait_ns",
+            1e-9,
+        ),
+        (
+            "vgpud_vgpu_faults_total",
+            "counter",
+            "channel faults (MMU faults and channel errors)",
+            "faults",
+            1.0,
+        ),
+        (
+            "vgpud_vgpu_pinned_bytes",
+            "gauge",
+            "guest memory mapped and pinned for the vGPU",
+            "pinned_bytes",
+            1.0,
+        ),
     ];
     for (name, kind, help, key, scale) in metrics {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");

@@ -41,7 +41,10 @@ pub struct OpError {
 }
 
 fn op_err(code: &'static str, message: impl Into<String>) -> OpError {
-    OpError { code, message: message.into() }
+    OpError {
+        code,
+        message: message.into(),
+    }
 }
 
 struct VgpuSlot {
@@ -75,7 +78,12 @@ pub struct Daemon {
 impl Daemon {
     /// The daemon with the parents of `catalog` (each with its engine,
     /// capacity and types) under the policies `config` gives them.
-    pub fn new(run_dir: &Path, config_path: Option<PathBuf>, config: Config, catalog: &Catalog) -> Daemon {
+    pub fn new(
+        run_dir: &Path,
+        config_path: Option<PathBuf>,
+        config: Config,
+        catalog: &Catalog,
+    ) -> Daemon {
         let workers = std::thread::available_parallelism().map_or(2, |n| n.get().min(8));
         let mut parents = BTreeMap::new();
         for p in &catalog.parents {
@@ -83,10 +91,27 @@ impl Daemon {
                 Engine::Cpu => Box::new(CpuEngine::new(workers)),
             };
             let parent = Parent::new(&p.id, backend, config.parent_policy(&p.id));
-            parents.insert(p.id.clone(), ParentSlot { parent, capacity: p.capacity, types: p.types.clone() });
+            parents.insert(
+                p.id.clone(),
+                ParentSlot {
+                    parent,
+                    capacity: p.capacity,
+                    types: p.types.clone(),
+                },
+            );
         }
-        let default_parent = catalog.parents.first().map_or(DEFAULT_PARENT.to_string(), |p| p.id.clone());
-        Daemon { run_dir: run_dir.to_path_buf(), config_path, config, default_parent, vgpus: BTreeMap::new(), parents }
+        let default_parent = catalog
+            .parents
+            .first()
+            .map_or(DEFAULT_PARENT.to_string(), |p| p.id.clone());
+        Daemon {
+            run_dir: run_dir.to_path_buf(),
+            config_path,
+            config,
+            default_parent,
+            vgpus: BTreeMap::new(),
+            parents,
+        }
     }
 
     pub fn run_dir(&self) -> &Path {
@@ -100,12 +125,17 @@ impl Daemon {
 
     /// The types a parent offers.
     pub fn parent_types(&self, parent: &str) -> Vec<Arc<VgpuType>> {
-        self.parents.get(parent).map_or(Vec::new(), |p| p.types.clone())
+        self.parents
+            .get(parent)
+            .map_or(Vec::new(), |p| p.types.clone())
     }
 
     /// Every vGPU as (uuid, parent, type id).
     pub fn vgpu_ids(&self) -> Vec<(String, String, String)> {
-        self.vgpus.iter().map(|(u, v)| (u.to_string(), v.parent.clone(), v.vtype.id.to_string())).collect()
+        self.vgpus
+            .iter()
+            .map(|(u, v)| (u.to_string(), v.parent.clone(), v.vtype.id.to_string()))
+            .collect()
     }
 
     /// Start the vGPUs mdevctl has defined with `start: auto` under
@@ -116,12 +146,19 @@ impl Daemon {
         let mut started = Vec::new();
         for parent in self.parent_ids() {
             let dir = mdev_root.join("etc/mdevctl.d").join(&parent);
-            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
             let mut files: Vec<_> = entries.flatten().map(|e| e.path()).collect();
             files.sort();
             for f in files {
-                let Some(uuid) = f.file_name().and_then(|n| n.to_str()).map(str::to_string) else { continue };
-                let def: Value = match std::fs::read(&f).map_err(|e| e.to_string()).and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string())) {
+                let Some(uuid) = f.file_name().and_then(|n| n.to_str()).map(str::to_string) else {
+                    continue;
+                };
+                let def: Value = match std::fs::read(&f)
+                    .map_err(|e| e.to_string())
+                    .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+                {
                     Ok(v) => v,
                     Err(e) => {
                         tracing::warn!(file = %f.display(), "mdevctl definition unreadable: {e}");
@@ -131,10 +168,14 @@ impl Daemon {
                 if def["start"] != "auto" {
                     continue;
                 }
-                let Some(t) = def["mdev_type"].as_str() else { continue };
+                let Some(t) = def["mdev_type"].as_str() else {
+                    continue;
+                };
                 match self.create(t, Some(&parent), Some(&uuid)) {
                     Ok(_) => started.push(uuid),
-                    Err(e) => tracing::warn!(%uuid, %parent, "auto-start of a defined vGPU failed: {e}"),
+                    Err(e) => {
+                        tracing::warn!(%uuid, %parent, "auto-start of a defined vGPU failed: {e}")
+                    }
                 }
             }
         }
@@ -143,11 +184,17 @@ impl Daemon {
 
     fn parent(&self, id: Option<&str>) -> Result<(&String, &ParentSlot), OpError> {
         let id = id.unwrap_or(&self.default_parent);
-        self.parents.get_key_value(id).ok_or_else(|| op_err("ENOENT", format!("no parent {id:?}")))
+        self.parents
+            .get_key_value(id)
+            .ok_or_else(|| op_err("ENOENT", format!("no parent {id:?}")))
     }
 
     fn existing_on(&self, parent: &str) -> Vec<&VgpuType> {
-        self.vgpus.values().filter(|v| v.parent == parent).map(|v| &*v.vtype).collect()
+        self.vgpus
+            .values()
+            .filter(|v| v.parent == parent)
+            .map(|v| &*v.vtype)
+            .collect()
     }
 
     /// `available_instances` of a type on a parent.
@@ -190,7 +237,12 @@ impl Daemon {
     /// Create a vGPU of `type_id` on `parent` (default: the first parent
     /// with one available) with `uuid` (default: a random one). Its
     /// vfio-user socket exists when this returns.
-    pub fn create(&mut self, type_id: &str, parent: Option<&str>, uuid: Option<&str>) -> Result<Value, OpError> {
+    pub fn create(
+        &mut self,
+        type_id: &str,
+        parent: Option<&str>,
+        uuid: Option<&str>,
+    ) -> Result<Value, OpError> {
         let uuid = match uuid {
             Some(u) => parse_uuid(u)?,
             None => Uuid::new_v4(),
@@ -203,27 +255,70 @@ impl Daemon {
             None => self
                 .parents
                 .iter()
-                .find(|(id, s)| s.types.iter().any(|t| t.id == type_id && self.available(id, t) > 0))
-                .or_else(|| self.parents.iter().find(|(_, s)| s.types.iter().any(|t| t.id == type_id)))
+                .find(|(id, s)| {
+                    s.types
+                        .iter()
+                        .any(|t| t.id == type_id && self.available(id, t) > 0)
+                })
+                .or_else(|| {
+                    self.parents
+                        .iter()
+                        .find(|(_, s)| s.types.iter().any(|t| t.id == type_id))
+                })
                 .map(|(id, _)| id.clone())
                 .ok_or_else(|| op_err("ENOENT", format!("no parent offers type {type_id:?}")))?,
         };
         let slot = &self.parents[&parent_id];
-        let vtype = slot.types.iter().find(|t| t.id == type_id).cloned().ok_or_else(|| op_err("ENOENT", format!("parent {parent_id} has no type {type_id:?}")))?;
+        let vtype = slot
+            .types
+            .iter()
+            .find(|t| t.id == type_id)
+            .cloned()
+            .ok_or_else(|| {
+                op_err(
+                    "ENOENT",
+                    format!("parent {parent_id} has no type {type_id:?}"),
+                )
+            })?;
         if self.available(&parent_id, &vtype) == 0 {
-            return Err(op_err("EUSERS", format!("no {type_id} instance left on {parent_id}")));
+            return Err(op_err(
+                "EUSERS",
+                format!("no {type_id} instance left on {parent_id}"),
+            ));
         }
         let name = uuid.to_string();
-        let params = self.config.vgpu_params(&name, &vtype.id, vtype.max_instances).map_err(|e| op_err("EINVAL", e.to_string()))?;
-        let (key, ctx) = slot.parent.attach(vtype.framebuffer_bytes, vtype.channels, params).map_err(|e| op_err("EIO", e.to_string()))?;
-        let cfg = VgpuConfig { name: name.clone(), identity: identity(&vtype), vram_bytes: vtype.framebuffer_bytes, channels: vtype.channels };
-        let vgpu = Arc::new(Vgpu::with_context(cfg, ctx).map_err(|e| op_err("EIO", e.to_string()))?);
+        let params = self
+            .config
+            .vgpu_params(&name, &vtype.id, vtype.max_instances)
+            .map_err(|e| op_err("EINVAL", e.to_string()))?;
+        let (key, ctx) = slot
+            .parent
+            .attach(vtype.framebuffer_bytes, vtype.channels, params)
+            .map_err(|e| op_err("EIO", e.to_string()))?;
+        let cfg = VgpuConfig {
+            name: name.clone(),
+            identity: identity(&vtype),
+            vram_bytes: vtype.framebuffer_bytes,
+            channels: vtype.channels,
+        };
+        let vgpu =
+            Arc::new(Vgpu::with_context(cfg, ctx).map_err(|e| op_err("EIO", e.to_string()))?);
         let path = self.socket_path(&uuid);
         let _ = std::fs::remove_file(&path);
-        let server = vfio_user::spawn(&path, vgpu.clone()).map_err(|e| op_err("EIO", format!("{}: {e}", path.display())))?;
+        let server = vfio_user::spawn(&path, vgpu.clone())
+            .map_err(|e| op_err("EIO", format!("{}: {e}", path.display())))?;
         tracing::info!(%uuid, vtype = %vtype.id, parent = %parent_id, socket = %path.display(), "vGPU created");
         let type_id = vtype.id.clone();
-        self.vgpus.insert(uuid, VgpuSlot { server, vgpu, vtype, parent: parent_id.clone(), key });
+        self.vgpus.insert(
+            uuid,
+            VgpuSlot {
+                server,
+                vgpu,
+                vtype,
+                parent: parent_id.clone(),
+                key,
+            },
+        );
         Ok(json!({"uuid": name, "type": type_id, "parent": parent_id, "socket": path}))
     }
 
@@ -231,7 +326,10 @@ impl Daemon {
     /// quiesced first.
     pub fn remove(&mut self, uuid: &str) -> Result<Value, OpError> {
         let u = parse_uuid(uuid)?;
-        let slot = self.vgpus.remove(&u).ok_or_else(|| op_err("ENOENT", format!("no vGPU {u}")))?;
+        let slot = self
+            .vgpus
+            .remove(&u)
+            .ok_or_else(|| op_err("ENOENT", format!("no vGPU {u}")))?;
         let attached = slot.server.stats().attached.load(Ordering::Relaxed);
         drop(slot);
         tracing::info!(uuid = %u, attached, "vGPU removed");
@@ -263,7 +361,11 @@ impl Daemon {
                 return Err(op_err("ENOENT", format!("no vGPU {u}")));
             }
         }
-        let stats: BTreeMap<&String, scheduler::ParentStats> = self.parents.iter().map(|(id, p)| (id, p.parent.stats())).collect();
+        let stats: BTreeMap<&String, scheduler::ParentStats> = self
+            .parents
+            .iter()
+            .map(|(id, p)| (id, p.parent.stats()))
+            .collect();
         let mut out = Vec::new();
         for (u, v) in &self.vgpus {
             if wanted.is_some_and(|w| w != *u) {
@@ -304,23 +406,42 @@ impl Daemon {
         let (id, slot) = self.parent(parent)?;
         let p = slot.parent.policy();
         let st = slot.parent.stats();
-        Ok(json!({"parent": id, "policy": p.kind.name(), "timeslice_us": slot.parent.timeslice() / 1000,
-                  "averaging_factor": p.averaging_factor, "window_us": st.window / 1000}))
+        Ok(
+            json!({"parent": id, "policy": p.kind.name(), "timeslice_us": slot.parent.timeslice() / 1000,
+                  "averaging_factor": p.averaging_factor, "window_us": st.window / 1000}),
+        )
     }
 
     /// Change a parent's policy (and timeslice) while vGPUs run.
-    pub fn policy_set(&mut self, parent: Option<&str>, policy: &str, timeslice_us: Option<u64>) -> Result<Value, OpError> {
-        let kind = PolicyKind::from_name(policy).ok_or_else(|| op_err("EINVAL", format!("unknown policy {policy:?} (best_effort, equal_share, fixed_share, weighted)")))?;
+    pub fn policy_set(
+        &mut self,
+        parent: Option<&str>,
+        policy: &str,
+        timeslice_us: Option<u64>,
+    ) -> Result<Value, OpError> {
+        let kind = PolicyKind::from_name(policy).ok_or_else(|| {
+            op_err(
+                "EINVAL",
+                format!(
+                    "unknown policy {policy:?} (best_effort, equal_share, fixed_share, weighted)"
+                ),
+            )
+        })?;
         let (id, slot) = self.parent(parent)?;
         let mut p = slot.parent.policy();
         p.kind = kind;
         if let Some(us) = timeslice_us {
             if !(1000..=30_000).contains(&us) {
-                return Err(op_err("EINVAL", format!("timeslice {us} us is outside 1000 ..= 30000")));
+                return Err(op_err(
+                    "EINVAL",
+                    format!("timeslice {us} us is outside 1000 ..= 30000"),
+                ));
             }
             p.timeslice = Some(us * 1000);
         }
-        slot.parent.set_policy(p).map_err(|e| op_err("EINVAL", e.to_string()))?;
+        slot.parent
+            .set_policy(p)
+            .map_err(|e| op_err("EINVAL", e.to_string()))?;
         tracing::info!(parent = %id, policy = kind.name(), "policy set");
         let id = id.clone();
         self.policy_show(Some(&id))
@@ -336,14 +457,21 @@ impl Daemon {
         // Resolve everything first so that a bad file changes nothing.
         let mut params = Vec::new();
         for (u, v) in &self.vgpus {
-            let p = config.vgpu_params(&u.to_string(), &v.vtype.id, v.vtype.max_instances).map_err(|e| op_err("EINVAL", e.to_string()))?;
+            let p = config
+                .vgpu_params(&u.to_string(), &v.vtype.id, v.vtype.max_instances)
+                .map_err(|e| op_err("EINVAL", e.to_string()))?;
             params.push((v.parent.clone(), v.key, p));
         }
         for (id, slot) in &self.parents {
-            slot.parent.set_policy(config.parent_policy(id)).map_err(|e| op_err("EINVAL", e.to_string()))?;
+            slot.parent
+                .set_policy(config.parent_policy(id))
+                .map_err(|e| op_err("EINVAL", e.to_string()))?;
         }
         for (parent, key, p) in params {
-            self.parents[&parent].parent.set_params(key, p).map_err(|e| op_err("EINVAL", e.to_string()))?;
+            self.parents[&parent]
+                .parent
+                .set_params(key, p)
+                .map_err(|e| op_err("EINVAL", e.to_string()))?;
         }
         self.config = config;
         tracing::info!(file = %path.display(), "configuration reloaded");
@@ -352,11 +480,22 @@ impl Daemon {
 }
 
 pub(crate) fn description(t: &VgpuType) -> String {
-    format!("{} GiB framebuffer, {} channels, compute; fixed share 1/{}", t.framebuffer_bytes >> 30, t.channels, t.max_instances)
+    format!(
+        "{} GiB framebuffer, {} channels, compute; fixed share 1/{}",
+        t.framebuffer_bytes >> 30,
+        t.channels,
+        t.max_instances
+    )
 }
 
 fn identity(t: &VgpuType) -> PciIdentity {
-    PciIdentity { vendor_id: t.vendor_id, device_id: t.device_id, subsystem_vendor_id: t.vendor_id, subsystem_id: t.device_id, revision: 1 }
+    PciIdentity {
+        vendor_id: t.vendor_id,
+        device_id: t.device_id,
+        subsystem_vendor_id: t.vendor_id,
+        subsystem_id: t.device_id,
+        revision: 1,
+    }
 }
 
 /// A UUID as the kernel accepts it in `create`: 36 characters in the

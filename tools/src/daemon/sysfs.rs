@@ -30,7 +30,10 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use fuser::{FileAttr, FileType, Filesystem, MountOption, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyWrite, Request, TimeOrNow};
+use fuser::{
+    FileAttr, FileType, Filesystem, MountOption, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty,
+    ReplyEntry, ReplyOpen, ReplyWrite, Request, TimeOrNow,
+};
 
 use super::{Daemon, OpError};
 
@@ -57,7 +60,6 @@ enum Kind {
     Link,
 }
 
-
 fn dir(names: impl IntoIterator<Item = (String, Kind)>) -> Node {
     Node::Dir(names.into_iter().collect())
 }
@@ -79,38 +81,65 @@ fn resolve(daemon: &Daemon, path: &[&str]) -> Option<Node> {
         [] => Some(dir([d("class"), d("bus"), d("devices")])),
         ["class"] => Some(dir([d("mdev_bus")])),
         ["class", "mdev_bus"] => Some(dir(parents.iter().map(|p| l(p)))),
-        ["class", "mdev_bus", p] if parents.iter().any(|x| x == p) => Some(Node::Link(format!("../../devices/{BUS}/{p}"))),
+        ["class", "mdev_bus", p] if parents.iter().any(|x| x == p) => {
+            Some(Node::Link(format!("../../devices/{BUS}/{p}")))
+        }
         ["bus"] => Some(dir([d("mdev")])),
         ["bus", "mdev"] => Some(dir([d("devices")])),
-        ["bus", "mdev", "devices"] => Some(dir(daemon.vgpu_ids().into_iter().map(|(u, _, _)| l(&u)))),
+        ["bus", "mdev", "devices"] => {
+            Some(dir(daemon.vgpu_ids().into_iter().map(|(u, _, _)| l(&u))))
+        }
         ["bus", "mdev", "devices", u] => {
             let (_, p, _) = daemon.vgpu_ids().into_iter().find(|(x, _, _)| x == u)?;
             Some(Node::Link(format!("../../../devices/{BUS}/{p}/{u}")))
         }
         ["devices"] => Some(dir([d(BUS)])),
         ["devices", b] if *b == BUS => Some(dir(parents.iter().map(|p| d(p)))),
-        ["devices", b, p, rest @ ..] if *b == BUS && parents.iter().any(|x| x == p) => resolve_parent(daemon, p, rest),
+        ["devices", b, p, rest @ ..] if *b == BUS && parents.iter().any(|x| x == p) => {
+            resolve_parent(daemon, p, rest)
+        }
         _ => None,
     }
 }
 
 fn resolve_parent(daemon: &Daemon, parent: &str, path: &[&str]) -> Option<Node> {
-    let vgpus: Vec<(String, String)> = daemon.vgpu_ids().into_iter().filter(|(_, p, _)| p == parent).map(|(u, _, t)| (u, t)).collect();
+    let vgpus: Vec<(String, String)> = daemon
+        .vgpu_ids()
+        .into_iter()
+        .filter(|(_, p, _)| p == parent)
+        .map(|(u, _, t)| (u, t))
+        .collect();
     let types = daemon.parent_types(parent);
     match path {
-        [] => Some(dir(std::iter::once(d("mdev_supported_types")).chain(vgpus.iter().map(|(u, _)| d(u))))),
+        [] => Some(dir(
+            std::iter::once(d("mdev_supported_types")).chain(vgpus.iter().map(|(u, _)| d(u)))
+        )),
         ["mdev_supported_types"] => Some(dir(types.iter().map(|t| d(&t.id)))),
         ["mdev_supported_types", t, rest @ ..] => {
             let vt = types.iter().find(|x| x.id == *t)?;
             match rest {
-                [] => Some(dir([f("name"), f("description"), f("device_api"), f("available_instances"), f("create"), d("devices")])),
+                [] => Some(dir([
+                    f("name"),
+                    f("description"),
+                    f("device_api"),
+                    f("available_instances"),
+                    f("create"),
+                    d("devices"),
+                ])),
                 ["name"] => Some(Node::Attr(format!("{}\n", vt.name))),
                 ["description"] => Some(Node::Attr(format!("{}\n", super::description(vt)))),
                 ["device_api"] => Some(Node::Attr("vfio-pci\n".into())),
-                ["available_instances"] => Some(Node::Attr(format!("{}\n", daemon.available(parent, vt)))),
+                ["available_instances"] => {
+                    Some(Node::Attr(format!("{}\n", daemon.available(parent, vt))))
+                }
                 ["create"] => Some(Node::Control),
-                ["devices"] => Some(dir(vgpus.iter().filter(|(_, ty)| ty == t).map(|(u, _)| l(u)))),
-                ["devices", u] if vgpus.iter().any(|(x, ty)| x == u && ty == t) => Some(Node::Link(format!("../../../{u}"))),
+                ["devices"] => Some(dir(vgpus
+                    .iter()
+                    .filter(|(_, ty)| ty == t)
+                    .map(|(u, _)| l(u)))),
+                ["devices", u] if vgpus.iter().any(|(x, ty)| x == u && ty == t) => {
+                    Some(Node::Link(format!("../../../{u}")))
+                }
                 _ => None,
             }
         }
@@ -122,7 +151,10 @@ fn resolve_parent(daemon: &Daemon, parent: &str, path: &[&str]) -> Option<Node> 
                 ["mdev_type"] => Some(Node::Link(format!("../mdev_supported_types/{t}"))),
                 ["vfio_user_socket"] => {
                     let uuid = super::parse_uuid(u).ok()?;
-                    Some(Node::Attr(format!("{}\n", daemon.socket_path(&uuid).display())))
+                    Some(Node::Attr(format!(
+                        "{}\n",
+                        daemon.socket_path(&uuid).display()
+                    )))
                 }
                 _ => None,
             }
@@ -207,10 +239,12 @@ impl Tree {
         match parts.as_slice() {
             // The kernel takes 36 characters, or 37 with a newline; `create`
             // checks that (EINVAL) before anything else.
-            ["devices", _, p, "mdev_supported_types", t, "create"] => d.create(t, Some(p), Some(text)).map(|_| ()).map_err(|e| {
-                tracing::info!("sysfs create {:?} on {p}/{t}: {e}", text.trim_end());
-                errno_of(&e)
-            }),
+            ["devices", _, p, "mdev_supported_types", t, "create"] => {
+                d.create(t, Some(p), Some(text)).map(|_| ()).map_err(|e| {
+                    tracing::info!("sysfs create {:?} on {p}/{t}: {e}", text.trim_end());
+                    errno_of(&e)
+                })
+            }
             ["devices", _, _, u, "remove"] => {
                 let v: u64 = text.trim().parse().map_err(|_| libc::EINVAL)?;
                 if v == 0 {
@@ -228,7 +262,11 @@ impl Filesystem for Tree {
         let (Some(dir), Some(name)) = (self.path(parent), name.to_str()) else {
             return reply.error(libc::ENOENT);
         };
-        let path = if dir.is_empty() { name.to_string() } else { format!("{dir}/{name}") };
+        let path = if dir.is_empty() {
+            name.to_string()
+        } else {
+            format!("{dir}/{name}")
+        };
         match self.node(&path) {
             Some(node) => {
                 let ino = self.ino(&path);
@@ -266,7 +304,12 @@ impl Filesystem for Tree {
         reply: ReplyAttr,
     ) {
         match self.path(ino).and_then(|p| self.node(&p)) {
-            Some(node @ Node::Control) if mode.is_none() && uid.is_none() && gid.is_none() && size.is_none_or(|s| s == 0) => {
+            Some(node @ Node::Control)
+                if mode.is_none()
+                    && uid.is_none()
+                    && gid.is_none()
+                    && size.is_none_or(|s| s == 0) =>
+            {
                 reply.attr(&TTL, &self.attr(ino, &node))
             }
             Some(_) => reply.error(libc::EPERM),
@@ -295,7 +338,17 @@ impl Filesystem for Tree {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn read(&mut self, _req: &Request<'_>, ino: u64, _fh: u64, offset: i64, size: u32, _flags: i32, _lock: Option<u64>, reply: ReplyData) {
+    fn read(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        _fh: u64,
+        offset: i64,
+        size: u32,
+        _flags: i32,
+        _lock: Option<u64>,
+        reply: ReplyData,
+    ) {
         match self.path(ino).and_then(|p| self.node(&p)) {
             Some(Node::Attr(s)) => {
                 let b = s.as_bytes();
@@ -309,8 +362,21 @@ impl Filesystem for Tree {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn write(&mut self, _req: &Request<'_>, ino: u64, _fh: u64, offset: i64, data: &[u8], _wf: u32, _flags: i32, _lock: Option<u64>, reply: ReplyWrite) {
-        let Some(path) = self.path(ino) else { return reply.error(libc::ENOENT) };
+    fn write(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        _fh: u64,
+        offset: i64,
+        data: &[u8],
+        _wf: u32,
+        _flags: i32,
+        _lock: Option<u64>,
+        reply: ReplyWrite,
+    ) {
+        let Some(path) = self.path(ino) else {
+            return reply.error(libc::ENOENT);
+        };
         if offset != 0 || data.len() > 4096 {
             return reply.error(libc::EINVAL);
         }
@@ -320,16 +386,41 @@ impl Filesystem for Tree {
         }
     }
 
-    fn flush(&mut self, _req: &Request<'_>, _ino: u64, _fh: u64, _lock_owner: u64, reply: ReplyEmpty) {
+    fn flush(
+        &mut self,
+        _req: &Request<'_>,
+        _ino: u64,
+        _fh: u64,
+        _lock_owner: u64,
+        reply: ReplyEmpty,
+    ) {
         reply.ok()
     }
 
-    fn readdir(&mut self, _req: &Request<'_>, ino: u64, _fh: u64, offset: i64, mut reply: ReplyDirectory) {
-        let Some(path) = self.path(ino) else { return reply.error(libc::ENOENT) };
-        let Some(Node::Dir(entries)) = self.node(&path) else { return reply.error(libc::ENOTDIR) };
-        let mut all = vec![(ino, FileType::Directory, ".".to_string()), (ino, FileType::Directory, "..".to_string())];
+    fn readdir(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        _fh: u64,
+        offset: i64,
+        mut reply: ReplyDirectory,
+    ) {
+        let Some(path) = self.path(ino) else {
+            return reply.error(libc::ENOENT);
+        };
+        let Some(Node::Dir(entries)) = self.node(&path) else {
+            return reply.error(libc::ENOTDIR);
+        };
+        let mut all = vec![
+            (ino, FileType::Directory, ".".to_string()),
+            (ino, FileType::Directory, "..".to_string()),
+        ];
         for (name, kind) in entries {
-            let child = if path.is_empty() { name.clone() } else { format!("{path}/{name}") };
+            let child = if path.is_empty() {
+                name.clone()
+            } else {
+                format!("{path}/{name}")
+            };
             let ft = match kind {
                 Kind::Dir => FileType::Directory,
                 Kind::File => FileType::RegularFile,
@@ -354,7 +445,12 @@ pub struct SysfsMount {
 /// Prepare `root` for mdevctl (`etc/mdevctl.d`, `usr/lib/mdevctl/scripts.d/
 /// {callouts,notifiers}`) and mount the tree at `root/sys`.
 pub fn mount(root: &Path, daemon: Arc<Mutex<Daemon>>) -> std::io::Result<SysfsMount> {
-    for sub in ["etc/mdevctl.d", "usr/lib/mdevctl/scripts.d/callouts", "usr/lib/mdevctl/scripts.d/notifiers", "sys"] {
+    for sub in [
+        "etc/mdevctl.d",
+        "usr/lib/mdevctl/scripts.d/callouts",
+        "usr/lib/mdevctl/scripts.d/notifiers",
+        "sys",
+    ] {
         std::fs::create_dir_all(root.join(sub))?;
     }
     let mountpoint = root.join("sys");
@@ -366,9 +462,23 @@ pub fn mount(root: &Path, daemon: Arc<Mutex<Daemon>>) -> std::io::Result<SysfsMo
     }
     // SAFETY: getuid/getgid have no preconditions.
     let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
-    let mut tree = Tree { daemon, inodes: HashMap::new(), paths: Vec::new(), uid, gid, born: SystemTime::now() };
+    let mut tree = Tree {
+        daemon,
+        inodes: HashMap::new(),
+        paths: Vec::new(),
+        uid,
+        gid,
+        born: SystemTime::now(),
+    };
     tree.ino("");
-    let options = [MountOption::FSName("vgpud".into()), MountOption::Subtype("mdev".into()), MountOption::AllowOther, MountOption::NoExec, MountOption::NoSuid, MountOption::NoDev];
+    let options = [
+        MountOption::FSName("vgpud".into()),
+        MountOption::Subtype("mdev".into()),
+        MountOption::AllowOther,
+        MountOption::NoExec,
+        MountOption::NoSuid,
+        MountOption::NoDev,
+    ];
     let session = fuser::spawn_mount2(tree, &mountpoint, &options)?;
     Ok(SysfsMount { _session: session })
 }
@@ -382,18 +492,33 @@ mod tests {
         // Resolve each relative link textually from its own directory and
         // check that the target exists in the tree.
         let dir = std::env::temp_dir().join(format!("vgpud-sysfs-unit-{}", std::process::id()));
-        let mut daemon = Daemon::new(&dir, None, scheduler::Config::default(), &mdev_types::Catalog::default());
+        let mut daemon = Daemon::new(
+            &dir,
+            None,
+            scheduler::Config::default(),
+            &mdev_types::Catalog::default(),
+        );
         std::fs::create_dir_all(&dir).unwrap();
         let u = "aa618089-8b16-4d01-a136-25a0f3c73123";
         daemon.create("vgpud-2c", None, Some(u)).unwrap();
         let links = [
             vec!["class", "mdev_bus", "cpu0"],
             vec!["bus", "mdev", "devices", u],
-            vec!["devices", "vgpud", "cpu0", "mdev_supported_types", "vgpud-2c", "devices", u],
+            vec![
+                "devices",
+                "vgpud",
+                "cpu0",
+                "mdev_supported_types",
+                "vgpud-2c",
+                "devices",
+                u,
+            ],
             vec!["devices", "vgpud", "cpu0", u, "mdev_type"],
         ];
         for link in links {
-            let Some(Node::Link(target)) = resolve(&daemon, &link) else { panic!("{link:?} is not a link") };
+            let Some(Node::Link(target)) = resolve(&daemon, &link) else {
+                panic!("{link:?} is not a link")
+            };
             let mut at: Vec<&str> = link[..link.len() - 1].to_vec();
             for c in target.split('/') {
                 if c == ".." {
@@ -402,11 +527,51 @@ mod tests {
                     at.push(c);
                 }
             }
-            assert!(matches!(resolve(&daemon, &at), Some(Node::Dir(_))), "{link:?} -> {target} does not reach a directory");
+            assert!(
+                matches!(resolve(&daemon, &at), Some(Node::Dir(_))),
+                "{link:?} -> {target} does not reach a directory"
+            );
         }
-        assert_eq!(resolve(&daemon, &["devices", "vgpud", "cpu0", "mdev_supported_types", "vgpud-8c", "available_instances"]), Some(Node::Attr("0\n".into())));
-        assert_eq!(resolve(&daemon, &["devices", "vgpud", "cpu0", "mdev_supported_types", "vgpud-2c", "available_instances"]), Some(Node::Attr("3\n".into())));
-        assert_eq!(resolve(&daemon, &["bus", "mdev", "devices", "0f0a7e4c-2bd4-4e5e-9c55-0a4f6b0e1d01"]), None);
+        assert_eq!(
+            resolve(
+                &daemon,
+                &[
+                    "devices",
+                    "vgpud",
+                    "cpu0",
+                    "mdev_supported_types",
+                    "vgpud-8c",
+                    "available_instances"
+                ]
+            ),
+            Some(Node::Attr("0\n".into()))
+        );
+        assert_eq!(
+            resolve(
+                &daemon,
+                &[
+                    "devices",
+                    "vgpud",
+                    "cpu0",
+                    "mdev_supported_types",
+                    "vgpud-2c",
+                    "available_instances"
+                ]
+            ),
+            Some(Node::Attr("3\n".into()))
+        );
+        assert_eq!(
+            resolve(
+                &daemon,
+                &[
+                    "bus",
+                    "mdev",
+                    "devices",
+                    "0f0a7e4c-2bd4-4e5e-9c55-0a4f6b0e1d01"
+                ]
+            ),
+            None
+        );
         drop(daemon);
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -41,12 +41,15 @@ use devmodel::{DeviceError, Vgpu};
 use mmio::bar::{BAR0_SIZE, BAR2_SIZE, NUM_REGIONS, REGION_BAR0, REGION_BAR2, REGION_CONFIG};
 use mmio::pci::CONFIG_SPACE_SIZE;
 use vfio_bindings::bindings::vfio::{
-    VFIO_DEVICE_FLAGS_PCI, VFIO_DEVICE_FLAGS_RESET, VFIO_IRQ_INFO_EVENTFD, VFIO_IRQ_INFO_NORESIZE, VFIO_IRQ_SET_ACTION_TRIGGER,
-    VFIO_IRQ_SET_DATA_EVENTFD, VFIO_IRQ_SET_DATA_NONE, VFIO_PCI_NUM_IRQS, VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE,
+    VFIO_DEVICE_FLAGS_PCI, VFIO_DEVICE_FLAGS_RESET, VFIO_IRQ_INFO_EVENTFD, VFIO_IRQ_INFO_NORESIZE,
+    VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_IRQ_SET_DATA_EVENTFD, VFIO_IRQ_SET_DATA_NONE,
+    VFIO_PCI_NUM_IRQS, VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE,
 };
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
-use wire::{Command, DmaMap, DmaUnmap, Fields, Header, Payload, RegionAccess, SetIrqs, HEADER_SIZE};
+use wire::{
+    Command, DmaMap, DmaUnmap, Fields, Header, Payload, RegionAccess, SetIrqs, HEADER_SIZE,
+};
 
 /// How long the rest of a message may take once its header arrived, and
 /// how long a reply may wait for the client to read.
@@ -98,16 +101,29 @@ pub fn spawn(path: &Path, vgpu: Arc<Vgpu>) -> std::io::Result<ServerHandle> {
     let listener = UnixListener::bind(path)?;
     let stop = EventFd::new(EFD_NONBLOCK)?;
     let stats = Arc::new(ServerStats::default());
-    let server = Server { listener, stop: stop.try_clone()?, vgpu, stats: stats.clone() };
+    let server = Server {
+        listener,
+        stop: stop.try_clone()?,
+        vgpu,
+        stats: stats.clone(),
+    };
     let name = format!("vfio-user-{}", server.vgpu.config().name);
-    let thread = match std::thread::Builder::new().name(name).spawn(move || server.run()) {
+    let thread = match std::thread::Builder::new()
+        .name(name)
+        .spawn(move || server.run())
+    {
         Ok(t) => t,
         Err(e) => {
             let _ = std::fs::remove_file(path);
             return Err(e);
         }
     };
-    Ok(ServerHandle { path: path.to_path_buf(), stop, stats, thread: Some(thread) })
+    Ok(ServerHandle {
+        path: path.to_path_buf(),
+        stop,
+        stats,
+        thread: Some(thread),
+    })
 }
 
 struct Server {
@@ -133,8 +149,16 @@ impl Server {
         let mut fds = vec![self.listener.as_raw_fd()];
         fds.extend(stream.map(|s| s.as_raw_fd()));
         match crate::wait::readable(&self.stop, &fds) {
-            None => Ready { stop: true, listener: false, stream: false },
-            Some(r) => Ready { stop: false, listener: r[0], stream: r.get(1).copied().unwrap_or(false) },
+            None => Ready {
+                stop: true,
+                listener: false,
+                stream: false,
+            },
+            Some(r) => Ready {
+                stop: false,
+                listener: r[0],
+                stream: r.get(1).copied().unwrap_or(false),
+            },
         }
     }
 
@@ -168,10 +192,17 @@ impl Server {
         // Reads happen only once poll says a message has begun; this bounds
         // how long the rest of it may take. A client that stops reading its
         // replies is likewise given up on rather than blocking the server.
-        if let Err(e) = stream.set_read_timeout(Some(MESSAGE_TIMEOUT)).and_then(|_| stream.set_write_timeout(Some(MESSAGE_TIMEOUT))) {
+        if let Err(e) = stream
+            .set_read_timeout(Some(MESSAGE_TIMEOUT))
+            .and_then(|_| stream.set_write_timeout(Some(MESSAGE_TIMEOUT)))
+        {
             tracing::warn!(vgpu = %self.name(), "cannot bound message reads and writes: {e}");
         }
-        let mut session = Session { vgpu: &self.vgpu, versioned: false, maps: Vec::new() };
+        let mut session = Session {
+            vgpu: &self.vgpu,
+            versioned: false,
+            maps: Vec::new(),
+        };
         let outcome = loop {
             let ready = self.poll(Some(&stream));
             if ready.stop {
@@ -208,13 +239,23 @@ impl Server {
     fn one_message(&self, stream: &mut UnixStream, session: &mut Session) -> Result<(), End> {
         let (header, fds) = read_header(stream)?;
         if (header.message_size as usize) < HEADER_SIZE || header.message_size > wire::MAX_MESSAGE {
-            return Err(End::Violation(format!("message size {} outside {}..={}", header.message_size, HEADER_SIZE, wire::MAX_MESSAGE)));
+            return Err(End::Violation(format!(
+                "message size {} outside {}..={}",
+                header.message_size,
+                HEADER_SIZE,
+                wire::MAX_MESSAGE
+            )));
         }
         if header.flags & wire::FLAG_TYPE_MASK != wire::FLAG_TYPE_COMMAND {
-            return Err(End::Violation(format!("message type {:#x} from a client must be a command", header.flags & wire::FLAG_TYPE_MASK)));
+            return Err(End::Violation(format!(
+                "message type {:#x} from a client must be a command",
+                header.flags & wire::FLAG_TYPE_MASK
+            )));
         }
         let mut body = vec![0u8; header.message_size as usize - HEADER_SIZE];
-        stream.read_exact(&mut body).map_err(|e| End::Violation(format!("truncated message: {e}")))?;
+        stream
+            .read_exact(&mut body)
+            .map_err(|e| End::Violation(format!("truncated message: {e}")))?;
         self.stats.messages.fetch_add(1, Ordering::Relaxed);
 
         let result = session.handle(&header, &body, fds);
@@ -252,7 +293,10 @@ enum End {
 fn read_header(stream: &mut UnixStream) -> Result<(Header, Vec<File>), End> {
     let mut buf = [0u8; HEADER_SIZE];
     let mut raw_fds = [-1 as RawFd; wire::MAX_MSG_FDS];
-    let mut iov = [libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: HEADER_SIZE }];
+    let mut iov = [libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: HEADER_SIZE,
+    }];
     // SAFETY: the iovec points at `buf`, which outlives the call, and
     // `raw_fds` has room for MAX_MSG_FDS descriptors.
     let got = unsafe { stream.recv_with_fds(&mut iov, &mut raw_fds) };
@@ -263,12 +307,17 @@ fn read_header(stream: &mut UnixStream) -> Result<(Header, Vec<File>), End> {
     };
     // Own every descriptor at once so that all paths close them.
     // SAFETY: the kernel just installed these descriptors for us.
-    let fds: Vec<File> = raw_fds[..nfds].iter().map(|&fd| unsafe { File::from_raw_fd(fd) }).collect();
+    let fds: Vec<File> = raw_fds[..nfds]
+        .iter()
+        .map(|&fd| unsafe { File::from_raw_fd(fd) })
+        .collect();
     if n == 0 {
         return Err(End::Closed);
     }
     if n < HEADER_SIZE {
-        stream.read_exact(&mut buf[n..]).map_err(|e| End::Violation(format!("truncated header: {e}")))?;
+        stream
+            .read_exact(&mut buf[n..])
+            .map_err(|e| End::Violation(format!("truncated header: {e}")))?;
     }
     Ok((Header::decode(&buf), fds))
 }
@@ -317,7 +366,12 @@ impl Session<'_> {
                 if argsz < 16 {
                     return Err(libc::EINVAL);
                 }
-                Ok(Payload::default().u32(16).u32(VFIO_DEVICE_FLAGS_PCI | VFIO_DEVICE_FLAGS_RESET).u32(NUM_REGIONS).u32(VFIO_PCI_NUM_IRQS).0)
+                Ok(Payload::default()
+                    .u32(16)
+                    .u32(VFIO_DEVICE_FLAGS_PCI | VFIO_DEVICE_FLAGS_RESET)
+                    .u32(NUM_REGIONS)
+                    .u32(VFIO_PCI_NUM_IRQS)
+                    .0)
             }
             Command::DeviceGetRegionInfo => {
                 let mut f = Fields::new(body);
@@ -333,8 +387,19 @@ impl Session<'_> {
                     REGION_CONFIG => CONFIG_SPACE_SIZE,
                     _ => 0,
                 };
-                let flags = if size > 0 { VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE } else { 0 };
-                Ok(Payload::default().u32(32).u32(flags).u32(index).u32(0).u64(size).u64(0).0)
+                let flags = if size > 0 {
+                    VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE
+                } else {
+                    0
+                };
+                Ok(Payload::default()
+                    .u32(32)
+                    .u32(flags)
+                    .u32(index)
+                    .u32(0)
+                    .u64(size)
+                    .u64(0)
+                    .0)
             }
             Command::DeviceGetIrqInfo => {
                 let mut f = Fields::new(body);
@@ -344,9 +409,20 @@ impl Session<'_> {
                 if argsz < 16 || index >= VFIO_PCI_NUM_IRQS {
                     return Err(libc::EINVAL);
                 }
-                let (flags, count) =
-                    if index == IRQ_INDEX_MSIX { (VFIO_IRQ_INFO_EVENTFD | VFIO_IRQ_INFO_NORESIZE, mmio::bar::MSIX_VECTORS as u32) } else { (VFIO_IRQ_INFO_EVENTFD, 0) };
-                Ok(Payload::default().u32(16).u32(flags).u32(index).u32(count).0)
+                let (flags, count) = if index == IRQ_INDEX_MSIX {
+                    (
+                        VFIO_IRQ_INFO_EVENTFD | VFIO_IRQ_INFO_NORESIZE,
+                        mmio::bar::MSIX_VECTORS as u32,
+                    )
+                } else {
+                    (VFIO_IRQ_INFO_EVENTFD, 0)
+                };
+                Ok(Payload::default()
+                    .u32(16)
+                    .u32(flags)
+                    .u32(index)
+                    .u32(count)
+                    .0)
             }
             Command::DeviceSetIrqs => {
                 let s = SetIrqs::decode(body).map_err(einval)?;
@@ -360,7 +436,9 @@ impl Session<'_> {
                 let mut p = a.encode();
                 let start = p.0.len();
                 p.0.resize(start + a.count as usize, 0);
-                self.vgpu.region_read(a.region, a.offset, &mut p.0[start..]).map_err(|e| errno_of(&e))?;
+                self.vgpu
+                    .region_read(a.region, a.offset, &mut p.0[start..])
+                    .map_err(|e| errno_of(&e))?;
                 Ok(p.0)
             }
             Command::RegionWrite => {
@@ -369,7 +447,9 @@ impl Session<'_> {
                 if data.len() != a.count as usize {
                     return Err(libc::EINVAL);
                 }
-                self.vgpu.region_write(a.region, a.offset, data).map_err(|e| errno_of(&e))?;
+                self.vgpu
+                    .region_write(a.region, a.offset, data)
+                    .map_err(|e| errno_of(&e))?;
                 Ok(a.encode().0)
             }
             Command::DeviceReset => {
@@ -407,7 +487,11 @@ impl Session<'_> {
         }
         self.versioned = true;
         let caps = serde_json::json!({"capabilities": {"max_msg_fds": wire::MAX_MSG_FDS, "max_data_xfer_size": wire::MAX_DATA_XFER}});
-        let mut p = Payload::default().u16(0).u16(minor.min(1)).bytes(caps.to_string().as_bytes()).0;
+        let mut p = Payload::default()
+            .u16(0)
+            .u16(minor.min(1))
+            .bytes(caps.to_string().as_bytes())
+            .0;
         p.push(0);
         Ok(p)
     }
@@ -417,7 +501,11 @@ impl Session<'_> {
         if fds.len() > 1 || m.size == 0 || m.address.checked_add(m.size).is_none() {
             return Err(libc::EINVAL);
         }
-        if self.maps.iter().any(|&(a, s, _)| m.address < a + s && a < m.address + m.size) {
+        if self
+            .maps
+            .iter()
+            .any(|&(a, s, _)| m.address < a + s && a < m.address + m.size)
+        {
             return Err(libc::EEXIST);
         }
         match fds.pop() {
@@ -455,11 +543,19 @@ impl Session<'_> {
             tracing::debug!(vgpu = %self.vgpu.config().name, "DMA_UNMAP {:#x}+{:#x} would split the mapping {a:#x}+{s:#x}", u.address, u.size);
             return Err(libc::EINVAL);
         }
-        let inside: Vec<_> = self.maps.iter().copied().filter(|&(a, s, _)| span(a, s).0 >= lo && span(a, s).1 <= hi).collect();
+        let inside: Vec<_> = self
+            .maps
+            .iter()
+            .copied()
+            .filter(|&(a, s, _)| span(a, s).0 >= lo && span(a, s).1 <= hi)
+            .collect();
         // One call for every backed map inside: they are disjoint and no
         // other map lies between them.
         let backed = inside.iter().filter(|m| m.2);
-        if let (Some(lo), Some(hi)) = (backed.clone().map(|m| m.0).min(), backed.map(|m| m.0 + m.1).max()) {
+        if let (Some(lo), Some(hi)) = (
+            backed.clone().map(|m| m.0).min(),
+            backed.map(|m| m.0 + m.1).max(),
+        ) {
             self.vgpu.dma_unmap(lo, hi - lo).map_err(|e| errno_of(&e))?;
         }
         self.maps.retain(|m| !inside.contains(m));
@@ -477,14 +573,21 @@ impl Session<'_> {
     /// SET_IRQS: MSI-X eventfds in, out, or all off; other indexes may only
     /// be switched off (the device has no INTx or MSI).
     fn set_irqs(&mut self, s: SetIrqs, fds: Vec<File>) -> Result<Vec<u8>, i32> {
-        let data = s.flags & (VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_DATA_EVENTFD | vfio_bindings::bindings::vfio::VFIO_IRQ_SET_DATA_BOOL);
+        let data = s.flags
+            & (VFIO_IRQ_SET_DATA_NONE
+                | VFIO_IRQ_SET_DATA_EVENTFD
+                | vfio_bindings::bindings::vfio::VFIO_IRQ_SET_DATA_BOOL);
         let action = s.flags & !data;
         if s.index >= VFIO_PCI_NUM_IRQS || action != VFIO_IRQ_SET_ACTION_TRIGGER {
             return Err(libc::EINVAL);
         }
         let disable_all = data == VFIO_IRQ_SET_DATA_NONE && s.count == 0 && s.start == 0;
         if s.index != IRQ_INDEX_MSIX {
-            return if disable_all && fds.is_empty() { Ok(Vec::new()) } else { Err(libc::EINVAL) };
+            return if disable_all && fds.is_empty() {
+                Ok(Vec::new())
+            } else {
+                Err(libc::EINVAL)
+            };
         }
         let slots: Vec<Option<File>> = if disable_all {
             Vec::new()
@@ -498,7 +601,9 @@ impl Session<'_> {
         if s.count > mmio::bar::MSIX_VECTORS as u32 {
             return Err(libc::EINVAL);
         }
-        self.vgpu.set_irqs(s.index, s.start, slots).map_err(|e| errno_of(&e))?;
+        self.vgpu
+            .set_irqs(s.index, s.start, slots)
+            .map_err(|e| errno_of(&e))?;
         Ok(Vec::new())
     }
 

@@ -206,7 +206,12 @@ impl DmaMap {
     pub fn decode(p: &[u8]) -> Result<DmaMap, Short> {
         let mut f = Fields::new(p);
         let _argsz = f.u32()?;
-        Ok(DmaMap { flags: f.u32()?, offset: f.u64()?, address: f.u64()?, size: f.u64()? })
+        Ok(DmaMap {
+            flags: f.u32()?,
+            offset: f.u64()?,
+            address: f.u64()?,
+            size: f.u64()?,
+        })
     }
 }
 
@@ -224,10 +229,20 @@ pub const DMA_UNMAP_ALL: u32 = 1 << 1;
 impl DmaUnmap {
     pub fn decode(p: &[u8]) -> Result<DmaUnmap, Short> {
         let mut f = Fields::new(p);
-        Ok(DmaUnmap { argsz: f.u32()?, flags: f.u32()?, address: f.u64()?, size: f.u64()? })
+        Ok(DmaUnmap {
+            argsz: f.u32()?,
+            flags: f.u32()?,
+            address: f.u64()?,
+            size: f.u64()?,
+        })
     }
     pub fn encode(&self) -> Vec<u8> {
-        Payload::default().u32(24).u32(self.flags).u64(self.address).u64(self.size).0
+        Payload::default()
+            .u32(24)
+            .u32(self.flags)
+            .u64(self.address)
+            .u64(self.size)
+            .0
     }
 }
 
@@ -243,10 +258,17 @@ impl RegionAccess {
     pub const SIZE: usize = 16;
     pub fn decode(p: &[u8]) -> Result<RegionAccess, Short> {
         let mut f = Fields::new(p);
-        Ok(RegionAccess { offset: f.u64()?, region: f.u32()?, count: f.u32()? })
+        Ok(RegionAccess {
+            offset: f.u64()?,
+            region: f.u32()?,
+            count: f.u32()?,
+        })
     }
     pub fn encode(&self) -> Payload {
-        Payload::default().u64(self.offset).u32(self.region).u32(self.count)
+        Payload::default()
+            .u64(self.offset)
+            .u32(self.region)
+            .u32(self.count)
     }
 }
 
@@ -263,7 +285,12 @@ impl SetIrqs {
     pub fn decode(p: &[u8]) -> Result<SetIrqs, Short> {
         let mut f = Fields::new(p);
         let _argsz = f.u32()?;
-        Ok(SetIrqs { flags: f.u32()?, index: f.u32()?, start: f.u32()?, count: f.u32()? })
+        Ok(SetIrqs {
+            flags: f.u32()?,
+            index: f.u32()?,
+            start: f.u32()?,
+            count: f.u32()?,
+        })
     }
 }
 
@@ -273,13 +300,25 @@ mod tests {
 
     #[test]
     fn header_round_trips_and_reply_sets_flags() {
-        let h = Header { message_id: 0x1234, command: 10, message_size: 40, flags: FLAG_NO_REPLY, error: 0 };
+        let h = Header {
+            message_id: 0x1234,
+            command: 10,
+            message_size: 40,
+            flags: FLAG_NO_REPLY,
+            error: 0,
+        };
         assert_eq!(Header::decode(&h.encode()), h);
         assert!(h.no_reply());
         let ok = h.reply(Ok(16));
-        assert_eq!((ok.message_id, ok.command, ok.message_size, ok.flags), (0x1234, 10, 32, FLAG_TYPE_REPLY));
+        assert_eq!(
+            (ok.message_id, ok.command, ok.message_size, ok.flags),
+            (0x1234, 10, 32, FLAG_TYPE_REPLY)
+        );
         let err = h.reply(Err(libc::EINVAL));
-        assert_eq!((err.message_size, err.flags, err.error), (16, FLAG_TYPE_REPLY | FLAG_ERROR, libc::EINVAL as u32));
+        assert_eq!(
+            (err.message_size, err.flags, err.error),
+            (16, FLAG_TYPE_REPLY | FLAG_ERROR, libc::EINVAL as u32)
+        );
     }
 
     #[test]
@@ -291,7 +330,23 @@ mod tests {
         b[0..8].copy_from_slice(&0x40u64.to_le_bytes());
         b[8..12].copy_from_slice(&7u32.to_le_bytes());
         b[12..16].copy_from_slice(&4u32.to_le_bytes());
-        assert_eq!(RegionAccess::decode(&b), Ok(RegionAccess { offset: 0x40, region: 7, count: 4 }));
-        assert_eq!(RegionAccess { offset: 0x40, region: 7, count: 4 }.encode().0, b);
+        assert_eq!(
+            RegionAccess::decode(&b),
+            Ok(RegionAccess {
+                offset: 0x40,
+                region: 7,
+                count: 4
+            })
+        );
+        assert_eq!(
+            RegionAccess {
+                offset: 0x40,
+                region: 7,
+                count: 4
+            }
+            .encode()
+            .0,
+            b
+        );
     }
 }

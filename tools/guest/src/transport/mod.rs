@@ -77,19 +77,30 @@ impl Mapping {
     /// A shared memfd of `len` bytes, mapped; returns the mapping and the
     /// file so that it can be handed to a device (vfio-user `DMA_MAP`).
     pub fn memfd(name: &str, len: u64) -> Result<(Mapping, File)> {
-        let cname = std::ffi::CString::new(name).map_err(|_| Error::InvalidArgument(format!("memfd name {name:?}")))?;
+        let cname = std::ffi::CString::new(name)
+            .map_err(|_| Error::InvalidArgument(format!("memfd name {name:?}")))?;
         // SAFETY: a valid C string; the result is checked.
-        let fd = unsafe { libc::memfd_create(cname.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
+        let fd = unsafe {
+            libc::memfd_create(cname.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING)
+        };
         if fd < 0 {
             return Err(Error::last_os("memfd_create"));
         }
         // SAFETY: fd is a fresh descriptor that nothing else owns.
         let file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
-        file.set_len(len).map_err(|e| Error::io("size the memfd", e))?;
+        file.set_len(len)
+            .map_err(|e| Error::io("size the memfd", e))?;
         // Sealed against resizing, as QEMU's memfd backend is: the device
         // side may then rely on every mapped page staying there.
         // SAFETY: adds seals to our own descriptor; the result is checked.
-        if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, libc::F_SEAL_SHRINK | libc::F_SEAL_GROW) } != 0 {
+        if unsafe {
+            libc::fcntl(
+                file.as_raw_fd(),
+                libc::F_ADD_SEALS,
+                libc::F_SEAL_SHRINK | libc::F_SEAL_GROW,
+            )
+        } != 0
+        {
             return Err(Error::last_os("seal the memfd"));
         }
         let map = Self::mmap(len, libc::MAP_SHARED, file.as_raw_fd())?;
@@ -99,7 +110,11 @@ impl Mapping {
     /// Anonymous private memory of `len` bytes, locked in RAM (`mlock`) so
     /// that its physical pages stay put while a device uses them.
     pub fn anonymous_locked(len: u64) -> Result<Mapping> {
-        let map = Self::mmap(len, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE, -1)?;
+        let map = Self::mmap(
+            len,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
+            -1,
+        )?;
         // SAFETY: the range is our own mapping.
         if unsafe { libc::mlock(map.ptr.as_ptr().cast(), map.len) } != 0 {
             return Err(Error::last_os("mlock DMA memory"));
@@ -108,16 +123,27 @@ impl Mapping {
     }
 
     fn mmap(len: u64, flags: i32, fd: i32) -> Result<Mapping> {
-        let ulen = usize::try_from(len).map_err(|_| Error::InvalidArgument(format!("mapping of {len} bytes")))?;
+        let ulen = usize::try_from(len)
+            .map_err(|_| Error::InvalidArgument(format!("mapping of {len} bytes")))?;
         if ulen == 0 {
             return Err(Error::InvalidArgument("empty mapping".into()));
         }
         // SAFETY: a fresh mapping chosen by the kernel; the result is checked.
-        let p = unsafe { libc::mmap(std::ptr::null_mut(), ulen, libc::PROT_READ | libc::PROT_WRITE, flags, fd, 0) };
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                ulen,
+                libc::PROT_READ | libc::PROT_WRITE,
+                flags,
+                fd,
+                0,
+            )
+        };
         if p == libc::MAP_FAILED {
             return Err(Error::last_os("mmap DMA memory"));
         }
-        let ptr = NonNull::new(p.cast::<u8>()).ok_or_else(|| Error::Protocol("mmap returned NULL".into()))?;
+        let ptr = NonNull::new(p.cast::<u8>())
+            .ok_or_else(|| Error::Protocol("mmap returned NULL".into()))?;
         Ok(Mapping { ptr, len: ulen })
     }
 
@@ -174,12 +200,22 @@ impl DmaBuffer {
         let fits = offset.checked_add(len).is_some_and(|e| e <= map.len());
         let pages_ok = match &addrs {
             DevAddrs::Linear(_) => true,
-            DevAddrs::Pages(p) => p.len() as u64 == (len as u64).div_ceil(PAGE_SIZE) && offset as u64 % PAGE_SIZE == 0,
+            DevAddrs::Pages(p) => {
+                p.len() as u64 == (len as u64).div_ceil(PAGE_SIZE) && offset as u64 % PAGE_SIZE == 0
+            }
         };
         if !fits || !pages_ok {
-            return Err(Error::InvalidArgument(format!("DMA buffer {offset:#x}+{len:#x} in a {:#x}-byte mapping", map.len())));
+            return Err(Error::InvalidArgument(format!(
+                "DMA buffer {offset:#x}+{len:#x} in a {:#x}-byte mapping",
+                map.len()
+            )));
         }
-        Ok(DmaBuffer { map, offset, len, addrs })
+        Ok(DmaBuffer {
+            map,
+            offset,
+            len,
+            addrs,
+        })
     }
 
     /// Length in bytes.
@@ -206,7 +242,9 @@ impl DmaBuffer {
     pub fn dev_addr(&self, off: u64) -> u64 {
         match &self.addrs {
             DevAddrs::Linear(base) => base + off,
-            DevAddrs::Pages(p) => p.get((off / PAGE_SIZE) as usize).map_or(0, |a| a + off % PAGE_SIZE),
+            DevAddrs::Pages(p) => p
+                .get((off / PAGE_SIZE) as usize)
+                .map_or(0, |a| a + off % PAGE_SIZE),
         }
     }
 
@@ -215,7 +253,11 @@ impl DmaBuffer {
     pub fn contiguous(&self) -> Option<u64> {
         match &self.addrs {
             DevAddrs::Linear(base) => Some(*base),
-            DevAddrs::Pages(p) => p.windows(2).all(|w| w[1] == w[0] + PAGE_SIZE).then(|| p.first().copied()).flatten(),
+            DevAddrs::Pages(p) => p
+                .windows(2)
+                .all(|w| w[1] == w[0] + PAGE_SIZE)
+                .then(|| p.first().copied())
+                .flatten(),
         }
     }
 
@@ -223,7 +265,10 @@ impl DmaBuffer {
         match off.checked_add(len) {
             // SAFETY: in bounds of the mapping (checked at construction).
             Some(end) if end <= self.len => Ok(unsafe { self.map.as_ptr().add(self.offset + off) }),
-            _ => Err(Error::InvalidArgument(format!("access {off:#x}+{len:#x} past a {:#x}-byte DMA buffer", self.len))),
+            _ => Err(Error::InvalidArgument(format!(
+                "access {off:#x}+{len:#x} past a {:#x}-byte DMA buffer",
+                self.len
+            ))),
         }
     }
 
@@ -256,14 +301,18 @@ impl DmaBuffer {
     pub fn read_u32(&self, off: usize) -> Result<u32> {
         let p = self.check(off, 4)?;
         // SAFETY: in bounds; unaligned-tolerant volatile read.
-        Ok(u32::from_le_bytes(unsafe { std::ptr::read_volatile(p.cast::<[u8; 4]>()) }))
+        Ok(u32::from_le_bytes(unsafe {
+            std::ptr::read_volatile(p.cast::<[u8; 4]>())
+        }))
     }
 
     /// A volatile 64-bit read.
     pub fn read_u64(&self, off: usize) -> Result<u64> {
         let p = self.check(off, 8)?;
         // SAFETY: in bounds.
-        Ok(u64::from_le_bytes(unsafe { std::ptr::read_volatile(p.cast::<[u8; 8]>()) }))
+        Ok(u64::from_le_bytes(unsafe {
+            std::ptr::read_volatile(p.cast::<[u8; 8]>())
+        }))
     }
 
     /// A volatile 32-bit write.
@@ -292,14 +341,20 @@ impl DmaBuffer {
     pub fn read_f32s(&self, off: usize, n: usize) -> Result<Vec<f32>> {
         let mut bytes = vec![0u8; n * 4];
         self.read(off, &mut bytes)?;
-        Ok(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+        Ok(bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect())
     }
 
     /// Read `n` `u32`s at `off`.
     pub fn read_u32s(&self, off: usize, n: usize) -> Result<Vec<u32>> {
         let mut bytes = vec![0u8; n * 4];
         self.read(off, &mut bytes)?;
-        Ok(bytes.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+        Ok(bytes
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect())
     }
 }
 
@@ -327,11 +382,17 @@ impl DmaArena {
     pub fn new(map: Mapping, addressing: ArenaAddressing) -> Result<DmaArena> {
         if let ArenaAddressing::Pages(p) = &addressing {
             if (p.len() as u64) < map.len() as u64 / PAGE_SIZE {
-                return Err(Error::InvalidArgument("fewer page addresses than pages".into()));
+                return Err(Error::InvalidArgument(
+                    "fewer page addresses than pages".into(),
+                ));
             }
         }
         let size = map.len() as u64;
-        Ok(DmaArena { map: Arc::new(map), addressing, alloc: RangeAllocator::new(0, size) })
+        Ok(DmaArena {
+            map: Arc::new(map),
+            addressing,
+            alloc: RangeAllocator::new(0, size),
+        })
     }
 
     /// The mapping (for a device-side `DMA_MAP`).
@@ -342,7 +403,13 @@ impl DmaArena {
     /// Zeroed, page-aligned memory of at least `len` bytes.
     pub fn alloc(&mut self, len: u64) -> Result<DmaBuffer> {
         let rounded = len.max(1).div_ceil(PAGE_SIZE) * PAGE_SIZE;
-        let off = self.alloc.alloc(rounded, PAGE_SIZE).ok_or(Error::OutOfMemory { what: "DMA memory", bytes: rounded })?;
+        let off = self
+            .alloc
+            .alloc(rounded, PAGE_SIZE)
+            .ok_or(Error::OutOfMemory {
+                what: "DMA memory",
+                bytes: rounded,
+            })?;
         let addrs = match &self.addressing {
             ArenaAddressing::Linear(base) => DevAddrs::Linear(base + off),
             ArenaAddressing::Pages(p) => {
@@ -394,7 +461,11 @@ impl EventFd {
     /// Wait up to `timeout` for the counter to become non-zero, then read
     /// (and so reset) it. Returns whether it had fired.
     pub fn wait(&self, timeout: Duration) -> Result<bool> {
-        let mut pfd = libc::pollfd { fd: self.0.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        let mut pfd = libc::pollfd {
+            fd: self.0.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
         let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
         // Round sub-millisecond timeouts up so that a short wait still sleeps.
         let ms = if ms == 0 && !timeout.is_zero() { 1 } else { ms };
@@ -445,7 +516,9 @@ mod tests {
 
     #[test]
     fn paged_arena_addresses() {
-        let map = Mapping::anonymous_locked(4 * 4096).or_else(|_| Mapping::memfd("t", 4 * 4096).map(|m| m.0)).unwrap();
+        let map = Mapping::anonymous_locked(4 * 4096)
+            .or_else(|_| Mapping::memfd("t", 4 * 4096).map(|m| m.0))
+            .unwrap();
         let pages = vec![0x9000, 0x3000, 0x4000, 0x1000];
         let mut a = DmaArena::new(map, ArenaAddressing::Pages(pages)).unwrap();
         let b = a.alloc(8192).unwrap();
@@ -453,7 +526,13 @@ mod tests {
         assert_eq!(b.contiguous(), None);
         let c = a.alloc(8192).unwrap();
         assert_eq!(c.contiguous(), None);
-        let d = DmaBuffer::new(c.map.clone(), 2 * 4096, 8192, DevAddrs::Pages(vec![0x4000, 0x5000])).unwrap();
+        let d = DmaBuffer::new(
+            c.map.clone(),
+            2 * 4096,
+            8192,
+            DevAddrs::Pages(vec![0x4000, 0x5000]),
+        )
+        .unwrap();
         assert_eq!(d.contiguous(), Some(0x4000));
     }
 

@@ -17,9 +17,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use vfio_bindings::bindings::vfio::{
-    vfio_group_status, vfio_iommu_type1_dma_map, vfio_region_info, VFIO_API_VERSION, VFIO_DMA_MAP_FLAG_READ, VFIO_DMA_MAP_FLAG_WRITE,
-    VFIO_GROUP_FLAGS_VIABLE, VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_IRQ_SET_DATA_EVENTFD, VFIO_NOIOMMU_IOMMU, VFIO_PCI_BAR0_REGION_INDEX,
-    VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_MSIX_IRQ_INDEX, VFIO_TYPE1_IOMMU, VFIO_TYPE1v2_IOMMU,
+    vfio_group_status, vfio_iommu_type1_dma_map, vfio_region_info, VFIO_TYPE1v2_IOMMU,
+    VFIO_API_VERSION, VFIO_DMA_MAP_FLAG_READ, VFIO_DMA_MAP_FLAG_WRITE, VFIO_GROUP_FLAGS_VIABLE,
+    VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_IRQ_SET_DATA_EVENTFD, VFIO_NOIOMMU_IOMMU,
+    VFIO_PCI_BAR0_REGION_INDEX, VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_MSIX_IRQ_INDEX,
+    VFIO_TYPE1_IOMMU,
 };
 
 use super::{ArenaAddressing, DmaArena, DmaBuffer, EventFd, Mapping, Transport, PAGE_SIZE};
@@ -107,7 +109,9 @@ impl MappedBar {
     fn at(&self, offset: u32, size: usize) -> Result<*mut u8> {
         let o = offset as usize;
         if o % size != 0 || o.checked_add(size).is_none_or(|e| e > self.len) {
-            return Err(Error::InvalidArgument(format!("BAR0 access {offset:#x}+{size}")));
+            return Err(Error::InvalidArgument(format!(
+                "BAR0 access {offset:#x}+{size}"
+            )));
         }
         // SAFETY: in bounds of the mapping, checked above.
         Ok(unsafe { self.ptr.as_ptr().add(o) })
@@ -151,9 +155,21 @@ impl VfioTransport {
     /// # Ok::<(), vgpu_guest::Error>(())
     /// ```
     pub fn open(bdf: &str, dma_bytes: u64) -> Result<VfioTransport> {
-        let bdf = if bdf.matches(':').count() == 1 { format!("0000:{bdf}") } else { bdf.to_string() };
+        let bdf = if bdf.matches(':').count() == 1 {
+            format!("0000:{bdf}")
+        } else {
+            bdf.to_string()
+        };
         let sys = PathBuf::from("/sys/bus/pci/devices").join(&bdf);
-        let link = std::fs::read_link(sys.join("iommu_group")).map_err(|e| Error::io(format!("{}/iommu_group (is {bdf} bound to vfio-pci?)", sys.display()), e))?;
+        let link = std::fs::read_link(sys.join("iommu_group")).map_err(|e| {
+            Error::io(
+                format!(
+                    "{}/iommu_group (is {bdf} bound to vfio-pci?)",
+                    sys.display()
+                ),
+                e,
+            )
+        })?;
         let group_id = link
             .file_name()
             .and_then(|n| n.to_str())
@@ -167,42 +183,95 @@ impl VfioTransport {
             } else if noiommu.exists() {
                 (noiommu, true)
             } else {
-                return Err(Error::NotVgpu(format!("neither {} nor {} exists (bind {bdf} to vfio-pci)", plain.display(), noiommu.display())));
+                return Err(Error::NotVgpu(format!(
+                    "neither {} nor {} exists (bind {bdf} to vfio-pci)",
+                    plain.display(),
+                    noiommu.display()
+                )));
             }
         };
-        let rw = |p: &std::path::Path| OpenOptions::new().read(true).write(true).open(p).map_err(|e| Error::io(format!("open {}", p.display()), e));
+        let rw = |p: &std::path::Path| {
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(p)
+                .map_err(|e| Error::io(format!("open {}", p.display()), e))
+        };
         let container = rw("/dev/vfio/vfio".as_ref())?;
-        if ioctl_val(&container, VFIO_GET_API_VERSION, 0, "VFIO_GET_API_VERSION")? != VFIO_API_VERSION as i32 {
+        if ioctl_val(&container, VFIO_GET_API_VERSION, 0, "VFIO_GET_API_VERSION")?
+            != VFIO_API_VERSION as i32
+        {
             return Err(Error::NotVgpu("unknown VFIO API version".into()));
         }
         let group = rw(&group_path)?;
-        let mut status = vfio_group_status { argsz: std::mem::size_of::<vfio_group_status>() as u32, flags: 0 };
-        ioctl_ptr(&group, VFIO_GROUP_GET_STATUS, &mut status, "VFIO_GROUP_GET_STATUS")?;
+        let mut status = vfio_group_status {
+            argsz: std::mem::size_of::<vfio_group_status>() as u32,
+            flags: 0,
+        };
+        ioctl_ptr(
+            &group,
+            VFIO_GROUP_GET_STATUS,
+            &mut status,
+            "VFIO_GROUP_GET_STATUS",
+        )?;
         if status.flags & VFIO_GROUP_FLAGS_VIABLE == 0 {
-            return Err(Error::NotVgpu(format!("IOMMU group {group_id} is not viable: bind all its devices to vfio-pci")));
+            return Err(Error::NotVgpu(format!(
+                "IOMMU group {group_id} is not viable: bind all its devices to vfio-pci"
+            )));
         }
         let mut cfd = container.as_raw_fd();
-        ioctl_ptr(&group, VFIO_GROUP_SET_CONTAINER, &mut cfd, "VFIO_GROUP_SET_CONTAINER")?;
+        ioctl_ptr(
+            &group,
+            VFIO_GROUP_SET_CONTAINER,
+            &mut cfd,
+            "VFIO_GROUP_SET_CONTAINER",
+        )?;
         let iommu = if noiommu {
             VFIO_NOIOMMU_IOMMU
-        } else if ioctl_val(&container, VFIO_CHECK_EXTENSION, VFIO_TYPE1v2_IOMMU as _, "VFIO_CHECK_EXTENSION")? > 0 {
+        } else if ioctl_val(
+            &container,
+            VFIO_CHECK_EXTENSION,
+            VFIO_TYPE1v2_IOMMU as _,
+            "VFIO_CHECK_EXTENSION",
+        )? > 0
+        {
             VFIO_TYPE1v2_IOMMU
         } else {
             VFIO_TYPE1_IOMMU
         };
         ioctl_val(&container, VFIO_SET_IOMMU, iommu as _, "VFIO_SET_IOMMU")?;
-        let name = CString::new(bdf.clone()).map_err(|_| Error::InvalidArgument(format!("device name {bdf:?}")))?;
+        let name = CString::new(bdf.clone())
+            .map_err(|_| Error::InvalidArgument(format!("device name {bdf:?}")))?;
         // SAFETY: a NUL-terminated name, as VFIO_GROUP_GET_DEVICE_FD expects.
-        let dfd = unsafe { libc::ioctl(group.as_raw_fd(), VFIO_GROUP_GET_DEVICE_FD as _, name.as_ptr()) };
+        let dfd = unsafe {
+            libc::ioctl(
+                group.as_raw_fd(),
+                VFIO_GROUP_GET_DEVICE_FD as _,
+                name.as_ptr(),
+            )
+        };
         if dfd < 0 {
             return Err(Error::last_os(format!("VFIO_GROUP_GET_DEVICE_FD {bdf}")));
         }
         // SAFETY: a fresh descriptor owned by nobody else.
         let device = File::from(unsafe { OwnedFd::from_raw_fd(dfd) });
         let region = |index: u32| -> Result<Region> {
-            let mut info = vfio_region_info { argsz: std::mem::size_of::<vfio_region_info>() as u32, index, ..Default::default() };
-            ioctl_ptr(&device, VFIO_DEVICE_GET_REGION_INFO, &mut info, "VFIO_DEVICE_GET_REGION_INFO")?;
-            Ok(Region { offset: info.offset, size: info.size, flags: info.flags })
+            let mut info = vfio_region_info {
+                argsz: std::mem::size_of::<vfio_region_info>() as u32,
+                index,
+                ..Default::default()
+            };
+            ioctl_ptr(
+                &device,
+                VFIO_DEVICE_GET_REGION_INFO,
+                &mut info,
+                "VFIO_DEVICE_GET_REGION_INFO",
+            )?;
+            Ok(Region {
+                offset: info.offset,
+                size: info.size,
+                flags: info.flags,
+            })
         };
         let bar0 = region(VFIO_PCI_BAR0_REGION_INDEX)?;
         let config = region(VFIO_PCI_CONFIG_REGION_INDEX)?;
@@ -222,12 +291,30 @@ impl VfioTransport {
                 iova: DEFAULT_IOVA_BASE,
                 size: map.len() as u64,
             };
-            ioctl_ptr(&container, VFIO_IOMMU_MAP_DMA, &mut dm, "VFIO_IOMMU_MAP_DMA")?;
-            (ArenaAddressing::Linear(DEFAULT_IOVA_BASE), Some((DEFAULT_IOVA_BASE, map.len() as u64)))
+            ioctl_ptr(
+                &container,
+                VFIO_IOMMU_MAP_DMA,
+                &mut dm,
+                "VFIO_IOMMU_MAP_DMA",
+            )?;
+            (
+                ArenaAddressing::Linear(DEFAULT_IOVA_BASE),
+                Some((DEFAULT_IOVA_BASE, map.len() as u64)),
+            )
         };
         let arena = DmaArena::new(map, addressing)?;
         let irq = EventFd::new()?;
-        let mut t = VfioTransport { bar0_map, device, bar0, config, irq, arena, iova, _group: group, container };
+        let mut t = VfioTransport {
+            bar0_map,
+            device,
+            bar0,
+            config,
+            irq,
+            arena,
+            iova,
+            _group: group,
+            container,
+        };
         t.arm_msix()?;
         t.enable_function()?;
         Ok(t)
@@ -242,7 +329,12 @@ impl VfioTransport {
             count: 1,
             fd: self.irq.as_raw_fd(),
         };
-        ioctl_ptr(&self.device, VFIO_DEVICE_SET_IRQS, &mut set, "VFIO_DEVICE_SET_IRQS (MSI-X)")?;
+        ioctl_ptr(
+            &self.device,
+            VFIO_DEVICE_SET_IRQS,
+            &mut set,
+            "VFIO_DEVICE_SET_IRQS (MSI-X)",
+        )?;
         Ok(())
     }
 
@@ -255,19 +347,26 @@ impl VfioTransport {
 
     fn rw_at(&self, region: Region, offset: u64, len: usize) -> Result<u64> {
         if offset + len as u64 > region.size {
-            return Err(Error::InvalidArgument(format!("access {offset:#x}+{len} past a {:#x}-byte region", region.size)));
+            return Err(Error::InvalidArgument(format!(
+                "access {offset:#x}+{len} past a {:#x}-byte region",
+                region.size
+            )));
         }
         Ok(region.offset + offset)
     }
 
     fn pread(&self, region: Region, offset: u64, data: &mut [u8]) -> Result<()> {
         let at = self.rw_at(region, offset, data.len())?;
-        self.device.read_exact_at(data, at).map_err(|e| Error::io(format!("vfio read at {offset:#x}"), e))
+        self.device
+            .read_exact_at(data, at)
+            .map_err(|e| Error::io(format!("vfio read at {offset:#x}"), e))
     }
 
     fn pwrite(&self, region: Region, offset: u64, data: &[u8]) -> Result<()> {
         let at = self.rw_at(region, offset, data.len())?;
-        self.device.write_all_at(data, at).map_err(|e| Error::io(format!("vfio write at {offset:#x}"), e))
+        self.device
+            .write_all_at(data, at)
+            .map_err(|e| Error::io(format!("vfio write at {offset:#x}"), e))
     }
 }
 
@@ -280,26 +379,43 @@ fn map_bar(device: &File, bar: Region) -> Option<MappedBar> {
     let len = usize::try_from(bar.size).ok()?;
     let off = libc::off_t::try_from(bar.offset).ok()?;
     // SAFETY: a fresh shared mapping of the device's BAR0 region; checked.
-    let p = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, device.as_raw_fd(), off) };
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            device.as_raw_fd(),
+            off,
+        )
+    };
     if p == libc::MAP_FAILED {
         return None;
     }
-    Some(MappedBar { ptr: std::ptr::NonNull::new(p.cast())?, len })
+    Some(MappedBar {
+        ptr: std::ptr::NonNull::new(p.cast())?,
+        len,
+    })
 }
 
 /// Physical address of every page of `map`, from `/proc/self/pagemap`
 /// (needs CAP_SYS_ADMIN; the pages are locked, so they stay put).
 fn physical_pages(map: &Mapping) -> Result<Vec<u64>> {
-    let pagemap = File::open("/proc/self/pagemap").map_err(|e| Error::io("open /proc/self/pagemap", e))?;
+    let pagemap =
+        File::open("/proc/self/pagemap").map_err(|e| Error::io("open /proc/self/pagemap", e))?;
     let base = map.as_ptr() as u64;
     (0..map.len() as u64 / PAGE_SIZE)
         .map(|i| {
             let mut e = [0u8; 8];
-            pagemap.read_exact_at(&mut e, (base / PAGE_SIZE + i) * 8).map_err(|e| Error::io("read /proc/self/pagemap", e))?;
+            pagemap
+                .read_exact_at(&mut e, (base / PAGE_SIZE + i) * 8)
+                .map_err(|e| Error::io("read /proc/self/pagemap", e))?;
             let e = u64::from_le_bytes(e);
             let pfn = e & ((1 << 55) - 1);
             if e >> 63 == 0 || pfn == 0 {
-                return Err(Error::NotVgpu("no physical address in /proc/self/pagemap (run as root)".into()));
+                return Err(Error::NotVgpu(
+                    "no physical address in /proc/self/pagemap (run as root)".into(),
+                ));
             }
             Ok(pfn * PAGE_SIZE)
         })
@@ -323,7 +439,9 @@ impl Transport for VfioTransport {
     fn bar0_read32(&mut self, offset: u32) -> Result<u32> {
         if let Some(m) = &self.bar0_map {
             // SAFETY: an aligned register inside the mapping (checked by `at`).
-            return Ok(u32::from_le(unsafe { std::ptr::read_volatile(m.at(offset, 4)?.cast::<u32>()) }));
+            return Ok(u32::from_le(unsafe {
+                std::ptr::read_volatile(m.at(offset, 4)?.cast::<u32>())
+            }));
         }
         let mut b = [0u8; 4];
         self.pread(self.bar0, offset as u64, &mut b)?;
@@ -340,7 +458,9 @@ impl Transport for VfioTransport {
     fn bar0_read64(&mut self, offset: u32) -> Result<u64> {
         if let Some(m) = &self.bar0_map {
             // SAFETY: as above.
-            return Ok(u64::from_le(unsafe { std::ptr::read_volatile(m.at(offset, 8)?.cast::<u64>()) }));
+            return Ok(u64::from_le(unsafe {
+                std::ptr::read_volatile(m.at(offset, 8)?.cast::<u64>())
+            }));
         }
         let mut b = [0u8; 8];
         self.pread(self.bar0, offset as u64, &mut b)?;
@@ -372,8 +492,18 @@ impl Transport for VfioTransport {
 impl Drop for VfioTransport {
     fn drop(&mut self) {
         if let Some((iova, size)) = self.iova {
-            let mut um = DmaUnmap { argsz: std::mem::size_of::<DmaUnmap>() as u32, flags: 0, iova, size };
-            let _ = ioctl_ptr(&self.container, VFIO_IOMMU_UNMAP_DMA, &mut um, "VFIO_IOMMU_UNMAP_DMA");
+            let mut um = DmaUnmap {
+                argsz: std::mem::size_of::<DmaUnmap>() as u32,
+                flags: 0,
+                iova,
+                size,
+            };
+            let _ = ioctl_ptr(
+                &self.container,
+                VFIO_IOMMU_UNMAP_DMA,
+                &mut um,
+                "VFIO_IOMMU_UNMAP_DMA",
+            );
         }
     }
 }

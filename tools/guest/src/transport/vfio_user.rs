@@ -7,7 +7,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use vfio_bindings::bindings::vfio::{
-    VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_IRQ_SET_DATA_EVENTFD, VFIO_PCI_BAR0_REGION_INDEX, VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_MSIX_IRQ_INDEX,
+    VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_IRQ_SET_DATA_EVENTFD, VFIO_PCI_BAR0_REGION_INDEX,
+    VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_MSIX_IRQ_INDEX,
 };
 use vfio_user::Client;
 
@@ -46,7 +47,12 @@ impl VfioUserTransport {
         let mut client = Client::new(socket)?;
         match client.region(VFIO_PCI_BAR0_REGION_INDEX) {
             Some(r) if r.size >= BAR0_SIZE => {}
-            Some(r) => return Err(Error::NotVgpu(format!("BAR0 is {:#x} bytes, expected {BAR0_SIZE:#x}", r.size))),
+            Some(r) => {
+                return Err(Error::NotVgpu(format!(
+                    "BAR0 is {:#x} bytes, expected {BAR0_SIZE:#x}",
+                    r.size
+                )))
+            }
             None => return Err(Error::NotVgpu("no BAR0 region".into())),
         }
         if client.region(VFIO_PCI_CONFIG_REGION_INDEX).is_none() {
@@ -57,8 +63,19 @@ impl VfioUserTransport {
         client.dma_map(0, DEFAULT_DMA_BASE, ram_bytes, ram.as_raw_fd())?;
         let arena = DmaArena::new(map, ArenaAddressing::Linear(DEFAULT_DMA_BASE))?;
         let irq = EventFd::new()?;
-        client.set_irqs(VFIO_PCI_MSIX_IRQ_INDEX, VFIO_IRQ_SET_ACTION_TRIGGER | VFIO_IRQ_SET_DATA_EVENTFD, 0, 1, &[irq.as_raw_fd()])?;
-        let mut t = VfioUserTransport { client, arena, _ram: ram, irq };
+        client.set_irqs(
+            VFIO_PCI_MSIX_IRQ_INDEX,
+            VFIO_IRQ_SET_ACTION_TRIGGER | VFIO_IRQ_SET_DATA_EVENTFD,
+            0,
+            1,
+            &[irq.as_raw_fd()],
+        )?;
+        let mut t = VfioUserTransport {
+            client,
+            arena,
+            _ram: ram,
+            irq,
+        };
         t.enable_function()?;
         Ok(t)
     }
@@ -82,26 +99,40 @@ impl Transport for VfioUserTransport {
         "vfio-user"
     }
     fn config_read(&mut self, offset: u16, data: &mut [u8]) -> Result<()> {
-        Ok(self.client.region_read(VFIO_PCI_CONFIG_REGION_INDEX, offset as u64, data)?)
+        Ok(self
+            .client
+            .region_read(VFIO_PCI_CONFIG_REGION_INDEX, offset as u64, data)?)
     }
     fn config_write(&mut self, offset: u16, data: &[u8]) -> Result<()> {
-        Ok(self.client.region_write(VFIO_PCI_CONFIG_REGION_INDEX, offset as u64, data)?)
+        Ok(self
+            .client
+            .region_write(VFIO_PCI_CONFIG_REGION_INDEX, offset as u64, data)?)
     }
     fn bar0_read32(&mut self, offset: u32) -> Result<u32> {
         let mut b = [0u8; 4];
-        self.client.region_read(VFIO_PCI_BAR0_REGION_INDEX, offset as u64, &mut b)?;
+        self.client
+            .region_read(VFIO_PCI_BAR0_REGION_INDEX, offset as u64, &mut b)?;
         Ok(u32::from_le_bytes(b))
     }
     fn bar0_write32(&mut self, offset: u32, value: u32) -> Result<()> {
-        Ok(self.client.region_write(VFIO_PCI_BAR0_REGION_INDEX, offset as u64, &value.to_le_bytes())?)
+        Ok(self.client.region_write(
+            VFIO_PCI_BAR0_REGION_INDEX,
+            offset as u64,
+            &value.to_le_bytes(),
+        )?)
     }
     fn bar0_read64(&mut self, offset: u32) -> Result<u64> {
         let mut b = [0u8; 8];
-        self.client.region_read(VFIO_PCI_BAR0_REGION_INDEX, offset as u64, &mut b)?;
+        self.client
+            .region_read(VFIO_PCI_BAR0_REGION_INDEX, offset as u64, &mut b)?;
         Ok(u64::from_le_bytes(b))
     }
     fn bar0_write64(&mut self, offset: u32, value: u64) -> Result<()> {
-        Ok(self.client.region_write(VFIO_PCI_BAR0_REGION_INDEX, offset as u64, &value.to_le_bytes())?)
+        Ok(self.client.region_write(
+            VFIO_PCI_BAR0_REGION_INDEX,
+            offset as u64,
+            &value.to_le_bytes(),
+        )?)
     }
     fn dma_alloc(&mut self, len: u64) -> Result<DmaBuffer> {
         self.arena.alloc(len)
