@@ -53,11 +53,11 @@ bitfield! {
 
 impl GpfifoEntry {
     /// Build an entry (for drivers and tests).
-    pub fn new(va: u64, words: u32) -> u64 {
+    pub fn new(va: u64, words: u32) -> Self {
         let mut e = GpfifoEntry(0);
         e.set_va_dw(va >> 2);
         e.set_length(words);
-        e.0
+        e
     }
     pub fn va(&self) -> u64 {
         self.va_dw() << 2

@@ -225,7 +225,7 @@ impl Gmmu {
             && pte
                 .addr()
                 .checked_add(page)
-                .map_or(true, |e| e > self.vram_size)
+                .is_none_or(|e| e > self.vram_size)
         {
             return Err(fault(ErrorCode::VramRange));
         }

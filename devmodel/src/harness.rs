@@ -76,9 +76,11 @@ pub fn memfd(size: u64) -> File {
 
 /// An eventfd for MSI-X delivery: the device's copy and the test's.
 pub fn eventfd() -> (File, EventCounter) {
-    // SAFETY: eventfd returns a fresh descriptor (checked), owned by the File.
+    // SAFETY: eventfd(2) takes no pointers; it returns a new descriptor or -1.
     let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK) };
     assert!(fd >= 0, "eventfd failed");
+    // SAFETY: `fd` is the new, valid descriptor just returned (checked above),
+    // owned by nothing else, so the File may take ownership and close it.
     let f = unsafe { File::from_raw_fd(fd) };
     let mine = f.try_clone().expect("dup eventfd");
     (f, EventCounter(mine))
@@ -328,7 +330,7 @@ impl Guest {
         let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
         self.w(gpa, &bytes);
         ch.pb_used += (len + 7) & !7;
-        self.submit_entry(ch, GpfifoEntry::new(va, words.len() as u32));
+        self.submit_entry(ch, GpfifoEntry::new(va, words.len() as u32).0);
     }
 
     /// Append a raw GPFIFO entry and ring the doorbell.
@@ -380,12 +382,12 @@ impl Pb {
     }
     pub fn incr(mut self, sub: u8, method: u32, data: &[u32]) -> Pb {
         self.0
-            .push(MethodHeader::new(OP_INCR, sub, method, data.len() as u32));
+            .push(MethodHeader::new(OP_INCR, sub, method, data.len() as u32).0);
         self.0.extend_from_slice(data);
         self
     }
     pub fn immd(mut self, sub: u8, method: u32, v: u32) -> Pb {
-        self.0.push(MethodHeader::new(OP_IMMD, sub, method, v));
+        self.0.push(MethodHeader::new(OP_IMMD, sub, method, v).0);
         self
     }
     pub fn bind(self) -> Pb {

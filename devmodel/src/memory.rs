@@ -146,7 +146,7 @@ impl GuestRam {
         if !meta.file_type().is_file()
             || file_offset
                 .checked_add(size)
-                .map_or(true, |end| end > meta.len())
+                .is_none_or(|end| end > meta.len())
         {
             return Err(MemError::BeyondFile {
                 gpa,
@@ -438,27 +438,7 @@ fn shrink_sealed(fd: &File) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::fd::FromRawFd;
-
-    fn memfd(len: u64) -> File {
-        // SAFETY: memfd_create with a valid C string; the fd is owned by the File.
-        let f = unsafe {
-            File::from_raw_fd(libc::memfd_create(c"t".as_ptr(), libc::MFD_ALLOW_SEALING))
-        };
-        f.set_len(len).unwrap();
-        // SAFETY: adds seals to our own descriptor.
-        assert_eq!(
-            unsafe {
-                libc::fcntl(
-                    f.as_raw_fd(),
-                    libc::F_ADD_SEALS,
-                    libc::F_SEAL_SHRINK | libc::F_SEAL_GROW,
-                )
-            },
-            0
-        );
-        f
-    }
+    use crate::harness::memfd;
 
     fn mappings() -> usize {
         std::fs::read_to_string("/proc/self/maps")

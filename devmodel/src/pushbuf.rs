@@ -47,13 +47,13 @@ pub const OP_END_SEGMENT: u8 = 7;
 
 impl MethodHeader {
     /// Build a header (for drivers and tests).
-    pub fn new(opcode: u8, subchannel: u8, method: u32, count: u32) -> u32 {
+    pub fn new(opcode: u8, subchannel: u8, method: u32, count: u32) -> Self {
         let mut h = MethodHeader(0);
         h.set_opcode(opcode);
         h.set_subchannel(subchannel);
         h.set_method_dw(method >> 2);
         h.set_count(count);
-        h.0
+        h
     }
 }
 
@@ -270,7 +270,7 @@ fn copy_method(
             let width = c.line_bytes as u64;
             if width
                 .checked_mul(lines)
-                .map_or(true, |t| t > MAX_COMMAND_BYTES)
+                .is_none_or(|t| t > MAX_COMMAND_BYTES)
             {
                 return Err(fail(ErrorCode::InvalidArgument));
             }

@@ -267,7 +267,7 @@ impl Vgpu {
         if index != IRQ_INDEX_MSIX
             || (start as usize)
                 .checked_add(fds.len())
-                .map_or(true, |e| e > n)
+                .is_none_or(|e| e > n)
         {
             return Err(bad());
         }
@@ -481,21 +481,19 @@ impl Shared {
         let o = st.regs.guest_write(reg, v);
         match reg {
             RegRef::Global(GlobalReg::Reset) => return v & 1 != 0,
-            RegRef::Global(GlobalReg::IntrEnable) => {
-                if o.new & !o.old & st.regs.get(RegRef::Global(GlobalReg::IntrStatus)) != 0 {
-                    self.signal(st);
-                }
+            RegRef::Global(GlobalReg::IntrEnable)
+                if o.new & !o.old & st.regs.get(RegRef::Global(GlobalReg::IntrStatus)) != 0 =>
+            {
+                self.signal(st);
             }
             RegRef::Global(GlobalReg::MmuInvalidate) => st.mmu.invalidate(),
-            RegRef::Global(GlobalReg::MmuFaultInfo) => {
-                if !MmuFaultInfo(o.new).valid() {
-                    for r in [
-                        GlobalReg::MmuFaultInfo,
-                        GlobalReg::MmuFaultAddrLo,
-                        GlobalReg::MmuFaultAddrHi,
-                    ] {
-                        st.regs.set(RegRef::Global(r), 0);
-                    }
+            RegRef::Global(GlobalReg::MmuFaultInfo) if !MmuFaultInfo(o.new).valid() => {
+                for r in [
+                    GlobalReg::MmuFaultInfo,
+                    GlobalReg::MmuFaultAddrLo,
+                    GlobalReg::MmuFaultAddrHi,
+                ] {
+                    st.regs.set(RegRef::Global(r), 0);
                 }
             }
             RegRef::Global(GlobalReg::RunlistSubmit) => self.submit_runlist(st, v & 0xFF),

@@ -489,7 +489,7 @@ fn fault_malformed_method_header() {
         ErrorCode::MalformedHeader,
         |_| {
             let mut w = Pb::new().incr(0, host::NOP, &[0]).0;
-            w.push(MethodHeader::new(6, 0, 0, 0));
+            w.push(MethodHeader::new(6, 0, 0, 0).0);
             w
         },
         None,
@@ -502,7 +502,7 @@ fn fault_method_count_past_segment_end() {
         ErrorCode::PushbufferTruncated,
         |_| {
             let mut w = Pb::new().bind().0;
-            w.push(MethodHeader::new(1, 0, host::SEM_ADDR_LO, 5));
+            w.push(MethodHeader::new(1, 0, host::SEM_ADDR_LO, 5).0);
             w.extend_from_slice(&[1, 2]);
             w
         },
@@ -525,7 +525,7 @@ fn fault_gpfifo_entry_longer_than_its_segment() {
     let bytes: Vec<u8> = seg.iter().flat_map(|w| w.to_le_bytes()).collect();
     g.w(pg, &bytes);
     g.write_pte(pv + 4096, 0);
-    g.submit_entry(&mut bad, devmodel::channel::GpfifoEntry::new(pv, 2048));
+    g.submit_entry(&mut bad, devmodel::channel::GpfifoEntry::new(pv, 2048).0);
     g.submit(&mut good, &Pb::new().sem(sv + 8, 2, host::SEM_OP_RELEASE).0);
     assert_eq!(g.wait(&bad), STATE_FAULTED);
     assert_eq!(g.wait(&good), STATE_IDLE);
@@ -542,7 +542,7 @@ fn fault_gpfifo_entry_longer_than_its_segment() {
     let mut again = g.channel(0, 8);
     g.submit_entry(
         &mut again,
-        devmodel::channel::GpfifoEntry::new(pv, 2) | 1 << 63,
+        devmodel::channel::GpfifoEntry::new(pv, 2).0 | 1 << 63,
     );
     assert_eq!(g.wait(&again), STATE_FAULTED);
     assert_eq!(
@@ -717,6 +717,8 @@ fn unmap_waits_for_the_copy_in_flight() {
     // A second DMA region holding a 256 MiB source... kept modest: 96 MiB.
     let size = 96u64 << 20;
     let fd = memfd(size);
+    // SAFETY: the memfd is this test's own and sealed against shrinking, so
+    // the mapping stays backed for its whole life.
     let region = unsafe { memmap2::MmapMut::map_mut(&fd) }.unwrap();
     let gpa2 = 0x1_0000_0000u64;
     g.vgpu.dma_map(gpa2, size, fd, 0, true).unwrap();

@@ -134,16 +134,19 @@ fn segment() -> impl Strategy<Value = Vec<u32>> {
     .prop_map(|hs| {
         let mut w = Vec::new();
         for (op, sub, m, d) in hs {
-            w.push(MethodHeader::new(
-                op,
-                sub,
-                m,
-                if op == 4 {
-                    d.first().copied().unwrap_or(0) & 0x1FFF
-                } else {
-                    d.len() as u32
-                },
-            ));
+            w.push(
+                MethodHeader::new(
+                    op,
+                    sub,
+                    m,
+                    if op == 4 {
+                        d.first().copied().unwrap_or(0) & 0x1FFF
+                    } else {
+                        d.len() as u32
+                    },
+                )
+                .0,
+            );
             if op != 4 {
                 w.extend(d);
             }

@@ -6,7 +6,7 @@
 use std::sync::{Arc, Mutex};
 
 use scheduler::{Config, PolicyKind};
-use tools::daemon::Daemon;
+use vgpud::daemon::Daemon;
 
 /// The measurements run one at a time so that they do not perturb each other.
 static ENGINE: Mutex<()> = Mutex::new(());
@@ -30,7 +30,7 @@ fn shares(config: Config, policy: Option<PolicyKind>) -> Vec<f64> {
             .policy_set(None, p.name(), None)
             .unwrap();
     }
-    let r = tools::demo::run(&daemon, 2.0).expect("demo workload");
+    let r = vgpud::demo::run(&daemon, 2.0).expect("demo workload");
     let _ = std::fs::remove_dir_all(&dir);
     for t in &r.tenants {
         assert_eq!(t.checks_passed, t.checks, "{}: guest selftest", t.type_id);

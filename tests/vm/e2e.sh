@@ -33,7 +33,7 @@ while [ $# -gt 0 ]; do
 done
 REPO=$(cd "$HERE/../.." && pwd)
 if [ -z "$VGPUD" ] || [ -z "$VGPUCTL" ]; then
-    (cd "$REPO" && cargo build --release -j 2 -p tools --bin vgpud --bin vgpuctl) >&2
+    (cd "$REPO" && cargo build --release -j 2 -p vgpud --bin vgpud --bin vgpuctl) >&2
     VGPUD=${VGPUD:-$REPO/target/release/vgpud}
     VGPUCTL=${VGPUCTL:-$REPO/target/release/vgpuctl}
 fi

@@ -43,7 +43,6 @@
 //! ```
 
 // `x % n == 0` rather than `is_multiple_of` (Rust 1.87): the workspace's MSRV is 1.85.
-#![allow(unknown_lints, clippy::manual_is_multiple_of)]
 
 pub mod alloc;
 pub mod channel;

@@ -1,7 +1,6 @@
 //! `vgpu-guest`: the vgpud guest driver's command line.
 
 // `x % n == 0` rather than `is_multiple_of` (Rust 1.87): the workspace's MSRV is 1.85.
-#![allow(unknown_lints, clippy::manual_is_multiple_of)]
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -17,9 +17,9 @@ use mdev_types::Catalog;
 use scheduler::{Config, PolicyKind};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
-use tools::daemon::control::ControlServer;
-use tools::daemon::metrics::MetricsServer;
-use tools::daemon::{Daemon, DEFAULT_RUN_DIR};
+use vgpud::daemon::control::ControlServer;
+use vgpud::daemon::metrics::MetricsServer;
+use vgpud::daemon::{Daemon, DEFAULT_RUN_DIR};
 
 #[derive(Parser)]
 #[command(version, about = "vgpud: mediated pass-through vGPUs in user space")]
@@ -113,7 +113,7 @@ fn main() -> ExitCode {
         }
     };
     let sysfs = match &args.mdev_root {
-        Some(root) => match tools::daemon::sysfs::mount(root, daemon.clone()) {
+        Some(root) => match vgpud::daemon::sysfs::mount(root, daemon.clone()) {
             Ok(m) => {
                 let started = daemon
                     .lock()
@@ -254,7 +254,7 @@ fn demo(args: &Args, config: Config, catalog: &Catalog, seconds: f64) -> ExitCod
         run_dir.display()
     );
     println!("two tenants connect over vfio-user, run the guest driver's selftest, then share the engine for {seconds} s");
-    let result = tools::demo::run(&daemon, seconds);
+    let result = vgpud::demo::run(&daemon, seconds);
     drop(control);
     drop(daemon);
     if temp {
@@ -262,8 +262,8 @@ fn demo(args: &Args, config: Config, catalog: &Catalog, seconds: f64) -> ExitCod
     }
     match result {
         Ok(r) => {
-            print!("{}", tools::demo::render(&r));
-            if tools::demo::all_passed(&r) {
+            print!("{}", vgpud::demo::render(&r));
+            if vgpud::demo::all_passed(&r) {
                 ExitCode::SUCCESS
             } else {
                 eprintln!("vgpud demo: a selftest check failed");

@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 use devmodel::harness::{engine, memfd};
 use devmodel::{CpuEngine, Vgpu, VgpuConfig};
 use mmio::pci::PciIdentity;
-use tools::vfio_user::{spawn, ServerHandle};
 use vfio_bindings::bindings::vfio::{
     VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_IRQ_SET_DATA_EVENTFD, VFIO_PCI_MSIX_IRQ_INDEX,
 };
+use vgpud::vfio_user::{spawn, ServerHandle};
 
 struct Served {
     vgpu: Arc<Vgpu>,

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 fn workspace() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
 fn mdevctl_binary() -> PathBuf {
@@ -155,10 +155,10 @@ const U2: &str = "6a4e1d2c-3b5f-4a6e-8d7c-9e0f1a2b3c02";
 
 #[test]
 fn mdevctl_manages_vgpus_through_the_sysfs_tree() {
-    // SAFETY: geteuid has no preconditions.
+    // SAFETY: geteuid(2) takes no arguments, touches no memory and cannot fail.
+    let euid = unsafe { libc::geteuid() };
     assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
+        euid, 0,
         "the mdev test mounts FUSE and needs root, as .ci/run has"
     );
     let dir = std::env::temp_dir().join(format!("vgpud-mdev-{}", std::process::id()));

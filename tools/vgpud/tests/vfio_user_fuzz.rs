@@ -64,7 +64,7 @@ proptest! {
         std::fs::create_dir_all(&dir).unwrap();
         let cfg = VgpuConfig { name: "fuzz".into(), identity: PciIdentity { vendor_id: 0x7667, device_id: 0x1001, subsystem_vendor_id: 0x7667, subsystem_id: 1, revision: 1 }, vram_bytes: 1 << 20, channels: 2 };
         let vgpu = Arc::new(Vgpu::new(cfg, &e).unwrap());
-        let handle = tools::vfio_user::spawn(&dir.join("s.sock"), vgpu.clone()).unwrap();
+        let handle = vgpud::vfio_user::spawn(&dir.join("s.sock"), vgpu.clone()).unwrap();
         {
             let mut s = UnixStream::connect(handle.path()).unwrap();
             s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();

@@ -18,10 +18,10 @@ use std::time::{Duration, Instant};
 use clap::{Parser, Subcommand};
 use devmodel::{CpuEngine, Vgpu, VgpuConfig};
 use mmio::pci::PciIdentity;
-use tools::daemon::Daemon;
 use vgpu_guest::pushbuf::Pushbuf;
 use vgpu_guest::transport::vfio_user::VfioUserTransport;
 use vgpu_guest::{Channel, ChannelConfig, Device};
+use vgpud::daemon::Daemon;
 
 #[derive(Parser)]
 #[command(about = "vgpud benchmarks")]

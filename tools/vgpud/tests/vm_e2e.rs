@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 fn workspace() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
 /// The guest driver, linked statically for the busybox initramfs. Built
@@ -41,10 +41,10 @@ fn static_guest_binary() -> PathBuf {
 
 #[test]
 fn linux_vms_run_the_guest_driver_selftest_on_vgpus() {
-    // SAFETY: geteuid has no preconditions.
+    // SAFETY: geteuid(2) takes no arguments, touches no memory and cannot fail.
+    let euid = unsafe { libc::geteuid() };
     assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
+        euid, 0,
         "the VM test needs root (debootstrap, chroot, mounts); run it as root, as .ci/run does"
     );
     let guest = static_guest_binary();

@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 #[command(version, about = "vgpuctl: manage the vGPUs of a running vgpud")]
 struct Args {
     /// vgpud's run directory (where control.sock lives).
-    #[arg(long, global = true, default_value = tools::daemon::DEFAULT_RUN_DIR)]
+    #[arg(long, global = true, default_value = vgpud::daemon::DEFAULT_RUN_DIR)]
     run_dir: PathBuf,
     #[command(subcommand)]
     cmd: Cmd,
