@@ -5,6 +5,7 @@
 //! items (from different channels or vGPUs) run at once, one per worker.
 //! Execution time is the wall time an item spent on its worker.
 
+use crate::sync::{lock, wait};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -69,11 +70,7 @@ impl CpuEngine {
 
 impl Drop for CpuEngine {
     fn drop(&mut self) {
-        self.pool
-            .queue
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .stopping = true;
+        lock(&self.pool.queue).stopping = true;
         self.pool.ready.notify_all();
         for w in self.workers.drain(..) {
             let _ = w.join();
@@ -111,7 +108,7 @@ impl Backend for CpuEngine {
 fn worker(pool: Arc<Pool>) {
     loop {
         let job = {
-            let mut q = pool.queue.lock().unwrap_or_else(|p| p.into_inner());
+            let mut q = lock(&pool.queue);
             loop {
                 if let Some(j) = q.jobs.pop_front() {
                     break j;
@@ -119,7 +116,7 @@ fn worker(pool: Arc<Pool>) {
                 if q.stopping {
                     return;
                 }
-                q = pool.ready.wait(q).unwrap_or_else(|p| p.into_inner());
+                q = wait(&pool.ready, q);
             }
         };
         let start = Instant::now();
@@ -169,7 +166,7 @@ fn dispatch(
     let done: DoneFn = Box::new(move |completion| {
         done(completion);
         let next = {
-            let mut g = o.lock().unwrap_or_else(|e| e.into_inner());
+            let mut g = lock(&o);
             let ch = g.entry(channel).or_default();
             let next = ch.waiting.pop_front();
             ch.busy = next.is_some();
@@ -179,16 +176,12 @@ fn dispatch(
             dispatch(&p, &c, &o, item, done, epoch);
         }
     });
-    pool.queue
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .jobs
-        .push_back(Job {
-            ctx: ctx.clone(),
-            item,
-            done,
-            epoch,
-        });
+    lock(&pool.queue).jobs.push_back(Job {
+        ctx: ctx.clone(),
+        item,
+        done,
+        epoch,
+    });
     pool.ready.notify_one();
 }
 
@@ -203,7 +196,7 @@ impl EngineContext for CpuContext {
     fn submit(&self, item: WorkItem, done: DoneFn) {
         let epoch = self.state.epoch.load(Ordering::Acquire);
         {
-            let mut g = self.order.lock().unwrap_or_else(|p| p.into_inner());
+            let mut g = lock(&self.order);
             let ch = g.entry(item.channel).or_default();
             if ch.busy {
                 ch.waiting.push_back((item, done, epoch));

@@ -25,6 +25,7 @@ pub mod gmmu;
 pub mod harness;
 pub mod memory;
 pub mod pushbuf;
+pub mod sync;
 pub mod vgpu;
 pub mod work;
 

@@ -14,6 +14,7 @@
 //! command in flight finishes first and nothing touches the memory after
 //! `unmap` returns.
 
+use crate::sync::lock;
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -95,8 +96,11 @@ pub struct GuestRam {
     files: Mutex<HashMap<(u64, u64, i32), Weak<FileMap>>>,
     /// Every DMA region by guest address, with the file mapping it looks
     /// into (which it keeps alive).
-    owners: Mutex<BTreeMap<u64, (Arc<GuestRegionMmap>, Arc<FileMap>)>>,
+    owners: Mutex<BTreeMap<u64, RegionOwner>>,
 }
+
+/// A DMA region and the file mapping it is a window into.
+type RegionOwner = (Arc<GuestRegionMmap>, Arc<FileMap>);
 
 impl Drop for GuestRam {
     /// The file mappings go only after every region is out of use: a
@@ -115,10 +119,7 @@ impl GuestRam {
 
     /// The regions mapped now. Keep it only as long as one access lasts.
     pub fn snapshot(&self) -> Snapshot {
-        match self.map.lock() {
-            Ok(g) => g.clone(),
-            Err(p) => p.into_inner().clone(),
-        }
+        lock(&self.map).clone()
     }
 
     /// Bytes currently pinned in host memory.
@@ -178,13 +179,10 @@ impl GuestRam {
         }
         .map_err(|e| MemError::Mmap(e.to_string()))?;
         let region = Arc::new(GuestRegionMmap::new(mmap, GuestAddress(gpa)).ok_or_else(bad)?);
-        let mut guard = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let mut guard = lock(&self.map);
         let next = guard.insert_region(region.clone()).map_err(|_| bad())?;
         *guard = Arc::new(next);
-        self.owners
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(gpa, (region, file));
+        lock(&self.owners).insert(gpa, (region, file));
         tracing::debug!(gpa, size, writable, "dma map");
         Ok(())
     }
@@ -195,7 +193,7 @@ impl GuestRam {
         // SAFETY: F_GETFL only reads the flags of a descriptor we own.
         let mode = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) } & libc::O_ACCMODE;
         let key = (meta.dev(), meta.ino(), mode);
-        let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
+        let mut files = lock(&self.files);
         if let Some(f) = files.get(&key).and_then(Weak::upgrade) {
             if f.len as u64 >= meta.len() {
                 return Ok(f);
@@ -263,8 +261,8 @@ impl GuestRam {
             .checked_add(size)
             .ok_or(MemError::BadUnmap { gpa, size })?;
         let removed = {
-            let mut guard = self.map.lock().unwrap_or_else(|p| p.into_inner());
-            let mut owners = self.owners.lock().unwrap_or_else(|p| p.into_inner());
+            let mut guard = lock(&self.map);
+            let mut owners = lock(&self.owners);
             // Regions are disjoint and keyed by start: those touching the
             // range start below its end and end above its start.
             let touching: Vec<u64> = owners

@@ -8,6 +8,7 @@
 //! channels, audits their pushbuffers, carries out HOST commands and feeds
 //! engine work to the backend; completions come back from backend threads.
 
+use crate::sync::{lock, wait, wait_timeout};
 use std::fs::File;
 use std::io::Write;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -421,7 +422,7 @@ fn chan_err(code: ErrorCode, info: u32) -> ChannelError {
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.state)
     }
 
     fn now_ns(&self) -> u64 {
@@ -711,7 +712,7 @@ impl Shared {
         let every: Vec<(u32, u32)> = (0..st.channels.len() as u32).map(|c| (c, 0)).collect();
         self.ctx.set_runlist(&every);
         while st.outstanding > 0 {
-            st = self.wake.wait(st).unwrap_or_else(|p| p.into_inner());
+            st = wait(&self.wake, st);
         }
     }
 
@@ -728,12 +729,9 @@ impl Shared {
             }
             let blocked = st.channels.iter().any(|c| c.blocked);
             st = if blocked {
-                self.wake
-                    .wait_timeout(st, ACQUIRE_POLL)
-                    .map(|(g, _)| g)
-                    .unwrap_or_else(|p| p.into_inner().0)
+                wait_timeout(&self.wake, st, ACQUIRE_POLL)
             } else {
-                self.wake.wait(st).unwrap_or_else(|p| p.into_inner())
+                wait(&self.wake, st)
             };
         }
     }

@@ -3,6 +3,7 @@
 //! (the `vgpud --demo` workload); the shares are the engine time the
 //! backend measured per vGPU, over wall time.
 
+use devmodel::sync::lock;
 use std::sync::{Arc, Mutex};
 
 use scheduler::{Config, PolicyKind};
@@ -12,7 +13,7 @@ use vgpud::daemon::Daemon;
 static ENGINE: Mutex<()> = Mutex::new(());
 
 fn shares(config: Config, policy: Option<PolicyKind>) -> Vec<f64> {
-    let _one_at_a_time = ENGINE.lock().unwrap_or_else(|p| p.into_inner());
+    let _one_at_a_time = lock(&ENGINE);
     let dir =
         std::env::temp_dir().join(format!("vgpud-shares-{}-{:?}", std::process::id(), policy));
     let _ = std::fs::remove_dir_all(&dir);

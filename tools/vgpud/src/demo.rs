@@ -10,6 +10,7 @@
 //! vGPU saturated with 1 ms `spin` commands at once, and the scheduler's
 //! measured shares are reported next to the configured ones.
 
+use devmodel::sync::lock;
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 
@@ -46,7 +47,7 @@ pub struct DemoReport {
 }
 
 fn gpu_time(daemon: &Mutex<Daemon>, uuid: &str) -> Result<(u64, Option<f64>), String> {
-    let d = daemon.lock().unwrap_or_else(|p| p.into_inner());
+    let d = lock(daemon);
     let st = d.status(Some(uuid)).map_err(|e| e.to_string())?;
     let v = &st[0];
     Ok((
@@ -60,9 +61,7 @@ fn gpu_time(daemon: &Mutex<Daemon>, uuid: &str) -> Result<(u64, Option<f64>), St
 pub fn run(daemon: &Arc<Mutex<Daemon>>, seconds: f64) -> Result<DemoReport, String> {
     let mut created = Vec::new();
     for t in DEMO_TYPES {
-        let r = daemon
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        let r = lock(daemon)
             .create(t, None, None)
             .map_err(|e| format!("create {t}: {e}"))?;
         created.push((
@@ -73,10 +72,7 @@ pub fn run(daemon: &Arc<Mutex<Daemon>>, seconds: f64) -> Result<DemoReport, Stri
     }
     let result = run_tenants(daemon, &created, seconds);
     for (uuid, _, _) in &created {
-        let _ = daemon
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(uuid);
+        let _ = lock(daemon).remove(uuid);
     }
     result
 }
@@ -86,11 +82,7 @@ fn run_tenants(
     created: &[(String, String, String)],
     seconds: f64,
 ) -> Result<DemoReport, String> {
-    let policy = daemon
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .policy_show(None)
-        .map_err(|e| e.to_string())?["policy"]
+    let policy = lock(daemon).policy_show(None).map_err(|e| e.to_string())?["policy"]
         .as_str()
         .unwrap_or("")
         .to_string();

@@ -8,6 +8,7 @@
 //! completion charges the measured execution time to the vGPU and channel.
 //! One item runs on the engine at a time, as on a time-sliced GPU.
 
+use devmodel::sync::{lock, wait, wait_timeout};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -41,7 +42,7 @@ struct Shared {
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.state)
     }
     fn now(&self) -> Nanos {
         self.born.elapsed().as_nanos() as Nanos
@@ -107,7 +108,7 @@ impl Parent {
     ) -> Result<(u64, Arc<dyn EngineContext>), ParentError> {
         let inner = self.shared.backend.create_context(vram_bytes)?;
         let key = {
-            let mut k = self.next_key.lock().unwrap_or_else(|p| p.into_inner());
+            let mut k = lock(&self.next_key);
             *k += 1;
             *k - 1
         };
@@ -308,14 +309,10 @@ fn dispatch(shared: Arc<Shared>) {
             }
             Pick::IdleUntil(t) => {
                 let wait = Duration::from_nanos(t.saturating_sub(now).max(1_000));
-                st = shared
-                    .wake
-                    .wait_timeout(st, wait)
-                    .map(|(g, _)| g)
-                    .unwrap_or_else(|p| p.into_inner().0);
+                st = wait_timeout(&shared.wake, st, wait);
             }
             Pick::Empty | Pick::Busy => {
-                st = shared.wake.wait(st).unwrap_or_else(|p| p.into_inner());
+                st = wait(&shared.wake, st);
             }
         }
     }

@@ -7,6 +7,7 @@
 //! quiesced, sockets removed). With `--demo` it also runs the demo workload
 //! and exits when it is done.
 
+use devmodel::sync::lock;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -115,10 +116,7 @@ fn main() -> ExitCode {
     let sysfs = match &args.mdev_root {
         Some(root) => match vgpud::daemon::sysfs::mount(root, daemon.clone()) {
             Ok(m) => {
-                let started = daemon
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .start_defined(root);
+                let started = lock(&daemon).start_defined(root);
                 tracing::info!(root = %root.display(), auto_started = started.len(), "mdev tree mounted at {}/sys", root.display());
                 Some(m)
             }
@@ -150,7 +148,7 @@ fn main() -> ExitCode {
     tracing::info!(run_dir = %run_dir.display(), control = %control_path.display(), "vgpud ready");
     for sig in signals.forever() {
         if sig == SIGHUP {
-            let mut d = daemon.lock().unwrap_or_else(|p| p.into_inner());
+            let mut d = lock(&daemon);
             match d.reload() {
                 Ok(v) => tracing::info!("SIGHUP: {v}"),
                 Err(e) => tracing::error!("SIGHUP: reload failed, policy unchanged: {e}"),
@@ -164,7 +162,10 @@ fn main() -> ExitCode {
     drop(metrics);
     drop(control);
     match Arc::try_unwrap(daemon) {
-        Ok(d) => drop(d.into_inner().unwrap_or_else(|p| p.into_inner())),
+        Ok(d) => drop(
+            d.into_inner()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        ),
         Err(_) => tracing::warn!("daemon state still referenced at exit"),
     }
     tracing::info!("vgpud stopped");
@@ -237,12 +238,7 @@ fn demo(args: &Args, config: Config, catalog: &Catalog, seconds: f64) -> ExitCod
         catalog,
     )));
     if let Some(kind) = policy {
-        if let Err(e) =
-            daemon
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .policy_set(None, kind.name(), None)
-        {
+        if let Err(e) = lock(&daemon).policy_set(None, kind.name(), None) {
             eprintln!("vgpud: {e}");
             return ExitCode::from(2);
         }

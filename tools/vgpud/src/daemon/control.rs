@@ -5,6 +5,7 @@
 //! `{"ok":true,"result":…}` or `{"ok":false,"error":"EEXIST","message":…}`.
 //! Clients are served concurrently, operations one at a time.
 
+use devmodel::sync::lock;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -54,7 +55,7 @@ pub enum Request {
 
 /// Run one request against the daemon.
 pub fn execute(daemon: &Mutex<Daemon>, req: Request) -> Result<Value, OpError> {
-    let mut d = daemon.lock().unwrap_or_else(|p| p.into_inner());
+    let mut d = lock(daemon);
     match req {
         Request::Types { parent } => d.types(parent.as_deref()),
         Request::Create {

@@ -2,6 +2,7 @@
 //! per-vGPU figures of `status`, for operators who watch shares, faults and
 //! queues from their monitoring rather than with `vgpuctl status`.
 
+use devmodel::sync::lock;
 use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -87,7 +88,7 @@ fn answer(mut s: TcpStream, daemon: &Mutex<Daemon>) -> std::io::Result<()> {
 /// The Prometheus exposition of every vGPU's status.
 pub fn render(daemon: &Mutex<Daemon>) -> String {
     let status = {
-        let d = daemon.lock().unwrap_or_else(|p| p.into_inner());
+        let d = lock(daemon);
         d.status(None).unwrap_or(Value::Null)
     };
     let vgpus = status.as_array().cloned().unwrap_or_default();

@@ -24,6 +24,7 @@
 //! lookup reads the daemon's state, and the kernel is told not to cache
 //! either.
 
+use devmodel::sync::lock;
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::path::Path;
@@ -201,7 +202,7 @@ impl Tree {
 
     fn node(&self, path: &str) -> Option<Node> {
         let parts: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-        let d = self.daemon.lock().unwrap_or_else(|p| p.into_inner());
+        let d = lock(&self.daemon);
         resolve(&d, &parts)
     }
 
@@ -235,7 +236,7 @@ impl Tree {
     fn control(&self, path: &str, data: &[u8]) -> Result<(), i32> {
         let parts: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
         let text = std::str::from_utf8(data).map_err(|_| libc::EINVAL)?;
-        let mut d = self.daemon.lock().unwrap_or_else(|p| p.into_inner());
+        let mut d = lock(&self.daemon);
         match parts.as_slice() {
             // The kernel takes 36 characters, or 37 with a newline; `create`
             // checks that (EINVAL) before anything else.
