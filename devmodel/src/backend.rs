@@ -9,8 +9,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::command::Op;
 use crate::memory::{GuestRam, MemError};
-use crate::work::Op;
 
 /// An item of work for the engine.
 pub struct WorkItem {
@@ -31,8 +31,10 @@ pub enum ExecError {
     VramRange { offset: u64, len: u64, size: u64 },
     #[error("cancelled by a reset")]
     Cancelled,
-    #[error("engine error: {0}")]
-    Engine(String),
+    /// The operation's extents cover fewer bytes on one side than it
+    /// moves (an audit bug; the channel faults with ENGINE_ERROR).
+    #[error("the {0} extents are shorter than the operation")]
+    ShortExtents(&'static str),
 }
 
 /// The outcome of one item.
@@ -50,8 +52,14 @@ pub type DoneFn = Box<dyn FnOnce(Completion) + Send>;
 /// Errors creating backend resources.
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
-    #[error("cannot allocate {bytes} bytes of VRAM: {reason}")]
-    VramAlloc { bytes: u64, reason: String },
+    #[error("a framebuffer of {bytes} bytes does not fit in this host's address space")]
+    VramTooLarge { bytes: u64 },
+    #[error("cannot allocate {bytes} bytes of VRAM")]
+    VramAlloc {
+        bytes: u64,
+        #[source]
+        source: vm_memory::mmap::MmapRegionError,
+    },
 }
 
 /// A physical engine shared by the vGPUs of one parent.

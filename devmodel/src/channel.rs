@@ -14,8 +14,8 @@ use bitfield::bitfield;
 use mmio::regs::{ChannelState, ErrorCode};
 
 use crate::classes::MethodState;
+use crate::command::{Command, Op};
 use crate::memory::GuestRam;
-use crate::work::Command;
 
 /// Instance block field offsets.
 pub const INST_PDB: u64 = 0x00;
@@ -33,6 +33,11 @@ pub const USERD_SIZE: u64 = 0x40;
 pub const NOTIFIER_SIZE: u64 = 16;
 /// Largest GPFIFO ring.
 pub const MAX_GPFIFO_ENTRIES: u32 = 1 << 15;
+/// Engine items one channel may have handed to the engine and not yet
+/// seen complete: deep enough for the host scheduler to see its backlog.
+pub const MAX_CHANNEL_IN_FLIGHT: u32 = 16;
+/// GPFIFO entries fetched ahead of GP_GET.
+pub const MAX_ENTRIES_AHEAD: usize = 16;
 
 bitfield! {
     /// A GPFIFO entry (64 bits, little-endian).
@@ -73,7 +78,8 @@ impl GpfifoEntry {
 pub struct Instance {
     pub pdb: u64,
     pub gpfifo: u64,
-    pub entries: u32,
+    /// Size of the GPFIFO ring, in entries (a power of two).
+    pub ring_entries: u32,
     pub userd: u64,
     pub notifier: u64,
 }
@@ -89,15 +95,15 @@ impl Instance {
         let inst = Instance {
             pdb: u64_at(INST_PDB),
             gpfifo: u64_at(INST_GPFIFO_VA),
-            entries: u64_at(INST_GPFIFO_ENTRIES) as u32,
+            ring_entries: u64_at(INST_GPFIFO_ENTRIES) as u32,
             userd: u64_at(INST_USERD_VA),
             notifier: u64_at(INST_NOTIFIER_VA),
         };
         let ok = inst.pdb % 4096 == 0
             && inst.gpfifo % 8 == 0
-            && inst.entries.is_power_of_two()
-            && inst.entries >= 2
-            && inst.entries <= MAX_GPFIFO_ENTRIES
+            && inst.ring_entries.is_power_of_two()
+            && inst.ring_entries >= 2
+            && inst.ring_entries <= MAX_GPFIFO_ENTRIES
             && inst.userd % USERD_SIZE == 0
             && inst.notifier % NOTIFIER_SIZE == 0;
         if ok {
@@ -108,64 +114,47 @@ impl Instance {
     }
 }
 
-/// Live state of one channel.
+/// Live state of one channel: where its GPFIFO stands, the work fetched
+/// from it and not yet finished, and whether it stopped on an error.
+///
+/// The front end drives it through the methods below, which keep its
+/// bookkeeping consistent: every fetched entry retires only once all its
+/// commands were carried out and all its engine items completed, and items
+/// of an earlier epoch (before a fault or a channel reset) no longer count.
 #[derive(Debug, Default)]
 pub struct Channel {
-    pub enabled: bool,
-    pub inst: Option<Instance>,
-    pub methods: MethodState,
-    pub gp_get: u32,
-    pub gp_put: u32,
+    enabled: bool,
+    inst: Option<Instance>,
+    methods: MethodState,
+    gp_get: u32,
+    gp_put: u32,
     /// The doorbell rang since GP_PUT was last read.
-    pub kicked: bool,
+    kicked: bool,
     /// Commands of the newest fetched entry not yet carried out.
-    pub queue: VecDeque<Command>,
+    queue: VecDeque<Command>,
     /// Fetched entries not yet retired, oldest (the one at `gp_get`) first:
-    /// for each, its engine items handed to the engine and not yet
-    /// complete. An entry retires (GP_GET moves past it) once its commands
-    /// have all been carried out and its items have all completed.
-    pub entries: VecDeque<u32>,
+    /// for each, how many of its engine items and deferred commands are
+    /// still outstanding.
+    outstanding: VecDeque<u32>,
     /// Engine items of this channel handed to the engine and not yet
     /// complete, including those of an earlier epoch.
-    pub in_flight: u32,
+    in_flight: u32,
     /// Engine items handed over / completed in this epoch.
-    pub submitted: u64,
-    pub completed: u64,
+    submitted: u64,
+    completed: u64,
     /// Semaphore releases and interrupts that follow engine work still
     /// running: each runs once the first `after` items of the epoch have
     /// completed, as the engine itself would write them at the end of the
     /// work before them, so the front end can fetch on.
-    pub deferred: VecDeque<(u64, Command)>,
+    deferred: VecDeque<(u64, Command)>,
     /// Waiting on a semaphore acquire at the head of `queue`.
-    pub blocked: bool,
-    pub faulted: Option<ErrorCode>,
-    pub error_info: u32,
-    /// Bumped by a channel reset; completions of older items are ignored.
-    pub epoch: u64,
-    pub commands: u64,
-    pub gpu_time_ns: u64,
+    blocked: bool,
+    faulted: Option<ErrorCode>,
+    /// Bumped by a fault or a stop; completions of older items are ignored.
+    epoch: u64,
 }
 
 impl Channel {
-    /// Forget the work of the current epoch: items still running complete
-    /// unnoticed.
-    pub fn new_epoch(&mut self) {
-        self.epoch += 1;
-        self.submitted = 0;
-        self.completed = 0;
-        self.deferred.clear();
-    }
-
-    /// Engine work of this epoch is still running.
-    pub fn engine_busy(&self) -> bool {
-        self.submitted > self.completed
-    }
-    /// The GPFIFO entry the front end fetches next: the one after every
-    /// fetched, unretired entry.
-    pub fn gp_fetch(&self, entries: u32) -> u32 {
-        ((self.gp_get as u64 + self.entries.len() as u64) % entries.max(1) as u64) as u32
-    }
-
     /// The state reported in `CH_STATUS`.
     pub fn state(&self) -> ChannelState {
         if self.faulted.is_some() {
@@ -177,7 +166,7 @@ impl Channel {
         } else if self.in_flight > 0 {
             ChannelState::Running
         } else if !self.queue.is_empty()
-            || !self.entries.is_empty()
+            || !self.outstanding.is_empty()
             || self.gp_get != self.gp_put
             || self.kicked
         {
@@ -187,12 +176,269 @@ impl Channel {
         }
     }
 
-    /// Stop the channel and forget its work (channel reset, disable).
-    pub fn stop(&mut self) {
+    /// The error the channel stopped on, if it is faulted.
+    pub fn error(&self) -> Option<ErrorCode> {
+        self.faulted
+    }
+
+    /// Enabled and not faulted: the front end may advance it.
+    pub fn is_active(&self) -> bool {
+        self.enabled && self.faulted.is_none()
+    }
+
+    pub fn is_enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// Waiting for a semaphore acquire to be satisfied.
+    pub fn is_blocked(&self) -> bool {
+        self.blocked
+    }
+
+    /// The instance block read when the channel was enabled.
+    pub fn instance(&self) -> Option<Instance> {
+        self.inst
+    }
+
+    /// Start fetching from the ring of `inst`, from entry 0.
+    pub fn enable(&mut self, inst: Instance) {
+        self.inst = Some(inst);
+        self.enabled = true;
+        self.gp_get = 0;
+        self.gp_put = 0;
+        self.methods = MethodState::default();
+    }
+
+    /// Enabled with an instance block that could not be used; the caller
+    /// faults the channel next.
+    pub fn enable_invalid(&mut self) {
+        self.enabled = true;
+    }
+
+    /// Stop fetching and forget queued work (CTRL.ENABLE cleared).
+    pub fn disable(&mut self) {
+        self.stop();
+        self.enabled = false;
+    }
+
+    /// Channel reset (CTRL.RESET): back to the disabled state with no error
+    /// and no instance. Items still running complete unnoticed.
+    pub fn reset(&mut self) {
+        let in_flight = self.in_flight;
+        let epoch = self.epoch;
+        *self = Channel {
+            in_flight,
+            epoch,
+            ..Channel::default()
+        };
+        self.new_epoch();
+    }
+
+    /// Stop on `code`: queued work is dropped and items still running no
+    /// longer count for the channel.
+    pub fn fault(&mut self, code: ErrorCode) {
+        self.faulted = Some(code);
+        self.stop();
+    }
+
+    /// The doorbell rang for this channel.
+    pub fn ring(&mut self) {
+        self.kicked = true;
+    }
+
+    /// Whether the doorbell rang since the last call (GP_PUT must be re-read).
+    pub fn take_doorbell(&mut self) -> bool {
+        std::mem::take(&mut self.kicked)
+    }
+
+    /// The driver's GP_PUT, as read from USERD after a doorbell.
+    pub fn set_gp_put(&mut self, put: u32) {
+        self.gp_put = put;
+    }
+
+    /// Forget the work of the current epoch: items still running complete
+    /// unnoticed.
+    fn new_epoch(&mut self) {
+        self.epoch += 1;
+        self.submitted = 0;
+        self.completed = 0;
+        self.deferred.clear();
+    }
+
+    fn stop(&mut self) {
         self.queue.clear();
-        self.entries.clear();
+        self.outstanding.clear();
         self.blocked = false;
         self.kicked = false;
         self.new_epoch();
     }
+
+    /// Engine work of this epoch is still running.
+    fn engine_busy(&self) -> bool {
+        self.submitted > self.completed
+    }
+
+    /// Move GP_GET past every oldest entry whose commands were all carried
+    /// out and whose engine items all completed. Returns the new GP_GET when
+    /// it moved.
+    pub fn retire(&mut self) -> Option<u32> {
+        let ring = self.inst?.ring_entries;
+        let mut retired = false;
+        // The newest entry is still being carried out while its queue holds commands.
+        while self.outstanding.front() == Some(&0)
+            && (self.outstanding.len() > 1 || self.queue.is_empty())
+        {
+            self.outstanding.pop_front();
+            self.gp_get = (self.gp_get + 1) % ring;
+            retired = true;
+        }
+        retired.then_some(self.gp_get)
+    }
+
+    /// The queue of the newest fetched entry is empty: the next entry may
+    /// be fetched.
+    pub fn wants_entry(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// The GPFIFO slot to fetch next, if the driver has put one there and
+    /// fewer than [`MAX_ENTRIES_AHEAD`] entries are fetched and unretired.
+    pub fn next_slot(&self) -> Option<u32> {
+        let ring = self.inst?.ring_entries.max(1);
+        let fetch = ((self.gp_get as u64 + self.outstanding.len() as u64) % ring as u64) as u32;
+        (fetch != self.gp_put && self.outstanding.len() < MAX_ENTRIES_AHEAD).then_some(fetch)
+    }
+
+    /// The method state the next segment is parsed from.
+    pub fn methods(&self) -> MethodState {
+        self.methods
+    }
+
+    /// The entry at [`Channel::next_slot`] was fetched and audited into
+    /// `commands`; `methods` is the method state after it.
+    pub fn push_entry(&mut self, methods: MethodState, commands: Vec<Command>) {
+        self.methods = methods;
+        self.queue = commands.into();
+        self.outstanding.push_back(0);
+    }
+
+    /// The command to carry out next.
+    pub fn head(&self) -> Option<&Command> {
+        self.queue.front()
+    }
+
+    /// What the front end may do with the command at the head now.
+    pub fn head_action(&self) -> HeadAction {
+        match self.queue.front() {
+            None => HeadAction::Empty,
+            Some(Command::Engine(_)) if self.in_flight >= MAX_CHANNEL_IN_FLIGHT => HeadAction::Wait,
+            Some(Command::Engine(_)) => HeadAction::Submit,
+            // A release or interrupt behind running work is carried out when
+            // that work completes; the front end goes on meanwhile.
+            Some(Command::SemRelease { .. } | Command::Interrupt) if self.engine_busy() => {
+                HeadAction::Defer
+            }
+            Some(Command::SemRelease { .. } | Command::Interrupt) => HeadAction::RunNow,
+            // An acquire gates everything after it, and sees the memory
+            // every earlier command of the channel has written.
+            Some(Command::SemAcquire { .. }) if self.engine_busy() || !self.deferred.is_empty() => {
+                HeadAction::Wait
+            }
+            Some(Command::SemAcquire { .. }) => HeadAction::Poll,
+        }
+    }
+
+    /// Take the head command off the queue (carried out now).
+    pub fn pop_head(&mut self) -> Option<Command> {
+        self.queue.pop_front()
+    }
+
+    /// Move the head command behind the engine work now running.
+    pub fn defer_head(&mut self) {
+        if let Some(cmd) = self.queue.pop_front() {
+            self.deferred.push_back((self.submitted, cmd));
+            if let Some(n) = self.outstanding.back_mut() {
+                *n += 1;
+            }
+        }
+    }
+
+    /// Take the engine operation at the head for the engine. Returns it
+    /// with the epoch its completion must be reported under.
+    pub fn submit_head(&mut self) -> Option<(Op, u64)> {
+        let Some(Command::Engine(_)) = self.queue.front() else {
+            return None;
+        };
+        let Some(Command::Engine(op)) = self.queue.pop_front() else {
+            return None;
+        };
+        self.in_flight += 1;
+        self.submitted += 1;
+        if let Some(n) = self.outstanding.back_mut() {
+            *n += 1;
+        }
+        Some((op, self.epoch))
+    }
+
+    /// Record whether the acquire at the head is still waiting.
+    pub fn set_blocked(&mut self, blocked: bool) {
+        self.blocked = blocked;
+    }
+
+    /// A semaphore was released: a blocked acquire must look again.
+    pub fn recheck_acquire(&mut self) {
+        self.blocked = false;
+    }
+
+    /// The next deferred command whose engine work has completed.
+    pub fn take_ready_deferred(&mut self) -> Option<Command> {
+        let ready = self
+            .deferred
+            .front()
+            .is_some_and(|(after, _)| *after <= self.completed);
+        if !ready {
+            return None;
+        }
+        let (_, cmd) = self.deferred.pop_front()?;
+        self.count_down();
+        Some(cmd)
+    }
+
+    /// An engine item of epoch `epoch` finished. Returns whether it still
+    /// counts for the channel (it was not dropped by a fault or a stop).
+    pub fn item_done(&mut self, epoch: u64) -> bool {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        if self.epoch != epoch {
+            return false;
+        }
+        // Items of a channel complete in the order they were handed over,
+        // so this one belongs to the oldest entry still waiting.
+        self.completed += 1;
+        self.count_down();
+        true
+    }
+
+    fn count_down(&mut self) {
+        if let Some(n) = self.outstanding.iter_mut().find(|n| **n > 0) {
+            *n -= 1;
+        }
+    }
+}
+
+/// What the front end may do with a channel's head command now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeadAction {
+    /// Nothing is queued.
+    Empty,
+    /// It must wait: the engine pipeline is full, or an acquire waits for
+    /// earlier work.
+    Wait,
+    /// Hand the engine operation to the engine.
+    Submit,
+    /// Carry out the release or interrupt now.
+    RunNow,
+    /// Carry the release or interrupt out when the work before it completes.
+    Defer,
+    /// Read the acquire's semaphore and compare.
+    Poll,
 }

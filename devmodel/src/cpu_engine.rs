@@ -17,9 +17,9 @@ use vm_memory::{MmapRegion, VolatileMemory};
 use crate::backend::{
     Backend, BackendError, Completion, DoneFn, EngineContext, ExecError, WorkItem,
 };
+use crate::command::Op;
 use crate::gmmu::{Aperture, Extent};
 use crate::memory::{for_each_slice, Snapshot};
-use crate::work::Op;
 
 /// Bytes moved per step of a copy or memset.
 const CHUNK: usize = 256 * 1024;
@@ -83,15 +83,17 @@ impl Backend for CpuEngine {
         "cpu"
     }
     fn create_context(&self, vram_bytes: u64) -> Result<Arc<dyn EngineContext>, BackendError> {
-        let err = |reason: String| BackendError::VramAlloc {
-            bytes: vram_bytes,
-            reason,
-        };
-        let size = usize::try_from(vram_bytes).map_err(|e| err(e.to_string()))?;
+        let size = usize::try_from(vram_bytes)
+            .map_err(|_| BackendError::VramTooLarge { bytes: vram_bytes })?;
         let vram = if size == 0 {
             None
         } else {
-            Some(MmapRegion::new(size).map_err(|e| err(e.to_string()))?)
+            Some(
+                MmapRegion::new(size).map_err(|source| BackendError::VramAlloc {
+                    bytes: vram_bytes,
+                    source,
+                })?,
+            )
         };
         Ok(Arc::new(CpuContext {
             pool: self.pool.clone(),
@@ -409,7 +411,7 @@ impl Io<'_> {
         while !out.is_empty() {
             let p = cur
                 .next(out.len() as u64)
-                .ok_or(ExecError::Engine("source shorter than destination".into()))?;
+                .ok_or(ExecError::ShortExtents("source"))?;
             let (head, tail) = out.split_at_mut(p.len as usize);
             match p.aperture {
                 Aperture::Vram => {
@@ -431,7 +433,7 @@ impl Io<'_> {
         while !data.is_empty() {
             let p = cur
                 .next(data.len() as u64)
-                .ok_or(ExecError::Engine("destination shorter than source".into()))?;
+                .ok_or(ExecError::ShortExtents("destination"))?;
             let (head, tail) = data.split_at(p.len as usize);
             match p.aperture {
                 Aperture::Vram => self.ctx.vram_slice(p.addr, p.len)?.copy_from(head),

@@ -18,7 +18,7 @@ use crate::{Backend, CpuEngine, Vgpu, VgpuConfig};
 use memmap2::MmapMut;
 use mmio::bar::{REGION_BAR0, REGION_CONFIG};
 use mmio::pci::PciIdentity;
-use mmio::regs::{CHANNEL_BASE, CHANNEL_STRIDE};
+use mmio::regs::{ChannelReg, ChannelState, GlobalReg, CHANNEL_BASE, CHANNEL_STRIDE};
 
 pub const RAM_GPA: u64 = 0x8000_0000;
 pub const SYS_VA: u64 = 0x40_0000_0000;
@@ -26,32 +26,33 @@ pub const VRAM_VA: u64 = 0x10_0000_0000;
 pub const SUB_COMPUTE: u8 = 1;
 pub const SUB_COPY: u8 = 4;
 
-// BAR0 offsets used by the tests (from docs/abi.md).
-pub const ID: u32 = 0x000;
-pub const INTR_STATUS: u32 = 0x020;
-pub const INTR_ENABLE: u32 = 0x024;
-pub const INTR_CHANNEL_LO: u32 = 0x028;
-pub const TIMER_LO: u32 = 0x030;
-pub const RESET: u32 = 0x040;
-pub const MMU_INVALIDATE: u32 = 0x080;
-pub const MMU_FAULT_INFO: u32 = 0x084;
-pub const MMU_FAULT_ADDR_LO: u32 = 0x088;
-pub const MMU_FAULT_ADDR_HI: u32 = 0x08C;
-pub const RUNLIST_BASE_LO: u32 = 0x090;
-pub const RUNLIST_BASE_HI: u32 = 0x094;
-pub const RUNLIST_SUBMIT: u32 = 0x098;
-pub const RUNLIST_INFO: u32 = 0x09C;
-pub const DOORBELL: u32 = 0x0A0;
-pub const CH_INST_LO: u32 = 0x00;
-pub const CH_INST_HI: u32 = 0x04;
-pub const CH_CTRL: u32 = 0x08;
-pub const CH_STATUS: u32 = 0x0C;
-pub const CH_GP_GET: u32 = 0x10;
-pub const CH_ERROR_INFO: u32 = 0x18;
+// BAR0 offsets used by the tests, from the register map (`mmio::regs`):
+// the harness is the device model's own client, so it shares the table.
+pub const ID: u32 = GlobalReg::Id.offset();
+pub const INTR_STATUS: u32 = GlobalReg::IntrStatus.offset();
+pub const INTR_ENABLE: u32 = GlobalReg::IntrEnable.offset();
+pub const INTR_CHANNEL_LO: u32 = GlobalReg::IntrChannelLo.offset();
+pub const TIMER_LO: u32 = GlobalReg::TimerLo.offset();
+pub const RESET: u32 = GlobalReg::Reset.offset();
+pub const MMU_INVALIDATE: u32 = GlobalReg::MmuInvalidate.offset();
+pub const MMU_FAULT_INFO: u32 = GlobalReg::MmuFaultInfo.offset();
+pub const MMU_FAULT_ADDR_LO: u32 = GlobalReg::MmuFaultAddrLo.offset();
+pub const MMU_FAULT_ADDR_HI: u32 = GlobalReg::MmuFaultAddrHi.offset();
+pub const RUNLIST_BASE_LO: u32 = GlobalReg::RunlistBaseLo.offset();
+pub const RUNLIST_BASE_HI: u32 = GlobalReg::RunlistBaseHi.offset();
+pub const RUNLIST_SUBMIT: u32 = GlobalReg::RunlistSubmit.offset();
+pub const RUNLIST_INFO: u32 = GlobalReg::RunlistInfo.offset();
+pub const DOORBELL: u32 = GlobalReg::Doorbell.offset();
+pub const CH_INST_LO: u32 = ChannelReg::InstLo.offset();
+pub const CH_INST_HI: u32 = ChannelReg::InstHi.offset();
+pub const CH_CTRL: u32 = ChannelReg::Ctrl.offset();
+pub const CH_STATUS: u32 = ChannelReg::Status.offset();
+pub const CH_GP_GET: u32 = ChannelReg::GpGet.offset();
+pub const CH_ERROR_INFO: u32 = ChannelReg::ErrorInfo.offset();
 
-pub const STATE_IDLE: u32 = 1;
-pub const STATE_BLOCKED: u32 = 4;
-pub const STATE_FAULTED: u32 = 5;
+pub const STATE_IDLE: u32 = ChannelState::Idle as u32;
+pub const STATE_BLOCKED: u32 = ChannelState::Blocked as u32;
+pub const STATE_FAULTED: u32 = ChannelState::Faulted as u32;
 
 /// Guest RAM: a memfd of `size` bytes, sealed against resizing as QEMU's
 /// memfd backend does.

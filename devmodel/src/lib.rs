@@ -12,13 +12,14 @@
 //! * [`channel`]: instance blocks, GPFIFO entries, USERD, channel state.
 //! * [`pushbuf`]: method headers and the audit of a pushbuffer segment.
 //! * [`classes`]: HOST, COPY and COMPUTE methods.
-//! * [`work`]: audited commands and engine operations.
+//! * [`command`]: audited commands and engine operations.
 //! * [`backend`], [`cpu_engine`]: the engine trait and the reference engine.
 //! * [`vgpu`]: the device face and the channel front end.
 
 pub mod backend;
 pub mod channel;
 pub mod classes;
+pub mod command;
 pub mod cpu_engine;
 pub mod gmmu;
 #[cfg(feature = "harness")]
@@ -27,7 +28,6 @@ pub mod memory;
 pub mod pushbuf;
 pub mod sync;
 pub mod vgpu;
-pub mod work;
 
 pub use backend::{Backend, EngineContext};
 pub use cpu_engine::CpuEngine;
@@ -46,6 +46,6 @@ pub enum DeviceError {
     BadIrq { index: u32, start: u32, count: u32 },
     #[error(transparent)]
     Backend(#[from] backend::BackendError),
-    #[error("cannot start the vGPU front end: {0}")]
-    Thread(String),
+    #[error("cannot start the vGPU front end thread")]
+    Thread(#[source] std::io::Error),
 }

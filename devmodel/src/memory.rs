@@ -47,8 +47,32 @@ pub enum MemError {
         offset: u64,
         file_size: u64,
     },
-    #[error("mmap of the DMA region failed: {0}")]
-    Mmap(String),
+    #[error("cannot inspect the file backing DMA map {gpa:#x}+{size:#x}")]
+    Metadata {
+        gpa: u64,
+        size: u64,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("writable DMA map {gpa:#x}+{size:#x} of a file opened read-only")]
+    ReadOnlyFile { gpa: u64, size: u64 },
+    #[error(
+        "guest memory file of {file_size} bytes is larger than the host's memory ({host} bytes)"
+    )]
+    LargerThanHost { file_size: u64, host: u64 },
+    #[error("mapping the guest memory file ({len} bytes) failed")]
+    MapFile {
+        len: u64,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("making a DMA region of {gpa:#x}+{size:#x} failed")]
+    Region {
+        gpa: u64,
+        size: u64,
+        #[source]
+        source: vm_memory::mmap::MmapRegionError,
+    },
 }
 
 /// One snapshot of the DMA-mapped regions; holding it keeps them mapped.
@@ -143,7 +167,9 @@ impl GuestRam {
         }
         // A window past the end of its file would fault (SIGBUS) on first
         // access, so the whole range must lie inside a regular file.
-        let meta = fd.metadata().map_err(|e| MemError::Mmap(e.to_string()))?;
+        let meta = fd
+            .metadata()
+            .map_err(|source| MemError::Metadata { gpa, size, source })?;
         if !meta.file_type().is_file()
             || file_offset
                 .checked_add(size)
@@ -161,9 +187,7 @@ impl GuestRam {
         }
         let file = self.file_map(fd, &meta)?;
         if writable && !file.writable {
-            return Err(MemError::Mmap(
-                "a writable DMA map of a file opened read-only".into(),
-            ));
+            return Err(MemError::ReadOnlyFile { gpa, size });
         }
         let prot = libc::PROT_READ | if writable { libc::PROT_WRITE } else { 0 };
         // SAFETY: `file_offset + size` lies inside the file mapping (checked
@@ -177,7 +201,7 @@ impl GuestRam {
                 libc::MAP_SHARED,
             )
         }
-        .map_err(|e| MemError::Mmap(e.to_string()))?;
+        .map_err(|source| MemError::Region { gpa, size, source })?;
         let region = Arc::new(GuestRegionMmap::new(mmap, GuestAddress(gpa)).ok_or_else(bad)?);
         let mut guard = lock(&self.map);
         let next = guard.insert_region(region.clone()).map_err(|_| bad())?;
@@ -202,17 +226,17 @@ impl GuestRam {
         // Pinning populates the whole file: one that cannot fit in the
         // host's memory is refused rather than left to the OOM killer.
         let host = host_memory_bytes();
+        let too_large = MemError::LargerThanHost {
+            file_size: meta.len(),
+            host,
+        };
         if meta.len() > host {
-            return Err(MemError::Mmap(format!(
-                "guest memory file of {} MiB is larger than the host's {} MiB",
-                meta.len() >> 20,
-                host >> 20
-            )));
+            return Err(too_large);
         }
         if !shrink_sealed(&fd) {
             tracing::warn!(size = meta.len(), "guest memory file is not sealed against shrinking; a client that truncates it would fault the daemon");
         }
-        let len = usize::try_from(meta.len()).map_err(|e| MemError::Mmap(e.to_string()))?;
+        let len = usize::try_from(meta.len()).map_err(|_| too_large)?;
         let writable = mode == libc::O_RDWR;
         let prot = libc::PROT_READ | if writable { libc::PROT_WRITE } else { 0 };
         // SAFETY: a fresh shared mapping of the whole file; checked.
@@ -226,11 +250,19 @@ impl GuestRam {
                 0,
             )
         };
+        let map_err = |source| MemError::MapFile {
+            len: len as u64,
+            source,
+        };
         if p == libc::MAP_FAILED {
-            return Err(MemError::Mmap(std::io::Error::last_os_error().to_string()));
+            return Err(map_err(std::io::Error::last_os_error()));
         }
-        let ptr = std::ptr::NonNull::new(p.cast::<u8>())
-            .ok_or_else(|| MemError::Mmap("mmap returned null".into()))?;
+        let ptr = std::ptr::NonNull::new(p.cast::<u8>()).ok_or_else(|| {
+            map_err(std::io::Error::new(
+                std::io::ErrorKind::AddrNotAvailable,
+                "mmap returned address 0",
+            ))
+        })?;
         // SAFETY: the range is exactly the mapping just made.
         let pinned = unsafe { libc::mlock(p, len) } == 0;
         if pinned {
@@ -498,7 +530,7 @@ mod tests {
         let huge = memfd(host_memory_bytes() + (1 << 30));
         assert!(matches!(
             ram.map(0x4_0000_0000, 4096, huge, 0, true),
-            Err(MemError::Mmap(_))
+            Err(MemError::LargerThanHost { .. })
         ));
         // A range that would split a window changes nothing; a range of
         // whole windows removes just those.

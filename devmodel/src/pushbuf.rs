@@ -23,10 +23,10 @@ use bitfield::bitfield;
 use mmio::regs::ErrorCode;
 
 use crate::classes::{self, compute, copy, host, set_hi, set_lo, Class, MethodState};
-use crate::gmmu::{Extent, Fault};
-use crate::work::{
+use crate::command::{
     AcquireCond, Command, Op, MAX_COMMAND_BYTES, MAX_GEMM_DIM, MAX_PARAMS, MAX_SPIN_NS,
 };
+use crate::gmmu::{Extent, Fault};
 
 bitfield! {
     /// A pushbuffer method header.

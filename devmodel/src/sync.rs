@@ -32,22 +32,3 @@ pub fn wait_timeout<'a, T>(
         Err(p) => p.into_inner().0,
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::sync::Arc;
-
-    #[test]
-    fn a_panicked_holder_does_not_lock_out_the_others() {
-        let m = Arc::new(Mutex::new(7));
-        let m2 = m.clone();
-        let _ = std::thread::spawn(move || {
-            let _g = m2.lock().unwrap();
-            panic!("holder dies");
-        })
-        .join();
-        assert!(m.is_poisoned());
-        assert_eq!(*lock(&m), 7);
-    }
-}

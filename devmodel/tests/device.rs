@@ -242,7 +242,7 @@ fn semaphores_payloads_timestamps_and_interrupts() {
     let mut g = Guest::new(&e, 8, 8, 2);
     let (irq_fd, irq) = eventfd();
     g.vgpu
-        .set_irqs(devmodel::vgpu::IRQ_INDEX_MSIX, 0, vec![Some(irq_fd)])
+        .set_irqs(mmio::bar::IRQ_INDEX_MSIX, 0, vec![Some(irq_fd)])
         .unwrap();
     g.set_reg(INTR_ENABLE, 0x7);
     let mut ch = g.channel(1, 8);
@@ -357,7 +357,7 @@ fn fault_case(code: ErrorCode, build: impl FnOnce(&mut Guest) -> Vec<u32>, mmu_v
     let mut g = Guest::new(&e, 16, 4, 2);
     let (irq_fd, irq) = eventfd();
     g.vgpu
-        .set_irqs(devmodel::vgpu::IRQ_INDEX_MSIX, 0, vec![Some(irq_fd)])
+        .set_irqs(mmio::bar::IRQ_INDEX_MSIX, 0, vec![Some(irq_fd)])
         .unwrap();
     g.set_reg(INTR_ENABLE, 0x7);
     let mut bad = g.channel(0, 8);

@@ -1,4 +1,6 @@
-//! Base address registers of the vGPU and their vfio region indices.
+//! Base address registers of the vGPU, its vfio regions and its interrupts,
+//! each declared once as a table that the device model and the transports
+//! (the vfio-user server) both read.
 //!
 //! | BAR | type | size | contents |
 //! |-----|------|------|----------|
@@ -6,6 +8,11 @@
 //! | 2 | 32-bit memory, non-prefetchable | 4 KiB | MSI-X table (offset 0) and PBA (offset 0x800) |
 //!
 //! BARs 1, 3, 4 and 5 are not implemented (read as zero, sizing returns 0).
+//! A vfio-pci device reports nine regions (BAR0–5, expansion ROM, config
+//! space, VGA) and five interrupt indexes (INTx, MSI, MSI-X, ERR, REQ);
+//! the vGPU implements three regions and MSI-X.
+
+use crate::pci::CONFIG_SPACE_SIZE;
 
 /// Size of BAR0, the register aperture.
 pub const BAR0_SIZE: u64 = 0x1_0000;
@@ -27,11 +34,114 @@ pub const REGION_CONFIG: u32 = 7;
 /// Number of vfio regions a vfio-pci device reports (BAR0-5, ROM, config, VGA).
 pub const NUM_REGIONS: u32 = 9;
 
+/// vfio interrupt index of MSI-X (`VFIO_PCI_MSIX_IRQ_INDEX`).
+pub const IRQ_INDEX_MSIX: u32 = 2;
+/// Number of vfio interrupt indexes of a PCI device (`VFIO_PCI_NUM_IRQS`).
+pub const NUM_IRQ_INDEXES: u32 = 5;
+
+/// One vfio region as the device offers it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RegionInfo {
+    /// The vfio region index.
+    pub index: u32,
+    /// What the region is, for logs.
+    pub name: &'static str,
+    /// Size in bytes; 0 for a region the device does not implement.
+    pub size: u64,
+    /// The guest may read and write it (every implemented region may).
+    pub rw: bool,
+}
+
+/// Every vfio region, by index.
+pub const REGIONS: [RegionInfo; NUM_REGIONS as usize] = [
+    region(REGION_BAR0, "BAR0 (registers)", BAR0_SIZE),
+    region(1, "BAR1", 0),
+    region(REGION_BAR2, "BAR2 (MSI-X)", BAR2_SIZE),
+    region(3, "BAR3", 0),
+    region(4, "BAR4", 0),
+    region(5, "BAR5", 0),
+    region(6, "expansion ROM", 0),
+    region(REGION_CONFIG, "configuration space", CONFIG_SPACE_SIZE),
+    region(8, "VGA", 0),
+];
+
+const fn region(index: u32, name: &'static str, size: u64) -> RegionInfo {
+    RegionInfo {
+        index,
+        name,
+        size,
+        rw: size > 0,
+    }
+}
+
+/// The region with vfio index `index`, if the device reports one.
+pub fn region_info(index: u32) -> Option<&'static RegionInfo> {
+    REGIONS.get(usize::try_from(index).ok()?)
+}
+
+/// One vfio interrupt index as the device offers it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IrqInfo {
+    /// The vfio interrupt index.
+    pub index: u32,
+    /// What it is, for logs.
+    pub name: &'static str,
+    /// Vectors it has; 0 for one the device does not implement (it may
+    /// only be switched off).
+    pub count: u32,
+}
+
+/// Every vfio interrupt index, by index: the vGPU signals through MSI-X only.
+pub const IRQS: [IrqInfo; NUM_IRQ_INDEXES as usize] = [
+    irq(0, "INTx", 0),
+    irq(1, "MSI", 0),
+    irq(IRQ_INDEX_MSIX, "MSI-X", MSIX_VECTORS as u32),
+    irq(3, "ERR", 0),
+    irq(4, "REQ", 0),
+];
+
+const fn irq(index: u32, name: &'static str, count: u32) -> IrqInfo {
+    IrqInfo { index, name, count }
+}
+
+/// The interrupt index `index`, if the device reports one.
+pub fn irq_info(index: u32) -> Option<&'static IrqInfo> {
+    IRQS.get(usize::try_from(index).ok()?)
+}
+
 /// Size of a BAR by number, or 0 when the BAR is not implemented.
 pub fn bar_size(bar: usize) -> u64 {
-    match bar {
-        0 => BAR0_SIZE,
-        2 => BAR2_SIZE,
-        _ => 0,
+    REGIONS
+        .get(bar)
+        .filter(|r| r.index <= 5)
+        .map_or(0, |r| r.size)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_are_indexed_by_their_vfio_index() {
+        for (i, r) in REGIONS.iter().enumerate() {
+            assert_eq!(r.index as usize, i, "{}", r.name);
+        }
+        for (i, q) in IRQS.iter().enumerate() {
+            assert_eq!(q.index as usize, i, "{}", q.name);
+        }
+        assert_eq!(region_info(REGION_BAR0).map(|r| r.size), Some(BAR0_SIZE));
+        assert_eq!(
+            region_info(REGION_CONFIG).map(|r| r.size),
+            Some(CONFIG_SPACE_SIZE)
+        );
+        assert_eq!(region_info(NUM_REGIONS), None);
+        assert_eq!(irq_info(IRQ_INDEX_MSIX).map(|q| q.count), Some(1));
+        assert_eq!(irq_info(NUM_IRQ_INDEXES), None);
+        assert_eq!(
+            (bar_size(0), bar_size(1), bar_size(2)),
+            (BAR0_SIZE, 0, BAR2_SIZE)
+        );
+        assert_eq!(bar_size(6), 0, "the ROM is no BAR");
+        assert_eq!(bar_size(7), 0, "config space is no BAR");
     }
 }

@@ -8,7 +8,8 @@
 
 use crate::bar::BAR0_SIZE;
 use crate::regs::{
-    Access, ChannelReg, GlobalReg, RegDesc, CHANNEL_BASE, CHANNEL_REGS, CHANNEL_STRIDE, GLOBAL_REGS,
+    Access, ChannelId, ChannelReg, GlobalReg, RegDesc, CHANNEL_BASE, CHANNEL_REGS, CHANNEL_STRIDE,
+    GLOBAL_REGS,
 };
 use crate::MmioError;
 
@@ -16,7 +17,7 @@ use crate::MmioError;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum RegRef {
     Global(GlobalReg),
-    Channel(u32, ChannelReg),
+    Channel(ChannelId, ChannelReg),
 }
 
 /// What a 4-byte BAR0 offset decodes to.
@@ -96,15 +97,15 @@ impl RegisterFile {
                 self.global[global_index(d.reg)] = d.reset;
             }
         }
-        for ch in 0..self.channels {
+        for ch in (0..self.channels).map(ChannelId) {
             for d in CHANNEL_REGS {
                 self.channel[Self::ch_slot(ch, d.reg)] = d.reset;
             }
         }
     }
 
-    fn ch_slot(ch: u32, reg: ChannelReg) -> usize {
-        ch as usize * CHANNEL_REGS.len() + channel_index(reg)
+    fn ch_slot(ch: ChannelId, reg: ChannelReg) -> usize {
+        ch.index() * CHANNEL_REGS.len() + channel_index(reg)
     }
 
     /// Decode one dword-aligned BAR0 offset.
@@ -124,7 +125,7 @@ impl RegisterFile {
             .iter()
             .find(|d| d.offset == rel % CHANNEL_STRIDE)
         {
-            Some(d) => Decoded::Register(RegRef::Channel(ch, d.reg)),
+            Some(d) => Decoded::Register(RegRef::Channel(ChannelId(ch), d.reg)),
             None => Decoded::Hole,
         }
     }
@@ -172,6 +173,17 @@ impl RegisterFile {
                 }
             }
         }
+    }
+
+    /// A 64-bit value held in a LO/HI register pair (LO the low 32 bits).
+    pub fn get_pair(&self, lo: RegRef, hi: RegRef) -> u64 {
+        u64::from(self.get(lo)) | u64::from(self.get(hi)) << 32
+    }
+
+    /// Device-side update of a LO/HI register pair.
+    pub fn set_pair(&mut self, lo: RegRef, hi: RegRef, value: u64) {
+        self.set(lo, value as u32);
+        self.set(hi, (value >> 32) as u32);
     }
 
     /// Device-side OR of bits into a register (e.g. raising a status bit).
@@ -228,6 +240,25 @@ mod tests {
     }
 
     #[test]
+    fn offsets_come_from_the_tables_and_pairs_split_low_first() {
+        assert_eq!(GlobalReg::IntrStatus.offset(), 0x020);
+        assert_eq!(GlobalReg::Doorbell.offset(), 0x0A0);
+        assert_eq!(
+            ChannelId(2).reg_offset(ChannelReg::GpGet),
+            0x1000 + 2 * 0x20 + 0x10
+        );
+        let mut rf = RegisterFile::new(2);
+        let (lo, hi) = (
+            RegRef::Global(GlobalReg::RunlistBaseLo),
+            RegRef::Global(GlobalReg::RunlistBaseHi),
+        );
+        rf.set_pair(lo, hi, 0x1234_5678_9abc_def0);
+        assert_eq!(rf.get(lo), 0x9abc_def0);
+        assert_eq!(rf.get(hi), 0x1234_5678);
+        assert_eq!(rf.get_pair(lo, hi), 0x1234_5678_9abc_def0);
+    }
+
+    #[test]
     fn decode_registers_channels_and_holes() {
         let rf = RegisterFile::new(4);
         assert_eq!(
@@ -236,7 +267,7 @@ mod tests {
         );
         assert_eq!(
             rf.decode(0x1000 + 3 * 0x20 + 0x10),
-            Decoded::Register(RegRef::Channel(3, ChannelReg::GpGet))
+            Decoded::Register(RegRef::Channel(ChannelId(3), ChannelReg::GpGet))
         );
         assert_eq!(
             rf.decode(0x1000 + 4 * 0x20),
@@ -275,10 +306,16 @@ mod tests {
             (1, 0)
         );
         // Instance block pointer keeps 4 KiB alignment.
-        rf.guest_write(RegRef::Channel(1, ChannelReg::InstLo), 0x1234_5678);
-        assert_eq!(rf.get(RegRef::Channel(1, ChannelReg::InstLo)), 0x1234_5000);
+        rf.guest_write(
+            RegRef::Channel(ChannelId(1), ChannelReg::InstLo),
+            0x1234_5678,
+        );
+        assert_eq!(
+            rf.get(RegRef::Channel(ChannelId(1), ChannelReg::InstLo)),
+            0x1234_5000
+        );
         rf.reset();
-        assert_eq!(rf.get(RegRef::Channel(1, ChannelReg::InstLo)), 0);
+        assert_eq!(rf.get(RegRef::Channel(ChannelId(1), ChannelReg::InstLo)), 0);
         assert_eq!(rf.get(RegRef::Global(GlobalReg::IntrEnable)), 0);
     }
 

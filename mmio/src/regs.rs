@@ -73,6 +73,36 @@ pub enum GlobalReg {
     Doorbell,
 }
 
+impl GlobalReg {
+    /// The register's BAR0 offset, from [`GLOBAL_REGS`].
+    pub const fn offset(self) -> u32 {
+        // GLOBAL_REGS is declared in enum order (checked by a test).
+        GLOBAL_REGS[self as usize].offset
+    }
+}
+
+/// A channel number: an index into the vGPU's channels, below
+/// `NUM_CHANNELS` (at most [`MAX_CHANNELS`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ChannelId(pub u32);
+
+impl ChannelId {
+    /// The channel's index into per-channel tables.
+    pub const fn index(self) -> usize {
+        self.0 as usize
+    }
+    /// The BAR0 offset of register `reg` of this channel.
+    pub const fn reg_offset(self, reg: ChannelReg) -> u32 {
+        CHANNEL_BASE + self.0 * CHANNEL_STRIDE + reg.offset()
+    }
+}
+
+impl std::fmt::Display for ChannelId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
 /// Per-channel registers (offsets relative to the channel's block).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ChannelReg {
@@ -83,6 +113,14 @@ pub enum ChannelReg {
     GpGet,
     GpPut,
     ErrorInfo,
+}
+
+impl ChannelReg {
+    /// The register's offset inside a channel's block, from [`CHANNEL_REGS`].
+    pub const fn offset(self) -> u32 {
+        // CHANNEL_REGS is declared in enum order (checked by a test).
+        CHANNEL_REGS[self as usize].offset
+    }
 }
 
 const fn g(
@@ -349,6 +387,17 @@ pub enum ErrorCode {
     Unsupported = 0x28,
     EngineError = 0x29,
     RunlistInvalid = 0x2A,
+}
+
+impl ChannelState {
+    /// The channel has work it has not finished (pending, running or
+    /// blocked): what `STATUS.BUSY` sums up.
+    pub fn is_busy(self) -> bool {
+        matches!(
+            self,
+            ChannelState::Pending | ChannelState::Running | ChannelState::Blocked
+        )
+    }
 }
 
 impl ErrorCode {

@@ -36,14 +36,13 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use devmodel::memory::MemError;
-use devmodel::vgpu::IRQ_INDEX_MSIX;
+use devmodel::vgpu::check_irqs;
 use devmodel::{DeviceError, Vgpu};
-use mmio::bar::{BAR0_SIZE, BAR2_SIZE, NUM_REGIONS, REGION_BAR0, REGION_BAR2, REGION_CONFIG};
-use mmio::pci::CONFIG_SPACE_SIZE;
+use mmio::bar::{irq_info, region_info, IRQ_INDEX_MSIX, NUM_IRQ_INDEXES, NUM_REGIONS};
 use vfio_bindings::bindings::vfio::{
     VFIO_DEVICE_FLAGS_PCI, VFIO_DEVICE_FLAGS_RESET, VFIO_IRQ_INFO_EVENTFD, VFIO_IRQ_INFO_NORESIZE,
     VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_IRQ_SET_DATA_EVENTFD, VFIO_IRQ_SET_DATA_NONE,
-    VFIO_PCI_NUM_IRQS, VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE,
+    VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE,
 };
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
@@ -334,7 +333,12 @@ fn errno_of(e: &DeviceError) -> i32 {
     match e {
         DeviceError::Memory(MemError::BadMap { .. }) => libc::EEXIST,
         DeviceError::Memory(MemError::BadUnmap { .. }) => libc::ENOENT,
-        DeviceError::Memory(MemError::Mmap(_)) => libc::ENOMEM,
+        DeviceError::Memory(MemError::LargerThanHost { .. }) => libc::ENOMEM,
+        DeviceError::Memory(MemError::ReadOnlyFile { .. }) => libc::EACCES,
+        DeviceError::Memory(
+            MemError::Metadata { source, .. } | MemError::MapFile { source, .. },
+        ) => source.raw_os_error().unwrap_or(libc::ENOMEM),
+        DeviceError::Memory(MemError::Region { .. }) => libc::ENOMEM,
         DeviceError::Backend(_) | DeviceError::Thread(_) => libc::EIO,
         _ => libc::EINVAL,
     }
@@ -370,7 +374,7 @@ impl Session<'_> {
                     .u32(16)
                     .u32(VFIO_DEVICE_FLAGS_PCI | VFIO_DEVICE_FLAGS_RESET)
                     .u32(NUM_REGIONS)
-                    .u32(VFIO_PCI_NUM_IRQS)
+                    .u32(NUM_IRQ_INDEXES)
                     .0)
             }
             Command::DeviceGetRegionInfo => {
@@ -378,16 +382,11 @@ impl Session<'_> {
                 let argsz = f.u32().map_err(einval)?;
                 let _flags = f.u32().map_err(einval)?;
                 let index = f.u32().map_err(einval)?;
-                if argsz < 32 || index >= NUM_REGIONS {
+                let region = region_info(index).ok_or(libc::EINVAL)?;
+                if argsz < 32 {
                     return Err(libc::EINVAL);
                 }
-                let size = match index {
-                    REGION_BAR0 => BAR0_SIZE,
-                    REGION_BAR2 => BAR2_SIZE,
-                    REGION_CONFIG => CONFIG_SPACE_SIZE,
-                    _ => 0,
-                };
-                let flags = if size > 0 {
+                let flags = if region.rw {
                     VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE
                 } else {
                     0
@@ -397,7 +396,7 @@ impl Session<'_> {
                     .u32(flags)
                     .u32(index)
                     .u32(0)
-                    .u64(size)
+                    .u64(region.size)
                     .u64(0)
                     .0)
             }
@@ -406,22 +405,20 @@ impl Session<'_> {
                 let argsz = f.u32().map_err(einval)?;
                 let _flags = f.u32().map_err(einval)?;
                 let index = f.u32().map_err(einval)?;
-                if argsz < 16 || index >= VFIO_PCI_NUM_IRQS {
+                let irq = irq_info(index).ok_or(libc::EINVAL)?;
+                if argsz < 16 {
                     return Err(libc::EINVAL);
                 }
-                let (flags, count) = if index == IRQ_INDEX_MSIX {
-                    (
-                        VFIO_IRQ_INFO_EVENTFD | VFIO_IRQ_INFO_NORESIZE,
-                        mmio::bar::MSIX_VECTORS as u32,
-                    )
+                let flags = if irq.count > 0 {
+                    VFIO_IRQ_INFO_EVENTFD | VFIO_IRQ_INFO_NORESIZE
                 } else {
-                    (VFIO_IRQ_INFO_EVENTFD, 0)
+                    VFIO_IRQ_INFO_EVENTFD
                 };
                 Ok(Payload::default()
                     .u32(16)
                     .u32(flags)
                     .u32(index)
-                    .u32(count)
+                    .u32(irq.count)
                     .0)
             }
             Command::DeviceSetIrqs => {
@@ -578,16 +575,22 @@ impl Session<'_> {
                 | VFIO_IRQ_SET_DATA_EVENTFD
                 | vfio_bindings::bindings::vfio::VFIO_IRQ_SET_DATA_BOOL);
         let action = s.flags & !data;
-        if s.index >= VFIO_PCI_NUM_IRQS || action != VFIO_IRQ_SET_ACTION_TRIGGER {
+        if irq_info(s.index).is_none() || action != VFIO_IRQ_SET_ACTION_TRIGGER {
             return Err(libc::EINVAL);
         }
         let disable_all = data == VFIO_IRQ_SET_DATA_NONE && s.count == 0 && s.start == 0;
-        if s.index != IRQ_INDEX_MSIX {
+        // An index without vectors (all but MSI-X) may only be switched off.
+        if irq_info(s.index).is_none_or(|i| i.count == 0) {
             return if disable_all && fds.is_empty() {
                 Ok(Vec::new())
             } else {
                 Err(libc::EINVAL)
             };
+        }
+        // The vectors must exist before anything is allocated for them: the
+        // count is the client's.
+        if !disable_all {
+            check_irqs(s.index, s.start, s.count as usize).map_err(|e| errno_of(&e))?;
         }
         let slots: Vec<Option<File>> = if disable_all {
             Vec::new()
@@ -598,9 +601,6 @@ impl Session<'_> {
         } else {
             return Err(libc::EINVAL);
         };
-        if s.count > mmio::bar::MSIX_VECTORS as u32 {
-            return Err(libc::EINVAL);
-        }
         self.vgpu
             .set_irqs(s.index, s.start, slots)
             .map_err(|e| errno_of(&e))?;

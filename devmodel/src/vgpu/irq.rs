@@ -1,0 +1,150 @@
+//! Interrupts and channel faults: `INTR_STATUS` causes, per-channel
+//! pending bits, MSI-X delivery through the VMM's eventfd, and what a
+//! channel error records (`CH_STATUS`, `CH_ERROR_INFO`, the MMU fault
+//! registers and the error notifier in guest memory).
+
+use std::io::Write;
+
+use mmio::regs::{ChannelId, ChannelReg, ErrorCode, GlobalReg, Intr, MmuFaultInfo};
+use mmio::RegRef;
+
+use super::pfifo::write_extents;
+use super::{Core, State};
+use crate::backend::ExecError;
+use crate::channel::NOTIFIER_SIZE;
+use crate::gmmu::Fault;
+use crate::memory::MemError;
+use crate::pushbuf::SegmentError;
+
+/// A channel error as the front end records it.
+#[derive(Clone, Copy, Debug)]
+pub struct ChannelError {
+    pub code: ErrorCode,
+    /// `CH_ERROR_INFO`: the offending word, GPFIFO slot or address.
+    pub info: u32,
+    /// The GPU-MMU fault behind an MMU error code.
+    pub fault: Option<Fault>,
+}
+
+impl ChannelError {
+    pub fn new(code: ErrorCode, info: u32) -> Self {
+        ChannelError {
+            code,
+            info,
+            fault: None,
+        }
+    }
+}
+
+impl From<SegmentError> for ChannelError {
+    fn from(e: SegmentError) -> Self {
+        ChannelError {
+            code: e.code,
+            info: e.word,
+            fault: e.fault,
+        }
+    }
+}
+
+impl From<Fault> for ChannelError {
+    fn from(f: Fault) -> Self {
+        ChannelError {
+            code: f.code,
+            info: 0,
+            fault: Some(f),
+        }
+    }
+}
+
+/// The error code a failed engine item or HOST memory access stops its
+/// channel with.
+impl From<&ExecError> for ErrorCode {
+    fn from(e: &ExecError) -> Self {
+        match e {
+            ExecError::Memory(MemError::ReadOnly { .. }) => ErrorCode::ReadOnly,
+            ExecError::Memory(_) => ErrorCode::SysmemUnmapped,
+            ExecError::VramRange { .. } => ErrorCode::VramRange,
+            ExecError::Cancelled | ExecError::ShortExtents(_) => ErrorCode::EngineError,
+        }
+    }
+}
+
+impl Core {
+    /// Set `cause` in `INTR_STATUS` and `channel`'s pending bit, and signal
+    /// MSI-X if the cause is enabled.
+    pub(super) fn raise(&self, st: &mut State, cause: u32, channel: ChannelId) {
+        st.regs
+            .set_bits(RegRef::Global(GlobalReg::IntrStatus), cause);
+        let (reg, bit) = if channel.0 < 32 {
+            (GlobalReg::IntrChannelLo, channel.0)
+        } else {
+            (GlobalReg::IntrChannelHi, channel.0 - 32)
+        };
+        st.regs.set_bits(RegRef::Global(reg), 1 << bit);
+        st.stats.interrupts_raised += 1;
+        if st.regs.get(RegRef::Global(GlobalReg::IntrEnable)) & cause != 0 {
+            self.signal(st);
+        }
+    }
+
+    /// Deliver MSI-X vector 0.
+    pub(super) fn signal(&self, st: &mut State) {
+        if let Some(Some(fd)) = st.irqs.first_mut() {
+            match fd.write_all(&1u64.to_ne_bytes()) {
+                Ok(()) => st.stats.msi_delivered += 1,
+                Err(e) => tracing::warn!(error = %e, "MSI-X eventfd write failed"),
+            }
+        }
+    }
+
+    /// Stop channel `ch` on `e`: record the error, fill the MMU fault
+    /// registers for an MMU fault (unless an unacknowledged one is there),
+    /// raise the interrupt and write the channel's error notifier.
+    pub(super) fn fault(&self, st: &mut State, ch: ChannelId, e: ChannelError) {
+        let now = self.now_ns();
+        let c = st.channel(ch);
+        c.fault(e.code);
+        let inst = c.instance();
+        st.regs
+            .set(RegRef::Channel(ch, ChannelReg::ErrorInfo), e.info);
+        st.stats.faults += 1;
+        tracing::warn!(vgpu = %self.cfg.name, channel = %ch, code = ?e.code, info = e.info, fault_va = e.fault.map(|f| f.va), "channel stopped");
+        if e.code.is_mmu_fault() {
+            if !MmuFaultInfo(st.regs.get(RegRef::Global(GlobalReg::MmuFaultInfo))).valid() {
+                let f = e.fault.unwrap_or(Fault {
+                    code: e.code,
+                    va: 0,
+                    write: false,
+                });
+                let mut info = MmuFaultInfo(0);
+                info.set_code(e.code as u8);
+                info.set_channel(ch.0 as u8);
+                info.set_write(f.write);
+                info.set_valid(true);
+                st.regs.set(RegRef::Global(GlobalReg::MmuFaultInfo), info.0);
+                st.regs.set_pair(
+                    RegRef::Global(GlobalReg::MmuFaultAddrLo),
+                    RegRef::Global(GlobalReg::MmuFaultAddrHi),
+                    f.va,
+                );
+            }
+            self.raise(st, Intr::MMU_FAULT, ch);
+        } else {
+            self.raise(st, Intr::CHANNEL_ERROR, ch);
+        }
+        if let Some(inst) = inst.filter(|i| i.notifier != 0) {
+            let mut note = [0u8; NOTIFIER_SIZE as usize];
+            note[0..8].copy_from_slice(&now.to_le_bytes());
+            note[8..12].copy_from_slice(&(e.code as u32).to_le_bytes());
+            note[12..16].copy_from_slice(&e.info.to_le_bytes());
+            let written = st
+                .mmu
+                .translate(&self.mem, inst.pdb, inst.notifier, NOTIFIER_SIZE, true)
+                .ok()
+                .map(|ext| write_extents(&self.mem, &*self.ctx, &ext, &note).is_ok());
+            if written != Some(true) {
+                tracing::debug!(channel = %ch, "error notifier not writable");
+            }
+        }
+    }
+}
