@@ -14,10 +14,16 @@ pub mod vfio;
 pub mod vfio_user;
 
 use std::fs::File;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::ptr::NonNull;
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
+
+use vm_memory::mmap::MmapRegionError;
+use vm_memory::{
+    ByteValued, FileOffset, MmapRegion, VolatileMemory, VolatileMemoryError, VolatileRef,
+    VolatileSlice,
+};
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 use crate::alloc::RangeAllocator;
 use crate::error::{Error, Result};
@@ -60,39 +66,43 @@ pub trait Transport: Send {
 
 // ---- memory -----------------------------------------------------------------
 
-/// A region of host memory mapped into this process (`munmap` on drop).
+/// A region of host memory mapped into this process (unmapped on drop).
+///
+/// The memory is shared with a device, which reads and writes it
+/// concurrently, so it is only ever reached through vm-memory's volatile
+/// accessors ([`DmaBuffer`]), never through Rust references.
 #[derive(Debug)]
 pub struct Mapping {
-    ptr: NonNull<u8>,
-    len: usize,
+    region: MmapRegion,
 }
-
-// SAFETY: the mapping is plain memory owned by this struct; all access goes
-// through raw pointers with explicit copies.
-unsafe impl Send for Mapping {}
-// SAFETY: as above.
-unsafe impl Sync for Mapping {}
 
 impl Mapping {
     /// A shared memfd of `len` bytes, mapped; returns the mapping and the
     /// file so that it can be handed to a device (vfio-user `DMA_MAP`).
     pub fn memfd(name: &str, len: u64) -> Result<(Mapping, File)> {
+        let ulen = Self::check_len(len)?;
         let cname = std::ffi::CString::new(name)
             .map_err(|_| Error::InvalidArgument(format!("memfd name {name:?}")))?;
-        // SAFETY: a valid C string; the result is checked.
+        // SAFETY: memfd_create only reads the NUL-terminated name, which
+        // `cname` owns and keeps alive for the call; it touches no other
+        // memory of this process. The result is checked below.
         let fd = unsafe {
             libc::memfd_create(cname.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING)
         };
         if fd < 0 {
             return Err(Error::last_os("memfd_create"));
         }
-        // SAFETY: fd is a fresh descriptor that nothing else owns.
+        // SAFETY: `fd` (>= 0) is the descriptor memfd_create just opened
+        // for this call; no other object owns or will close it, so the
+        // OwnedFd becomes its sole owner.
         let file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
         file.set_len(len)
             .map_err(|e| Error::io("size the memfd", e))?;
         // Sealed against resizing, as QEMU's memfd backend is: the device
         // side may then rely on every mapped page staying there.
-        // SAFETY: adds seals to our own descriptor; the result is checked.
+        // SAFETY: F_ADD_SEALS takes an integer argument and only changes the
+        // seals of the memfd `file` owns (open for the call); it reads or
+        // writes no memory of this process. The result is checked.
         if unsafe {
             libc::fcntl(
                 file.as_raw_fd(),
@@ -103,71 +113,78 @@ impl Mapping {
         {
             return Err(Error::last_os("seal the memfd"));
         }
-        let map = Self::mmap(len, libc::MAP_SHARED, file.as_raw_fd())?;
-        Ok((map, file))
+        let dup = file
+            .try_clone()
+            .map_err(|e| Error::io("dup the memfd", e))?;
+        let region = MmapRegion::build(
+            Some(FileOffset::new(dup, 0)),
+            ulen,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+        )
+        .map_err(mmap_error)?;
+        Ok((Mapping { region }, file))
     }
 
     /// Anonymous private memory of `len` bytes, locked in RAM (`mlock`) so
     /// that its physical pages stay put while a device uses them.
     pub fn anonymous_locked(len: u64) -> Result<Mapping> {
-        let map = Self::mmap(
-            len,
+        let ulen = Self::check_len(len)?;
+        let region = MmapRegion::build(
+            None,
+            ulen,
+            libc::PROT_READ | libc::PROT_WRITE,
             libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
-            -1,
-        )?;
-        // SAFETY: the range is our own mapping.
-        if unsafe { libc::mlock(map.ptr.as_ptr().cast(), map.len) } != 0 {
+        )
+        .map_err(mmap_error)?;
+        // SAFETY: mlock only pins the pages of an address range in RAM; it
+        // neither reads nor writes their contents, so it cannot break any
+        // Rust invariant. The range is exactly the mapping `region` made and
+        // owns (`as_ptr()`, `size()`), alive for the call.
+        if unsafe { libc::mlock(region.as_ptr().cast(), region.size()) } != 0 {
             return Err(Error::last_os("mlock DMA memory"));
         }
-        Ok(map)
+        Ok(Mapping { region })
     }
 
-    fn mmap(len: u64, flags: i32, fd: i32) -> Result<Mapping> {
+    fn check_len(len: u64) -> Result<usize> {
         let ulen = usize::try_from(len)
             .map_err(|_| Error::InvalidArgument(format!("mapping of {len} bytes")))?;
         if ulen == 0 {
             return Err(Error::InvalidArgument("empty mapping".into()));
         }
-        // SAFETY: a fresh mapping chosen by the kernel; the result is checked.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                ulen,
-                libc::PROT_READ | libc::PROT_WRITE,
-                flags,
-                fd,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(Error::last_os("mmap DMA memory"));
-        }
-        let ptr = NonNull::new(p.cast::<u8>())
-            .ok_or_else(|| Error::Protocol("mmap returned NULL".into()))?;
-        Ok(Mapping { ptr, len: ulen })
+        Ok(ulen)
     }
 
-    /// The start of the mapping.
+    /// The start of the mapping (its address, for the kernel: an IOMMU
+    /// `MAP_DMA`, `/proc/self/pagemap`).
     pub fn as_ptr(&self) -> *mut u8 {
-        self.ptr.as_ptr()
+        self.region.as_ptr()
     }
 
     /// Its length in bytes.
     pub fn len(&self) -> usize {
-        self.len
+        self.region.size()
     }
 
     /// Whether it is empty (never, for a successfully created mapping).
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.len() == 0
+    }
+
+    /// Volatile access to `len` bytes at `offset`.
+    fn slice(&self, offset: usize, len: usize) -> Result<VolatileSlice<'_>> {
+        self.region.get_slice(offset, len).map_err(|e| {
+            Error::InvalidArgument(format!("mapping access {offset:#x}+{len:#x}: {e}"))
+        })
     }
 }
 
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        // SAFETY: unmapping our own mapping; nothing refers to it any more
-        // (every DmaBuffer holds an Arc of it).
-        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+/// An `mmap` failure of vm-memory as the driver's error.
+fn mmap_error(e: MmapRegionError) -> Error {
+    match e {
+        MmapRegionError::Mmap(io) => Error::io("mmap DMA memory", io),
+        other => Error::InvalidArgument(format!("mmap DMA memory: {other}")),
     }
 }
 
@@ -183,7 +200,8 @@ pub enum DevAddrs {
 /// DMA-able memory: a CPU view plus the address the device uses for it.
 ///
 /// The device writes this memory concurrently with the CPU, so every
-/// access goes through explicit copies, never through Rust references.
+/// access is a volatile load or store (vm-memory's `VolatileSlice`),
+/// never a Rust reference or a plain copy.
 #[derive(Debug)]
 pub struct DmaBuffer {
     map: Arc<Mapping>,
@@ -261,10 +279,12 @@ impl DmaBuffer {
         }
     }
 
-    fn check(&self, off: usize, len: usize) -> Result<*mut u8> {
+    /// The offset in the mapping of `len` bytes at `off` of the buffer, if
+    /// they lie inside it (and so inside the mapping: checked at
+    /// construction; vm-memory checks the range against the mapping again).
+    fn at(&self, off: usize, len: usize) -> Result<usize> {
         match off.checked_add(len) {
-            // SAFETY: in bounds of the mapping (checked at construction).
-            Some(end) if end <= self.len => Ok(unsafe { self.map.as_ptr().add(self.offset + off) }),
+            Some(end) if end <= self.len => Ok(self.offset + off),
             _ => Err(Error::InvalidArgument(format!(
                 "access {off:#x}+{len:#x} past a {:#x}-byte DMA buffer",
                 self.len
@@ -272,62 +292,70 @@ impl DmaBuffer {
         }
     }
 
-    /// Copy `data` into the buffer at `off`.
+    /// Volatile access to `len` bytes at `off` of the buffer.
+    fn slice(&self, off: usize, len: usize) -> Result<VolatileSlice<'_>> {
+        self.map.slice(self.at(off, len)?, len)
+    }
+
+    /// The `T` at `off` of the buffer, for one volatile load or store.
+    fn get_ref<T: ByteValued>(&self, off: usize) -> Result<VolatileRef<'_, T>> {
+        let at = self.at(off, std::mem::size_of::<T>())?;
+        self.map.region.get_ref::<T>(at).map_err(vol_error)
+    }
+
+    /// Copy `data` into the buffer at `off` (volatile stores).
     pub fn write(&self, off: usize, data: &[u8]) -> Result<()> {
-        let p = self.check(off, data.len())?;
-        // SAFETY: p..p+len is inside our mapping; the source is a separate slice.
-        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), p, data.len()) };
-        Ok(())
+        volatile_copy_in(&self.slice(off, data.len())?, data)
     }
 
-    /// Copy from the buffer at `off` into `out`.
+    /// Copy from the buffer at `off` into `out` (volatile loads).
     pub fn read(&self, off: usize, out: &mut [u8]) -> Result<()> {
-        let p = self.check(off, out.len())?;
+        let s = self.slice(off, out.len())?;
         std::sync::atomic::fence(std::sync::atomic::Ordering::Acquire);
-        // SAFETY: as in write.
-        unsafe { std::ptr::copy_nonoverlapping(p, out.as_mut_ptr(), out.len()) };
-        Ok(())
+        volatile_copy_out(&s, out)
     }
 
-    /// Fill `len` bytes at `off` with `byte`.
+    /// Fill `len` bytes at `off` with `byte` (volatile stores).
     pub fn fill(&self, off: usize, len: usize, byte: u8) -> Result<()> {
-        let p = self.check(off, len)?;
-        // SAFETY: in bounds.
-        unsafe { std::ptr::write_bytes(p, byte, len) };
+        let s = self.slice(off, len)?;
+        let words = len / 8;
+        let w = s.get_array_ref::<u64>(0, words).map_err(vol_error)?;
+        let pattern = u64::from_ne_bytes([byte; 8]);
+        for i in 0..words {
+            w.store(i, pattern);
+        }
+        let tail = s
+            .get_array_ref::<u8>(words * 8, len - words * 8)
+            .map_err(vol_error)?;
+        for i in 0..tail.len() {
+            tail.store(i, byte);
+        }
         Ok(())
     }
 
     /// A volatile 32-bit read (a value the device may be updating).
     pub fn read_u32(&self, off: usize) -> Result<u32> {
-        let p = self.check(off, 4)?;
-        // SAFETY: in bounds; unaligned-tolerant volatile read.
-        Ok(u32::from_le_bytes(unsafe {
-            std::ptr::read_volatile(p.cast::<[u8; 4]>())
-        }))
+        let r = self.get_ref::<u32>(off)?;
+        Ok(u32::from_le(r.load()))
     }
 
     /// A volatile 64-bit read.
     pub fn read_u64(&self, off: usize) -> Result<u64> {
-        let p = self.check(off, 8)?;
-        // SAFETY: in bounds.
-        Ok(u64::from_le_bytes(unsafe {
-            std::ptr::read_volatile(p.cast::<[u8; 8]>())
-        }))
+        let r = self.get_ref::<u64>(off)?;
+        Ok(u64::from_le(r.load()))
     }
 
     /// A volatile 32-bit write.
     pub fn write_u32(&self, off: usize, v: u32) -> Result<()> {
-        let p = self.check(off, 4)?;
-        // SAFETY: in bounds.
-        unsafe { std::ptr::write_volatile(p.cast::<[u8; 4]>(), v.to_le_bytes()) };
+        let r = self.get_ref::<u32>(off)?;
+        r.store(v.to_le());
         Ok(())
     }
 
     /// A volatile 64-bit write.
     pub fn write_u64(&self, off: usize, v: u64) -> Result<()> {
-        let p = self.check(off, 8)?;
-        // SAFETY: in bounds.
-        unsafe { std::ptr::write_volatile(p.cast::<[u8; 8]>(), v.to_le_bytes()) };
+        let r = self.get_ref::<u64>(off)?;
+        r.store(v.to_le());
         Ok(())
     }
 
@@ -356,6 +384,50 @@ impl DmaBuffer {
             .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect())
     }
+}
+
+/// A vm-memory range error as the driver's error (ranges are checked
+/// before, so this is a driver bug if it ever shows).
+fn vol_error(e: VolatileMemoryError) -> Error {
+    Error::InvalidArgument(format!("DMA memory access: {e}"))
+}
+
+/// Copy `data` into `dst` (of the same length) with volatile stores: whole
+/// 64-bit words, then the remaining bytes. Memory shared with a device is
+/// never copied with plain (non-volatile) loads and stores.
+fn volatile_copy_in(dst: &VolatileSlice<'_>, data: &[u8]) -> Result<()> {
+    let words = data.len() / 8;
+    let w = dst.get_array_ref::<u64>(0, words).map_err(vol_error)?;
+    let (head, tail) = data.split_at(words * 8);
+    for (i, c) in head.chunks_exact(8).enumerate() {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(c);
+        w.store(i, u64::from_ne_bytes(b));
+    }
+    let t = dst
+        .get_array_ref::<u8>(words * 8, tail.len())
+        .map_err(vol_error)?;
+    for (i, &b) in tail.iter().enumerate() {
+        t.store(i, b);
+    }
+    Ok(())
+}
+
+/// Copy `src` into `out` (of the same length) with volatile loads.
+fn volatile_copy_out(src: &VolatileSlice<'_>, out: &mut [u8]) -> Result<()> {
+    let words = out.len() / 8;
+    let w = src.get_array_ref::<u64>(0, words).map_err(vol_error)?;
+    let (head, tail) = out.split_at_mut(words * 8);
+    for (i, c) in head.chunks_exact_mut(8).enumerate() {
+        c.copy_from_slice(&w.load(i).to_ne_bytes());
+    }
+    let t = src
+        .get_array_ref::<u8>(words * 8, tail.len())
+        .map_err(vol_error)?;
+    for (i, b) in tail.iter_mut().enumerate() {
+        *b = t.load(i);
+    }
+    Ok(())
 }
 
 /// How the device addresses an arena's memory.
@@ -434,57 +506,61 @@ impl DmaArena {
 
 /// An eventfd: the device signals MSI-X vector 0 by adding to it.
 #[derive(Debug)]
-pub struct EventFd(File);
+pub struct EventFd {
+    fd: vmm_sys_util::eventfd::EventFd,
+    /// Watches `fd` for readability (a timed wait).
+    epoll: Epoll,
+}
 
 impl EventFd {
     /// A fresh non-blocking eventfd.
     pub fn new() -> Result<EventFd> {
-        // SAFETY: eventfd with valid flags; the result is checked.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(Error::last_os("eventfd"));
-        }
-        // SAFETY: a fresh descriptor owned by nobody else.
-        Ok(EventFd(File::from(unsafe { OwnedFd::from_raw_fd(fd) })))
+        let fd = vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)
+            .map_err(|e| Error::io("eventfd", e))?;
+        let epoll = Epoll::new().map_err(|e| Error::io("epoll_create", e))?;
+        epoll
+            .ctl(
+                ControlOperation::Add,
+                fd.as_raw_fd(),
+                EpollEvent::new(EventSet::IN, 0),
+            )
+            .map_err(|e| Error::io("watch the eventfd", e))?;
+        Ok(EventFd { fd, epoll })
     }
 
     /// A duplicate descriptor (to hand to a device).
     pub fn try_clone_file(&self) -> Result<File> {
-        self.0.try_clone().map_err(|e| Error::io("dup eventfd", e))
+        let dup = self
+            .fd
+            .try_clone()
+            .map_err(|e| Error::io("dup eventfd", e))?;
+        let raw = dup.into_raw_fd();
+        // SAFETY: `raw` is the descriptor `try_clone` just created (a dup);
+        // `into_raw_fd` gave up the only ownership of it, so the File
+        // becomes its sole owner and closes it exactly once.
+        Ok(unsafe { File::from_raw_fd(raw) })
     }
 
     /// The raw descriptor.
     pub fn as_raw_fd(&self) -> i32 {
-        self.0.as_raw_fd()
+        self.fd.as_raw_fd()
     }
 
     /// Wait up to `timeout` for the counter to become non-zero, then read
     /// (and so reset) it. Returns whether it had fired.
     pub fn wait(&self, timeout: Duration) -> Result<bool> {
-        let mut pfd = libc::pollfd {
-            fd: self.0.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
         let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
         // Round sub-millisecond timeouts up so that a short wait still sleeps.
         let ms = if ms == 0 && !timeout.is_zero() { 1 } else { ms };
-        // SAFETY: one valid pollfd.
-        let r = unsafe { libc::poll(&mut pfd, 1, ms) };
-        if r < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                return Ok(false);
-            }
-            return Err(Error::io("poll eventfd", e));
+        let mut events = [EpollEvent::default()];
+        match self.epoll.wait(ms, &mut events) {
+            Ok(0) => return Ok(false),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => return Ok(false),
+            Err(e) => return Err(Error::io("poll eventfd", e)),
         }
-        if r == 0 {
-            return Ok(false);
-        }
-        let mut b = [0u8; 8];
-        match std::io::Read::read(&mut &self.0, &mut b) {
-            Ok(8) => Ok(u64::from_ne_bytes(b) > 0),
-            Ok(_) => Ok(false),
+        match self.fd.read() {
+            Ok(n) => Ok(n > 0),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(false),
             Err(e) => Err(Error::io("read eventfd", e)),
         }
@@ -512,6 +588,55 @@ mod tests {
         let b3 = a.alloc(4096).unwrap();
         assert_eq!(b3.read_u32(0).unwrap(), 0, "reused memory is zeroed");
         assert!(a.alloc(1 << 20).is_err());
+    }
+
+    #[test]
+    fn memfd_is_sealed_against_resizing() {
+        let (map, f) = Mapping::memfd("t", 8192).unwrap();
+        assert_eq!(map.len(), 8192);
+        assert!(f.set_len(16384).is_err(), "F_SEAL_GROW");
+        assert!(f.set_len(4096).is_err(), "F_SEAL_SHRINK");
+        assert_eq!(f.metadata().unwrap().len(), 8192);
+    }
+
+    #[test]
+    fn copies_of_any_length_and_alignment() {
+        let (map, f) = Mapping::memfd("t", 16 * 1024).unwrap();
+        let mut a = DmaArena::new(map, ArenaAddressing::Linear(0)).unwrap();
+        let b = a.alloc(8192).unwrap();
+        let data: Vec<u8> = (0..100u8).collect();
+        for (off, len) in [(0, 0), (0, 1), (1, 13), (5, 8), (7, 100), (4096 - 9, 17)] {
+            b.fill(0, 8192, 0xAA).unwrap();
+            b.write(off, &data[..len]).unwrap();
+            let mut out = vec![0u8; len + 2];
+            b.read(off, &mut out).unwrap();
+            assert_eq!(&out[..len], &data[..len], "{off}+{len}");
+            assert_eq!(&out[len..], &[0xAA, 0xAA], "bytes after {off}+{len}");
+            if off > 0 {
+                assert_eq!(
+                    b.read_u32(off - 1).unwrap() & 0xFF,
+                    0xAA,
+                    "byte before {off}"
+                );
+            }
+        }
+        // The bytes land in the memfd, where the device sees them.
+        b.write(0x10, b"vgpu").unwrap();
+        let mut seen = [0u8; 4];
+        std::os::unix::fs::FileExt::read_exact_at(&f, &mut seen, b.offset() as u64 + 0x10).unwrap();
+        assert_eq!(&seen, b"vgpu");
+        b.fill(1, 11, 0x5A).unwrap();
+        assert_eq!(b.read_u64(0).unwrap(), 0x5A5A_5A5A_5A5A_5AAA);
+        assert_eq!(b.read_u32(8).unwrap(), 0x5A5A_5A5A);
+        assert_eq!(b.read_u32(12).unwrap(), 0xAAAA_AAAA);
+        b.write_u64(3, 0x0102_0304_0506_0708).unwrap();
+        assert_eq!(b.read_u32(3).unwrap(), 0x0506_0708);
+        assert!(b.write(8190, &[0; 3]).is_err());
+        assert!(b.fill(8000, 193, 0).is_err());
+        assert!(b.read_u64(8185).is_err());
+        let floats = [1.5f32, -2.0, 3.25];
+        b.write_f32s(21, &floats).unwrap();
+        assert_eq!(b.read_f32s(21, 3).unwrap(), floats);
     }
 
     #[test]

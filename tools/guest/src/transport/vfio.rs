@@ -11,10 +11,13 @@
 
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
+use std::marker::PhantomData;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::time::Duration;
+
+use vm_memory::{ByteValued, FileOffset, MmapRegion, VolatileMemory, VolatileRef};
 
 use vfio_bindings::bindings::vfio::{
     vfio_group_status, vfio_iommu_type1_dma_map, vfio_region_info, VFIO_TYPE1v2_IOMMU,
@@ -38,17 +41,58 @@ pub const DEFAULT_IOVA_BASE: u64 = 0x1_0000_0000;
 const fn vfio_io(n: u64) -> u64 {
     ((b';' as u64) << 8) | (100 + n)
 }
-const VFIO_GET_API_VERSION: u64 = vfio_io(0);
-const VFIO_CHECK_EXTENSION: u64 = vfio_io(1);
-const VFIO_SET_IOMMU: u64 = vfio_io(2);
-const VFIO_GROUP_GET_STATUS: u64 = vfio_io(3);
-const VFIO_GROUP_SET_CONTAINER: u64 = vfio_io(4);
+
+/// A vfio ioctl that takes its argument by value (an integer, or nothing)
+/// and dereferences no memory of the caller.
+#[derive(Clone, Copy)]
+struct ValIoctl {
+    req: u64,
+    name: &'static str,
+}
+
+/// A vfio ioctl whose argument points to one `T`: the `repr(C)` struct of
+/// `<linux/vfio.h>` that the kernel reads (and for some requests fills in)
+/// for exactly this request. Values exist only as the constants below,
+/// each pairing a request number with its argument type.
+struct PtrIoctl<T> {
+    req: u64,
+    name: &'static str,
+    _arg: PhantomData<fn(&mut T)>,
+}
+
+impl<T> PtrIoctl<T> {
+    const fn new(n: u64, name: &'static str) -> Self {
+        PtrIoctl {
+            req: vfio_io(n),
+            name,
+            _arg: PhantomData,
+        }
+    }
+}
+
+const fn val_ioctl(n: u64, name: &'static str) -> ValIoctl {
+    ValIoctl {
+        req: vfio_io(n),
+        name,
+    }
+}
+
+const VFIO_GET_API_VERSION: ValIoctl = val_ioctl(0, "VFIO_GET_API_VERSION");
+const VFIO_CHECK_EXTENSION: ValIoctl = val_ioctl(1, "VFIO_CHECK_EXTENSION");
+const VFIO_SET_IOMMU: ValIoctl = val_ioctl(2, "VFIO_SET_IOMMU");
+const VFIO_GROUP_GET_STATUS: PtrIoctl<vfio_group_status> =
+    PtrIoctl::new(3, "VFIO_GROUP_GET_STATUS");
+/// Argument: the container's descriptor (an `int`).
+const VFIO_GROUP_SET_CONTAINER: PtrIoctl<i32> = PtrIoctl::new(4, "VFIO_GROUP_SET_CONTAINER");
+/// Argument: a NUL-terminated device name (see [`group_get_device_fd`]).
 const VFIO_GROUP_GET_DEVICE_FD: u64 = vfio_io(6);
-const VFIO_DEVICE_GET_REGION_INFO: u64 = vfio_io(8);
-const VFIO_DEVICE_SET_IRQS: u64 = vfio_io(10);
-const VFIO_DEVICE_RESET: u64 = vfio_io(11);
-const VFIO_IOMMU_MAP_DMA: u64 = vfio_io(13);
-const VFIO_IOMMU_UNMAP_DMA: u64 = vfio_io(14);
+const VFIO_DEVICE_GET_REGION_INFO: PtrIoctl<vfio_region_info> =
+    PtrIoctl::new(8, "VFIO_DEVICE_GET_REGION_INFO");
+const VFIO_DEVICE_SET_IRQS: PtrIoctl<IrqSetOne> = PtrIoctl::new(10, "VFIO_DEVICE_SET_IRQS");
+const VFIO_DEVICE_RESET: ValIoctl = val_ioctl(11, "VFIO_DEVICE_RESET");
+const VFIO_IOMMU_MAP_DMA: PtrIoctl<vfio_iommu_type1_dma_map> =
+    PtrIoctl::new(13, "VFIO_IOMMU_MAP_DMA");
+const VFIO_IOMMU_UNMAP_DMA: PtrIoctl<DmaUnmap> = PtrIoctl::new(14, "VFIO_IOMMU_UNMAP_DMA");
 
 /// `struct vfio_irq_set` with room for one eventfd.
 #[repr(C)]
@@ -70,22 +114,55 @@ struct DmaUnmap {
     size: u64,
 }
 
-fn ioctl_ptr<T>(fd: &File, req: u64, arg: *mut T, what: &str) -> Result<i32> {
-    // SAFETY: `arg` points to a live, correctly laid out argument for `req`.
-    let r = unsafe { libc::ioctl(fd.as_raw_fd(), req as _, arg) };
+/// Issue `ioctl` with a pointer to `arg`.
+fn ioctl_ptr<T>(fd: &File, ioctl: &PtrIoctl<T>, arg: &mut T) -> Result<i32> {
+    // SAFETY: `ioctl.req` is a request whose argument the kernel accesses as
+    // one `T` (PtrIoctl values are only the constants above, each naming
+    // the `repr(C)` struct <linux/vfio.h> defines for its request; every
+    // struct with an `argsz` gets `size_of::<T>()` there, so the kernel
+    // reads and writes no byte beyond it). `arg` is an exclusive borrow of
+    // a live `T` for the whole call, and `fd` an open descriptor.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), ioctl.req as _, arg as *mut T) };
     if r < 0 {
-        return Err(Error::last_os(what));
+        return Err(Error::last_os(ioctl.name));
     }
     Ok(r)
 }
 
-fn ioctl_val(fd: &File, req: u64, arg: libc::c_ulong, what: &str) -> Result<i32> {
-    // SAFETY: an ioctl taking an integer argument.
-    let r = unsafe { libc::ioctl(fd.as_raw_fd(), req as _, arg) };
+/// Issue `ioctl` with the integer argument `arg`.
+fn ioctl_val(fd: &File, ioctl: ValIoctl, arg: libc::c_ulong) -> Result<i32> {
+    // SAFETY: every ValIoctl (the constants above) is a request that takes
+    // an integer or no argument and dereferences no memory of this
+    // process, whatever `arg` holds; `fd` is an open descriptor.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), ioctl.req as _, arg) };
     if r < 0 {
-        return Err(Error::last_os(what));
+        return Err(Error::last_os(ioctl.name));
     }
     Ok(r)
+}
+
+/// `VFIO_GROUP_GET_DEVICE_FD`: a new descriptor for device `name` of
+/// `group`.
+fn group_get_device_fd(group: &File, name: &str) -> Result<File> {
+    let cname =
+        CString::new(name).map_err(|_| Error::InvalidArgument(format!("device name {name:?}")))?;
+    // SAFETY: VFIO_GROUP_GET_DEVICE_FD only reads a NUL-terminated string
+    // at its argument; `cname` owns one and lives across the call. `group`
+    // is an open descriptor.
+    let dfd = unsafe {
+        libc::ioctl(
+            group.as_raw_fd(),
+            VFIO_GROUP_GET_DEVICE_FD as _,
+            cname.as_ptr(),
+        )
+    };
+    if dfd < 0 {
+        return Err(Error::last_os(format!("VFIO_GROUP_GET_DEVICE_FD {name}")));
+    }
+    // SAFETY: `dfd` (>= 0) is the descriptor the ioctl just opened for
+    // this call; nothing else owns or will close it, so the OwnedFd
+    // becomes its sole owner.
+    Ok(File::from(unsafe { OwnedFd::from_raw_fd(dfd) }))
 }
 
 /// A region of the vfio device file.
@@ -96,43 +173,14 @@ struct Region {
     flags: u32,
 }
 
-/// BAR0 mapped into this process: register accesses are loads and stores
-/// that the (virtual) PCI bus turns into device accesses, as a kernel
-/// driver's would be.
-struct MappedBar {
-    ptr: std::ptr::NonNull<u8>,
-    len: usize,
-}
-
-impl MappedBar {
-    /// The register at `offset`, if it lies inside and is aligned to `size`.
-    fn at(&self, offset: u32, size: usize) -> Result<*mut u8> {
-        let o = offset as usize;
-        if o % size != 0 || o.checked_add(size).is_none_or(|e| e > self.len) {
-            return Err(Error::InvalidArgument(format!(
-                "BAR0 access {offset:#x}+{size}"
-            )));
-        }
-        // SAFETY: in bounds of the mapping, checked above.
-        Ok(unsafe { self.ptr.as_ptr().add(o) })
-    }
-}
-
-impl Drop for MappedBar {
-    fn drop(&mut self) {
-        // SAFETY: the mapping this struct created and owns.
-        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
-    }
-}
-
-// SAFETY: a device mapping, accessed only through volatile loads and stores.
-unsafe impl Send for MappedBar {}
-
 /// A vGPU bound to `vfio-pci` in this (guest) kernel.
 pub struct VfioTransport {
     // Field order is drop order: the device goes before the group and
     // the container.
-    bar0_map: Option<MappedBar>,
+    /// BAR0 mapped into this process, when vfio-pci offers it: register
+    /// accesses are volatile loads and stores that the (virtual) PCI bus
+    /// turns into device accesses, as a kernel driver's would be.
+    bar0_map: Option<MmapRegion>,
     device: File,
     bar0: Region,
     config: Region,
@@ -198,9 +246,7 @@ impl VfioTransport {
                 .map_err(|e| Error::io(format!("open {}", p.display()), e))
         };
         let container = rw("/dev/vfio/vfio".as_ref())?;
-        if ioctl_val(&container, VFIO_GET_API_VERSION, 0, "VFIO_GET_API_VERSION")?
-            != VFIO_API_VERSION as i32
-        {
+        if ioctl_val(&container, VFIO_GET_API_VERSION, 0)? != VFIO_API_VERSION as i32 {
             return Err(Error::NotVgpu("unknown VFIO API version".into()));
         }
         let group = rw(&group_path)?;
@@ -208,65 +254,30 @@ impl VfioTransport {
             argsz: std::mem::size_of::<vfio_group_status>() as u32,
             flags: 0,
         };
-        ioctl_ptr(
-            &group,
-            VFIO_GROUP_GET_STATUS,
-            &mut status,
-            "VFIO_GROUP_GET_STATUS",
-        )?;
+        ioctl_ptr(&group, &VFIO_GROUP_GET_STATUS, &mut status)?;
         if status.flags & VFIO_GROUP_FLAGS_VIABLE == 0 {
             return Err(Error::NotVgpu(format!(
                 "IOMMU group {group_id} is not viable: bind all its devices to vfio-pci"
             )));
         }
         let mut cfd = container.as_raw_fd();
-        ioctl_ptr(
-            &group,
-            VFIO_GROUP_SET_CONTAINER,
-            &mut cfd,
-            "VFIO_GROUP_SET_CONTAINER",
-        )?;
+        ioctl_ptr(&group, &VFIO_GROUP_SET_CONTAINER, &mut cfd)?;
         let iommu = if noiommu {
             VFIO_NOIOMMU_IOMMU
-        } else if ioctl_val(
-            &container,
-            VFIO_CHECK_EXTENSION,
-            VFIO_TYPE1v2_IOMMU as _,
-            "VFIO_CHECK_EXTENSION",
-        )? > 0
-        {
+        } else if ioctl_val(&container, VFIO_CHECK_EXTENSION, VFIO_TYPE1v2_IOMMU as _)? > 0 {
             VFIO_TYPE1v2_IOMMU
         } else {
             VFIO_TYPE1_IOMMU
         };
-        ioctl_val(&container, VFIO_SET_IOMMU, iommu as _, "VFIO_SET_IOMMU")?;
-        let name = CString::new(bdf.clone())
-            .map_err(|_| Error::InvalidArgument(format!("device name {bdf:?}")))?;
-        // SAFETY: a NUL-terminated name, as VFIO_GROUP_GET_DEVICE_FD expects.
-        let dfd = unsafe {
-            libc::ioctl(
-                group.as_raw_fd(),
-                VFIO_GROUP_GET_DEVICE_FD as _,
-                name.as_ptr(),
-            )
-        };
-        if dfd < 0 {
-            return Err(Error::last_os(format!("VFIO_GROUP_GET_DEVICE_FD {bdf}")));
-        }
-        // SAFETY: a fresh descriptor owned by nobody else.
-        let device = File::from(unsafe { OwnedFd::from_raw_fd(dfd) });
+        ioctl_val(&container, VFIO_SET_IOMMU, iommu as _)?;
+        let device = group_get_device_fd(&group, &bdf)?;
         let region = |index: u32| -> Result<Region> {
             let mut info = vfio_region_info {
                 argsz: std::mem::size_of::<vfio_region_info>() as u32,
                 index,
                 ..Default::default()
             };
-            ioctl_ptr(
-                &device,
-                VFIO_DEVICE_GET_REGION_INFO,
-                &mut info,
-                "VFIO_DEVICE_GET_REGION_INFO",
-            )?;
+            ioctl_ptr(&device, &VFIO_DEVICE_GET_REGION_INFO, &mut info)?;
             Ok(Region {
                 offset: info.offset,
                 size: info.size,
@@ -291,12 +302,10 @@ impl VfioTransport {
                 iova: DEFAULT_IOVA_BASE,
                 size: map.len() as u64,
             };
-            ioctl_ptr(
-                &container,
-                VFIO_IOMMU_MAP_DMA,
-                &mut dm,
-                "VFIO_IOMMU_MAP_DMA",
-            )?;
+            // The device may now DMA into `map`'s pages (pinned by the
+            // kernel) until the unmap in `drop`; the driver only reaches
+            // them through volatile accesses.
+            ioctl_ptr(&container, &VFIO_IOMMU_MAP_DMA, &mut dm)?;
             (
                 ArenaAddressing::Linear(DEFAULT_IOVA_BASE),
                 Some((DEFAULT_IOVA_BASE, map.len() as u64)),
@@ -329,12 +338,7 @@ impl VfioTransport {
             count: 1,
             fd: self.irq.as_raw_fd(),
         };
-        ioctl_ptr(
-            &self.device,
-            VFIO_DEVICE_SET_IRQS,
-            &mut set,
-            "VFIO_DEVICE_SET_IRQS (MSI-X)",
-        )?;
+        ioctl_ptr(&self.device, &VFIO_DEVICE_SET_IRQS, &mut set)?;
         Ok(())
     }
 
@@ -372,30 +376,36 @@ impl VfioTransport {
 
 /// Map BAR0 when vfio-pci offers it (`VFIO_REGION_INFO_FLAG_MMAP`); the
 /// transport falls back to `pread`/`pwrite` on the device file otherwise.
-fn map_bar(device: &File, bar: Region) -> Option<MappedBar> {
+fn map_bar(device: &File, bar: Region) -> Option<MmapRegion> {
     if bar.flags & vfio_bindings::bindings::vfio::VFIO_REGION_INFO_FLAG_MMAP == 0 {
         return None;
     }
     let len = usize::try_from(bar.size).ok()?;
-    let off = libc::off_t::try_from(bar.offset).ok()?;
-    // SAFETY: a fresh shared mapping of the device's BAR0 region; checked.
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED,
-            device.as_raw_fd(),
-            off,
-        )
-    };
-    if p == libc::MAP_FAILED {
-        return None;
-    }
-    Some(MappedBar {
-        ptr: std::ptr::NonNull::new(p.cast())?,
+    libc::off_t::try_from(bar.offset).ok()?;
+    let file = device.try_clone().ok()?;
+    MmapRegion::build(
+        Some(FileOffset::new(file, bar.offset)),
         len,
-    })
+        libc::PROT_READ | libc::PROT_WRITE,
+        libc::MAP_SHARED,
+    )
+    .ok()
+}
+
+/// The register of type `T` at `offset` of mapped BAR0, if it lies inside
+/// and is naturally aligned. The mapping starts on a page boundary, so the
+/// register's address is aligned too, and its `load`/`store` is one
+/// volatile access of `T`'s width, as the device expects (ABI §2).
+fn bar_reg<T: ByteValued>(bar: &MmapRegion, offset: u32) -> Result<VolatileRef<'_, T>> {
+    let size = std::mem::size_of::<T>();
+    let o = offset as usize;
+    if o % size != 0 {
+        return Err(Error::InvalidArgument(format!(
+            "BAR0 access {offset:#x}+{size}"
+        )));
+    }
+    bar.get_ref::<T>(o)
+        .map_err(|_| Error::InvalidArgument(format!("BAR0 access {offset:#x}+{size}")))
 }
 
 /// Physical address of every page of `map`, from `/proc/self/pagemap`
@@ -438,10 +448,7 @@ impl Transport for VfioTransport {
     }
     fn bar0_read32(&mut self, offset: u32) -> Result<u32> {
         if let Some(m) = &self.bar0_map {
-            // SAFETY: an aligned register inside the mapping (checked by `at`).
-            return Ok(u32::from_le(unsafe {
-                std::ptr::read_volatile(m.at(offset, 4)?.cast::<u32>())
-            }));
+            return Ok(u32::from_le(bar_reg::<u32>(m, offset)?.load()));
         }
         let mut b = [0u8; 4];
         self.pread(self.bar0, offset as u64, &mut b)?;
@@ -449,18 +456,14 @@ impl Transport for VfioTransport {
     }
     fn bar0_write32(&mut self, offset: u32, value: u32) -> Result<()> {
         if let Some(m) = &self.bar0_map {
-            // SAFETY: as above.
-            unsafe { std::ptr::write_volatile(m.at(offset, 4)?.cast::<u32>(), value.to_le()) };
+            bar_reg::<u32>(m, offset)?.store(value.to_le());
             return Ok(());
         }
         self.pwrite(self.bar0, offset as u64, &value.to_le_bytes())
     }
     fn bar0_read64(&mut self, offset: u32) -> Result<u64> {
         if let Some(m) = &self.bar0_map {
-            // SAFETY: as above.
-            return Ok(u64::from_le(unsafe {
-                std::ptr::read_volatile(m.at(offset, 8)?.cast::<u64>())
-            }));
+            return Ok(u64::from_le(bar_reg::<u64>(m, offset)?.load()));
         }
         let mut b = [0u8; 8];
         self.pread(self.bar0, offset as u64, &mut b)?;
@@ -468,8 +471,7 @@ impl Transport for VfioTransport {
     }
     fn bar0_write64(&mut self, offset: u32, value: u64) -> Result<()> {
         if let Some(m) = &self.bar0_map {
-            // SAFETY: as above.
-            unsafe { std::ptr::write_volatile(m.at(offset, 8)?.cast::<u64>(), value.to_le()) };
+            bar_reg::<u64>(m, offset)?.store(value.to_le());
             return Ok(());
         }
         self.pwrite(self.bar0, offset as u64, &value.to_le_bytes())
@@ -484,7 +486,7 @@ impl Transport for VfioTransport {
         self.irq.wait(timeout)
     }
     fn reset(&mut self) -> Result<()> {
-        ioctl_val(&self.device, VFIO_DEVICE_RESET, 0, "VFIO_DEVICE_RESET")?;
+        ioctl_val(&self.device, VFIO_DEVICE_RESET, 0)?;
         self.enable_function()
     }
 }
@@ -498,12 +500,7 @@ impl Drop for VfioTransport {
                 iova,
                 size,
             };
-            let _ = ioctl_ptr(
-                &self.container,
-                VFIO_IOMMU_UNMAP_DMA,
-                &mut um,
-                "VFIO_IOMMU_UNMAP_DMA",
-            );
+            let _ = ioctl_ptr(&self.container, &VFIO_IOMMU_UNMAP_DMA, &mut um);
         }
     }
 }
@@ -514,12 +511,37 @@ mod tests {
 
     #[test]
     fn ioctl_numbers_match_linux() {
-        assert_eq!(VFIO_GET_API_VERSION, 0x3B64);
-        assert_eq!(VFIO_SET_IOMMU, 0x3B66);
+        assert_eq!(VFIO_GET_API_VERSION.req, 0x3B64);
+        assert_eq!(VFIO_CHECK_EXTENSION.req, 0x3B65);
+        assert_eq!(VFIO_SET_IOMMU.req, 0x3B66);
+        assert_eq!(VFIO_GROUP_GET_STATUS.req, 0x3B67);
+        assert_eq!(VFIO_GROUP_SET_CONTAINER.req, 0x3B68);
         assert_eq!(VFIO_GROUP_GET_DEVICE_FD, 0x3B6A);
-        assert_eq!(VFIO_DEVICE_SET_IRQS, 0x3B6E);
-        assert_eq!(VFIO_DEVICE_RESET, 0x3B6F);
-        assert_eq!(VFIO_IOMMU_MAP_DMA, 0x3B71);
+        assert_eq!(VFIO_DEVICE_GET_REGION_INFO.req, 0x3B6C);
+        assert_eq!(VFIO_DEVICE_SET_IRQS.req, 0x3B6E);
+        assert_eq!(VFIO_DEVICE_RESET.req, 0x3B6F);
+        assert_eq!(VFIO_IOMMU_MAP_DMA.req, 0x3B71);
+        assert_eq!(VFIO_IOMMU_UNMAP_DMA.req, 0x3B72);
+        // The argument layouts the kernel expects (<linux/vfio.h>).
         assert_eq!(std::mem::size_of::<IrqSetOne>(), 24);
+        assert_eq!(std::mem::size_of::<DmaUnmap>(), 24);
+        assert_eq!(std::mem::size_of::<vfio_group_status>(), 8);
+        assert_eq!(std::mem::size_of::<vfio_region_info>(), 32);
+        assert_eq!(std::mem::size_of::<vfio_iommu_type1_dma_map>(), 32);
+    }
+
+    #[test]
+    fn bar_registers_are_aligned_and_inside() {
+        let bar: MmapRegion = MmapRegion::new(0x10000).unwrap();
+        bar_reg::<u32>(&bar, 0x24).unwrap().store(0xDEAD_BEEF);
+        assert_eq!(bar_reg::<u32>(&bar, 0x24).unwrap().load(), 0xDEAD_BEEF);
+        bar_reg::<u64>(&bar, 0xFFF8)
+            .unwrap()
+            .store(0x1122_3344_5566_7788);
+        assert_eq!(bar_reg::<u32>(&bar, 0xFFFC).unwrap().load(), 0x1122_3344);
+        assert!(bar_reg::<u32>(&bar, 0x22).is_err(), "misaligned");
+        assert!(bar_reg::<u64>(&bar, 0x24).is_err(), "misaligned");
+        assert!(bar_reg::<u32>(&bar, 0x10000).is_err(), "outside");
+        assert!(bar_reg::<u64>(&bar, u32::MAX - 7).is_err(), "outside");
     }
 }
