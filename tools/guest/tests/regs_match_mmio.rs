@@ -301,7 +301,7 @@ fn the_device_decodes_the_guest_offsets() {
         for d in CHANNEL_REGS {
             assert_eq!(
                 rf.decode(regs::channel_reg(ch, guest_channel(d.reg))),
-                Decoded::Register(RegRef::Channel(ch, d.reg)),
+                Decoded::Register(RegRef::Channel(mmio::regs::ChannelId(ch), d.reg)),
                 "channel {ch} register {}",
                 d.name
             );
