@@ -50,21 +50,25 @@ pub struct CpuEngine {
 
 impl CpuEngine {
     /// An engine with `workers` threads (at least one).
-    pub fn new(workers: usize) -> Self {
+    pub fn new(workers: usize) -> Result<Self, BackendError> {
         let pool = Arc::new(Pool {
             queue: Mutex::new(Queue::default()),
             ready: Condvar::new(),
         });
-        let workers = (0..workers.max(1))
-            .map(|i| {
-                let pool = pool.clone();
-                std::thread::Builder::new()
-                    .name(format!("cpu-engine-{i}"))
-                    .spawn(move || worker(pool))
-                    .expect("spawn cpu engine worker")
-            })
-            .collect();
-        CpuEngine { pool, workers }
+        // Dropping the engine built so far stops the workers already running.
+        let mut engine = CpuEngine {
+            pool,
+            workers: Vec::new(),
+        };
+        for i in 0..workers.max(1) {
+            let pool = engine.pool.clone();
+            let w = std::thread::Builder::new()
+                .name(format!("cpu-engine-{i}"))
+                .spawn(move || worker(pool))
+                .map_err(BackendError::Thread)?;
+            engine.workers.push(w);
+        }
+        Ok(engine)
     }
 }
 

@@ -57,13 +57,15 @@ pub const STATE_FAULTED: u32 = ChannelState::Faulted as u32;
 /// Guest RAM: a memfd of `size` bytes, sealed against resizing as QEMU's
 /// memfd backend does.
 pub fn memfd(size: u64) -> File {
-    // SAFETY: memfd_create with a valid C string; the fd is owned by the File.
+    // SAFETY: memfd_create only reads the NUL-terminated literal name.
     let fd = unsafe { libc::memfd_create(c"guest-ram".as_ptr(), libc::MFD_ALLOW_SEALING) };
     assert!(fd >= 0, "memfd_create failed");
-    // SAFETY: fd is a fresh, owned descriptor.
+    // SAFETY: `fd` is the new descriptor memfd_create just returned (checked
+    // >= 0), owned by nothing else, so the File may own and close it.
     let f = unsafe { File::from_raw_fd(fd) };
     f.set_len(size).expect("size memfd");
-    // SAFETY: adds seals to the descriptor we own.
+    // SAFETY: fcntl(F_ADD_SEALS) takes an integer argument, touches no
+    // process memory, and `f` is an open descriptor this function owns.
     let sealed = unsafe {
         libc::fcntl(
             f.as_raw_fd(),
@@ -100,7 +102,7 @@ impl EventCounter {
 }
 
 pub fn engine() -> CpuEngine {
-    CpuEngine::new(2)
+    CpuEngine::new(2).expect("start the cpu engine")
 }
 
 /// One guest with one vGPU.
@@ -152,7 +154,9 @@ impl Guest {
     pub fn attach(vgpu: Vgpu, ram_mib: u64) -> Guest {
         let size = ram_mib << 20;
         let fd = memfd(size);
-        // SAFETY: the memfd is private to this harness and outlives the map.
+        // SAFETY: the mapping stays valid while it lives: the memfd is this
+        // harness's own (no other process can truncate it) and sealed
+        // against shrinking, so no access can hit a page beyond its end.
         let ram = unsafe { MmapMut::map_mut(&fd) }.expect("map guest ram");
         let vram_size = vgpu.config().vram_bytes;
         vgpu.dma_map(RAM_GPA, size, fd, 0, true).expect("dma map");

@@ -90,15 +90,22 @@ struct FileMap {
     _file: File,
 }
 
-// SAFETY: a shared mapping, accessed through vm-memory's volatile slices.
+// SAFETY: FileMap owns its mapping outright (the raw pointer is the only
+// thing keeping it from being Send automatically): it is created and unmapped
+// exactly once, and the memory behind it is only ever accessed through
+// vm-memory's volatile slices, which are sound to use from any thread.
 unsafe impl Send for FileMap {}
-// SAFETY: as above.
+// SAFETY: `&FileMap` gives no access to the memory itself (only `len`, flags
+// and the pointer value, all immutable after creation); concurrent access goes
+// through volatile slices of the regions that look into it.
 unsafe impl Sync for FileMap {}
 
 impl Drop for FileMap {
     fn drop(&mut self) {
-        // SAFETY: the mapping this struct created; no region refers to it
-        // any more (each region's owner entry goes only after its users).
+        // SAFETY: `ptr..ptr+len` is exactly the mapping `file_map` made for
+        // this struct, unmapped only here; no region looks into it any more,
+        // since each region holds an Arc of this FileMap until its last user
+        // (a snapshot) is gone.
         unsafe {
             if self.pinned {
                 libc::munlock(self.ptr.as_ptr().cast(), self.len);
@@ -214,7 +221,8 @@ impl GuestRam {
     /// The mapping of `fd`'s backing file: the one already made, or a new
     /// one of the whole file, pinned.
     fn file_map(&self, fd: File, meta: &std::fs::Metadata) -> Result<Arc<FileMap>, MemError> {
-        // SAFETY: F_GETFL only reads the flags of a descriptor we own.
+        // SAFETY: fcntl(F_GETFL) takes no pointer argument; it only reads the
+        // status flags of `fd`, an open descriptor owned by this call.
         let mode = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) } & libc::O_ACCMODE;
         let key = (meta.dev(), meta.ino(), mode);
         let mut files = lock(&self.files);
@@ -239,7 +247,9 @@ impl GuestRam {
         let len = usize::try_from(meta.len()).map_err(|_| too_large)?;
         let writable = mode == libc::O_RDWR;
         let prot = libc::PROT_READ | if writable { libc::PROT_WRITE } else { 0 };
-        // SAFETY: a fresh shared mapping of the whole file; checked.
+        // SAFETY: a new mapping at an address the kernel chooses (a null
+        // hint), so no existing memory is replaced; `len` is the file's size
+        // and the result is checked against MAP_FAILED below.
         let p = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
@@ -263,7 +273,8 @@ impl GuestRam {
                 "mmap returned address 0",
             ))
         })?;
-        // SAFETY: the range is exactly the mapping just made.
+        // SAFETY: mlock only changes residency of `p..p+len`, which is
+        // exactly the mapping just made and owned by nothing else yet.
         let pinned = unsafe { libc::mlock(p, len) } == 0;
         if pinned {
             self.pinned.fetch_add(len as u64, Ordering::Relaxed);
@@ -447,9 +458,11 @@ impl MmapSlice for GuestRegionMmap {
 
 /// The host's physical memory.
 fn host_memory_bytes() -> u64 {
-    // SAFETY: sysinfo fills the struct it is given.
+    // SAFETY: libc::sysinfo is a plain C struct of integers, for which all
+    // zero bytes is a valid value.
     let mut si: libc::sysinfo = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
+    // SAFETY: sysinfo(2) writes only into the struct it is given, which is a
+    // live, exclusively borrowed `libc::sysinfo` of the right layout.
     if unsafe { libc::sysinfo(&mut si) } != 0 {
         return u64::MAX;
     }
@@ -460,7 +473,8 @@ fn host_memory_bytes() -> u64 {
 /// default), so that its size can no longer go below a mapping.
 fn shrink_sealed(fd: &File) -> bool {
     use std::os::fd::AsRawFd;
-    // SAFETY: F_GET_SEALS only reads the seals of a descriptor we own.
+    // SAFETY: fcntl(F_GET_SEALS) takes no pointer argument; it only reads the
+    // seals of `fd`, an open descriptor borrowed for the call.
     let seals = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) };
     seals >= 0 && seals & libc::F_SEAL_SHRINK != 0
 }

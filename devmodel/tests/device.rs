@@ -772,7 +772,7 @@ fn pipelined_engine_commands_keep_channel_order_and_host_methods_wait() {
     // copies, each reading what the one before wrote, only comes out right
     // if the channel's items run in order. Each copy is its own GPFIFO entry,
     // so the front end fetches entries ahead while earlier copies run.
-    let e = devmodel::CpuEngine::new(4);
+    let e = devmodel::CpuEngine::new(4).unwrap();
     let mut g = Guest::new(&e, 64, 8, 1);
     let mut ch = g.channel(0, 32);
     const LEN: u64 = 1 << 20;

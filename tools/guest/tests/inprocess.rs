@@ -135,7 +135,7 @@ fn open(engine: &CpuEngine, channels: u32) -> vgpu_guest::Device {
 
 #[test]
 fn selftest_passes_on_the_cpu_engine() {
-    let engine = CpuEngine::new(2);
+    let engine = CpuEngine::new(2).unwrap();
     let mut dev = open(&engine, 4);
     let report = vgpu_guest::selftest::run_with(&mut dev, &mut |c| println!("{c}"));
     assert!(
@@ -152,7 +152,7 @@ fn selftest_passes_on_the_cpu_engine() {
 
 #[test]
 fn selftest_with_a_single_channel() {
-    let engine = CpuEngine::new(1);
+    let engine = CpuEngine::new(1).unwrap();
     let mut dev = open(&engine, 1);
     let report = vgpu_guest::selftest::run(&mut dev);
     assert!(
@@ -164,7 +164,7 @@ fn selftest_with_a_single_channel() {
 
 #[test]
 fn selftest_with_scattered_pages() {
-    let engine = CpuEngine::new(2);
+    let engine = CpuEngine::new(2).unwrap();
     let mut dev = vgpu_guest::Device::open(Box::new(InProcess::scattered(&engine, 2, 8)))
         .expect("open device");
     let report = vgpu_guest::selftest::run(&mut dev);
@@ -177,7 +177,7 @@ fn selftest_with_scattered_pages() {
 
 #[test]
 fn spin_load_reports_completions() {
-    let engine = CpuEngine::new(2);
+    let engine = CpuEngine::new(2).unwrap();
     let mut dev = open(&engine, 4);
     let cfg = vgpu_guest::load::LoadConfig {
         unit_us: 200,
@@ -197,7 +197,7 @@ fn spin_load_reports_completions() {
 
 #[test]
 fn vram_and_va_are_returned_on_free() {
-    let engine = CpuEngine::new(1);
+    let engine = CpuEngine::new(1).unwrap();
     let mut dev = open(&engine, 1);
     let before = dev.vram_free();
     let mut ch = vgpu_guest::Channel::new(&mut dev, 0, vgpu_guest::ChannelConfig::default())

@@ -19,7 +19,8 @@ pub fn readable(stop: &EventFd, fds: &[RawFd]) -> Option<Vec<bool>> {
         })
         .collect();
     loop {
-        // SAFETY: `p` is a valid array of pollfd for the call's duration.
+        // SAFETY: poll(2) reads and writes exactly `p.len()` pollfd entries
+        // at `p.as_mut_ptr()`, a live, exclusively borrowed Vec.
         let n = unsafe { libc::poll(p.as_mut_ptr(), p.len() as libc::nfds_t, -1) };
         if n >= 0 {
             break;

@@ -66,7 +66,8 @@ impl Vgpud {
     /// SIGTERM and wait for a clean exit.
     fn stop(&mut self) {
         let mut c = self.child.take().unwrap();
-        // SAFETY: kill on our own child.
+        // SAFETY: kill(2) takes no pointers; the pid is our own child, not
+        // yet waited for, so it cannot have been reused.
         unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
         let status = c.wait().unwrap();
         assert!(status.success(), "vgpud exit {status}");

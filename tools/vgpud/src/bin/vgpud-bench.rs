@@ -55,7 +55,7 @@ fn main() -> Result<(), String> {
     let n = iterations.max(100);
 
     // Baseline: the device model's face, called in-process.
-    let engine = CpuEngine::new(1);
+    let engine = CpuEngine::new(1).map_err(|e| format!("cpu engine: {e}"))?;
     let identity = PciIdentity {
         vendor_id: 0x7667,
         device_id: 0x1001,

@@ -88,7 +88,7 @@ impl Daemon {
         let mut parents = BTreeMap::new();
         for p in &catalog.parents {
             let backend: Box<dyn devmodel::Backend> = match p.engine {
-                Engine::Cpu => Box::new(CpuEngine::new(workers)),
+                Engine::Cpu => Box::new(CpuEngine::new(workers).expect("TODO-H2-MERGE")),
             };
             let parent = Parent::new(&p.id, backend, config.parent_policy(&p.id));
             parents.insert(

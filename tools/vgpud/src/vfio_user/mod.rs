@@ -46,9 +46,7 @@ use vfio_bindings::bindings::vfio::{
 };
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
-use wire::{
-    Command, DmaMap, DmaUnmap, Fields, Header, Payload, RegionAccess, SetIrqs, HEADER_SIZE,
-};
+use wire::{DmaMap, DmaUnmap, Fields, Header, Opcode, Payload, RegionAccess, SetIrqs, HEADER_SIZE};
 
 /// How long the rest of a message may take once its header arrived, and
 /// how long a reply may wait for the client to read.
@@ -305,7 +303,9 @@ fn read_header(stream: &mut UnixStream) -> Result<(Header, Vec<File>), End> {
         Err(e) => return Err(End::Violation(format!("receive failed: {e}"))),
     };
     // Own every descriptor at once so that all paths close them.
-    // SAFETY: the kernel just installed these descriptors for us.
+    // SAFETY: recvmsg installed exactly `nfds` new descriptors in this
+    // process and nothing else refers to them: each File takes sole
+    // ownership of one and closes it on every path.
     let fds: Vec<File> = raw_fds[..nfds]
         .iter()
         .map(|&fd| unsafe { File::from_raw_fd(fd) })
@@ -346,26 +346,26 @@ fn errno_of(e: &DeviceError) -> i32 {
 
 impl Session<'_> {
     fn handle(&mut self, h: &Header, body: &[u8], fds: Vec<File>) -> Result<Vec<u8>, i32> {
-        let cmd = Command::from_u16(h.command).ok_or(libc::ENOSYS)?;
-        if !self.versioned && cmd != Command::Version {
+        let cmd = Opcode::from_u16(h.command).ok_or(libc::ENOSYS)?;
+        if !self.versioned && cmd != Opcode::Version {
             return Err(libc::EINVAL);
         }
         // Only these commands carry descriptors.
-        if !fds.is_empty() && !matches!(cmd, Command::DmaMap | Command::DeviceSetIrqs) {
+        if !fds.is_empty() && !matches!(cmd, Opcode::DmaMap | Opcode::DeviceSetIrqs) {
             return Err(libc::EINVAL);
         }
         let einval = |_| libc::EINVAL;
         match cmd {
-            Command::Version => self.version(body),
-            Command::DmaMap => {
+            Opcode::Version => self.version(body),
+            Opcode::DmaMap => {
                 let m = DmaMap::decode(body).map_err(einval)?;
                 self.dma_map(m, fds)
             }
-            Command::DmaUnmap => {
+            Opcode::DmaUnmap => {
                 let u = DmaUnmap::decode(body).map_err(einval)?;
                 self.dma_unmap(u)
             }
-            Command::DeviceGetInfo => {
+            Opcode::DeviceGetInfo => {
                 let argsz = Fields::new(body).u32().map_err(einval)?;
                 if argsz < 16 {
                     return Err(libc::EINVAL);
@@ -377,7 +377,7 @@ impl Session<'_> {
                     .u32(NUM_IRQ_INDEXES)
                     .0)
             }
-            Command::DeviceGetRegionInfo => {
+            Opcode::DeviceGetRegionInfo => {
                 let mut f = Fields::new(body);
                 let argsz = f.u32().map_err(einval)?;
                 let _flags = f.u32().map_err(einval)?;
@@ -400,7 +400,7 @@ impl Session<'_> {
                     .u64(0)
                     .0)
             }
-            Command::DeviceGetIrqInfo => {
+            Opcode::DeviceGetIrqInfo => {
                 let mut f = Fields::new(body);
                 let argsz = f.u32().map_err(einval)?;
                 let _flags = f.u32().map_err(einval)?;
@@ -421,11 +421,11 @@ impl Session<'_> {
                     .u32(irq.count)
                     .0)
             }
-            Command::DeviceSetIrqs => {
+            Opcode::DeviceSetIrqs => {
                 let s = SetIrqs::decode(body).map_err(einval)?;
                 self.set_irqs(s, fds)
             }
-            Command::RegionRead => {
+            Opcode::RegionRead => {
                 let a = RegionAccess::decode(body).map_err(einval)?;
                 if a.count > wire::MAX_DATA_XFER {
                     return Err(libc::EINVAL);
@@ -438,7 +438,7 @@ impl Session<'_> {
                     .map_err(|e| errno_of(&e))?;
                 Ok(p.0)
             }
-            Command::RegionWrite => {
+            Opcode::RegionWrite => {
                 let a = RegionAccess::decode(body).map_err(einval)?;
                 let data = &body[RegionAccess::SIZE..];
                 if data.len() != a.count as usize {
@@ -449,19 +449,19 @@ impl Session<'_> {
                     .map_err(|e| errno_of(&e))?;
                 Ok(a.encode().0)
             }
-            Command::DeviceReset => {
+            Opcode::DeviceReset => {
                 self.vgpu.reset();
                 Ok(Vec::new())
             }
             // Not offered: no mappable regions with io fds, no DMA through
             // messages, no coalesced writes, no migration.
-            Command::DeviceGetRegionIoFds
-            | Command::DmaRead
-            | Command::DmaWrite
-            | Command::RegionWriteMulti
-            | Command::DeviceFeature
-            | Command::MigDataRead
-            | Command::MigDataWrite => Err(libc::ENOTSUP),
+            Opcode::DeviceGetRegionIoFds
+            | Opcode::DmaRead
+            | Opcode::DmaWrite
+            | Opcode::RegionWriteMulti
+            | Opcode::DeviceFeature
+            | Opcode::MigDataRead
+            | Opcode::MigDataWrite => Err(libc::ENOTSUP),
         }
     }
 

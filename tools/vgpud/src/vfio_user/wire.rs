@@ -25,9 +25,9 @@ pub const FLAG_TYPE_REPLY: u32 = 1;
 pub const FLAG_NO_REPLY: u32 = 1 << 4;
 pub const FLAG_ERROR: u32 = 1 << 5;
 
-/// Command numbers.
+/// Message opcodes (the header's `command` field).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Command {
+pub enum Opcode {
     Version,
     DmaMap,
     DmaUnmap,
@@ -47,9 +47,9 @@ pub enum Command {
     MigDataWrite,
 }
 
-impl Command {
-    pub fn from_u16(v: u16) -> Option<Command> {
-        use Command::*;
+impl Opcode {
+    pub fn from_u16(v: u16) -> Option<Opcode> {
+        use Opcode::*;
         Some(match v {
             1 => Version,
             2 => DmaMap,
