@@ -327,6 +327,12 @@ impl Guest {
 
     /// Append `words` as one segment and ring the doorbell.
     pub fn submit(&mut self, ch: &mut Chan, words: &[u32]) {
+        let entry = self.segment(ch, words);
+        self.submit_entry(ch, entry);
+    }
+
+    /// Write `words` into the channel's pushbuffer; the GPFIFO entry for it.
+    pub fn segment(&mut self, ch: &mut Chan, words: &[u32]) -> u64 {
         let len = words.len() as u64 * 4;
         if ch.pb_used + len > PB_BYTES {
             ch.pb_used = 0;
@@ -335,7 +341,7 @@ impl Guest {
         let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
         self.w(gpa, &bytes);
         ch.pb_used += (len + 7) & !7;
-        self.submit_entry(ch, GpfifoEntry::new(va, words.len() as u32).0);
+        GpfifoEntry::new(va, words.len() as u32).0
     }
 
     /// Append a raw GPFIFO entry and ring the doorbell.
@@ -344,6 +350,35 @@ impl Guest {
         ch.put = (ch.put + 1) % ch.entries;
         self.w32(ch.userd_gpa, ch.put);
         self.set_reg(DOORBELL, ch.id);
+    }
+
+    /// Append a raw GPFIFO entry and ring the doorbell the ABI 1.1 way:
+    /// store `GP_PUT` to USERD and to the doorbell page, fence, and ring the
+    /// trapped `DOORBELL` only if the device says it is not polling.
+    /// Returns whether the doorbell trapped.
+    pub fn submit_entry_untrapped(&mut self, db: &DoorbellMap, ch: &mut Chan, entry: u64) -> bool {
+        self.w64(ch.gpfifo_gpa + 8 * ch.put as u64, entry);
+        ch.put = (ch.put + 1) % ch.entries;
+        self.w32(ch.userd_gpa, ch.put);
+        db.store_put(ch.id, ch.put);
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        if db.device_polling() {
+            false
+        } else {
+            self.set_reg(DOORBELL, ch.id);
+            true
+        }
+    }
+
+    /// Map this vGPU's doorbell page as a VMM would hand it to the guest.
+    pub fn map_doorbell(&self) -> DoorbellMap {
+        let file = self.vgpu.doorbell_file().expect("doorbell file");
+        let map = vm_memory::MmapRegion::from_file(
+            vm_memory::FileOffset::new(file, 0),
+            mmio::bar::BAR4_SIZE as usize,
+        )
+        .expect("map doorbell page");
+        DoorbellMap(map)
     }
 
     /// Wait until the channel has consumed everything or stopped.
@@ -374,6 +409,36 @@ impl Guest {
             );
             std::thread::sleep(Duration::from_micros(200));
         }
+    }
+}
+
+/// The doorbell page as the driver sees it (mapped, no trap).
+pub struct DoorbellMap(vm_memory::MmapRegion);
+
+impl DoorbellMap {
+    fn slice(&self) -> vm_memory::VolatileSlice<'_, vm_memory::bitmap::BS<'_, ()>> {
+        use vm_memory::VolatileMemory;
+        self.0.as_volatile_slice()
+    }
+    /// Store channel `ch`'s `DB_PUT`.
+    pub fn store_put(&self, ch: u32, put: u32) {
+        use vm_memory::Bytes;
+        let at = mmio::doorbell::put_offset(ch) as usize;
+        self.slice()
+            .store(put, at, std::sync::atomic::Ordering::SeqCst)
+            .expect("DB_PUT store");
+    }
+    /// `DB_DEVICE.POLLING`.
+    pub fn device_polling(&self) -> bool {
+        use vm_memory::Bytes;
+        let v: u32 = self
+            .slice()
+            .load(
+                mmio::doorbell::DEVICE_OFFSET as usize,
+                std::sync::atomic::Ordering::SeqCst,
+            )
+            .expect("DB_DEVICE load");
+        v & mmio::doorbell::DEVICE_POLLING != 0
     }
 }
 

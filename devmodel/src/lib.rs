@@ -21,6 +21,7 @@ pub mod channel;
 pub mod classes;
 pub mod command;
 pub mod cpu_engine;
+pub mod doorbell;
 pub mod gmmu;
 #[cfg(feature = "harness")]
 pub mod harness;
@@ -46,6 +47,8 @@ pub enum DeviceError {
     BadIrq { index: u32, start: u32, count: u32 },
     #[error(transparent)]
     Backend(#[from] backend::BackendError),
+    #[error("cannot create the doorbell page")]
+    DoorbellPage(#[source] std::io::Error),
     #[error("cannot start the vGPU front end thread")]
     Thread(#[source] std::io::Error),
 }

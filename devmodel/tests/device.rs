@@ -23,7 +23,12 @@ fn identity_registers_and_bar_sizing() {
     let e = engine();
     let g = Guest::new(&e, 4, 16, 4);
     assert_eq!(g.reg(ID), ID_MAGIC);
-    assert_eq!(g.reg(0x004), 0x0001_0000);
+    assert_eq!(g.reg(0x004), 0x0001_0001, "ABI 1.1");
+    assert_eq!(
+        g.reg(0x008),
+        0x0106,
+        "CAPS: large pages, doorbell page, 1 vector"
+    );
     assert_eq!(g.reg(0x00C), 4);
     assert_eq!(g.reg(0x010), 16 << 20);
     assert_eq!(g.reg(0x014), 0);
@@ -37,6 +42,9 @@ fn identity_registers_and_bar_sizing() {
     assert_eq!(g.cfg32(0x10), 0xFFFF_0000);
     assert_eq!(g.cfg32(0x14), 0);
     assert_eq!(g.cfg32(0x18), 0xFFFF_F000);
+    assert_eq!(g.cfg32(0x1C), 0);
+    assert_eq!(g.cfg32(0x20), 0xFFFF_F000, "BAR4: the doorbell page");
+    assert_eq!(g.cfg32(0x24), 0);
     // Holes read zero and ignore writes; bad widths are errors.
     g.set_reg(0x0FC, 0xDEAD_BEEF);
     assert_eq!(g.reg(0x0FC), 0);

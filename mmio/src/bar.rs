@@ -6,8 +6,9 @@
 //! |-----|------|------|----------|
 //! | 0 | 32-bit memory, non-prefetchable | 64 KiB | registers ([`crate::regs`]) |
 //! | 2 | 32-bit memory, non-prefetchable | 4 KiB | MSI-X table (offset 0) and PBA (offset 0x800) |
+//! | 4 | 32-bit memory, non-prefetchable | 4 KiB | the doorbell page ([`crate::doorbell`], ABI 1.1): memory shared with the device, mappable |
 //!
-//! BARs 1, 3, 4 and 5 are not implemented (read as zero, sizing returns 0).
+//! BARs 1, 3 and 5 are not implemented (read as zero, sizing returns 0).
 //! A vfio-pci device reports nine regions (BAR0–5, expansion ROM, config
 //! space, VGA) and five interrupt indexes (INTx, MSI, MSI-X, ERR, REQ);
 //! the vGPU implements three regions and MSI-X.
@@ -18,6 +19,8 @@ use crate::pci::CONFIG_SPACE_SIZE;
 pub const BAR0_SIZE: u64 = 0x1_0000;
 /// Size of BAR2, which holds the MSI-X table and pending-bit array.
 pub const BAR2_SIZE: u64 = 0x1000;
+/// Size of BAR4, the doorbell page.
+pub const BAR4_SIZE: u64 = 0x1000;
 /// Offset of the MSI-X table inside BAR2.
 pub const MSIX_TABLE_OFFSET: u32 = 0x000;
 /// Offset of the MSI-X pending-bit array inside BAR2.
@@ -29,6 +32,8 @@ pub const MSIX_VECTORS: u16 = 1;
 pub const REGION_BAR0: u32 = 0;
 /// vfio region index of BAR2.
 pub const REGION_BAR2: u32 = 2;
+/// vfio region index of BAR4, the doorbell page.
+pub const REGION_BAR4: u32 = 4;
 /// vfio region index of the configuration space (`VFIO_PCI_CONFIG_REGION_INDEX`).
 pub const REGION_CONFIG: u32 = 7;
 /// Number of vfio regions a vfio-pci device reports (BAR0-5, ROM, config, VGA).
@@ -50,6 +55,10 @@ pub struct RegionInfo {
     pub size: u64,
     /// The guest may read and write it (every implemented region may).
     pub rw: bool,
+    /// Backed by memory shared with the device, which a VMM may map into
+    /// the guest (vfio `MMAP` flag, with the backing file): guest accesses
+    /// then never leave the guest.
+    pub mappable: bool,
 }
 
 /// Every vfio region, by index.
@@ -58,7 +67,10 @@ pub const REGIONS: [RegionInfo; NUM_REGIONS as usize] = [
     region(1, "BAR1", 0),
     region(REGION_BAR2, "BAR2 (MSI-X)", BAR2_SIZE),
     region(3, "BAR3", 0),
-    region(4, "BAR4", 0),
+    RegionInfo {
+        mappable: true,
+        ..region(REGION_BAR4, "BAR4 (doorbell page)", BAR4_SIZE)
+    },
     region(5, "BAR5", 0),
     region(6, "expansion ROM", 0),
     region(REGION_CONFIG, "configuration space", CONFIG_SPACE_SIZE),
@@ -71,6 +83,7 @@ const fn region(index: u32, name: &'static str, size: u64) -> RegionInfo {
         name,
         size,
         rw: size > 0,
+        mappable: false,
     }
 }
 
@@ -140,6 +153,17 @@ mod tests {
         assert_eq!(
             (bar_size(0), bar_size(1), bar_size(2)),
             (BAR0_SIZE, 0, BAR2_SIZE)
+        );
+        assert_eq!((bar_size(3), bar_size(4), bar_size(5)), (0, BAR4_SIZE, 0));
+        let mappable: Vec<u32> = REGIONS
+            .iter()
+            .filter(|r| r.mappable)
+            .map(|r| r.index)
+            .collect();
+        assert_eq!(
+            mappable,
+            [REGION_BAR4],
+            "only the doorbell page is shared memory"
         );
         assert_eq!(bar_size(6), 0, "the ROM is no BAR");
         assert_eq!(bar_size(7), 0, "config space is no BAR");

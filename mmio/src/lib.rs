@@ -6,7 +6,8 @@
 //! about channels, scheduling or transports. The device model (`devmodel`)
 //! owns the behaviour behind the registers.
 //!
-//! * [`bar`]: BAR numbering, sizes and the vfio region indices they map to.
+//! * [`bar`]: BAR numbering, sizes, and the vfio regions and interrupts as tables.
+//! * [`doorbell`]: the doorbell page shared with the driver (ABI 1.1).
 //! * [`regs`]: the BAR0 register map, declared once as data, and register
 //!   bitfields.
 //! * [`regfile`]: the MMIO dispatch table and register storage (access width
@@ -15,6 +16,7 @@
 //!   register and a capability list (MSI-X, PCI Express with FLR).
 
 pub mod bar;
+pub mod doorbell;
 pub mod pci;
 pub mod regfile;
 pub mod regs;

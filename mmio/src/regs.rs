@@ -11,7 +11,7 @@ use bitfield::bitfield;
 /// `ID` register value: ASCII "VGPU" read as a little-endian dword.
 pub const ID_MAGIC: u32 = 0x5550_4756;
 /// `VERSION` register value: ABI major 1, minor 0.
-pub const ABI_VERSION: u32 = 0x0001_0000;
+pub const ABI_VERSION: u32 = 0x0001_0001;
 /// Offset of channel 0's register block.
 pub const CHANNEL_BASE: u32 = 0x1000;
 /// Distance between two channels' register blocks.
@@ -298,6 +298,8 @@ bitfield! {
     pub ptx, set_ptx: 0;
     /// 2 MiB GMMU pages are supported (always 1 in ABI v1).
     pub large_pages, set_large_pages: 1;
+    /// BAR4 is the doorbell page (ABI 1.1, [`crate::doorbell`]).
+    pub doorbell_page, set_doorbell_page: 2;
     /// Number of MSI-X vectors.
     pub u8, msix_vectors, set_msix_vectors: 15, 8;
 }

@@ -19,17 +19,21 @@ mod pfifo;
 mod regs;
 
 use std::fs::File;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use mmio::bar::{irq_info, region_info, MSIX_PBA_OFFSET, REGION_BAR0, REGION_BAR2, REGION_CONFIG};
+use mmio::bar::{
+    irq_info, region_info, MSIX_PBA_OFFSET, REGION_BAR0, REGION_BAR2, REGION_BAR4, REGION_CONFIG,
+};
 use mmio::pci::{ConfigSpace, PciIdentity};
 use mmio::regs::{Caps, ChannelId, GlobalReg};
 use mmio::{RegRef, RegisterFile};
 
 use crate::backend::{Backend, EngineContext};
 use crate::channel::Channel;
+use crate::doorbell::DoorbellPage;
 use crate::gmmu::Gmmu;
 use crate::memory::GuestRam;
 use crate::sync::{lock, wait};
@@ -59,7 +63,16 @@ pub struct VgpuStats {
     pub pinned_bytes: u64,
     pub bad_accesses: u64,
     pub resets: u64,
+    /// Doorbells the front end saw by polling the doorbell page.
+    pub doorbells_polled: u64,
+    /// Doorbells that trapped: `DOORBELL` register writes, and writes to
+    /// the doorbell page by a VMM that did not map it.
+    pub doorbells_trapped: u64,
 }
+
+/// How long the front end keeps polling the doorbell page after it last
+/// had something to do, before it sleeps (and the driver must trap).
+pub const DEFAULT_POLL_WINDOW: Duration = Duration::from_micros(100);
 
 /// A runlist entry as submitted by the guest.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -103,6 +116,12 @@ struct Core {
     ctx: Arc<dyn EngineContext>,
     state: Mutex<State>,
     wake: Condvar,
+    /// Set with every wake-up, for a front end that polls instead of
+    /// waiting on `wake`.
+    nudged: AtomicBool,
+    doorbell: DoorbellPage,
+    /// [`DEFAULT_POLL_WINDOW`] unless changed, in ns.
+    poll_window_ns: AtomicU64,
     born: Instant,
 }
 
@@ -126,6 +145,7 @@ impl Vgpu {
         let mut caps = Caps(0);
         caps.set_large_pages(true);
         caps.set_msix_vectors(mmio::bar::MSIX_VECTORS as u8);
+        caps.set_doorbell_page(true);
         regs.set(RegRef::Global(GlobalReg::Caps), caps.0);
         regs.set(RegRef::Global(GlobalReg::NumChannels), regs.channels());
         regs.set_pair(
@@ -151,12 +171,17 @@ impl Vgpu {
             timer_latch: 0,
             stats: VgpuStats::default(),
         };
+        let doorbell =
+            DoorbellPage::new(state.regs.channels()).map_err(DeviceError::DoorbellPage)?;
         let core = Arc::new(Core {
             cfg,
             mem: Arc::new(GuestRam::new()),
             ctx,
             state: Mutex::new(state),
             wake: Condvar::new(),
+            nudged: AtomicBool::new(false),
+            doorbell,
+            poll_window_ns: AtomicU64::new(DEFAULT_POLL_WINDOW.as_nanos() as u64),
             born: Instant::now(),
         });
         let c = core.clone();
@@ -174,7 +199,21 @@ impl Vgpu {
         &self.core.cfg
     }
 
-    /// Read from a vfio region (config space, BAR0, BAR2).
+    /// The doorbell page's backing file (a new descriptor), for a VMM to map
+    /// as BAR4.
+    pub fn doorbell_file(&self) -> std::io::Result<File> {
+        self.core.doorbell.file()
+    }
+
+    /// How long the front end polls the doorbell page after its last work
+    /// before it sleeps ([`DEFAULT_POLL_WINDOW`]); zero sleeps at once.
+    pub fn set_poll_window(&self, window: Duration) {
+        self.core
+            .poll_window_ns
+            .store(window.as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    /// Read from a vfio region (config space, BAR0, BAR2, BAR4).
     pub fn region_read(&self, index: u32, offset: u64, data: &mut [u8]) -> Result<(), DeviceError> {
         let size = implemented(index)?;
         let mut st = self.core.lock();
@@ -194,11 +233,18 @@ impl Vgpu {
                 data.copy_from_slice(&st.msix[r]);
                 Ok(())
             }
+            REGION_BAR4 => {
+                range(offset, data.len(), size)?;
+                self.core
+                    .doorbell
+                    .read(offset, data)
+                    .map_err(|_| out_of_range(offset, data.len(), size))
+            }
             _ => Err(DeviceError::NoSuchRegion(index)),
         }
     }
 
-    /// Write to a vfio region (config space, BAR0, BAR2).
+    /// Write to a vfio region (config space, BAR0, BAR2, BAR4).
     pub fn region_write(&self, index: u32, offset: u64, data: &[u8]) -> Result<(), DeviceError> {
         let size = implemented(index)?;
         let mut st = self.core.lock();
@@ -232,6 +278,23 @@ impl Vgpu {
                 let r = range(offset, data.len(), size)?;
                 if r.end <= MSIX_PBA_OFFSET as usize {
                     st.msix[r].copy_from_slice(data);
+                }
+                Ok(())
+            }
+            // The doorbell page, written through the VMM rather than mapped:
+            // a DB_PUT store is a doorbell that trapped.
+            REGION_BAR4 => {
+                range(offset, data.len(), size)?;
+                let rang = self
+                    .core
+                    .doorbell
+                    .write(offset, data)
+                    .map_err(|_| out_of_range(offset, data.len(), size))?;
+                if rang {
+                    let n = self.core.doorbell.take_rung(|ch| st.channel(ch).ring());
+                    st.stats.doorbells_trapped += n;
+                    drop(st);
+                    self.core.kick();
                 }
                 Ok(())
             }
@@ -320,7 +383,7 @@ pub fn check_irqs(index: u32, start: u32, count: usize) -> Result<(), DeviceErro
 impl Drop for Vgpu {
     fn drop(&mut self) {
         self.core.lock().shutdown = true;
-        self.core.wake.notify_all();
+        self.core.kick();
         if let Some(t) = self.pfifo.take() {
             let _ = t.join();
         }
@@ -339,12 +402,12 @@ fn implemented(index: u32) -> Result<u64, DeviceError> {
 fn range(offset: u64, len: usize, size: u64) -> Result<std::ops::Range<usize>, DeviceError> {
     match offset.checked_add(len as u64) {
         Some(end) if end <= size => Ok(offset as usize..end as usize),
-        _ => Err(DeviceError::Mmio(mmio::MmioError::OutOfRange {
-            offset,
-            len,
-            size,
-        })),
+        _ => Err(out_of_range(offset, len, size)),
     }
+}
+
+fn out_of_range(offset: u64, len: usize, size: u64) -> DeviceError {
+    DeviceError::Mmio(mmio::MmioError::OutOfRange { offset, len, size })
 }
 
 impl Core {
@@ -356,6 +419,12 @@ impl Core {
         self.born.elapsed().as_nanos() as u64
     }
 
+    /// Wake the front end, whether it waits or polls.
+    fn kick(&self) {
+        self.nudged.store(true, Ordering::Release);
+        self.wake.notify_all();
+    }
+
     /// Stop everything, drop queued work, wait for in-flight items, and
     /// return registers and channels to reset state. DMA maps, interrupt
     /// eventfds and VRAM contents are kept.
@@ -364,6 +433,7 @@ impl Core {
         st.generation += 1;
         st.regs.reset();
         st.channels.iter_mut().for_each(|c| *c = Channel::default());
+        self.doorbell.reset();
         st.mmu.invalidate();
         st.runlist = None;
         st.stats.resets += 1;

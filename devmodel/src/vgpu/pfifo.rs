@@ -5,8 +5,9 @@
 //! and hands engine operations to the backend. Completions come back from
 //! the backend's threads through [`Core::complete`].
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mmio::regs::{ChannelId, ChannelReg, ErrorCode, Intr};
 use mmio::RegRef;
@@ -94,16 +95,35 @@ fn access_error(e: &ExecError, target: &[Extent]) -> ChannelError {
 }
 
 impl Core {
-    /// The front-end thread: serve channels until nothing moves, then sleep
-    /// until a doorbell, a completion or a register write wakes it (or, with
-    /// an acquire waiting, until the next poll of its semaphore).
+    /// The front-end thread: serve channels until nothing moves; keep
+    /// polling the doorbell page for the poll window after the last work;
+    /// then stop publishing `POLLING` and sleep until a trapped doorbell, a
+    /// completion or a register write wakes it (or, with an acquire waiting,
+    /// until the next look at its semaphore).
     pub(super) fn pfifo(self: Arc<Self>) {
         let mut st = self.lock();
+        let mut poll_until = Instant::now();
         loop {
             if st.shutdown {
                 return;
             }
-            if self.step(&mut st) {
+            self.nudged.store(false, Ordering::Relaxed);
+            let rung = self.doorbell.take_rung(|ch| st.channel(ch).ring());
+            st.stats.doorbells_polled += rung;
+            if self.step(&mut st) || rung > 0 {
+                let window = Duration::from_nanos(self.poll_window_ns.load(Ordering::Relaxed));
+                poll_until = Instant::now() + window;
+                continue;
+            }
+            if Instant::now() < poll_until {
+                drop(st);
+                self.spin(poll_until);
+                st = self.lock();
+                continue;
+            }
+            let rung = self.doorbell.sleep(|ch| st.channel(ch).ring());
+            if rung > 0 {
+                st.stats.doorbells_polled += rung;
                 continue;
             }
             st = if st.channels.iter().any(|c| c.is_blocked()) {
@@ -111,6 +131,20 @@ impl Core {
             } else {
                 wait(&self.wake, st)
             };
+            self.doorbell.set_polling();
+        }
+    }
+
+    /// Poll without the state lock until a doorbell page store, a wake-up
+    /// or `deadline`.
+    fn spin(&self, deadline: Instant) {
+        let mut turns = 0u32;
+        while !self.nudged.load(Ordering::Acquire) && !self.doorbell.changed() {
+            turns = turns.wrapping_add(1);
+            if turns % 32 == 0 && Instant::now() >= deadline {
+                return;
+            }
+            std::hint::spin_loop();
         }
     }
 
@@ -361,6 +395,6 @@ impl Core {
             }
         }
         drop(st);
-        self.wake.notify_all();
+        self.kick();
     }
 }

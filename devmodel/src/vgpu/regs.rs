@@ -91,7 +91,9 @@ impl Core {
             RegRef::Global(GlobalReg::Doorbell) => match st.channels.get_mut(v as usize) {
                 Some(c) => {
                     c.ring();
-                    self.wake.notify_all();
+                    self.doorbell.acknowledge(ChannelId(v));
+                    st.stats.doorbells_trapped += 1;
+                    self.kick();
                 }
                 None => tracing::debug!(channel = v, "doorbell for a channel that does not exist"),
             },
@@ -106,6 +108,7 @@ impl Core {
     fn channel_ctrl(&self, st: &mut State, ch: ChannelId, old: u32, v: u32) {
         if v & ChannelCtrl::RESET != 0 {
             st.channel(ch).reset();
+            self.doorbell.reset_channel(ch);
             for r in [
                 ChannelReg::Ctrl,
                 ChannelReg::GpGet,
@@ -126,9 +129,10 @@ impl Core {
             match Instance::read(&self.mem, gpa) {
                 Ok(inst) => {
                     st.channel(ch).enable(inst);
+                    self.doorbell.reset_channel(ch);
                     st.regs.set(RegRef::Channel(ch, ChannelReg::GpGet), 0);
                     st.regs.set(RegRef::Channel(ch, ChannelReg::GpPut), 0);
-                    self.wake.notify_all();
+                    self.kick();
                 }
                 Err(code) => {
                     st.channel(ch).enable_invalid();
@@ -159,7 +163,7 @@ impl Core {
                     .collect();
                 self.ctx.set_runlist(&pairs);
                 st.runlist = Some(entries);
-                self.wake.notify_all();
+                self.kick();
             }
             None => {
                 info.set_rejected(true);
