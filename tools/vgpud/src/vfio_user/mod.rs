@@ -42,7 +42,7 @@ use mmio::bar::{irq_info, region_info, IRQ_INDEX_MSIX, NUM_IRQ_INDEXES, NUM_REGI
 use vfio_bindings::bindings::vfio::{
     VFIO_DEVICE_FLAGS_PCI, VFIO_DEVICE_FLAGS_RESET, VFIO_IRQ_INFO_EVENTFD, VFIO_IRQ_INFO_NORESIZE,
     VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_IRQ_SET_DATA_EVENTFD, VFIO_IRQ_SET_DATA_NONE,
-    VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE,
+    VFIO_REGION_INFO_FLAG_MMAP, VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE,
 };
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
@@ -198,6 +198,7 @@ impl Server {
         let mut session = Session {
             vgpu: &self.vgpu,
             versioned: false,
+            reply_fd: None,
             maps: Vec::new(),
         };
         let outcome = loop {
@@ -269,7 +270,11 @@ impl Server {
         };
         let mut msg = reply.encode().to_vec();
         msg.extend_from_slice(&payload);
-        stream.write_all(&msg).map_err(|_| End::Closed)
+        match session.reply_fd.take() {
+            // A mappable region's backing file travels with its info.
+            Some(fd) => send_with_fd(stream, &msg, &fd),
+            None => stream.write_all(&msg).map_err(|_| End::Closed),
+        }
     }
 }
 
@@ -321,10 +326,21 @@ fn read_header(stream: &mut UnixStream) -> Result<(Header, Vec<File>), End> {
     Ok((Header::decode(&buf), fds))
 }
 
+/// Send `msg` with `fd` attached (SCM_RIGHTS), all of it.
+fn send_with_fd(stream: &mut UnixStream, msg: &[u8], fd: &File) -> Result<(), End> {
+    let sent = stream
+        .send_with_fd(msg, fd.as_raw_fd())
+        .map_err(|_| End::Closed)?;
+    // The descriptor went with the first bytes; the rest follow plainly.
+    stream.write_all(&msg[sent..]).map_err(|_| End::Closed)
+}
+
 /// One client's state: what it mapped, whether it said hello.
 struct Session<'a> {
     vgpu: &'a Vgpu,
     versioned: bool,
+    /// A descriptor to send with the next reply (a mappable region's file).
+    reply_fd: Option<File>,
     /// DMA regions the client mapped: (address, size, backed by a file).
     maps: Vec<(u64, u64, bool)>,
 }
@@ -386,11 +402,24 @@ impl Session<'_> {
                 if argsz < 32 {
                     return Err(libc::EINVAL);
                 }
-                let flags = if region.rw {
+                let mut flags = if region.rw {
                     VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE
                 } else {
                     0
                 };
+                // Shared memory: the client may map the file sent with the
+                // reply (at offset 0) instead of trapping each access.
+                if region.mappable {
+                    match self.vgpu.doorbell_file() {
+                        Ok(f) => {
+                            flags |= VFIO_REGION_INFO_FLAG_MMAP;
+                            self.reply_fd = Some(f);
+                        }
+                        Err(e) => {
+                            tracing::warn!(vgpu = %self.vgpu.config().name, "doorbell page not offered for mapping: {e}")
+                        }
+                    }
+                }
                 Ok(Payload::default()
                     .u32(32)
                     .u32(flags)
