@@ -8,7 +8,7 @@
 
 use std::collections::VecDeque;
 
-use crate::policy::{Class, PolicyKind};
+use crate::policy::{LatencyClass, PolicyKind};
 use crate::Nanos;
 
 /// Accumulated GPU time of one vGPU or channel.
@@ -84,9 +84,9 @@ pub struct ChannelStats {
 
 /// Accounting for one vGPU.
 #[derive(Clone, Debug, PartialEq)]
-pub struct VgpuStats {
+pub struct VgpuShareStats {
     pub vgpu: u64,
-    pub class: Class,
+    pub class: LatencyClass,
     /// The share the policy promises now (strict policies), or the reservation
     /// (weighted); `None` for best effort.
     pub configured_share: Option<f64>,
@@ -120,12 +120,12 @@ pub struct ParentStats {
     /// Calls to `pick` that returned work.
     pub decisions: u64,
     /// Per vGPU, by key.
-    pub vgpus: Vec<VgpuStats>,
+    pub vgpus: Vec<VgpuShareStats>,
 }
 
 impl ParentStats {
     /// Stats of one vGPU.
-    pub fn vgpu(&self, vgpu: u64) -> Option<&VgpuStats> {
+    pub fn vgpu(&self, vgpu: u64) -> Option<&VgpuShareStats> {
         self.vgpus.iter().find(|v| v.vgpu == vgpu)
     }
 }

@@ -29,8 +29,8 @@ use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
 use crate::policy::{
-    Class, ParentPolicy, PolicyKind, VgpuParams, MAX_AVERAGING_FACTOR, MAX_TIMESLICE, MAX_WEIGHT,
-    MIN_TIMESLICE,
+    LatencyClass, ParentPolicy, PolicyKind, VgpuParams, MAX_AVERAGING_FACTOR, MAX_TIMESLICE,
+    MAX_WEIGHT, MIN_TIMESLICE,
 };
 use crate::{Error, Nanos, Result};
 
@@ -54,7 +54,7 @@ pub struct VgpuOverride {
     pub weight: Option<u32>,
     pub cap: Option<f64>,
     pub reservation: Option<f64>,
-    pub class: Option<Class>,
+    pub class: Option<LatencyClass>,
     /// Where `reservation` was set (to report a reservation above the cap).
     pub reservation_origin: Option<Origin>,
 }
@@ -371,8 +371,8 @@ impl Parser<'_> {
                 }
                 "class" => {
                     o.class = Some(match self.string(v, &key)? {
-                        "normal" => Class::Normal,
-                        "latency" => Class::Latency,
+                        "normal" => LatencyClass::Normal,
+                        "latency" => LatencyClass::Latency,
                         s => {
                             return Err(self.err(
                                 v.span(),
@@ -606,7 +606,7 @@ class = "latency"
         assert_eq!(v.weight, 2);
         assert_eq!(v.cap, Some(0.5));
         assert_eq!(v.reservation, Some(0.25));
-        assert_eq!(v.class, Class::Latency);
+        assert_eq!(v.class, LatencyClass::Latency);
         assert_eq!(v.fixed_share, 0.25);
         let d = c
             .vgpu_params("00000000-0000-0000-0000-000000000000", "other", 2)

@@ -24,15 +24,15 @@
 
 pub mod accounting;
 pub mod config;
-mod parent;
+mod parent_scheduler;
 pub mod policy;
 pub mod runlist;
 pub mod sim;
 
-pub use accounting::{ChannelStats, ParentStats, VgpuStats};
+pub use accounting::{ChannelStats, ParentStats, VgpuShareStats};
 pub use config::{Config, ParentConfig, VgpuOverride};
-pub use parent::{Pick, Rejected, Scheduler};
-pub use policy::{Class, ParentPolicy, PolicyKind, VgpuParams};
+pub use parent_scheduler::{Pick, Rejected, Scheduler};
+pub use policy::{LatencyClass, ParentPolicy, PolicyKind, VgpuParams};
 
 /// Nanoseconds: both points on the caller's clock and durations of GPU time.
 pub type Nanos = u64;

@@ -12,7 +12,7 @@
 //! * [`PolicyKind::Weighted`]: work-conserving proportional share by weight, with
 //!   optional per-vGPU caps (maximum share) and reservations (minimum share).
 //!
-//! Any vGPU may be in the [`Class::Latency`] class: its commands run at the next command
+//! Any vGPU may be in the [`LatencyClass::Latency`] class: its commands run at the next command
 //! boundary, ahead of the current slice, as long as its limit (cap, or its strict share)
 //! allows.
 //!
@@ -172,7 +172,7 @@ impl ParentPolicy {
 
 /// Scheduling class of a vGPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
-pub enum Class {
+pub enum LatencyClass {
     /// Runs in slices chosen by the parent's policy.
     #[default]
     Normal,
@@ -181,12 +181,12 @@ pub enum Class {
     Latency,
 }
 
-impl Class {
+impl LatencyClass {
     /// The name used in config files.
     pub fn name(self) -> &'static str {
         match self {
-            Class::Normal => "normal",
-            Class::Latency => "latency",
+            LatencyClass::Normal => "normal",
+            LatencyClass::Latency => "latency",
         }
     }
 }
@@ -203,7 +203,7 @@ pub struct VgpuParams {
     /// Minimum share of GPU time under `weighted` (0, 1], at most `cap`.
     pub reservation: Option<f64>,
     /// Scheduling class.
-    pub class: Class,
+    pub class: LatencyClass,
 }
 
 impl VgpuParams {
@@ -214,7 +214,7 @@ impl VgpuParams {
             weight: 1,
             cap: None,
             reservation: None,
-            class: Class::Normal,
+            class: LatencyClass::Normal,
         }
     }
 

@@ -18,7 +18,7 @@ use crate::Nanos;
 
 /// One channel's queue and state.
 #[derive(Debug)]
-pub struct Channel<T> {
+pub struct ChannelQueue<T> {
     queue: VecDeque<(T, Nanos)>,
     blocked: bool,
     on_runlist: bool,
@@ -26,9 +26,9 @@ pub struct Channel<T> {
     pub meter: Meter,
 }
 
-impl<T> Default for Channel<T> {
+impl<T> Default for ChannelQueue<T> {
     fn default() -> Self {
-        Channel {
+        ChannelQueue {
             queue: VecDeque::new(),
             blocked: false,
             on_runlist: false,
@@ -37,7 +37,7 @@ impl<T> Default for Channel<T> {
     }
 }
 
-impl<T> Channel<T> {
+impl<T> ChannelQueue<T> {
     fn runnable(&self) -> bool {
         self.on_runlist && !self.blocked && !self.queue.is_empty()
     }
@@ -59,7 +59,7 @@ impl<T> Channel<T> {
 #[derive(Debug)]
 pub struct Runlist<T> {
     entries: Vec<(u32, Nanos)>,
-    channels: BTreeMap<u32, Channel<T>>,
+    channels: BTreeMap<u32, ChannelQueue<T>>,
     /// Index into `entries` of the channel whose turn it is.
     cursor: usize,
     /// GPU time the cursor's channel used in its current turn.
@@ -94,7 +94,7 @@ impl<T> Runlist<T> {
     }
 
     /// All channels, by id.
-    pub fn channels(&self) -> impl Iterator<Item = (u32, &Channel<T>)> {
+    pub fn channels(&self) -> impl Iterator<Item = (u32, &ChannelQueue<T>)> {
         self.channels.iter().map(|(&c, ch)| (c, ch))
     }
 
@@ -103,7 +103,7 @@ impl<T> Runlist<T> {
         self.channels.get_mut(&channel).map(|c| &mut c.meter)
     }
 
-    fn update<R>(&mut self, channel: u32, f: impl FnOnce(&mut Channel<T>) -> R) -> R {
+    fn update<R>(&mut self, channel: u32, f: impl FnOnce(&mut ChannelQueue<T>) -> R) -> R {
         let ch = self.channels.entry(channel).or_default();
         let before = ch.runnable();
         let r = f(ch);

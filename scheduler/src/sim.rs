@@ -126,7 +126,7 @@ pub struct SimResult {
     pub submitted: u64,
 }
 
-struct State {
+struct SimVgpuState {
     spec: SimVgpu,
     attached: bool,
     burst_on: bool,
@@ -174,7 +174,7 @@ pub struct Sim {
     pub sched: Scheduler<SimItem>,
     now: Nanos,
     rng: u64,
-    vgpus: Vec<State>,
+    vgpus: Vec<SimVgpuState>,
     index: BTreeMap<u64, usize>,
     events: BinaryHeap<Reverse<(Nanos, u64, Event)>>,
     ev_seq: u64,
@@ -217,7 +217,7 @@ impl Sim {
         if let Some(t) = v.stop {
             self.push(t, Event::Stop(i));
         }
-        self.vgpus.push(State {
+        self.vgpus.push(SimVgpuState {
             spec: v,
             attached: false,
             burst_on: false,

@@ -2,7 +2,7 @@
 mod common;
 use common::*;
 use scheduler::sim::{CmdLen, Sim, SimVgpu, Workload};
-use scheduler::{Class, ParentPolicy, Pick, PolicyKind, Scheduler, VgpuParams, MS, SEC, US};
+use scheduler::{LatencyClass, ParentPolicy, Pick, PolicyKind, Scheduler, VgpuParams, MS, SEC, US};
 
 const TOL: f64 = 0.01;
 
@@ -93,7 +93,7 @@ fn latency_class_starts_within_one_command() {
                 sim.add(SimVgpu::saturating(k, params(8), CmdLen::Fixed(other)));
             }
             let lat = VgpuParams {
-                class: Class::Latency,
+                class: LatencyClass::Latency,
                 cap: Some(0.1),
                 ..params(8)
             };

@@ -24,7 +24,8 @@ struct Job {
     done: DoneFn,
 }
 
-struct State {
+/// What the dispatcher and the vGPUs' contexts share, under one lock.
+struct DispatchState {
     sched: Scheduler<Job>,
     contexts: HashMap<u64, Arc<dyn EngineContext>>,
     channels: HashMap<u64, BTreeSet<u32>>,
@@ -33,15 +34,16 @@ struct State {
     stopping: bool,
 }
 
-struct Shared {
+/// A parent's half that its dispatcher thread and its vGPUs' contexts hold.
+struct ParentShared {
     backend: Box<dyn Backend>,
-    state: Mutex<State>,
+    state: Mutex<DispatchState>,
     wake: Condvar,
     born: Instant,
 }
 
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, State> {
+impl ParentShared {
+    fn lock(&self) -> MutexGuard<'_, DispatchState> {
         lock(&self.state)
     }
     fn now(&self) -> Nanos {
@@ -52,7 +54,7 @@ impl Shared {
 /// One physical GPU with its scheduler.
 pub struct Parent {
     name: String,
-    shared: Arc<Shared>,
+    shared: Arc<ParentShared>,
     next_key: Mutex<u64>,
     dispatcher: Option<JoinHandle<()>>,
 }
@@ -69,9 +71,9 @@ pub enum ParentError {
 impl Parent {
     /// A parent running `backend` under `policy`.
     pub fn new(name: &str, backend: Box<dyn Backend>, policy: ParentPolicy) -> Parent {
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(ParentShared {
             backend,
-            state: Mutex::new(State {
+            state: Mutex::new(DispatchState {
                 sched: Scheduler::new(policy),
                 contexts: HashMap::new(),
                 channels: HashMap::new(),
@@ -175,7 +177,7 @@ impl Drop for Parent {
 /// The engine context a vGPU on a parent sees.
 struct ScheduledContext {
     key: u64,
-    shared: Arc<Shared>,
+    shared: Arc<ParentShared>,
 }
 
 impl ScheduledContext {
@@ -258,7 +260,7 @@ impl Drop for ScheduledContext {
 }
 
 /// The dispatcher: feeds the engine one item at a time, as the policy says.
-fn dispatch(shared: Arc<Shared>) {
+fn dispatch(shared: Arc<ParentShared>) {
     let mut st = shared.lock();
     loop {
         if st.stopping {

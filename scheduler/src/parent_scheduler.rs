@@ -1,4 +1,4 @@
-//! The per-parent scheduler: the first scheduling level.
+//! The scheduler of one parent (physical GPU): the first scheduling level.
 //!
 //! One [`Scheduler`] runs per physical GPU. The GPU executes one item at a time (like
 //! GRID time-slicing: one vGPU's timeslice at a time); the caller loops
@@ -18,8 +18,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::accounting::{ChannelStats, Meter, ParentStats, VgpuStats};
-use crate::policy::{Bucket, Class, ParentPolicy, PolicyKind, VgpuParams};
+use crate::accounting::{ChannelStats, Meter, ParentStats, VgpuShareStats};
+use crate::policy::{Bucket, LatencyClass, ParentPolicy, PolicyKind, VgpuParams};
 use crate::runlist::Runlist;
 use crate::{Error, Nanos, Result};
 
@@ -428,7 +428,7 @@ impl<T> Scheduler<T> {
         let vgpus = self
             .vgpus
             .iter()
-            .map(|(&id, v)| VgpuStats {
+            .map(|(&id, v)| VgpuShareStats {
                 vgpu: id,
                 class: v.params.class,
                 configured_share: self.configured_share(id),
@@ -596,7 +596,7 @@ impl<T> Scheduler<T> {
         let vclock = self.vclock;
         let v = self.vgpus.get_mut(&id).expect("known vGPU");
         let t = |b: &Option<Bucket>| b.as_ref().map_or(now, |b| b.eligible_at(now)) as u128;
-        if v.params.class == Class::Latency {
+        if v.params.class == LatencyClass::Latency {
             let key = if kind.is_strict() {
                 t(&v.share)
             } else {
