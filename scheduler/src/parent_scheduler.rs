@@ -35,6 +35,15 @@ pub enum Pick<T> {
     Empty,
     /// An item is still in flight: call `complete` first.
     Busy,
+    /// The scheduler found its own state for `vgpu` inconsistent (a bug: `what` says
+    /// which invariant broke) and detached that vGPU, so that the others run on. Its
+    /// queued `items` come back (in channel order, FIFO within a channel) for the caller
+    /// to fail; its later work is refused with [`Error::UnknownVgpu`]. The caller logs it.
+    Fault {
+        vgpu: u64,
+        what: &'static str,
+        items: Vec<T>,
+    },
 }
 
 /// An item `enqueue` refused, handed back with the reason.
@@ -245,7 +254,9 @@ impl<T> Scheduler<T> {
         if self.current.is_some_and(|c| c.vgpu == vgpu) {
             self.current = None;
         }
-        let mut v = self.vgpus.remove(&vgpu).expect("checked");
+        let Some(mut v) = self.vgpus.remove(&vgpu) else {
+            return Vec::new();
+        };
         self.retime();
         self.rebuild(now);
         v.runlist.drain_all()
@@ -349,9 +360,11 @@ impl<T> Scheduler<T> {
         // 2. the slice in progress continues to its end.
         if let Some(cur) = self.current {
             let ts = self.timeslice;
-            let v = &self.vgpus[&cur.vgpu];
-            let limit_ok = !matches!(&v.cap, Some(b) if !b.eligible(now));
-            if v.runlist.has_work() && cur.used < ts && limit_ok {
+            let continues = self.vgpus.get(&cur.vgpu).is_some_and(|v| {
+                let limit_ok = !matches!(&v.cap, Some(b) if !b.eligible(now));
+                v.runlist.has_work() && cur.used < ts && limit_ok
+            });
+            if continues {
                 return self.dispatch(cur.vgpu, now);
             }
             self.end_slice(now);
@@ -363,7 +376,11 @@ impl<T> Scheduler<T> {
             }
         }
         // 3. a new slice.
-        if let Some(id) = self.select(now) {
+        let selected = match self.select(now) {
+            Ok(id) => id,
+            Err(Breach { vgpu, what }) => return self.fault(vgpu, what),
+        };
+        if let Some(id) = selected {
             self.dequeue(id);
             self.current = Some(Slice { vgpu: id, used: 0 });
             return self.dispatch(id, now);
@@ -594,7 +611,10 @@ impl<T> Scheduler<T> {
         let seq = self.next_seq();
         let kind = self.policy.kind;
         let vclock = self.vclock;
-        let v = self.vgpus.get_mut(&id).expect("known vGPU");
+        // `refresh`, the only caller, has found the vGPU.
+        let Some(v) = self.vgpus.get_mut(&id) else {
+            return;
+        };
         let t = |b: &Option<Bucket>| b.as_ref().map_or(now, |b| b.eligible_at(now)) as u128;
         if v.params.class == LatencyClass::Latency {
             let key = if kind.is_strict() {
@@ -674,9 +694,10 @@ impl<T> Scheduler<T> {
     }
 
     /// The vGPU to start a new slice, per policy; O(log n) (amortized for releases).
-    fn select(&mut self, now: Nanos) -> Option<u64> {
+    /// A set entry of a vGPU that is not attached is a [`Breach`].
+    fn select(&mut self, now: Nanos) -> Result<Option<u64>, Breach> {
         let now_k = now as u128;
-        match self.policy.kind {
+        Ok(match self.policy.kind {
             PolicyKind::BestEffort => self.main.first().map(|e| e.2),
             PolicyKind::EqualShare | PolicyKind::FixedShare => {
                 self.main.first().filter(|e| e.0 <= now_k).map(|e| e.2)
@@ -688,7 +709,12 @@ impl<T> Scheduler<T> {
                         break;
                     }
                     self.throttle.remove(&e);
-                    let v = self.vgpus.get_mut(&e.2).expect("queued vGPU");
+                    let Some(v) = self.vgpus.get_mut(&e.2) else {
+                        return Err(Breach {
+                            vgpu: e.2,
+                            what: "a detached vGPU is in the throttled set",
+                        });
+                    };
                     v.throttle = None;
                     v.vtime = v.vtime.max(self.vclock);
                     let m = (v.vtime, e.1, e.2);
@@ -696,21 +722,25 @@ impl<T> Scheduler<T> {
                     self.main.insert(m);
                 }
                 if let Some(e) = self.reserve.first().filter(|e| e.0 <= now_k) {
-                    return Some(e.2);
+                    return Ok(Some(e.2));
                 }
-                let e = self.main.first()?;
+                let Some(e) = self.main.first() else {
+                    return Ok(None);
+                };
                 self.vclock = self.vclock.max(e.0);
                 Some(e.2)
             }
-        }
+        })
     }
 
+    /// Hands the GPU the next item of `id`, which the policy chose because it has work.
     fn dispatch(&mut self, id: u64, now: Nanos) -> Pick<T> {
-        let v = self.vgpus.get_mut(&id).expect("known vGPU");
-        let (channel, item, at) = v
-            .runlist
-            .take_next()
-            .expect("vGPU with work yields an item");
+        let Some(v) = self.vgpus.get_mut(&id) else {
+            return self.fault(id, "the vGPU chosen to run is not attached");
+        };
+        let Some((channel, item, at)) = v.runlist.take_next() else {
+            return self.fault(id, "the vGPU chosen to run has no runnable item");
+        };
         let wait = now.saturating_sub(at);
         v.meter.record_wait(wait);
         if let Some(m) = v.runlist.meter_mut(channel) {
@@ -728,6 +758,40 @@ impl<T> Scheduler<T> {
     }
 }
 
+/// A broken invariant found for one vGPU.
+struct Breach {
+    vgpu: u64,
+    what: &'static str,
+}
+
+impl<T> Scheduler<T> {
+    /// A broken invariant concerning `vgpu`: every trace of it leaves the scheduler
+    /// (set entries, the slice it held, the vGPU itself), so that the other vGPUs run
+    /// on, and its queued items go back to the caller with [`Pick::Fault`].
+    fn fault(&mut self, vgpu: u64, what: &'static str) -> Pick<T> {
+        for set in [
+            &mut self.main,
+            &mut self.throttle,
+            &mut self.reserve,
+            &mut self.latency,
+        ] {
+            set.retain(|e| e.2 != vgpu);
+        }
+        if let Some(v) = self.vgpus.get_mut(&vgpu) {
+            v.main = None;
+            v.throttle = None;
+            v.reserve = None;
+            v.latency = None;
+        }
+        if self.current.is_some_and(|c| c.vgpu == vgpu) {
+            self.current = None;
+        }
+        let now = self.clock;
+        let items = self.remove_vgpu(vgpu, now);
+        Pick::Fault { vgpu, what, items }
+    }
+}
+
 fn sanitize(mut p: ParentPolicy) -> ParentPolicy {
     p.averaging_factor = p
         .averaging_factor
@@ -736,4 +800,73 @@ fn sanitize(mut p: ParentPolicy) -> ParentPolicy {
         .timeslice
         .map(|t| t.clamp(crate::policy::MIN_TIMESLICE, crate::policy::MAX_TIMESLICE));
     p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn two_vgpus(kind: PolicyKind) -> Scheduler<u32> {
+        let mut s = Scheduler::new(ParentPolicy {
+            kind,
+            ..ParentPolicy::default()
+        });
+        for id in [1, 2] {
+            s.add_vgpu(id, VgpuParams::for_type(2), 0).unwrap();
+            s.set_runlist(id, &[(0, 1_000_000)]).unwrap();
+        }
+        s
+    }
+
+    #[test]
+    fn a_chosen_vgpu_without_work_is_faulted_alone() {
+        let mut s = two_vgpus(PolicyKind::BestEffort);
+        s.enqueue(1, 0, 10, 0).unwrap();
+        // Break the invariant: vGPU 2 (no work) first in the ready set.
+        s.main.insert((0, 0, 2));
+        match s.pick(1) {
+            Pick::Fault { vgpu: 2, items, .. } => assert!(items.is_empty()),
+            p => panic!("{p:?}"),
+        }
+        assert!(!s.vgpus.contains_key(&2), "vGPU 2 left the scheduler");
+        assert!(s.enqueue(2, 0, 20, 2).is_err(), "its later work is refused");
+        let Pick::Run {
+            vgpu: 1, item: 10, ..
+        } = s.pick(2)
+        else {
+            panic!("vGPU 1 runs on")
+        };
+        s.complete(1, 0, 5, 3).unwrap();
+        assert_eq!(s.pick(4), Pick::Empty);
+    }
+
+    #[test]
+    fn a_stale_entry_of_a_detached_vgpu_faults_it_not_the_others() {
+        let mut s = two_vgpus(PolicyKind::Weighted);
+        s.enqueue(1, 0, 10, 0).unwrap();
+        s.enqueue(1, 0, 11, 0).unwrap();
+        s.throttle.insert((0, 0, 99));
+        match s.pick(1) {
+            Pick::Fault { vgpu: 99, .. } => {}
+            p => panic!("{p:?}"),
+        }
+        let Pick::Run {
+            vgpu: 1, item: 10, ..
+        } = s.pick(2)
+        else {
+            panic!("vGPU 1 runs on")
+        };
+        // Faulting the vGPU that holds the slice ends the slice; its items come back.
+        s.complete(1, 0, 5, 3).unwrap();
+        let dropped = s.fault(1, "test");
+        assert_eq!(
+            dropped,
+            Pick::Fault {
+                vgpu: 1,
+                what: "test",
+                items: vec![11]
+            }
+        );
+        assert_eq!(s.pick(4), Pick::Empty);
+    }
 }

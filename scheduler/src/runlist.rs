@@ -110,7 +110,7 @@ impl<T> Runlist<T> {
         let after = ch.runnable();
         match (before, after) {
             (false, true) => self.runnable += 1,
-            (true, false) => self.runnable -= 1,
+            (true, false) => self.runnable = self.runnable.saturating_sub(1),
             _ => {}
         }
         r
@@ -152,7 +152,7 @@ impl<T> Runlist<T> {
             return Vec::new();
         }
         let items: Vec<T> = self.update(channel, |c| c.queue.drain(..).map(|(t, _)| t).collect());
-        self.queued -= items.len();
+        self.queued = self.queued.saturating_sub(items.len());
         items
     }
 
@@ -181,10 +181,11 @@ impl<T> Runlist<T> {
             if ok && (used == 0 || used < ts) {
                 self.cursor = i;
                 self.used_in_turn = used;
-                let (item, at) = self
-                    .update(ch, |c| c.queue.pop_front())
-                    .expect("runnable channel has an item");
-                self.queued -= 1;
+                // A runnable channel has an item; were it empty, `update` has now
+                // counted it not runnable, and the caller sees no item from a runlist
+                // that claimed work (the scheduler faults that vGPU alone).
+                let (item, at) = self.update(ch, |c| c.queue.pop_front())?;
+                self.queued = self.queued.saturating_sub(1);
                 return Some((ch, item, at));
             }
             i = (i + 1) % n;

@@ -308,6 +308,12 @@ impl Sim {
                     self.now = next;
                 }
                 Pick::Busy => unreachable!("the simulator completes every item"),
+                Pick::Fault { vgpu, items, .. } => {
+                    // A scheduler bug: the vGPU is detached, as the daemon would have it.
+                    let i = self.index[&vgpu];
+                    self.vgpus[i].attached = false;
+                    self.vgpus[i].res.dropped += items.len() as u64;
+                }
             }
         }
         self.deliver(self.now);

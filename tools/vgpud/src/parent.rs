@@ -83,10 +83,10 @@ impl Parent {
             wake: Condvar::new(),
             born: Instant::now(),
         });
-        let s = shared.clone();
+        let (s, n) = (shared.clone(), name.to_string());
         let dispatcher = std::thread::Builder::new()
             .name(format!("sched-{name}"))
-            .spawn(move || dispatch(s))
+            .spawn(move || dispatch(s, &n))
             .ok();
         Parent {
             name: name.to_string(),
@@ -260,7 +260,7 @@ impl Drop for ScheduledContext {
 }
 
 /// The dispatcher: feeds the engine one item at a time, as the policy says.
-fn dispatch(shared: Arc<ParentShared>) {
+fn dispatch(shared: Arc<ParentShared>, parent: &str) {
     let mut st = shared.lock();
     loop {
         if st.stopping {
@@ -312,6 +312,17 @@ fn dispatch(shared: Arc<ParentShared>) {
             Pick::IdleUntil(t) => {
                 let wait = Duration::from_nanos(t.saturating_sub(now).max(1_000));
                 st = wait_timeout(&shared.wake, st, wait);
+            }
+            Pick::Fault { vgpu, what, items } => {
+                // A scheduler bug: that vGPU alone left the scheduler; its work fails
+                // as cancelled and its later submissions are refused.
+                tracing::error!(
+                    parent,
+                    vgpu,
+                    cancelled = items.len(),
+                    "scheduler invariant broken ({what}); the vGPU's work is cancelled, the others run on"
+                );
+                st.cancelled.extend(items);
             }
             Pick::Empty | Pick::Busy => {
                 st = wait(&shared.wake, st);
