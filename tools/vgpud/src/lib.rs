@@ -6,10 +6,12 @@
 //! * [`daemon`]: the parents and vGPUs the daemon hosts, and its control
 //!   socket, metrics endpoint and mdev sysfs tree.
 //! * [`demo`]: the demo workload `vgpud --demo` runs.
+//! * [`errno`]: the errno values operations fail with, by name and number.
 //! * [`wait`]: blocking waits a stop signal can end.
 
 pub mod daemon;
 pub mod demo;
+pub mod errno;
 pub mod parent;
 pub mod vfio_user;
 pub mod wait;

@@ -18,6 +18,7 @@ use serde_json::{json, Value};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::{Daemon, OpError};
+use crate::errno::Errno;
 
 /// The longest request line accepted.
 const MAX_LINE: u64 = 64 * 1024;
@@ -79,10 +80,12 @@ pub fn execute(daemon: &Mutex<Daemon>, req: Request) -> Result<Value, OpError> {
 /// Answer one request line.
 pub fn answer(daemon: &Mutex<Daemon>, line: &str) -> Value {
     match serde_json::from_str::<Request>(line) {
-        Err(e) => json!({"ok": false, "error": "EINVAL", "message": format!("bad request: {e}")}),
+        Err(e) => {
+            json!({"ok": false, "error": Errno::EINVAL, "message": format!("bad request: {e}")})
+        }
         Ok(req) => match execute(daemon, req) {
             Ok(result) => json!({"ok": true, "result": result}),
-            Err(e) => json!({"ok": false, "error": e.code, "message": e.message}),
+            Err(e) => json!({"ok": false, "error": e.errno, "message": e.message}),
         },
     }
 }
@@ -158,7 +161,7 @@ fn serve_client(stream: UnixStream, daemon: Arc<Mutex<Daemon>>) {
         }
         let reply = if !line.ends_with('\n') && line.len() as u64 >= MAX_LINE {
             // Too long to be a request; the rest of the line is not read.
-            let r = json!({"ok": false, "error": "EINVAL", "message": format!("request longer than {MAX_LINE} bytes")});
+            let r = json!({"ok": false, "error": Errno::EINVAL, "message": format!("request longer than {MAX_LINE} bytes")});
             let _ = writeln!(out, "{r}");
             return;
         } else if line.trim().is_empty() {

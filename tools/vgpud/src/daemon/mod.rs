@@ -23,6 +23,7 @@ use scheduler::{Config, PolicyKind};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
+use crate::errno::Errno;
 use crate::parent::Parent;
 use crate::vfio_user::{self, ServerHandle};
 
@@ -30,19 +31,19 @@ pub use mdev_types::DEFAULT_PARENT;
 /// Where sockets go unless `--run-dir` says otherwise.
 pub const DEFAULT_RUN_DIR: &str = "/run/vgpud";
 
-/// A failed operation: an errno name for the caller and what went wrong.
+/// A failed operation: the errno for the caller and what went wrong.
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
 pub struct OpError {
     /// The errno a kernel mdev driver returns for this (`EINVAL`, `EEXIST`,
     /// `EUSERS`, `ENOENT`, `EIO`).
-    pub code: &'static str,
+    pub errno: Errno,
     pub message: String,
 }
 
-fn op_err(code: &'static str, message: impl Into<String>) -> OpError {
+fn op_err(errno: Errno, message: impl Into<String>) -> OpError {
     OpError {
-        code,
+        errno,
         message: message.into(),
     }
 }
@@ -186,7 +187,7 @@ impl Daemon {
         let id = id.unwrap_or(&self.default_parent);
         self.parents
             .get_key_value(id)
-            .ok_or_else(|| op_err("ENOENT", format!("no parent {id:?}")))
+            .ok_or_else(|| op_err(Errno::ENOENT, format!("no parent {id:?}")))
     }
 
     fn existing_on(&self, parent: &str) -> Vec<&VgpuType> {
@@ -248,7 +249,7 @@ impl Daemon {
             None => Uuid::new_v4(),
         };
         if self.vgpus.contains_key(&uuid) {
-            return Err(op_err("EEXIST", format!("vGPU {uuid} exists")));
+            return Err(op_err(Errno::EEXIST, format!("vGPU {uuid} exists")));
         }
         let parent_id = match parent {
             Some(p) => self.parent(Some(p))?.0.clone(),
@@ -266,7 +267,9 @@ impl Daemon {
                         .find(|(_, s)| s.types.iter().any(|t| t.id == type_id))
                 })
                 .map(|(id, _)| id.clone())
-                .ok_or_else(|| op_err("ENOENT", format!("no parent offers type {type_id:?}")))?,
+                .ok_or_else(|| {
+                    op_err(Errno::ENOENT, format!("no parent offers type {type_id:?}"))
+                })?,
         };
         let slot = &self.parents[&parent_id];
         let vtype = slot
@@ -276,13 +279,13 @@ impl Daemon {
             .cloned()
             .ok_or_else(|| {
                 op_err(
-                    "ENOENT",
+                    Errno::ENOENT,
                     format!("parent {parent_id} has no type {type_id:?}"),
                 )
             })?;
         if self.available(&parent_id, &vtype) == 0 {
             return Err(op_err(
-                "EUSERS",
+                Errno::EUSERS,
                 format!("no {type_id} instance left on {parent_id}"),
             ));
         }
@@ -290,11 +293,11 @@ impl Daemon {
         let params = self
             .config
             .vgpu_params(&name, &vtype.id, vtype.max_instances)
-            .map_err(|e| op_err("EINVAL", e.to_string()))?;
+            .map_err(|e| op_err(Errno::EINVAL, e.to_string()))?;
         let (key, ctx) = slot
             .parent
             .attach(vtype.framebuffer_bytes, vtype.channels, params)
-            .map_err(|e| op_err("EIO", e.to_string()))?;
+            .map_err(|e| op_err(Errno::EIO, e.to_string()))?;
         let cfg = VgpuConfig {
             name: name.clone(),
             identity: identity(&vtype),
@@ -302,11 +305,11 @@ impl Daemon {
             channels: vtype.channels,
         };
         let vgpu =
-            Arc::new(Vgpu::with_context(cfg, ctx).map_err(|e| op_err("EIO", e.to_string()))?);
+            Arc::new(Vgpu::with_context(cfg, ctx).map_err(|e| op_err(Errno::EIO, e.to_string()))?);
         let path = self.socket_path(&uuid);
         let _ = std::fs::remove_file(&path);
         let server = vfio_user::spawn(&path, vgpu.clone())
-            .map_err(|e| op_err("EIO", format!("{}: {e}", path.display())))?;
+            .map_err(|e| op_err(Errno::EIO, format!("{}: {e}", path.display())))?;
         tracing::info!(%uuid, vtype = %vtype.id, parent = %parent_id, socket = %path.display(), "vGPU created");
         let type_id = vtype.id.clone();
         self.vgpus.insert(
@@ -329,7 +332,7 @@ impl Daemon {
         let slot = self
             .vgpus
             .remove(&u)
-            .ok_or_else(|| op_err("ENOENT", format!("no vGPU {u}")))?;
+            .ok_or_else(|| op_err(Errno::ENOENT, format!("no vGPU {u}")))?;
         let attached = slot.server.stats().attached.load(Ordering::Relaxed);
         drop(slot);
         tracing::info!(uuid = %u, attached, "vGPU removed");
@@ -358,7 +361,7 @@ impl Daemon {
         let wanted = uuid.map(parse_uuid).transpose()?;
         if let Some(u) = &wanted {
             if !self.vgpus.contains_key(u) {
-                return Err(op_err("ENOENT", format!("no vGPU {u}")));
+                return Err(op_err(Errno::ENOENT, format!("no vGPU {u}")));
             }
         }
         let stats: BTreeMap<&String, scheduler::ParentStats> = self
@@ -421,7 +424,7 @@ impl Daemon {
     ) -> Result<Value, OpError> {
         let kind = PolicyKind::from_name(policy).ok_or_else(|| {
             op_err(
-                "EINVAL",
+                Errno::EINVAL,
                 format!(
                     "unknown policy {policy:?} (best_effort, equal_share, fixed_share, weighted)"
                 ),
@@ -433,7 +436,7 @@ impl Daemon {
         if let Some(us) = timeslice_us {
             if !(1000..=30_000).contains(&us) {
                 return Err(op_err(
-                    "EINVAL",
+                    Errno::EINVAL,
                     format!("timeslice {us} us is outside 1000 ..= 30000"),
                 ));
             }
@@ -441,7 +444,7 @@ impl Daemon {
         }
         slot.parent
             .set_policy(p)
-            .map_err(|e| op_err("EINVAL", e.to_string()))?;
+            .map_err(|e| op_err(Errno::EINVAL, e.to_string()))?;
         tracing::info!(parent = %id, policy = kind.name(), "policy set");
         let id = id.clone();
         self.policy_show(Some(&id))
@@ -453,25 +456,25 @@ impl Daemon {
         let Some(path) = &self.config_path else {
             return Ok(json!({"reloaded": false, "reason": "no --config file"}));
         };
-        let config = Config::load(path).map_err(|e| op_err("EINVAL", e.to_string()))?;
+        let config = Config::load(path).map_err(|e| op_err(Errno::EINVAL, e.to_string()))?;
         // Resolve everything first so that a bad file changes nothing.
         let mut params = Vec::new();
         for (u, v) in &self.vgpus {
             let p = config
                 .vgpu_params(&u.to_string(), &v.vtype.id, v.vtype.max_instances)
-                .map_err(|e| op_err("EINVAL", e.to_string()))?;
+                .map_err(|e| op_err(Errno::EINVAL, e.to_string()))?;
             params.push((v.parent.clone(), v.key, p));
         }
         for (id, slot) in &self.parents {
             slot.parent
                 .set_policy(config.parent_policy(id))
-                .map_err(|e| op_err("EINVAL", e.to_string()))?;
+                .map_err(|e| op_err(Errno::EINVAL, e.to_string()))?;
         }
         for (parent, key, p) in params {
             self.parents[&parent]
                 .parent
                 .set_params(key, p)
-                .map_err(|e| op_err("EINVAL", e.to_string()))?;
+                .map_err(|e| op_err(Errno::EINVAL, e.to_string()))?;
         }
         self.config = config;
         tracing::info!(file = %path.display(), "configuration reloaded");
@@ -503,7 +506,7 @@ fn identity(t: &VgpuType) -> PciIdentity {
 pub fn parse_uuid(s: &str) -> Result<Uuid, OpError> {
     let t = s.strip_suffix('\n').unwrap_or(s);
     if t.len() != 36 {
-        return Err(op_err("EINVAL", format!("{t:?} is not a UUID")));
+        return Err(op_err(Errno::EINVAL, format!("{t:?} is not a UUID")));
     }
-    Uuid::try_parse(t).map_err(|_| op_err("EINVAL", format!("{t:?} is not a UUID")))
+    Uuid::try_parse(t).map_err(|_| op_err(Errno::EINVAL, format!("{t:?} is not a UUID")))
 }

@@ -36,7 +36,8 @@ use fuser::{
     ReplyEntry, ReplyOpen, ReplyWrite, Request, TimeOrNow,
 };
 
-use super::{Daemon, OpError};
+use super::Daemon;
+use crate::errno::Errno;
 
 /// The kernel may not cache anything: vGPUs come and go.
 const TTL: Duration = Duration::ZERO;
@@ -163,16 +164,6 @@ fn resolve_parent(daemon: &Daemon, parent: &str, path: &[&str]) -> Option<Node> 
     }
 }
 
-fn errno_of(e: &OpError) -> i32 {
-    match e.code {
-        "EINVAL" => libc::EINVAL,
-        "EEXIST" => libc::EEXIST,
-        "EUSERS" => libc::EUSERS,
-        "ENOENT" => libc::ENOENT,
-        _ => libc::EIO,
-    }
-}
-
 /// The FUSE file system over the daemon.
 struct Tree {
     daemon: Arc<Mutex<Daemon>>,
@@ -233,9 +224,9 @@ impl Tree {
     }
 
     /// A write to a control file: `create` or `remove`.
-    fn control(&self, path: &str, data: &[u8]) -> Result<(), i32> {
+    fn control(&self, path: &str, data: &[u8]) -> Result<(), Errno> {
         let parts: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-        let text = std::str::from_utf8(data).map_err(|_| libc::EINVAL)?;
+        let text = std::str::from_utf8(data).map_err(|_| Errno::EINVAL)?;
         let mut d = lock(&self.daemon);
         match parts.as_slice() {
             // The kernel takes 36 characters, or 37 with a newline; `create`
@@ -243,17 +234,17 @@ impl Tree {
             ["devices", _, p, "mdev_supported_types", t, "create"] => {
                 d.create(t, Some(p), Some(text)).map(|_| ()).map_err(|e| {
                     tracing::info!("sysfs create {:?} on {p}/{t}: {e}", text.trim_end());
-                    errno_of(&e)
+                    e.errno
                 })
             }
             ["devices", _, _, u, "remove"] => {
-                let v: u64 = text.trim().parse().map_err(|_| libc::EINVAL)?;
+                let v: u64 = text.trim().parse().map_err(|_| Errno::EINVAL)?;
                 if v == 0 {
                     return Ok(());
                 }
-                d.remove(u).map(|_| ()).map_err(|e| errno_of(&e))
+                d.remove(u).map(|_| ()).map_err(|e| e.errno)
             }
-            _ => Err(libc::EACCES),
+            _ => Err(Errno::EACCES),
         }
     }
 }
@@ -261,7 +252,7 @@ impl Tree {
 impl Filesystem for Tree {
     fn lookup(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEntry) {
         let (Some(dir), Some(name)) = (self.path(parent), name.to_str()) else {
-            return reply.error(libc::ENOENT);
+            return reply.error(Errno::ENOENT.raw());
         };
         let path = if dir.is_empty() {
             name.to_string()
@@ -273,14 +264,14 @@ impl Filesystem for Tree {
                 let ino = self.ino(&path);
                 reply.entry(&TTL, &self.attr(ino, &node), 0)
             }
-            None => reply.error(libc::ENOENT),
+            None => reply.error(Errno::ENOENT.raw()),
         }
     }
 
     fn getattr(&mut self, _req: &Request<'_>, ino: u64, _fh: Option<u64>, reply: ReplyAttr) {
         match self.path(ino).and_then(|p| self.node(&p)) {
             Some(node) => reply.attr(&TTL, &self.attr(ino, &node)),
-            None => reply.error(libc::ENOENT),
+            None => reply.error(Errno::ENOENT.raw()),
         }
     }
 
@@ -313,16 +304,16 @@ impl Filesystem for Tree {
             {
                 reply.attr(&TTL, &self.attr(ino, &node))
             }
-            Some(_) => reply.error(libc::EPERM),
-            None => reply.error(libc::ENOENT),
+            Some(_) => reply.error(Errno::EPERM.raw()),
+            None => reply.error(Errno::ENOENT.raw()),
         }
     }
 
     fn readlink(&mut self, _req: &Request<'_>, ino: u64, reply: ReplyData) {
         match self.path(ino).and_then(|p| self.node(&p)) {
             Some(Node::Link(t)) => reply.data(t.as_bytes()),
-            Some(_) => reply.error(libc::EINVAL),
-            None => reply.error(libc::ENOENT),
+            Some(_) => reply.error(Errno::EINVAL.raw()),
+            None => reply.error(Errno::ENOENT.raw()),
         }
     }
 
@@ -332,9 +323,9 @@ impl Filesystem for Tree {
         match self.path(ino).and_then(|p| self.node(&p)) {
             Some(Node::Attr(_)) if !write => reply.opened(0, fuser::consts::FOPEN_DIRECT_IO),
             Some(Node::Control) if !read => reply.opened(0, fuser::consts::FOPEN_DIRECT_IO),
-            Some(Node::Attr(_)) | Some(Node::Control) => reply.error(libc::EACCES),
-            Some(_) => reply.error(libc::EISDIR),
-            None => reply.error(libc::ENOENT),
+            Some(Node::Attr(_)) | Some(Node::Control) => reply.error(Errno::EACCES.raw()),
+            Some(_) => reply.error(Errno::EISDIR.raw()),
+            None => reply.error(Errno::ENOENT.raw()),
         }
     }
 
@@ -357,8 +348,8 @@ impl Filesystem for Tree {
                 let end = start.saturating_add(size as usize).min(b.len());
                 reply.data(&b[start..end])
             }
-            Some(_) => reply.error(libc::EACCES),
-            None => reply.error(libc::ENOENT),
+            Some(_) => reply.error(Errno::EACCES.raw()),
+            None => reply.error(Errno::ENOENT.raw()),
         }
     }
 
@@ -376,14 +367,14 @@ impl Filesystem for Tree {
         reply: ReplyWrite,
     ) {
         let Some(path) = self.path(ino) else {
-            return reply.error(libc::ENOENT);
+            return reply.error(Errno::ENOENT.raw());
         };
         if offset != 0 || data.len() > 4096 {
-            return reply.error(libc::EINVAL);
+            return reply.error(Errno::EINVAL.raw());
         }
         match self.control(&path, data) {
             Ok(()) => reply.written(data.len() as u32),
-            Err(e) => reply.error(e),
+            Err(e) => reply.error(e.raw()),
         }
     }
 
@@ -407,10 +398,10 @@ impl Filesystem for Tree {
         mut reply: ReplyDirectory,
     ) {
         let Some(path) = self.path(ino) else {
-            return reply.error(libc::ENOENT);
+            return reply.error(Errno::ENOENT.raw());
         };
         let Some(Node::Dir(entries)) = self.node(&path) else {
-            return reply.error(libc::ENOTDIR);
+            return reply.error(Errno::ENOTDIR.raw());
         };
         let mut all = vec![
             (ino, FileType::Directory, ".".to_string()),

@@ -1,0 +1,128 @@
+//! The errno values vgpud gives back, in one place.
+//!
+//! An operation that fails says which errno the kernel would give for the same
+//! mistake (docs/control.md); the control socket sends its name
+//! (`{"ok":false,"error":"EEXIST",…}`), the mdev sysfs tree and the vfio-user
+//! server its number. [`Errno`] is both: [`Errno::name`] and [`Errno::raw`]
+//! (the `libc` value), and it serializes as its name.
+
+use std::fmt;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+macro_rules! errnos {
+    ($($(#[$doc:meta])* $name:ident,)*) => {
+        /// An errno vgpud gives back.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum Errno {
+            $($(#[$doc])* $name,)*
+        }
+
+        impl Errno {
+            /// Every errno this enum has.
+            pub const ALL: &'static [Errno] = &[$(Errno::$name,)*];
+
+            /// Its name, `"EINVAL"`.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(Errno::$name => stringify!($name),)*
+                }
+            }
+
+            /// Its number (`libc::EINVAL`).
+            pub fn raw(self) -> i32 {
+                match self {
+                    $(Errno::$name => libc::$name,)*
+                }
+            }
+        }
+    };
+}
+
+errnos! {
+    /// Operation not permitted.
+    EPERM,
+    /// No such parent, type, vGPU or file.
+    ENOENT,
+    /// The operation failed inside vgpud (a backend, a socket).
+    EIO,
+    /// Out of memory.
+    ENOMEM,
+    /// Permission denied (the wrong access to a sysfs file).
+    EACCES,
+    /// The UUID (or region, mapping) is in use.
+    EEXIST,
+    /// Not a directory.
+    ENOTDIR,
+    /// Is a directory.
+    EISDIR,
+    /// A malformed request or a value out of range.
+    EINVAL,
+    /// No space left.
+    ENOSPC,
+    /// The operation is not implemented.
+    ENOSYS,
+    /// No instance of the type is left on the parent (the mdev core's "too many users").
+    EUSERS,
+    /// The operation is not supported.
+    ENOTSUP,
+    /// The peer reset the connection.
+    ECONNRESET,
+}
+
+impl Errno {
+    /// The errno of this name.
+    pub fn from_name(name: &str) -> Option<Errno> {
+        Errno::ALL.iter().copied().find(|e| e.name() == name)
+    }
+
+    /// The errno of this number.
+    pub fn from_raw(raw: i32) -> Option<Errno> {
+        Errno::ALL.iter().copied().find(|e| e.raw() == raw)
+    }
+}
+
+impl fmt::Display for Errno {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl From<Errno> for std::io::Error {
+    fn from(e: Errno) -> std::io::Error {
+        std::io::Error::from_raw_os_error(e.raw())
+    }
+}
+
+impl Serialize for Errno {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+impl<'de> Deserialize<'de> for Errno {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Errno, D::Error> {
+        let name = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        Errno::from_name(&name)
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown errno {name:?}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_numbers_and_serde_agree() {
+        for &e in Errno::ALL {
+            assert_eq!(Errno::from_name(e.name()), Some(e));
+            assert_eq!(Errno::from_raw(e.raw()), Some(e));
+            let json = serde_json::to_string(&e).unwrap();
+            assert_eq!(json, format!("\"{}\"", e.name()));
+            assert_eq!(serde_json::from_str::<Errno>(&json).unwrap(), e);
+        }
+        assert_eq!(Errno::EUSERS.raw(), libc::EUSERS);
+        assert_eq!(Errno::EEXIST.to_string(), "EEXIST");
+        assert!(serde_json::from_str::<Errno>("\"EBANANA\"").is_err());
+    }
+}
