@@ -11,6 +11,7 @@
 //! measured shares are reported next to the configured ones.
 
 use devmodel::sync::lock;
+use std::path::PathBuf;
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 
@@ -49,11 +50,10 @@ pub struct DemoReport {
 fn gpu_time(daemon: &Mutex<Daemon>, uuid: &str) -> Result<(u64, Option<f64>), String> {
     let d = lock(daemon);
     let st = d.status(Some(uuid)).map_err(|e| e.to_string())?;
-    let v = &st[0];
-    Ok((
-        v["gpu_time_ns"].as_u64().unwrap_or(0),
-        v["configured_share"].as_f64(),
-    ))
+    let v = st
+        .first()
+        .ok_or_else(|| format!("no status for vGPU {uuid}"))?;
+    Ok((v.gpu_time_ns.unwrap_or(0), v.configured_share))
 }
 
 /// Create the demo's vGPUs on `daemon`, run the tenants for `seconds` of
@@ -64,11 +64,7 @@ pub fn run(daemon: &Arc<Mutex<Daemon>>, seconds: f64) -> Result<DemoReport, Stri
         let r = lock(daemon)
             .create(t, None, None)
             .map_err(|e| format!("create {t}: {e}"))?;
-        created.push((
-            r["uuid"].as_str().unwrap_or_default().to_string(),
-            t.to_string(),
-            r["socket"].as_str().unwrap_or_default().to_string(),
-        ));
+        created.push((r.uuid, t.to_string(), r.socket));
     }
     let result = run_tenants(daemon, &created, seconds);
     for (uuid, _, _) in &created {
@@ -79,13 +75,13 @@ pub fn run(daemon: &Arc<Mutex<Daemon>>, seconds: f64) -> Result<DemoReport, Stri
 
 fn run_tenants(
     daemon: &Arc<Mutex<Daemon>>,
-    created: &[(String, String, String)],
+    created: &[(String, String, PathBuf)],
     seconds: f64,
 ) -> Result<DemoReport, String> {
-    let policy = lock(daemon).policy_show(None).map_err(|e| e.to_string())?["policy"]
-        .as_str()
-        .unwrap_or("")
-        .to_string();
+    let policy = lock(daemon)
+        .policy_show(None)
+        .map_err(|e| e.to_string())?
+        .policy;
     let start = Arc::new(Barrier::new(created.len() + 1));
     let done = Arc::new(Barrier::new(created.len() + 1));
     let cfg = LoadConfig {
@@ -104,7 +100,7 @@ fn run_tenants(
         threads.push(std::thread::spawn(
             move || -> Result<(usize, usize, LoadReport), String> {
                 let tenant = || -> Result<(usize, usize, Device), String> {
-                    let t = VfioUserTransport::connect(socket.as_ref(), 64 << 20)
+                    let t = VfioUserTransport::connect(&socket, 64 << 20)
                         .map_err(|e| format!("{name}: connect: {e}"))?;
                     let mut dev =
                         Device::open(Box::new(t)).map_err(|e| format!("{name}: open: {e}"))?;

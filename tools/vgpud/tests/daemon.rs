@@ -405,3 +405,85 @@ types = ["vgpud-16c", "vgpud-1c"]
         "{err}"
     );
 }
+
+/// The field names of every reply, as docs/control.md gives them: the typed
+/// replies (`vgpud::daemon::replies`) must not rename one.
+#[test]
+fn replies_keep_their_field_names() {
+    fn keys(v: &Value) -> Vec<&str> {
+        let mut k: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        k.sort_unstable();
+        k
+    }
+    let v = Vgpud::start("fields", None);
+    let mut ctl = Ctl::new(&v);
+    let types = ctl.ok(json!({"op": "types"}));
+    assert_eq!(
+        keys(&types[0]),
+        [
+            "available_instances",
+            "channels",
+            "description",
+            "device_api",
+            "device_id",
+            "fixed_share",
+            "framebuffer_bytes",
+            "id",
+            "max_instances",
+            "name",
+            "parent",
+            "vendor_id"
+        ]
+    );
+    let created = ctl.ok(json!({"op": "create", "type": "vgpud-2c", "uuid": U1}));
+    assert_eq!(keys(&created), ["parent", "socket", "type", "uuid"]);
+    let list = ctl.ok(json!({"op": "list"}));
+    assert_eq!(
+        keys(&list[0]),
+        ["attached", "parent", "socket", "type", "uuid"]
+    );
+    let status = ctl.ok(json!({"op": "status", "uuid": U1}));
+    assert_eq!(
+        keys(&status[0]),
+        [
+            "achieved_share",
+            "attached",
+            "cap",
+            "commands",
+            "configured_share",
+            "connections",
+            "faults",
+            "framebuffer_bytes",
+            "gpu_time_ns",
+            "interrupts",
+            "parent",
+            "pinned_bytes",
+            "policy",
+            "protocol_errors",
+            "queue_depth",
+            "socket",
+            "type",
+            "type_name",
+            "uuid",
+            "wait_ns"
+        ]
+    );
+    assert_eq!(status[0]["cap"], Value::Null, "unknown figures are null");
+    let policy = ctl.ok(json!({"op": "policy_show"}));
+    assert_eq!(
+        keys(&policy),
+        [
+            "averaging_factor",
+            "parent",
+            "policy",
+            "timeslice_us",
+            "window_us"
+        ]
+    );
+    assert_eq!(
+        ctl.ok(json!({"op": "reload"})),
+        json!({"reloaded": false, "reason": "no --config file"})
+    );
+    let removed = ctl.ok(json!({"op": "remove", "uuid": U1}));
+    assert_eq!(removed, json!({"uuid": U1, "was_attached": false}));
+}

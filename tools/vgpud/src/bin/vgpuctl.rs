@@ -10,7 +10,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
+use vgpud::daemon::{Created, PolicyInfo, TypeInfo, VgpuStatus, VgpuSummary};
 
 #[derive(Parser)]
 #[command(version, about = "vgpuctl: manage the vGPUs of a running vgpud")]
@@ -108,11 +110,23 @@ fn call(args: &Args, req: Value) -> Result<Value, Failure> {
     }
 }
 
-fn opt(v: &Value, digits: usize) -> String {
-    match v.as_f64() {
+/// The result of `req`, read as `T` (docs/control.md; the daemon's
+/// `vgpud::daemon::replies`).
+fn call_as<T: DeserializeOwned>(args: &Args, req: Value) -> Result<T, Failure> {
+    serde_json::from_value(call(args, req)?)
+        .map_err(|e| Failure::Unreachable(format!("bad reply from vgpud: {e}")))
+}
+
+fn opt(v: Option<f64>, digits: usize) -> String {
+    match v {
         Some(x) => format!("{x:.digits$}"),
         None => "-".into(),
     }
+}
+
+/// A figure the daemon may not know, as the JSON reply shows it.
+fn or_null<T: std::fmt::Display>(v: Option<T>) -> String {
+    v.map_or("null".into(), |x| x.to_string())
 }
 
 fn run(args: &Args) -> Result<(), Failure> {
@@ -121,25 +135,26 @@ fn run(args: &Args) -> Result<(), Failure> {
             parent,
             json: as_json,
         } => {
-            let r = call(args, json!({"op": "types", "parent": parent}))?;
+            let req = json!({"op": "types", "parent": parent});
             if *as_json {
-                println!("{r:#}");
+                println!("{:#}", call(args, req)?);
                 return Ok(());
             }
+            let r: Vec<TypeInfo> = call_as(args, req)?;
             println!(
                 "{:<8} {:<10} {:<8} {:>6} {:>5} {:>9}  description",
                 "parent", "type", "name", "fb_gib", "max", "available"
             );
-            for t in r.as_array().into_iter().flatten() {
+            for t in r {
                 println!(
                     "{:<8} {:<10} {:<8} {:>6} {:>5} {:>9}  {}",
-                    t["parent"].as_str().unwrap_or(""),
-                    t["id"].as_str().unwrap_or(""),
-                    t["name"].as_str().unwrap_or(""),
-                    t["framebuffer_bytes"].as_u64().unwrap_or(0) >> 30,
-                    t["max_instances"],
-                    t["available_instances"],
-                    t["description"].as_str().unwrap_or("")
+                    t.parent,
+                    t.id,
+                    t.name,
+                    t.framebuffer_bytes >> 30,
+                    t.max_instances,
+                    t.available_instances,
+                    t.description
                 );
             }
         }
@@ -148,37 +163,30 @@ fn run(args: &Args) -> Result<(), Failure> {
             parent,
             uuid,
         } => {
-            let r = call(
+            let r: Created = call_as(
                 args,
                 json!({"op": "create", "type": vtype, "parent": parent, "uuid": uuid}),
             )?;
-            println!(
-                "{} {}",
-                r["uuid"].as_str().unwrap_or(""),
-                r["socket"].as_str().unwrap_or("")
-            );
+            println!("{} {}", r.uuid, r.socket.display());
         }
         Cmd::Remove { uuid } => {
             call(args, json!({"op": "remove", "uuid": uuid}))?;
         }
         Cmd::List { json: as_json } => {
-            let r = call(args, json!({"op": "list"}))?;
+            let req = json!({"op": "list"});
             if *as_json {
-                println!("{r:#}");
+                println!("{:#}", call(args, req)?);
                 return Ok(());
             }
-            for v in r.as_array().into_iter().flatten() {
+            let r: Vec<VgpuSummary> = call_as(args, req)?;
+            for v in r {
                 println!(
                     "{} {} {} {} {}",
-                    v["uuid"].as_str().unwrap_or(""),
-                    v["type"].as_str().unwrap_or(""),
-                    v["parent"].as_str().unwrap_or(""),
-                    if v["attached"] == true {
-                        "attached"
-                    } else {
-                        "detached"
-                    },
-                    v["socket"].as_str().unwrap_or("")
+                    v.uuid,
+                    v.type_id,
+                    v.parent,
+                    if v.attached { "attached" } else { "detached" },
+                    v.socket.display()
                 );
             }
         }
@@ -186,70 +194,46 @@ fn run(args: &Args) -> Result<(), Failure> {
             uuid,
             json: as_json,
         } => {
-            let r = call(args, json!({"op": "status", "uuid": uuid}))?;
+            let req = json!({"op": "status", "uuid": uuid});
             if *as_json {
-                println!("{r:#}");
+                println!("{:#}", call(args, req)?);
                 return Ok(());
             }
-            for v in r.as_array().into_iter().flatten() {
-                println!("vGPU {}", v["uuid"].as_str().unwrap_or(""));
-                println!(
-                    "    Type                 : {} ({})",
-                    v["type_name"].as_str().unwrap_or(""),
-                    v["type"].as_str().unwrap_or("")
-                );
-                println!(
-                    "    Parent               : {}",
-                    v["parent"].as_str().unwrap_or("")
-                );
-                println!(
-                    "    Socket               : {}",
-                    v["socket"].as_str().unwrap_or("")
-                );
+            let r: Vec<VgpuStatus> = call_as(args, req)?;
+            for v in r {
+                println!("vGPU {}", v.uuid);
+                println!("    Type                 : {} ({})", v.type_name, v.type_id);
+                println!("    Parent               : {}", v.parent);
+                println!("    Socket               : {}", v.socket.display());
                 println!(
                     "    Attached             : {}",
-                    if v["attached"] == true { "Yes" } else { "No" }
+                    if v.attached { "Yes" } else { "No" }
                 );
-                println!(
-                    "    Scheduling Policy    : {}",
-                    v["policy"].as_str().unwrap_or("")
-                );
-                println!(
-                    "    Configured Share     : {}",
-                    opt(&v["configured_share"], 3)
-                );
-                println!(
-                    "    Achieved Share       : {}",
-                    opt(&v["achieved_share"], 3)
-                );
+                println!("    Scheduling Policy    : {}", v.policy);
+                println!("    Configured Share     : {}", opt(v.configured_share, 3));
+                println!("    Achieved Share       : {}", opt(v.achieved_share, 3));
                 println!(
                     "    GPU Time             : {:.3} s",
-                    v["gpu_time_ns"].as_f64().unwrap_or(0.0) / 1e9
+                    v.gpu_time_ns.unwrap_or(0) as f64 / 1e9
                 );
-                println!("    Commands             : {}", v["commands"]);
-                println!("    Queue Depth          : {}", v["queue_depth"]);
-                println!("    Faults               : {}", v["faults"]);
-                println!("    Interrupts           : {}", v["interrupts"]);
+                println!("    Commands             : {}", or_null(v.commands));
+                println!("    Queue Depth          : {}", or_null(v.queue_depth));
+                println!("    Faults               : {}", v.faults);
+                println!("    Interrupts           : {}", v.interrupts);
                 println!(
                     "    Framebuffer          : {} MiB",
-                    v["framebuffer_bytes"].as_u64().unwrap_or(0) >> 20
+                    v.framebuffer_bytes >> 20
                 );
-                println!(
-                    "    Pinned Guest Memory  : {} MiB",
-                    v["pinned_bytes"].as_u64().unwrap_or(0) >> 20
-                );
+                println!("    Pinned Guest Memory  : {} MiB", v.pinned_bytes >> 20);
             }
         }
         Cmd::Policy {
             cmd: PolicyCmd::Show { parent },
         } => {
-            let r = call(args, json!({"op": "policy_show", "parent": parent}))?;
+            let r: PolicyInfo = call_as(args, json!({"op": "policy_show", "parent": parent}))?;
             println!(
                 "{} {} timeslice {} us window {} us",
-                r["parent"].as_str().unwrap_or(""),
-                r["policy"].as_str().unwrap_or(""),
-                r["timeslice_us"],
-                r["window_us"]
+                r.parent, r.policy, r.timeslice_us, r.window_us
             );
         }
         Cmd::Policy {
@@ -260,25 +244,20 @@ fn run(args: &Args) -> Result<(), Failure> {
                     timeslice_us,
                 },
         } => {
-            let r = call(
+            let r: PolicyInfo = call_as(
                 args,
                 json!({"op": "policy_set", "parent": parent, "policy": policy, "timeslice_us": timeslice_us}),
             )?;
-            println!(
-                "{} {} timeslice {} us",
-                r["parent"].as_str().unwrap_or(""),
-                r["policy"].as_str().unwrap_or(""),
-                r["timeslice_us"]
-            );
+            println!("{} {} timeslice {} us", r.parent, r.policy, r.timeslice_us);
         }
         Cmd::Reload => {
             let r = call(args, json!({"op": "reload"}))?;
             println!("{r}");
         }
         Cmd::LibvirtXml { uuid } => {
-            let r = call(args, json!({"op": "status", "uuid": uuid}))?;
-            let socket = r[0]["socket"].as_str().unwrap_or("");
-            print!("{}", libvirt_xml(uuid, socket));
+            let r: Vec<VgpuStatus> = call_as(args, json!({"op": "status", "uuid": uuid}))?;
+            let socket = r.first().map(|v| v.socket.display().to_string());
+            print!("{}", libvirt_xml(uuid, socket.as_deref().unwrap_or("")));
         }
     }
     Ok(())

@@ -121,8 +121,7 @@ fn main() -> Result<(), String> {
         .map_err(|e| e.to_string())?
         .create("vgpud-1c", None, None)
         .map_err(|e| e.to_string())?;
-    let socket = created["socket"].as_str().unwrap_or_default().to_string();
-    let t = VfioUserTransport::connect(socket.as_ref(), 16 << 20).map_err(|e| e.to_string())?;
+    let t = VfioUserTransport::connect(&created.socket, 16 << 20).map_err(|e| e.to_string())?;
     let mut dev = Device::open(Box::new(t)).map_err(|e| e.to_string())?;
     let mut socket_rt = Vec::with_capacity(n);
     for i in 0..n {

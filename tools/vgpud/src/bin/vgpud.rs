@@ -150,7 +150,10 @@ fn main() -> ExitCode {
         if sig == SIGHUP {
             let mut d = lock(&daemon);
             match d.reload() {
-                Ok(v) => tracing::info!("SIGHUP: {v}"),
+                Ok(v) => match serde_json::to_string(&v) {
+                    Ok(json) => tracing::info!("SIGHUP: {json}"),
+                    Err(_) => tracing::info!("SIGHUP: {v:?}"),
+                },
                 Err(e) => tracing::error!("SIGHUP: reload failed, policy unchanged: {e}"),
             }
             continue;

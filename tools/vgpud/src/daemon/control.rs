@@ -13,11 +13,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::{Daemon, OpError};
+use super::{op_err, Daemon, OpError};
 use crate::errno::Errno;
 
 /// The longest request line accepted.
@@ -54,27 +54,33 @@ pub enum Request {
     Reload,
 }
 
-/// Run one request against the daemon.
+/// Run one request against the daemon; the reply's `result` is what the
+/// operation returned ([`super::replies`]), as JSON.
 pub fn execute(daemon: &Mutex<Daemon>, req: Request) -> Result<Value, OpError> {
     let mut d = lock(daemon);
     match req {
-        Request::Types { parent } => d.types(parent.as_deref()),
+        Request::Types { parent } => reply(d.types(parent.as_deref())),
         Request::Create {
             vtype,
             parent,
             uuid,
-        } => d.create(&vtype, parent.as_deref(), uuid.as_deref()),
-        Request::Remove { uuid } => d.remove(&uuid),
-        Request::List => Ok(d.list()),
-        Request::Status { uuid } => d.status(uuid.as_deref()),
-        Request::PolicyShow { parent } => d.policy_show(parent.as_deref()),
+        } => reply(d.create(&vtype, parent.as_deref(), uuid.as_deref())),
+        Request::Remove { uuid } => reply(d.remove(&uuid)),
+        Request::List => reply(Ok(d.list())),
+        Request::Status { uuid } => reply(d.status(uuid.as_deref())),
+        Request::PolicyShow { parent } => reply(d.policy_show(parent.as_deref())),
         Request::PolicySet {
             parent,
             policy,
             timeslice_us,
-        } => d.policy_set(parent.as_deref(), &policy, timeslice_us),
-        Request::Reload => d.reload(),
+        } => reply(d.policy_set(parent.as_deref(), &policy, timeslice_us)),
+        Request::Reload => reply(d.reload()),
     }
+}
+
+/// An operation's result as JSON (a path that is not UTF-8 cannot be sent: `EIO`).
+fn reply<T: Serialize>(r: Result<T, OpError>) -> Result<Value, OpError> {
+    serde_json::to_value(r?).map_err(|e| op_err(Errno::EIO, format!("reply not sendable: {e}")))
 }
 
 /// Answer one request line.

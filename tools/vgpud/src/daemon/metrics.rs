@@ -11,10 +11,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use serde_json::Value;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::Daemon;
+use super::{Daemon, VgpuStatus};
 
 /// The running endpoint; dropping it stops it.
 pub struct MetricsServer {
@@ -85,97 +84,146 @@ fn answer(mut s: TcpStream, daemon: &Mutex<Daemon>) -> std::io::Result<()> {
     write!(s, "HTTP/1.0 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())
 }
 
+/// One series: its name, type, help and where its value comes from in a
+/// vGPU's status (`None`: no sample for that vGPU), before `scale`.
+struct Series {
+    name: &'static str,
+    kind: &'static str,
+    help: &'static str,
+    value: fn(&VgpuStatus) -> Option<f64>,
+    scale: f64,
+}
+
+/// Every series, each read from a field of [`VgpuStatus`].
+const SERIES: [Series; 9] = [
+    Series {
+        name: "vgpud_vgpu_attached",
+        kind: "gauge",
+        help: "1 when a VMM is connected to the vGPU",
+        value: |v| Some(if v.attached { 1.0 } else { 0.0 }),
+        scale: 1.0,
+    },
+    Series {
+        name: "vgpud_vgpu_gpu_seconds_total",
+        kind: "counter",
+        help: "engine time the vGPU's work used",
+        value: |v| v.gpu_time_ns.map(|x| x as f64),
+        scale: 1e-9,
+    },
+    Series {
+        name: "vgpud_vgpu_commands_total",
+        kind: "counter",
+        help: "engine commands completed",
+        value: |v| v.commands.map(|x| x as f64),
+        scale: 1.0,
+    },
+    Series {
+        name: "vgpud_vgpu_share",
+        kind: "gauge",
+        help: "share of the parent's time over the averaging window",
+        value: |v| v.achieved_share,
+        scale: 1.0,
+    },
+    Series {
+        name: "vgpud_vgpu_configured_share",
+        kind: "gauge",
+        help: "share the policy promises (strict policies, reservations)",
+        value: |v| v.configured_share,
+        scale: 1.0,
+    },
+    Series {
+        name: "vgpud_vgpu_queue_depth",
+        kind: "gauge",
+        help: "engine commands queued in the scheduler",
+        value: |v| v.queue_depth.map(|x| x as f64),
+        scale: 1.0,
+    },
+    Series {
+        name: "vgpud_vgpu_wait_seconds_total",
+        kind: "counter",
+        help: "time commands waited for the engine",
+        value: |v| v.wait_ns.map(|x| x as f64),
+        scale: 1e-9,
+    },
+    Series {
+        name: "vgpud_vgpu_faults_total",
+        kind: "counter",
+        help: "channel faults (MMU faults and channel errors)",
+        value: |v| Some(v.faults as f64),
+        scale: 1.0,
+    },
+    Series {
+        name: "vgpud_vgpu_pinned_bytes",
+        kind: "gauge",
+        help: "guest memory mapped and pinned for the vGPU",
+        value: |v| Some(v.pinned_bytes as f64),
+        scale: 1.0,
+    },
+];
+
 /// The Prometheus exposition of every vGPU's status.
 pub fn render(daemon: &Mutex<Daemon>) -> String {
-    let status = {
-        let d = lock(daemon);
-        d.status(None).unwrap_or(Value::Null)
-    };
-    let vgpus = status.as_array().cloned().unwrap_or_default();
+    let vgpus = lock(daemon).status_all();
+    render_status(&vgpus)
+}
+
+fn render_status(vgpus: &[VgpuStatus]) -> String {
     let mut out = String::new();
-    let metrics: [(&str, &str, &str, &str, f64); 9] = [
-        (
-            "vgpud_vgpu_attached",
-            "gauge",
-            "1 when a VMM is connected to the vGPU",
-            "attached",
-            1.0,
-        ),
-        (
-            "vgpud_vgpu_gpu_seconds_total",
-            "counter",
-            "engine time the vGPU's work used",
-            "gpu_time_ns",
-            1e-9,
-        ),
-        (
-            "vgpud_vgpu_commands_total",
-            "counter",
-            "engine commands completed",
-            "commands",
-            1.0,
-        ),
-        (
-            "vgpud_vgpu_share",
-            "gauge",
-            "share of the parent's time over the averaging window",
-            "achieved_share",
-            1.0,
-        ),
-        (
-            "vgpud_vgpu_configured_share",
-            "gauge",
-            "share the policy promises (strict policies, reservations)",
-            "configured_share",
-            1.0,
-        ),
-        (
-            "vgpud_vgpu_queue_depth",
-            "gauge",
-            "engine commands queued in the scheduler",
-            "queue_depth",
-            1.0,
-        ),
-        (
-            "vgpud_vgpu_wait_seconds_total",
-            "counter",
-            "time commands waited for the engine",
-            "wait_ns",
-            1e-9,
-        ),
-        (
-            "vgpud_vgpu_faults_total",
-            "counter",
-            "channel faults (MMU faults and channel errors)",
-            "faults",
-            1.0,
-        ),
-        (
-            "vgpud_vgpu_pinned_bytes",
-            "gauge",
-            "guest memory mapped and pinned for the vGPU",
-            "pinned_bytes",
-            1.0,
-        ),
-    ];
-    for (name, kind, help, key, scale) in metrics {
+    for s in &SERIES {
+        let (name, kind, help) = (s.name, s.kind, s.help);
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for v in &vgpus {
-            let value = match &v[key] {
-                Value::Bool(b) => Some(if *b { 1.0 } else { 0.0 }),
-                x => x.as_f64(),
-            };
-            if let Some(x) = value {
+        for v in vgpus {
+            if let Some(x) = (s.value)(v) {
                 let _ = writeln!(
                     out,
                     "{name}{{uuid=\"{}\",type=\"{}\",parent=\"{}\"}} {}",
-                    v["uuid"].as_str().unwrap_or(""),
-                    v["type"].as_str().unwrap_or(""),
-                    v["parent"].as_str().unwrap_or(""),
-                    x * scale
+                    v.uuid,
+                    v.type_id,
+                    v.parent,
+                    x * s.scale
                 );
             }
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_series_has_a_sample_per_vgpu() {
+        let dir = std::env::temp_dir().join(format!("vgpud-metrics-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let daemon = Mutex::new(Daemon::new(
+            &dir,
+            None,
+            scheduler::Config::default(),
+            &mdev_types::Catalog::default(),
+        ));
+        // fixed_share: every figure, the configured share included, is known.
+        lock(&daemon).policy_set(None, "fixed_share", None).unwrap();
+        let u = "aa618089-8b16-4d01-a136-25a0f3c73123";
+        lock(&daemon).create("vgpud-2c", None, Some(u)).unwrap();
+        let text = render(&daemon);
+        let labels = format!("{{uuid=\"{u}\",type=\"vgpud-2c\",parent=\"cpu0\"}}");
+        for s in &SERIES {
+            assert!(
+                text.contains(&format!("# TYPE {} {}\n", s.name, s.kind)),
+                "{}: no TYPE line in\n{text}",
+                s.name
+            );
+            assert!(
+                text.lines()
+                    .any(|l| l.starts_with(&format!("{}{labels} ", s.name))),
+                "{}: no sample for the vGPU in\n{text}",
+                s.name
+            );
+        }
+        assert!(text.contains(&format!("vgpud_vgpu_configured_share{labels} 0.25\n")));
+        assert!(text.contains(&format!("vgpud_vgpu_attached{labels} 0\n")));
+        drop(daemon);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -9,6 +9,7 @@
 
 pub mod control;
 pub mod metrics;
+pub mod replies;
 pub mod sysfs;
 
 use std::collections::BTreeMap;
@@ -20,8 +21,10 @@ use devmodel::{CpuEngine, Vgpu, VgpuConfig};
 use mdev_types::{Catalog, Engine, ParentCapacity, VgpuType};
 use mmio::pci::PciIdentity;
 use scheduler::{Config, PolicyKind};
-use serde_json::{json, Value};
+use serde_json::Value;
 use uuid::Uuid;
+
+pub use replies::{Created, PolicyInfo, Reloaded, Removed, TypeInfo, VgpuStatus, VgpuSummary};
 
 use crate::errno::Errno;
 use crate::parent::Parent;
@@ -207,7 +210,7 @@ impl Daemon {
     }
 
     /// The types every parent offers, with what is still available.
-    pub fn types(&self, parent: Option<&str>) -> Result<Value, OpError> {
+    pub fn types(&self, parent: Option<&str>) -> Result<Vec<TypeInfo>, OpError> {
         let ids: Vec<&String> = match parent {
             Some(p) => vec![self.parent(Some(p))?.0],
             None => self.parents.keys().collect(),
@@ -216,23 +219,23 @@ impl Daemon {
         for id in ids {
             let slot = &self.parents[id];
             for t in &slot.types {
-                out.push(json!({
-                    "parent": id,
-                    "id": t.id,
-                    "name": t.name,
-                    "description": description(t),
-                    "device_api": "vfio-pci",
-                    "framebuffer_bytes": t.framebuffer_bytes,
-                    "max_instances": t.max_instances,
-                    "available_instances": self.available(id, t),
-                    "fixed_share": t.fixed_share(),
-                    "channels": t.channels,
-                    "vendor_id": format!("{:#06x}", t.vendor_id),
-                    "device_id": format!("{:#06x}", t.device_id),
-                }));
+                out.push(TypeInfo {
+                    parent: id.clone(),
+                    id: t.id.clone(),
+                    name: t.name.clone(),
+                    description: description(t),
+                    device_api: "vfio-pci".into(),
+                    framebuffer_bytes: t.framebuffer_bytes,
+                    max_instances: t.max_instances,
+                    available_instances: self.available(id, t),
+                    fixed_share: t.fixed_share(),
+                    channels: t.channels,
+                    vendor_id: format!("{:#06x}", t.vendor_id),
+                    device_id: format!("{:#06x}", t.device_id),
+                });
             }
         }
-        Ok(Value::Array(out))
+        Ok(out)
     }
 
     /// Create a vGPU of `type_id` on `parent` (default: the first parent
@@ -243,7 +246,7 @@ impl Daemon {
         type_id: &str,
         parent: Option<&str>,
         uuid: Option<&str>,
-    ) -> Result<Value, OpError> {
+    ) -> Result<Created, OpError> {
         let uuid = match uuid {
             Some(u) => parse_uuid(u)?,
             None => Uuid::new_v4(),
@@ -322,12 +325,17 @@ impl Daemon {
                 key,
             },
         );
-        Ok(json!({"uuid": name, "type": type_id, "parent": parent_id, "socket": path}))
+        Ok(Created {
+            uuid: name,
+            type_id,
+            parent: parent_id,
+            socket: path,
+        })
     }
 
     /// Remove a vGPU; a client attached to it is disconnected and the vGPU
     /// quiesced first.
-    pub fn remove(&mut self, uuid: &str) -> Result<Value, OpError> {
+    pub fn remove(&mut self, uuid: &str) -> Result<Removed, OpError> {
         let u = parse_uuid(uuid)?;
         let slot = self
             .vgpus
@@ -336,7 +344,10 @@ impl Daemon {
         let attached = slot.server.stats().attached.load(Ordering::Relaxed);
         drop(slot);
         tracing::info!(uuid = %u, attached, "vGPU removed");
-        Ok(json!({"uuid": u.to_string(), "was_attached": attached}))
+        Ok(Removed {
+            uuid: u.to_string(),
+            was_attached: attached,
+        })
     }
 
     pub fn socket_path(&self, uuid: &Uuid) -> PathBuf {
@@ -344,26 +355,37 @@ impl Daemon {
     }
 
     /// One line per vGPU.
-    pub fn list(&self) -> Value {
-        Value::Array(
-            self.vgpus
-                .iter()
-                .map(|(u, v)| {
-                    json!({"uuid": u.to_string(), "type": v.vtype.id, "parent": v.parent, "socket": v.server.path(),
-                           "attached": v.server.stats().attached.load(Ordering::Relaxed)})
-                })
-                .collect(),
-        )
+    pub fn list(&self) -> Vec<VgpuSummary> {
+        self.vgpus
+            .iter()
+            .map(|(u, v)| VgpuSummary {
+                uuid: u.to_string(),
+                type_id: v.vtype.id.clone(),
+                parent: v.parent.clone(),
+                socket: v.server.path().to_path_buf(),
+                attached: v.server.stats().attached.load(Ordering::Relaxed),
+            })
+            .collect()
     }
 
-    /// Full status of one vGPU or all, in the spirit of `nvidia-smi vgpu -q`.
-    pub fn status(&self, uuid: Option<&str>) -> Result<Value, OpError> {
+    /// Full status of one vGPU (`Some(uuid)`) or all, in the spirit of
+    /// `nvidia-smi vgpu -q`.
+    pub fn status(&self, uuid: Option<&str>) -> Result<Vec<VgpuStatus>, OpError> {
         let wanted = uuid.map(parse_uuid).transpose()?;
         if let Some(u) = &wanted {
             if !self.vgpus.contains_key(u) {
                 return Err(op_err(Errno::ENOENT, format!("no vGPU {u}")));
             }
         }
+        Ok(self.status_where(|u| wanted.is_none_or(|w| w == *u)))
+    }
+
+    /// The status of every vGPU.
+    pub fn status_all(&self) -> Vec<VgpuStatus> {
+        self.status_where(|_| true)
+    }
+
+    fn status_where(&self, wanted: impl Fn(&Uuid) -> bool) -> Vec<VgpuStatus> {
         let stats: BTreeMap<&String, scheduler::ParentStats> = self
             .parents
             .iter()
@@ -371,48 +393,51 @@ impl Daemon {
             .collect();
         let mut out = Vec::new();
         for (u, v) in &self.vgpus {
-            if wanted.is_some_and(|w| w != *u) {
+            if !wanted(u) {
                 continue;
             }
             let ps = &stats[&v.parent];
             let s = ps.vgpu(v.key);
             let dev = v.vgpu.stats();
             let srv = v.server.stats();
-            out.push(json!({
-                "uuid": u.to_string(),
-                "type": v.vtype.id,
-                "type_name": v.vtype.name,
-                "parent": v.parent,
-                "socket": v.server.path(),
-                "attached": srv.attached.load(Ordering::Relaxed),
-                "connections": srv.connections.load(Ordering::Relaxed),
-                "protocol_errors": srv.errors.load(Ordering::Relaxed),
-                "policy": ps.policy.name(),
-                "configured_share": s.and_then(|s| s.configured_share),
-                "cap": s.and_then(|s| s.cap),
-                "achieved_share": s.map(|s| s.share_window),
-                "gpu_time_ns": s.map(|s| s.total),
-                "commands": s.map(|s| s.commands),
-                "queue_depth": s.map(|s| s.queue_depth),
-                "wait_ns": s.map(|s| s.wait),
-                "faults": dev.faults,
-                "interrupts": dev.msi_delivered,
-                "pinned_bytes": dev.pinned_bytes,
-                "framebuffer_bytes": v.vtype.framebuffer_bytes,
-            }));
+            out.push(VgpuStatus {
+                uuid: u.to_string(),
+                type_id: v.vtype.id.clone(),
+                type_name: v.vtype.name.clone(),
+                parent: v.parent.clone(),
+                socket: v.server.path().to_path_buf(),
+                attached: srv.attached.load(Ordering::Relaxed),
+                connections: srv.connections.load(Ordering::Relaxed),
+                protocol_errors: srv.errors.load(Ordering::Relaxed),
+                policy: ps.policy.name().to_string(),
+                configured_share: s.and_then(|s| s.configured_share),
+                cap: s.and_then(|s| s.cap),
+                achieved_share: s.map(|s| s.share_window),
+                gpu_time_ns: s.map(|s| s.total),
+                commands: s.map(|s| s.commands),
+                queue_depth: s.map(|s| s.queue_depth),
+                wait_ns: s.map(|s| s.wait),
+                faults: dev.faults,
+                interrupts: dev.msi_delivered,
+                pinned_bytes: dev.pinned_bytes,
+                framebuffer_bytes: v.vtype.framebuffer_bytes,
+            });
         }
-        Ok(Value::Array(out))
+        out
     }
 
     /// The policy of a parent.
-    pub fn policy_show(&self, parent: Option<&str>) -> Result<Value, OpError> {
+    pub fn policy_show(&self, parent: Option<&str>) -> Result<PolicyInfo, OpError> {
         let (id, slot) = self.parent(parent)?;
         let p = slot.parent.policy();
         let st = slot.parent.stats();
-        Ok(
-            json!({"parent": id, "policy": p.kind.name(), "timeslice_us": slot.parent.timeslice() / 1000,
-                  "averaging_factor": p.averaging_factor, "window_us": st.window / 1000}),
-        )
+        Ok(PolicyInfo {
+            parent: id.clone(),
+            policy: p.kind.name().to_string(),
+            timeslice_us: slot.parent.timeslice() / 1000,
+            averaging_factor: p.averaging_factor,
+            window_us: st.window / 1000,
+        })
     }
 
     /// Change a parent's policy (and timeslice) while vGPUs run.
@@ -421,7 +446,7 @@ impl Daemon {
         parent: Option<&str>,
         policy: &str,
         timeslice_us: Option<u64>,
-    ) -> Result<Value, OpError> {
+    ) -> Result<PolicyInfo, OpError> {
         let kind = PolicyKind::from_name(policy).ok_or_else(|| {
             op_err(
                 Errno::EINVAL,
@@ -452,9 +477,13 @@ impl Daemon {
 
     /// Load the policy file again and apply it; a file that fails to load
     /// changes nothing.
-    pub fn reload(&mut self) -> Result<Value, OpError> {
+    pub fn reload(&mut self) -> Result<Reloaded, OpError> {
         let Some(path) = &self.config_path else {
-            return Ok(json!({"reloaded": false, "reason": "no --config file"}));
+            return Ok(Reloaded {
+                reloaded: false,
+                file: None,
+                reason: Some("no --config file".into()),
+            });
         };
         let config = Config::load(path).map_err(|e| op_err(Errno::EINVAL, e.to_string()))?;
         // Resolve everything first so that a bad file changes nothing.
@@ -478,7 +507,11 @@ impl Daemon {
         }
         self.config = config;
         tracing::info!(file = %path.display(), "configuration reloaded");
-        Ok(json!({"reloaded": true, "file": path}))
+        Ok(Reloaded {
+            reloaded: true,
+            file: Some(path.clone()),
+            reason: None,
+        })
     }
 }
 

@@ -1,0 +1,124 @@
+//! What the daemon's operations return: the `result` of a control-socket
+//! reply (docs/control.md), field for field.
+//!
+//! The JSON field names here are the wire format: `vgpuctl` (and anything
+//! else on the socket) reads them, and `vgpuctl status --json` prints them.
+//! The metrics endpoint reads [`VgpuStatus`]'s fields, so a field that goes
+//! away breaks its build rather than silently dropping a series.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// One type a parent offers (`types`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TypeInfo {
+    pub parent: String,
+    /// The mdev type id, `vgpud-4c`.
+    pub id: String,
+    pub name: String,
+    pub description: String,
+    /// Always `vfio-pci`.
+    pub device_api: String,
+    pub framebuffer_bytes: u64,
+    pub max_instances: u32,
+    pub available_instances: u32,
+    /// `1 / max_instances`.
+    pub fixed_share: f64,
+    pub channels: u32,
+    /// `0x7667`.
+    pub vendor_id: String,
+    pub device_id: String,
+}
+
+/// A vGPU just created (`create`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Created {
+    pub uuid: String,
+    #[serde(rename = "type")]
+    pub type_id: String,
+    pub parent: String,
+    /// Its vfio-user socket.
+    pub socket: PathBuf,
+}
+
+/// A vGPU just removed (`remove`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Removed {
+    pub uuid: String,
+    /// A VMM was connected (and was disconnected).
+    pub was_attached: bool,
+}
+
+/// One line of `list`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VgpuSummary {
+    pub uuid: String,
+    #[serde(rename = "type")]
+    pub type_id: String,
+    pub parent: String,
+    pub socket: PathBuf,
+    pub attached: bool,
+}
+
+/// The status of one vGPU (`status`), in the spirit of `nvidia-smi vgpu -q`.
+/// The scheduler's figures are `null` while the parent does not know the vGPU.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VgpuStatus {
+    pub uuid: String,
+    #[serde(rename = "type")]
+    pub type_id: String,
+    pub type_name: String,
+    pub parent: String,
+    pub socket: PathBuf,
+    /// A VMM is connected now.
+    pub attached: bool,
+    /// vfio-user connections accepted since the vGPU was created.
+    pub connections: u64,
+    /// vfio-user messages answered with an error, or that ended a connection.
+    pub protocol_errors: u64,
+    /// The parent's policy.
+    pub policy: String,
+    /// The share the policy promises (strict policies), or the reservation (weighted).
+    pub configured_share: Option<f64>,
+    /// The cap in force (weighted).
+    pub cap: Option<f64>,
+    /// Share of the parent's time over the averaging window.
+    pub achieved_share: Option<f64>,
+    /// Engine time the vGPU's work used.
+    pub gpu_time_ns: Option<u64>,
+    /// Engine commands completed.
+    pub commands: Option<u64>,
+    /// Engine commands queued in the scheduler.
+    pub queue_depth: Option<usize>,
+    /// Time commands waited for the engine.
+    pub wait_ns: Option<u64>,
+    /// Channel faults (MMU faults and channel errors).
+    pub faults: u64,
+    /// MSIs delivered.
+    pub interrupts: u64,
+    /// Guest memory mapped and pinned for the vGPU.
+    pub pinned_bytes: u64,
+    pub framebuffer_bytes: u64,
+}
+
+/// A parent's policy (`policy_show`, `policy_set`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PolicyInfo {
+    pub parent: String,
+    pub policy: String,
+    pub timeslice_us: u64,
+    pub averaging_factor: u32,
+    pub window_us: u64,
+}
+
+/// What `reload` did: `{"reloaded":true,"file":…}`, or
+/// `{"reloaded":false,"reason":…}` when there is no file to reload.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Reloaded {
+    pub reloaded: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
