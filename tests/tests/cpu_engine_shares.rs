@@ -18,12 +18,9 @@ fn shares(config: Config, policy: Option<PolicyKind>) -> Vec<f64> {
         std::env::temp_dir().join(format!("vgpud-shares-{}-{:?}", std::process::id(), policy));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let daemon = Arc::new(Mutex::new(Daemon::new(
-        &dir,
-        None,
-        config,
-        &mdev_types::Catalog::default(),
-    )));
+    let daemon = Arc::new(Mutex::new(
+        Daemon::new(&dir, None, config, &mdev_types::Catalog::default()).unwrap(),
+    ));
     if let Some(p) = policy {
         daemon
             .lock()

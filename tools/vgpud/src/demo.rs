@@ -10,9 +10,9 @@
 //! vGPU saturated with 1 ms `spin` commands at once, and the scheduler's
 //! measured shares are reported next to the configured ones.
 
-use devmodel::sync::lock;
+use devmodel::sync::{lock, wait};
 use std::path::PathBuf;
-use std::sync::{Arc, Barrier, Mutex};
+use std::sync::{Arc, Barrier, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use vgpu_guest::load::{self, LoadConfig, LoadReport};
@@ -89,15 +89,20 @@ fn run_tenants(
         duration: Duration::from_secs_f64(seconds),
         channels: 1,
     };
+    // Every tenant must start before any meets the barriers: one that cannot
+    // start has the others stop at the gate instead.
+    let gate = Arc::new(Gate::default());
     let mut threads = Vec::new();
     for (uuid, type_id, socket) in created {
-        let (start, done, socket, name) = (
+        let (start, done, at_gate, socket, name) = (
             start.clone(),
             done.clone(),
+            gate.clone(),
             socket.clone(),
             format!("{type_id} {}", &uuid[..8]),
         );
-        threads.push(std::thread::spawn(
+        let spawned = crate::thread::spawn(
+            format!("tenant-{}", &uuid[..8]),
             move || -> Result<(usize, usize, LoadReport), String> {
                 let tenant = || -> Result<(usize, usize, Device), String> {
                     let t = VfioUserTransport::connect(&socket, 64 << 20)
@@ -112,6 +117,9 @@ fn run_tenants(
                     Ok((passed, report.checks.len(), dev))
                 };
                 let outcome = tenant();
+                if !at_gate.pass() {
+                    return Err(format!("{name}: stopped, another tenant did not start"));
+                }
                 start.wait();
                 let r = match outcome {
                     Ok((passed, total, mut dev)) => load::run(&mut dev, &cfg)
@@ -122,16 +130,28 @@ fn run_tenants(
                 done.wait();
                 r
             },
-        ));
+        );
+        match spawned {
+            Ok(t) => threads.push(t),
+            Err(e) => {
+                gate.set(false);
+                for t in threads {
+                    let _ = t.join();
+                }
+                return Err(e.to_string());
+            }
+        }
     }
+    gate.set(true);
     start.wait();
-    let before: Vec<_> = created
+    let before: Result<Vec<_>, _> = created
         .iter()
         .map(|(u, _, _)| gpu_time(daemon, u))
-        .collect::<Result<_, _>>()?;
+        .collect();
     let t0 = Instant::now();
     done.wait();
     let wall = t0.elapsed().as_nanos() as f64;
+    let before = before?;
     let after: Vec<_> = created
         .iter()
         .map(|(u, _, _)| gpu_time(daemon, u))
@@ -183,4 +203,29 @@ pub fn all_passed(r: &DemoReport) -> bool {
     r.tenants
         .iter()
         .all(|t| t.checks_passed == t.checks && t.checks > 0)
+}
+
+/// Opened or closed once for every thread waiting at it.
+#[derive(Default)]
+struct Gate {
+    open: Mutex<Option<bool>>,
+    changed: Condvar,
+}
+
+impl Gate {
+    fn set(&self, open: bool) {
+        *lock(&self.open) = Some(open);
+        self.changed.notify_all();
+    }
+
+    /// Waits until the gate is set; whether it opened.
+    fn pass(&self) -> bool {
+        let mut g = lock(&self.open);
+        loop {
+            if let Some(open) = *g {
+                return open;
+            }
+            g = wait(&self.changed, g);
+        }
+    }
 }

@@ -7,11 +7,13 @@
 //!   socket, metrics endpoint and mdev sysfs tree.
 //! * [`demo`]: the demo workload `vgpud --demo` runs.
 //! * [`errno`]: the errno values operations fail with, by name and number.
+//! * [`thread`]: starting threads; one that cannot start is an error.
 //! * [`wait`]: blocking waits a stop signal can end.
 
 pub mod daemon;
 pub mod demo;
 pub mod errno;
 pub mod parent;
+pub mod thread;
 pub mod vfio_user;
 pub mod wait;

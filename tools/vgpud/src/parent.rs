@@ -14,6 +14,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::thread::SpawnError;
 use devmodel::backend::{BackendError, Completion, DoneFn, EngineContext, ExecError, WorkItem};
 use devmodel::Backend;
 use scheduler::{Nanos, ParentPolicy, ParentStats, Pick, Scheduler, VgpuParams};
@@ -69,8 +70,13 @@ pub enum ParentError {
 }
 
 impl Parent {
-    /// A parent running `backend` under `policy`.
-    pub fn new(name: &str, backend: Box<dyn Backend>, policy: ParentPolicy) -> Parent {
+    /// A parent running `backend` under `policy`, with its dispatcher thread
+    /// started.
+    pub fn new(
+        name: &str,
+        backend: Box<dyn Backend>,
+        policy: ParentPolicy,
+    ) -> Result<Parent, SpawnError> {
         let shared = Arc::new(ParentShared {
             backend,
             state: Mutex::new(DispatchState {
@@ -84,16 +90,13 @@ impl Parent {
             born: Instant::now(),
         });
         let (s, n) = (shared.clone(), name.to_string());
-        let dispatcher = std::thread::Builder::new()
-            .name(format!("sched-{name}"))
-            .spawn(move || dispatch(s, &n))
-            .ok();
-        Parent {
+        let dispatcher = crate::thread::spawn(format!("sched-{name}"), move || dispatch(s, &n))?;
+        Ok(Parent {
             name: name.to_string(),
             shared,
             next_key: Mutex::new(1),
-            dispatcher,
-        }
+            dispatcher: Some(dispatcher),
+        })
     }
 
     pub fn name(&self) -> &str {

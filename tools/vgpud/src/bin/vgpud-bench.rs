@@ -110,12 +110,15 @@ fn main() -> Result<(), String> {
     // The daemon's vfio-user server, an independent client.
     let dir = std::env::temp_dir().join(format!("vgpud-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let daemon = Arc::new(Mutex::new(Daemon::new(
-        &dir,
-        None,
-        scheduler::Config::default(),
-        &mdev_types::Catalog::default(),
-    )));
+    let daemon = Arc::new(Mutex::new(
+        Daemon::new(
+            &dir,
+            None,
+            scheduler::Config::default(),
+            &mdev_types::Catalog::default(),
+        )
+        .map_err(|e| e.to_string())?,
+    ));
     let created = daemon
         .lock()
         .map_err(|e| e.to_string())?

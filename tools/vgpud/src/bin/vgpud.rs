@@ -99,12 +99,13 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let daemon = Arc::new(Mutex::new(Daemon::new(
-        &run_dir,
-        args.config.clone(),
-        config,
-        &catalog,
-    )));
+    let daemon = match Daemon::new(&run_dir, args.config.clone(), config, &catalog) {
+        Ok(d) => Arc::new(Mutex::new(d)),
+        Err(e) => {
+            eprintln!("vgpud: {e}");
+            return ExitCode::from(1);
+        }
+    };
     let control_path = run_dir.join("control.sock");
     let control = match ControlServer::spawn(&control_path, daemon.clone()) {
         Ok(c) => c,
@@ -234,19 +235,30 @@ fn demo(args: &Args, config: Config, catalog: &Catalog, seconds: f64) -> ExitCod
         eprintln!("vgpud: {e}");
         return ExitCode::from(1);
     }
-    let daemon = Arc::new(Mutex::new(Daemon::new(
-        &run_dir,
-        args.config.clone(),
-        config,
-        catalog,
-    )));
+    let daemon = match Daemon::new(&run_dir, args.config.clone(), config, catalog) {
+        Ok(d) => Arc::new(Mutex::new(d)),
+        Err(e) => {
+            eprintln!("vgpud: {e}");
+            if temp {
+                let _ = std::fs::remove_dir_all(&run_dir);
+            }
+            return ExitCode::from(1);
+        }
+    };
     if let Some(kind) = policy {
         if let Err(e) = lock(&daemon).policy_set(None, kind.name(), None) {
             eprintln!("vgpud: {e}");
             return ExitCode::from(2);
         }
     }
-    let control = ControlServer::spawn(&run_dir.join("control.sock"), daemon.clone()).ok();
+    // The demo runs without its control socket (it only lets vgpuctl watch).
+    let control = match ControlServer::spawn(&run_dir.join("control.sock"), daemon.clone()) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            eprintln!("vgpud: control socket: {e}; the demo runs without it");
+            None
+        }
+    };
     println!(
         "vgpud demo: parent cpu0 (cpu engine), run dir {} (try: vgpuctl --run-dir {} status)",
         run_dir.display(),

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::{op_err, Daemon, OpError};
+use super::{op_err, Daemon, OpError, StartError};
 use crate::errno::Errno;
 
 /// The longest request line accepted.
@@ -104,13 +104,18 @@ pub struct ControlServer {
 }
 
 impl ControlServer {
-    pub fn spawn(path: &Path, daemon: Arc<Mutex<Daemon>>) -> std::io::Result<ControlServer> {
+    pub fn spawn(path: &Path, daemon: Arc<Mutex<Daemon>>) -> Result<ControlServer, StartError> {
         let listener = UnixListener::bind(path)?;
         let stop = EventFd::new(EFD_NONBLOCK)?;
         let stop2 = stop.try_clone()?;
-        let thread = std::thread::Builder::new()
-            .name("control".into())
-            .spawn(move || accept_loop(listener, stop2, daemon))?;
+        let thread =
+            match crate::thread::spawn("control", move || accept_loop(listener, stop2, daemon)) {
+                Ok(t) => t,
+                Err(e) => {
+                    let _ = std::fs::remove_file(path);
+                    return Err(e.into());
+                }
+            };
         Ok(ControlServer {
             path: path.to_path_buf(),
             stop,
@@ -138,12 +143,10 @@ fn accept_loop(listener: UnixListener, stop: EventFd, daemon: Arc<Mutex<Daemon>>
                 continue;
             };
             let d = daemon.clone();
-            match std::thread::Builder::new()
-                .name("control-client".into())
-                .spawn(move || serve_client(stream, d))
-            {
+            match crate::thread::spawn("control-client", move || serve_client(stream, d)) {
                 Ok(t) => clients.push((mine, t)),
-                Err(e) => tracing::warn!("control client thread: {e}"),
+                // The client is disconnected; the daemon serves the others.
+                Err(e) => tracing::warn!("control client not served: {e}"),
             }
         }
     }

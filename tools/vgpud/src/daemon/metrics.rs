@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::{Daemon, VgpuStatus};
+use super::{Daemon, StartError, VgpuStatus};
 
 /// The running endpoint; dropping it stops it.
 pub struct MetricsServer {
@@ -23,14 +23,12 @@ pub struct MetricsServer {
 }
 
 impl MetricsServer {
-    pub fn spawn(addr: &str, daemon: Arc<Mutex<Daemon>>) -> std::io::Result<MetricsServer> {
+    pub fn spawn(addr: &str, daemon: Arc<Mutex<Daemon>>) -> Result<MetricsServer, StartError> {
         let listener = TcpListener::bind(addr)?;
         let addr = listener.local_addr()?;
         let stop = EventFd::new(EFD_NONBLOCK)?;
         let stop2 = stop.try_clone()?;
-        let thread = std::thread::Builder::new()
-            .name("metrics".into())
-            .spawn(move || serve(listener, stop2, daemon))?;
+        let thread = crate::thread::spawn("metrics", move || serve(listener, stop2, daemon))?;
         Ok(MetricsServer {
             addr,
             stop,
@@ -196,12 +194,15 @@ mod tests {
     fn every_series_has_a_sample_per_vgpu() {
         let dir = std::env::temp_dir().join(format!("vgpud-metrics-unit-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let daemon = Mutex::new(Daemon::new(
-            &dir,
-            None,
-            scheduler::Config::default(),
-            &mdev_types::Catalog::default(),
-        ));
+        let daemon = Mutex::new(
+            Daemon::new(
+                &dir,
+                None,
+                scheduler::Config::default(),
+                &mdev_types::Catalog::default(),
+            )
+            .unwrap(),
+        );
         // fixed_share: every figure, the configured share included, is known.
         lock(&daemon).policy_set(None, "fixed_share", None).unwrap();
         let u = "aa618089-8b16-4d01-a136-25a0f3c73123";

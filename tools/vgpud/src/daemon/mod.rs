@@ -28,6 +28,7 @@ pub use replies::{Created, PolicyInfo, Reloaded, Removed, TypeInfo, VgpuStatus, 
 
 use crate::errno::Errno;
 use crate::parent::Parent;
+use crate::thread::SpawnError;
 use crate::vfio_user::{self, ServerHandle};
 
 pub use mdev_types::DEFAULT_PARENT;
@@ -42,6 +43,18 @@ pub struct OpError {
     /// `EUSERS`, `ENOENT`, `EIO`).
     pub errno: Errno,
     pub message: String,
+}
+
+/// A server of the daemon (control socket, metrics endpoint) that could
+/// not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Its socket could not be set up.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// Its thread could not start.
+    #[error(transparent)]
+    Spawn(#[from] SpawnError),
 }
 
 fn op_err(errno: Errno, message: impl Into<String>) -> OpError {
@@ -81,20 +94,21 @@ pub struct Daemon {
 
 impl Daemon {
     /// The daemon with the parents of `catalog` (each with its engine,
-    /// capacity and types) under the policies `config` gives them.
+    /// capacity and types) under the policies `config` gives them; fails
+    /// when a parent's dispatcher thread cannot start.
     pub fn new(
         run_dir: &Path,
         config_path: Option<PathBuf>,
         config: Config,
         catalog: &Catalog,
-    ) -> Daemon {
+    ) -> Result<Daemon, SpawnError> {
         let workers = std::thread::available_parallelism().map_or(2, |n| n.get().min(8));
         let mut parents = BTreeMap::new();
         for p in &catalog.parents {
             let backend: Box<dyn devmodel::Backend> = match p.engine {
                 Engine::Cpu => Box::new(CpuEngine::new(workers).expect("TODO-H2-MERGE")),
             };
-            let parent = Parent::new(&p.id, backend, config.parent_policy(&p.id));
+            let parent = Parent::new(&p.id, backend, config.parent_policy(&p.id))?;
             parents.insert(
                 p.id.clone(),
                 ParentSlot {
@@ -108,14 +122,14 @@ impl Daemon {
             .parents
             .first()
             .map_or(DEFAULT_PARENT.to_string(), |p| p.id.clone());
-        Daemon {
+        Ok(Daemon {
             run_dir: run_dir.to_path_buf(),
             config_path,
             config,
             default_parent,
             vgpus: BTreeMap::new(),
             parents,
-        }
+        })
     }
 
     pub fn run_dir(&self) -> &Path {

@@ -489,7 +489,8 @@ mod tests {
             None,
             scheduler::Config::default(),
             &mdev_types::Catalog::default(),
-        );
+        )
+        .unwrap();
         std::fs::create_dir_all(&dir).unwrap();
         let u = "aa618089-8b16-4d01-a136-25a0f3c73123";
         daemon.create("vgpud-2c", None, Some(u)).unwrap();
