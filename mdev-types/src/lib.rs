@@ -10,9 +10,13 @@
 //! configuration file, with built-in defaults (docs/config.md).
 
 use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::Path;
 use std::sync::Arc;
 
-use serde::Deserialize;
+use scheduler::config::{Document, Val, CATALOG};
+use scheduler::Result;
+use toml::de::{DeTable, DeValue};
 
 /// One vGPU type.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -139,70 +143,8 @@ impl Default for Catalog {
     }
 }
 
-/// A catalogue that cannot be used, with where and why.
-#[derive(Debug, thiserror::Error)]
-pub enum CatalogError {
-    #[error("{file}: {source}")]
-    Io {
-        file: String,
-        source: std::io::Error,
-    },
-    #[error("{file}: {message}")]
-    Syntax { file: String, message: String },
-    #[error("{file}: {key}: {message}")]
-    Invalid {
-        file: String,
-        key: String,
-        message: String,
-    },
-}
-
-#[derive(Deserialize, Default)]
-struct FileDoc {
-    #[serde(default)]
-    catalog: Option<CatalogDoc>,
-    // The rest of the file is the scheduling policy (scheduler::Config).
-    #[serde(flatten)]
-    _rest: BTreeMap<String, toml::Value>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct CatalogDoc {
-    #[serde(default, rename = "type")]
-    types: BTreeMap<String, TypeDoc>,
-    #[serde(default, rename = "parent")]
-    parents: BTreeMap<String, ParentDoc>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TypeDoc {
-    name: String,
-    framebuffer: String,
-    max_instances: u32,
-    #[serde(default = "default_channels")]
-    channels: u32,
-    device_id: u16,
-}
-
-fn default_channels() -> u32 {
-    16
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ParentDoc {
-    #[serde(default = "default_engine")]
-    engine: String,
-    framebuffer: String,
-    max_vgpus: u32,
-    types: Option<Vec<String>>,
-}
-
-fn default_engine() -> String {
-    "cpu".into()
-}
+/// vGPU types offered when a `[catalog.type."<id>"]` has no `channels`.
+const DEFAULT_CHANNELS: u32 = 16;
 
 /// `"8GiB"`, `"512MiB"`: a size with a binary unit.
 pub fn parse_size(s: &str) -> Option<u64> {
@@ -220,159 +162,74 @@ pub fn parse_size(s: &str) -> Option<u64> {
     n.checked_mul(mul)
 }
 
+/// vgpud's configuration file (docs/config.md): the scheduling policy and the
+/// type catalogue, taken from one parse of the file.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConfigFile {
+    /// Every section but `[catalog]`.
+    pub policy: scheduler::Config,
+    /// `[catalog]`.
+    pub catalog: Catalog,
+}
+
+impl ConfigFile {
+    /// Reads and parses the configuration file at `path`.
+    pub fn load(path: impl AsRef<Path>) -> Result<ConfigFile> {
+        let (text, file) = scheduler::config::read(path.as_ref())?;
+        ConfigFile::parse(&text, &file)
+    }
+
+    /// Parses configuration-file text; `file` names it in errors.
+    pub fn parse(text: &str, file: &str) -> Result<ConfigFile> {
+        let doc = Document::parse(text, file)?;
+        Ok(ConfigFile {
+            policy: scheduler::Config::from_document(&doc)?,
+            catalog: Catalog::from_document(&doc)?,
+        })
+    }
+}
+
 impl Catalog {
     /// The catalogue of the configuration file at `path` (its `[catalog]`
     /// section; the defaults when it has none).
-    pub fn load(path: impl AsRef<std::path::Path>) -> Result<Catalog, CatalogError> {
-        let path = path.as_ref();
-        let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| CatalogError::Io {
-            file: file.clone(),
-            source,
-        })?;
+    pub fn load(path: impl AsRef<Path>) -> Result<Catalog> {
+        let (text, file) = scheduler::config::read(path.as_ref())?;
         Catalog::parse(&text, &file)
     }
 
     /// Parse configuration-file text; `file` names it in errors.
+    pub fn parse(text: &str, file: &str) -> Result<Catalog> {
+        Catalog::from_document(&Document::parse(text, file)?)
+    }
+
+    /// The catalogue of a parsed configuration file.
     ///
     /// Types under `[catalog.type."<id>"]` join (or replace, by id) the
     /// built-in ones. Parents under `[catalog.parent."<id>"]` replace the
-    /// default parent; a parent without `types` offers every type.
-    pub fn parse(text: &str, file: &str) -> Result<Catalog, CatalogError> {
-        let doc: FileDoc = toml::from_str(text).map_err(|e| CatalogError::Syntax {
-            file: file.into(),
-            message: e.to_string().trim().replace('\n', " "),
-        })?;
-        let Some(cat) = doc.catalog else {
+    /// default parent; a parent without `types` offers every type. Errors
+    /// give the file, line, column and dotted key of the value at fault.
+    pub fn from_document(doc: &Document<'_>) -> Result<Catalog> {
+        let Some(section) = doc.section(CATALOG) else {
             return Ok(Catalog::default());
         };
-        let invalid = |key: String, message: String| CatalogError::Invalid {
-            file: file.into(),
-            key,
-            message,
-        };
+        let cat = fields(doc, section, CATALOG, &["type", "parent"])?;
         let mut types: BTreeMap<String, Arc<VgpuType>> = default_types()
             .into_iter()
             .map(|t| (t.id.clone(), Arc::new(t)))
             .collect();
-        for (id, t) in cat.types {
-            let key = format!("catalog.type.\"{id}\"");
-            if id.is_empty()
-                || !id
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-            {
-                return Err(invalid(
-                    key,
-                    "a type id is letters, digits, '-' and '_' (the kernel's <driver>-<name>)"
-                        .into(),
-                ));
+        if let Some(v) = cat.get("type") {
+            for (k, t) in doc.table(v, "catalog.type")?.iter() {
+                let id = k.get_ref().as_ref();
+                let vt = vgpu_type(doc, id, k.span(), t)?;
+                types.insert(id.to_string(), Arc::new(vt));
             }
-            let fb = parse_size(&t.framebuffer).ok_or_else(|| {
-                invalid(
-                    format!("{key}.framebuffer"),
-                    format!("{:?} is not a size like \"4GiB\"", t.framebuffer),
-                )
-            })?;
-            if fb == 0 {
-                return Err(invalid(
-                    format!("{key}.framebuffer"),
-                    "must be above 0".into(),
-                ));
-            }
-            if t.max_instances == 0 {
-                return Err(invalid(
-                    format!("{key}.max_instances"),
-                    "must be at least 1".into(),
-                ));
-            }
-            if t.channels == 0 || t.channels > MAX_CHANNELS {
-                return Err(invalid(
-                    format!("{key}.channels"),
-                    format!("must be 1 ..= {MAX_CHANNELS}"),
-                ));
-            }
-            if t.name.trim().is_empty() {
-                return Err(invalid(format!("{key}.name"), "must not be empty".into()));
-            }
-            let vt = VgpuType {
-                id: id.clone(),
-                name: t.name,
-                framebuffer_bytes: fb,
-                max_instances: t.max_instances,
-                channels: t.channels,
-                vendor_id: VENDOR_ID,
-                device_id: t.device_id,
-            };
-            types.insert(id, Arc::new(vt));
         }
         let mut parents = Vec::new();
-        for (id, p) in cat.parents {
-            let key = format!("catalog.parent.\"{id}\"");
-            if id.is_empty() || id.contains('/') {
-                return Err(invalid(
-                    key,
-                    "a parent id must be a non-empty name without '/'".into(),
-                ));
+        if let Some(v) = cat.get("parent") {
+            for (k, p) in doc.table(v, "catalog.parent")?.iter() {
+                let id = k.get_ref().as_ref();
+                parents.push(parent(doc, id, k.span(), p, &types)?);
             }
-            let engine = match p.engine.as_str() {
-                "cpu" => Engine::Cpu,
-                other => {
-                    return Err(invalid(
-                        format!("{key}.engine"),
-                        format!("unknown engine {other:?} (expected cpu)"),
-                    ))
-                }
-            };
-            let fb = parse_size(&p.framebuffer).ok_or_else(|| {
-                invalid(
-                    format!("{key}.framebuffer"),
-                    format!("{:?} is not a size like \"8GiB\"", p.framebuffer),
-                )
-            })?;
-            if p.max_vgpus == 0 {
-                return Err(invalid(
-                    format!("{key}.max_vgpus"),
-                    "must be at least 1".into(),
-                ));
-            }
-            let offered: Vec<Arc<VgpuType>> = match &p.types {
-                None => types.values().cloned().collect(),
-                Some(ids) => ids
-                    .iter()
-                    .map(|t| {
-                        types.get(t).cloned().ok_or_else(|| {
-                            invalid(
-                                format!("{key}.types"),
-                                format!(
-                                    "no type {t:?} (defined: {})",
-                                    types.keys().cloned().collect::<Vec<_>>().join(", ")
-                                ),
-                            )
-                        })
-                    })
-                    .collect::<Result<_, _>>()?,
-            };
-            if let Some(t) = offered.iter().find(|t| t.framebuffer_bytes > fb) {
-                return Err(invalid(
-                    format!("{key}.types"),
-                    format!(
-                        "{} needs {} MiB of framebuffer, more than the parent's {} MiB",
-                        t.id,
-                        t.framebuffer_bytes >> 20,
-                        fb >> 20
-                    ),
-                ));
-            }
-            parents.push(ParentDef {
-                id,
-                engine,
-                capacity: ParentCapacity {
-                    framebuffer_bytes: fb,
-                    max_vgpus: p.max_vgpus,
-                },
-                types: offered,
-            });
         }
         if parents.is_empty() {
             let mut d = Catalog::default();
@@ -381,6 +238,229 @@ impl Catalog {
         }
         Ok(Catalog { parents })
     }
+}
+
+/// `[catalog.type."<id>"]`.
+fn vgpu_type(doc: &Document<'_>, id: &str, id_span: Range<usize>, v: &Val<'_>) -> Result<VgpuType> {
+    let key = format!("catalog.type.\"{id}\"");
+    if id.is_empty()
+        || !id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(doc.error(
+            id_span,
+            &key,
+            "a type id is letters, digits, '-' and '_' (the kernel's <driver>-<name>)",
+        ));
+    }
+    const KEYS: &[&str] = &[
+        "name",
+        "framebuffer",
+        "max_instances",
+        "channels",
+        "device_id",
+    ];
+    let t = fields(doc, v, &key, KEYS)?;
+    let at = |name: &str| format!("{key}.{name}");
+    let name = doc.string(required(doc, t, v, &key, "name")?, &at("name"))?;
+    let fb_v = required(doc, t, v, &key, "framebuffer")?;
+    let fb_text = doc.string(fb_v, &at("framebuffer"))?;
+    let max_v = required(doc, t, v, &key, "max_instances")?;
+    let max_instances = unsigned(doc, max_v, &at("max_instances"), u32::MAX)?;
+    let channels_v = t.get("channels");
+    let channels: u32 = match channels_v {
+        Some(c) => unsigned(doc, c, &at("channels"), u32::MAX)?,
+        None => DEFAULT_CHANNELS,
+    };
+    let device_v = required(doc, t, v, &key, "device_id")?;
+    let device_id = unsigned(doc, device_v, &at("device_id"), u16::MAX.into())? as u16;
+    let fb = parse_size(fb_text).ok_or_else(|| {
+        doc.error(
+            fb_v.span(),
+            &at("framebuffer"),
+            format!("{fb_text:?} is not a size like \"4GiB\""),
+        )
+    })?;
+    if fb == 0 {
+        return Err(doc.error(fb_v.span(), &at("framebuffer"), "must be above 0"));
+    }
+    if max_instances == 0 {
+        return Err(doc.error(max_v.span(), &at("max_instances"), "must be at least 1"));
+    }
+    if channels == 0 || channels > MAX_CHANNELS {
+        let span = channels_v.map_or(v.span(), |c| c.span());
+        return Err(doc.error(
+            span,
+            &at("channels"),
+            format!("must be 1 ..= {MAX_CHANNELS}"),
+        ));
+    }
+    if name.trim().is_empty() {
+        let span = t.get("name").map_or(v.span(), |n| n.span());
+        return Err(doc.error(span, &at("name"), "must not be empty"));
+    }
+    Ok(VgpuType {
+        id: id.to_string(),
+        name: name.to_string(),
+        framebuffer_bytes: fb,
+        max_instances,
+        channels,
+        vendor_id: VENDOR_ID,
+        device_id,
+    })
+}
+
+/// `[catalog.parent."<id>"]`, offering types of `types`.
+fn parent(
+    doc: &Document<'_>,
+    id: &str,
+    id_span: Range<usize>,
+    v: &Val<'_>,
+    types: &BTreeMap<String, Arc<VgpuType>>,
+) -> Result<ParentDef> {
+    let key = format!("catalog.parent.\"{id}\"");
+    if id.is_empty() || id.contains('/') {
+        return Err(doc.error(
+            id_span,
+            &key,
+            "a parent id must be a non-empty name without '/'",
+        ));
+    }
+    let p = fields(
+        doc,
+        v,
+        &key,
+        &["engine", "framebuffer", "max_vgpus", "types"],
+    )?;
+    let at = |name: &str| format!("{key}.{name}");
+    let engine = match p.get("engine") {
+        None => Engine::Cpu,
+        Some(e) => match doc.string(e, &at("engine"))? {
+            "cpu" => Engine::Cpu,
+            other => {
+                return Err(doc.error(
+                    e.span(),
+                    &at("engine"),
+                    format!("unknown engine {other:?} (expected cpu)"),
+                ))
+            }
+        },
+    };
+    let fb_v = required(doc, p, v, &key, "framebuffer")?;
+    let fb_text = doc.string(fb_v, &at("framebuffer"))?;
+    let max_v = required(doc, p, v, &key, "max_vgpus")?;
+    let max_vgpus = unsigned(doc, max_v, &at("max_vgpus"), u32::MAX)?;
+    let fb = parse_size(fb_text).ok_or_else(|| {
+        doc.error(
+            fb_v.span(),
+            &at("framebuffer"),
+            format!("{fb_text:?} is not a size like \"8GiB\""),
+        )
+    })?;
+    if max_vgpus == 0 {
+        return Err(doc.error(max_v.span(), &at("max_vgpus"), "must be at least 1"));
+    }
+    let types_v = p.get("types");
+    let offered: Vec<Arc<VgpuType>> = match types_v {
+        None => types.values().cloned().collect(),
+        Some(list) => {
+            let DeValue::Array(items) = list.get_ref() else {
+                return Err(doc.error(
+                    list.span(),
+                    &at("types"),
+                    format!(
+                        "expected an array of type ids, found {}",
+                        list.get_ref().type_str()
+                    ),
+                ));
+            };
+            let mut offered = Vec::new();
+            for item in items.iter() {
+                let t = doc.string(item, &at("types"))?;
+                let vt = types.get(t).cloned().ok_or_else(|| {
+                    doc.error(
+                        item.span(),
+                        &at("types"),
+                        format!(
+                            "no type {t:?} (defined: {})",
+                            types.keys().cloned().collect::<Vec<_>>().join(", ")
+                        ),
+                    )
+                })?;
+                offered.push(vt);
+            }
+            offered
+        }
+    };
+    if let Some(t) = offered.iter().find(|t| t.framebuffer_bytes > fb) {
+        return Err(doc.error(
+            types_v.map_or(fb_v.span(), |t| t.span()),
+            &at("types"),
+            format!(
+                "{} needs {} MiB of framebuffer, more than the parent's {} MiB",
+                t.id,
+                t.framebuffer_bytes >> 20,
+                fb >> 20
+            ),
+        ));
+    }
+    Ok(ParentDef {
+        id: id.to_string(),
+        engine,
+        capacity: ParentCapacity {
+            framebuffer_bytes: fb,
+            max_vgpus,
+        },
+        types: offered,
+    })
+}
+
+/// `v` as a table whose keys are all in `allowed`.
+fn fields<'v, 'i>(
+    doc: &Document<'_>,
+    v: &'v Val<'i>,
+    key: &str,
+    allowed: &[&str],
+) -> Result<&'v DeTable<'i>> {
+    let t = doc.table(v, key)?;
+    for (k, _) in t.iter() {
+        let name = k.get_ref().as_ref();
+        if !allowed.contains(&name) {
+            let expected = match allowed {
+                [one] => one.to_string(),
+                [rest @ .., last] => format!("{} or {last}", rest.join(", ")),
+                [] => "none".into(),
+            };
+            return Err(doc.error(
+                k.span(),
+                &format!("{key}.{name}"),
+                format!("unknown key (expected {expected})"),
+            ));
+        }
+    }
+    Ok(t)
+}
+
+/// The value of `name` in table `t` (the value `at` of `key`), which must be there.
+fn required<'v, 'i>(
+    doc: &Document<'_>,
+    t: &'v DeTable<'i>,
+    at: &Val<'_>,
+    key: &str,
+    name: &str,
+) -> Result<&'v Val<'i>> {
+    t.get(name)
+        .ok_or_else(|| doc.error(at.span(), &format!("{key}.{name}"), "missing key"))
+}
+
+/// `v` as an integer in `0 ..= max`.
+fn unsigned(doc: &Document<'_>, v: &Val<'_>, key: &str, max: u32) -> Result<u32> {
+    let n = doc.integer(v, key)?;
+    u32::try_from(n)
+        .ok()
+        .filter(|&x| x <= max)
+        .ok_or_else(|| doc.error(v.span(), key, format!("{n} is outside 0 ..= {max}")))
 }
 
 #[cfg(test)]
@@ -499,5 +579,59 @@ types = ["vgpud-16c", "vgpud-8c"]
                 "{e:?} should contain {want:?}"
             );
         }
+    }
+
+    #[test]
+    fn catalog_errors_give_line_column_and_key() {
+        let text = "[default]\npolicy = \"weighted\"\n\n[catalog.type.\"a\"]\nname = \"A\"\nframebuffer = \"4GiB\"\nmax_instances = 1\nchannels = 99\ndevice_id = 1\n";
+        let e = Catalog::parse(text, "x.toml").unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "x.toml:8:12: catalog.type.\"a\".channels: must be 1 ..= 64"
+        );
+        let e = Catalog::parse("[catalog]\ntypo = 1\n", "x.toml")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "x.toml:2:1: catalog.typo: unknown key (expected type or parent)"
+        );
+        let e = Catalog::parse("[catalog.type.t]\nname = \"T\"\nframebuffer = \"1GiB\"\nmax_instances = 2\ndevice_id = 70000\n", "x.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with(
+                "x.toml:5:13: catalog.type.\"t\".device_id: 70000 is outside 0 ..= 65535"
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn one_parse_gives_the_policy_and_the_catalogue() {
+        let text = "[parent.big0]\npolicy = \"fixed_share\"\n\n[catalog.parent.big0]\nframebuffer = \"16GiB\"\nmax_vgpus = 4\n";
+        let f = ConfigFile::parse(text, "x.toml").unwrap();
+        assert_eq!(
+            f.policy.parent_policy("big0").kind,
+            scheduler::PolicyKind::FixedShare
+        );
+        assert_eq!(f.catalog.parents[0].id, "big0");
+        assert_eq!(f.catalog, Catalog::parse(text, "x.toml").unwrap());
+        assert_eq!(f.policy, scheduler::Config::parse(text, "x.toml").unwrap());
+        // The policy part is checked first; a bad section fails the whole file.
+        let e = ConfigFile::parse("[polcy]\n[catalog.parent.p]\nframebuffer = 1\n", "x.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("x.toml:1:2: polcy: unknown section"), "{e}");
+        let e = ConfigFile::parse(
+            "[catalog.parent.p]\nframebuffer = 1\nmax_vgpus = 1\n",
+            "x.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            e,
+            "x.toml:2:15: catalog.parent.\"p\".framebuffer: expected a string, found an integer"
+        );
     }
 }

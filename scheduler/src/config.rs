@@ -19,6 +19,12 @@
 //! class = "latency"              # normal | latency
 //! ```
 //!
+//! The policy is one part of vgpud's configuration file; the type catalogue
+//! (`[catalog]`, `mdev_types::Catalog`) is the other. The file is parsed once, into a
+//! [`Document`] that keeps the position of every key and value; [`Config::from_document`]
+//! takes the policy from it and `mdev_types::Catalog::from_document` the catalogue, and
+//! both report errors through it.
+//!
 //! Every error names the file, the 1-based line and column, and the dotted key. Loading
 //! never panics, whatever the input.
 
@@ -91,48 +97,43 @@ impl Default for Config {
 impl Config {
     /// Reads and parses a policy file.
     pub fn load(path: impl AsRef<std::path::Path>) -> Result<Config> {
-        let path = path.as_ref();
-        let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
-            file: file.clone(),
-            source,
-        })?;
+        let (text, file) = read(path.as_ref())?;
         Config::parse(&text, &file)
     }
 
     /// Parses policy-file text; `file` names it in errors.
     pub fn parse(text: &str, file: &str) -> Result<Config> {
-        let p = Parser { text, file };
-        let doc = DeTable::parse(text).map_err(|e| {
-            let span = e.span().unwrap_or(0..0);
-            p.err(span, "-", e.message().trim().to_string())
-        })?;
+        Config::from_document(&Document::parse(text, file)?)
+    }
+
+    /// The policy of a parsed configuration file: every section but `[catalog]`.
+    pub fn from_document(doc: &Document<'_>) -> Result<Config> {
         let mut cfg = Config {
-            file: file.to_string(),
+            file: doc.file.clone(),
             ..Config::default()
         };
-        for (k, v) in doc.get_ref().iter() {
+        for (k, v) in doc.root.iter() {
             let name = k.get_ref().as_ref();
             match name {
-                "default" => cfg.default = p.parent(v, "default")?,
+                "default" => cfg.default = doc.parent(v, "default")?,
                 "parent" | "type" | "vgpu" => {
-                    let t = p.table(v, name)?;
+                    let t = doc.table(v, name)?;
                     for (ik, iv) in t.iter() {
                         let id = ik.get_ref().as_ref();
                         let path = format!("{name}.{}", quote(id));
                         if id.is_empty() {
-                            return Err(p.err(ik.span(), &path, "empty name".into()));
+                            return Err(doc.error(ik.span(), &path, "empty name"));
                         }
                         match name {
                             "parent" => {
-                                cfg.parents.insert(id.to_string(), p.parent(iv, &path)?);
+                                cfg.parents.insert(id.to_string(), doc.parent(iv, &path)?);
                             }
                             "type" => {
-                                cfg.types.insert(id.to_string(), p.vgpu(iv, &path)?);
+                                cfg.types.insert(id.to_string(), doc.vgpu(iv, &path)?);
                             }
                             _ => {
                                 if !is_uuid(id) {
-                                    return Err(p.err(
+                                    return Err(doc.error(
                                         ik.span(),
                                         &path,
                                         format!("'{id}' is not a UUID"),
@@ -140,24 +141,20 @@ impl Config {
                                 }
                                 let lc = id.to_ascii_lowercase();
                                 if cfg.vgpus.contains_key(&lc) {
-                                    return Err(p.err(
-                                        ik.span(),
-                                        &path,
-                                        "UUID listed twice".into(),
-                                    ));
+                                    return Err(doc.error(ik.span(), &path, "UUID listed twice"));
                                 }
-                                cfg.vgpus.insert(lc, p.vgpu(iv, &path)?);
+                                cfg.vgpus.insert(lc, doc.vgpu(iv, &path)?);
                             }
                         }
                     }
                 }
-                // The type catalogue's section: read by mdev-types.
-                "catalog" => {}
+                // The type catalogue's section: mdev_types::Catalog::from_document.
+                CATALOG => {}
                 _ => {
-                    return Err(p.err(
+                    return Err(doc.error(
                         k.span(),
                         name,
-                        "unknown section (expected default, parent, type, vgpu or catalog)".into(),
+                        "unknown section (expected default, parent, type, vgpu or catalog)",
                     ))
                 }
             }
@@ -219,15 +216,59 @@ impl Config {
     }
 }
 
-struct Parser<'a> {
-    text: &'a str,
-    file: &'a str,
+/// The name of the type catalogue's section.
+pub const CATALOG: &str = "catalog";
+
+/// Reads a configuration file: its text and its name for errors.
+pub fn read(path: &std::path::Path) -> Result<(String, String)> {
+    let file = path.display().to_string();
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok((text, file)),
+        Err(source) => Err(Error::Io { file, source }),
+    }
 }
 
-type Val<'i> = Spanned<DeValue<'i>>;
+/// vgpud's configuration file, parsed once: the TOML tree with the position of every
+/// key and value, from which the policy ([`Config::from_document`]) and the type
+/// catalogue (`mdev_types::Catalog::from_document`) are taken. Its accessors check a
+/// value's type and give errors as `file:line:column: key: message`.
+pub struct Document<'a> {
+    text: &'a str,
+    file: String,
+    root: DeTable<'a>,
+}
 
-impl Parser<'_> {
-    fn origin(&self, span: &Range<usize>, key: &str) -> Origin {
+/// A value in a [`Document`], with its position.
+pub type Val<'i> = Spanned<DeValue<'i>>;
+
+impl<'a> Document<'a> {
+    /// Parses `text`; `file` names it in errors (a syntax error's key is `-`).
+    pub fn parse(text: &'a str, file: &str) -> Result<Document<'a>> {
+        let mut doc = Document {
+            text,
+            file: file.to_string(),
+            root: DeTable::new(),
+        };
+        let root = DeTable::parse(text).map_err(|e| {
+            let span = e.span().unwrap_or(0..0);
+            doc.error(span, "-", e.message().trim())
+        })?;
+        doc.root = root.into_inner();
+        Ok(doc)
+    }
+
+    /// The file's name, as errors give it.
+    pub fn file(&self) -> &str {
+        &self.file
+    }
+
+    /// A top-level section (`catalog`), if the file has it.
+    pub fn section(&self, name: &str) -> Option<&Val<'a>> {
+        self.root.get(name)
+    }
+
+    /// Where `span` is, for an error found later.
+    pub fn origin(&self, span: &Range<usize>, key: &str) -> Origin {
         let start = span.start.min(self.text.len());
         // back up to a char boundary
         let mut s = start;
@@ -244,8 +285,10 @@ impl Parser<'_> {
         }
     }
 
-    fn err(&self, span: Range<usize>, key: &str, message: String) -> Error {
+    /// An error at `span`, for the dotted `key`.
+    pub fn error(&self, span: Range<usize>, key: &str, message: impl Into<String>) -> Error {
         let o = self.origin(&span, key);
+        let message = message.into();
         Error::Config {
             file: self.file.to_string(),
             line: o.line,
@@ -255,10 +298,11 @@ impl Parser<'_> {
         }
     }
 
-    fn table<'v, 'i>(&self, v: &'v Val<'i>, key: &str) -> Result<&'v DeTable<'i>> {
+    /// `v` as a table.
+    pub fn table<'v, 'i>(&self, v: &'v Val<'i>, key: &str) -> Result<&'v DeTable<'i>> {
         match v.get_ref() {
             DeValue::Table(t) => Ok(t),
-            other => Err(self.err(
+            other => Err(self.error(
                 v.span(),
                 key,
                 format!("expected a table, found {}", kind(other)),
@@ -277,7 +321,7 @@ impl Parser<'_> {
                 "policy" => {
                     let s = self.string(v, &key)?;
                     policy.kind = PolicyKind::from_name(s).ok_or_else(|| {
-                        self.err(
+                        self.error(
                             v.span(),
                             &key,
                             format!("unknown policy '{s}' (expected best_effort, equal_share, fixed_share or weighted)"),
@@ -287,7 +331,7 @@ impl Parser<'_> {
                 "timeslice" => {
                     let d = self.duration(v, &key)?;
                     if !(MIN_TIMESLICE..=MAX_TIMESLICE).contains(&d) {
-                        return Err(self.err(
+                        return Err(self.error(
                             v.span(),
                             &key,
                             format!("{} is outside 1ms ..= 30ms", fmt_ns(d)),
@@ -298,7 +342,7 @@ impl Parser<'_> {
                 "window" => {
                     let d = self.duration(v, &key)?;
                     if !(MIN_TIMESLICE..=3_600 * crate::SEC).contains(&d) {
-                        return Err(self.err(
+                        return Err(self.error(
                             v.span(),
                             &key,
                             format!("{} is outside 1ms ..= 1h", fmt_ns(d)),
@@ -310,16 +354,15 @@ impl Parser<'_> {
                 "averaging_factor" => {
                     let n = self.integer(v, &key)?;
                     if !(1..=MAX_AVERAGING_FACTOR as i64).contains(&n) {
-                        return Err(self.err(v.span(), &key, format!("{n} is outside 1 ..= 60")));
+                        return Err(self.error(v.span(), &key, format!("{n} is outside 1 ..= 60")));
                     }
                     policy.averaging_factor = n as u32;
                 }
                 _ => {
-                    return Err(self.err(
+                    return Err(self.error(
                         k.span(),
                         &key,
-                        "unknown key (expected policy, timeslice, window or averaging_factor)"
-                            .into(),
+                        "unknown key (expected policy, timeslice, window or averaging_factor)",
                     ))
                 }
             }
@@ -328,7 +371,7 @@ impl Parser<'_> {
             (policy.window, policy.timeslice, window_span)
         {
             if w < ts {
-                return Err(self.err(
+                return Err(self.error(
                     span,
                     &key,
                     format!(
@@ -352,7 +395,7 @@ impl Parser<'_> {
                 "weight" => {
                     let n = self.integer(v, &key)?;
                     if !(1..=MAX_WEIGHT as i64).contains(&n) {
-                        return Err(self.err(
+                        return Err(self.error(
                             v.span(),
                             &key,
                             format!("{n} is outside 1 ..= {MAX_WEIGHT}"),
@@ -374,7 +417,7 @@ impl Parser<'_> {
                         "normal" => LatencyClass::Normal,
                         "latency" => LatencyClass::Latency,
                         s => {
-                            return Err(self.err(
+                            return Err(self.error(
                                 v.span(),
                                 &key,
                                 format!("unknown class '{s}' (expected normal or latency)"),
@@ -383,10 +426,10 @@ impl Parser<'_> {
                     });
                 }
                 _ => {
-                    return Err(self.err(
+                    return Err(self.error(
                         k.span(),
                         &key,
-                        "unknown key (expected weight, cap, reservation or class)".into(),
+                        "unknown key (expected weight, cap, reservation or class)",
                     ))
                 }
             }
@@ -405,10 +448,11 @@ impl Parser<'_> {
         Ok(o)
     }
 
-    fn string<'v>(&self, v: &'v Val<'_>, key: &str) -> Result<&'v str> {
+    /// `v` as a string.
+    pub fn string<'v>(&self, v: &'v Val<'_>, key: &str) -> Result<&'v str> {
         match v.get_ref() {
             DeValue::String(s) => Ok(s.as_ref()),
-            other => Err(self.err(
+            other => Err(self.error(
                 v.span(),
                 key,
                 format!("expected a string, found {}", kind(other)),
@@ -416,19 +460,20 @@ impl Parser<'_> {
         }
     }
 
-    fn integer(&self, v: &Val<'_>, key: &str) -> Result<i64> {
+    /// `v` as an integer (any radix TOML allows).
+    pub fn integer(&self, v: &Val<'_>, key: &str) -> Result<i64> {
         match v.get_ref() {
             DeValue::Integer(i) => {
                 let digits: String = i.as_str().chars().filter(|&c| c != '_').collect();
                 i64::from_str_radix(&digits, i.radix()).map_err(|_| {
-                    self.err(
+                    self.error(
                         v.span(),
                         key,
                         format!("integer {} out of range", i.as_str()),
                     )
                 })
             }
-            other => Err(self.err(
+            other => Err(self.error(
                 v.span(),
                 key,
                 format!("expected an integer, found {}", kind(other)),
@@ -442,16 +487,16 @@ impl Parser<'_> {
             DeValue::Float(f) => {
                 let s: String = f.as_str().chars().filter(|&c| c != '_').collect();
                 s.parse::<f64>()
-                    .map_err(|_| self.err(v.span(), key, format!("bad number {}", f.as_str())))?
+                    .map_err(|_| self.error(v.span(), key, format!("bad number {}", f.as_str())))?
             }
             DeValue::Integer(_) => self.integer(v, key)? as f64,
             DeValue::String(s) => {
                 match s.trim().strip_suffix('%') {
                     Some(p) => p.trim().parse::<f64>().map(|x| x / 100.0).map_err(|_| {
-                        self.err(v.span(), key, format!("'{s}' is not a percentage"))
+                        self.error(v.span(), key, format!("'{s}' is not a percentage"))
                     })?,
                     None => {
-                        return Err(self.err(
+                        return Err(self.error(
                             v.span(),
                             key,
                             format!("'{s}' is not a share (use 0.25 or \"25%\")"),
@@ -460,7 +505,7 @@ impl Parser<'_> {
                 }
             }
             other => {
-                return Err(self.err(
+                return Err(self.error(
                     v.span(),
                     key,
                     format!("expected a share in (0, 1], found {}", kind(other)),
@@ -468,7 +513,7 @@ impl Parser<'_> {
             }
         };
         if !(f > 0.0 && f <= 1.0) {
-            return Err(self.err(v.span(), key, format!("share {f} is outside (0, 1]")));
+            return Err(self.error(v.span(), key, format!("share {f} is outside (0, 1]")));
         }
         Ok(f)
     }
@@ -478,14 +523,14 @@ impl Parser<'_> {
         let s = match v.get_ref() {
             DeValue::String(s) => s.as_ref(),
             DeValue::Integer(_) | DeValue::Float(_) => {
-                return Err(self.err(
+                return Err(self.error(
                     v.span(),
                     key,
-                    "a duration needs a unit, e.g. \"2ms\" or \"500us\"".into(),
+                    "a duration needs a unit, e.g. \"2ms\" or \"500us\"",
                 ))
             }
             other => {
-                return Err(self.err(
+                return Err(self.error(
                     v.span(),
                     key,
                     format!("expected a duration string, found {}", kind(other)),
@@ -493,7 +538,7 @@ impl Parser<'_> {
             }
         };
         parse_duration(s).ok_or_else(|| {
-            self.err(
+            self.error(
                 v.span(),
                 key,
                 format!("'{s}' is not a duration (a number and ns, us, ms or s)"),

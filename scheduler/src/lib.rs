@@ -17,8 +17,8 @@
 //! (the vGPU's credit goes negative and it skips turns) instead of being forgiven.
 //!
 //! The crate is generic over the work item type `T`, performs no I/O and knows nothing
-//! about guest memory or PCI. [`config`] loads the policy file; [`sim`] drives the real
-//! scheduler on a virtual clock with synthetic vGPUs.
+//! about guest memory or PCI. [`config`] parses vgpud's configuration file and takes the
+//! policy from it; [`sim`] drives the real scheduler on a virtual clock with synthetic vGPUs.
 //!
 //! Semantics, sources and deliberate differences from NVIDIA: `docs/scheduling.md`.
 
@@ -47,7 +47,9 @@ pub const SEC: Nanos = 1_000_000_000;
 /// Every error this crate returns.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// A policy config file is malformed or holds a value out of range.
+    /// The configuration file (its policy part, or its type catalogue as
+    /// `mdev_types` reads it from the same [`config::Document`]) is malformed or holds
+    /// a value out of range.
     /// `line`/`column` are 1-based; `key` is the dotted TOML path (`-` when the
     /// document itself does not parse).
     #[error("{file}:{line}:{column}: {key}: {message}")]

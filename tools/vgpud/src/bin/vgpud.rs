@@ -14,7 +14,7 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 
 use clap::Parser;
-use mdev_types::Catalog;
+use mdev_types::{Catalog, ConfigFile};
 use scheduler::{Config, PolicyKind};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
@@ -67,12 +67,8 @@ fn main() -> ExitCode {
         .init();
     // One file holds both the scheduling policy and the type catalogue.
     let (config, catalog) = match &args.config {
-        Some(path) => match Config::load(path).map_err(|e| e.to_string()).and_then(|c| {
-            Catalog::load(path)
-                .map(|k| (c, k))
-                .map_err(|e| e.to_string())
-        }) {
-            Ok(both) => both,
+        Some(path) => match ConfigFile::load(path) {
+            Ok(f) => (f.policy, f.catalog),
             Err(e) => {
                 eprintln!("vgpud: {e}");
                 return ExitCode::from(2);
