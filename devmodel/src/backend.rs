@@ -54,8 +54,8 @@ pub type DoneFn = Box<dyn FnOnce(Completion) + Send>;
 pub enum BackendError {
     #[error("a framebuffer of {bytes} bytes does not fit in this host's address space")]
     VramTooLarge { bytes: u64 },
-    #[error("cannot start an engine thread")]
-    Thread(#[source] std::io::Error),
+    #[error(transparent)]
+    Thread(#[from] crate::thread::SpawnError),
     #[error("cannot allocate {bytes} bytes of VRAM")]
     VramAlloc {
         bytes: u64,

@@ -62,10 +62,7 @@ impl CpuEngine {
         };
         for i in 0..workers.max(1) {
             let pool = engine.pool.clone();
-            let w = std::thread::Builder::new()
-                .name(format!("cpu-engine-{i}"))
-                .spawn(move || worker(pool))
-                .map_err(BackendError::Thread)?;
+            let w = crate::thread::spawn(format!("cpu-engine-{i}"), move || worker(pool))?;
             engine.workers.push(w);
         }
         Ok(engine)

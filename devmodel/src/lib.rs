@@ -28,6 +28,7 @@ pub mod harness;
 pub mod memory;
 pub mod pushbuf;
 pub mod sync;
+pub mod thread;
 pub mod vgpu;
 
 pub use backend::{Backend, EngineContext};
@@ -49,6 +50,6 @@ pub enum DeviceError {
     Backend(#[from] backend::BackendError),
     #[error("cannot create the doorbell page")]
     DoorbellPage(#[source] std::io::Error),
-    #[error("cannot start the vGPU front end thread")]
-    Thread(#[source] std::io::Error),
+    #[error(transparent)]
+    Thread(#[from] thread::SpawnError),
 }

@@ -185,10 +185,7 @@ impl Vgpu {
             born: Instant::now(),
         });
         let c = core.clone();
-        let pfifo = std::thread::Builder::new()
-            .name(format!("pfifo-{}", core.cfg.name))
-            .spawn(move || c.pfifo())
-            .map_err(DeviceError::Thread)?;
+        let pfifo = crate::thread::spawn(format!("pfifo-{}", core.cfg.name), move || c.pfifo())?;
         Ok(Vgpu {
             core,
             pfifo: Some(pfifo),

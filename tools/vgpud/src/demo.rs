@@ -101,7 +101,7 @@ fn run_tenants(
             socket.clone(),
             format!("{type_id} {}", &uuid[..8]),
         );
-        let spawned = crate::thread::spawn(
+        let spawned = devmodel::thread::spawn(
             format!("tenant-{}", &uuid[..8]),
             move || -> Result<(usize, usize, LoadReport), String> {
                 let tenant = || -> Result<(usize, usize, Device), String> {

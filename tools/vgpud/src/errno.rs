@@ -88,6 +88,38 @@ impl fmt::Display for Errno {
     }
 }
 
+/// What a failed operation on the device face (a vfio-user request) tells
+/// the client, as the kernel's vfio would.
+impl From<&devmodel::DeviceError> for Errno {
+    fn from(e: &devmodel::DeviceError) -> Self {
+        use devmodel::memory::MemError;
+        use devmodel::DeviceError;
+        match e {
+            DeviceError::Memory(MemError::BadMap { .. }) => Errno::EEXIST,
+            DeviceError::Memory(MemError::BadUnmap { .. }) => Errno::ENOENT,
+            DeviceError::Memory(MemError::ReadOnlyFile { .. }) => Errno::EACCES,
+            DeviceError::Memory(
+                MemError::Metadata { source, .. } | MemError::MapFile { source, .. },
+            ) => source
+                .raw_os_error()
+                .and_then(Errno::from_raw)
+                .unwrap_or(Errno::ENOMEM),
+            DeviceError::Memory(MemError::LargerThanHost { .. } | MemError::Region { .. }) => {
+                Errno::ENOMEM
+            }
+            DeviceError::Backend(_) | DeviceError::Thread(_) | DeviceError::DoorbellPage(_) => {
+                Errno::EIO
+            }
+            DeviceError::Memory(
+                MemError::Unmapped { .. } | MemError::ReadOnly { .. } | MemError::BeyondFile { .. },
+            )
+            | DeviceError::Mmio(_)
+            | DeviceError::NoSuchRegion(_)
+            | DeviceError::BadIrq { .. } => Errno::EINVAL,
+        }
+    }
+}
+
 impl From<Errno> for std::io::Error {
     fn from(e: Errno) -> std::io::Error {
         std::io::Error::from_raw_os_error(e.raw())

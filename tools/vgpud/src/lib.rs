@@ -14,6 +14,6 @@ pub mod daemon;
 pub mod demo;
 pub mod errno;
 pub mod parent;
-pub mod thread;
+
 pub mod vfio_user;
 pub mod wait;

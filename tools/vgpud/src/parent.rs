@@ -14,8 +14,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::thread::SpawnError;
 use devmodel::backend::{BackendError, Completion, DoneFn, EngineContext, ExecError, WorkItem};
+use devmodel::thread::SpawnError;
 use devmodel::Backend;
 use scheduler::{Nanos, ParentPolicy, ParentStats, Pick, Scheduler, VgpuParams};
 
@@ -90,7 +90,7 @@ impl Parent {
             born: Instant::now(),
         });
         let (s, n) = (shared.clone(), name.to_string());
-        let dispatcher = crate::thread::spawn(format!("sched-{name}"), move || dispatch(s, &n))?;
+        let dispatcher = devmodel::thread::spawn(format!("sched-{name}"), move || dispatch(s, &n))?;
         Ok(Parent {
             name: name.to_string(),
             shared,

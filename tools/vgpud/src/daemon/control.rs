@@ -108,14 +108,15 @@ impl ControlServer {
         let listener = UnixListener::bind(path)?;
         let stop = EventFd::new(EFD_NONBLOCK)?;
         let stop2 = stop.try_clone()?;
-        let thread =
-            match crate::thread::spawn("control", move || accept_loop(listener, stop2, daemon)) {
-                Ok(t) => t,
-                Err(e) => {
-                    let _ = std::fs::remove_file(path);
-                    return Err(e.into());
-                }
-            };
+        let thread = match devmodel::thread::spawn("control", move || {
+            accept_loop(listener, stop2, daemon)
+        }) {
+            Ok(t) => t,
+            Err(e) => {
+                let _ = std::fs::remove_file(path);
+                return Err(e.into());
+            }
+        };
         Ok(ControlServer {
             path: path.to_path_buf(),
             stop,
@@ -143,7 +144,7 @@ fn accept_loop(listener: UnixListener, stop: EventFd, daemon: Arc<Mutex<Daemon>>
                 continue;
             };
             let d = daemon.clone();
-            match crate::thread::spawn("control-client", move || serve_client(stream, d)) {
+            match devmodel::thread::spawn("control-client", move || serve_client(stream, d)) {
                 Ok(t) => clients.push((mine, t)),
                 // The client is disconnected; the daemon serves the others.
                 Err(e) => tracing::warn!("control client not served: {e}"),

@@ -28,7 +28,7 @@ impl MetricsServer {
         let addr = listener.local_addr()?;
         let stop = EventFd::new(EFD_NONBLOCK)?;
         let stop2 = stop.try_clone()?;
-        let thread = crate::thread::spawn("metrics", move || serve(listener, stop2, daemon))?;
+        let thread = devmodel::thread::spawn("metrics", move || serve(listener, stop2, daemon))?;
         Ok(MetricsServer {
             addr,
             stop,

@@ -28,8 +28,9 @@ pub use replies::{Created, PolicyInfo, Reloaded, Removed, TypeInfo, VgpuStatus, 
 
 use crate::errno::Errno;
 use crate::parent::Parent;
-use crate::thread::SpawnError;
 use crate::vfio_user::{self, ServerHandle};
+use devmodel::backend::BackendError;
+use devmodel::thread::SpawnError;
 
 pub use mdev_types::DEFAULT_PARENT;
 /// Where sockets go unless `--run-dir` says otherwise.
@@ -95,18 +96,18 @@ pub struct Daemon {
 impl Daemon {
     /// The daemon with the parents of `catalog` (each with its engine,
     /// capacity and types) under the policies `config` gives them; fails
-    /// when a parent's dispatcher thread cannot start.
+    /// when an engine's or a parent's threads cannot start.
     pub fn new(
         run_dir: &Path,
         config_path: Option<PathBuf>,
         config: Config,
         catalog: &Catalog,
-    ) -> Result<Daemon, SpawnError> {
+    ) -> Result<Daemon, BackendError> {
         let workers = std::thread::available_parallelism().map_or(2, |n| n.get().min(8));
         let mut parents = BTreeMap::new();
         for p in &catalog.parents {
             let backend: Box<dyn devmodel::Backend> = match p.engine {
-                Engine::Cpu => Box::new(CpuEngine::new(workers).expect("TODO-H2-MERGE")),
+                Engine::Cpu => Box::new(CpuEngine::new(workers)?),
             };
             let parent = Parent::new(&p.id, backend, config.parent_policy(&p.id))?;
             parents.insert(

@@ -35,9 +35,9 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use devmodel::memory::MemError;
+use crate::errno::Errno;
 use devmodel::vgpu::check_irqs;
-use devmodel::{DeviceError, Vgpu};
+use devmodel::Vgpu;
 use mmio::bar::{irq_info, region_info, IRQ_INDEX_MSIX, NUM_IRQ_INDEXES, NUM_REGIONS};
 use vfio_bindings::bindings::vfio::{
     VFIO_DEVICE_FLAGS_PCI, VFIO_DEVICE_FLAGS_RESET, VFIO_IRQ_INFO_EVENTFD, VFIO_IRQ_INFO_NORESIZE,
@@ -105,14 +105,11 @@ pub fn spawn(path: &Path, vgpu: Arc<Vgpu>) -> std::io::Result<ServerHandle> {
         stats: stats.clone(),
     };
     let name = format!("vfio-user-{}", server.vgpu.config().name);
-    let thread = match std::thread::Builder::new()
-        .name(name)
-        .spawn(move || server.run())
-    {
+    let thread = match devmodel::thread::spawn(name, move || server.run()) {
         Ok(t) => t,
         Err(e) => {
             let _ = std::fs::remove_file(path);
-            return Err(e);
+            return Err(std::io::Error::new(e.source.kind(), e));
         }
     };
     Ok(ServerHandle {
@@ -259,14 +256,14 @@ impl Server {
         let result = session.handle(&header, &body, fds);
         if let Err(errno) = &result {
             self.stats.errors.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(vgpu = %self.name(), command = header.command, errno, "command failed");
+            tracing::debug!(vgpu = %self.name(), command = header.command, errno = errno.name(), "command failed");
         }
         if header.no_reply() {
             return Ok(());
         }
         let (reply, payload) = match result {
             Ok(p) => (header.reply(Ok(p.len())), p),
-            Err(errno) => (header.reply(Err(errno)), Vec::new()),
+            Err(errno) => (header.reply(Err(errno.raw())), Vec::new()),
         };
         let mut msg = reply.encode().to_vec();
         msg.extend_from_slice(&payload);
@@ -345,32 +342,17 @@ struct Session<'a> {
     maps: Vec<(u64, u64, bool)>,
 }
 
-fn errno_of(e: &DeviceError) -> i32 {
-    match e {
-        DeviceError::Memory(MemError::BadMap { .. }) => libc::EEXIST,
-        DeviceError::Memory(MemError::BadUnmap { .. }) => libc::ENOENT,
-        DeviceError::Memory(MemError::LargerThanHost { .. }) => libc::ENOMEM,
-        DeviceError::Memory(MemError::ReadOnlyFile { .. }) => libc::EACCES,
-        DeviceError::Memory(
-            MemError::Metadata { source, .. } | MemError::MapFile { source, .. },
-        ) => source.raw_os_error().unwrap_or(libc::ENOMEM),
-        DeviceError::Memory(MemError::Region { .. }) => libc::ENOMEM,
-        DeviceError::Backend(_) | DeviceError::Thread(_) => libc::EIO,
-        _ => libc::EINVAL,
-    }
-}
-
 impl Session<'_> {
-    fn handle(&mut self, h: &Header, body: &[u8], fds: Vec<File>) -> Result<Vec<u8>, i32> {
-        let cmd = Opcode::from_u16(h.command).ok_or(libc::ENOSYS)?;
+    fn handle(&mut self, h: &Header, body: &[u8], fds: Vec<File>) -> Result<Vec<u8>, Errno> {
+        let cmd = Opcode::from_u16(h.command).ok_or(Errno::ENOSYS)?;
         if !self.versioned && cmd != Opcode::Version {
-            return Err(libc::EINVAL);
+            return Err(Errno::EINVAL);
         }
         // Only these commands carry descriptors.
         if !fds.is_empty() && !matches!(cmd, Opcode::DmaMap | Opcode::DeviceSetIrqs) {
-            return Err(libc::EINVAL);
+            return Err(Errno::EINVAL);
         }
-        let einval = |_| libc::EINVAL;
+        let einval = |_| Errno::EINVAL;
         match cmd {
             Opcode::Version => self.version(body),
             Opcode::DmaMap => {
@@ -384,7 +366,7 @@ impl Session<'_> {
             Opcode::DeviceGetInfo => {
                 let argsz = Fields::new(body).u32().map_err(einval)?;
                 if argsz < 16 {
-                    return Err(libc::EINVAL);
+                    return Err(Errno::EINVAL);
                 }
                 Ok(Payload::default()
                     .u32(16)
@@ -398,9 +380,9 @@ impl Session<'_> {
                 let argsz = f.u32().map_err(einval)?;
                 let _flags = f.u32().map_err(einval)?;
                 let index = f.u32().map_err(einval)?;
-                let region = region_info(index).ok_or(libc::EINVAL)?;
+                let region = region_info(index).ok_or(Errno::EINVAL)?;
                 if argsz < 32 {
-                    return Err(libc::EINVAL);
+                    return Err(Errno::EINVAL);
                 }
                 let mut flags = if region.rw {
                     VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE
@@ -434,9 +416,9 @@ impl Session<'_> {
                 let argsz = f.u32().map_err(einval)?;
                 let _flags = f.u32().map_err(einval)?;
                 let index = f.u32().map_err(einval)?;
-                let irq = irq_info(index).ok_or(libc::EINVAL)?;
+                let irq = irq_info(index).ok_or(Errno::EINVAL)?;
                 if argsz < 16 {
-                    return Err(libc::EINVAL);
+                    return Err(Errno::EINVAL);
                 }
                 let flags = if irq.count > 0 {
                     VFIO_IRQ_INFO_EVENTFD | VFIO_IRQ_INFO_NORESIZE
@@ -457,25 +439,25 @@ impl Session<'_> {
             Opcode::RegionRead => {
                 let a = RegionAccess::decode(body).map_err(einval)?;
                 if a.count > wire::MAX_DATA_XFER {
-                    return Err(libc::EINVAL);
+                    return Err(Errno::EINVAL);
                 }
                 let mut p = a.encode();
                 let start = p.0.len();
                 p.0.resize(start + a.count as usize, 0);
                 self.vgpu
                     .region_read(a.region, a.offset, &mut p.0[start..])
-                    .map_err(|e| errno_of(&e))?;
+                    .map_err(|e| Errno::from(&e))?;
                 Ok(p.0)
             }
             Opcode::RegionWrite => {
                 let a = RegionAccess::decode(body).map_err(einval)?;
                 let data = &body[RegionAccess::SIZE..];
                 if data.len() != a.count as usize {
-                    return Err(libc::EINVAL);
+                    return Err(Errno::EINVAL);
                 }
                 self.vgpu
                     .region_write(a.region, a.offset, data)
-                    .map_err(|e| errno_of(&e))?;
+                    .map_err(|e| Errno::from(&e))?;
                 Ok(a.encode().0)
             }
             Opcode::DeviceReset => {
@@ -490,26 +472,26 @@ impl Session<'_> {
             | Opcode::RegionWriteMulti
             | Opcode::DeviceFeature
             | Opcode::MigDataRead
-            | Opcode::MigDataWrite => Err(libc::ENOTSUP),
+            | Opcode::MigDataWrite => Err(Errno::ENOTSUP),
         }
     }
 
     /// VERSION: major 0; the reply's minor is at most the client's, and our
     /// capabilities are the ones every client knows.
-    fn version(&mut self, body: &[u8]) -> Result<Vec<u8>, i32> {
+    fn version(&mut self, body: &[u8]) -> Result<Vec<u8>, Errno> {
         let mut f = Fields::new(body);
-        let major = f.u16().map_err(|_| libc::EINVAL)?;
-        let minor = f.u16().map_err(|_| libc::EINVAL)?;
+        let major = f.u16().map_err(|_| Errno::EINVAL)?;
+        let minor = f.u16().map_err(|_| Errno::EINVAL)?;
         let json = f.rest();
         let json = json.strip_suffix(&[0]).unwrap_or(json);
         if !json.is_empty() {
-            let v: serde_json::Value = serde_json::from_slice(json).map_err(|_| libc::EINVAL)?;
+            let v: serde_json::Value = serde_json::from_slice(json).map_err(|_| Errno::EINVAL)?;
             if !v.is_object() {
-                return Err(libc::EINVAL);
+                return Err(Errno::EINVAL);
             }
         }
         if major != 0 {
-            return Err(libc::ENOTSUP);
+            return Err(Errno::ENOTSUP);
         }
         self.versioned = true;
         let caps = serde_json::json!({"capabilities": {"max_msg_fds": wire::MAX_MSG_FDS, "max_data_xfer_size": wire::MAX_DATA_XFER}});
@@ -522,23 +504,23 @@ impl Session<'_> {
         Ok(p)
     }
 
-    fn dma_map(&mut self, m: DmaMap, mut fds: Vec<File>) -> Result<Vec<u8>, i32> {
+    fn dma_map(&mut self, m: DmaMap, mut fds: Vec<File>) -> Result<Vec<u8>, Errno> {
         tracing::debug!(vgpu = %self.vgpu.config().name, "DMA_MAP {:#x}+{:#x} offset {:#x} flags {:#x} fds {}", m.address, m.size, m.offset, m.flags, fds.len());
         if fds.len() > 1 || m.size == 0 || m.address.checked_add(m.size).is_none() {
-            return Err(libc::EINVAL);
+            return Err(Errno::EINVAL);
         }
         if self
             .maps
             .iter()
             .any(|&(a, s, _)| m.address < a + s && a < m.address + m.size)
         {
-            return Err(libc::EEXIST);
+            return Err(Errno::EEXIST);
         }
         match fds.pop() {
             Some(fd) => {
                 self.vgpu.dma_map(m.address, m.size, fd, m.offset, m.flags & wire::DMA_MAP_WRITE != 0).map_err(|e| {
                     tracing::warn!(vgpu = %self.vgpu.config().name, "DMA_MAP {:#x}+{:#x} refused: {e}", m.address, m.size);
-                    errno_of(&e)
+                    Errno::from(&e)
                 })?;
                 self.maps.push((m.address, m.size, true));
             }
@@ -549,7 +531,7 @@ impl Session<'_> {
         Ok(Vec::new())
     }
 
-    fn dma_unmap(&mut self, u: DmaUnmap) -> Result<Vec<u8>, i32> {
+    fn dma_unmap(&mut self, u: DmaUnmap) -> Result<Vec<u8>, Errno> {
         if u.flags & wire::DMA_UNMAP_ALL != 0 {
             self.unmap_all();
             return Ok(u.encode());
@@ -567,7 +549,7 @@ impl Session<'_> {
             ma < hi && lo < mb && (ma < lo || mb > hi)
         }) {
             tracing::debug!(vgpu = %self.vgpu.config().name, "DMA_UNMAP {:#x}+{:#x} would split the mapping {a:#x}+{s:#x}", u.address, u.size);
-            return Err(libc::EINVAL);
+            return Err(Errno::EINVAL);
         }
         let inside: Vec<_> = self
             .maps
@@ -582,7 +564,9 @@ impl Session<'_> {
             backed.clone().map(|m| m.0).min(),
             backed.map(|m| m.0 + m.1).max(),
         ) {
-            self.vgpu.dma_unmap(lo, hi - lo).map_err(|e| errno_of(&e))?;
+            self.vgpu
+                .dma_unmap(lo, hi - lo)
+                .map_err(|e| Errno::from(&e))?;
         }
         self.maps.retain(|m| !inside.contains(m));
         Ok(u.encode())
@@ -598,14 +582,14 @@ impl Session<'_> {
 
     /// SET_IRQS: MSI-X eventfds in, out, or all off; other indexes may only
     /// be switched off (the device has no INTx or MSI).
-    fn set_irqs(&mut self, s: SetIrqs, fds: Vec<File>) -> Result<Vec<u8>, i32> {
+    fn set_irqs(&mut self, s: SetIrqs, fds: Vec<File>) -> Result<Vec<u8>, Errno> {
         let data = s.flags
             & (VFIO_IRQ_SET_DATA_NONE
                 | VFIO_IRQ_SET_DATA_EVENTFD
                 | vfio_bindings::bindings::vfio::VFIO_IRQ_SET_DATA_BOOL);
         let action = s.flags & !data;
         if irq_info(s.index).is_none() || action != VFIO_IRQ_SET_ACTION_TRIGGER {
-            return Err(libc::EINVAL);
+            return Err(Errno::EINVAL);
         }
         let disable_all = data == VFIO_IRQ_SET_DATA_NONE && s.count == 0 && s.start == 0;
         // An index without vectors (all but MSI-X) may only be switched off.
@@ -613,13 +597,13 @@ impl Session<'_> {
             return if disable_all && fds.is_empty() {
                 Ok(Vec::new())
             } else {
-                Err(libc::EINVAL)
+                Err(Errno::EINVAL)
             };
         }
         // The vectors must exist before anything is allocated for them: the
         // count is the client's.
         if !disable_all {
-            check_irqs(s.index, s.start, s.count as usize).map_err(|e| errno_of(&e))?;
+            check_irqs(s.index, s.start, s.count as usize).map_err(|e| Errno::from(&e))?;
         }
         let slots: Vec<Option<File>> = if disable_all {
             Vec::new()
@@ -628,11 +612,11 @@ impl Session<'_> {
         } else if data == VFIO_IRQ_SET_DATA_EVENTFD && fds.len() == s.count as usize {
             fds.into_iter().map(Some).collect()
         } else {
-            return Err(libc::EINVAL);
+            return Err(Errno::EINVAL);
         };
         self.vgpu
             .set_irqs(s.index, s.start, slots)
-            .map_err(|e| errno_of(&e))?;
+            .map_err(|e| Errno::from(&e))?;
         Ok(Vec::new())
     }
 

@@ -1,4 +1,4 @@
-//! Starting the daemon's threads. A thread that cannot start (out of
+//! Starting threads (the front ends, engine workers and the daemon's own). A thread that cannot start (out of
 //! memory, out of processes) is an error its caller gets, never a parent
 //! without a dispatcher or a server without its loop.
 
