@@ -98,6 +98,9 @@ pub struct Channel {
     gpfifo: Buffer,
     pushbuf: Buffer,
     put: u32,
+    /// The `GP_PUT` last published and rung: entries from here to `put`
+    /// are written but not yet rung (a batch being built).
+    rung: u32,
     seqno: u32,
     bound: bool,
 }
@@ -139,6 +142,7 @@ impl Channel {
             gpfifo,
             pushbuf,
             put: 0,
+            rung: 0,
             seqno: 0,
             bound: false,
         };
@@ -178,6 +182,7 @@ impl Channel {
         let c = self.control.host()?;
         c.fill(0, 0x80, 0)?;
         self.put = 0;
+        self.rung = 0;
         self.bound = false;
         self.write_instance(dev)?;
         std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
@@ -264,6 +269,7 @@ impl Channel {
     pub fn destroy(mut self, dev: &mut Device) -> Result<()> {
         dev.write32(channel_reg(self.id, regs::CH_CTRL), regs::CH_CTRL_RESET)?;
         self.put = 0;
+        self.rung = 0;
         dev.free(self.pushbuf)?;
         dev.free(self.gpfifo)?;
         dev.free(self.control)?;
@@ -275,11 +281,33 @@ impl Channel {
         Ok((self.put + 1) % self.cfg.gpfifo_entries == self.gp_get()?)
     }
 
+    /// Publish `GP_PUT` and ring the doorbell for every entry queued since
+    /// the last ring (ABI §4.1; with the doorbell page, §4.5: a store, and a
+    /// trapped write only when the device is not polling). Nothing to do
+    /// when nothing is queued.
+    pub fn ring(&mut self, dev: &mut Device) -> Result<()> {
+        if self.rung == self.put {
+            return Ok(());
+        }
+        // Segments and entries must be visible before GP_PUT, and GP_PUT
+        // before the doorbell.
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        self.control.host()?.write_u32(USERD_GP_PUT, self.put)?;
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        dev.ring(self.id, self.put)?;
+        self.rung = self.put;
+        Ok(())
+    }
+
     /// Start a segment in the next GPFIFO slot, waiting (up to `timeout`)
-    /// for the ring to have room.
+    /// for the ring to have room (entries queued and not yet rung are rung
+    /// first, or the ring would never drain).
     pub fn segment(&mut self, dev: &mut Device, timeout: Duration) -> Result<Segment<'_>> {
         let start = Instant::now();
         let mut spins = 0u32;
+        if self.ring_full()? {
+            self.ring(dev)?;
+        }
         while self.ring_full()? {
             spins += 1;
             if spins % 64 == 0 {
@@ -320,6 +348,23 @@ impl Channel {
         let mut seg = self.segment(dev, Duration::from_secs(10))?;
         seg.launch(prog)?;
         seg.submit(dev)
+    }
+
+    /// Queue a launch of a built-in program without ringing: a batch of
+    /// entries goes to the device with one [`Channel::ring`].
+    ///
+    /// ```no_run
+    /// # use vgpu_guest::{Channel, Device};
+    /// # use vgpu_guest::programs::Program;
+    /// # fn demo(dev: &mut Device, ch: &mut Channel, prog: &Program) -> vgpu_guest::Result<()> {
+    /// let fences = (0..8).map(|_| ch.queue_launch(dev, prog)).collect::<Result<Vec<_>, _>>()?;
+    /// ch.ring(dev)?;
+    /// # Ok(()) }
+    /// ```
+    pub fn queue_launch(&mut self, dev: &mut Device, prog: &Program) -> Result<Fence> {
+        let mut seg = self.segment(dev, Duration::from_secs(10))?;
+        seg.launch(prog)?;
+        seg.queue()
     }
 
     /// Whether `fence` has been reached.
@@ -519,7 +564,7 @@ pub struct Segment<'a> {
     data_low: u32,
 }
 
-impl Segment<'_> {
+impl<'a> Segment<'a> {
     fn slot_offset(&self) -> u64 {
         self.ch.put as u64 * self.ch.cfg.segment_bytes as u64
     }
@@ -550,24 +595,36 @@ impl Segment<'_> {
     /// Append the fence release, write the segment and its GPFIFO entry,
     /// publish `GP_PUT` in USERD and ring the doorbell.
     pub fn submit(self, dev: &mut Device) -> Result<Fence> {
-        if let Some(e) = self.pb.error() {
+        let (fence, ch) = self.write_entry()?;
+        ch.ring(dev)?;
+        Ok(fence)
+    }
+
+    /// Append the fence release and write the segment and its GPFIFO
+    /// entry, without ringing: [`Channel::ring`] sends the batch.
+    pub fn queue(self) -> Result<Fence> {
+        self.write_entry().map(|(fence, _)| fence)
+    }
+
+    fn write_entry(self) -> Result<(Fence, &'a mut Channel)> {
+        let Segment { ch, pb, data_low } = self;
+        if let Some(e) = pb.error() {
             return Err(Error::InvalidArgument(format!("pushbuffer: {e}")));
         }
-        let ch = &mut *self.ch;
         let value = ch.seqno.wrapping_add(1);
         let fence_va = ch.fence_va();
-        let mut words = Vec::with_capacity(self.pb.len() + 16);
+        let mut words = Vec::with_capacity(pb.len() + 16);
         if !ch.bound {
             let mut b = Pushbuf::new();
             b.bind_classes();
             words.extend_from_slice(b.words());
         }
-        words.extend_from_slice(self.pb.words());
+        words.extend_from_slice(pb.words());
         let mut tail = Pushbuf::new();
         tail.sem_release(fence_va, value, ch.cfg.interrupt_fences);
         words.extend_from_slice(tail.words());
         let bytes = words.len() as u64 * 4;
-        if bytes > self.data_low as u64 {
+        if bytes > data_low as u64 {
             return Err(Error::OutOfMemory {
                 what: "segment space",
                 bytes,
@@ -579,16 +636,12 @@ impl Segment<'_> {
         let entry = gpfifo_entry(ch.pushbuf.va() + slot_off, words.len() as u64)?;
         ch.gpfifo.host()?.write_u64(ch.put as usize * 8, entry)?;
         ch.put = (ch.put + 1) % ch.cfg.gpfifo_entries;
-        // Segment, entry and GP_PUT must be visible before the doorbell.
-        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
-        ch.control.host()?.write_u32(USERD_GP_PUT, ch.put)?;
-        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
-        dev.write32(regs::DOORBELL, ch.id)?;
         ch.seqno = value;
         ch.bound = true;
-        Ok(Fence {
+        let fence = Fence {
             channel: ch.id,
             value,
-        })
+        };
+        Ok((fence, ch))
     }
 }

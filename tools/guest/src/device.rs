@@ -38,6 +38,10 @@ impl Identity {
     pub fn large_pages(&self) -> bool {
         self.caps & regs::CAPS_LARGE_PAGES != 0
     }
+    /// `CAPS.DOORBELL_PAGE`: BAR4 is the doorbell page (ABI 1.1).
+    pub fn doorbell_page(&self) -> bool {
+        self.caps & regs::CAPS_DOORBELL_PAGE != 0
+    }
     /// `CAPS[15:8]`: MSI-X vectors.
     pub fn msix_vectors(&self) -> u32 {
         (self.caps >> 8) & 0xFF
@@ -192,6 +196,16 @@ pub struct Device {
     tables: HashMap<u64, DmaBuffer>,
     pt: PageTables,
     runlist: DmaBuffer,
+    doorbells: Doorbells,
+}
+
+/// How this driver's doorbells reached the device.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Doorbells {
+    /// Stores to the doorbell page that needed no trap (the device polled).
+    pub untrapped: u64,
+    /// Writes to the trapped `DOORBELL` register.
+    pub trapped: u64,
 }
 
 impl Device {
@@ -254,6 +268,7 @@ impl Device {
             tables,
             pt,
             runlist,
+            doorbells: Doorbells::default(),
         })
     }
 
@@ -279,6 +294,28 @@ impl Device {
         self.t.bar0_read32(offset)
     }
     /// Write a BAR0 register.
+    /// Ring channel `channel`, whose USERD `GP_PUT` is now `put`: through
+    /// the doorbell page when the device has one and the transport mapped
+    /// it (a store, trapping only when the device is not polling, ABI §4.5),
+    /// else the `DOORBELL` register.
+    pub fn ring(&mut self, channel: u32, put: u32) -> Result<()> {
+        if self.ident.doorbell_page() {
+            if let Some(page) = self.t.doorbell_page() {
+                if page.ring(channel, put)? {
+                    self.doorbells.untrapped += 1;
+                    return Ok(());
+                }
+            }
+        }
+        self.doorbells.trapped += 1;
+        self.t.bar0_write32(regs::DOORBELL, channel)
+    }
+
+    /// How the doorbells rung so far reached the device.
+    pub fn doorbells(&self) -> Doorbells {
+        self.doorbells
+    }
+
     pub fn write32(&mut self, offset: u32, value: u32) -> Result<()> {
         self.t.bar0_write32(offset, value)
     }

@@ -57,6 +57,8 @@ pub mod selftest;
 pub mod transport;
 
 pub use channel::{Channel, ChannelConfig, ChannelStatus, Fence, Notifier, Segment, WaitMode};
-pub use device::{Buffer, Device, Identity, Interrupts, MmuFault, Placement, RunlistEntry};
+pub use device::{
+    Buffer, Device, Doorbells, Identity, Interrupts, MmuFault, Placement, RunlistEntry,
+};
 pub use error::{Error, ErrorCode, Result};
 pub use transport::Transport;

@@ -9,9 +9,16 @@ use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::programs::{Program, SPIN_MAX_NS};
 
-/// Commands kept in flight per channel: one running, three queued behind it,
-/// so that the host scheduler always sees the tenant backlogged.
-const DEPTH: usize = 4;
+/// GPFIFO entries per channel: room for [`depth`] commands.
+const GPFIFO_ENTRIES: u32 = 64;
+
+/// Commands kept in flight per channel: about 2 ms of work, at least four
+/// (one running, three queued), so that the host scheduler always sees the
+/// tenant backlogged and short commands never leave the engine waiting for
+/// the driver. New ones go in batches, one doorbell each.
+fn depth(unit_us: u32) -> usize {
+    (2000 / unit_us.max(1) as usize).clamp(4, GPFIFO_ENTRIES as usize - 1)
+}
 
 /// What to run.
 #[derive(Clone, Copy, Debug)]
@@ -43,6 +50,10 @@ pub struct LoadReport {
     pub latency_p50_us: f64,
     pub latency_p99_us: f64,
     pub latency_max_us: f64,
+    /// Commands kept in flight per channel.
+    pub depth: usize,
+    /// How the doorbells reached the device during the run.
+    pub doorbells: crate::device::Doorbells,
 }
 
 /// Run `cfg` on `dev` (channels 0..cfg.channels are rebuilt and destroyed).
@@ -69,7 +80,7 @@ pub fn run(dev: &mut Device, cfg: &LoadConfig) -> Result<LoadReport> {
         )));
     }
     let ccfg = ChannelConfig {
-        gpfifo_entries: 8,
+        gpfifo_entries: GPFIFO_ENTRIES,
         segment_bytes: 1024,
         interrupt_fences: false,
     };
@@ -83,8 +94,10 @@ pub fn run(dev: &mut Device, cfg: &LoadConfig) -> Result<LoadReport> {
     };
     let mut inflight: Vec<VecDeque<(Fence, Instant)>> = vec![VecDeque::new(); chans.len()];
     let mut latencies: Vec<f64> = Vec::new();
+    let depth = depth(cfg.unit_us);
+    let rung_before = dev.doorbells();
     let timeout =
-        Duration::from_micros(cfg.unit_us as u64 * (DEPTH as u64 * cfg.channels as u64 + 2))
+        Duration::from_micros(cfg.unit_us as u64 * (depth as u64 * cfg.channels as u64 + 2))
             + Duration::from_secs(10);
     let start = Instant::now();
     let deadline = start + cfg.duration;
@@ -105,9 +118,12 @@ pub fn run(dev: &mut Device, cfg: &LoadConfig) -> Result<LoadReport> {
                 q.pop_front();
                 progressed = true;
             }
-            while submitting && q.len() < DEPTH {
-                let t = Instant::now();
-                q.push_back((ch.launch(dev, &spin)?, t));
+            if submitting && q.len() < depth {
+                while q.len() < depth {
+                    let t = Instant::now();
+                    q.push_back((ch.queue_launch(dev, &spin)?, t));
+                }
+                ch.ring(dev)?;
             }
         }
         if !submitting && inflight.iter().all(|q| q.is_empty()) {
@@ -157,5 +173,13 @@ pub fn run(dev: &mut Device, cfg: &LoadConfig) -> Result<LoadReport> {
         latency_p50_us: pct(0.50),
         latency_p99_us: pct(0.99),
         latency_max_us: latencies.last().copied().unwrap_or(0.0),
+        depth,
+        doorbells: {
+            let now = dev.doorbells();
+            crate::device::Doorbells {
+                untrapped: now.untrapped - rung_before.untrapped,
+                trapped: now.trapped - rung_before.trapped,
+            }
+        },
     })
 }

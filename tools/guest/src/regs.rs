@@ -9,10 +9,13 @@ pub const ID_MAGIC: u32 = 0x5550_4756;
 pub const VERSION: u32 = 0x004;
 /// The ABI major version this driver speaks.
 pub const ABI_MAJOR: u32 = 1;
-/// `CAPS`: bit 0 PTX, bit 1 LARGE_PAGES, bits 15:8 MSI-X vectors.
+/// `CAPS`: bit 0 PTX, bit 1 LARGE_PAGES, bit 2 DOORBELL_PAGE, bits 15:8
+/// MSI-X vectors.
 pub const CAPS: u32 = 0x008;
 pub const CAPS_PTX: u32 = 1 << 0;
 pub const CAPS_LARGE_PAGES: u32 = 1 << 1;
+/// BAR4 is the doorbell page (ABI 1.1, §4.5).
+pub const CAPS_DOORBELL_PAGE: u32 = 1 << 2;
 pub const NUM_CHANNELS: u32 = 0x00C;
 /// `VRAM_SIZE_LO/HI` (one 64-bit access).
 pub const VRAM_SIZE: u32 = 0x010;
@@ -102,3 +105,18 @@ pub const PCI_CLASS_3D: u32 = 0x03_0200;
 pub const MSIX_CAP: u16 = 0x40;
 pub const MSIX_CTRL: u16 = MSIX_CAP + 2;
 pub const MSIX_CTRL_ENABLE: u16 = 1 << 15;
+
+// The doorbell page (BAR4, ABI §4.5).
+/// vfio region index of BAR4.
+pub const DB_REGION: u32 = 4;
+/// Size of the doorbell page.
+pub const DB_PAGE_SIZE: u64 = 0x1000;
+/// `DB_DEVICE`: written by the device.
+pub const DB_DEVICE: u64 = 0x800;
+/// `DB_DEVICE.POLLING`: no trapped doorbell needed.
+pub const DB_DEVICE_POLLING: u32 = 1 << 0;
+
+/// Offset of channel `channel`'s `DB_PUT` in the doorbell page.
+pub const fn db_put(channel: u32) -> u64 {
+    4 * channel as u64
+}

@@ -187,6 +187,12 @@ fn pairs() -> Vec<(&'static str, u64, u64)> {
         // Register fields.
         p!(CAPS_PTX, caps(|v| v.set_ptx(true))),
         p!(CAPS_LARGE_PAGES, caps(|v| v.set_large_pages(true))),
+        p!(CAPS_DOORBELL_PAGE, caps(|v| v.set_doorbell_page(true))),
+        // The doorbell page.
+        p!(DB_REGION, mmio::bar::REGION_BAR4),
+        p!(DB_PAGE_SIZE, mmio::bar::BAR4_SIZE),
+        p!(DB_DEVICE, mmio::doorbell::DEVICE_OFFSET),
+        p!(DB_DEVICE_POLLING, mmio::doorbell::DEVICE_POLLING),
         // STATUS has one bit, BUSY: the register's whole mask.
         p!(STATUS_BUSY, global_desc(GlobalReg::Status).mask),
         p!(MMU_FAULT_INFO_VALID, {
@@ -262,6 +268,17 @@ fn guest_constants_equal_the_device_tables() {
         "guest and device disagree:\n{}",
         mismatches.join("\n")
     );
+}
+
+#[test]
+fn doorbell_offsets_match() {
+    for c in [0, 1, 63] {
+        assert_eq!(
+            regs::db_put(c),
+            mmio::doorbell::put_offset(c),
+            "DB_PUT[{c}]"
+        );
+    }
 }
 
 #[test]

@@ -27,6 +27,7 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 use crate::alloc::RangeAllocator;
 use crate::error::{Error, Result};
+use crate::regs;
 
 /// The page size of DMA allocations and of the GPU MMU's small pages.
 pub const PAGE_SIZE: u64 = 4096;
@@ -62,6 +63,53 @@ pub trait Transport: Send {
     /// Function-level reset (vfio `DEVICE_RESET`): engine reset plus
     /// configuration space back to its power-on image (ABI §8).
     fn reset(&mut self) -> Result<()>;
+    /// The doorbell page (BAR4, ABI §4.5) mapped into this driver, when the
+    /// device has one and the transport could map it.
+    fn doorbell_page(&self) -> Option<&DoorbellPage> {
+        None
+    }
+}
+
+// ---- the doorbell page ----------------------------------------------------
+
+/// The doorbell page (ABI §4.5) mapped into the driver: ringing a channel
+/// is a store here, and a trapped `DOORBELL` write only when the device
+/// says it is not polling.
+#[derive(Debug)]
+pub struct DoorbellPage(MmapRegion);
+
+impl DoorbellPage {
+    /// Map `len` bytes of `file` at `offset` (a vfio region offered with
+    /// `VFIO_REGION_INFO_FLAG_MMAP`).
+    pub fn map(file: File, offset: u64, len: u64) -> Result<DoorbellPage> {
+        if len < regs::DB_PAGE_SIZE {
+            return Err(Error::NotVgpu(format!("doorbell page of {len:#x} bytes")));
+        }
+        let map = MmapRegion::build(
+            Some(FileOffset::new(file, offset)),
+            regs::DB_PAGE_SIZE as usize,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+        )
+        .map_err(mmap_error)?;
+        Ok(DoorbellPage(map))
+    }
+
+    /// Store `put` as channel `channel`'s `DB_PUT`, then fence, then tell
+    /// whether the device polls (the caller need not trap) — ABI §4.5
+    /// steps 1–3.
+    pub fn ring(&self, channel: u32, put: u32) -> Result<bool> {
+        use std::sync::atomic::{fence, Ordering};
+        use vm_memory::Bytes;
+        let page = self.0.as_volatile_slice();
+        page.store(put, regs::db_put(channel) as usize, Ordering::SeqCst)
+            .map_err(vol_error)?;
+        fence(Ordering::SeqCst);
+        let device: u32 = page
+            .load(regs::DB_DEVICE as usize, Ordering::SeqCst)
+            .map_err(vol_error)?;
+        Ok(device & regs::DB_DEVICE_POLLING != 0)
+    }
 }
 
 // ---- memory -----------------------------------------------------------------

@@ -24,10 +24,12 @@ use vfio_bindings::bindings::vfio::{
     VFIO_API_VERSION, VFIO_DMA_MAP_FLAG_READ, VFIO_DMA_MAP_FLAG_WRITE, VFIO_GROUP_FLAGS_VIABLE,
     VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_IRQ_SET_DATA_EVENTFD, VFIO_NOIOMMU_IOMMU,
     VFIO_PCI_BAR0_REGION_INDEX, VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_MSIX_IRQ_INDEX,
-    VFIO_TYPE1_IOMMU,
+    VFIO_REGION_INFO_FLAG_MMAP, VFIO_TYPE1_IOMMU,
 };
 
-use super::{ArenaAddressing, DmaArena, DmaBuffer, EventFd, Mapping, Transport, PAGE_SIZE};
+use super::{
+    ArenaAddressing, DmaArena, DmaBuffer, DoorbellPage, EventFd, Mapping, Transport, PAGE_SIZE,
+};
 use crate::error::{Error, Result};
 use crate::regs;
 
@@ -181,6 +183,9 @@ pub struct VfioTransport {
     /// accesses are volatile loads and stores that the (virtual) PCI bus
     /// turns into device accesses, as a kernel driver's would be.
     bar0_map: Option<MmapRegion>,
+    /// BAR4, the doorbell page, when the device has one and vfio-pci lets
+    /// it be mapped.
+    doorbell: Option<DoorbellPage>,
     device: File,
     bar0: Region,
     config: Region,
@@ -290,6 +295,15 @@ impl VfioTransport {
             return Err(Error::NotVgpu(format!("BAR0 is {:#x} bytes", bar0.size)));
         }
         let bar0_map = map_bar(&device, bar0);
+        let doorbell = match region(regs::DB_REGION) {
+            Ok(r) if r.size >= regs::DB_PAGE_SIZE && r.flags & VFIO_REGION_INFO_FLAG_MMAP != 0 => {
+                let file = device
+                    .try_clone()
+                    .map_err(|e| Error::io("dup the vfio device descriptor", e))?;
+                Some(DoorbellPage::map(file, r.offset, r.size)?)
+            }
+            _ => None,
+        };
 
         let map = Mapping::anonymous_locked(dma_bytes)?;
         let (addressing, iova) = if noiommu {
@@ -315,6 +329,7 @@ impl VfioTransport {
         let irq = EventFd::new()?;
         let mut t = VfioTransport {
             bar0_map,
+            doorbell,
             device,
             bar0,
             config,
@@ -484,6 +499,9 @@ impl Transport for VfioTransport {
     }
     fn wait_irq(&mut self, timeout: Duration) -> Result<bool> {
         self.irq.wait(timeout)
+    }
+    fn doorbell_page(&self) -> Option<&DoorbellPage> {
+        self.doorbell.as_ref()
     }
     fn reset(&mut self) -> Result<()> {
         ioctl_val(&self.device, VFIO_DEVICE_RESET, 0)?;

@@ -12,7 +12,7 @@ use vfio_bindings::bindings::vfio::{
 };
 use vfio_user::Client;
 
-use super::{ArenaAddressing, DmaArena, DmaBuffer, EventFd, Mapping, Transport};
+use super::{ArenaAddressing, DmaArena, DmaBuffer, DoorbellPage, EventFd, Mapping, Transport};
 use crate::error::{Error, Result};
 use crate::regs;
 
@@ -30,6 +30,8 @@ pub struct VfioUserTransport {
     /// The memfd behind `arena` (kept open for the server's mapping).
     _ram: std::fs::File,
     irq: EventFd,
+    /// BAR4 mapped from the file the server offered with its region info.
+    doorbell: Option<DoorbellPage>,
 }
 
 impl VfioUserTransport {
@@ -70,11 +72,13 @@ impl VfioUserTransport {
             1,
             &[irq.as_raw_fd()],
         )?;
+        let doorbell = map_doorbell(&client)?;
         let mut t = VfioUserTransport {
             client,
             arena,
             _ram: ram,
             irq,
+            doorbell,
         };
         t.enable_function()?;
         Ok(t)
@@ -91,6 +95,25 @@ impl VfioUserTransport {
         self.config_read(regs::MSIX_CTRL, &mut ctl)?;
         let ctl = u16::from_le_bytes(ctl) | regs::MSIX_CTRL_ENABLE;
         self.config_write(regs::MSIX_CTRL, &ctl.to_le_bytes())
+    }
+}
+
+/// Map the doorbell page (ABI §4.5) when the server offers BAR4 as
+/// mappable with its backing file; `None` for a 1.0 device.
+fn map_doorbell(client: &Client) -> Result<Option<DoorbellPage>> {
+    let Some(r) = client.region(regs::DB_REGION) else {
+        return Ok(None);
+    };
+    let mappable = r.flags & vfio_bindings::bindings::vfio::VFIO_REGION_INFO_FLAG_MMAP != 0;
+    match (&r.file_offset, mappable) {
+        (Some(fo), true) => {
+            let file = fo
+                .file()
+                .try_clone()
+                .map_err(|e| Error::io("dup the doorbell page's descriptor", e))?;
+            Ok(Some(DoorbellPage::map(file, fo.start(), r.size)?))
+        }
+        _ => Ok(None),
     }
 }
 
@@ -142,6 +165,9 @@ impl Transport for VfioUserTransport {
     }
     fn wait_irq(&mut self, timeout: Duration) -> Result<bool> {
         self.irq.wait(timeout)
+    }
+    fn doorbell_page(&self) -> Option<&DoorbellPage> {
+        self.doorbell.as_ref()
     }
     fn reset(&mut self) -> Result<()> {
         self.client.reset()?;
