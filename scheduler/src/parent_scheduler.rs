@@ -2,7 +2,12 @@
 //!
 //! One [`Scheduler`] runs per physical GPU. The GPU executes one item at a time (like
 //! GRID time-slicing: one vGPU's timeslice at a time); the caller loops
-//! `pick` → run the item → `complete` with the measured GPU time.
+//! `pick` → run the item → `complete` with the measured GPU time. So that the GPU never
+//! waits for the caller between items, up to [`Scheduler::set_engine_depth`] picked
+//! items may be in flight (queued at the engine) at once; a slice commits items only
+//! while the time they are expected to take (the channel's measured average) fits in
+//! what is left of it, and the next slice is chosen while the last item of the
+//! previous one still runs, so that the switch overlaps it.
 //!
 //! A vGPU that wins the GPU holds it for one *slice*: items from its runlist run back to
 //! back until the slice's measured GPU time reaches the parent's timeslice (the item in
@@ -76,8 +81,10 @@ struct Vgpu<T> {
     throttle: Option<Entry>,
     reserve: Option<Entry>,
     latency: Option<Entry>,
-    /// Holds the current slice or has the item in flight.
+    /// Holds the current slice, or has a latency-class item in flight.
     busy: bool,
+    /// Items of this vGPU picked and not yet completed.
+    in_flight: u32,
 }
 
 impl<T> Vgpu<T> {
@@ -97,7 +104,9 @@ impl<T> Vgpu<T> {
     }
     /// Tells the buckets whether the vGPU has work (banking rule, see `Bucket`).
     fn sync_waiting(&mut self, now: Nanos) {
-        let w = self.busy || self.runlist.has_work();
+        // Items in flight count as work: the vGPU is not idle while its
+        // queue is momentarily empty because the engine holds its items.
+        let w = self.busy || self.in_flight > 0 || self.runlist.has_work();
         for b in [&mut self.share, &mut self.cap, &mut self.resv]
             .into_iter()
             .flatten()
@@ -117,6 +126,8 @@ struct Slice {
 struct InFlight {
     vgpu: u64,
     channel: u32,
+    /// The GPU time it is expected to take (what the slice committed).
+    estimate: Nanos,
 }
 
 /// Scheduler of one parent (physical GPU), generic over the work item type.
@@ -132,7 +143,10 @@ pub struct Scheduler<T> {
     reserve: BTreeSet<Entry>,
     latency: BTreeSet<Entry>,
     current: Option<Slice>,
-    in_flight: Option<InFlight>,
+    /// Items picked and not completed, oldest first.
+    in_flight: std::collections::VecDeque<InFlight>,
+    /// How many items may be in flight at once.
+    depth: usize,
     seq: u64,
     vclock: u128,
     clock: Nanos,
@@ -155,7 +169,8 @@ impl<T> Scheduler<T> {
             reserve: BTreeSet::new(),
             latency: BTreeSet::new(),
             current: None,
-            in_flight: None,
+            in_flight: std::collections::VecDeque::new(),
+            depth: 1,
             seq: 0,
             vclock: 0,
             clock: 0,
@@ -196,9 +211,21 @@ impl<T> Scheduler<T> {
         self.vgpus.is_empty()
     }
 
-    /// Whether an item is in flight (picked, not completed).
+    /// The oldest item in flight (picked, not completed), if any.
     pub fn in_flight(&self) -> Option<(u64, u32)> {
-        self.in_flight.map(|f| (f.vgpu, f.channel))
+        self.in_flight.front().map(|f| (f.vgpu, f.channel))
+    }
+
+    /// How many items are in flight.
+    pub fn in_flight_count(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    /// Let up to `depth` (at least 1) picked items be in flight at once: the engine
+    /// keeps that many queued, so it never waits for the caller between items. With
+    /// 1 (the default) `pick` answers [`Pick::Busy`] until the item completes.
+    pub fn set_engine_depth(&mut self, depth: usize) {
+        self.depth = depth.max(1);
     }
 
     /// The share of GPU time the policy grants `vgpu` now: strict policies' share, the
@@ -235,6 +262,7 @@ impl<T> Scheduler<T> {
                 reserve: None,
                 latency: None,
                 busy: false,
+                in_flight: 0,
             },
         );
         self.retime();
@@ -337,7 +365,7 @@ impl<T> Scheduler<T> {
         policy.validate()?;
         let now = self.tick(now);
         self.pending = Some(policy);
-        if self.current.is_none() && self.in_flight.is_none() {
+        if self.current.is_none() && self.in_flight.is_empty() {
             self.apply_pending(now);
         }
         Ok(())
@@ -345,7 +373,7 @@ impl<T> Scheduler<T> {
 
     /// Chooses the next item for the GPU. See [`Pick`].
     pub fn pick(&mut self, now: Nanos) -> Pick<T> {
-        if self.in_flight.is_some() {
+        if self.in_flight.len() >= self.depth {
             return Pick::Busy;
         }
         let now = self.tick(now);
@@ -357,12 +385,14 @@ impl<T> Scheduler<T> {
             self.dequeue(id);
             return self.dispatch(id, now);
         }
-        // 2. the slice in progress continues to its end.
+        // 2. the slice in progress continues to its end: its used time plus what
+        // its items in flight are expected to take.
         if let Some(cur) = self.current {
             let ts = self.timeslice;
+            let committed = cur.used + self.committed(cur.vgpu);
             let continues = self.vgpus.get(&cur.vgpu).is_some_and(|v| {
                 let limit_ok = !matches!(&v.cap, Some(b) if !b.eligible(now));
-                v.runlist.has_work() && cur.used < ts && limit_ok
+                v.runlist.has_work() && committed < ts && limit_ok
             });
             if continues {
                 return self.dispatch(cur.vgpu, now);
@@ -375,7 +405,12 @@ impl<T> Scheduler<T> {
                 }
             }
         }
-        // 3. a new slice.
+        // 3. a new slice, chosen once at most one item of the last is still
+        // running: the switch overlaps that item, and the choice sees every
+        // other item's time charged.
+        if self.in_flight.len() > 1 {
+            return Pick::Busy;
+        }
         let selected = match self.select(now) {
             Ok(id) => id,
             Err(Breach { vgpu, what }) => return self.fault(vgpu, what),
@@ -403,11 +438,14 @@ impl<T> Scheduler<T> {
     /// `gpu_time` ns of measured execution, at `now`. The time is charged to the vGPU,
     /// the channel and the current slice.
     pub fn complete(&mut self, vgpu: u64, channel: u32, gpu_time: Nanos, now: Nanos) -> Result<()> {
-        match self.in_flight {
-            Some(f) if f.vgpu == vgpu && f.channel == channel => {}
-            _ => return Err(Error::NotInFlight { vgpu, channel }),
-        }
-        self.in_flight = None;
+        let Some(at) = self
+            .in_flight
+            .iter()
+            .position(|f| f.vgpu == vgpu && f.channel == channel)
+        else {
+            return Err(Error::NotInFlight { vgpu, channel });
+        };
+        self.in_flight.remove(at);
         let now = self.tick(now);
         let window = self.window;
         let weighted = self.policy.kind == PolicyKind::Weighted;
@@ -428,13 +466,16 @@ impl<T> Scheduler<T> {
             v.vtime += gpu_time as u128 * VSCALE / v.params.weight.max(1) as u128;
         }
         v.runlist.charge(channel, gpu_time);
+        v.in_flight = v.in_flight.saturating_sub(1);
+        let idle = v.in_flight == 0;
         self.busy_total += gpu_time;
         match &mut self.current {
             Some(c) if c.vgpu == vgpu => c.used += gpu_time,
-            _ => {
+            _ if idle => {
                 v.busy = false;
                 self.refresh(vgpu, now);
             }
+            _ => {}
         }
         Ok(())
     }
@@ -645,7 +686,11 @@ impl<T> Scheduler<T> {
                     v.throttle = Some(e);
                     self.throttle.insert(e);
                 } else {
-                    v.vtime = v.vtime.max(vclock);
+                    // Only a vGPU that was idle (nothing queued, nothing in
+                    // flight) starts again from the virtual clock.
+                    if v.in_flight == 0 {
+                        v.vtime = v.vtime.max(vclock);
+                    }
                     let e = (v.vtime, seq, id);
                     v.main = Some(e);
                     self.main.insert(e);
@@ -684,6 +729,8 @@ impl<T> Scheduler<T> {
             .map(|e| e.2)
     }
 
+    /// The slice ends. Its vGPU may be chosen again at once, even while its
+    /// last items still run: their time is charged when they complete.
     fn end_slice(&mut self, now: Nanos) {
         if let Some(cur) = self.current.take() {
             if let Some(v) = self.vgpus.get_mut(&cur.vgpu) {
@@ -691,6 +738,15 @@ impl<T> Scheduler<T> {
             }
             self.refresh(cur.vgpu, now);
         }
+    }
+
+    /// GPU time the items of `vgpu` in flight are expected to take.
+    fn committed(&self, vgpu: u64) -> Nanos {
+        self.in_flight
+            .iter()
+            .filter(|f| f.vgpu == vgpu)
+            .map(|f| f.estimate)
+            .sum()
     }
 
     /// The vGPU to start a new slice, per policy; O(log n) (amortized for releases).
@@ -748,7 +804,20 @@ impl<T> Scheduler<T> {
         }
         v.settle(now);
         v.busy = true;
-        self.in_flight = Some(InFlight { vgpu: id, channel });
+        v.in_flight += 1;
+        // What the item will take: its channel's average so far, else its
+        // vGPU's, else a whole slice (so an unmeasured vGPU commits one item).
+        let estimate = v
+            .runlist
+            .meter_mut(channel)
+            .and_then(|m| m.total.checked_div(m.commands))
+            .or(v.meter.total.checked_div(v.meter.commands))
+            .unwrap_or(self.timeslice);
+        self.in_flight.push_back(InFlight {
+            vgpu: id,
+            channel,
+            estimate,
+        });
         self.decisions += 1;
         Pick::Run {
             vgpu: id,

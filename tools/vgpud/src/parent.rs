@@ -4,8 +4,9 @@
 //! Every vGPU gets an [`EngineContext`] from [`Parent::attach`]. Work the
 //! vGPU submits is queued on its channel's runlist inside the
 //! [`scheduler::Scheduler`]; a dispatcher thread asks the policy which
-//! vGPU runs next, hands that one item to the real backend, and on
-//! completion charges the measured execution time to the vGPU and channel.
+//! vGPU runs next, hands its items to the real backend, keeping up to
+//! [`ENGINE_QUEUE_DEPTH`] queued there, and charges the measured execution
+//! time of finished items to their vGPU and channel, a batch at a time.
 //! One item runs on the engine at a time, as on a time-sliced GPU.
 
 use devmodel::sync::{lock, wait, wait_timeout};
@@ -32,8 +33,17 @@ struct DispatchState {
     channels: HashMap<u64, BTreeSet<u32>>,
     /// Items dropped by a cancel or detach, to be completed by the dispatcher.
     cancelled: Vec<Job>,
+    /// Items the engine finished, `(vgpu, channel, measured ns)`, for the
+    /// dispatcher to charge in one batch before its next decision.
+    completed: Vec<(u64, u32, Nanos)>,
     stopping: bool,
 }
+
+/// Items the dispatcher keeps queued at the engine, so that the engine
+/// starts the next one the moment the last ends instead of waiting for the
+/// dispatcher; the policy still decides who runs at slice granularity (a
+/// slice commits items only while their expected time fits in it).
+pub const ENGINE_QUEUE_DEPTH: usize = 4;
 
 /// A parent's half that its dispatcher thread and its vGPUs' contexts hold.
 struct ParentShared {
@@ -77,13 +87,16 @@ impl Parent {
         backend: Box<dyn Backend>,
         policy: ParentPolicy,
     ) -> Result<Parent, SpawnError> {
+        let mut sched = Scheduler::new(policy);
+        sched.set_engine_depth(ENGINE_QUEUE_DEPTH);
         let shared = Arc::new(ParentShared {
             backend,
             state: Mutex::new(DispatchState {
-                sched: Scheduler::new(policy),
+                sched,
                 contexts: HashMap::new(),
                 channels: HashMap::new(),
                 cancelled: Vec::new(),
+                completed: Vec::new(),
                 stopping: false,
             }),
             wake: Condvar::new(),
@@ -282,6 +295,11 @@ fn dispatch(shared: Arc<ParentShared>, parent: &str) {
             continue;
         }
         let now = shared.now();
+        for (vgpu, channel, used) in std::mem::take(&mut st.completed) {
+            if let Err(e) = st.sched.complete(vgpu, channel, used, now) {
+                tracing::debug!(vgpu, channel, error = %e, "completion for a detached vGPU");
+            }
+        }
         match st.sched.pick(now) {
             Pick::Run {
                 vgpu,
@@ -300,13 +318,7 @@ fn dispatch(shared: Arc<ParentShared>, parent: &str) {
                     item,
                     Box::new(move |c: Completion| {
                         let used = c.gpu_time.as_nanos() as Nanos;
-                        {
-                            let mut st = s.lock();
-                            let now = s.now();
-                            if let Err(e) = st.sched.complete(vgpu, channel, used, now) {
-                                tracing::debug!(vgpu, channel, error = %e, "completion for a detached vGPU");
-                            }
-                        }
+                        s.lock().completed.push((vgpu, channel, used));
                         s.wake.notify_all();
                         done(c);
                     }),

@@ -103,11 +103,12 @@ impl Daemon {
         config: Config,
         catalog: &Catalog,
     ) -> Result<Daemon, BackendError> {
-        let workers = std::thread::available_parallelism().map_or(2, |n| n.get().min(8));
         let mut parents = BTreeMap::new();
         for p in &catalog.parents {
             let backend: Box<dyn devmodel::Backend> = match p.engine {
-                Engine::Cpu => Box::new(CpuEngine::new(workers)?),
+                // One worker: the engine runs one item at a time, as a
+                // time-sliced GPU does; the parent keeps it fed.
+                Engine::Cpu => Box::new(CpuEngine::new(1)?),
             };
             let parent = Parent::new(&p.id, backend, config.parent_policy(&p.id))?;
             parents.insert(
