@@ -23,6 +23,9 @@ use crate::sync::{wait, wait_timeout};
 
 /// How often a channel blocked on a semaphore acquire re-reads memory.
 const ACQUIRE_POLL: Duration = Duration::from_millis(1);
+/// How often the front end looks at the doorbell page while it waits for
+/// the engine (it spins only when nothing of its vGPU is at the engine).
+const BUSY_POLL: Duration = Duration::from_micros(50);
 /// Longest pushbuffer segment (words) the front end accepts.
 pub const MAX_SEGMENT_WORDS: u32 = 1 << 22;
 
@@ -116,9 +119,17 @@ impl Core {
                 continue;
             }
             if Instant::now() < poll_until {
-                drop(st);
-                self.spin(poll_until);
-                st = self.lock();
+                // With items at the engine a completion wakes the front end
+                // soon anyway: look at the page every BUSY_POLL meanwhile
+                // rather than spin. With none, spin: a doorbell now is the
+                // one a waiting driver's next work depends on.
+                if st.outstanding > 0 {
+                    st = wait_timeout(&self.wake, st, BUSY_POLL);
+                } else {
+                    drop(st);
+                    self.spin(poll_until);
+                    st = self.lock();
+                }
                 continue;
             }
             let rung = self.doorbell.sleep(|ch| st.channel(ch).ring());

@@ -197,6 +197,8 @@ pub struct Device {
     pt: PageTables,
     runlist: DmaBuffer,
     doorbells: Doorbells,
+    /// Ring through the doorbell page when there is one (ABI 1.1).
+    use_page: bool,
 }
 
 /// How this driver's doorbells reached the device.
@@ -269,6 +271,7 @@ impl Device {
             pt,
             runlist,
             doorbells: Doorbells::default(),
+            use_page: true,
         })
     }
 
@@ -299,7 +302,7 @@ impl Device {
     /// it (a store, trapping only when the device is not polling, ABI §4.5),
     /// else the `DOORBELL` register.
     pub fn ring(&mut self, channel: u32, put: u32) -> Result<()> {
-        if self.ident.doorbell_page() {
+        if self.use_page && self.ident.doorbell_page() {
             if let Some(page) = self.t.doorbell_page() {
                 if page.ring(channel, put)? {
                     self.doorbells.untrapped += 1;
@@ -309,6 +312,13 @@ impl Device {
         }
         self.doorbells.trapped += 1;
         self.t.bar0_write32(regs::DOORBELL, channel)
+    }
+
+    /// Whether to ring through the doorbell page when the device has one
+    /// (the default), or always through the trapped `DOORBELL` register, as
+    /// an ABI 1.0 driver does.
+    pub fn set_doorbell_page(&mut self, enabled: bool) {
+        self.use_page = enabled;
     }
 
     /// How the doorbells rung so far reached the device.

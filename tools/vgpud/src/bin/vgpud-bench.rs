@@ -23,6 +23,9 @@ use vgpu_guest::transport::vfio_user::VfioUserTransport;
 use vgpu_guest::{Channel, ChannelConfig, Device};
 use vgpud::daemon::Daemon;
 
+#[path = "vgpud_bench/fastpath.rs"]
+mod fastpath;
+
 #[derive(Parser)]
 #[command(about = "vgpud benchmarks")]
 struct Args {
@@ -37,6 +40,20 @@ enum Cmd {
         #[arg(long, default_value_t = 20_000)]
         iterations: usize,
     },
+    /// The submission fast path: lone utilization, fixed_share 4c:2c,
+    /// doorbell-to-start latency trapped and untrapped, daemon CPU per
+    /// active vGPU (docs/benchmarks.md, "Submission fast path").
+    Fastpath {
+        /// Seconds per utilization or share measurement.
+        #[arg(long, default_value_t = 2.0)]
+        seconds: f64,
+        /// Command lengths in µs.
+        #[arg(long, value_delimiter = ',', default_value = "10,50,200,1000,5000")]
+        sizes: Vec<u32>,
+        /// Most active vGPUs in the CPU scaling run.
+        #[arg(long, default_value_t = 64)]
+        max_vgpus: u32,
+    },
 }
 
 /// INTR_ENABLE: a plain read/write BAR0 register with no side effect.
@@ -49,9 +66,14 @@ fn percentiles(mut v: Vec<f64>) -> (f64, f64, f64) {
 }
 
 fn main() -> Result<(), String> {
-    let Args {
-        cmd: Cmd::Latency { iterations },
-    } = Args::parse();
+    let iterations = match Args::parse().cmd {
+        Cmd::Latency { iterations } => iterations,
+        Cmd::Fastpath {
+            seconds,
+            sizes,
+            max_vgpus,
+        } => return fastpath::run(seconds, &sizes, max_vgpus),
+    };
     let n = iterations.max(100);
 
     // Baseline: the device model's face, called in-process.
