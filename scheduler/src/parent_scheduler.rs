@@ -6,8 +6,9 @@
 //! waits for the caller between items, up to [`Scheduler::set_engine_depth`] picked
 //! items may be in flight (queued at the engine) at once; a slice commits items only
 //! while the time they are expected to take (the channel's measured average) fits in
-//! what is left of it, and the next slice is chosen while the last item of the
-//! previous one still runs, so that the switch overlaps it.
+//! what is left of it, and the next slice is chosen while the last item (or up to
+//! 100 µs of expected work) of the previous one still runs, so that the switch
+//! overlaps it.
 //!
 //! A vGPU that wins the GPU holds it for one *slice*: items from its runlist run back to
 //! back until the slice's measured GPU time reaches the parent's timeslice (the item in
@@ -57,6 +58,10 @@ pub struct Rejected<T> {
     pub item: T,
     pub error: Error,
 }
+
+/// A new slice is chosen while at most this much expected work (or one item)
+/// is still in flight, so that the engine does not drain at a switch.
+const SWITCH_OVERLAP: Nanos = 100 * crate::US;
 
 /// Scale of virtual time: one ns of GPU time at weight 1 is `VSCALE` units.
 const VSCALE: u128 = 1 << 20;
@@ -405,10 +410,11 @@ impl<T> Scheduler<T> {
                 }
             }
         }
-        // 3. a new slice, chosen once at most one item of the last is still
-        // running: the switch overlaps that item, and the choice sees every
-        // other item's time charged.
-        if self.in_flight.len() > 1 {
+        // 3. a new slice, chosen once what is still in flight is one item or
+        // at most SWITCH_OVERLAP of expected work: the switch overlaps it, and
+        // the choice sees all but that much time charged.
+        let queued: Nanos = self.in_flight.iter().map(|f| f.estimate).sum();
+        if self.in_flight.len() > 1 && queued > SWITCH_OVERLAP {
             return Pick::Busy;
         }
         let selected = match self.select(now) {

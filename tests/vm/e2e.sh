@@ -90,6 +90,13 @@ detached=$(sed 's/\x1b\[[0-9;]*m//g' "$WORK/vgpud.log" | grep "client detached" 
 commands=$(echo "$detached" | sed -n 's/.*commands=\([0-9]*\).*/\1/p')
 [ -n "$commands" ] && [ "$commands" -gt 0 ] || { cat "$WORK/vgpud.log" >&2; vm_die "vgpud did not log the guest's work"; }
 vm_log "case 1: vgpud ran $commands engine commands for the guest"
+# The guest rang through the doorbell page mapped into it: vgpud saw doorbells by polling
+# (a trapped doorbell page write would count as trapped).
+status=$("$VGPUCTL" --run-dir "$RUN" status $U1 --json)
+polled=$(echo "$status" | sed -n 's/.*"doorbells_polled": *\([0-9]*\).*/\1/p')
+trapped=$(echo "$status" | sed -n 's/.*"doorbells_trapped": *\([0-9]*\).*/\1/p')
+[ -n "$polled" ] && [ "$polled" -gt 0 ] || { echo "$status" >&2; vm_die "no untrapped doorbell from the guest (polled=$polled trapped=$trapped)"; }
+vm_log "case 1: doorbells from inside the guest: $polled seen by polling (untrapped), $trapped trapped"
 
 # Case 2: two VMs at once on two vGPUs of the same parent
 t=$(vm_now)

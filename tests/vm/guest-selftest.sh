@@ -20,4 +20,7 @@ echo "$BDF" > /sys/bus/pci/drivers_probe
 [ -e "/sys/bus/pci/devices/$BDF/driver" ] || { echo "VGPU-GUEST vfio-pci did not bind $BDF"; exit 1; }
 vgpu-guest --transport vfio --device "$BDF" info
 vgpu-guest --transport vfio --device "$BDF" selftest
+# A short load keeps work in flight, so the device polls the doorbell page (ABI 1.1) and
+# the guest's doorbells are stores to mapped memory that never leave the guest.
+vgpu-guest --transport vfio --device "$BDF" load spin --unit-us 500 --seconds 1 --json
 echo "VGPU-GUEST-SELFTEST PASS $BDF"

@@ -452,6 +452,8 @@ fn replies_keep_their_field_names() {
             "commands",
             "configured_share",
             "connections",
+            "doorbells_polled",
+            "doorbells_trapped",
             "faults",
             "framebuffer_bytes",
             "gpu_time_ns",

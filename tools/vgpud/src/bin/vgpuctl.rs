@@ -221,6 +221,10 @@ fn run(args: &Args) -> Result<(), Failure> {
                 println!("    Faults               : {}", v.faults);
                 println!("    Interrupts           : {}", v.interrupts);
                 println!(
+                    "    Doorbells            : {} polled, {} trapped",
+                    v.doorbells_polled, v.doorbells_trapped
+                );
+                println!(
                     "    Framebuffer          : {} MiB",
                     v.framebuffer_bytes >> 20
                 );

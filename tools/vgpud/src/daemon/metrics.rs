@@ -93,7 +93,7 @@ struct Series {
 }
 
 /// Every series, each read from a field of [`VgpuStatus`].
-const SERIES: [Series; 9] = [
+const SERIES: [Series; 11] = [
     Series {
         name: "vgpud_vgpu_attached",
         kind: "gauge",
@@ -148,6 +148,20 @@ const SERIES: [Series; 9] = [
         kind: "counter",
         help: "channel faults (MMU faults and channel errors)",
         value: |v| Some(v.faults as f64),
+        scale: 1.0,
+    },
+    Series {
+        name: "vgpud_vgpu_doorbells_polled_total",
+        kind: "counter",
+        help: "doorbells the device saw by polling the doorbell page (no trap)",
+        value: |v| Some(v.doorbells_polled as f64),
+        scale: 1.0,
+    },
+    Series {
+        name: "vgpud_vgpu_doorbells_trapped_total",
+        kind: "counter",
+        help: "doorbells that trapped (DOORBELL register, unmapped doorbell page)",
+        value: |v| Some(v.doorbells_trapped as f64),
         scale: 1.0,
     },
     Series {

@@ -435,6 +435,8 @@ impl Daemon {
                 wait_ns: s.map(|s| s.wait),
                 faults: dev.faults,
                 interrupts: dev.msi_delivered,
+                doorbells_polled: dev.doorbells_polled,
+                doorbells_trapped: dev.doorbells_trapped,
                 pinned_bytes: dev.pinned_bytes,
                 framebuffer_bytes: v.vtype.framebuffer_bytes,
             });

@@ -97,6 +97,11 @@ pub struct VgpuStatus {
     pub faults: u64,
     /// MSIs delivered.
     pub interrupts: u64,
+    /// Doorbells the device saw by polling the doorbell page (no trap).
+    pub doorbells_polled: u64,
+    /// Doorbells that trapped: `DOORBELL` register writes, and doorbell
+    /// page writes by a VMM that did not map the page.
+    pub doorbells_trapped: u64,
     /// Guest memory mapped and pinned for the vGPU.
     pub pinned_bytes: u64,
     pub framebuffer_bytes: u64,

@@ -172,7 +172,10 @@ fn latency() -> R<()> {
     .map_err(err)?;
     println!("| doorbell | samples | median µs | p99 µs | doorbells untrapped / trapped |");
     println!("|---|---|---|---|---|");
-    for (name, page) in [("doorbell page (untrapped)", true), ("DOORBELL register (trapped)", false)] {
+    for (name, page) in [
+        ("doorbell page (untrapped)", true),
+        ("DOORBELL register (trapped)", false),
+    ] {
         dev.set_doorbell_page(page);
         let empty = Pushbuf::new();
         let before = dev.doorbells();
@@ -276,7 +279,10 @@ fn cpu(seconds: f64, max_vgpus: u32) -> R<()> {
         drop(dev);
         daemon_cores(&c)
     };
-    println!("Idle vGPU (client attached, no work): the daemon used {:.3} % of one core.\n", idle * 100.0);
+    println!(
+        "Idle vGPU (client attached, no work): the daemon used {:.3} % of one core.\n",
+        idle * 100.0
+    );
 
     // 1..max_vgpus active vGPUs of 16 MiB on one parent, 100 µs commands.
     let bench_type = VgpuType {
