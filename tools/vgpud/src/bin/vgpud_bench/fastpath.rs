@@ -226,6 +226,8 @@ fn cpu_by_role() -> BTreeMap<&'static str, u64> {
             "dispatcher"
         } else if name.starts_with("vfio-user") {
             "vfio-user servers"
+        } else if name.starts_with("cpu-engine-done") {
+            "completions"
         } else if name.starts_with("cpu-engine") {
             "engine"
         } else {
@@ -251,10 +253,15 @@ fn cores(
 }
 
 fn daemon_cores(c: &BTreeMap<&'static str, f64>) -> f64 {
-    ["front ends", "dispatcher", "vfio-user servers"]
-        .iter()
-        .map(|k| c.get(k).copied().unwrap_or(0.0))
-        .sum()
+    [
+        "front ends",
+        "dispatcher",
+        "vfio-user servers",
+        "completions",
+    ]
+    .iter()
+    .map(|k| c.get(k).copied().unwrap_or(0.0))
+    .sum()
 }
 
 fn cpu(seconds: f64, max_vgpus: u32) -> R<()> {
@@ -305,8 +312,8 @@ fn cpu(seconds: f64, max_vgpus: u32) -> R<()> {
             types: vec![Arc::new(bench_type)],
         }],
     };
-    println!("| active vGPUs | engine busy | daemon cores (front ends + dispatcher + servers) | per active vGPU | front ends | dispatcher | vfio-user servers | doorbells untrapped / trapped |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("| active vGPUs | engine busy | daemon cores (all but the engine's execution) | per active vGPU | front ends | dispatcher | engine completions | vfio-user servers | doorbells untrapped / trapped |");
+    println!("|---|---|---|---|---|---|---|---|---|");
     let mut n = 1;
     while n <= max_vgpus.max(1) {
         let h = Host::new(&format!("cpu{n}"), &catalog, "best_effort")?;
@@ -328,10 +335,11 @@ fn cpu(seconds: f64, max_vgpus: u32) -> R<()> {
         let d = daemon_cores(&c);
         let get = |k: &str| c.get(k).copied().unwrap_or(0.0);
         println!(
-            "| {n} | {busy:.3} | {d:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {untrapped} / {trapped} |",
+            "| {n} | {busy:.3} | {d:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {untrapped} / {trapped} |",
             d / n as f64,
             get("front ends"),
             get("dispatcher"),
+            get("completions"),
             get("vfio-user servers"),
         );
         n *= 2;
