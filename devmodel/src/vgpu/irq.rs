@@ -148,3 +148,37 @@ impl Core {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_items_and_host_accesses_map_to_one_error_code_each() {
+        // One mapping for engine items and HOST accesses alike (there were
+        // two, and they disagreed on a cancelled item).
+        let cases = [
+            (
+                ExecError::Memory(MemError::ReadOnly { gpa: 0 }),
+                ErrorCode::ReadOnly,
+            ),
+            (
+                ExecError::Memory(MemError::Unmapped { gpa: 0, len: 4 }),
+                ErrorCode::SysmemUnmapped,
+            ),
+            (
+                ExecError::VramRange {
+                    offset: 0,
+                    len: 4,
+                    size: 0,
+                },
+                ErrorCode::VramRange,
+            ),
+            (ExecError::Cancelled, ErrorCode::EngineError),
+            (ExecError::ShortExtents("source"), ErrorCode::EngineError),
+        ];
+        for (e, code) in cases {
+            assert_eq!(ErrorCode::from(&e), code, "{e}");
+        }
+    }
+}

@@ -157,4 +157,48 @@ mod tests {
         assert_eq!(Errno::EEXIST.to_string(), "EEXIST");
         assert!(serde_json::from_str::<Errno>("\"EBANANA\"").is_err());
     }
+
+    #[test]
+    fn device_errors_reach_the_client_as_their_own_errno() {
+        use devmodel::memory::MemError;
+        use devmodel::DeviceError;
+        let io = |raw| std::io::Error::from_raw_os_error(raw);
+        let cases = [
+            (MemError::BadMap { gpa: 0, size: 1 }.into(), Errno::EEXIST),
+            (MemError::BadUnmap { gpa: 0, size: 1 }.into(), Errno::ENOENT),
+            (
+                MemError::ReadOnlyFile { gpa: 0, size: 1 }.into(),
+                Errno::EACCES,
+            ),
+            (
+                MemError::LargerThanHost {
+                    file_size: 2,
+                    host: 1,
+                }
+                .into(),
+                Errno::ENOMEM,
+            ),
+            (
+                MemError::MapFile {
+                    len: 1,
+                    source: io(libc::EPERM),
+                }
+                .into(),
+                Errno::EPERM,
+            ),
+            (
+                MemError::Metadata {
+                    gpa: 0,
+                    size: 1,
+                    source: io(libc::EBADF),
+                }
+                .into(),
+                Errno::ENOMEM,
+            ),
+            (DeviceError::NoSuchRegion(5), Errno::EINVAL),
+        ];
+        for (e, want) in cases {
+            assert_eq!(Errno::from(&e), want, "{e}");
+        }
+    }
 }
