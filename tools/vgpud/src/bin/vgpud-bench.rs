@@ -59,6 +59,31 @@ enum Cmd {
 /// INTR_ENABLE: a plain read/write BAR0 register with no side effect.
 const INTR_ENABLE: u32 = 0x024;
 
+/// A channel for timing doorbells: 64 entries of small segments.
+fn bench_channel(dev: &mut Device) -> Result<Channel, String> {
+    let cfg = ChannelConfig {
+        gpfifo_entries: 64,
+        segment_bytes: 256,
+        interrupt_fences: false,
+    };
+    Channel::new(dev, 0, cfg).map_err(|e| e.to_string())
+}
+
+/// Ring `ch` for an empty segment (its only command the fence, a semaphore
+/// release that starts and ends at once) and wait for it: µs from the
+/// doorbell to the guest seeing the first command done.
+fn first_command_us(dev: &mut Device, ch: &mut Channel) -> Result<f64, String> {
+    let t = Instant::now();
+    let f = ch.submit(dev, &Pushbuf::new()).map_err(|e| e.to_string())?;
+    while !ch.reached(f).map_err(|e| e.to_string())? {
+        if t.elapsed() > Duration::from_secs(5) {
+            return Err("fence not reached in 5 s".into());
+        }
+        std::hint::spin_loop();
+    }
+    Ok(t.elapsed().as_secs_f64() * 1e6)
+}
+
 fn percentiles(mut v: Vec<f64>) -> (f64, f64, f64) {
     v.sort_by(|a, b| a.total_cmp(b));
     let at = |p: f64| v[((p * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1];
@@ -157,30 +182,11 @@ fn main() -> Result<(), String> {
     }
     dev.write32(INTR_ENABLE, 7).map_err(|e| e.to_string())?;
 
-    let mut ch = Channel::new(
-        &mut dev,
-        0,
-        ChannelConfig {
-            gpfifo_entries: 64,
-            segment_bytes: 256,
-            interrupt_fences: false,
-        },
-    )
-    .map_err(|e| e.to_string())?;
+    let mut ch = bench_channel(&mut dev)?;
     let doorbells = (n / 4).max(100);
-    let empty = Pushbuf::new();
-    let mut db = Vec::with_capacity(doorbells);
-    for _ in 0..doorbells {
-        let t = Instant::now();
-        let f = ch.submit(&mut dev, &empty).map_err(|e| e.to_string())?;
-        while !ch.reached(f).map_err(|e| e.to_string())? {
-            if t.elapsed() > Duration::from_secs(5) {
-                return Err("fence not reached in 5 s".into());
-            }
-            std::hint::spin_loop();
-        }
-        db.push(t.elapsed().as_secs_f64() * 1e6);
-    }
+    let db = (0..doorbells)
+        .map(|_| first_command_us(&mut dev, &mut ch))
+        .collect::<Result<Vec<f64>, String>>()?;
     drop(ch);
     drop(dev);
     drop(daemon);

@@ -19,9 +19,8 @@ use std::time::{Duration, Instant};
 
 use mdev_types::{Catalog, Engine, ParentCapacity, ParentDef, VgpuType};
 use vgpu_guest::load::{LoadConfig, LoadReport};
-use vgpu_guest::pushbuf::Pushbuf;
 use vgpu_guest::transport::vfio_user::VfioUserTransport;
-use vgpu_guest::{Channel, ChannelConfig, Device};
+use vgpu_guest::Device;
 use vgpud::daemon::Daemon;
 
 type R<T> = Result<T, String>;
@@ -149,27 +148,12 @@ fn utilization_and_shares(seconds: f64, sizes: &[u32]) -> R<()> {
     Ok(())
 }
 
-fn percentiles(mut v: Vec<f64>) -> (f64, f64) {
-    v.sort_by(|a, b| a.total_cmp(b));
-    let at = |p: f64| v[((p * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1];
-    (at(0.5), at(0.99))
-}
-
 /// Doorbell to the segment's first command (a semaphore release) seen done
 /// by the guest, through the page and through the trapped register.
 fn latency() -> R<()> {
     let h = Host::new("latency", &Catalog::default(), "best_effort")?;
     let mut dev = connect(&h.create("vgpud-1c")?)?;
-    let mut ch = Channel::new(
-        &mut dev,
-        0,
-        ChannelConfig {
-            gpfifo_entries: 64,
-            segment_bytes: 256,
-            interrupt_fences: false,
-        },
-    )
-    .map_err(err)?;
+    let mut ch = super::bench_channel(&mut dev)?;
     println!("| doorbell | samples | median µs | p99 µs | doorbells untrapped / trapped |");
     println!("|---|---|---|---|---|");
     for (name, page) in [
@@ -177,25 +161,16 @@ fn latency() -> R<()> {
         ("DOORBELL register (trapped)", false),
     ] {
         dev.set_doorbell_page(page);
-        let empty = Pushbuf::new();
         let before = dev.doorbells();
-        let mut v = Vec::new();
-        for i in 0..5_200 {
-            let t = Instant::now();
-            let f = ch.submit(&mut dev, &empty).map_err(err)?;
-            while !ch.reached(f).map_err(err)? {
-                if t.elapsed() > Duration::from_secs(5) {
-                    return Err("fence not reached in 5 s".into());
-                }
-                std::hint::spin_loop();
-            }
-            if i >= 200 {
-                v.push(t.elapsed().as_secs_f64() * 1e6);
-            }
+        for _ in 0..200 {
+            super::first_command_us(&mut dev, &mut ch)?;
         }
+        let v = (0..5_000)
+            .map(|_| super::first_command_us(&mut dev, &mut ch))
+            .collect::<R<Vec<f64>>>()?;
         let after = dev.doorbells();
         let n = v.len();
-        let (p50, p99) = percentiles(v);
+        let (p50, p99, _) = super::percentiles(v);
         println!(
             "| {name} | {n} | {p50:.1} | {p99:.1} | {} / {} |",
             after.untrapped - before.untrapped,
