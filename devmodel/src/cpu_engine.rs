@@ -343,6 +343,45 @@ impl EngineContext for CpuContext {
 }
 
 impl ContextState {
+    /// Occupy the engine for `units * unit_ns` ns, then write `units` to
+    /// `dst` if given.
+    fn spin(
+        &self,
+        item: &WorkItem,
+        units: u32,
+        unit_ns: u32,
+        dst: Option<&[Extent]>,
+        epoch: u64,
+    ) -> Result<(), ExecError> {
+        let total = Duration::from_nanos(units as u64 * unit_ns as u64);
+        let start = Instant::now();
+        loop {
+            if self.cancelled(epoch) {
+                return Err(ExecError::Cancelled);
+            }
+            let left = total.saturating_sub(start.elapsed());
+            if left.is_zero() {
+                break;
+            }
+            // Sleep while the end is far (in steps, to notice a
+            // cancel), then spin the last stretch: a sleep may wake
+            // late, a spin ends on time.
+            if left > SPIN_TAIL * 2 {
+                std::thread::sleep((left - SPIN_TAIL).min(Duration::from_millis(1)));
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+        if let Some(d) = dst {
+            let io = Io {
+                ctx: self,
+                snap: &item.mem.snapshot(),
+            };
+            io.write(&mut Cursor::new(d), &units.to_le_bytes())?;
+        }
+        Ok(())
+    }
+
     fn cancelled(&self, epoch: u64) -> bool {
         self.epoch.load(Ordering::Acquire) != epoch
     }
@@ -366,6 +405,16 @@ impl ContextState {
     }
 
     fn execute(&self, item: &WorkItem, epoch: u64) -> Result<(), ExecError> {
+        // A spin touches memory only at its end (if at all): no snapshot of
+        // guest memory is held while it occupies the engine.
+        if let Op::Spin {
+            units,
+            unit_ns,
+            dst,
+        } = &item.op
+        {
+            return self.spin(item, *units, *unit_ns, dst.as_deref(), epoch);
+        }
         let snap = item.mem.snapshot();
         let io = Io {
             ctx: self,
@@ -446,38 +495,8 @@ impl ContextState {
                 let sum: f64 = v.iter().map(|&x| x as f64).sum();
                 io.write_f32(dst, &[sum as f32])?;
             }
-            Op::Spin {
-                units,
-                unit_ns,
-                dst,
-            } => {
-                let total = Duration::from_nanos(*units as u64 * *unit_ns as u64);
-                let start = Instant::now();
-                loop {
-                    if self.cancelled(epoch) {
-                        return Err(ExecError::Cancelled);
-                    }
-                    let left = total.saturating_sub(start.elapsed());
-                    if left.is_zero() {
-                        break;
-                    }
-                    // Sleep while the end is far (in steps, to notice a
-                    // cancel), then spin the last stretch: a sleep may wake
-                    // late, a spin ends on time.
-                    if left > SPIN_TAIL * 2 {
-                        std::thread::sleep((left - SPIN_TAIL).min(Duration::from_millis(1)));
-                    } else {
-                        std::hint::spin_loop();
-                    }
-                }
-                if let Some(d) = dst {
-                    let io = Io {
-                        ctx: self,
-                        snap: &item.mem.snapshot(),
-                    };
-                    io.write(&mut Cursor::new(d), &units.to_le_bytes())?;
-                }
-            }
+            // Carried out above, before any snapshot is taken.
+            Op::Spin { .. } => {}
         }
         Ok(())
     }
