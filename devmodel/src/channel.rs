@@ -149,6 +149,9 @@ pub struct Channel {
     deferred: VecDeque<(u64, Command)>,
     /// Waiting on a semaphore acquire at the head of `queue`.
     blocked: bool,
+    /// When the acquire at the head of `queue` first found its semaphore
+    /// unsatisfied.
+    waiting_since: Option<std::time::Instant>,
     faulted: Option<ErrorCode>,
     /// Bumped by a fault or a stop; completions of older items are ignored.
     epoch: u64,
@@ -269,6 +272,7 @@ impl Channel {
         self.queue.clear();
         self.outstanding.clear();
         self.blocked = false;
+        self.waiting_since = None;
         self.kicked = false;
         self.new_epoch();
     }
@@ -380,9 +384,15 @@ impl Channel {
         Some((op, self.epoch))
     }
 
-    /// Record whether the acquire at the head is still waiting.
-    pub fn set_blocked(&mut self, blocked: bool) {
+    /// Record whether the acquire at the head is still waiting. Returns how
+    /// long it has waited so far.
+    pub fn set_blocked(&mut self, blocked: bool, now: std::time::Instant) -> std::time::Duration {
         self.blocked = blocked;
+        if !blocked {
+            self.waiting_since = None;
+            return std::time::Duration::ZERO;
+        }
+        now.duration_since(*self.waiting_since.get_or_insert(now))
     }
 
     /// A semaphore was released: a blocked acquire must look again.

@@ -44,6 +44,8 @@ pub enum DeviceError {
     NoSuchRegion(u32),
     #[error(transparent)]
     Memory(#[from] memory::MemError),
+    #[error("an interrupt must be signalled through an eventfd, not {0}")]
+    NotEventFd(String),
     #[error("irq index {index} vectors {start}+{count} do not exist")]
     BadIrq { index: u32, start: u32, count: u32 },
     #[error(transparent)]

@@ -3,6 +3,8 @@
 
 use devmodel::harness as common;
 
+use std::fs::File;
+use std::io::Write;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -925,4 +927,71 @@ fn an_empty_runlist_parks_every_channel_until_the_next_submit() {
         7,
         "the queued work ran once the channel was back on the runlist"
     );
+}
+
+#[test]
+fn an_acquire_that_waits_too_long_faults_its_channel_only() {
+    let e = engine();
+    let mut g = Guest::new(&e, 8, 8, 2);
+    g.vgpu.set_acquire_timeout(Duration::from_millis(50));
+    let mut a = g.channel(0, 8);
+    let mut b = g.channel(1, 8);
+    let (sg, sv) = g.sys_buf(64);
+    let t = Instant::now();
+    g.submit(&mut a, &Pb::new().sem(sv, 5, host::SEM_OP_ACQUIRE_GEQ).0);
+    assert_eq!(g.wait(&a), STATE_FAULTED);
+    let waited = t.elapsed();
+    assert!(
+        waited >= Duration::from_millis(50) && waited < Duration::from_secs(2),
+        "faulted after {waited:?}"
+    );
+    assert_eq!(
+        (g.chreg(0, CH_STATUS) >> 8) & 0xFF,
+        0x2B,
+        "SEMAPHORE_TIMEOUT"
+    );
+    // The other channel is untouched.
+    g.submit(&mut b, &Pb::new().sem(sv + 8, 9, host::SEM_OP_RELEASE).0);
+    assert_eq!(g.wait(&b), STATE_IDLE);
+    assert_eq!(g.r32(sg + 8), 9);
+}
+
+#[test]
+fn interrupts_go_only_to_eventfds_and_never_block() {
+    let e = engine();
+    let mut g = Guest::new(&e, 8, 8, 1);
+    // A pipe that nobody reads would block delivery: refused.
+    let mut fds = [0i32; 2];
+    // SAFETY: pipe(2) writes two descriptors into the array it is given.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    // SAFETY: both descriptors were just created and are owned only here.
+    let (r, w) = unsafe {
+        use std::os::fd::FromRawFd;
+        (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1]))
+    };
+    assert!(matches!(
+        g.vgpu.set_irqs(mmio::bar::IRQ_INDEX_MSIX, 0, vec![Some(w)]),
+        Err(devmodel::DeviceError::NotEventFd(_))
+    ));
+    drop(r);
+    // An eventfd whose counter the client pushed to its maximum: the
+    // device loses the message instead of waiting.
+    let (irq_fd, _irq) = eventfd();
+    let mut full = irq_fd.try_clone().unwrap();
+    full.write_all(&(u64::MAX - 1).to_ne_bytes()).unwrap();
+    g.vgpu
+        .set_irqs(mmio::bar::IRQ_INDEX_MSIX, 0, vec![Some(irq_fd)])
+        .unwrap();
+    g.set_reg(INTR_ENABLE, 0x7);
+    let mut ch = g.channel(0, 8);
+    let (sg, sv) = g.sys_buf(64);
+    g.submit(
+        &mut ch,
+        &Pb::new()
+            .sem(sv, 1, host::SEM_OP_RELEASE | host::SEM_INTERRUPT)
+            .sem(sv + 8, 2, host::SEM_OP_RELEASE)
+            .0,
+    );
+    assert_eq!(g.wait(&ch), STATE_IDLE);
+    assert_eq!((g.r32(sg), g.r32(sg + 8)), (1, 2));
 }

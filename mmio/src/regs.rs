@@ -389,6 +389,7 @@ pub enum ErrorCode {
     Unsupported = 0x28,
     EngineError = 0x29,
     RunlistInvalid = 0x2A,
+    SemaphoreTimeout = 0x2B,
 }
 
 impl ChannelState {

@@ -3,7 +3,9 @@
 //! channel error records (`CH_STATUS`, `CH_ERROR_INFO`, the MMU fault
 //! registers and the error notifier in guest memory).
 
+use std::fs::File;
 use std::io::Write;
+use std::os::fd::AsRawFd;
 
 use mmio::regs::{ChannelId, ChannelReg, ErrorCode, GlobalReg, Intr, MmuFaultInfo};
 use mmio::RegRef;
@@ -15,6 +17,32 @@ use crate::channel::NOTIFIER_SIZE;
 use crate::gmmu::Fault;
 use crate::memory::MemError;
 use crate::pushbuf::SegmentError;
+use crate::DeviceError;
+
+/// Check that `fd` is an eventfd and make writes to it non-blocking, so
+/// that delivering an interrupt can never wait (a pipe that nobody reads
+/// would block the front end; so would an eventfd whose counter a client
+/// pushed to its maximum).
+pub(super) fn make_interrupt_fd(fd: &File) -> Result<(), DeviceError> {
+    let raw = fd.as_raw_fd();
+    let target = std::fs::read_link(format!("/proc/self/fd/{raw}")).unwrap_or_default();
+    if target.as_os_str() != "anon_inode:[eventfd]" {
+        return Err(DeviceError::NotEventFd(target.display().to_string()));
+    }
+    // SAFETY: fcntl(F_GETFL/F_SETFL) take integers and touch no process
+    // memory; `raw` is an open descriptor `fd` owns for the call.
+    let ok = unsafe {
+        let flags = libc::fcntl(raw, libc::F_GETFL);
+        flags >= 0 && libc::fcntl(raw, libc::F_SETFL, flags | libc::O_NONBLOCK) == 0
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(DeviceError::NotEventFd(
+            std::io::Error::last_os_error().to_string(),
+        ))
+    }
+}
 
 /// A channel error as the front end records it.
 #[derive(Clone, Copy, Debug)]
@@ -87,12 +115,15 @@ impl Core {
         }
     }
 
-    /// Deliver MSI-X vector 0.
+    /// Deliver MSI-X vector 0. The eventfd is non-blocking: a counter a
+    /// client saturated loses this message rather than stalling the device.
     pub(super) fn signal(&self, st: &mut State) {
         if let Some(Some(fd)) = st.irqs.first_mut() {
-            match fd.write_all(&1u64.to_ne_bytes()) {
-                Ok(()) => st.stats.msi_delivered += 1,
-                Err(e) => tracing::warn!(error = %e, "MSI-X eventfd write failed"),
+            // An eventfd write moves all 8 bytes or none.
+            match fd.write(&1u64.to_ne_bytes()) {
+                Ok(8) => st.stats.msi_delivered += 1,
+                Ok(n) => tracing::debug!(written = n, "MSI-X eventfd write was short"),
+                Err(e) => tracing::debug!(error = %e, "MSI-X eventfd write failed"),
             }
         }
     }

@@ -74,6 +74,10 @@ pub struct VgpuStats {
 /// had something to do, before it sleeps (and the driver must trap).
 pub const DEFAULT_POLL_WINDOW: Duration = Duration::from_micros(100);
 
+/// How long a semaphore acquire may wait before its channel faults with
+/// `SEMAPHORE_TIMEOUT` (as a PBDMA acquire timeout does on real GPUs).
+pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// A runlist entry as submitted by the guest.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RunlistEntry {
@@ -122,6 +126,8 @@ struct Core {
     doorbell: DoorbellPage,
     /// [`DEFAULT_POLL_WINDOW`] unless changed, in ns.
     poll_window_ns: AtomicU64,
+    /// [`DEFAULT_ACQUIRE_TIMEOUT`] unless changed, in ns.
+    acquire_timeout_ns: AtomicU64,
     born: Instant,
 }
 
@@ -182,6 +188,7 @@ impl Vgpu {
             nudged: AtomicBool::new(false),
             doorbell,
             poll_window_ns: AtomicU64::new(DEFAULT_POLL_WINDOW.as_nanos() as u64),
+            acquire_timeout_ns: AtomicU64::new(DEFAULT_ACQUIRE_TIMEOUT.as_nanos() as u64),
             born: Instant::now(),
         });
         let c = core.clone();
@@ -208,6 +215,15 @@ impl Vgpu {
         self.core
             .poll_window_ns
             .store(window.as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    /// How long a semaphore acquire may wait before its channel faults
+    /// ([`DEFAULT_ACQUIRE_TIMEOUT`]).
+    pub fn set_acquire_timeout(&self, limit: Duration) {
+        self.core.acquire_timeout_ns.store(
+            limit.as_nanos().min(u64::MAX as u128) as u64,
+            Ordering::Relaxed,
+        );
     }
 
     /// Read from a vfio region (config space, BAR0, BAR2, BAR4).
@@ -318,7 +334,9 @@ impl Vgpu {
 
     /// Set eventfds for `fds.len()` vectors of interrupt index `index` from
     /// `start` (`None` unassigns one); an empty list at start 0 disables
-    /// them all. Only MSI-X has vectors ([`mmio::bar::IRQS`]).
+    /// them all. Only MSI-X has vectors ([`mmio::bar::IRQS`]). Anything but
+    /// an eventfd is refused, and each is made non-blocking: delivering an
+    /// interrupt never waits on the client.
     pub fn set_irqs(
         &self,
         index: u32,
@@ -326,6 +344,9 @@ impl Vgpu {
         fds: Vec<Option<File>>,
     ) -> Result<(), DeviceError> {
         check_irqs(index, start, fds.len())?;
+        for fd in fds.iter().flatten() {
+            irq::make_interrupt_fd(fd)?;
+        }
         let mut st = self.core.lock();
         if fds.is_empty() {
             st.irqs.iter_mut().for_each(|f| *f = None);

@@ -322,7 +322,11 @@ impl Core {
                 if satisfied {
                     c.pop_head();
                 }
-                c.set_blocked(!satisfied);
+                let waited = c.set_blocked(!satisfied, Instant::now());
+                let limit = Duration::from_nanos(self.acquire_timeout_ns.load(Ordering::Relaxed));
+                if waited > limit {
+                    return Err(ChannelError::new(ErrorCode::SemaphoreTimeout, 0));
+                }
                 Ok(satisfied)
             }
         }

@@ -27,6 +27,7 @@ pub enum ErrorCode {
     Unsupported,
     EngineError,
     RunlistInvalid,
+    SemaphoreTimeout,
     /// A code ABI v1 does not define.
     Unknown(u8),
 }
@@ -55,6 +56,7 @@ impl ErrorCode {
             0x28 => Unsupported,
             0x29 => EngineError,
             0x2A => RunlistInvalid,
+            0x2B => SemaphoreTimeout,
             c => Unknown(c),
         }
     }
@@ -82,6 +84,7 @@ impl ErrorCode {
             Unsupported => 0x28,
             EngineError => 0x29,
             RunlistInvalid => 0x2A,
+            SemaphoreTimeout => 0x2B,
             Unknown(c) => c,
         }
     }
@@ -115,6 +118,7 @@ impl fmt::Display for ErrorCode {
             Unsupported => "UNSUPPORTED",
             EngineError => "ENGINE_ERROR",
             RunlistInvalid => "RUNLIST_INVALID",
+            SemaphoreTimeout => "SEMAPHORE_TIMEOUT",
             Unknown(c) => return write!(f, "unknown error {c:#04x}"),
         };
         write!(f, "{name} ({:#04x})", self.raw())

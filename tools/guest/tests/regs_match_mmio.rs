@@ -106,6 +106,7 @@ fn guest_error(e: mmio::regs::ErrorCode) -> ErrorCode {
         D::Unsupported => ErrorCode::Unsupported,
         D::EngineError => ErrorCode::EngineError,
         D::RunlistInvalid => ErrorCode::RunlistInvalid,
+        D::SemaphoreTimeout => ErrorCode::SemaphoreTimeout,
     }
 }
 
@@ -369,6 +370,7 @@ fn error_codes_match() {
         D::Unsupported,
         D::EngineError,
         D::RunlistInvalid,
+        D::SemaphoreTimeout,
     ];
     for d in all {
         let g = guest_error(d);

@@ -115,7 +115,8 @@ impl From<&devmodel::DeviceError> for Errno {
             )
             | DeviceError::Mmio(_)
             | DeviceError::NoSuchRegion(_)
-            | DeviceError::BadIrq { .. } => Errno::EINVAL,
+            | DeviceError::BadIrq { .. }
+            | DeviceError::NotEventFd(_) => Errno::EINVAL,
         }
     }
 }
