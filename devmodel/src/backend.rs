@@ -84,6 +84,9 @@ pub trait EngineContext: Send + Sync {
     /// (timeslice 0 = the parent's default). Backends that schedule
     /// between vGPUs use it; others ignore it.
     fn set_runlist(&self, _entries: &[(u32, u32)]) {}
+    /// A VM attached to the vGPU (`true`) or left it. Backends that share
+    /// time among running vGPUs use it; others ignore it.
+    fn set_attached(&self, _attached: bool) {}
     /// Abort this context's queued and running items as soon as possible
     /// (their callbacks still run, with [`ExecError::Cancelled`] or a
     /// result). Items submitted afterwards are not affected.

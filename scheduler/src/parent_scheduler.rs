@@ -90,6 +90,8 @@ struct Vgpu<T> {
     busy: bool,
     /// Items of this vGPU picked and not yet completed.
     in_flight: u32,
+    /// A VM is attached: `equal_share` divides among running vGPUs only.
+    running: bool,
 }
 
 impl<T> Vgpu<T> {
@@ -268,6 +270,7 @@ impl<T> Scheduler<T> {
                 latency: None,
                 busy: false,
                 in_flight: 0,
+                running: true,
             },
         );
         self.retime();
@@ -293,6 +296,20 @@ impl<T> Scheduler<T> {
         self.retime();
         self.rebuild(now);
         v.runlist.drain_all()
+    }
+
+    /// Whether a VM is attached to `vgpu` (a vGPU starts as running).
+    /// `equal_share` divides the GPU among running vGPUs, as NVIDIA's does;
+    /// the shares change at once.
+    pub fn set_running(&mut self, vgpu: u64, running: bool, now: Nanos) -> Result<()> {
+        let now = self.tick(now);
+        let v = self.vgpus.get_mut(&vgpu).ok_or(Error::UnknownVgpu(vgpu))?;
+        if v.running != running {
+            v.running = running;
+            self.retime();
+            self.rebuild(now);
+        }
+        Ok(())
     }
 
     /// Changes a vGPU's parameters (config reload); takes effect at once.
@@ -547,7 +564,10 @@ impl<T> Scheduler<T> {
 
     fn share_of(&self, v: &Vgpu<T>) -> f64 {
         match self.policy.kind {
-            PolicyKind::EqualShare => 1.0 / self.vgpus.len().max(1) as f64,
+            PolicyKind::EqualShare => {
+                let running = self.vgpus.values().filter(|v| v.running).count();
+                1.0 / running.max(1) as f64
+            }
             _ => v.params.fixed_share,
         }
     }

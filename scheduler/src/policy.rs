@@ -5,7 +5,7 @@
 //!
 //! * [`PolicyKind::BestEffort`]: round robin over the vGPUs that have work, one slice
 //!   each; work-conserving; no share is guaranteed (NVIDIA's default scheduler).
-//! * [`PolicyKind::EqualShare`]: each vGPU attached to the parent gets `1/N` of GPU time,
+//! * [`PolicyKind::EqualShare`]: each running vGPU (one with a VM attached) gets `1/N` of GPU time,
 //!   `N` = vGPUs attached now; strict (a share not used is lost, the GPU idles).
 //! * [`PolicyKind::FixedShare`]: each vGPU gets `1/max_instances` of its type, whatever
 //!   else runs; strict.

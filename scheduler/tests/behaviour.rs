@@ -342,3 +342,21 @@ fn accounting_per_vgpu_and_channel() {
     assert_eq!(st.busy, 400);
     assert_eq!(st.timeslice, 2 * MS);
 }
+
+#[test]
+fn equal_share_divides_among_running_vgpus_only() {
+    use scheduler::{ParentPolicy, PolicyKind, Scheduler, VgpuParams};
+    let mut s: Scheduler<u32> = Scheduler::new(ParentPolicy::new(PolicyKind::EqualShare));
+    for k in 1..=3 {
+        s.add_vgpu(k, VgpuParams::for_type(4), 0).unwrap();
+    }
+    assert_eq!(s.configured_share(1), Some(1.0 / 3.0));
+    // Two exist with no VM attached: the running one gets the whole GPU.
+    s.set_running(2, false, 0).unwrap();
+    s.set_running(3, false, 0).unwrap();
+    assert_eq!(s.configured_share(1), Some(1.0));
+    s.set_running(3, true, 0).unwrap();
+    assert_eq!(s.configured_share(1), Some(0.5));
+    assert_eq!(s.configured_share(3), Some(0.5));
+    assert!(s.set_running(9, true, 0).is_err(), "unknown vGPU");
+}

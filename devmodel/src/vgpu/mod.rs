@@ -374,6 +374,12 @@ impl Vgpu {
         s
     }
 
+    /// A VM (a transport's client) attached to the vGPU or left it: the
+    /// engine counts running vGPUs (`equal_share`).
+    pub fn set_attached(&self, attached: bool) {
+        self.core.ctx.set_attached(attached);
+    }
+
     /// The guest runlist in force, if one was submitted.
     pub fn runlist(&self) -> Option<Vec<RunlistEntry>> {
         self.core.lock().runlist.clone()

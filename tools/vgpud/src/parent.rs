@@ -242,6 +242,16 @@ impl EngineContext for ScheduledContext {
         self.shared.wake.notify_all();
     }
 
+    fn set_attached(&self, attached: bool) {
+        let mut st = self.shared.lock();
+        let now = self.shared.now();
+        if let Err(e) = st.sched.set_running(self.key, attached, now) {
+            tracing::warn!(vgpu = self.key, error = %e, "attachment not applied");
+        }
+        drop(st);
+        self.shared.wake.notify_all();
+    }
+
     fn cancel(&self) {
         let mut st = self.shared.lock();
         let chans: Vec<u32> = st

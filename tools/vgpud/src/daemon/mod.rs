@@ -325,6 +325,8 @@ impl Daemon {
         };
         let vgpu =
             Arc::new(Vgpu::with_context(cfg, ctx).map_err(|e| op_err(Errno::EIO, e.to_string()))?);
+        // No VM yet: not running until a client attaches (equal_share).
+        vgpu.set_attached(false);
         let path = self.socket_path(&uuid);
         let _ = std::fs::remove_file(&path);
         let server = vfio_user::spawn(&path, vgpu.clone())

@@ -182,6 +182,7 @@ impl Server {
     fn serve(&self, mut stream: UnixStream) -> Served {
         self.stats.connections.fetch_add(1, Ordering::Relaxed);
         self.stats.attached.store(true, Ordering::Relaxed);
+        self.vgpu.set_attached(true);
         tracing::info!(vgpu = %self.name(), "client attached");
         // Reads happen only once poll says a message has begun; this bounds
         // how long the rest of it may take. A client that stops reading its
@@ -225,6 +226,7 @@ impl Server {
         drop(stream);
         session.quiesce();
         self.stats.attached.store(false, Ordering::Relaxed);
+        self.vgpu.set_attached(false);
         let st = self.vgpu.stats();
         tracing::info!(vgpu = %self.name(), commands = st.commands, gpu_time_ns = st.gpu_time_ns, faults = st.faults, "client detached; vGPU quiesced, guest memory unmapped");
         outcome
