@@ -367,14 +367,20 @@ impl Channel {
         }
     }
 
-    /// Take the engine operation at the head for the engine. Returns it
-    /// with the epoch its completion must be reported under.
+    /// Take the engine operation at the head for the engine: its next
+    /// piece when it is larger than one ([`Op::take_piece`]; the rest stays
+    /// at the head), else all of it. Returns it with the epoch its
+    /// completion must be reported under.
     pub fn submit_head(&mut self) -> Option<(Op, u64)> {
-        let Some(Command::Engine(_)) = self.queue.front() else {
+        let Some(Command::Engine(head)) = self.queue.front_mut() else {
             return None;
         };
-        let Some(Command::Engine(op)) = self.queue.pop_front() else {
-            return None;
+        let op = match head.take_piece() {
+            Some(piece) => piece,
+            None => match self.queue.pop_front() {
+                Some(Command::Engine(op)) => op,
+                _ => return None,
+            },
         };
         self.in_flight += 1;
         self.submitted += 1;

@@ -48,16 +48,98 @@ pub enum Op {
         dst: Vec<Extent>,
         n: u32,
     },
-    /// Occupy the engine for `units * unit_ns` ns, then write `units` (u32)
-    /// to `dst` if given.
+    /// Occupy the engine for `units * unit_ns` ns, then write `report`
+    /// (the program's unit count, u32) to `dst` if given.
     Spin {
         units: u32,
         unit_ns: u32,
         dst: Option<Vec<Extent>>,
+        report: u32,
     },
 }
 
+/// The most bytes one engine item copies, sets or streams (a multiple of the
+/// cpu engine's copy chunk, so a copy in pieces moves its bytes in the same
+/// steps as a copy in one).
+pub const PIECE_BYTES: u64 = 4 << 20;
+/// The most time one `spin` item occupies the engine.
+pub const PIECE_NS: u64 = 1_000_000;
+
+/// Take the first `bytes` bytes off `ext` (splitting an extent if needed).
+fn split_extents(ext: &mut Vec<Extent>, bytes: u64) -> Vec<Extent> {
+    let mut front = Vec::new();
+    let mut left = bytes;
+    let mut taken = 0;
+    for e in ext.iter_mut() {
+        if left == 0 {
+            break;
+        }
+        if e.len <= left {
+            front.push(*e);
+            left -= e.len;
+            taken += 1;
+        } else {
+            front.push(Extent { len: left, ..*e });
+            e.addr += left;
+            e.len -= left;
+            left = 0;
+        }
+    }
+    ext.drain(..taken);
+    front
+}
+
+fn total(ext: &[Extent]) -> u64 {
+    ext.iter().map(|e| e.len).sum()
+}
+
 impl Op {
+    /// No item holds the engine for long: an operation larger than a piece
+    /// ([`PIECE_BYTES`], [`PIECE_NS`]) gives up its first piece here and
+    /// keeps the rest, so that the host scheduler decides between pieces.
+    /// Pieces run in order and their results are those of the whole: a copy
+    /// or memset by chunks, saxpy by element ranges, spin by slices (the
+    /// last piece writes the report). `None`: run `self` whole (`gemm_f32` and
+    /// `reduce_sum` always run whole).
+    pub fn take_piece(&mut self) -> Option<Op> {
+        match self {
+            Op::Copy { src, dst } if total(src) > PIECE_BYTES => Some(Op::Copy {
+                src: split_extents(src, PIECE_BYTES),
+                dst: split_extents(dst, PIECE_BYTES),
+            }),
+            Op::Memset { dst, pattern } if total(dst) > PIECE_BYTES => Some(Op::Memset {
+                dst: split_extents(dst, PIECE_BYTES),
+                pattern: *pattern,
+            }),
+            Op::Saxpy { x, y, n, a } if *n as u64 * 4 > PIECE_BYTES => {
+                let k = (PIECE_BYTES / 4) as u32;
+                *n -= k;
+                Some(Op::Saxpy {
+                    x: split_extents(x, k as u64 * 4),
+                    y: split_extents(y, k as u64 * 4),
+                    n: k,
+                    a: *a,
+                })
+            }
+            Op::Spin {
+                units,
+                unit_ns,
+                report,
+                ..
+            } if *units as u64 * *unit_ns as u64 > PIECE_NS => {
+                let k = (PIECE_NS / (*unit_ns).max(1) as u64).max(1) as u32;
+                *units -= k;
+                Some(Op::Spin {
+                    units: k,
+                    unit_ns: *unit_ns,
+                    dst: None,
+                    report: *report,
+                })
+            }
+            _ => None,
+        }
+    }
+
     /// Short name for logs and statistics.
     pub fn name(&self) -> &'static str {
         match self {
@@ -102,4 +184,84 @@ pub enum Command {
     },
     /// Raise the HOST (non-stall) interrupt.
     Interrupt,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gmmu::Aperture;
+
+    fn ext(addr: u64, len: u64) -> Extent {
+        Extent {
+            aperture: Aperture::Sysmem,
+            addr,
+            len,
+        }
+    }
+
+    #[test]
+    fn pieces_cover_the_whole_in_order() {
+        const M: u64 = 1 << 20;
+        let mut op = Op::Copy {
+            src: vec![ext(0, 3 * M), ext(100 * M, 7 * M)],
+            dst: vec![ext(200 * M, M), ext(300 * M, 9 * M)],
+        };
+        let mut pieces = Vec::new();
+        while let Some(p) = op.take_piece() {
+            pieces.push(p);
+        }
+        pieces.push(op);
+        let bytes = |e: &[Extent]| e.iter().map(|x| x.len).sum::<u64>();
+        let mut src_all = Vec::new();
+        let mut dst_all = Vec::new();
+        for p in &pieces {
+            let Op::Copy { src, dst } = p else {
+                panic!("a copy splits into copies")
+            };
+            assert_eq!(bytes(src), bytes(dst));
+            assert!(bytes(src) <= PIECE_BYTES);
+            src_all.extend_from_slice(src);
+            dst_all.extend_from_slice(dst);
+        }
+        assert_eq!(pieces.len(), 3, "4 + 4 + 2 MiB");
+        // Concatenated, the pieces are the original extents, split at
+        // piece boundaries only.
+        assert_eq!(
+            src_all,
+            [
+                ext(0, 3 * M),
+                ext(100 * M, M),
+                ext(101 * M, 4 * M),
+                ext(105 * M, 2 * M)
+            ]
+        );
+        assert_eq!(
+            dst_all,
+            [
+                ext(200 * M, M),
+                ext(300 * M, 3 * M),
+                ext(303 * M, 4 * M),
+                ext(307 * M, 2 * M)
+            ]
+        );
+        let mut spin = Op::Spin {
+            units: 2500,
+            unit_ns: 1000,
+            dst: None,
+            report: 2500,
+        };
+        let first = spin.take_piece();
+        assert!(matches!(
+            first,
+            Some(Op::Spin {
+                units: 1000,
+                dst: None,
+                report: 2500,
+                ..
+            })
+        ));
+        assert!(spin.take_piece().is_some());
+        assert!(spin.take_piece().is_none(), "the last 0.5 ms runs whole");
+        assert!(matches!(spin, Op::Spin { units: 500, .. }));
+    }
 }

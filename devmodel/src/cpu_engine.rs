@@ -343,17 +343,16 @@ impl EngineContext for CpuContext {
 }
 
 impl ContextState {
-    /// Occupy the engine for `units * unit_ns` ns, then write `units` to
-    /// `dst` if given.
+    /// Occupy the engine for `ns`, then write `report` to `dst` if given.
     fn spin(
         &self,
         item: &WorkItem,
-        units: u32,
-        unit_ns: u32,
+        ns: u64,
         dst: Option<&[Extent]>,
+        report: u32,
         epoch: u64,
     ) -> Result<(), ExecError> {
-        let total = Duration::from_nanos(units as u64 * unit_ns as u64);
+        let total = Duration::from_nanos(ns);
         let start = Instant::now();
         loop {
             if self.cancelled(epoch) {
@@ -377,7 +376,7 @@ impl ContextState {
                 ctx: self,
                 snap: &item.mem.snapshot(),
             };
-            io.write(&mut Cursor::new(d), &units.to_le_bytes())?;
+            io.write(&mut Cursor::new(d), &report.to_le_bytes())?;
         }
         Ok(())
     }
@@ -411,9 +410,11 @@ impl ContextState {
             units,
             unit_ns,
             dst,
+            report,
         } = &item.op
         {
-            return self.spin(item, *units, *unit_ns, dst.as_deref(), epoch);
+            let ns = *units as u64 * *unit_ns as u64;
+            return self.spin(item, ns, dst.as_deref(), *report, epoch);
         }
         let snap = item.mem.snapshot();
         let io = Io {

@@ -472,6 +472,7 @@ fn builtin(space: &mut dyn AddressSpace, c: &classes::ComputeState) -> Result<Op
                 units,
                 unit_ns,
                 dst,
+                report: units,
             }
         }
         _ => return Err(fail(ErrorCode::InvalidArgument)),

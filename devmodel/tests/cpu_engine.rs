@@ -24,6 +24,7 @@ fn spins(n: usize, ns: u32) -> Vec<Duration> {
                     units: 1,
                     unit_ns: ns,
                     dst: None,
+                    report: 1,
                 },
                 channel: 0,
                 mem: mem.clone(),

@@ -995,3 +995,44 @@ fn interrupts_go_only_to_eventfds_and_never_block() {
     assert_eq!(g.wait(&ch), STATE_IDLE);
     assert_eq!((g.r32(sg), g.r32(sg + 8)), (1, 2));
 }
+
+#[test]
+fn long_operations_run_in_pieces_with_the_results_of_a_whole() {
+    // A 10 MiB memset and copy are 3 pieces each (4 + 4 + 2 MiB), a 5 ms
+    // spin 5 pieces of 1 ms; the host scheduler sees each piece as an item.
+    let e = engine();
+    let mut g = Guest::new(&e, 32, 16, 1);
+    let mut ch = g.channel(0, 8);
+    const LEN: u32 = 10 << 20;
+    let (_, vram_va) = g.vram_buf(LEN as u64);
+    let (out_g, out_v) = g.sys_buf(LEN as u64);
+    let (sg, sv) = g.sys_buf(64);
+    let (p, s) = g.params(Params::default().u64(sv).u32(5).u32(1_000_000));
+    let t = Instant::now();
+    g.submit(
+        &mut ch,
+        &Pb::new()
+            .bind()
+            .memset(vram_va, LEN, 0xA5C3_0F11)
+            .copy(vram_va, out_v, LEN)
+            .launch(compute::PROG_SPIN, p, s)
+            .0,
+    );
+    assert_eq!(g.wait(&ch), STATE_IDLE);
+    assert!(
+        t.elapsed() >= Duration::from_millis(5),
+        "the spin ran in full"
+    );
+    let out = g.r(out_g, LEN as usize);
+    assert!(
+        out.chunks_exact(4)
+            .all(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]) == 0xA5C3_0F11),
+        "every word of the 10 MiB is the pattern"
+    );
+    assert_eq!(
+        g.r32(sg),
+        5,
+        "the last spin piece reports the whole unit count"
+    );
+    assert_eq!(g.vgpu.stats().commands, 3 + 3 + 5, "engine items");
+}
