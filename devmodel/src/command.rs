@@ -48,11 +48,10 @@ pub enum Op {
         dst: Vec<Extent>,
         n: u32,
     },
-    /// Occupy the engine for `units * unit_ns` ns, then write `report`
-    /// (the program's unit count, u32) to `dst` if given.
+    /// Occupy the engine for `ns` (the program's units × unit length),
+    /// then write `report` (its unit count, u32) to `dst` if given.
     Spin {
-        units: u32,
-        unit_ns: u32,
+        ns: u64,
         dst: Option<Vec<Extent>>,
         report: u32,
     },
@@ -121,17 +120,10 @@ impl Op {
                     a: *a,
                 })
             }
-            Op::Spin {
-                units,
-                unit_ns,
-                report,
-                ..
-            } if *units as u64 * *unit_ns as u64 > PIECE_NS => {
-                let k = (PIECE_NS / (*unit_ns).max(1) as u64).max(1) as u32;
-                *units -= k;
+            Op::Spin { ns, report, .. } if *ns > PIECE_NS => {
+                *ns -= PIECE_NS;
                 Some(Op::Spin {
-                    units: k,
-                    unit_ns: *unit_ns,
+                    ns: PIECE_NS,
                     dst: None,
                     report: *report,
                 })
@@ -244,24 +236,23 @@ mod tests {
                 ext(307 * M, 2 * M)
             ]
         );
+        // A spin of one 2.5 ms unit: pieces by time, not by unit.
         let mut spin = Op::Spin {
-            units: 2500,
-            unit_ns: 1000,
+            ns: 2_500_000,
             dst: None,
-            report: 2500,
+            report: 1,
         };
         let first = spin.take_piece();
         assert!(matches!(
             first,
             Some(Op::Spin {
-                units: 1000,
+                ns: 1_000_000,
                 dst: None,
-                report: 2500,
-                ..
+                report: 1
             })
         ));
         assert!(spin.take_piece().is_some());
         assert!(spin.take_piece().is_none(), "the last 0.5 ms runs whole");
-        assert!(matches!(spin, Op::Spin { units: 500, .. }));
+        assert!(matches!(spin, Op::Spin { ns: 500_000, .. }));
     }
 }

@@ -406,15 +406,8 @@ impl ContextState {
     fn execute(&self, item: &WorkItem, epoch: u64) -> Result<(), ExecError> {
         // A spin touches memory only at its end (if at all): no snapshot of
         // guest memory is held while it occupies the engine.
-        if let Op::Spin {
-            units,
-            unit_ns,
-            dst,
-            report,
-        } = &item.op
-        {
-            let ns = *units as u64 * *unit_ns as u64;
-            return self.spin(item, ns, dst.as_deref(), *report, epoch);
+        if let Op::Spin { ns, dst, report } = &item.op {
+            return self.spin(item, *ns, dst.as_deref(), *report, epoch);
         }
         let snap = item.mem.snapshot();
         let io = Io {

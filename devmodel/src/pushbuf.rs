@@ -469,8 +469,7 @@ fn builtin(space: &mut dyn AddressSpace, c: &classes::ComputeState) -> Result<Op
                 Some(f32s(space, dst, 1, true)?)
             };
             Op::Spin {
-                units,
-                unit_ns,
+                ns: units as u64 * unit_ns as u64,
                 dst,
                 report: units,
             }

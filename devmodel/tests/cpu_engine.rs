@@ -21,8 +21,7 @@ fn spins(n: usize, ns: u32) -> Vec<Duration> {
         ctx.submit(
             WorkItem {
                 op: Op::Spin {
-                    units: 1,
-                    unit_ns: ns,
+                    ns: ns as u64,
                     dst: None,
                     report: 1,
                 },
