@@ -20,6 +20,11 @@ pub struct WorkItem {
     /// The submitting vGPU's guest RAM, for system-memory extents. The
     /// backend resolves guest addresses only while it executes the item.
     pub mem: Arc<GuestRam>,
+    /// The device model's own time spent on the commands that led to this
+    /// item (fetching and auditing their GPFIFO entries): a scheduler
+    /// charges it to the vGPU with the engine time, so that a flood of tiny
+    /// commands costs the flooder.
+    pub front_end: Duration,
 }
 
 /// Why an item did not complete.

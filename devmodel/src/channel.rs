@@ -155,6 +155,9 @@ pub struct Channel {
     faulted: Option<ErrorCode>,
     /// Bumped by a fault or a stop; completions of older items are ignored.
     epoch: u64,
+    /// Front-end time spent on this channel's entries and not yet charged
+    /// with an engine item.
+    cost: std::time::Duration,
 }
 
 impl Channel {
@@ -318,6 +321,12 @@ impl Channel {
         self.methods
     }
 
+    /// The front end spent `cost` on this channel's work (an entry's fetch
+    /// and audit); the next engine item carries it to the scheduler.
+    pub fn add_cost(&mut self, cost: std::time::Duration) {
+        self.cost += cost;
+    }
+
     /// The entry at [`Channel::next_slot`] was fetched and audited into
     /// `commands`; `methods` is the method state after it.
     pub fn push_entry(&mut self, methods: MethodState, commands: Vec<Command>) {
@@ -370,8 +379,8 @@ impl Channel {
     /// Take the engine operation at the head for the engine: its next
     /// piece when it is larger than one ([`Op::take_piece`]; the rest stays
     /// at the head), else all of it. Returns it with the epoch its
-    /// completion must be reported under.
-    pub fn submit_head(&mut self) -> Option<(Op, u64)> {
+    /// completion must be reported under, and the front-end cost it carries.
+    pub fn submit_head(&mut self) -> Option<(Op, u64, std::time::Duration)> {
         let Some(Command::Engine(head)) = self.queue.front_mut() else {
             return None;
         };
@@ -387,7 +396,7 @@ impl Channel {
         if let Some(n) = self.outstanding.back_mut() {
             *n += 1;
         }
-        Some((op, self.epoch))
+        Some((op, self.epoch, std::mem::take(&mut self.cost)))
     }
 
     /// Record whether the acquire at the head is still waiting. Returns how

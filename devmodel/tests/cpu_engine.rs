@@ -27,6 +27,7 @@ fn spins(n: usize, ns: u32) -> Vec<Duration> {
                 },
                 channel: 0,
                 mem: mem.clone(),
+                front_end: Duration::ZERO,
             },
             Box::new(move |c| {
                 assert!(c.result.is_ok());

@@ -249,6 +249,7 @@ impl Core {
         let Some(slot) = st.channel(ch).next_slot() else {
             return Ok(progressed);
         };
+        let started = Instant::now();
         let mut methods = st.channel(ch).methods();
         let mut space = Space {
             mmu: &mut st.mmu,
@@ -268,7 +269,9 @@ impl Core {
             .collect();
         let cmds = pushbuf::parse_segment(&words, &mut methods, &mut space)?;
         tracing::trace!(vgpu = %self.cfg.name, channel = %ch, entry = slot, commands = cmds.len(), "segment fetched");
-        st.channel(ch).push_entry(methods, cmds);
+        let c = st.channel(ch);
+        c.push_entry(methods, cmds);
+        c.add_cost(started.elapsed());
         Ok(true)
     }
 
@@ -282,7 +285,7 @@ impl Core {
                 Ok(true)
             }
             HeadAction::Submit => {
-                let Some((op, epoch)) = st.channel(ch).submit_head() else {
+                let Some((op, epoch, front_end)) = st.channel(ch).submit_head() else {
                     return Ok(false);
                 };
                 let gen = st.generation;
@@ -296,6 +299,7 @@ impl Core {
                         op,
                         channel: ch.0,
                         mem: self.mem.clone(),
+                        front_end,
                     },
                     Box::new(move |done| me.complete(gen, ch, epoch, done)),
                 );

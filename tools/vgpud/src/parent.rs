@@ -45,6 +45,13 @@ struct DispatchState {
 /// slice commits items only while their expected time fits in it).
 pub const ENGINE_QUEUE_DEPTH: usize = 4;
 
+/// The least an item is charged: what handing it to the engine and taking
+/// its completion back costs, measured on no item. On top of its engine
+/// time an item is charged the front end's measured work on it (fetch,
+/// decode, audit): a tenant flooding tiny commands pays for them out of its
+/// own share, not its neighbour's.
+pub const MIN_CHARGE: Nanos = 2_000;
+
 /// A parent's half that its dispatcher thread and its vGPUs' contexts hold.
 struct ParentShared {
     backend: Box<dyn Backend>,
@@ -322,12 +329,14 @@ fn dispatch(shared: Arc<ParentShared>, parent: &str) {
                 };
                 let s = shared.clone();
                 let Job { item, done } = item;
+                let front_end = item.front_end.as_nanos() as Nanos;
                 // The backend never completes inside submit, so submitting
                 // under the lock is safe and keeps the order of decisions.
                 ctx.submit(
                     item,
                     Box::new(move |c: Completion| {
-                        let used = c.gpu_time.as_nanos() as Nanos;
+                        let engine = c.gpu_time.as_nanos() as Nanos;
+                        let used = (engine + front_end).max(MIN_CHARGE);
                         s.lock().completed.push((vgpu, channel, used));
                         s.wake.notify_all();
                         done(c);
