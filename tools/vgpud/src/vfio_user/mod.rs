@@ -632,3 +632,26 @@ impl Session<'_> {
         self.unmap_all();
     }
 }
+
+/// Drive one session with `data` as the client's messages (each cut at its
+/// header's size, descriptors none), then end it as a departing client
+/// does: the fuzz target's entry (`fuzz/fuzz_targets/vfio_user_session.rs`).
+#[cfg(feature = "fuzzing")]
+pub fn fuzz_session(vgpu: &Vgpu, data: &[u8]) {
+    let mut session = Session {
+        vgpu,
+        versioned: false,
+        reply_fd: None,
+        maps: Vec::new(),
+    };
+    let mut rest = data;
+    while rest.len() >= HEADER_SIZE {
+        let mut h = [0u8; HEADER_SIZE];
+        h.copy_from_slice(&rest[..HEADER_SIZE]);
+        let header = Header::decode(&h);
+        let size = (header.message_size as usize).clamp(HEADER_SIZE, rest.len());
+        let _ = session.handle(&header, &rest[HEADER_SIZE..size], Vec::new());
+        rest = &rest[size..];
+    }
+    session.quiesce();
+}
