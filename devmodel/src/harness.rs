@@ -133,20 +133,26 @@ pub struct Chan {
 
 pub const PB_BYTES: u64 = 256 * 1024;
 
+/// A test vGPU called `name` with `vram_bytes` of framebuffer and
+/// `channels` channels (vendor `0x7667`, device `0x1001`).
+pub fn vgpu_config(name: &str, vram_bytes: u64, channels: u32) -> VgpuConfig {
+    VgpuConfig {
+        name: name.into(),
+        identity: PciIdentity {
+            vendor_id: 0x7667,
+            device_id: 0x1001,
+            subsystem_vendor_id: 0x7667,
+            subsystem_id: 1,
+            revision: 1,
+        },
+        vram_bytes,
+        channels,
+    }
+}
+
 impl Guest {
     pub fn new(backend: &dyn Backend, ram_mib: u64, vram_mib: u64, channels: u32) -> Guest {
-        let cfg = VgpuConfig {
-            name: "test".into(),
-            identity: PciIdentity {
-                vendor_id: 0x7667,
-                device_id: 0x1001,
-                subsystem_vendor_id: 0x7667,
-                subsystem_id: 1,
-                revision: 1,
-            },
-            vram_bytes: vram_mib << 20,
-            channels,
-        };
+        let cfg = vgpu_config("test", vram_mib << 20, channels);
         Guest::attach(Vgpu::new(cfg, backend).expect("create vgpu"), ram_mib)
     }
 

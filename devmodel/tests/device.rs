@@ -856,18 +856,7 @@ fn fenced_submissions_still_pipeline_and_fences_land_in_order() {
         now: Default::default(),
         max: max.clone(),
     });
-    let cfg = devmodel::VgpuConfig {
-        name: "depth".into(),
-        identity: mmio::pci::PciIdentity {
-            vendor_id: 0x7667,
-            device_id: 0x1001,
-            subsystem_vendor_id: 0x7667,
-            subsystem_id: 1,
-            revision: 1,
-        },
-        vram_bytes: 8 << 20,
-        channels: 1,
-    };
+    let cfg = vgpu_config("depth", 8 << 20, 1);
     let mut g = Guest::attach(devmodel::Vgpu::with_context(cfg, ctx).unwrap(), 8);
     let mut ch = g.channel(0, 16);
     let (sg, sv) = g.sys_buf(8 * 16);

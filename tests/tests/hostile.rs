@@ -5,31 +5,31 @@
 use std::time::{Duration, Instant};
 
 use devmodel::classes::compute;
-use devmodel::harness::{Guest, Params, Pb, STATE_IDLE};
-use devmodel::{CpuEngine, Vgpu, VgpuConfig};
-use mmio::pci::PciIdentity;
+use devmodel::harness::{vgpu_config, Guest, Params, Pb, STATE_IDLE};
+use devmodel::{CpuEngine, Vgpu};
 use scheduler::{ParentPolicy, PolicyKind, VgpuParams};
 use vgpud::parent::Parent;
 
 /// The cases run one at a time: each measures time on a shared host.
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// A parent with its own one-worker cpu engine, under equal_share.
+fn parent(name: &str) -> Parent {
+    let engine = CpuEngine::new(1).unwrap();
+    Parent::new(
+        name,
+        Box::new(engine),
+        ParentPolicy::new(PolicyKind::EqualShare),
+    )
+    .unwrap()
+}
+
+/// A tenant: a vGPU of 16 MiB and 2 channels on `parent`, with 8 MiB of RAM.
 fn guest(parent: &Parent, name: &str) -> Guest {
     let (_, ctx) = parent
         .attach(16 << 20, 2, VgpuParams::for_type(2))
         .expect("attach");
-    let cfg = VgpuConfig {
-        name: name.into(),
-        identity: PciIdentity {
-            vendor_id: 0x7667,
-            device_id: 0x1001,
-            subsystem_vendor_id: 0x7667,
-            subsystem_id: 1,
-            revision: 1,
-        },
-        vram_bytes: 16 << 20,
-        channels: 2,
-    };
+    let cfg = vgpu_config(name, 16 << 20, 2);
     Guest::attach(Vgpu::with_context(cfg, ctx).expect("vgpu"), 8)
 }
 
@@ -38,13 +38,7 @@ fn a_ten_second_spin_does_not_hold_the_engine() {
     let _serial = devmodel::sync::lock(&ONE_AT_A_TIME);
     // A spin of 10 s (the ABI's longest) runs in 1 ms pieces; B's 40 ms of
     // work gets the engine at slice boundaries and finishes long before A's.
-    let engine = CpuEngine::new(1).unwrap();
-    let parent = Parent::new(
-        "hostile",
-        Box::new(engine),
-        ParentPolicy::new(PolicyKind::EqualShare),
-    )
-    .unwrap();
+    let parent = parent("hostile");
     let mut a = guest(&parent, "a");
     let mut b = guest(&parent, "b");
     let mut ach = a.channel(0, 8);
@@ -94,13 +88,7 @@ fn a_flood_of_tiny_copies_pays_for_itself() {
     // time, ~340 ms with it (half the engine would be ~200 ms; the rest is
     // A's threads taking the CPU the engine runs on, see reliability notes
     // in docs/scheduling.md).
-    let engine = CpuEngine::new(1).unwrap();
-    let parent = Parent::new(
-        "flood",
-        Box::new(engine),
-        ParentPolicy::new(PolicyKind::EqualShare),
-    )
-    .unwrap();
+    let parent = parent("flood");
     let mut a = guest(&parent, "a");
     let mut b = guest(&parent, "b");
     let (_, sink) = a.sys_buf(4096);

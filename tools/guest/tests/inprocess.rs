@@ -4,8 +4,7 @@
 
 use std::time::Duration;
 
-use devmodel::{CpuEngine, Vgpu, VgpuConfig};
-use mmio::pci::PciIdentity;
+use devmodel::{CpuEngine, Vgpu};
 use vgpu_guest::transport::{ArenaAddressing, DmaArena, DmaBuffer, EventFd, Mapping, Transport};
 use vgpu_guest::{Error, Result};
 
@@ -26,18 +25,7 @@ fn dev_err(e: devmodel::DeviceError) -> Error {
 
 impl InProcess {
     fn new(engine: &CpuEngine, channels: u32, vram_mib: u64, ram_mib: u64) -> InProcess {
-        let cfg = VgpuConfig {
-            name: "guest-test".into(),
-            identity: PciIdentity {
-                vendor_id: 0x7667,
-                device_id: 0x1001,
-                subsystem_vendor_id: 0x7667,
-                subsystem_id: 1,
-                revision: 1,
-            },
-            vram_bytes: vram_mib << 20,
-            channels,
-        };
+        let cfg = devmodel::harness::vgpu_config("guest-test", vram_mib << 20, channels);
         let vgpu = Vgpu::new(cfg, engine).expect("create vgpu");
         let (map, file) = Mapping::memfd("guest-ram", ram_mib << 20).expect("memfd");
         vgpu.dma_map(RAM_GPA, ram_mib << 20, file, 0, true)

@@ -11,8 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use devmodel::harness::{engine, memfd};
-use devmodel::{Vgpu, VgpuConfig};
-use mmio::pci::PciIdentity;
+use devmodel::Vgpu;
 use proptest::prelude::*;
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
@@ -62,7 +61,7 @@ proptest! {
         let e = engine();
         let dir = std::env::temp_dir().join(format!("vgpud-fuzz-{}-{}", std::process::id(), rand_suffix()));
         std::fs::create_dir_all(&dir).unwrap();
-        let cfg = VgpuConfig { name: "fuzz".into(), identity: PciIdentity { vendor_id: 0x7667, device_id: 0x1001, subsystem_vendor_id: 0x7667, subsystem_id: 1, revision: 1 }, vram_bytes: 1 << 20, channels: 2 };
+        let cfg = devmodel::harness::vgpu_config("fuzz", 1 << 20, 2);
         let vgpu = Arc::new(Vgpu::new(cfg, &e).unwrap());
         let handle = vgpud::vfio_user::spawn(&dir.join("s.sock"), vgpu.clone()).unwrap();
         {

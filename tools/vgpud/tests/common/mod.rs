@@ -9,8 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use devmodel::{CpuEngine, Vgpu, VgpuConfig};
-use mmio::pci::PciIdentity;
+use devmodel::{CpuEngine, Vgpu};
 use vgpud::vfio_user::{spawn, ServerHandle};
 
 pub struct Served {
@@ -30,18 +29,7 @@ pub fn serve(engine: &CpuEngine, name: &str) -> Served {
     let dir = std::env::temp_dir().join(format!("vgpud-proto-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let cfg = VgpuConfig {
-        name: name.into(),
-        identity: PciIdentity {
-            vendor_id: 0x7667,
-            device_id: 0x1001,
-            subsystem_vendor_id: 0x7667,
-            subsystem_id: 1,
-            revision: 1,
-        },
-        vram_bytes: 16 << 20,
-        channels: 4,
-    };
+    let cfg = devmodel::harness::vgpu_config(name, 16 << 20, 4);
     let vgpu = Arc::new(Vgpu::new(cfg, engine).unwrap());
     let handle = spawn(&dir.join("vgpu.sock"), vgpu.clone()).unwrap();
     Served {
