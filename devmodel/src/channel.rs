@@ -15,6 +15,7 @@ use mmio::regs::{ChannelState, ErrorCode};
 
 use crate::classes::MethodState;
 use crate::command::{Command, Op};
+use crate::gmmu::VA_BITS;
 use crate::memory::GuestRam;
 
 /// Instance block field offsets.
@@ -99,13 +100,19 @@ impl Instance {
             userd: u64_at(INST_USERD_VA),
             notifier: u64_at(INST_NOTIFIER_VA),
         };
+        // A structure that cannot lie inside the GPU's VA space can never be
+        // reached: refused now rather than faulting at first use.
+        let inside = |va: u64, len: u64| va.checked_add(len).is_some_and(|e| e <= 1 << VA_BITS);
         let ok = inst.pdb % 4096 == 0
             && inst.gpfifo % 8 == 0
             && inst.ring_entries.is_power_of_two()
             && inst.ring_entries >= 2
             && inst.ring_entries <= MAX_GPFIFO_ENTRIES
+            && inside(inst.gpfifo, inst.ring_entries as u64 * 8)
             && inst.userd % USERD_SIZE == 0
-            && inst.notifier % NOTIFIER_SIZE == 0;
+            && inside(inst.userd, USERD_SIZE)
+            && inst.notifier % NOTIFIER_SIZE == 0
+            && (inst.notifier == 0 || inside(inst.notifier, NOTIFIER_SIZE));
         if ok {
             Ok(inst)
         } else {

@@ -1025,3 +1025,42 @@ fn long_operations_run_in_pieces_with_the_results_of_a_whole() {
     );
     assert_eq!(g.vgpu.stats().commands, 3 + 3 + 5, "engine items");
 }
+
+#[test]
+fn instance_blocks_naming_unreachable_structures_are_refused_at_enable() {
+    // A GPFIFO ring, USERD or error notifier that cannot lie inside the
+    // 2^39-byte VA space could never be used: INSTANCE_INVALID at enable.
+    let e = engine();
+    let mut g = Guest::new(&e, 8, 4, 1);
+    let end = 1u64 << 39;
+    for (field, va) in [
+        (0x08, end - 8),        // the 16-entry ring runs past the end
+        (0x18, end),            // USERD starts at the end
+        (0x20, u64::MAX & !15), // the notifier's end overflows
+    ] {
+        let inst = g.alloc_sys(4096);
+        g.w64(inst + 0x08, 0x1000);
+        g.w64(inst + 0x10, 16);
+        g.w64(inst + 0x18, 0x2000);
+        g.w64(inst + field, va);
+        g.set_chreg(0, CH_CTRL, 2); // channel reset
+        g.set_chreg(0, CH_INST_LO, inst as u32);
+        g.set_chreg(0, CH_INST_HI, (inst >> 32) as u32);
+        g.set_chreg(0, CH_CTRL, 1);
+        assert_eq!(
+            g.chreg(0, CH_STATUS),
+            STATE_FAULTED | (ErrorCode::InstanceInvalid as u32) << 8,
+            "field {field:#x} = {va:#x}"
+        );
+    }
+    // The same block with reachable addresses enables.
+    let inst = g.alloc_sys(4096);
+    g.w64(inst + 0x08, 0x1000);
+    g.w64(inst + 0x10, 16);
+    g.w64(inst + 0x18, 0x2000);
+    g.set_chreg(0, CH_CTRL, 2);
+    g.set_chreg(0, CH_INST_LO, inst as u32);
+    g.set_chreg(0, CH_INST_HI, (inst >> 32) as u32);
+    g.set_chreg(0, CH_CTRL, 1);
+    assert_eq!(g.chreg(0, CH_STATUS) & 0xF, STATE_IDLE);
+}
