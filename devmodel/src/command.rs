@@ -57,6 +57,17 @@ pub enum Op {
     },
 }
 
+impl Command {
+    /// How many extents the command names.
+    pub fn extent_count(&self) -> usize {
+        match self {
+            Command::Engine(op) => op.extent_count(),
+            Command::SemRelease { target, .. } | Command::SemAcquire { target, .. } => target.len(),
+            Command::Interrupt => 0,
+        }
+    }
+}
+
 /// The most bytes one engine item copies, sets or streams (a multiple of the
 /// cpu engine's copy chunk, so a copy in pieces moves its bytes in the same
 /// steps as a copy in one).
@@ -129,6 +140,18 @@ impl Op {
                 })
             }
             _ => None,
+        }
+    }
+
+    /// How many extents the operation names (what its decoded form costs).
+    pub fn extent_count(&self) -> usize {
+        match self {
+            Op::Copy { src, dst } => src.len() + dst.len(),
+            Op::Memset { dst, .. } => dst.len(),
+            Op::Saxpy { x, y, .. } => x.len() + y.len(),
+            Op::Gemm { a, b, c, .. } => a.len() + b.len() + c.len(),
+            Op::ReduceSum { src, dst, .. } => src.len() + dst.len(),
+            Op::Spin { dst, .. } => dst.as_ref().map_or(0, Vec::len),
         }
     }
 

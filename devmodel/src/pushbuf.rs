@@ -75,6 +75,15 @@ pub trait AddressSpace {
     fn read(&mut self, va: u64, len: u32) -> Result<Vec<u8>, Fault>;
 }
 
+/// Most commands one segment may decode to (ABI §4.3).
+pub const MAX_SEGMENT_COMMANDS: usize = 1 << 16;
+/// Most physically contiguous extents the commands of one segment may
+/// name, and one command alone: what bounds the memory a segment's decoded,
+/// not yet executed work holds (an extent is 24 bytes; a channel holds one
+/// decoded segment at a time).
+pub const MAX_SEGMENT_EXTENTS: usize = 1 << 18;
+pub const MAX_COMMAND_EXTENTS: usize = 1 << 16;
+
 /// Decode and audit one segment, updating the channel's method state.
 pub fn parse_segment(
     words: &[u32],
@@ -82,7 +91,25 @@ pub fn parse_segment(
     space: &mut dyn AddressSpace,
 ) -> Result<Vec<Command>, SegmentError> {
     let mut out = Vec::new();
+    let mut extents = 0usize;
+    let mut counted = 0usize;
     let mut i = 0usize;
+    // Commands decoded so far stay within the segment's bounds.
+    let mut bounded = |out: &Vec<Command>, word: usize| -> Result<(), SegmentError> {
+        extents += out[counted..]
+            .iter()
+            .map(Command::extent_count)
+            .sum::<usize>();
+        counted = out.len();
+        if out.len() > MAX_SEGMENT_COMMANDS || extents > MAX_SEGMENT_EXTENTS {
+            return Err(SegmentError {
+                code: ErrorCode::InvalidArgument,
+                word: word as u32,
+                fault: None,
+            });
+        }
+        Ok(())
+    };
     while i < words.len() {
         let at = i as u32;
         let h = MethodHeader(words[i]);
@@ -95,8 +122,11 @@ pub fn parse_segment(
         let (method, sub) = (h.method_dw() << 2, h.subchannel());
         let count = h.count() as usize;
         match h.opcode() {
-            OP_IMMD => method_write(state, space, sub, method, h.count(), &mut out)
-                .map_err(|e| e.at(at))?,
+            OP_IMMD => {
+                method_write(state, space, sub, method, h.count(), &mut out)
+                    .map_err(|e| e.at(at))?;
+                bounded(&out, at as usize)?;
+            }
             OP_INCR | OP_NONINCR | OP_ONE_INC => {
                 if words.len() - i < count {
                     return Err(err(ErrorCode::PushbufferTruncated));
@@ -109,6 +139,7 @@ pub fn parse_segment(
                     };
                     method_write(state, space, sub, m, words[i + k], &mut out)
                         .map_err(|e| e.at((i + k) as u32))?;
+                    bounded(&out, i + k)?;
                 }
                 i += count;
             }
@@ -296,6 +327,9 @@ fn copy_method(
                             }
                             _ => all.push(e),
                         }
+                    }
+                    if all.len() > MAX_COMMAND_EXTENTS {
+                        return Err(fail(ErrorCode::InvalidArgument));
                     }
                 }
                 Ok(all)

@@ -8,7 +8,7 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use common::*;
-use devmodel::classes::{compute, host};
+use devmodel::classes::{compute, copy, host};
 use devmodel::pushbuf::MethodHeader;
 use mmio::bar::{REGION_BAR0, REGION_CONFIG};
 use mmio::regs::{ErrorCode, ID_MAGIC};
@@ -1063,4 +1063,61 @@ fn instance_blocks_naming_unreachable_structures_are_refused_at_enable() {
     g.set_chreg(0, CH_INST_HI, (inst >> 32) as u32);
     g.set_chreg(0, CH_CTRL, 1);
     assert_eq!(g.chreg(0, CH_STATUS) & 0xF, STATE_IDLE);
+}
+
+#[test]
+fn decoded_work_is_bounded_per_segment() {
+    // A 2D copy of 2^24 one-byte lines with pitch 2 would decode into 2^24
+    // extents (hundreds of MiB, seconds of audit); a segment of 2^17 tiny
+    // commands into as many decoded commands. Both fault the channel with
+    // INVALID_ARGUMENT at once; the other channel goes on.
+    let e = engine();
+    let mut g = Guest::new(&e, 8, 64, 2);
+    let mut a = g.channel(0, 8);
+    let mut b = g.channel(1, 8);
+    let (_, src) = g.vram_buf(32 << 20);
+    let (_, dst) = g.vram_buf(32 << 20);
+    let t = Instant::now();
+    g.submit(
+        &mut a,
+        &Pb::new().bind().copy2d(src, 2, dst, 2, 1, 1 << 24).0,
+    );
+    assert_eq!(g.wait(&a), STATE_FAULTED);
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "refused in {:?}",
+        t.elapsed()
+    );
+    assert_eq!(
+        (g.chreg(0, CH_STATUS) >> 8) & 0xFF,
+        ErrorCode::InvalidArgument as u32
+    );
+    // 2^17 memsets of 4 bytes through NONINCR headers (8191 launches each).
+    g.set_chreg(0, CH_CTRL, 2);
+    let mut a = g.channel(0, 8);
+    let (_, sink) = g.sys_buf(4096);
+    let mut words = Pb::new()
+        .bind()
+        .incr(SUB_COPY, copy::DST_LO, &[sink as u32, (sink >> 32) as u32])
+        .incr(SUB_COPY, copy::LINE_BYTES, &[4, 1, 7])
+        .0;
+    for _ in 0..17 {
+        words.push(MethodHeader::new(3, SUB_COPY, copy::LAUNCH, 8191).0);
+        words.extend(std::iter::repeat_n(copy::OP_MEMSET_1D, 8191));
+    }
+    // Larger than the channel's pushbuffer: a segment of its own.
+    let (seg_gpa, seg_va) = g.sys_buf(words.len() as u64 * 4);
+    let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+    g.w(seg_gpa, &bytes);
+    g.submit_entry(
+        &mut a,
+        devmodel::channel::GpfifoEntry::new(seg_va, words.len() as u32).0,
+    );
+    assert_eq!(g.wait(&a), STATE_FAULTED);
+    assert_eq!(
+        (g.chreg(0, CH_STATUS) >> 8) & 0xFF,
+        ErrorCode::InvalidArgument as u32
+    );
+    g.submit(&mut b, &Pb::new().sem(sink, 5, host::SEM_OP_RELEASE).0);
+    assert_eq!(g.wait(&b), STATE_IDLE);
 }
