@@ -1034,9 +1034,9 @@ fn instance_blocks_naming_unreachable_structures_are_refused_at_enable() {
     let mut g = Guest::new(&e, 8, 4, 1);
     let end = 1u64 << 39;
     for (field, va) in [
-        (0x08, end - 8),        // the 16-entry ring runs past the end
-        (0x18, end),            // USERD starts at the end
-        (0x20, u64::MAX & !15), // the notifier's end overflows
+        (0x08, end - 8), // the 16-entry ring runs past the end
+        (0x18, end),     // USERD starts at the end
+        (0x20, !15u64),  // the notifier's end overflows
     ] {
         let inst = g.alloc_sys(4096);
         g.w64(inst + 0x08, 0x1000);
