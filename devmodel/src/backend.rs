@@ -92,6 +92,9 @@ pub trait EngineContext: Send + Sync {
     /// A VM attached to the vGPU (`true`) or left it. Backends that share
     /// time among running vGPUs use it; others ignore it.
     fn set_attached(&self, _attached: bool) {}
+    /// Give the framebuffer's memory back to the host: its contents become
+    /// zero, as a new vGPU's are (the VM went away). Only while no item runs.
+    fn release_vram(&self) {}
     /// Abort this context's queued and running items as soon as possible
     /// (their callbacks still run, with [`ExecError::Cancelled`] or a
     /// result). Items submitted afterwards are not affected.

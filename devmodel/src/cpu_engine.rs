@@ -340,6 +340,17 @@ impl EngineContext for CpuContext {
     fn cancel(&self) {
         self.state.epoch.fetch_add(1, Ordering::AcqRel);
     }
+    fn release_vram(&self) {
+        if let Some(v) = &self.state.vram {
+            // SAFETY: the range is exactly this context's own anonymous
+            // private mapping, which stays mapped; MADV_DONTNEED drops its
+            // pages, and later reads see zero pages, as after creation.
+            let r = unsafe { libc::madvise(v.as_ptr().cast(), v.size(), libc::MADV_DONTNEED) };
+            if r != 0 {
+                tracing::warn!(error = %std::io::Error::last_os_error(), "could not release VRAM pages");
+            }
+        }
+    }
 }
 
 impl ContextState {

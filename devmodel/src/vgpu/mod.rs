@@ -364,6 +364,14 @@ impl Vgpu {
         self.core.reset_engine();
     }
 
+    /// The VM went away: reset as [`Vgpu::reset`] does, then give the
+    /// framebuffer's memory back to the host (it reads as zero again, as a
+    /// new vGPU's does; ABI §8).
+    pub fn release(&self) {
+        self.reset();
+        self.core.ctx.release_vram();
+    }
+
     /// A copy of the counters.
     pub fn stats(&self) -> VgpuStats {
         let st = self.core.lock();

@@ -249,6 +249,12 @@ impl EngineContext for ScheduledContext {
         self.shared.wake.notify_all();
     }
 
+    fn release_vram(&self) {
+        if let Some(inner) = self.inner() {
+            inner.release_vram();
+        }
+    }
+
     fn set_attached(&self, attached: bool) {
         let mut st = self.shared.lock();
         let now = self.shared.now();

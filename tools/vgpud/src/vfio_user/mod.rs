@@ -622,10 +622,10 @@ impl Session<'_> {
         Ok(Vec::new())
     }
 
-    /// The client is gone: drop its work, disarm interrupts, unmap and
-    /// unpin its memory.
+    /// The client is gone: drop its work, give back the framebuffer's
+    /// memory, disarm interrupts, unmap and unpin its memory.
     fn quiesce(&mut self) {
-        self.vgpu.reset();
+        self.vgpu.release();
         if let Err(e) = self.vgpu.set_irqs(IRQ_INDEX_MSIX, 0, Vec::new()) {
             tracing::warn!(vgpu = %self.vgpu.config().name, "disarming interrupts: {e}");
         }
