@@ -79,10 +79,12 @@ pub trait AddressSpace {
 pub const MAX_SEGMENT_COMMANDS: usize = 1 << 16;
 /// Most physically contiguous extents the commands of one segment may
 /// name, and one command alone: what bounds the memory a segment's decoded,
-/// not yet executed work holds (an extent is 24 bytes; a channel holds one
-/// decoded segment at a time).
-pub const MAX_SEGMENT_EXTENTS: usize = 1 << 18;
-pub const MAX_COMMAND_EXTENTS: usize = 1 << 16;
+/// not yet executed work holds (an extent is 24 bytes, so 24 MiB; a channel
+/// holds one decoded segment at a time). A command may still copy its
+/// largest size, 1 GiB, between buffers of scattered 4 KiB pages on both
+/// sides (2 × 262 144 extents).
+pub const MAX_SEGMENT_EXTENTS: usize = 1 << 20;
+pub const MAX_COMMAND_EXTENTS: usize = 1 << 19;
 
 /// Decode and audit one segment, updating the channel's method state.
 pub fn parse_segment(
@@ -316,6 +318,18 @@ fn copy_method(
                           write: bool|
              -> Result<Vec<Extent>, MethodError> {
                 let mut all: Vec<Extent> = Vec::new();
+                // Zero-width lines touch nothing; lines that follow each
+                // other are one range; otherwise every line is a range of its
+                // own, so more lines than ranges allowed cannot be.
+                if width == 0 {
+                    return Ok(all);
+                }
+                if pitch as u64 == width {
+                    return Ok(space.translate(base, width * lines, write)?);
+                }
+                if lines > MAX_COMMAND_EXTENTS as u64 {
+                    return Err(fail(ErrorCode::InvalidArgument));
+                }
                 for l in 0..lines {
                     let va = base
                         .checked_add(l * pitch as u64)

@@ -1121,3 +1121,28 @@ fn decoded_work_is_bounded_per_segment() {
     g.submit(&mut b, &Pb::new().sem(sink, 5, host::SEM_OP_RELEASE).0);
     assert_eq!(g.wait(&b), STATE_IDLE);
 }
+
+#[test]
+fn a_2d_memset_of_billions_of_empty_lines_is_nothing() {
+    // Found by the pushbuf fuzz target (a slow unit, 346 s): a MEMSET_2D
+    // with line width 0 and a line count of 3.85 billion used to be
+    // translated line by line. Zero-width lines touch nothing.
+    let e = engine();
+    let mut g = Guest::new(&e, 8, 4, 1);
+    let mut ch = g.channel(0, 8);
+    let t = Instant::now();
+    g.submit(
+        &mut ch,
+        &Pb::new()
+            .bind()
+            .incr(SUB_COPY, copy::LINE_BYTES, &[0, 0xE581_407D])
+            .incr(SUB_COPY, copy::LAUNCH, &[copy::OP_MEMSET_2D])
+            .0,
+    );
+    assert_eq!(g.wait(&ch), STATE_IDLE);
+    assert!(
+        t.elapsed() < Duration::from_secs(1),
+        "took {:?}",
+        t.elapsed()
+    );
+}
