@@ -79,7 +79,9 @@ vm_log "case 0: $(tail -1 "$WORK/host-selftest.log") (host, vfio-user)"
 echo "VGPUD-E2E case=0 seconds=$(vm_elapsed "$t")"
 for _ in $(seq 50); do grep -q "client detached" "$WORK/vgpud.log" && break; sleep 0.1; done
 
-# Case 1
+doorbell_count() { "$VGPUCTL" --run-dir "$RUN" status "$1" --json | sed -n "s/.*\"doorbells_$2\": *\([0-9]*\).*/\1/p"; }
+# Case 1 (doorbell counters of U1 before it: case 0's host-side driver rang it too)
+polled0=$(doorbell_count $U1 polled); trapped0=$(doorbell_count $U1 trapped)
 t=$(vm_now)
 boot $U1 "$WORK/vm1.log" || { tail -40 "$WORK/vm1.log" >&2; vm_die "VM 1 failed"; }
 check "$WORK/vm1.log"
@@ -92,10 +94,8 @@ commands=$(echo "$detached" | sed -n 's/.*commands=\([0-9]*\).*/\1/p')
 vm_log "case 1: vgpud ran $commands engine commands for the guest"
 # The guest rang through the doorbell page mapped into it: vgpud saw doorbells by polling
 # (a trapped doorbell page write would count as trapped).
-status=$("$VGPUCTL" --run-dir "$RUN" status $U1 --json)
-polled=$(echo "$status" | sed -n 's/.*"doorbells_polled": *\([0-9]*\).*/\1/p')
-trapped=$(echo "$status" | sed -n 's/.*"doorbells_trapped": *\([0-9]*\).*/\1/p')
-[ -n "$polled" ] && [ "$polled" -gt 0 ] || { echo "$status" >&2; vm_die "no untrapped doorbell from the guest (polled=$polled trapped=$trapped)"; }
+polled=$(( $(doorbell_count $U1 polled) - polled0 )); trapped=$(( $(doorbell_count $U1 trapped) - trapped0 ))
+[ "$polled" -gt 0 ] || vm_die "no untrapped doorbell from the guest (polled=$polled trapped=$trapped)"
 vm_log "case 1: doorbells from inside the guest: $polled seen by polling (untrapped), $trapped trapped"
 
 # Case 2: two VMs at once on two vGPUs of the same parent
