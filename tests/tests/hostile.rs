@@ -33,6 +33,23 @@ fn guest(parent: &Parent, name: &str) -> Guest {
     Guest::attach(Vgpu::with_context(cfg, ctx).expect("vgpu"), 8)
 }
 
+/// The good tenant's known load: `ms` one-millisecond spins on a channel of
+/// its own, checked for its result; how long they took.
+fn spins(b: &mut Guest, ms: u32) -> Duration {
+    let mut ch = b.channel(0, 8);
+    let (sg, sv) = b.sys_buf(64);
+    let (p, s) = b.params(Params::default().u64(sv).u32(ms).u32(1_000_000));
+    let t = Instant::now();
+    b.submit(
+        &mut ch,
+        &Pb::new().bind().launch(compute::PROG_SPIN, p, s).0,
+    );
+    assert_eq!(b.wait(&ch), STATE_IDLE);
+    let took = t.elapsed();
+    assert_eq!(b.r32(sg), ms, "the good tenant's result");
+    took
+}
+
 #[test]
 fn a_ten_second_spin_does_not_hold_the_engine() {
     let _serial = devmodel::sync::lock(&ONE_AT_A_TIME);
@@ -50,17 +67,7 @@ fn a_ten_second_spin_does_not_hold_the_engine() {
     );
     std::thread::sleep(Duration::from_millis(20));
 
-    let mut bch = b.channel(0, 8);
-    let (bsg, bsv) = b.sys_buf(64);
-    let (p, s) = b.params(Params::default().u64(bsv).u32(40).u32(1_000_000));
-    let t = Instant::now();
-    b.submit(
-        &mut bch,
-        &Pb::new().bind().launch(compute::PROG_SPIN, p, s).0,
-    );
-    assert_eq!(b.wait(&bch), STATE_IDLE);
-    let took = t.elapsed();
-    assert_eq!(b.r32(bsg), 40, "B's result");
+    let took = spins(&mut b, 40);
     // Half the engine: 40 ms of work in about 80 ms (plus slice rounding).
     assert!(
         took < Duration::from_millis(400),
@@ -114,19 +121,9 @@ fn a_flood_of_tiny_copies_pays_for_itself() {
         })
     };
     std::thread::sleep(Duration::from_millis(50));
-    let mut bch = b.channel(0, 8);
-    let (bsg, bsv) = b.sys_buf(64);
-    let (p, s) = b.params(Params::default().u64(bsv).u32(100).u32(1_000_000));
-    let t = Instant::now();
-    b.submit(
-        &mut bch,
-        &Pb::new().bind().launch(compute::PROG_SPIN, p, s).0,
-    );
-    assert_eq!(b.wait(&bch), STATE_IDLE);
-    let took = t.elapsed();
+    let took = spins(&mut b, 100);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let _a = flooder.join().unwrap();
-    assert_eq!(b.r32(bsg), 100, "B's result");
     assert!(
         took < Duration::from_millis(430),
         "B's 100 ms of work took {took:?} beside the flood (half the engine: ~200 ms)"
