@@ -61,6 +61,9 @@ pub struct VgpuOverride {
     pub cap: Option<f64>,
     pub reservation: Option<f64>,
     pub class: Option<LatencyClass>,
+    /// How long a semaphore acquire of the vGPU may wait before its channel
+    /// faults (`SEMAPHORE_TIMEOUT`); absent: the device's default, 10 s.
+    pub acquire_timeout: Option<Nanos>,
     /// Where `reservation` was set (to report a reservation above the cap).
     pub reservation_origin: Option<Origin>,
 }
@@ -165,6 +168,18 @@ impl Config {
     /// The policy of a parent: its own section, else `[default]`.
     pub fn parent_policy(&self, parent: &str) -> ParentPolicy {
         self.parents.get(parent).unwrap_or(&self.default).policy
+    }
+
+    /// How long a semaphore acquire of one vGPU may wait (`acquire_timeout`,
+    /// `[vgpu]` over `[type]`); `None`: the device's default.
+    pub fn acquire_timeout(&self, uuid: &str, type_name: &str) -> Option<Nanos> {
+        [
+            self.vgpus.get(&uuid.to_ascii_lowercase()),
+            self.types.get(type_name),
+        ]
+        .into_iter()
+        .flatten()
+        .find_map(|o| o.acquire_timeout)
     }
 
     /// The parameters of one vGPU: `[vgpu]` over `[type]` over built-in defaults
@@ -412,6 +427,17 @@ impl<'a> Document<'a> {
                         o.reservation_origin = Some(self.origin(&v.span(), &key));
                     }
                 }
+                "acquire_timeout" => {
+                    let d = self.duration(v, &key)?;
+                    if !(crate::MS..=3_600 * crate::SEC).contains(&d) {
+                        return Err(self.error(
+                            v.span(),
+                            &key,
+                            format!("{} is outside 1ms ..= 1h", fmt_ns(d)),
+                        ));
+                    }
+                    o.acquire_timeout = Some(d);
+                }
                 "class" => {
                     o.class = Some(match self.string(v, &key)? {
                         "normal" => LatencyClass::Normal,
@@ -429,7 +455,7 @@ impl<'a> Document<'a> {
                     return Err(self.error(
                         k.span(),
                         &key,
-                        "unknown key (expected weight, cap, reservation or class)",
+                        "unknown key (expected weight, cap, reservation, class or acquire_timeout)",
                     ))
                 }
             }
@@ -713,6 +739,22 @@ class = "latency"
             Err(Error::Config { line: 4, key, .. }) => assert!(key.ends_with(".reservation")),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn acquire_timeout_per_type_and_vgpu() {
+        let c = Config::parse(
+            "[type.\"t\"]\nacquire_timeout = \"250ms\"\n\n[vgpu.\"AA618089-8B16-4D01-A136-25A0F3C73123\"]\nacquire_timeout = \"2s\"\n",
+            "f.toml",
+        )
+        .unwrap();
+        let u = "aa618089-8b16-4d01-a136-25a0f3c73123";
+        assert_eq!(c.acquire_timeout(u, "t"), Some(2 * crate::SEC));
+        assert_eq!(c.acquire_timeout("other", "t"), Some(250 * crate::MS));
+        assert_eq!(c.acquire_timeout("other", "u"), None);
+        let (l, _, k, m) = err("[type.t]\nacquire_timeout = \"7200s\"\n");
+        assert_eq!((l, k.as_str()), (2, "type.t.acquire_timeout"));
+        assert!(m.contains("outside 1ms ..= 1h"), "{m}");
     }
 
     #[test]

@@ -327,6 +327,7 @@ impl Daemon {
             Arc::new(Vgpu::with_context(cfg, ctx).map_err(|e| op_err(Errno::EIO, e.to_string()))?);
         // No VM yet: not running until a client attaches (equal_share).
         vgpu.set_attached(false);
+        vgpu.set_acquire_timeout(acquire_timeout(&self.config, &name, &vtype.id));
         let path = self.socket_path(&uuid);
         let _ = std::fs::remove_file(&path);
         let server = vfio_user::spawn(&path, vgpu.clone())
@@ -525,6 +526,10 @@ impl Daemon {
                 .set_params(key, p)
                 .map_err(|e| op_err(Errno::EINVAL, e.to_string()))?;
         }
+        for (u, v) in &self.vgpus {
+            v.vgpu
+                .set_acquire_timeout(acquire_timeout(&config, &u.to_string(), &v.vtype.id));
+        }
         self.config = config;
         tracing::info!(file = %path.display(), "configuration reloaded");
         Ok(Reloaded {
@@ -533,6 +538,15 @@ impl Daemon {
             reason: None,
         })
     }
+}
+
+/// A vGPU's semaphore acquire limit from the configuration, else the
+/// device's default.
+fn acquire_timeout(config: &Config, uuid: &str, type_id: &str) -> std::time::Duration {
+    config.acquire_timeout(uuid, type_id).map_or(
+        devmodel::vgpu::DEFAULT_ACQUIRE_TIMEOUT,
+        std::time::Duration::from_nanos,
+    )
 }
 
 pub(crate) fn description(t: &VgpuType) -> String {
