@@ -26,7 +26,6 @@ use vm_memory::{Bytes, MmapRegion, VolatileMemory, VolatileSlice};
 #[derive(Debug)]
 pub struct DoorbellPage {
     map: MmapRegion,
-    channels: u32,
     /// Per channel, the `DB_PUT` value the device last acted on.
     seen: Vec<AtomicU32>,
 }
@@ -67,7 +66,6 @@ impl DoorbellPage {
         let channels = channels.min(MAX_CHANNELS);
         Ok(DoorbellPage {
             map,
-            channels,
             seen: (0..channels).map(|_| AtomicU32::new(0)).collect(),
         })
     }
@@ -158,7 +156,7 @@ impl DoorbellPage {
 
     /// Engine reset: every `DB_PUT` starts again from 0.
     pub fn reset(&self) {
-        for c in 0..self.channels {
+        for c in 0..self.seen.len() as u32 {
             self.reset_channel(ChannelId(c));
         }
     }
@@ -173,7 +171,7 @@ impl DoorbellPage {
     /// written (a doorbell, by trap).
     pub fn write(&self, offset: u64, data: &[u8]) -> Result<bool, vm_memory::VolatileMemoryError> {
         let end = offset.saturating_add(data.len() as u64);
-        let puts_end = put_offset(self.channels);
+        let puts_end = put_offset(self.seen.len() as u32);
         if offset >= puts_end {
             return Ok(false);
         }

@@ -77,6 +77,18 @@ pub fn memfd(size: u64) -> File {
     f
 }
 
+/// A size field of this process's `/proc/self/status` (`VmRSS`, `VmHWM`),
+/// in bytes.
+pub fn proc_status_bytes(field: &str) -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("{field} in /proc/self/status"));
+    kib << 10
+}
+
 /// An eventfd for MSI-X delivery: the device's copy and the test's.
 pub fn eventfd() -> (File, EventCounter) {
     // SAFETY: eventfd(2) takes no pointers; it returns a new descriptor or -1.
@@ -352,10 +364,16 @@ impl Guest {
 
     /// Append a raw GPFIFO entry and ring the doorbell.
     pub fn submit_entry(&mut self, ch: &mut Chan, entry: u64) {
+        self.put_entry(ch, entry);
+        self.set_reg(DOORBELL, ch.id);
+    }
+
+    /// Append a raw GPFIFO entry and publish the new `GP_PUT` in USERD,
+    /// without ringing any doorbell.
+    pub fn put_entry(&mut self, ch: &mut Chan, entry: u64) {
         self.w64(ch.gpfifo_gpa + 8 * ch.put as u64, entry);
         ch.put = (ch.put + 1) % ch.entries;
         self.w32(ch.userd_gpa, ch.put);
-        self.set_reg(DOORBELL, ch.id);
     }
 
     /// Append a raw GPFIFO entry and ring the doorbell the ABI 1.1 way:
@@ -363,9 +381,7 @@ impl Guest {
     /// trapped `DOORBELL` only if the device says it is not polling.
     /// Returns whether the doorbell trapped.
     pub fn submit_entry_untrapped(&mut self, db: &DoorbellMap, ch: &mut Chan, entry: u64) -> bool {
-        self.w64(ch.gpfifo_gpa + 8 * ch.put as u64, entry);
-        ch.put = (ch.put + 1) % ch.entries;
-        self.w32(ch.userd_gpa, ch.put);
+        self.put_entry(ch, entry);
         db.store_put(ch.id, ch.put);
         std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
         if db.device_polling() {

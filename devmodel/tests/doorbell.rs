@@ -71,9 +71,7 @@ fn a_driver_that_ignores_the_sleeping_device_loses_its_doorbell() {
     assert!(!db.device_polling(), "an idle device sleeps");
     let words = Pb::new().sem(sv, 7, host::SEM_OP_RELEASE).0;
     let entry = g.segment(&mut ch, &words);
-    g.w64(ch.gpfifo_gpa + 8 * ch.put as u64, entry);
-    ch.put = (ch.put + 1) % ch.entries;
-    g.w32(ch.userd_gpa, ch.put);
+    g.put_entry(&mut ch, entry);
     db.store_put(ch.id, ch.put);
     fence(Ordering::SeqCst);
     assert!(!released(&g, sem, 7, Duration::from_millis(50)));

@@ -3,17 +3,7 @@
 //! resident size measures this vGPU alone.
 
 use devmodel::classes::host;
-use devmodel::harness::{engine, Guest, Pb, STATE_IDLE};
-
-fn rss_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS");
-    kib << 10
-}
+use devmodel::harness::{engine, proc_status_bytes, Guest, Pb, STATE_IDLE};
 
 #[test]
 fn released_vram_leaves_the_host_and_reads_as_zero() {
@@ -22,19 +12,19 @@ fn released_vram_leaves_the_host_and_reads_as_zero() {
     let mut ch = g.channel(0, 8);
     let (_, vram) = g.vram_buf(64 << 20);
     let (sg, sv) = g.sys_buf(4096);
-    let before = rss_bytes();
+    let before = proc_status_bytes("VmRSS");
     g.submit(
         &mut ch,
         &Pb::new().bind().memset(vram, 64 << 20, 0x5A5A_5A5A).0,
     );
     assert_eq!(g.wait(&ch), STATE_IDLE);
-    let filled = rss_bytes();
+    let filled = proc_status_bytes("VmRSS");
     assert!(
         filled >= before + (60 << 20),
         "64 MiB of VRAM committed: {before} -> {filled}"
     );
     g.vgpu.release();
-    let released = rss_bytes();
+    let released = proc_status_bytes("VmRSS");
     assert!(
         released + (60 << 20) <= filled,
         "VRAM pages returned: {filled} -> {released}"

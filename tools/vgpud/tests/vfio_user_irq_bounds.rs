@@ -6,23 +6,12 @@
 
 use std::io::Write;
 
-use devmodel::harness::engine;
+use devmodel::harness::{engine, proc_status_bytes};
 use mmio::bar::IRQ_INDEX_MSIX;
 use vfio_bindings::bindings::vfio::{VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_IRQ_SET_DATA_EVENTFD};
 
 mod common;
 use common::{raw, raw_connect, read_reply, serve, version_payload};
-
-/// The process's peak resident set size (`VmHWM`), in bytes.
-fn peak_rss() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM in /proc/self/status");
-    kib << 10
-}
 
 #[test]
 fn set_irqs_with_an_absurd_count_is_refused_before_any_allocation() {
@@ -31,7 +20,7 @@ fn set_irqs_with_an_absurd_count_is_refused_before_any_allocation() {
     let mut s = raw_connect(served.handle.path());
     s.write_all(&raw(1, 1, 0, &version_payload())).unwrap();
     assert_eq!(read_reply(&mut s).3, 0, "version accepted");
-    let before = peak_rss();
+    let before = proc_status_bytes("VmHWM");
     for (id, start, count) in [(2u16, 0u32, 1u32 << 28), (3, 1, 1), (4, u32::MAX, 2)] {
         let mut p = Vec::new();
         for v in [
@@ -54,7 +43,7 @@ fn set_irqs_with_an_absurd_count_is_refused_before_any_allocation() {
             "vectors {start}+{count} refused"
         );
     }
-    let grown = peak_rss().saturating_sub(before);
+    let grown = proc_status_bytes("VmHWM").saturating_sub(before);
     assert!(
         grown < 64 << 20,
         "refusing SET_IRQS grew the peak resident size by {} MiB",

@@ -65,21 +65,15 @@ fn connect(socket: &Path) -> R<Device> {
     Device::open(Box::new(t)).map_err(err)
 }
 
+/// The load on one socket with `channels` channels.
 fn load(socket: &Path, unit_us: u32, channels: u32, seconds: f64) -> R<LoadReport> {
-    let mut dev = connect(socket)?;
-    vgpu_guest::load::run(
-        &mut dev,
-        &LoadConfig {
-            unit_us,
-            duration: Duration::from_secs_f64(seconds),
-            channels,
-        },
-    )
-    .map_err(err)
+    let mut all = loads(&[socket.to_path_buf()], unit_us, channels, seconds)?;
+    all.pop().ok_or_else(|| "no load report".to_string())
 }
 
-/// Run `load` on every socket at once; their reports in order.
-fn loads(sockets: &[PathBuf], unit_us: u32, seconds: f64) -> R<Vec<LoadReport>> {
+/// The guest driver's load on every socket at once, each with `channels`
+/// channels; their reports in order.
+fn loads(sockets: &[PathBuf], unit_us: u32, channels: u32, seconds: f64) -> R<Vec<LoadReport>> {
     let gate = Arc::new(Barrier::new(sockets.len()));
     let threads: Vec<_> = sockets
         .iter()
@@ -87,14 +81,17 @@ fn loads(sockets: &[PathBuf], unit_us: u32, seconds: f64) -> R<Vec<LoadReport>> 
         .map(|s| {
             let gate = gate.clone();
             std::thread::spawn(move || {
-                let mut dev = connect(&s)?;
+                // Every tenant passes the gate, connected or not: none waits
+                // for one that failed.
+                let dev = connect(&s);
                 gate.wait();
+                let mut dev = dev?;
                 vgpu_guest::load::run(
                     &mut dev,
                     &LoadConfig {
                         unit_us,
                         duration: Duration::from_secs_f64(seconds),
-                        channels: 1,
+                        channels,
                     },
                 )
                 .map_err(err)
@@ -132,7 +129,7 @@ fn utilization_and_shares(seconds: f64, sizes: &[u32]) -> R<()> {
         let shares = {
             let h = Host::new("share", &catalog, "fixed_share")?;
             let s = [h.create("vgpud-4c")?, h.create("vgpud-2c")?];
-            loads(&s, u, seconds)?
+            loads(&s, u, 1, seconds)?
         };
         let (a, b) = (shares[0].utilization, shares[1].utilization);
         println!(
@@ -301,7 +298,7 @@ fn cpu(seconds: f64, max_vgpus: u32) -> R<()> {
             std::thread::sleep(Duration::from_secs_f64(seconds * 0.6));
             cores(&a, &cpu_by_role(), t.elapsed())
         });
-        let reports = loads(&sockets, 100, seconds)?;
+        let reports = loads(&sockets, 100, 1, seconds)?;
         let c = sampler.join().map_err(|_| "sampler panicked".to_string())?;
         let busy: f64 = reports.iter().map(|r| r.utilization).sum();
         let (untrapped, trapped) = reports.iter().fold((0, 0), |(u, t), r| {
