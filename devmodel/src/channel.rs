@@ -15,7 +15,7 @@ use mmio::regs::{ChannelState, ErrorCode};
 
 use crate::classes::MethodState;
 use crate::command::{Command, Op};
-use crate::gmmu::VA_BITS;
+use crate::gmmu::{Extent, VA_BITS};
 use crate::memory::GuestRam;
 
 /// Instance block field offsets.
@@ -39,6 +39,18 @@ pub const MAX_GPFIFO_ENTRIES: u32 = 1 << 15;
 pub const MAX_CHANNEL_IN_FLIGHT: u32 = 16;
 /// GPFIFO entries fetched ahead of GP_GET.
 pub const MAX_ENTRIES_AHEAD: usize = 16;
+/// Decoded commands a vGPU's channels may hold, not yet carried out: a
+/// channel fetches its next entry only while its vGPU holds less (so the
+/// most is this plus one entry, itself bounded by the segment limits of
+/// `pushbuf`: at most about 30 MiB).
+pub const MAX_VGPU_DECODED_BYTES: u64 = 64 << 20;
+
+/// Host memory decoded commands take: each command and each extent it
+/// names.
+pub fn decoded_bytes(commands: &[Command]) -> u64 {
+    let extents: usize = commands.iter().map(Command::extent_count).sum();
+    (std::mem::size_of_val(commands) + extents * std::mem::size_of::<Extent>()) as u64
+}
 
 bitfield! {
     /// A GPFIFO entry (64 bits, little-endian).
@@ -165,6 +177,8 @@ pub struct Channel {
     /// Front-end time spent on this channel's entries and not yet charged
     /// with an engine item.
     cost: std::time::Duration,
+    /// Host memory the decoded commands of `queue` took when fetched.
+    held: u64,
 }
 
 impl Channel {
@@ -337,9 +351,20 @@ impl Channel {
     /// The entry at [`Channel::next_slot`] was fetched and audited into
     /// `commands`; `methods` is the method state after it.
     pub fn push_entry(&mut self, methods: MethodState, commands: Vec<Command>) {
+        self.held = decoded_bytes(&commands);
         self.methods = methods;
         self.queue = commands.into();
         self.outstanding.push_back(0);
+    }
+
+    /// Host memory held by decoded commands not yet carried out (what the
+    /// newest entry took when fetched; nothing once it is all carried out).
+    pub fn held_bytes(&self) -> u64 {
+        if self.queue.is_empty() {
+            0
+        } else {
+            self.held
+        }
     }
 
     /// The command to carry out next.

@@ -6,6 +6,10 @@
 //! buffer is a list of physically contiguous [`Extent`]s that the GMMU has
 //! already checked against this vGPU's framebuffer and DMA map.
 
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
 use crate::gmmu::Extent;
 
 /// Largest number of bytes one copy or memset may touch (1 GiB).
@@ -31,22 +35,28 @@ pub enum Op {
         n: u32,
         a: f32,
     },
-    /// `C = alpha * A·B + beta * C`, row-major f32, A m×k, B k×n, C m×n.
+    /// `C = alpha * A·B + beta * C`, row-major f32, A m×k, B k×n, C m×n,
+    /// for the elements of C numbered `span` in row-major order (the whole
+    /// of C, `0..m·n`, as decoded; a piece covers part of it).
     Gemm {
-        a: Vec<Extent>,
-        b: Vec<Extent>,
-        c: Vec<Extent>,
+        a: Arc<[Extent]>,
+        b: Arc<[Extent]>,
+        c: Arc<[Extent]>,
         m: u32,
         n: u32,
         k: u32,
         alpha: f32,
         beta: f32,
+        span: Range<u64>,
     },
-    /// `*dst = Σ src[i]` over `n` f32 elements.
+    /// `*dst = Σ src[i]` over `n` f32 elements, summed in order in f64 onto
+    /// `sum` (zero as decoded; pieces carry it from one to the next). An
+    /// empty `dst` writes nothing: the sum goes on in the next piece.
     ReduceSum {
         src: Vec<Extent>,
         dst: Vec<Extent>,
         n: u32,
+        sum: RunningSum,
     },
     /// Occupy the engine for `ns` (the program's units × unit length),
     /// then write `report` (its unit count, u32) to `dst` if given.
@@ -74,6 +84,48 @@ impl Command {
 pub const PIECE_BYTES: u64 = 4 << 20;
 /// The most time one `spin` item occupies the engine.
 pub const PIECE_NS: u64 = 1_000_000;
+/// The most extents one copy, memset or saxpy item names on a side: a 2D
+/// copy of many short lines moves few bytes per extent, and each costs the
+/// engine a lookup.
+pub const PIECE_EXTENTS: usize = 4096;
+/// The most multiply-adds one `gemm_f32` item carries out (the cpu engine
+/// does one in about 2.5 ns: a piece is about 0.6 ms).
+pub const PIECE_FMAS: u64 = 1 << 18;
+
+/// A sum carried from one piece of a `reduce_sum` to the next, in f64.
+#[derive(Clone, Debug, Default)]
+pub struct RunningSum(Arc<AtomicU64>);
+
+impl RunningSum {
+    pub fn get(&self) -> f64 {
+        f64::from_bits(self.0.load(Ordering::Acquire))
+    }
+    pub fn set(&self, v: f64) {
+        self.0.store(v.to_bits(), Ordering::Release);
+    }
+}
+
+impl PartialEq for RunningSum {
+    fn eq(&self, other: &Self) -> bool {
+        self.get().to_bits() == other.get().to_bits()
+    }
+}
+
+/// How many bytes from the front of `ext` fit in `max_extents` extents.
+fn reach(ext: &[Extent], max_extents: usize) -> u64 {
+    total(&ext[..ext.len().min(max_extents)])
+}
+
+/// Bytes the next piece of an operation over the given extent lists moves:
+/// at most [`PIECE_BYTES`] and [`PIECE_EXTENTS`] extents on every side;
+/// `None` when the whole of `len` bytes fits in one piece.
+fn piece_bytes(len: u64, sides: &[&[Extent]]) -> Option<u64> {
+    let b = sides
+        .iter()
+        .map(|e| reach(e, PIECE_EXTENTS))
+        .fold(PIECE_BYTES, u64::min);
+    (len > b).then_some(b)
+}
 
 /// Take the first `bytes` bytes off `ext` (splitting an extent if needed).
 fn split_extents(ext: &mut Vec<Extent>, bytes: u64) -> Vec<Extent> {
@@ -107,28 +159,80 @@ impl Op {
     /// No item holds the engine for long: an operation larger than a piece
     /// ([`PIECE_BYTES`], [`PIECE_NS`]) gives up its first piece here and
     /// keeps the rest, so that the host scheduler decides between pieces.
-    /// Pieces run in order and their results are those of the whole: a copy
-    /// or memset by chunks, saxpy by element ranges, spin by slices (the
-    /// last piece writes the report). `None`: run `self` whole (`gemm_f32` and
-    /// `reduce_sum` always run whole).
+    /// Pieces run in order and their results are those of the whole, bit
+    /// for bit: a copy or memset by chunks of bytes and extents (a 2D copy
+    /// by groups of lines), saxpy and reduce_sum by element ranges (the sum
+    /// carried in f64, the last piece writing it), gemm by runs of C's
+    /// elements (each summed over k in the same order), spin by slices (the
+    /// last piece writes the report). `None`: run `self` whole.
     pub fn take_piece(&mut self) -> Option<Op> {
         match self {
-            Op::Copy { src, dst } if total(src) > PIECE_BYTES => Some(Op::Copy {
-                src: split_extents(src, PIECE_BYTES),
-                dst: split_extents(dst, PIECE_BYTES),
-            }),
-            Op::Memset { dst, pattern } if total(dst) > PIECE_BYTES => Some(Op::Memset {
-                dst: split_extents(dst, PIECE_BYTES),
-                pattern: *pattern,
-            }),
-            Op::Saxpy { x, y, n, a } if *n as u64 * 4 > PIECE_BYTES => {
-                let k = (PIECE_BYTES / 4) as u32;
-                *n -= k;
-                Some(Op::Saxpy {
-                    x: split_extents(x, k as u64 * 4),
-                    y: split_extents(y, k as u64 * 4),
-                    n: k,
-                    a: *a,
+            Op::Copy { src, dst } => {
+                let b = piece_bytes(total(src), &[src, dst])?;
+                Some(Op::Copy {
+                    src: split_extents(src, b),
+                    dst: split_extents(dst, b),
+                })
+            }
+            Op::Memset { dst, pattern } => {
+                // Whole words: the pattern restarts at every piece.
+                let b = piece_bytes(total(dst), &[dst])? & !3;
+                (b > 0).then(|| Op::Memset {
+                    dst: split_extents(dst, b),
+                    pattern: *pattern,
+                })
+            }
+            Op::Saxpy { x, y, n, a } => {
+                let k = (piece_bytes(*n as u64 * 4, &[x, y])? / 4) as u32;
+                (k > 0).then(|| {
+                    *n -= k;
+                    Op::Saxpy {
+                        x: split_extents(x, k as u64 * 4),
+                        y: split_extents(y, k as u64 * 4),
+                        n: k,
+                        a: *a,
+                    }
+                })
+            }
+            Op::ReduceSum { src, n, sum, .. } => {
+                let k = (piece_bytes(*n as u64 * 4, &[src])? / 4) as u32;
+                (k > 0).then(|| {
+                    *n -= k;
+                    Op::ReduceSum {
+                        src: split_extents(src, k as u64 * 4),
+                        dst: Vec::new(),
+                        n: k,
+                        sum: sum.clone(),
+                    }
+                })
+            }
+            Op::Gemm {
+                a,
+                b,
+                c,
+                m,
+                n,
+                k,
+                alpha,
+                beta,
+                span,
+            } => {
+                let per_piece = (PIECE_FMAS / (*k).max(1) as u64).max(1);
+                if span.end - span.start <= per_piece {
+                    return None;
+                }
+                let piece = span.start..span.start + per_piece;
+                span.start = piece.end;
+                Some(Op::Gemm {
+                    a: a.clone(),
+                    b: b.clone(),
+                    c: c.clone(),
+                    m: *m,
+                    n: *n,
+                    k: *k,
+                    alpha: *alpha,
+                    beta: *beta,
+                    span: piece,
                 })
             }
             Op::Spin { ns, report, .. } if *ns > PIECE_NS => {
@@ -277,5 +381,38 @@ mod tests {
         assert!(spin.take_piece().is_some());
         assert!(spin.take_piece().is_none(), "the last 0.5 ms runs whole");
         assert!(matches!(spin, Op::Spin { ns: 500_000, .. }));
+    }
+
+    #[test]
+    fn short_lines_make_pieces_of_at_most_piece_extents() {
+        // A 2D copy of 10,000 one-byte lines (pitch 2) into a flat buffer:
+        // pieces by groups of lines, each naming ≤ PIECE_EXTENTS extents.
+        let lines: Vec<Extent> = (0..10_000).map(|l| ext(2 * l, 1)).collect();
+        let mut op = Op::Copy {
+            src: lines.clone(),
+            dst: vec![ext(1 << 30, 10_000)],
+        };
+        let mut src_all = Vec::new();
+        let mut dst_bytes = 0;
+        let mut n = 0;
+        loop {
+            let piece = op.take_piece();
+            let last = piece.is_none();
+            let Op::Copy { src, dst } = piece.unwrap_or_else(|| op.clone()) else {
+                panic!("a copy splits into copies")
+            };
+            assert!(src.len() <= PIECE_EXTENTS && dst.len() <= PIECE_EXTENTS);
+            assert_eq!(total(&src), total(&dst));
+            assert_eq!(dst[0].addr, (1 << 30) + dst_bytes, "dst continues in order");
+            dst_bytes += total(&dst);
+            src_all.extend(src);
+            n += 1;
+            if last {
+                break;
+            }
+        }
+        assert_eq!(n, 3, "4096 + 4096 + 1808 lines");
+        assert_eq!(src_all, lines);
+        assert_eq!(dst_bytes, 10_000);
     }
 }

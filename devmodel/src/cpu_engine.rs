@@ -414,6 +414,77 @@ impl ContextState {
         }
     }
 
+    /// The elements `span` (row-major) of `C = alpha·A·B + beta·C`, each
+    /// summed over k in order, so that any division of C into spans gives
+    /// the same bits as the whole.
+    fn gemm(&self, io: &Io, op: &Op, epoch: u64) -> Result<(), ExecError> {
+        let Op::Gemm {
+            a,
+            b,
+            c,
+            n,
+            k,
+            alpha,
+            beta,
+            span,
+            ..
+        } = op
+        else {
+            return Ok(());
+        };
+        let (n, k, alpha, beta) = (*n as u64, *k as u64, *alpha, *beta);
+        if span.is_empty() || n == 0 {
+            return Ok(());
+        }
+        let (a, b, c) = (Indexed::new(a), Indexed::new(b), Indexed::new(c));
+        let (first, last) = (span.start / n, (span.end - 1) / n);
+        let cols = |i: u64| {
+            let j0 = if i == first { span.start % n } else { 0 };
+            let j1 = if i == last { (span.end - 1) % n + 1 } else { n };
+            j0..j1
+        };
+        // The columns of B the span needs, k rows of them.
+        let bcols = if first == last { cols(first) } else { 0..n };
+        let w = (bcols.end - bcols.start) as usize;
+        let bv = if w as u64 == n {
+            io.read_f32(&mut b.at(0), (k * n) as usize)?
+        } else {
+            let mut v = Vec::with_capacity(k as usize * w);
+            for p in 0..k {
+                v.extend(io.read_f32(&mut b.at((p * n + bcols.start) * 4), w)?);
+            }
+            v
+        };
+        for i in first..=last {
+            if self.cancelled(epoch) {
+                return Err(ExecError::Cancelled);
+            }
+            let js = cols(i);
+            let arow = io.read_f32(&mut a.at(i * k * 4), k as usize)?;
+            let off = (js.start - bcols.start) as usize;
+            let mut acc = vec![0f32; (js.end - js.start) as usize];
+            for (p, aip) in arow.iter().enumerate() {
+                let brow = &bv[p * w + off..p * w + off + acc.len()];
+                for (accj, bpj) in acc.iter_mut().zip(brow) {
+                    *accj = aip.mul_add(*bpj, *accj);
+                }
+            }
+            let at = (i * n + js.start) * 4;
+            let old = if beta == 0.0 {
+                vec![0f32; acc.len()]
+            } else {
+                io.read_f32(&mut c.at(at), acc.len())?
+            };
+            let out: Vec<f32> = acc
+                .iter()
+                .zip(&old)
+                .map(|(s, cij)| alpha * s + if beta == 0.0 { 0.0 } else { beta * cij })
+                .collect();
+            io.write(&mut c.at(at), &f32_bytes(&out))?;
+        }
+        Ok(())
+    }
+
     fn execute(&self, item: &WorkItem, epoch: u64) -> Result<(), ExecError> {
         // A spin touches memory only at its end (if at all): no snapshot of
         // guest memory is held while it occupies the engine.
@@ -455,56 +526,45 @@ impl ContextState {
                 }
             }
             Op::Saxpy { x, y, n, a } => {
-                let xs = io.read_f32(x, *n as usize)?;
-                let mut ys = io.read_f32(y, *n as usize)?;
+                let xs = io.read_f32(&mut Cursor::new(x), *n as usize)?;
+                let mut ys = io.read_f32(&mut Cursor::new(y), *n as usize)?;
                 for (yv, xv) in ys.iter_mut().zip(&xs) {
                     *yv = a.mul_add(*xv, *yv);
                 }
                 io.write_f32(y, &ys)?;
             }
-            Op::Gemm {
-                a,
-                b,
-                c,
-                m,
-                n,
-                k,
-                alpha,
-                beta,
-            } => {
-                let (m, n, k) = (*m as usize, *n as usize, *k as usize);
-                let av = io.read_f32(a, m * k)?;
-                let bv = io.read_f32(b, k * n)?;
-                let mut cv = io.read_f32(c, m * n)?;
-                let mut acc = vec![0f32; n];
-                for i in 0..m {
-                    if self.cancelled(epoch) {
-                        return Err(ExecError::Cancelled);
-                    }
-                    acc.iter_mut().for_each(|v| *v = 0.0);
-                    for p in 0..k {
-                        let aip = av[i * k + p];
-                        for (j, accj) in acc.iter_mut().enumerate() {
-                            *accj = aip.mul_add(bv[p * n + j], *accj);
-                        }
-                    }
-                    for j in 0..n {
-                        let cij = &mut cv[i * n + j];
-                        *cij = alpha * acc[j] + if *beta == 0.0 { 0.0 } else { beta * *cij };
-                    }
+            Op::Gemm { .. } => self.gemm(&io, &item.op, epoch)?,
+            Op::ReduceSum { src, dst, n, sum } => {
+                let v = io.read_f32(&mut Cursor::new(src), *n as usize)?;
+                let s = v.iter().fold(sum.get(), |s, &x| s + x as f64);
+                sum.set(s);
+                if !dst.is_empty() {
+                    io.write_f32(dst, &[s as f32])?;
                 }
-                io.write_f32(c, &cv)?;
-            }
-            Op::ReduceSum { src, dst, n } => {
-                let v = io.read_f32(src, *n as usize)?;
-                let sum: f64 = v.iter().map(|&x| x as f64).sum();
-                io.write_f32(dst, &[sum as f32])?;
             }
             // Carried out above, before any snapshot is taken.
             Op::Spin { .. } => {}
         }
         Ok(())
     }
+}
+
+/// Host memory the cpu engine may commit to framebuffers, all parents
+/// together: physical memory less a reserve for the host and vgpud itself
+/// (an eighth, at least 1 GiB). A framebuffer is allocated lazily, but a
+/// guest may touch all of it, so vgpud does not overcommit: a vGPU is
+/// created only while the framebuffers of all cpu-engine vGPUs fit here.
+pub fn host_framebuffer_limit() -> u64 {
+    // SAFETY: sysconf reads system configuration values and touches no
+    // memory of this process.
+    let (pages, page) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PHYS_PAGES),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    let total = (pages.max(0) as u64).saturating_mul(page.max(0) as u64);
+    total.saturating_sub((total / 8).max(1 << 30))
 }
 
 /// A position inside a list of extents.
@@ -539,6 +599,40 @@ impl<'a> Cursor<'a> {
             self.off = 0;
         }
         None
+    }
+}
+
+/// Extents with the offset each starts at, for access in the middle.
+struct Indexed<'a> {
+    ext: &'a [Extent],
+    starts: Vec<u64>,
+}
+
+impl<'a> Indexed<'a> {
+    fn new(ext: &'a [Extent]) -> Self {
+        let starts = ext
+            .iter()
+            .scan(0u64, |at, e| {
+                let s = *at;
+                *at += e.len;
+                Some(s)
+            })
+            .collect();
+        Indexed { ext, starts }
+    }
+
+    /// A cursor `offset` bytes in (past the end: one that yields nothing).
+    fn at(&self, offset: u64) -> Cursor<'a> {
+        let idx = self
+            .starts
+            .partition_point(|&s| s <= offset)
+            .saturating_sub(1);
+        let off = offset - self.starts.get(idx).copied().unwrap_or(0);
+        Cursor {
+            ext: self.ext,
+            idx,
+            off,
+        }
     }
 }
 
@@ -593,9 +687,9 @@ impl Io<'_> {
         Ok(())
     }
 
-    fn read_f32(&self, ext: &[Extent], n: usize) -> Result<Vec<f32>, ExecError> {
+    fn read_f32(&self, cur: &mut Cursor, n: usize) -> Result<Vec<f32>, ExecError> {
         let mut bytes = vec![0u8; n * 4];
-        self.read(&mut Cursor::new(ext), &mut bytes)?;
+        self.read(cur, &mut bytes)?;
         Ok(bytes
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
@@ -603,7 +697,10 @@ impl Io<'_> {
     }
 
     fn write_f32(&self, ext: &[Extent], v: &[f32]) -> Result<(), ExecError> {
-        let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-        self.write(&mut Cursor::new(ext), &bytes)
+        self.write(&mut Cursor::new(ext), &f32_bytes(v))
     }
+}
+
+fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }

@@ -484,10 +484,13 @@ mod tests {
     use super::*;
     use crate::harness::memfd;
 
+    /// Host mappings of guest-RAM memfds (other tests' allocations, which
+    /// come and go meanwhile, are not counted).
     fn mappings() -> usize {
         std::fs::read_to_string("/proc/self/maps")
             .unwrap()
             .lines()
+            .filter(|l| l.contains("memfd:guest-ram"))
             .count()
     }
 
@@ -511,7 +514,7 @@ mod tests {
             .unwrap();
         }
         let added = mappings().saturating_sub(before);
-        assert!(added <= 4, "{PAGES} windows took {added} host mappings");
+        assert!(added <= 1, "{PAGES} windows took {added} host mappings");
         assert_eq!(
             ram.pinned_bytes(),
             PAGES * 4096,
@@ -567,7 +570,7 @@ mod tests {
         // Unmapping everything unpins and unmaps the file.
         ram.unmap(0, u64::MAX).unwrap();
         assert_eq!(ram.pinned_bytes(), 0);
-        assert!(mappings() <= before + 1);
+        assert!(mappings() <= before, "the file is unmapped");
         assert!(matches!(
             ram.read(0x1_0000_0000, &mut b),
             Err(MemError::Unmapped { .. })

@@ -485,14 +485,15 @@ fn builtin(space: &mut dyn AddressSpace, c: &classes::ComputeState) -> Result<Op
             }
             let (m64, n64, k64) = (m as u64, n as u64, k as u64);
             Op::Gemm {
-                a: f32s(space, a, m64 * k64, false)?,
-                b: f32s(space, b, k64 * n64, false)?,
-                c: f32s(space, cc, m64 * n64, true)?,
+                a: f32s(space, a, m64 * k64, false)?.into(),
+                b: f32s(space, b, k64 * n64, false)?.into(),
+                c: f32s(space, cc, m64 * n64, true)?.into(),
                 m,
                 n,
                 k,
                 alpha,
                 beta,
+                span: 0..m64 * n64,
             }
         }
         compute::PROG_REDUCE_SUM => {
@@ -504,6 +505,7 @@ fn builtin(space: &mut dyn AddressSpace, c: &classes::ComputeState) -> Result<Op
                 src: f32s(space, src, n as u64, false)?,
                 dst: f32s(space, dst, 1, true)?,
                 n,
+                sum: Default::default(),
             }
         }
         compute::PROG_SPIN => {

@@ -6,7 +6,8 @@ use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use devmodel::backend::{Backend, WorkItem};
-use devmodel::command::Op;
+use devmodel::command::{Op, PIECE_FMAS};
+use devmodel::gmmu::{Aperture, Extent};
 use devmodel::memory::GuestRam;
 use devmodel::CpuEngine;
 
@@ -53,4 +54,136 @@ fn spin_takes_its_nominal_time_within_one_percent() {
             "{ns} ns spin took {median} ns (median of {n})"
         );
     }
+}
+
+/// Run `op` on `ctx` and wait for it; panics if it fails.
+fn run(ctx: &Arc<dyn devmodel::backend::EngineContext>, op: Op) {
+    let (tx, rx) = mpsc::channel();
+    ctx.submit(
+        WorkItem {
+            op,
+            channel: 0,
+            mem: Arc::new(GuestRam::new()),
+            front_end: Duration::ZERO,
+        },
+        Box::new(move |c| {
+            let _ = tx.send(c.result.map_err(|e| e.to_string()));
+        }),
+    );
+    rx.recv().unwrap().expect("the item runs");
+}
+
+/// `len` bytes of VRAM from `at`, as extents of uneven lengths (a buffer
+/// scattered over pages, as the GMMU hands it over).
+fn scattered(at: u64, len: u64) -> Vec<Extent> {
+    let mut v = Vec::new();
+    let mut off = 0;
+    for step in [4096u64, 12, 777, 65536].iter().cycle() {
+        if off == len {
+            break;
+        }
+        let n = (*step).min(len - off);
+        v.push(Extent {
+            aperture: Aperture::Vram,
+            addr: at + off,
+            len: n,
+        });
+        off += n;
+    }
+    v
+}
+
+fn f32s(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+#[test]
+fn gemm_and_reduce_in_pieces_give_the_bits_of_the_whole() {
+    let engine = CpuEngine::new(1).unwrap();
+    let ctx = engine.create_context(16 << 20).unwrap();
+    let mut seed = 7u32;
+    let mut rnd = move || {
+        seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+        (seed >> 8) as f32 / (1 << 24) as f32 - 0.5
+    };
+    // Pieces crossing rows (87 elements of 50-wide rows) and pieces inside
+    // rows (72 of 700).
+    for (m, n, k) in [(40u32, 50u32, 3000u32), (5, 700, 3600)] {
+        let (la, lb, lc) = (m * k * 4, k * n * 4, m * n * 4);
+        let (at_a, at_b, at_c) = (0u64, 1 << 20, 12 << 20);
+        let a: Vec<f32> = (0..m * k).map(|_| rnd()).collect();
+        let b: Vec<f32> = (0..k * n).map(|_| rnd()).collect();
+        let c: Vec<f32> = (0..m * n).map(|_| rnd()).collect();
+        ctx.write_vram(at_a, &f32s(&a)).unwrap();
+        ctx.write_vram(at_b, &f32s(&b)).unwrap();
+        let gemm = Op::Gemm {
+            a: scattered(at_a, la as u64).into(),
+            b: scattered(at_b, lb as u64).into(),
+            c: scattered(at_c, lc as u64).into(),
+            m,
+            n,
+            k,
+            alpha: 1.25,
+            beta: -0.75,
+            span: 0..(m * n) as u64,
+        };
+        let mut whole = vec![0u8; lc as usize];
+        ctx.write_vram(at_c, &f32s(&c)).unwrap();
+        run(&ctx, gemm.clone());
+        ctx.read_vram(at_c, &mut whole).unwrap();
+
+        ctx.write_vram(at_c, &f32s(&c)).unwrap();
+        let mut rest = gemm;
+        let mut pieces = 0;
+        while let Some(p) = rest.take_piece() {
+            let Op::Gemm { span, .. } = &p else {
+                panic!("a gemm splits into gemms")
+            };
+            assert!((span.end - span.start) * k as u64 <= PIECE_FMAS);
+            run(&ctx, p);
+            pieces += 1;
+        }
+        run(&ctx, rest);
+        let mut by_pieces = vec![0u8; lc as usize];
+        ctx.read_vram(at_c, &mut by_pieces).unwrap();
+        assert!(pieces >= 10, "{m}x{n}x{k}: {pieces} pieces");
+        assert!(whole == by_pieces, "{m}x{n}x{k}: C differs");
+        // And C is the product (row 2, column 3, against f64).
+        let (i, j) = (2usize, 3usize);
+        let dot: f64 = (0..k as usize)
+            .map(|p| a[i * k as usize + p] as f64 * b[p * n as usize + j] as f64)
+            .sum();
+        let want = 1.25 * dot - 0.75 * c[i * n as usize + j] as f64;
+        let at = (i * n as usize + j) * 4;
+        let got = f32::from_le_bytes(by_pieces[at..at + 4].try_into().unwrap());
+        assert!((got as f64 - want).abs() < 1e-3, "C[2][3] {got} vs {want}");
+    }
+
+    // reduce_sum of 3 Mi elements: 3 pieces, the f64 sum carried along.
+    let n = 3u32 << 20;
+    let x: Vec<f32> = (0..n).map(|_| rnd() * 1000.0).collect();
+    ctx.write_vram(0, &f32s(&x)).unwrap();
+    let reduce = || Op::ReduceSum {
+        src: scattered(0, n as u64 * 4),
+        dst: scattered(15 << 20, 4),
+        n,
+        sum: Default::default(),
+    };
+    run(&ctx, reduce());
+    let mut whole = [0u8; 4];
+    ctx.read_vram(15 << 20, &mut whole).unwrap();
+    ctx.write_vram(15 << 20, &[0; 4]).unwrap();
+    let mut rest = reduce();
+    let mut pieces = 0;
+    while let Some(p) = rest.take_piece() {
+        run(&ctx, p);
+        pieces += 1;
+    }
+    run(&ctx, rest);
+    let mut by_pieces = [0u8; 4];
+    ctx.read_vram(15 << 20, &mut by_pieces).unwrap();
+    assert_eq!(pieces, 2, "4 + 4 + 4 MiB");
+    assert_eq!(whole, by_pieces);
+    let want: f64 = x.iter().map(|&v| v as f64).sum();
+    assert_eq!(f32::from_le_bytes(by_pieces), want as f32);
 }

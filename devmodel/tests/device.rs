@@ -1153,3 +1153,79 @@ fn a_2d_memset_of_billions_of_empty_lines_is_nothing() {
         t.elapsed()
     );
 }
+
+#[test]
+fn decoded_work_held_by_a_vgpu_is_bounded() {
+    // Four channels each fetch an entry of 30,000 2D copies of 16 one-byte
+    // lines (960,000 extents, ~26 MB decoded) behind an acquire that
+    // blocks: the vGPU fetches entries only while it holds less than
+    // MAX_VGPU_DECODED_BYTES, so the fourth waits until the others drain.
+    use devmodel::channel::{decoded_bytes, MAX_VGPU_DECODED_BYTES};
+    let e = engine();
+    let mut g = Guest::new(&e, 16, 8, 4);
+    let (sg, sv) = g.sys_buf(64);
+    let (_, src) = g.sys_buf(64);
+    let (dg, dst) = g.sys_buf(64);
+    g.wf32(sg, &[0.0]);
+    let mut pb = Pb::new()
+        .bind()
+        .sem(sv, 1, host::SEM_OP_ACQUIRE_GEQ)
+        .copy2d(src, 2, dst, 2, 1, 16);
+    // The first launch is in copy2d; 29,999 more.
+    for _ in 1..30_000 {
+        pb = pb.immd(SUB_COPY, copy::LAUNCH, copy::OP_COPY_2D);
+    }
+    let mut chans: Vec<_> = (0..4).map(|c| g.channel(c, 8)).collect();
+    for ch in chans.iter_mut() {
+        g.submit(ch, &pb.0);
+    }
+    // Settled: what is held stops growing.
+    let mut held = 0;
+    for _ in 0..200 {
+        std::thread::sleep(Duration::from_millis(50));
+        let now = g.vgpu.stats().decoded_bytes;
+        if now == held && now > 0 {
+            break;
+        }
+        held = now;
+    }
+    let sample: Vec<_> = {
+        // One segment's decoded size, as the front end counts it.
+        let mut methods = Default::default();
+        struct Flat;
+        impl devmodel::pushbuf::AddressSpace for Flat {
+            fn translate(
+                &mut self,
+                va: u64,
+                len: u64,
+                _write: bool,
+            ) -> Result<Vec<devmodel::gmmu::Extent>, devmodel::gmmu::Fault> {
+                Ok(vec![devmodel::gmmu::Extent {
+                    aperture: devmodel::gmmu::Aperture::Sysmem,
+                    addr: va,
+                    len,
+                }])
+            }
+            fn read(&mut self, _va: u64, len: u32) -> Result<Vec<u8>, devmodel::gmmu::Fault> {
+                Ok(vec![0; len as usize])
+            }
+        }
+        devmodel::pushbuf::parse_segment(&pb.0, &mut methods, &mut Flat).unwrap()
+    };
+    let one = decoded_bytes(&sample);
+    assert!(one > 20 << 20, "one entry decodes to {one} bytes");
+    assert!(
+        held >= MAX_VGPU_DECODED_BYTES && held < MAX_VGPU_DECODED_BYTES + one,
+        "held {held} bytes (one entry: {one})"
+    );
+    assert_eq!(held % one, 0, "whole entries");
+    assert_eq!(held / one, 3, "the fourth channel waits");
+    // Released, every channel runs its entry, the fourth included.
+    g.w32(sg, 1);
+    for ch in &chans {
+        assert_eq!(g.wait(ch), STATE_IDLE);
+    }
+    assert_eq!(g.vgpu.stats().decoded_bytes, 0);
+    assert_eq!(g.r(dg, 4), [0, 0, 0, 0], "copied zeros stay zeros");
+    assert_eq!(g.vgpu.stats().faults, 0);
+}

@@ -68,6 +68,9 @@ pub struct VgpuStats {
     /// Doorbells that trapped: `DOORBELL` register writes, and writes to
     /// the doorbell page by a VMM that did not map it.
     pub doorbells_trapped: u64,
+    /// Host memory held by decoded commands not yet carried out, now
+    /// (bounded by [`crate::channel::MAX_VGPU_DECODED_BYTES`] plus one entry).
+    pub decoded_bytes: u64,
 }
 
 /// How long the front end keeps polling the doorbell page after it last
@@ -379,6 +382,7 @@ impl Vgpu {
         s.tlb_hits = st.mmu.hits;
         s.tlb_misses = st.mmu.misses;
         s.pinned_bytes = self.core.mem.pinned_bytes();
+        s.decoded_bytes = st.channels.iter().map(|c| c.held_bytes()).sum();
         s
     }
 

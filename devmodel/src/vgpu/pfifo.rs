@@ -14,7 +14,7 @@ use mmio::RegRef;
 
 use super::{ChannelError, Core, State};
 use crate::backend::{Completion, EngineContext, ExecError, WorkItem};
-use crate::channel::{GpfifoEntry, HeadAction, USERD_GP_GET, USERD_GP_PUT};
+use crate::channel::{GpfifoEntry, HeadAction, MAX_VGPU_DECODED_BYTES, USERD_GP_GET, USERD_GP_PUT};
 use crate::command::{AcquireCond, Command};
 use crate::gmmu::{Aperture, Extent, Fault, Gmmu};
 use crate::memory::GuestRam;
@@ -249,6 +249,11 @@ impl Core {
         let Some(slot) = st.channel(ch).next_slot() else {
             return Ok(progressed);
         };
+        let held: u64 = st.channels.iter().map(|c| c.held_bytes()).sum();
+        if held >= MAX_VGPU_DECODED_BYTES {
+            // Fetched on once the other channels have carried out theirs.
+            return Ok(progressed);
+        }
         let started = Instant::now();
         let mut methods = st.channel(ch).methods();
         let mut space = Space {

@@ -336,17 +336,17 @@ fn the_config_file_declares_parents_and_types() {
 [parent."big0"]
 policy = "fixed_share"
 
-[catalog.type."vgpud-16c"]
-name = "VGPU-16C"
-framebuffer = "16GiB"
+[catalog.type."big-4g"]
+name = "VGPU-BIG"
+framebuffer = "4GiB"
 max_instances = 2
 channels = 32
 device_id = 0x1010
 
 [catalog.parent."big0"]
-framebuffer = "32GiB"
+framebuffer = "8GiB"
 max_vgpus = 4
-types = ["vgpud-16c", "vgpud-1c"]
+types = ["big-4g", "vgpud-1c"]
 "#;
     let v = Vgpud::start("catalog", Some(text));
     let mut ctl = Ctl::new(&v);
@@ -365,12 +365,12 @@ types = ["vgpud-16c", "vgpud-1c"]
         .collect();
     assert_eq!(
         ids,
-        vec![("big0", "vgpud-16c", 2), ("big0", "vgpud-1c", 4)],
+        vec![("big0", "big-4g", 2), ("big0", "vgpud-1c", 4)],
         "1c: 8 per type but 4 slots"
     );
     assert_eq!(types[0]["channels"], 32);
     assert_eq!(types[0]["fixed_share"], 0.5);
-    let r = ctl.ok(json!({"op": "create", "type": "vgpud-16c"}));
+    let r = ctl.ok(json!({"op": "create", "type": "big-4g"}));
     assert_eq!(r["parent"], "big0");
     assert_eq!(
         ctl.ok(json!({"op": "policy_show"}))["policy"],
@@ -404,6 +404,46 @@ types = ["vgpud-16c", "vgpud-1c"]
         err.contains("bad.toml") && err.contains("catalog.parent.\"p\".types"),
         "{err}"
     );
+}
+
+#[test]
+fn cpu_framebuffers_are_not_overcommitted_beyond_host_memory() {
+    // A parent declaring 64 TiB of framebuffer offers only what the host
+    // can back: physical memory less an eighth (at least 1 GiB), shared by
+    // every cpu-engine vGPU.
+    let text = r#"
+[catalog.type."g1"]
+name = "VGPU-G1"
+framebuffer = "1GiB"
+max_instances = 100000
+channels = 2
+device_id = 0x1011
+
+[catalog.parent."vast"]
+framebuffer = "64TiB"
+max_vgpus = 100000
+types = ["g1"]
+"#;
+    let v = Vgpud::start("overcommit", Some(text));
+    let mut ctl = Ctl::new(&v);
+    let total = std::fs::read_to_string("/proc/meminfo")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|l| l.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap()
+        * 1024;
+    let limit = total - (total / 8).max(1 << 30);
+    let host = limit >> 30;
+    assert_eq!(
+        available(&mut ctl, "g1"),
+        host,
+        "1 GiB vGPUs the host can back"
+    );
+    let r = ctl.ok(json!({"op": "create", "type": "g1"}));
+    assert_eq!(available(&mut ctl, "g1"), host - 1);
+    ctl.ok(json!({"op": "remove", "uuid": r["uuid"]}));
+    assert_eq!(available(&mut ctl, "g1"), host);
 }
 
 /// The field names of every reply, as docs/control.md gives them: the typed

@@ -77,6 +77,7 @@ struct VgpuSlot {
 
 struct ParentSlot {
     parent: Parent,
+    engine: Engine,
     capacity: ParentCapacity,
     types: Vec<Arc<VgpuType>>,
 }
@@ -91,6 +92,9 @@ pub struct Daemon {
     // vGPUs drop before the parents they run on.
     vgpus: BTreeMap<Uuid, VgpuSlot>,
     parents: BTreeMap<String, ParentSlot>,
+    /// Host memory cpu-engine framebuffers may take, all parents together
+    /// ([`devmodel::cpu_engine::host_framebuffer_limit`]).
+    host_framebuffer: u64,
 }
 
 impl Daemon {
@@ -115,6 +119,7 @@ impl Daemon {
                 p.id.clone(),
                 ParentSlot {
                     parent,
+                    engine: p.engine,
                     capacity: p.capacity,
                     types: p.types.clone(),
                 },
@@ -124,6 +129,21 @@ impl Daemon {
             .parents
             .first()
             .map_or(DEFAULT_PARENT.to_string(), |p| p.id.clone());
+        let host_framebuffer = devmodel::cpu_engine::host_framebuffer_limit();
+        let declared: u64 = catalog
+            .parents
+            .iter()
+            .filter(|p| p.engine == Engine::Cpu)
+            .map(|p| p.capacity.framebuffer_bytes)
+            .sum();
+        if declared > host_framebuffer {
+            tracing::warn!(
+                declared_mib = declared >> 20,
+                host_mib = host_framebuffer >> 20,
+                "the cpu-engine parents declare more framebuffer than this host can back: \
+                 vGPUs are created only while their framebuffers fit (no overcommit)"
+            );
+        }
         Ok(Daemon {
             run_dir: run_dir.to_path_buf(),
             config_path,
@@ -131,6 +151,7 @@ impl Daemon {
             default_parent,
             vgpus: BTreeMap::new(),
             parents,
+            host_framebuffer,
         })
     }
 
@@ -217,11 +238,28 @@ impl Daemon {
             .collect()
     }
 
-    /// `available_instances` of a type on a parent.
+    /// `available_instances` of a type on a parent: what the parent's
+    /// capacity leaves ([`ParentCapacity::available_instances`]), and for a
+    /// cpu-engine parent no more than the host can back beside every
+    /// cpu-engine vGPU (no overcommit of host memory).
     pub fn available(&self, parent: &str, t: &VgpuType) -> u32 {
-        match self.parents.get(parent) {
-            Some(p) => p.capacity.available_instances(t, &self.existing_on(parent)),
-            None => 0,
+        let Some(p) = self.parents.get(parent) else {
+            return 0;
+        };
+        let by_parent = p.capacity.available_instances(t, &self.existing_on(parent));
+        let committed: u64 = self
+            .vgpus
+            .values()
+            .filter(|v| {
+                self.parents
+                    .get(&v.parent)
+                    .is_some_and(|p| p.engine == Engine::Cpu)
+            })
+            .map(|v| v.vtype.framebuffer_bytes)
+            .sum();
+        let by_host = self.host_framebuffer.saturating_sub(committed) / t.framebuffer_bytes.max(1);
+        match p.engine {
+            Engine::Cpu => by_parent.min(by_host.min(u32::MAX as u64) as u32),
         }
     }
 
