@@ -14,7 +14,7 @@ use bitfield::bitfield;
 use mmio::regs::{ChannelState, ErrorCode};
 
 use crate::classes::MethodState;
-use crate::command::{Command, Op};
+use crate::command::{Command, Op, MAX_BATCH_OPS, PIECE_BYTES, PIECE_EXTENTS};
 use crate::gmmu::{Extent, VA_BITS};
 use crate::memory::GuestRam;
 
@@ -419,7 +419,7 @@ impl Channel {
         let op = match head.take_piece() {
             Some(piece) => piece,
             None => match self.queue.pop_front() {
-                Some(Command::Engine(op)) => op,
+                Some(Command::Engine(op)) => self.batch_from(op),
                 _ => return None,
             },
         };
@@ -429,6 +429,38 @@ impl Channel {
             *n += 1;
         }
         Some((op, self.epoch, std::mem::take(&mut self.cost)))
+    }
+
+    /// `first` and the short engine operations right behind it in the
+    /// queue, up to a piece's worth of bytes and extents and
+    /// [`MAX_BATCH_OPS`], as one [`Op::Batch`] (or `first` alone).
+    fn batch_from(&mut self, first: Op) -> Op {
+        let Some(mut bytes) = first.batch_cost() else {
+            return first;
+        };
+        let mut extents = first.extent_count();
+        let mut ops = vec![first];
+        while ops.len() < MAX_BATCH_OPS {
+            let Some(Command::Engine(next)) = self.queue.front() else {
+                break;
+            };
+            let Some(b) = next.batch_cost() else {
+                break;
+            };
+            if bytes + b > PIECE_BYTES || extents + next.extent_count() > PIECE_EXTENTS {
+                break;
+            }
+            bytes += b;
+            extents += next.extent_count();
+            if let Some(Command::Engine(op)) = self.queue.pop_front() {
+                ops.push(op);
+            }
+        }
+        if ops.len() == 1 {
+            ops.swap_remove(0)
+        } else {
+            Op::Batch(ops)
+        }
     }
 
     /// Record whether the acquire at the head is still waiting. Returns how

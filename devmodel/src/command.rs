@@ -65,6 +65,12 @@ pub enum Op {
         dst: Option<Vec<Extent>>,
         report: u32,
     },
+    /// Short operations that follow one another in a channel, carried out
+    /// in order as one engine item, as a GPU's command processor runs
+    /// methods back to back: the host's costs per item (scheduling,
+    /// completion) are paid once per batch, not once per command. Never
+    /// nested, never holds a spin or a gemm ([`Op::batch_cost`]).
+    Batch(Vec<Op>),
 }
 
 impl Command {
@@ -91,6 +97,9 @@ pub const PIECE_EXTENTS: usize = 4096;
 /// The most multiply-adds one `gemm_f32` item carries out (the cpu engine
 /// does one in about 2.5 ns: a piece is about 0.6 ms).
 pub const PIECE_FMAS: u64 = 1 << 18;
+
+/// The most commands one [`Op::Batch`] carries out.
+pub const MAX_BATCH_OPS: usize = 1024;
 
 /// A sum carried from one piece of a `reduce_sum` to the next, in f64.
 #[derive(Clone, Debug, Default)]
@@ -167,6 +176,7 @@ impl Op {
     /// last piece writes the report). `None`: run `self` whole.
     pub fn take_piece(&mut self) -> Option<Op> {
         match self {
+            Op::Batch(_) => None,
             Op::Copy { src, dst } => {
                 let b = piece_bytes(total(src), &[src, dst])?;
                 Some(Op::Copy {
@@ -247,9 +257,31 @@ impl Op {
         }
     }
 
+    /// The bytes a short operation moves, by which batches are bounded
+    /// (as pieces are: [`PIECE_BYTES`]); `None` for operations that are
+    /// never batched (spin and gemm, whose cost is time and arithmetic).
+    pub fn batch_cost(&self) -> Option<u64> {
+        match self {
+            Op::Copy { src, .. } => Some(total(src)),
+            Op::Memset { dst, .. } => Some(total(dst)),
+            Op::Saxpy { n, .. } => Some(*n as u64 * 8),
+            Op::ReduceSum { n, .. } => Some(*n as u64 * 4),
+            Op::Gemm { .. } | Op::Spin { .. } | Op::Batch(_) => None,
+        }
+    }
+
+    /// The commands the operation carries out (a batch's, else one).
+    pub fn commands(&self) -> u64 {
+        match self {
+            Op::Batch(ops) => ops.len() as u64,
+            _ => 1,
+        }
+    }
+
     /// How many extents the operation names (what its decoded form costs).
     pub fn extent_count(&self) -> usize {
         match self {
+            Op::Batch(ops) => ops.iter().map(Op::extent_count).sum(),
             Op::Copy { src, dst } => src.len() + dst.len(),
             Op::Memset { dst, .. } => dst.len(),
             Op::Saxpy { x, y, .. } => x.len() + y.len(),
@@ -268,6 +300,7 @@ impl Op {
             Op::Gemm { .. } => "gemm_f32",
             Op::ReduceSum { .. } => "reduce_sum",
             Op::Spin { .. } => "spin",
+            Op::Batch(_) => "batch",
         }
     }
 }

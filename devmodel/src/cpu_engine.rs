@@ -12,7 +12,7 @@
 
 use crate::sync::{lock, wait};
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -173,6 +173,7 @@ impl Backend for CpuEngine {
                 vram,
                 size: vram_bytes,
                 epoch: AtomicU64::new(0),
+                running: AtomicU32::new(0),
             }),
             order: Arc::new(Mutex::new(HashMap::new())),
         }))
@@ -205,11 +206,13 @@ fn worker(pool: Arc<Pool>) {
             }
         };
         let start = Instant::now();
+        job.ctx.running.fetch_add(1, Ordering::AcqRel);
         let result = if job.ctx.cancelled(job.epoch) {
             Err(ExecError::Cancelled)
         } else {
             job.ctx.execute(&job.item, job.epoch)
         };
+        job.ctx.running.fetch_sub(1, Ordering::AcqRel);
         let gpu_time = start.elapsed();
         let Job {
             ctx,
@@ -303,6 +306,8 @@ struct ContextState {
     vram: Option<MmapRegion>,
     size: u64,
     epoch: AtomicU64,
+    /// Items of this context a worker is carrying out now.
+    running: AtomicU32,
 }
 
 impl EngineContext for CpuContext {
@@ -341,6 +346,14 @@ impl EngineContext for CpuContext {
         self.state.epoch.fetch_add(1, Ordering::AcqRel);
     }
     fn release_vram(&self) {
+        // An item still running would touch pages again after they are
+        // dropped: cancel, and wait for the running one to notice (within a
+        // chunk of a piece; ample bound below).
+        self.cancel();
+        let t = Instant::now();
+        while self.state.running.load(Ordering::Acquire) > 0 && t.elapsed() < RELEASE_WAIT {
+            std::thread::sleep(Duration::from_micros(100));
+        }
         if let Some(v) = &self.state.vram {
             // SAFETY: the range is exactly this context's own anonymous
             // private mapping, which stays mapped; MADV_DONTNEED drops its
@@ -497,11 +510,27 @@ impl ContextState {
             snap: &snap,
         };
         match &item.op {
+            Op::Batch(ops) => ops.iter().try_for_each(|op| {
+                if self.cancelled(epoch) {
+                    return Err(ExecError::Cancelled);
+                }
+                self.run(&io, op, epoch)
+            }),
+            op => self.run(&io, op, epoch),
+        }
+    }
+
+    /// Carry out one operation other than a spin.
+    fn run(&self, io: &Io, op: &Op, epoch: u64) -> Result<(), ExecError> {
+        match op {
             Op::Copy { src, dst } => {
                 let mut buf = vec![0u8; CHUNK];
                 let (mut rs, mut ws) = (Cursor::new(src), Cursor::new(dst));
                 let mut remaining = src.iter().map(|e| e.len).sum::<u64>();
                 while remaining > 0 {
+                    if self.cancelled(epoch) {
+                        return Err(ExecError::Cancelled);
+                    }
                     let n = (remaining as usize).min(CHUNK);
                     io.read(&mut rs, &mut buf[..n])?;
                     io.write(&mut ws, &buf[..n])?;
@@ -520,6 +549,9 @@ impl ContextState {
                 let mut ws = Cursor::new(dst);
                 let mut remaining = total;
                 while remaining > 0 {
+                    if self.cancelled(epoch) {
+                        return Err(ExecError::Cancelled);
+                    }
                     let n = (remaining as usize).min(chunk.len());
                     io.write(&mut ws, &chunk[..n])?;
                     remaining -= n as u64;
@@ -533,7 +565,7 @@ impl ContextState {
                 }
                 io.write_f32(y, &ys)?;
             }
-            Op::Gemm { .. } => self.gemm(&io, &item.op, epoch)?,
+            Op::Gemm { .. } => self.gemm(io, op, epoch)?,
             Op::ReduceSum { src, dst, n, sum } => {
                 let v = io.read_f32(&mut Cursor::new(src), *n as usize)?;
                 let s = v.iter().fold(sum.get(), |s, &x| s + x as f64);
@@ -542,8 +574,8 @@ impl ContextState {
                     io.write_f32(dst, &[s as f32])?;
                 }
             }
-            // Carried out above, before any snapshot is taken.
-            Op::Spin { .. } => {}
+            // Never batched; carried out before any snapshot is taken.
+            Op::Spin { .. } | Op::Batch(_) => {}
         }
         Ok(())
     }
@@ -566,6 +598,10 @@ pub fn host_framebuffer_limit() -> u64 {
     let total = (pages.max(0) as u64).saturating_mul(page.max(0) as u64);
     total.saturating_sub((total / 8).max(1 << 30))
 }
+
+/// The longest a framebuffer release waits for its context's running item
+/// to stop.
+const RELEASE_WAIT: Duration = Duration::from_secs(1);
 
 /// A position inside a list of extents.
 struct Cursor<'a> {

@@ -104,6 +104,7 @@ impl Core {
     /// completion or a register write wakes it (or, with an acquire waiting,
     /// until the next look at its semaphore).
     pub(super) fn pfifo(self: Arc<Self>) {
+        crate::thread::run_below_engines();
         let mut st = self.lock();
         let mut poll_until = Instant::now();
         loop {
@@ -295,6 +296,7 @@ impl Core {
                 };
                 let gen = st.generation;
                 st.outstanding += 1;
+                let commands = op.commands();
                 let me = self.clone();
                 tracing::trace!(vgpu = %self.cfg.name, channel = %ch, op = op.name(), "submit");
                 // Submitting under the state lock orders this item before
@@ -306,7 +308,7 @@ impl Core {
                         mem: self.mem.clone(),
                         front_end,
                     },
-                    Box::new(move |done| me.complete(gen, ch, epoch, done)),
+                    Box::new(move |done| me.complete(gen, ch, epoch, commands, done)),
                 );
                 Ok(true)
             }
@@ -403,12 +405,13 @@ impl Core {
 
     /// A backend item of channel `ch`, handed over in engine generation
     /// `gen` and channel epoch `epoch`, finished.
-    fn complete(&self, gen: u64, ch: ChannelId, epoch: u64, done: Completion) {
+    /// It carried out `commands` commands (a batch's).
+    fn complete(&self, gen: u64, ch: ChannelId, epoch: u64, commands: u64, done: Completion) {
         let mut st = self.lock();
         st.outstanding = st.outstanding.saturating_sub(1);
         if st.generation == gen && st.channel(ch).item_done(epoch) {
             let ns = done.gpu_time.as_nanos() as u64;
-            st.stats.commands += 1;
+            st.stats.commands += commands;
             st.stats.gpu_time_ns += ns;
             match &done.result {
                 Err(e) => {

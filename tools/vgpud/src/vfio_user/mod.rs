@@ -158,21 +158,30 @@ impl Server {
 
     fn run(self) {
         tracing::info!(vgpu = %self.name(), "vfio-user server listening");
+        let mut waiting = None;
         loop {
-            let ready = self.poll(None);
-            if ready.stop {
-                break;
-            }
-            if !ready.listener {
-                continue;
-            }
-            match self.listener.accept() {
-                Ok((stream, _)) => {
-                    if self.serve(stream) == Served::Stop {
+            let stream = match waiting.take() {
+                Some(s) => s,
+                None => {
+                    let ready = self.poll(None);
+                    if ready.stop {
                         break;
                     }
+                    if !ready.listener {
+                        continue;
+                    }
+                    match self.listener.accept() {
+                        Ok((stream, _)) => stream,
+                        Err(e) => {
+                            tracing::warn!(vgpu = %self.name(), "accept failed: {e}");
+                            continue;
+                        }
+                    }
                 }
-                Err(e) => tracing::warn!(vgpu = %self.name(), "accept failed: {e}"),
+            };
+            match self.serve(stream) {
+                Served::Stop => break,
+                Served::Next(next) => waiting = next,
             }
         }
         tracing::info!(vgpu = %self.name(), "vfio-user server stopped");
@@ -206,6 +215,12 @@ impl Server {
             }
             if ready.listener {
                 if let Ok((other, _)) = self.listener.accept() {
+                    // A VMM that reconnects at once (restarted, or a new
+                    // one after a kill) may come before its old
+                    // connection's end is read: it is served next.
+                    if hung_up(&stream) {
+                        break Served::Next(Some(other));
+                    }
                     tracing::warn!(vgpu = %self.name(), "second client turned away: the vGPU is attached");
                     drop(other);
                 }
@@ -215,11 +230,11 @@ impl Server {
             }
             match self.one_message(&mut stream, &mut session) {
                 Ok(()) => {}
-                Err(End::Closed) => break Served::Next,
+                Err(End::Closed) => break Served::Next(None),
                 Err(End::Violation(why)) => {
                     self.stats.errors.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(vgpu = %self.name(), "disconnecting client: {why}");
-                    break Served::Next;
+                    break Served::Next(None);
                 }
             }
         };
@@ -277,10 +292,24 @@ impl Server {
     }
 }
 
-#[derive(PartialEq, Eq)]
 enum Served {
-    Next,
+    /// The client left; serve the next one (already accepted, if given).
+    Next(Option<UnixStream>),
     Stop,
+}
+
+/// Whether the client closed its end of `stream` (what it sent before
+/// closing no longer matters: nobody is there to answer).
+fn hung_up(stream: &UnixStream) -> bool {
+    let mut p = libc::pollfd {
+        fd: stream.as_raw_fd(),
+        events: libc::POLLRDHUP,
+        revents: 0,
+    };
+    // SAFETY: poll reads and writes exactly the one pollfd it is given,
+    // which lives on this stack frame for the call; timeout 0 never blocks.
+    let n = unsafe { libc::poll(&mut p, 1, 0) };
+    n == 1 && p.revents & (libc::POLLRDHUP | libc::POLLHUP) != 0
 }
 
 enum End {
@@ -630,6 +659,14 @@ impl Session<'_> {
             tracing::warn!(vgpu = %self.vgpu.config().name, "disarming interrupts: {e}");
         }
         self.unmap_all();
+        // The client's decoded work and buffers went back to the allocator:
+        // give what is free back to the system, so that a tenant's flood
+        // does not stay in vgpud's memory after it has left.
+        #[cfg(target_env = "gnu")]
+        // SAFETY: malloc_trim only returns free heap pages to the kernel.
+        unsafe {
+            libc::malloc_trim(0);
+        }
     }
 }
 

@@ -1,0 +1,605 @@
+//! Hostile tenants, against the vgpud binary: two `vgpud-2c` vGPUs under
+//! equal_share on the cpu engine. A well-behaved tenant B runs a known load
+//! (1 ms spins that report, and fills it checks) through the guest driver
+//! while a hostile tenant A attacks from the other vGPU. Every case asserts
+//! that:
+//! * vgpud stays up, and serves a new client on A's vGPU once A has left;
+//! * B's results are exact, and B gets at least 90% of its share (half the
+//!   engine) over a 3 s window of the attack;
+//! * A's work does not outlive A: B gets the engine once A has left;
+//! * vgpud's memory (RSS) returns to within 10% of its baseline (taken with
+//!   B running, before A came) once A has left.
+//!
+//! docs/reliability.md has the table of what each case measured.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+mod common;
+use vgpu_guest::programs::Program;
+use vgpu_guest::pushbuf::{copy, Pushbuf, SUBCH_COPY};
+use vgpu_guest::transport::vfio_user::VfioUserTransport;
+use vgpu_guest::{Channel, ChannelConfig, Device, Placement, WaitMode};
+
+/// The cases run one at a time: each measures time and memory on a shared
+/// host.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// How long A attacks; B's share is measured over [`WINDOW`] inside it.
+const ATTACK: Duration = Duration::from_millis(4200);
+const WINDOW_START: Duration = Duration::from_millis(700);
+const WINDOW: Duration = Duration::from_secs(3);
+/// B's share under equal_share beside a busy A (of what B's load gets of
+/// the engine alone on this host, measured before A comes), and the part
+/// of it B must get.
+const FAIR_SHARE: f64 = 0.5;
+const MIN_OF_SHARE: f64 = 0.9;
+
+/// vgpud under equal_share, in a directory of its own.
+struct Vgpud {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Vgpud {
+    fn start(name: &str) -> Vgpud {
+        let dir = std::env::temp_dir().join(format!("vgpud-hostile-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("vgpud.toml"),
+            "[parent.\"cpu0\"]\npolicy = \"equal_share\"\n",
+        )
+        .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_vgpud"))
+            .arg("--run-dir")
+            .arg(dir.join("run"))
+            .arg("--config")
+            .arg(dir.join("vgpud.toml"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start vgpud");
+        let v = Vgpud { child, dir };
+        let t = Instant::now();
+        while UnixStream::connect(v.control()).is_err() {
+            assert!(t.elapsed() < Duration::from_secs(10), "no control socket");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        v
+    }
+
+    fn control(&self) -> PathBuf {
+        self.dir.join("run/control.sock")
+    }
+
+    fn request(&self, req: Value) -> Value {
+        let mut s = BufReader::new(UnixStream::connect(self.control()).expect("control socket"));
+        writeln!(s.get_mut(), "{req}").unwrap();
+        let mut line = String::new();
+        s.read_line(&mut line).unwrap();
+        let r: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(r["ok"], true, "{req}: {r}");
+        r["result"].clone()
+    }
+
+    /// A new vGPU of `type_id`: its socket.
+    fn create(&self, type_id: &str) -> PathBuf {
+        let r = self.request(json!({"op": "create", "type": type_id}));
+        PathBuf::from(r["socket"].as_str().unwrap())
+    }
+
+    /// vgpud's resident memory.
+    fn rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap()
+            * 1024
+    }
+
+    fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Vgpud {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn connect(socket: &Path, ram: u64) -> vgpu_guest::Result<Device> {
+    Device::open(Box::new(VfioUserTransport::connect(socket, ram)?))
+}
+
+/// The good tenant: one channel kept four 1 ms spins deep, each reporting
+/// its unit count to a slot of its own, and every 16th command a fill of
+/// a fresh value; every result is checked as it completes.
+struct Good {
+    stop: Arc<AtomicBool>,
+    /// When each spin completed, and its nominal engine time.
+    done: Arc<Mutex<Vec<(Instant, Duration)>>>,
+    thread: JoinHandle<Result<u64, String>>,
+}
+
+impl Good {
+    fn start(socket: &Path) -> Good {
+        let stop = Arc::new(AtomicBool::new(false));
+        let done = Arc::new(Mutex::new(Vec::new()));
+        let thread = {
+            let (stop, done, socket) = (stop.clone(), done.clone(), socket.to_path_buf());
+            std::thread::spawn(move || Good::run(&socket, &stop, &done).map_err(|e| e.to_string()))
+        };
+        Good { stop, done, thread }
+    }
+
+    fn run(
+        socket: &Path,
+        stop: &AtomicBool,
+        done: &Mutex<Vec<(Instant, Duration)>>,
+    ) -> vgpu_guest::Result<u64> {
+        let mut dev = connect(socket, 32 << 20)?;
+        // Interrupt waits: B's driver sleeps until its fences land, and
+        // leaves the host's CPUs to the engine.
+        let cfg = ChannelConfig {
+            gpfifo_entries: 64,
+            segment_bytes: 1024,
+            interrupt_fences: true,
+        };
+        let mut ch = Channel::new(&mut dev, 0, cfg)?;
+        let slots = dev.alloc(Placement::Sysmem, 4096)?;
+        let fills = dev.alloc(Placement::Sysmem, 4096)?;
+        let mut inflight = std::collections::VecDeque::new();
+        let mut checked = 0u64;
+        let mut i = 0u32;
+        while !stop.load(Ordering::Relaxed) || !inflight.is_empty() {
+            while !stop.load(Ordering::Relaxed) && inflight.len() < 4 {
+                let slot = 4 * (i as u64 % 1024);
+                let prog = if i % 16 == 15 {
+                    Program::Fill {
+                        dst: fills.va(),
+                        count: 1024,
+                        value: i,
+                    }
+                } else {
+                    Program::Spin {
+                        dst: slots.va() + slot,
+                        units: 900 + (i * 37) % 200,
+                        unit_ns: 1000,
+                    }
+                };
+                inflight.push_back((ch.queue_launch(&mut dev, &prog)?, prog));
+                i += 1;
+            }
+            ch.ring(&mut dev)?;
+            let Some((fence, prog)) = inflight.pop_front() else {
+                break;
+            };
+            ch.wait(
+                &mut dev,
+                fence,
+                WaitMode::Interrupt,
+                Duration::from_secs(20),
+            )?;
+            let now = Instant::now();
+            match prog {
+                Program::Spin { dst, units, .. } => {
+                    let got = slots.host()?.read_u32((dst - slots.va()) as usize)?;
+                    if got != units {
+                        return Err(vgpu_guest::Error::InvalidArgument(format!(
+                            "spin reported {got}, not {units}"
+                        )));
+                    }
+                    let ns = Duration::from_micros(units as u64);
+                    done.lock().unwrap().push((now, ns));
+                }
+                Program::Fill { value, .. } => {
+                    for w in (0..4096).step_by(4 * 97) {
+                        let got = fills.host()?.read_u32(w)?;
+                        if got != value {
+                            return Err(vgpu_guest::Error::InvalidArgument(format!(
+                                "fill word {w} is {got:#x}, not {value:#x}"
+                            )));
+                        }
+                    }
+                }
+                _ => {}
+            }
+            checked += 1;
+        }
+        Ok(checked)
+    }
+
+    /// The engine share B's spins got in `[from, from + len)`.
+    fn share(&self, from: Instant, len: Duration) -> f64 {
+        let done = self.done.lock().unwrap();
+        let busy: Duration = done
+            .iter()
+            .filter(|(t, _)| *t >= from && *t < from + len)
+            .map(|(_, d)| *d)
+            .sum();
+        busy.as_secs_f64() / len.as_secs_f64()
+    }
+
+    /// Stop, and the number of results checked.
+    fn finish(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        match self.thread.join() {
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => panic!("the good tenant failed: {e}"),
+            Err(_) => panic!("the good tenant panicked"),
+        }
+    }
+}
+
+/// A fresh client on `socket` fills a buffer and reads it back.
+fn serves_a_new_client(socket: &Path) {
+    let mut dev = connect(socket, 16 << 20).expect("a new client connects");
+    let mut ch = Channel::new(&mut dev, 0, ChannelConfig::default()).expect("a channel");
+    let buf = dev.alloc(Placement::Sysmem, 4096).unwrap();
+    let f = ch
+        .launch(
+            &mut dev,
+            &Program::Fill {
+                dst: buf.va(),
+                count: 1024,
+                value: 0x600D,
+            },
+        )
+        .unwrap();
+    ch.wait(&mut dev, f, WaitMode::Interrupt, Duration::from_secs(10))
+        .expect("the new client's work completes");
+    assert_eq!(buf.host().unwrap().read_u32(4092).unwrap(), 0x600D);
+}
+
+/// Run `attack` as tenant A (on A's socket, until the deadline it is
+/// given) beside the good tenant, and check everything the suite promises.
+fn case(name: &str, attack: impl FnOnce(&Path, Instant) + Send + 'static) {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let mut v = Vgpud::start(name);
+    let a_socket = v.create("vgpud-2c");
+    let b_socket = v.create("vgpud-2c");
+    let good = Good::start(&b_socket);
+    std::thread::sleep(Duration::from_millis(1000));
+    // What B's load gets of the engine alone on this host: its share beside
+    // a busy neighbour is half of it.
+    let solo = good.share(
+        Instant::now() - Duration::from_millis(600),
+        Duration::from_millis(600),
+    );
+    let baseline = v.rss();
+
+    let t0 = Instant::now();
+    let hostile = {
+        let s = a_socket.clone();
+        std::thread::spawn(move || attack(&s, t0 + ATTACK))
+    };
+    std::thread::sleep(WINDOW_START + WINDOW);
+    let share = good.share(t0 + WINDOW_START, WINDOW);
+    let attacked = hostile.join();
+    let left = Instant::now();
+    std::thread::sleep(Duration::from_millis(1300));
+    let alone = good.share(left + Duration::from_millis(300), Duration::from_secs(1));
+    // Memory: back within 10% of the baseline (give the release a moment).
+    let t = Instant::now();
+    let mut rss = v.rss();
+    while rss > baseline + baseline / 10 && t.elapsed() < Duration::from_secs(3) {
+        std::thread::sleep(Duration::from_millis(100));
+        rss = v.rss();
+    }
+    let alive = v.alive();
+    if alive {
+        serves_a_new_client(&a_socket);
+    }
+    // B's share by 100 ms from 1 s before A came, for the messages.
+    let timeline: Vec<String> = (0..70)
+        .map(|i| {
+            let from = t0 - Duration::from_secs(1) + Duration::from_millis(100 * i);
+            format!("{:.1}", good.share(from, Duration::from_millis(100)))
+        })
+        .collect();
+    let timeline = timeline.join(" ");
+    let checked = good.finish();
+    let entitled = FAIR_SHARE * solo;
+
+    eprintln!(
+        "{name}: B's engine share {share:.3} under attack ({:.0}% of its {entitled:.3}), {alone:.3} \
+         alone after A left ({solo:.3} before A came); vgpud RSS {} MiB -> {} MiB; {checked} \
+         results checked",
+        100.0 * share / entitled,
+        baseline >> 20,
+        rss >> 20
+    );
+    assert!(attacked.is_ok(), "{name}: the attack's own checks failed");
+    assert!(alive, "{name}: vgpud died");
+    assert!(
+        share >= entitled * MIN_OF_SHARE,
+        "{name}: B got {share:.3} of the engine over {WINDOW:?}; its share: {entitled:.3} \
+         ({FAIR_SHARE} of the {solo:.3} its load gets alone); by 100 ms from 1 s before A: \
+         {timeline}"
+    );
+    assert!(
+        alone >= 0.85 * solo,
+        "{name}: B got {alone:.3} of the engine after A left (A's work outlived A); by 100 ms \
+         from 1 s before A: {timeline}"
+    );
+    assert!(
+        rss <= baseline + baseline / 10,
+        "{name}: vgpud's RSS {} MiB after A left, baseline {} MiB",
+        rss >> 20,
+        baseline >> 20
+    );
+    assert!(checked > 100, "{name}: B checked {checked} results");
+}
+
+fn sleep_until(deadline: Instant) {
+    let now = Instant::now();
+    if deadline > now {
+        std::thread::sleep(deadline - now);
+    }
+}
+
+/// A channel for A's attacks: `entries` segments of `segment_bytes`.
+fn channel(dev: &mut Device, id: u32, entries: u32, segment_bytes: u32) -> Channel {
+    let cfg = ChannelConfig {
+        gpfifo_entries: entries,
+        segment_bytes,
+        interrupt_fences: false,
+    };
+    Channel::new(dev, id, cfg).expect("A's channel")
+}
+
+#[test]
+fn a_4096_cubed_gemm_runs_in_pieces_and_a_reset_cancels_it() {
+    case("gemm", |socket, deadline| {
+        let mut dev = connect(socket, 64 << 20).unwrap();
+        let mut ch = channel(&mut dev, 0, 4, 4096);
+        let m = 4096u32;
+        let bufs: Vec<_> = (0..3)
+            .map(|_| dev.alloc(Placement::Vram, (m * m * 4) as u64).unwrap())
+            .collect();
+        let gemm = Program::Gemm {
+            a: bufs[0].va(),
+            b: bufs[1].va(),
+            c: bufs[2].va(),
+            m,
+            n: m,
+            k: m,
+            alpha: 1.0,
+            beta: 0.0,
+        };
+        ch.launch(&mut dev, &gemm).unwrap();
+        ch.launch(&mut dev, &gemm).unwrap();
+        sleep_until(deadline);
+        // The engine reset stops A's gemm within the bound (one piece,
+        // plus the round trip).
+        let t = Instant::now();
+        dev.engine_reset().unwrap();
+        let reset = t.elapsed();
+        assert!(
+            reset < Duration::from_millis(10),
+            "engine reset took {reset:?}"
+        );
+    });
+}
+
+#[test]
+fn ten_second_spins_are_cut_into_slices() {
+    case("spin", |socket, deadline| {
+        let mut dev = connect(socket, 32 << 20).unwrap();
+        let mut chans: Vec<_> = (0..4).map(|c| channel(&mut dev, c, 4, 1024)).collect();
+        let spin = Program::Spin {
+            dst: 0,
+            units: 10_000,
+            unit_ns: 1_000_000,
+        };
+        for ch in chans.iter_mut() {
+            ch.queue_launch(&mut dev, &spin).unwrap();
+            ch.queue_launch(&mut dev, &spin).unwrap();
+            ch.ring(&mut dev).unwrap();
+        }
+        sleep_until(deadline);
+        // A leaves with 70 s of spins queued.
+    });
+}
+
+#[test]
+fn gib_copies_and_memsets_that_fill_the_framebuffer() {
+    case("gib-copy", |socket, deadline| {
+        let mut dev = connect(socket, 32 << 20).unwrap();
+        let mut ch = channel(&mut dev, 0, 4, 1024);
+        let x = dev.alloc(Placement::Vram, 1 << 30).unwrap();
+        let y = dev.alloc(Placement::Vram, (1 << 30) - (64 << 20)).unwrap();
+        let mut pattern = 1u32;
+        while Instant::now() < deadline {
+            let mut pb = Pushbuf::new();
+            pb.bind_classes()
+                .memset_1d(x.va(), pattern, 1 << 30)
+                .copy_1d(x.va(), y.va(), y.len() as u32);
+            let f = ch.submit(&mut dev, &pb).unwrap();
+            // Waits end at the deadline: A leaves with its work queued.
+            let _ = ch.wait(
+                &mut dev,
+                f,
+                WaitMode::Poll,
+                deadline - Instant::now().min(deadline),
+            );
+            pattern += 1;
+        }
+    });
+}
+
+#[test]
+fn a_flood_of_tiny_copies_on_eight_channels_pays_for_itself() {
+    case("flood", |socket, deadline| {
+        let mut dev = connect(socket, 64 << 20).unwrap();
+        let mut chans: Vec<_> = (0..8).map(|c| channel(&mut dev, c, 2, 256 << 10)).collect();
+        let buf = dev.alloc(Placement::Sysmem, 4096).unwrap();
+        // 60,000 four-byte COPY.LAUNCHes by NONINCR: 240 KB of pushbuffer.
+        let mut pb = Pushbuf::new();
+        pb.bind_classes()
+            .copy_1d(buf.va(), buf.va() + 2048, 4)
+            .nonincr(
+                SUBCH_COPY,
+                copy::LAUNCH,
+                &vec![copy::LAUNCH_COPY_1D; 60_000],
+            );
+        while Instant::now() < deadline {
+            let fences: Vec<_> = chans
+                .iter_mut()
+                .map(|ch| ch.submit(&mut dev, &pb).unwrap())
+                .collect();
+            for (ch, f) in chans.iter().zip(fences) {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let _ = ch.wait(&mut dev, f, WaitMode::Poll, left);
+            }
+        }
+    });
+}
+
+#[test]
+fn two_d_copies_of_one_byte_lines_run_by_groups_of_lines() {
+    case("copy-2d", |socket, deadline| {
+        let mut dev = connect(socket, 32 << 20).unwrap();
+        let mut chans: Vec<_> = (0..2).map(|c| channel(&mut dev, c, 4, 1024)).collect();
+        let src = dev.alloc(Placement::Vram, 64 << 20).unwrap();
+        let dst = dev.alloc(Placement::Vram, 64 << 20).unwrap();
+        // 2^24 lines of one byte, pitch 2: refused (more extents than a
+        // command may name), the channel faults and A recovers it.
+        let mut pb = Pushbuf::new();
+        pb.bind_classes()
+            .copy_2d(src.va(), 2, dst.va(), 2, 1, 1 << 24);
+        let f = chans[0].submit(&mut dev, &pb).unwrap();
+        let r = chans[0].wait(&mut dev, f, WaitMode::Poll, Duration::from_secs(5));
+        assert!(
+            matches!(r, Err(vgpu_guest::Error::ChannelFault { .. })),
+            "2^24 lines: {r:?}"
+        );
+        chans[0].recover(&mut dev).unwrap();
+        // 2^17 lines (a quarter of a million extents) over and over.
+        let mut pb = Pushbuf::new();
+        pb.bind_classes()
+            .copy_2d(src.va(), 2, dst.va(), 2, 1, 1 << 17);
+        while Instant::now() < deadline {
+            let fences: Vec<_> = chans
+                .iter_mut()
+                .map(|ch| ch.submit(&mut dev, &pb).unwrap())
+                .collect();
+            for (ch, f) in chans.iter().zip(fences) {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let _ = ch.wait(&mut dev, f, WaitMode::Poll, left);
+            }
+        }
+    });
+}
+
+#[test]
+fn a_pipe_offered_as_an_interrupt_eventfd_is_refused() {
+    case("irq-pipe", |socket, deadline| {
+        use vmm_sys_util::sock_ctrl_msg::ScmSocket;
+        let mut s = common::raw_connect(socket);
+        s.write_all(&common::raw(1, 1, 0, &common::version_payload()))
+            .unwrap();
+        let (_, _, _, errno, _) = common::read_reply(&mut s);
+        assert_eq!(errno, 0, "VERSION");
+        let mut fds = [0i32; 2];
+        // SAFETY: pipe writes two descriptors into the array it is given.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        // SET_IRQS (8): argsz, flags (TRIGGER | DATA_EVENTFD), MSI-X
+        // (index 2), start 0, count 1; the pipe's write end as the fd.
+        let set: Vec<u8> = [20u32, (1 << 5) | (1 << 2), 2, 0, 1]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        s.send_with_fd(&common::raw(2, 8, 0, &set)[..], fds[1])
+            .unwrap();
+        let (_, _, flags, errno, _) = common::read_reply(&mut s);
+        assert!(
+            flags & (1 << 5) != 0 && errno == libc::EINVAL as u32,
+            "a pipe as vector 0's eventfd: flags {flags:#x} errno {errno}"
+        );
+        // A's device still answers its client: REGION_READ (9) of BAR0's ID.
+        let read: Vec<u8> = [
+            0u64.to_le_bytes().as_slice(),
+            &0u32.to_le_bytes(),
+            &4u32.to_le_bytes(),
+        ]
+        .concat();
+        s.write_all(&common::raw(3, 9, 0, &read)).unwrap();
+        let (_, _, _, errno, payload) = common::read_reply(&mut s);
+        assert_eq!(errno, 0, "REGION_READ after the refusal");
+        assert_eq!(payload[16..20], mmio::regs::ID_MAGIC.to_le_bytes());
+        sleep_until(deadline);
+        drop(s);
+        // SAFETY: both ends are this closure's own descriptors.
+        unsafe {
+            libc::close(fds[0]);
+            libc::close(fds[1]);
+        }
+    });
+}
+
+#[test]
+fn faults_and_doorbell_storms() {
+    case("faults", |socket, deadline| {
+        let mut dev = connect(socket, 32 << 20).unwrap();
+        let mut ch = channel(&mut dev, 0, 4, 1024);
+        let mut storm = channel(&mut dev, 1, 4, 1024);
+        let mut faults = 0;
+        while Instant::now() < deadline {
+            // A copy from an address nothing maps: MMU fault, recovery.
+            let mut pb = Pushbuf::new();
+            pb.bind_classes()
+                .copy_1d(0x7_0000_0000, 0x7_1000_0000, 4096);
+            let f = ch.submit(&mut dev, &pb).unwrap();
+            if ch
+                .wait(&mut dev, f, WaitMode::Poll, Duration::from_secs(2))
+                .is_err()
+            {
+                faults += 1;
+            }
+            ch.recover(&mut dev).unwrap();
+            for _ in 0..200 {
+                // Doorbells with nothing behind them.
+                let _ = dev.ring(1, 0);
+            }
+            storm.recover(&mut dev).unwrap();
+        }
+        assert!(faults > 10, "{faults} faults");
+    });
+}
+
+#[test]
+fn connect_and_vanish_cycles() {
+    case("cycles", |socket, deadline| {
+        let mut cycles = 0;
+        while Instant::now() < deadline {
+            let mut dev = connect(socket, 16 << 20).unwrap();
+            let mut ch = channel(&mut dev, 0, 4, 1024);
+            let spin = Program::Spin {
+                dst: 0,
+                units: 50,
+                unit_ns: 1_000_000,
+            };
+            ch.launch(&mut dev, &spin).unwrap();
+            // Gone with 50 ms of work queued, without a word.
+            drop(ch);
+            drop(dev);
+            cycles += 1;
+        }
+        assert!(cycles >= 20, "{cycles} cycles");
+    });
+}
