@@ -229,7 +229,26 @@ fn mdevctl_manages_vgpus_through_the_sysfs_tree() {
     let dev = dir.join(format!("root/sys/bus/mdev/devices/{}", started[0]));
     assert_eq!(write_err(&dev.join("remove"), "yes"), Some(libc::EINVAL));
     assert_eq!(write_err(&dev.join("remove"), "0"), None, "0 does nothing");
+    assert_eq!(write_err(&dev.join("remove"), "0\n"), None, "0 does nothing");
+    // remove parses as the kernel's kstrtoul(buf, 0, ..): one trailing
+    // newline only, no sign, C prefixes for the base.
+    for bad in ["1 ", " 1", "1\n\n", "-1", "0x", "08", "18446744073709551616"] {
+        assert_eq!(
+            write_err(&dev.join("remove"), bad),
+            Some(libc::EINVAL),
+            "remove {bad:?}"
+        );
+    }
     assert!(dev.exists());
+    // Any non-zero number removes: hex, and 2 with a newline.
+    for (u, value) in [(&started[1], "0x1"), (&started[2], "2\n")] {
+        let d = dir.join(format!("root/sys/bus/mdev/devices/{u}"));
+        assert_eq!(write_err(&d.join("remove"), value), None, "remove {value:?}");
+        assert!(!d.exists(), "{value:?} removed {u}");
+        assert!(!dir.join(format!("run/{u}.sock")).exists());
+    }
+    let removed: Vec<String> = started.drain(1..3).collect();
+    assert_eq!(removed.len(), 2);
     assert_eq!(
         std::fs::read_link(dev.join("mdev_type")).unwrap(),
         PathBuf::from("../mdev_supported_types/vgpud-2c")
