@@ -198,7 +198,7 @@ pub fn kstrtoul(buf: &[u8]) -> Result<u64, KstrtoxError> {
     };
     let digits = s
         .iter()
-        .take_while(|c| char::from(**c).to_digit(base).is_some())
+        .take_while(|c| char::from(**c).is_digit(base))
         .count();
     if digits == 0 {
         return Err(KstrtoxError::Invalid);
@@ -207,7 +207,10 @@ pub fn kstrtoul(buf: &[u8]) -> Result<u64, KstrtoxError> {
     let mut overflow = false;
     for &c in &s[..digits] {
         let v = char::from(c).to_digit(base).map_or(0, u64::from);
-        match value.checked_mul(u64::from(base)).and_then(|x| x.checked_add(v)) {
+        match value
+            .checked_mul(u64::from(base))
+            .and_then(|x| x.checked_add(v))
+        {
             Some(x) => value = x,
             None => overflow = true,
         }
