@@ -18,6 +18,9 @@ use scheduler::config::{Document, Val, CATALOG};
 use scheduler::Result;
 use toml::de::{DeTable, DeValue};
 
+pub mod sockets;
+pub use sockets::SocketConfig;
+
 /// One vGPU type.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VgpuType {
@@ -162,14 +165,17 @@ pub fn parse_size(s: &str) -> Option<u64> {
     n.checked_mul(mul)
 }
 
-/// vgpud's configuration file (docs/config.md): the scheduling policy and the
-/// type catalogue, taken from one parse of the file.
+/// vgpud's configuration file (docs/config.md): the scheduling policy, the
+/// type catalogue and the vGPU sockets' ownership, taken from one parse of
+/// the file.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ConfigFile {
     /// Every section but `[catalog]`.
     pub policy: scheduler::Config,
     /// `[catalog]`.
     pub catalog: Catalog,
+    /// `[sockets]`.
+    pub sockets: SocketConfig,
 }
 
 impl ConfigFile {
@@ -185,6 +191,7 @@ impl ConfigFile {
         Ok(ConfigFile {
             policy: scheduler::Config::from_document(&doc)?,
             catalog: Catalog::from_document(&doc)?,
+            sockets: SocketConfig::from_document(&doc)?,
         })
     }
 }

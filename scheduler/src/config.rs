@@ -109,7 +109,8 @@ impl Config {
         Config::from_document(&Document::parse(text, file)?)
     }
 
-    /// The policy of a parsed configuration file: every section but `[catalog]`.
+    /// The policy of a parsed configuration file: every section but `[catalog]` and
+    /// `[sockets]`.
     pub fn from_document(doc: &Document<'_>) -> Result<Config> {
         let mut cfg = Config {
             file: doc.file.clone(),
@@ -151,15 +152,14 @@ impl Config {
                         }
                     }
                 }
-                // The type catalogue's section: mdev_types::Catalog::from_document.
-                CATALOG => {}
-                _ => {
-                    return Err(doc.error(
-                        k.span(),
-                        name,
-                        "unknown section (expected default, parent, type, vgpu or catalog)",
-                    ))
-                }
+                // The type catalogue's section (mdev_types::Catalog::from_document) and
+                // the sockets' ownership (mdev_types::SocketConfig::from_document).
+                CATALOG | SOCKETS => {}
+                _ => return Err(doc.error(
+                    k.span(),
+                    name,
+                    "unknown section (expected default, parent, type, vgpu, catalog or sockets)",
+                )),
             }
         }
         Ok(cfg)
@@ -233,6 +233,8 @@ impl Config {
 
 /// The name of the type catalogue's section.
 pub const CATALOG: &str = "catalog";
+/// The name of the section with the vGPU sockets' owner, group and mode.
+pub const SOCKETS: &str = "sockets";
 
 /// Reads a configuration file: its text and its name for errors.
 pub fn read(path: &std::path::Path) -> Result<(String, String)> {

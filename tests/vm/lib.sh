@@ -12,6 +12,12 @@ VM_STAMP="$VM_ROOT/.vgpud-ready"
 # Bump when the package set or the chroot set-up changes: a chroot whose stamp differs gets
 # the install step again (and a full rebuild if that is interrupted).
 VM_STAMP_CONTENT="vgpud-vm-chroot v1: trixie minbase; trixie-backports qemu-system-x86; linux-image-amd64 busybox-static cpio"
+# libvirt in the same chroot (the libvirt tests: virt-xml-validate, libvirtd), installed on
+# top of a complete base with a stamp of its own, so that a chroot from an older checkout
+# keeps its base stamp and only gains this layer.
+VM_LIBVIRT_STAMP="$VM_ROOT/.vgpud-libvirt-ready"
+VM_LIBVIRT_PACKAGES="libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libxml2-utils"
+VM_LIBVIRT_STAMP_CONTENT="vgpud-vm-libvirt v1: trixie $VM_LIBVIRT_PACKAGES"
 
 vm_log() { printf '[%s %s] %s\n' "${0##*/}" "$(date +%H:%M:%S)" "$*" >&2; }
 vm_die() { vm_log "ERROR: $*"; exit 1; }
@@ -57,6 +63,13 @@ vm_umount_all_under() {
 vm_require_chroot() {
     [ -f "$VM_STAMP" ] && [ "$(cat "$VM_STAMP")" = "$VM_STAMP_CONTENT" ] \
         || vm_die "no complete VM chroot at $VM_ROOT: run tests/vm/prepare.sh first"
+}
+
+# The libvirt layer must be installed too (stamp present and current).
+vm_require_libvirt() {
+    vm_require_chroot
+    [ -f "$VM_LIBVIRT_STAMP" ] && [ "$(cat "$VM_LIBVIRT_STAMP")" = "$VM_LIBVIRT_STAMP_CONTENT" ] \
+        || vm_die "no libvirt in the VM chroot at $VM_ROOT: run tests/vm/prepare.sh first"
 }
 
 # The guest kernel image inside the chroot (path as seen from the host).

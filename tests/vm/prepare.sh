@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # tests/vm/prepare.sh — build (once) and cache the Debian trixie chroot that the VM tests run
 # QEMU from: qemu-system-x86 from trixie-backports (>= 10.1, has -device vfio-user-pci), the
-# trixie guest kernel (linux-image-amd64), busybox-static and cpio for the initramfs.
+# trixie guest kernel (linux-image-amd64), busybox-static and cpio for the initramfs; and on
+# top of it libvirt from trixie (libvirtd, its QEMU driver, virsh, virt-xml-validate), which
+# has a stamp of its own ($VM_LIBVIRT_STAMP).
 #
 # Idempotent: a complete chroot (stamp file written last) makes this a few-second no-op.
 # An interrupted run is detected (no stamp) and resumed, or rebuilt from scratch.
@@ -63,8 +65,10 @@ if [ "${VGPUD_VM_REBUILD:-0}" = 1 ] && [ -e "$VM_ROOT" ]; then
     rm -f "$VM_STAMP" "$BASE_OK"
 fi
 
-if stamp_ok; then
-    vm_log "cached chroot is complete ($VM_STAMP)"
+libvirt_ok() { [ -f "$VM_LIBVIRT_STAMP" ] && [ "$(cat "$VM_LIBVIRT_STAMP")" = "$VM_LIBVIRT_STAMP_CONTENT" ]; }
+
+if stamp_ok && libvirt_ok; then
+    vm_log "cached chroot is complete ($VM_STAMP, $VM_LIBVIRT_STAMP)"
     print_versions
     vm_log "done in $(vm_elapsed "$T0") s (cached)"
     exit 0
@@ -157,6 +161,39 @@ configure_and_install() {
     mv -f "$VM_STAMP.tmp" "$VM_STAMP"     # the stamp is written last
 }
 
+# The libvirt layer: libvirtd with its QEMU driver, virsh and virt-xml-validate (trixie), on a
+# complete base. Its own stamp, written last; an interrupted run installs again.
+install_libvirt() {
+    local t; t=$(vm_now)
+    rm -f "$VM_LIBVIRT_STAMP"
+    mount_chroot || return 1
+    local logf="$VGPUD_CACHE/apt-libvirt.log"
+    : >"$logf"
+    vm_log "chroot: apt-get install $VM_LIBVIRT_PACKAGES"
+    # shellcheck disable=SC2086 # the package list splits on purpose
+    if ! { vm_chroot dpkg --configure -a && vm_chroot apt-get update \
+            && vm_chroot apt-get install -y --no-install-recommends $VM_LIBVIRT_PACKAGES; } >>"$logf" 2>&1; then
+        tail -n 30 "$logf" >&2
+        vm_log "installing libvirt failed (full log: $logf)"
+        return 1
+    fi
+    for b in libvirtd virtlogd virsh virt-xml-validate xmllint; do
+        vm_chroot sh -c "command -v $b" >/dev/null || { vm_log "no $b in the chroot after installing libvirt"; return 1; }
+    done
+    vm_umount_all_under "$VM_ROOT"
+    sync
+    printf '%s\n' "$VM_LIBVIRT_STAMP_CONTENT" >"$VM_LIBVIRT_STAMP.tmp"
+    mv -f "$VM_LIBVIRT_STAMP.tmp" "$VM_LIBVIRT_STAMP"
+    vm_log "libvirt installed in $(vm_elapsed "$t") s: $(vm_chroot libvirtd --version)"
+}
+
+if stamp_ok; then
+    install_libvirt || vm_die "installing libvirt into the chroot failed"
+    print_versions
+    vm_log "done in $(vm_elapsed "$T0") s"
+    exit 0
+fi
+
 host_debootstrap
 if [ -f "$BASE_OK" ] && [ -x "$VM_ROOT/usr/bin/apt-get" ]; then
     vm_log "resuming an incomplete chroot (base system present, packages not finished)"
@@ -171,5 +208,6 @@ else
     configure_and_install || vm_die "installing packages into the chroot failed"
 fi
 
+install_libvirt || vm_die "installing libvirt into the chroot failed"
 print_versions
 vm_log "chroot built in $(vm_elapsed "$T0") s"

@@ -3,7 +3,9 @@
 //! socket. Needs root (FUSE mount); installs mdevctl under
 //! /var/cache/vgpud/mdevctl when it is not on PATH (tests/mdev/install-mdevctl.sh).
 
+use std::ffi::OsStr;
 use std::io::ErrorKind;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -39,14 +41,30 @@ struct Vgpud {
 }
 
 impl Vgpud {
-    fn start(dir: &Path) -> Vgpud {
+    /// vgpud with `--mdev-root DIR/root` and `extra` arguments; its log is
+    /// appended to DIR/vgpud.log.
+    fn start(dir: &Path, extra: &[&OsStr]) -> Vgpud {
+        Vgpud::start_env(dir, extra, &[])
+    }
+
+    /// As [`Vgpud::start`], with more environment variables.
+    fn start_env(dir: &Path, extra: &[&OsStr], env: &[(&str, &OsStr)]) -> Vgpud {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("vgpud.log"))
+            .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_vgpud"))
             .arg("--run-dir")
             .arg(dir.join("run"))
             .arg("--mdev-root")
             .arg(dir.join("root"))
+            .args(extra)
+            .envs(env.iter().copied())
+            .env("VGPUD_LOG", "info")
+            .env("NO_COLOR", "1")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .unwrap();
         let t = Instant::now();
@@ -165,11 +183,12 @@ fn mdevctl_manages_vgpus_through_the_sysfs_tree() {
     let dir = std::env::temp_dir().join(format!("vgpud-mdev-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let mut vgpud = Vgpud::start(&dir);
     let m = Mdevctl {
         bin: mdevctl_binary(),
         root: dir.join("root"),
     };
+    let with_mdevctl = [OsStr::new("--mdevctl"), m.bin.as_os_str()];
+    let mut vgpud = Vgpud::start(&dir, &with_mdevctl);
     let types = dir.join("root/sys/devices/vgpud/cpu0/mdev_supported_types");
 
     // types: the default catalogue with its instance counts.
@@ -229,7 +248,42 @@ fn mdevctl_manages_vgpus_through_the_sysfs_tree() {
     let dev = dir.join(format!("root/sys/bus/mdev/devices/{}", started[0]));
     assert_eq!(write_err(&dev.join("remove"), "yes"), Some(libc::EINVAL));
     assert_eq!(write_err(&dev.join("remove"), "0"), None, "0 does nothing");
+    assert_eq!(
+        write_err(&dev.join("remove"), "0\n"),
+        None,
+        "0 does nothing"
+    );
+    // remove parses as the kernel's kstrtoul(buf, 0, ..): one trailing
+    // newline only, no sign, C prefixes for the base.
+    for bad in [
+        "1 ",
+        " 1",
+        "1\n\n",
+        "-1",
+        "0x",
+        "08",
+        "18446744073709551616",
+    ] {
+        assert_eq!(
+            write_err(&dev.join("remove"), bad),
+            Some(libc::EINVAL),
+            "remove {bad:?}"
+        );
+    }
     assert!(dev.exists());
+    // Any non-zero number removes: hex, and 2 with a newline.
+    for (u, value) in [(&started[1], "0x1"), (&started[2], "2\n")] {
+        let d = dir.join(format!("root/sys/bus/mdev/devices/{u}"));
+        assert_eq!(
+            write_err(&d.join("remove"), value),
+            None,
+            "remove {value:?}"
+        );
+        assert!(!d.exists(), "{value:?} removed {u}");
+        assert!(!dir.join(format!("run/{u}.sock")).exists());
+    }
+    let removed: Vec<String> = started.drain(1..3).collect();
+    assert_eq!(removed.len(), 2);
     assert_eq!(
         std::fs::read_link(dev.join("mdev_type")).unwrap(),
         PathBuf::from("../mdev_supported_types/vgpud-2c")
@@ -272,7 +326,7 @@ fn mdevctl_manages_vgpus_through_the_sysfs_tree() {
     assert_eq!(d[0]["cpu0"].as_array().unwrap().len(), 2);
 
     vgpud.stop();
-    let mut vgpud = Vgpud::start(&dir);
+    let mut vgpud = Vgpud::start(&dir, &with_mdevctl);
     let t = Instant::now();
     while !m.active().contains(&U1.to_string()) {
         assert!(
@@ -374,5 +428,310 @@ fn vgpuctl_covers_the_operator_commands() {
         .output()
         .unwrap();
     assert_eq!(gone.status.code(), Some(3), "vgpud unreachable");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn require_root() {
+    // SAFETY: geteuid(2) takes no arguments, touches no memory and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "this test mounts FUSE and needs root, as .ci/run has"
+    );
+}
+
+fn fresh_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("vgpud-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Wait until vgpud has logged `what` (e.g. its auto-start report).
+fn wait_for_log(dir: &Path, what: &str, nth: usize) -> String {
+    let t = Instant::now();
+    loop {
+        let log = std::fs::read_to_string(dir.join("vgpud.log")).unwrap_or_default();
+        if log.matches(what).count() >= nth {
+            return log;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "vgpud never logged {what:?} ({nth}x):\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+const UA: &str = "7b1c0d2e-4f5a-4b6c-8d7e-9f0a1b2c3d0a";
+const UB: &str = "7b1c0d2e-4f5a-4b6c-8d7e-9f0a1b2c3d0b";
+const UC: &str = "7b1c0d2e-4f5a-4b6c-8d7e-9f0a1b2c3d0c";
+const UD: &str = "7b1c0d2e-4f5a-4b6c-8d7e-9f0a1b2c3d0d";
+
+#[test]
+fn auto_definitions_start_through_mdevctl_start_parent_mdevs() {
+    require_root();
+    let dir = fresh_dir("autostart");
+    let m = Mdevctl {
+        bin: mdevctl_binary(),
+        root: dir.join("root"),
+    };
+    let with_mdevctl = [OsStr::new("--mdevctl"), m.bin.as_os_str()];
+    let mut vgpud = Vgpud::start(&dir, &with_mdevctl);
+    // UA: auto, plain. UB: auto, with an attribute that cannot be written
+    // (mdevctl creates it, fails the write and rolls it back). UC: auto, but
+    // the callout script refuses its pre-start. UD: manual.
+    m.ok(&["define", "-u", UA, "-p", "cpu0", "-t", "vgpud-1c", "--auto"]);
+    let json = dir.join("ub.json");
+    std::fs::write(
+        &json,
+        r#"{"mdev_type":"vgpud-1c","start":"auto","attrs":[{"vfio_user_socket":"/x"}]}"#,
+    )
+    .unwrap();
+    m.ok(&["define", "-u", UB, "-p", "cpu0", "--jsonfile"]
+        .into_iter()
+        .chain([json.to_str().unwrap()])
+        .collect::<Vec<_>>());
+    m.ok(&["define", "-u", UC, "-p", "cpu0", "-t", "vgpud-1c", "--auto"]);
+    m.ok(&["define", "-u", UD, "-p", "cpu0", "-t", "vgpud-1c"]);
+    let calls = dir.join("callouts.log");
+    let script = dir.join("root/usr/lib/mdevctl/scripts.d/callouts/10-vgpud-test");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\necho \"$*\" >> {}\ncase \"$*\" in *\"-e pre -a start \"*\"-u {UC} \"*) exit 1 ;; esac\nexit 0\n",
+            calls.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    vgpud.stop();
+
+    // The parent appears: vgpud runs mdevctl start-parent-mdevs cpu0.
+    let mut vgpud = Vgpud::start(&dir, &with_mdevctl);
+    let log = wait_for_log(&dir, "auto_started=", 2);
+    assert!(log.contains("mdevctl start-parent-mdevs cpu0"), "{log}");
+    assert_eq!(m.active(), vec![UA.to_string()], "only UA is left started");
+    assert!(dir.join(format!("run/{UA}.sock")).exists());
+    for u in [UB, UC, UD] {
+        assert!(
+            !dir.join(format!("run/{u}.sock")).exists(),
+            "{u} not started"
+        );
+    }
+    // UB was created, its attribute write failed, and mdevctl removed it.
+    let ub_lines: Vec<&str> = log.lines().filter(|l| l.contains(UB)).collect();
+    assert!(
+        ub_lines.iter().any(|l| l.contains("vGPU created"))
+            && ub_lines.iter().any(|l| l.contains("vGPU removed")),
+        "UB rolled back: {ub_lines:?}"
+    );
+    assert!(
+        log.contains("mdevctl: ") && log.contains("vfio_user_socket"),
+        "mdevctl's warning is in the log: {log}"
+    );
+    // The callouts ran: pre and post for UA, the refused pre for UC.
+    let calls_text = std::fs::read_to_string(&calls).unwrap();
+    for (event, u) in [("pre", UA), ("post", UA), ("pre", UC)] {
+        assert!(
+            calls_text
+                .lines()
+                .any(|l| l.contains(&format!("-e {event} -a start")) && l.contains(u)),
+            "{event}-start callout for {u}:\n{calls_text}"
+        );
+    }
+    assert!(
+        !calls_text
+            .lines()
+            .any(|l| l.contains("-e post -a start") && l.contains(UC)),
+        "UC never started:\n{calls_text}"
+    );
+    vgpud.stop();
+
+    // Without mdevctl: the fallback, which says so, skips UB (attributes)
+    // and runs no callouts (so UC starts).
+    let empty = dir.join("empty-path");
+    std::fs::create_dir_all(&empty).unwrap();
+    std::fs::remove_file(&calls).unwrap();
+    let mut vgpud = Vgpud::start_env(&dir, &[], &[("PATH", empty.as_os_str())]);
+    let log = wait_for_log(&dir, "auto_started=", 3);
+    assert!(log.contains("mdevctl not found"), "{log}");
+    let mut active = m.active();
+    active.sort();
+    assert_eq!(active, vec![UA.to_string(), UC.to_string()]);
+    // (mdevctl list, run by the test, calls get-attributes callouts.)
+    let calls_text = std::fs::read_to_string(&calls).unwrap_or_default();
+    assert!(
+        !calls_text.contains("-a start"),
+        "the fallback runs no callouts:\n{calls_text}"
+    );
+    vgpud.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The errno of connect(2) to the Unix socket at `path` from a process
+/// with this uid and gid and no supplementary groups (0: connected).
+fn connect_as(path: &Path, uid: u32, gid: u32) -> i32 {
+    use std::os::unix::ffi::OsStrExt;
+    // SAFETY: sockaddr_un is plain data; all-zero is valid.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let bytes = path.as_os_str().as_bytes();
+    assert!(bytes.len() < addr.sun_path.len());
+    for (d, s) in addr.sun_path.iter_mut().zip(bytes) {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: the child calls only async-signal-safe functions (setgroups,
+    // setgid, setuid, socket, connect, _exit) on memory prepared before the
+    // fork.
+    unsafe {
+        let pid = libc::fork();
+        assert!(pid >= 0, "fork");
+        if pid == 0 {
+            if libc::setgroups(0, std::ptr::null()) != 0
+                || libc::setgid(gid) != 0
+                || libc::setuid(uid) != 0
+            {
+                libc::_exit(100);
+            }
+            let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
+            if fd < 0 {
+                libc::_exit(101);
+            }
+            let rc = libc::connect(
+                fd,
+                (&addr as *const libc::sockaddr_un).cast(),
+                std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
+            );
+            libc::_exit(if rc == 0 {
+                0
+            } else {
+                *libc::__errno_location()
+            });
+        }
+        let mut status = 0;
+        assert_eq!(libc::waitpid(pid, &mut status, 0), pid);
+        assert!(libc::WIFEXITED(status));
+        libc::WEXITSTATUS(status)
+    }
+}
+
+/// (uid, gid, permission bits) of a socket.
+fn socket_meta(path: &Path) -> (u32, u32, u32) {
+    let md = std::fs::metadata(path).unwrap();
+    assert!(md.file_type().is_socket(), "{} is a socket", path.display());
+    (md.uid(), md.gid(), md.mode() & 0o7777)
+}
+
+#[test]
+fn vgpu_sockets_get_the_configured_owner_group_and_mode() {
+    require_root();
+    let dir = fresh_dir("sockets");
+    let m = Mdevctl {
+        bin: mdevctl_binary(),
+        root: dir.join("root"),
+    };
+    let ctl = |args: &[&str]| -> Output {
+        Command::new(env!("CARGO_BIN_EXE_vgpuctl"))
+            .arg("--run-dir")
+            .arg(dir.join("run"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let sock = |u: &str| dir.join(format!("run/{u}.sock"));
+    // Groups every Debian system has: daemon (1), users (100).
+    let (daemon_gid, users_gid, nobody) = (1, 100, 65534);
+
+    // Without settings: root's, mode from the umask; another user's QEMU
+    // cannot connect.
+    let mut vgpud = Vgpud::start(&dir, &[]);
+    assert!(ctl(&["create", "--type", "vgpud-1c", "--uuid", UA])
+        .status
+        .success());
+    let (uid, gid, _) = socket_meta(&sock(UA));
+    assert_eq!((uid, gid), (0, 0));
+    assert_eq!(connect_as(&sock(UA), nobody, daemon_gid), libc::EACCES);
+    vgpud.stop();
+
+    // The file sets group and mode; the command line overrides the mode.
+    let config = dir.join("vgpud.toml");
+    std::fs::write(&config, "[sockets]\ngroup = \"daemon\"\nmode = \"0640\"\n").unwrap();
+    let args = [
+        OsStr::new("--config"),
+        config.as_os_str(),
+        OsStr::new("--socket-mode"),
+        OsStr::new("0660"),
+        OsStr::new("--mdevctl"),
+        m.bin.as_os_str(),
+    ];
+    let mut vgpud = Vgpud::start(&dir, &args);
+    // by vgpuctl
+    assert!(ctl(&["create", "--type", "vgpud-1c", "--uuid", UA])
+        .status
+        .success());
+    // by mdevctl (the sysfs tree), and defined --auto for the restart below
+    m.ok(&["define", "-u", UB, "-p", "cpu0", "-t", "vgpud-1c", "--auto"]);
+    m.ok(&["start", "-u", UB]);
+    for u in [UA, UB] {
+        assert_eq!(socket_meta(&sock(u)), (0, daemon_gid, 0o660), "{u}");
+        // QEMU in the group connects; a user outside it is refused.
+        assert_eq!(connect_as(&sock(u), nobody, daemon_gid), 0, "{u}");
+        assert_eq!(connect_as(&sock(u), nobody, nobody), libc::EACCES, "{u}");
+    }
+
+    // Reload: a new group applies to the sockets that exist.
+    std::fs::write(&config, "[sockets]\ngroup = \"users\"\nmode = \"0640\"\n").unwrap();
+    let r = ctl(&["reload"]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert_eq!(socket_meta(&sock(UA)), (0, users_gid, 0o660));
+    // An unknown group fails the reload, naming file, line and key, and
+    // changes nothing.
+    std::fs::write(&config, "[sockets]\ngroup = \"no-such-group-vgpud\"\n").unwrap();
+    let r = ctl(&["reload"]);
+    assert_eq!(r.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(
+        err.contains(&format!(
+            "{}:2:9: sockets.group: no group \"no-such-group-vgpud\" on this system",
+            config.display()
+        )),
+        "{err}"
+    );
+    assert_eq!(socket_meta(&sock(UA)), (0, users_gid, 0o660));
+
+    // A restart re-creates the auto definition's socket with the settings
+    // (the command line's owner and mode over the file's group).
+    std::fs::write(&config, "[sockets]\ngroup = \"daemon\"\n").unwrap();
+    vgpud.stop();
+    let mut restart = args.to_vec();
+    restart.extend([OsStr::new("--socket-owner"), OsStr::new("nobody")]);
+    let mut vgpud = Vgpud::start(&dir, &restart);
+    wait_for_log(&dir, "auto_started=1", 1);
+    assert_eq!(socket_meta(&sock(UB)), (nobody, daemon_gid, 0o660));
+    assert!(!sock(UA).exists(), "UA was not defined");
+    vgpud.stop();
+
+    // An unknown name stops vgpud at start-up with the same message.
+    std::fs::write(&config, "[sockets]\nowner = \"no-such-user-vgpud\"\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_vgpud"))
+        .arg("--run-dir")
+        .arg(dir.join("run"))
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("sockets.owner: no user \"no-such-user-vgpud\" on this system"),
+        "{err}"
+    );
+    let bad_mode = Command::new(env!("CARGO_BIN_EXE_vgpud"))
+        .args(["--socket-mode", "0999"])
+        .output()
+        .unwrap();
+    assert_eq!(bad_mode.status.code(), Some(2), "clap usage error");
+    m.ok(&["undefine", "-u", UB]);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1,5 +1,7 @@
 //! Test tier 5: real Linux VMs under QEMU drive vGPUs of the vgpud binary
-//! over vfio-user, with the guest driver inside the guest (tests/vm/e2e.sh).
+//! over vfio-user, with the guest driver inside the guest (tests/vm/e2e.sh),
+//! and a VM that libvirtd defines and starts from `vgpuctl libvirt-xml`
+//! (tests/vm/libvirt.sh).
 //!
 //! Needs root and network on first use (tests/vm/prepare.sh builds and
 //! caches a Debian trixie chroot with QEMU 11 under /var/cache/vgpud).
@@ -72,4 +74,37 @@ fn linux_vms_run_the_guest_driver_selftest_on_vgpus() {
             "case {case} ran"
         );
     }
+}
+
+#[test]
+fn libvirt_starts_the_generated_domain_and_its_guest_passes_the_selftest() {
+    // SAFETY: geteuid(2) takes no arguments, touches no memory and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "the libvirt VM test needs root (chroot, mounts); run it as root, as .ci/run does"
+    );
+    let guest = static_guest_binary();
+    let out = Command::new("bash")
+        .arg(workspace().join("tests/vm/libvirt.sh"))
+        .arg("--vgpud")
+        .arg(env!("CARGO_BIN_EXE_vgpud"))
+        .arg("--vgpuctl")
+        .arg(env!("CARGO_BIN_EXE_vgpuctl"))
+        .arg("--guest")
+        .arg(&guest)
+        .output()
+        .expect("run tests/vm/libvirt.sh");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+    println!("{stdout}");
+    assert!(
+        out.status.success(),
+        "libvirt VM test failed: {}",
+        out.status
+    );
+    assert!(
+        stdout.contains("VGPUD-LIBVIRT seconds="),
+        "the libvirt case ran"
+    );
 }

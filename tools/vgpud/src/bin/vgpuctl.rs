@@ -62,8 +62,43 @@ enum Cmd {
     },
     /// Reload the scheduling policy file (as SIGHUP does).
     Reload,
-    /// The libvirt domain XML that attaches a vGPU to a VM.
-    LibvirtXml { uuid: String },
+    /// A libvirt domain for a VM with this vGPU: `virsh define` it as it
+    /// is, or paste the parts of `--fragment` into a domain of your own.
+    LibvirtXml(LibvirtXmlArgs),
+}
+
+#[derive(clap::Args)]
+struct LibvirtXmlArgs {
+    uuid: String,
+    /// Print only the parts to paste into an existing domain, each with
+    /// where it goes, instead of a complete domain.
+    #[arg(long)]
+    fragment: bool,
+    /// The domain's name [default: vgpu-<first 8 digits of the UUID>].
+    #[arg(long)]
+    name: Option<String>,
+    /// Guest RAM in MiB (all of it a shared memfd that vgpud maps).
+    #[arg(long, default_value_t = 4096)]
+    memory_mib: u64,
+    #[arg(long, default_value_t = 2)]
+    vcpus: u32,
+    /// `kvm`, or `qemu` for TCG (no /dev/kvm).
+    #[arg(long, default_value = "kvm", value_parser = ["kvm", "qemu"])]
+    domain_type: String,
+    /// A disk image to boot (qcow2 when its name ends in .qcow2, else raw).
+    #[arg(long, value_name = "IMAGE")]
+    disk: Option<PathBuf>,
+    /// Boot this kernel directly (with --initrd, --cmdline).
+    #[arg(long, value_name = "PATH")]
+    kernel: Option<PathBuf>,
+    #[arg(long, value_name = "PATH", requires = "kernel")]
+    initrd: Option<PathBuf>,
+    /// The kernel command line, to which `intel_iommu=on` is added.
+    #[arg(long, value_name = "ARGS", requires = "kernel")]
+    cmdline: Option<String>,
+    /// Write the serial console to this file instead of a pty.
+    #[arg(long, value_name = "FILE")]
+    console_log: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -258,29 +293,173 @@ fn run(args: &Args) -> Result<(), Failure> {
             let r = call(args, json!({"op": "reload"}))?;
             println!("{r}");
         }
-        Cmd::LibvirtXml { uuid } => {
-            let r: Vec<VgpuStatus> = call_as(args, json!({"op": "status", "uuid": uuid}))?;
-            let socket = r.first().map(|v| v.socket.display().to_string());
-            print!("{}", libvirt_xml(uuid, socket.as_deref().unwrap_or("")));
+        Cmd::LibvirtXml(x) => {
+            let r: Vec<VgpuStatus> = call_as(args, json!({"op": "status", "uuid": x.uuid}))?;
+            let Some(v) = r.first() else {
+                return Err(Failure::Refused(
+                    "ENOENT".into(),
+                    format!("no vGPU {}", x.uuid),
+                ));
+            };
+            if x.fragment {
+                print!("{}", libvirt_fragment(v));
+            } else {
+                print!("{}", libvirt_domain(v, x));
+            }
         }
     }
     Ok(())
 }
 
-/// What a libvirt domain needs for a vfio-user device: libvirt has no
-/// vfio-user `<hostdev>`, so the device goes on QEMU's command line, and
-/// guest RAM must be a shared memfd for QEMU to pass it to vgpud.
-fn libvirt_xml(uuid: &str, socket: &str) -> String {
-    let dev = json!({"driver": "vfio-user-pci", "id": format!("vgpu-{}", &uuid[..8.min(uuid.len())]), "socket": {"type": "unix", "path": socket}});
-    let dev = dev
-        .to_string()
-        .replace('&', "&amp;")
+/// Text for an XML attribute value or element content.
+fn xml_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
         .replace('"', "&quot;")
-        .replace('<', "&lt;");
+        .replace('\'', "&apos;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// Text for inside an XML comment, which may not hold `--`.
+fn comment_safe(s: &str) -> String {
+    s.replace("--", "- -")
+}
+
+const QEMU_NS: &str = "http://libvirt.org/schemas/domain/qemu/1.0";
+
+/// What a libvirt domain needs for a vGPU: libvirt has no vfio-user
+/// `<hostdev>`, so the device goes on QEMU's command line; guest RAM must
+/// be a shared memfd for QEMU to pass it to vgpud; the guest needs an IOMMU
+/// (with caching mode, so QEMU sees every mapping) for vfio-pci to bind.
+struct DomainParts {
+    memory_backing: &'static str,
+    ioapic: &'static str,
+    iommu: &'static str,
+    commandline: String,
+}
+
+fn parts(v: &VgpuStatus) -> DomainParts {
+    let short = &v.uuid[..8.min(v.uuid.len())];
+    let dev = json!({
+        "driver": "vfio-user-pci",
+        "id": format!("vgpu-{short}"),
+        "socket": {"type": "unix", "path": v.socket.display().to_string()},
+    });
+    DomainParts {
+        memory_backing: "<memoryBacking>\n  <source type='memfd'/>\n  <access mode='shared'/>\n</memoryBacking>\n",
+        ioapic: "<ioapic driver='qemu'/>\n",
+        iommu: "<iommu model='intel'>\n  <driver caching_mode='on'/>\n</iommu>\n",
+        commandline: format!(
+            "<qemu:commandline>\n  <qemu:arg value='-device'/>\n  <qemu:arg value=\"{}\"/>\n</qemu:commandline>\n",
+            xml_escape(&dev.to_string())
+        ),
+    }
+}
+
+fn indent(text: &str, by: &str) -> String {
+    text.lines().map(|l| format!("{by}{l}\n")).collect()
+}
+
+/// The parts to paste into an existing domain, each with where it goes.
+fn libvirt_fragment(v: &VgpuStatus) -> String {
+    let p = parts(v);
     format!(
-        "<!-- add xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0' to <domain> -->\n\
-         <memoryBacking>\n  <source type='memfd'/>\n  <access mode='shared'/>\n</memoryBacking>\n\
-         <qemu:commandline>\n  <qemu:arg value='-device'/>\n  <qemu:arg value=\"{dev}\"/>\n</qemu:commandline>\n"
+        "<!-- vGPU {uuid} ({t} on {parent}): the parts of a libvirt domain; see docs/mdev.md -->\n\
+         <!-- 1. on <domain>: xmlns:qemu='{QEMU_NS}' -->\n\
+         <!-- 2. in <domain> (merge into an existing <memoryBacking>): -->\n{mb}\
+         <!-- 3. in <features>: -->\n{ioapic}\
+         <!-- 4. in <devices>: -->\n{iommu}\
+         <!-- 5. in <domain>, after <devices>: -->\n{cl}\
+         <!-- 6. on the guest kernel's command line: intel_iommu=on -->\n",
+        uuid = comment_safe(&v.uuid),
+        t = comment_safe(&v.type_id),
+        parent = comment_safe(&v.parent),
+        mb = p.memory_backing,
+        ioapic = p.ioapic,
+        iommu = p.iommu,
+        cl = p.commandline,
+    )
+}
+
+/// A complete domain with the vGPU.
+fn libvirt_domain(v: &VgpuStatus, x: &LibvirtXmlArgs) -> String {
+    let p = parts(v);
+    let short = &v.uuid[..8.min(v.uuid.len())];
+    let name = x.name.clone().unwrap_or_else(|| format!("vgpu-{short}"));
+    let mut os = String::from("<type arch='x86_64' machine='q35'>hvm</type>\n");
+    if let Some(k) = &x.kernel {
+        os += &format!(
+            "<kernel>{}</kernel>\n",
+            xml_escape(&k.display().to_string())
+        );
+        if let Some(i) = &x.initrd {
+            os += &format!(
+                "<initrd>{}</initrd>\n",
+                xml_escape(&i.display().to_string())
+            );
+        }
+        let cmdline = match &x.cmdline {
+            Some(c) if c.split_whitespace().any(|w| w == "intel_iommu=on") => c.clone(),
+            Some(c) => format!("{c} intel_iommu=on"),
+            None => "intel_iommu=on".into(),
+        };
+        os += &format!("<cmdline>{}</cmdline>\n", xml_escape(&cmdline));
+    } else {
+        os += "<boot dev='hd'/>\n";
+    }
+    let mut devices = String::new();
+    if let Some(d) = &x.disk {
+        let format = if d.extension().is_some_and(|e| e == "qcow2") {
+            "qcow2"
+        } else {
+            "raw"
+        };
+        devices += &format!(
+            "<disk type='file' device='disk'>\n  <driver name='qemu' type='{format}'/>\n  <source file='{}'/>\n  <target dev='vda' bus='virtio'/>\n</disk>\n",
+            xml_escape(&d.display().to_string())
+        );
+    }
+    match &x.console_log {
+        Some(f) => {
+            devices += &format!(
+                "<serial type='file'>\n  <source path='{}'/>\n  <target port='0'/>\n</serial>\n<console type='file'>\n  <source path='{}'/>\n  <target type='serial' port='0'/>\n</console>\n",
+                xml_escape(&f.display().to_string()),
+                xml_escape(&f.display().to_string())
+            );
+        }
+        None => devices += "<serial type='pty'/>\n<console type='pty'/>\n",
+    }
+    devices += p.iommu;
+    let kernel_note = if x.kernel.is_some() {
+        ""
+    } else {
+        "  <!-- the guest kernel needs intel_iommu=on on its command line (e.g. in\n       GRUB_CMDLINE_LINUX of the guest's /etc/default/grub) for vfio-pci to bind the vGPU -->\n"
+    };
+    format!(
+        "<domain type='{dt}' xmlns:qemu='{QEMU_NS}'>\n\
+         \x20 <name>{name}</name>\n\
+         \x20 <!-- vGPU {uuid} ({t} on {parent}) -->\n\
+         \x20 <memory unit='MiB'>{mem}</memory>\n\
+         \x20 <vcpu>{vcpus}</vcpu>\n\
+         {mb}\
+         \x20 <os>\n{os}  </os>\n\
+         {kernel_note}\
+         \x20 <features>\n    <acpi/>\n    <apic/>\n{ioapic}  </features>\n\
+         \x20 <devices>\n{devices}  </devices>\n\
+         {cl}\
+         </domain>\n",
+        dt = x.domain_type,
+        name = xml_escape(&name),
+        uuid = comment_safe(&v.uuid),
+        t = comment_safe(&v.type_id),
+        parent = comment_safe(&v.parent),
+        mem = x.memory_mib,
+        vcpus = x.vcpus,
+        mb = indent(p.memory_backing, "  "),
+        os = indent(&os, "    "),
+        ioapic = indent(p.ioapic, "    "),
+        devices = indent(&devices, "    "),
+        cl = indent(&p.commandline, "  "),
     )
 }
 

@@ -14,10 +14,12 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 
 use clap::Parser;
-use mdev_types::{Catalog, ConfigFile};
+use mdev_types::sockets::{Principal, Setting};
+use mdev_types::{Catalog, ConfigFile, SocketConfig};
 use scheduler::{Config, PolicyKind};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
+use vgpud::daemon::autostart::{self, Starter};
 use vgpud::daemon::control::ControlServer;
 use vgpud::daemon::metrics::MetricsServer;
 use vgpud::daemon::{Daemon, DEFAULT_RUN_DIR};
@@ -39,6 +41,24 @@ struct Args {
     /// Devices defined with `--auto` start when vgpud starts.
     #[arg(long, value_name = "DIR")]
     mdev_root: Option<PathBuf>,
+    /// The mdevctl that starts `auto` definitions when a parent appears
+    /// (`mdevctl start-parent-mdevs <parent>`, as the kernel's udev rule
+    /// runs it) [default: mdevctl on PATH; without one, a built-in fallback
+    /// that runs no callouts and skips definitions with attributes].
+    #[arg(long, value_name = "PATH", requires = "mdev_root")]
+    mdevctl: Option<PathBuf>,
+    /// Owner of each vGPU's vfio-user socket: a user name or uid. Overrides
+    /// `owner` in the file's [sockets].
+    #[arg(long, value_name = "USER")]
+    socket_owner: Option<String>,
+    /// Group of each vGPU's vfio-user socket: a group name or gid, e.g.
+    /// libvirt-qemu. Overrides `group` in the file's [sockets].
+    #[arg(long, value_name = "GROUP")]
+    socket_group: Option<String>,
+    /// Mode of each vGPU's vfio-user socket, in octal, e.g. 0660 (QEMU
+    /// needs write permission to connect). Overrides `mode` in [sockets].
+    #[arg(long, value_name = "MODE", value_parser = socket_mode)]
+    socket_mode: Option<u32>,
     /// Serve Prometheus metrics (`GET /metrics`) on this address, e.g.
     /// 127.0.0.1:9400.
     #[arg(long, value_name = "ADDR")]
@@ -51,6 +71,37 @@ struct Args {
     /// equal_share, fixed_share or weighted (default fixed_share).
     #[arg(long, requires = "demo")]
     policy: Option<String>,
+}
+
+fn socket_mode(s: &str) -> Result<u32, String> {
+    mdev_types::sockets::parse_mode(s).ok_or_else(|| {
+        format!("{s:?} is not a mode (octal permission bits, 0 ..= 0777, e.g. 0660)")
+    })
+}
+
+/// The socket options of the command line, as settings that override the
+/// file's.
+fn socket_args(args: &Args) -> Result<SocketConfig, String> {
+    let principal = |v: &Option<String>, opt: &str| -> Result<_, String> {
+        v.as_deref()
+            .map(|s| {
+                Principal::from_arg(s)
+                    .map(|value| Setting {
+                        value,
+                        origin: opt.to_string(),
+                    })
+                    .ok_or_else(|| format!("{opt}: empty name"))
+            })
+            .transpose()
+    };
+    Ok(SocketConfig {
+        owner: principal(&args.socket_owner, "--socket-owner")?,
+        group: principal(&args.socket_group, "--socket-group")?,
+        mode: args.socket_mode.map(|value| Setting {
+            value,
+            origin: "--socket-mode".into(),
+        }),
+    })
 }
 
 fn main() -> ExitCode {
@@ -66,15 +117,33 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     // One file holds both the scheduling policy and the type catalogue.
-    let (config, catalog) = match &args.config {
+    let (config, catalog, file_sockets) = match &args.config {
         Some(path) => match ConfigFile::load(path) {
-            Ok(f) => (f.policy, f.catalog),
+            Ok(f) => (f.policy, f.catalog, f.sockets),
             Err(e) => {
                 eprintln!("vgpud: {e}");
                 return ExitCode::from(2);
             }
         },
-        None => (Config::default(), Catalog::default()),
+        None => (
+            Config::default(),
+            Catalog::default(),
+            SocketConfig::default(),
+        ),
+    };
+    let cli_sockets = match socket_args(&args) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("vgpud: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let starter = match Starter::find(args.mdevctl.as_deref()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("vgpud: {e}");
+            return ExitCode::from(2);
+        }
     };
     if let Some(seconds) = args.demo {
         return demo(&args, config, &catalog, seconds);
@@ -102,6 +171,14 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    match lock(&daemon).set_socket_ownership(cli_sockets, &file_sockets) {
+        Ok(o) if o.is_set() => tracing::info!(sockets = %o, "vGPU socket ownership"),
+        Ok(_) => {}
+        Err(e) => {
+            eprintln!("vgpud: {e}");
+            return ExitCode::from(2);
+        }
+    }
     let control_path = run_dir.join("control.sock");
     let control = match ControlServer::spawn(&control_path, daemon.clone()) {
         Ok(c) => c,
@@ -113,7 +190,7 @@ fn main() -> ExitCode {
     let sysfs = match &args.mdev_root {
         Some(root) => match vgpud::daemon::sysfs::mount(root, daemon.clone()) {
             Ok(m) => {
-                let started = lock(&daemon).start_defined(root);
+                let started = autostart::start_parents(&daemon, root, &starter);
                 tracing::info!(root = %root.display(), auto_started = started.len(), "mdev tree mounted at {}/sys", root.display());
                 Some(m)
             }

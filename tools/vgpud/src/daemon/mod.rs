@@ -7,9 +7,11 @@
 //! the same mistake (see docs/control.md), so the sysfs tree and
 //! `vgpuctl` can pass them on unchanged.
 
+pub mod autostart;
 pub mod control;
 pub mod metrics;
 pub mod replies;
+pub mod sockets;
 pub mod sysfs;
 
 use std::collections::BTreeMap;
@@ -18,10 +20,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use devmodel::{CpuEngine, Vgpu, VgpuConfig};
-use mdev_types::{Catalog, Engine, ParentCapacity, VgpuType};
+use mdev_types::{Catalog, ConfigFile, Engine, ParentCapacity, SocketConfig, VgpuType};
 use mmio::pci::PciIdentity;
 use scheduler::{Config, PolicyKind};
-use serde_json::Value;
 use uuid::Uuid;
 
 pub use replies::{Created, PolicyInfo, Reloaded, Removed, TypeInfo, VgpuStatus, VgpuSummary};
@@ -31,6 +32,7 @@ use crate::parent::Parent;
 use crate::vfio_user::{self, ServerHandle};
 use devmodel::backend::BackendError;
 use devmodel::thread::SpawnError;
+use sockets::{OwnershipError, SocketOwnership};
 
 pub use mdev_types::DEFAULT_PARENT;
 /// Where sockets go unless `--run-dir` says otherwise.
@@ -95,6 +97,10 @@ pub struct Daemon {
     /// Host memory cpu-engine framebuffers may take, all parents together
     /// ([`devmodel::cpu_engine::host_framebuffer_limit`]).
     host_framebuffer: u64,
+    /// The vGPU sockets' owner, group and mode, resolved.
+    sockets: SocketOwnership,
+    /// What the command line set (it wins over the file, also on reload).
+    sockets_cli: SocketConfig,
 }
 
 impl Daemon {
@@ -152,7 +158,40 @@ impl Daemon {
             vgpus: BTreeMap::new(),
             parents,
             host_framebuffer,
+            sockets: SocketOwnership::default(),
+            sockets_cli: SocketConfig::default(),
         })
+    }
+
+    /// Set the vGPU sockets' owner, group and mode: `cli` (the command
+    /// line, kept for reloads) over `file` (the configuration file's
+    /// `[sockets]`). Fails, changing nothing, when a name does not resolve;
+    /// otherwise applies them to every socket that exists, and to every
+    /// socket created from now on.
+    pub fn set_socket_ownership(
+        &mut self,
+        cli: SocketConfig,
+        file: &SocketConfig,
+    ) -> Result<SocketOwnership, OwnershipError> {
+        let o = SocketOwnership::resolve(&file.overridden_by(&cli))?;
+        self.sockets_cli = cli;
+        self.sockets = o;
+        self.apply_socket_ownership();
+        Ok(o)
+    }
+
+    /// Give every existing socket the ownership in effect.
+    fn apply_socket_ownership(&self) {
+        for (u, v) in &self.vgpus {
+            if let Err(e) = self.sockets.apply(v.server.path()) {
+                tracing::warn!(uuid = %u, "socket ownership: {e}");
+            }
+        }
+    }
+
+    /// The vGPU sockets' owner, group and mode in effect.
+    pub fn socket_ownership(&self) -> SocketOwnership {
+        self.sockets
     }
 
     pub fn run_dir(&self) -> &Path {
@@ -177,50 +216,6 @@ impl Daemon {
             .iter()
             .map(|(u, v)| (u.to_string(), v.parent.clone(), v.vtype.id.to_string()))
             .collect()
-    }
-
-    /// Start the vGPUs mdevctl has defined with `start: auto` under
-    /// `<mdev_root>/etc/mdevctl.d/<parent>/<uuid>` (what the kernel's udev
-    /// rule has `mdevctl start-parent-mdevs` do when a parent appears).
-    /// Returns what was started; a definition that cannot start is logged.
-    pub fn start_defined(&mut self, mdev_root: &Path) -> Vec<String> {
-        let mut started = Vec::new();
-        for parent in self.parent_ids() {
-            let dir = mdev_root.join("etc/mdevctl.d").join(&parent);
-            let Ok(entries) = std::fs::read_dir(&dir) else {
-                continue;
-            };
-            let mut files: Vec<_> = entries.flatten().map(|e| e.path()).collect();
-            files.sort();
-            for f in files {
-                let Some(uuid) = f.file_name().and_then(|n| n.to_str()).map(str::to_string) else {
-                    continue;
-                };
-                let def: Value = match std::fs::read(&f)
-                    .map_err(|e| e.to_string())
-                    .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
-                {
-                    Ok(v) => v,
-                    Err(e) => {
-                        tracing::warn!(file = %f.display(), "mdevctl definition unreadable: {e}");
-                        continue;
-                    }
-                };
-                if def["start"] != "auto" {
-                    continue;
-                }
-                let Some(t) = def["mdev_type"].as_str() else {
-                    continue;
-                };
-                match self.create(t, Some(&parent), Some(&uuid)) {
-                    Ok(_) => started.push(uuid),
-                    Err(e) => {
-                        tracing::warn!(%uuid, %parent, "auto-start of a defined vGPU failed: {e}")
-                    }
-                }
-            }
-        }
-        started
     }
 
     fn parent(&self, id: Option<&str>) -> Result<(&String, &ParentSlot), OpError> {
@@ -370,6 +365,11 @@ impl Daemon {
         let _ = std::fs::remove_file(&path);
         let server = vfio_user::spawn(&path, vgpu.clone())
             .map_err(|e| op_err(Errno::EIO, format!("{}: {e}", path.display())))?;
+        // Dropping the server on failure removes the socket; the vGPU then
+        // leaves its parent.
+        self.sockets
+            .apply(&path)
+            .map_err(|e| op_err(Errno::EIO, e.to_string()))?;
         tracing::info!(%uuid, vtype = %vtype.id, parent = %parent_id, socket = %path.display(), "vGPU created");
         let type_id = vtype.id.clone();
         self.vgpus.insert(
@@ -544,8 +544,11 @@ impl Daemon {
                 reason: Some("no --config file".into()),
             });
         };
-        let config = Config::load(path).map_err(|e| op_err(Errno::EINVAL, e.to_string()))?;
+        let file = ConfigFile::load(path).map_err(|e| op_err(Errno::EINVAL, e.to_string()))?;
+        let config = file.policy;
         // Resolve everything first so that a bad file changes nothing.
+        let ownership = SocketOwnership::resolve(&file.sockets.overridden_by(&self.sockets_cli))
+            .map_err(|e| op_err(Errno::EINVAL, e.to_string()))?;
         let mut params = Vec::new();
         for (u, v) in &self.vgpus {
             let p = config
@@ -569,6 +572,11 @@ impl Daemon {
                 .set_acquire_timeout(acquire_timeout(&config, &u.to_string(), &v.vtype.id));
         }
         self.config = config;
+        if ownership != self.sockets {
+            self.sockets = ownership;
+            self.apply_socket_ownership();
+            tracing::info!(sockets = %self.sockets, "socket ownership changed");
+        }
         tracing::info!(file = %path.display(), "configuration reloaded");
         Ok(Reloaded {
             reloaded: true,

@@ -11,7 +11,7 @@
 //!     create                                                 (write a UUID)
 //!     devices/<uuid>                     -> ../../../<uuid>
 //! sys/devices/vgpud/<parent>/<uuid>/
-//!     remove                                                 (write 1)
+//!     remove                                                 (write a non-zero number)
 //!     mdev_type                          -> ../mdev_supported_types/<type>
 //!     vfio_user_socket                                       (read: where to attach it)
 //! sys/bus/mdev/devices/<uuid>            -> ../../../devices/vgpud/<parent>/<uuid>
@@ -19,8 +19,9 @@
 //!
 //! Every link is relative, so that it resolves inside the mount. Writes fail
 //! with the kernel's errno: `create` EINVAL (not a UUID), EEXIST (UUID in
-//! use on any parent), EUSERS (no instance left); `remove` EINVAL unless
-//! the value is a number (`0` does nothing). Nothing is cached: every
+//! use on any parent), EUSERS (no instance left); `remove` parses its value
+//! as the kernel's `kstrtoul(buf, 0, ..)` does ([`kstrtoul`]): EINVAL unless
+//! it is a number, any non-zero number removes, `0` does nothing. Nothing is cached: every
 //! lookup reads the daemon's state, and the kernel is told not to cache
 //! either.
 
@@ -164,6 +165,65 @@ fn resolve_parent(daemon: &Daemon, parent: &str, path: &[&str]) -> Option<Node> 
     }
 }
 
+/// Why [`kstrtoul`] refused its input (the kernel's two errors).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum KstrtoxError {
+    /// Not a number in the kernel's syntax (`-EINVAL`).
+    #[error("not a number")]
+    Invalid,
+    /// More than an `unsigned long` holds (`-ERANGE`).
+    #[error("out of range")]
+    Range,
+}
+
+/// The kernel's `kstrtoul(buf, 0, &val)` (lib/kstrtox.c) on what was
+/// written to a sysfs attribute: kernfs ends the buffer with a NUL, so the
+/// text stops at the first NUL byte. One optional `+`; the base from the
+/// prefix (`0x` followed by a hex digit: 16, else a leading `0`: 8, else
+/// 10); at least one digit; then at most one newline and nothing else.
+/// No other white space anywhere, no sign `-`.
+pub fn kstrtoul(buf: &[u8]) -> Result<u64, KstrtoxError> {
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    let mut s = &buf[..end];
+    if let [b'+', rest @ ..] = s {
+        s = rest;
+    }
+    let base: u32 = match s {
+        [b'0', x, h, ..] if x.eq_ignore_ascii_case(&b'x') && h.is_ascii_hexdigit() => {
+            s = &s[2..];
+            16
+        }
+        [b'0', ..] => 8,
+        _ => 10,
+    };
+    let digits = s
+        .iter()
+        .take_while(|c| char::from(**c).is_digit(base))
+        .count();
+    if digits == 0 {
+        return Err(KstrtoxError::Invalid);
+    }
+    let mut value: u64 = 0;
+    let mut overflow = false;
+    for &c in &s[..digits] {
+        let v = char::from(c).to_digit(base).map_or(0, u64::from);
+        match value
+            .checked_mul(u64::from(base))
+            .and_then(|x| x.checked_add(v))
+        {
+            Some(x) => value = x,
+            None => overflow = true,
+        }
+    }
+    if overflow {
+        return Err(KstrtoxError::Range);
+    }
+    match &s[digits..] {
+        [] | [b'\n'] => Ok(value),
+        _ => Err(KstrtoxError::Invalid),
+    }
+}
+
 /// The FUSE file system over the daemon.
 struct Tree {
     daemon: Arc<Mutex<Daemon>>,
@@ -226,20 +286,21 @@ impl Tree {
     /// A write to a control file: `create` or `remove`.
     fn control(&self, path: &str, data: &[u8]) -> Result<(), Errno> {
         let parts: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-        let text = std::str::from_utf8(data).map_err(|_| Errno::EINVAL)?;
         let mut d = lock(&self.daemon);
         match parts.as_slice() {
             // The kernel takes 36 characters, or 37 with a newline; `create`
             // checks that (EINVAL) before anything else.
             ["devices", _, p, "mdev_supported_types", t, "create"] => {
+                let text = std::str::from_utf8(data).map_err(|_| Errno::EINVAL)?;
                 d.create(t, Some(p), Some(text)).map(|_| ()).map_err(|e| {
                     tracing::info!("sysfs create {:?} on {p}/{t}: {e}", text.trim_end());
                     e.errno
                 })
             }
+            // The kernel's remove_store: kstrtoul(buf, 0, &val), any failure
+            // EINVAL; a non-zero value removes, zero does nothing.
             ["devices", _, _, u, "remove"] => {
-                let v: u64 = text.trim().parse().map_err(|_| Errno::EINVAL)?;
-                if v == 0 {
+                if kstrtoul(data).map_err(|_| Errno::EINVAL)? == 0 {
                     return Ok(());
                 }
                 d.remove(u).map(|_| ()).map_err(|e| e.errno)
@@ -478,6 +539,58 @@ pub fn mount(root: &Path, daemon: Arc<Mutex<Daemon>>) -> std::io::Result<SysfsMo
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn remove_parses_like_the_kernels_kstrtoul_base_0() {
+        use KstrtoxError::{Invalid, Range};
+        let cases: &[(&[u8], Result<u64, KstrtoxError>)] = &[
+            (b"1", Ok(1)),
+            (b"1\n", Ok(1)),
+            (b"2", Ok(2)),
+            (b"0", Ok(0)),
+            (b"0\n", Ok(0)),
+            (b"+1", Ok(1)),
+            (b"0x1", Ok(1)),
+            (b"0X1f\n", Ok(31)),
+            (b"+0x10", Ok(16)),
+            (b"010", Ok(8)),
+            (b"00", Ok(0)),
+            (b"18446744073709551615", Ok(u64::MAX)),
+            (b"0xffffffffffffffff", Ok(u64::MAX)),
+            (b"1\0garbage", Ok(1)),
+            // kernfs passes a NUL-terminated copy: the string ends at the NUL
+            (b"0\0 1", Ok(0)),
+            (b"18446744073709551616", Err(Range)),
+            (b"0x10000000000000000", Err(Range)),
+            (b"", Err(Invalid)),
+            (b"\n", Err(Invalid)),
+            (b"1 ", Err(Invalid)),
+            (b"1 \n", Err(Invalid)),
+            (b" 1", Err(Invalid)),
+            (b"1\n\n", Err(Invalid)),
+            (b"1\r\n", Err(Invalid)),
+            (b"1\t", Err(Invalid)),
+            (b"-1", Err(Invalid)),
+            (b"++1", Err(Invalid)),
+            (b"+", Err(Invalid)),
+            (b"yes", Err(Invalid)),
+            (b"abc", Err(Invalid)),
+            (b"08", Err(Invalid)),
+            (b"0x", Err(Invalid)),
+            (b"0xg", Err(Invalid)),
+            (b"0b1", Err(Invalid)),
+            (b"1a", Err(Invalid)),
+            (b"0x1 ", Err(Invalid)),
+        ];
+        for (input, want) in cases {
+            assert_eq!(
+                kstrtoul(input),
+                *want,
+                "{:?}",
+                String::from_utf8_lossy(input)
+            );
+        }
+    }
 
     #[test]
     fn links_resolve_inside_the_tree() {

@@ -1,0 +1,153 @@
+#!/usr/bin/env bash
+# tests/vm/libvirt.sh — the libvirt case of the VM tests: libvirtd (Debian trixie's, in the VM
+# chroot) defines and starts the domain `vgpuctl libvirt-xml` prints, under TCG, and the guest
+# passes the guest driver's selftest on its vGPU.
+#
+# usage: tests/vm/libvirt.sh [--vgpud BIN --vgpuctl BIN --guest STATIC-BIN] [--work DIR]
+#
+# vgpud runs on the host, with its sockets given libvirt's QEMU group (the chroot's
+# libvirt-qemu, by gid) and mode 0660: QEMU runs as libvirt-qemu, not root. Its run directory
+# and the work directory are bind-mounted into the chroot at the same paths. In the chroot,
+# in a private mount namespace: /proc, /dev, /sys, a tmpfs /run, temporary libvirt state
+# directories, a qemu.conf with `namespaces = []` (the chroot's root is no mount point, so
+# QEMU's private /dev cannot be set up), then virtlogd and libvirtd started by hand. The
+# domain is validated with virt-xml-validate, defined, started, and awaited until the guest
+# powers off. Prints "VGPUD-LIBVIRT seconds=S" on success. Needs root and prepare.sh's chroot
+# (with its libvirt layer).
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=lib.sh
+. "$HERE/lib.sh"
+
+vm_enter_mount_ns "$0" "$@"
+
+VGPUD= VGPUCTL= GUEST= WORK=
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --vgpud) VGPUD=$2; shift 2 ;;
+        --vgpuctl) VGPUCTL=$2; shift 2 ;;
+        --guest) GUEST=$2; shift 2 ;;
+        --work) WORK=$2; shift 2 ;;
+        *) vm_die "unknown argument: $1" ;;
+    esac
+done
+REPO=$(cd "$HERE/../.." && pwd)
+if [ -z "$VGPUD" ] || [ -z "$VGPUCTL" ]; then
+    (cd "$REPO" && cargo build --release -j 2 -p vgpud --bin vgpud --bin vgpuctl) >&2
+    VGPUD=${VGPUD:-$REPO/target/release/vgpud}
+    VGPUCTL=${VGPUCTL:-$REPO/target/release/vgpuctl}
+fi
+if [ -z "$GUEST" ]; then
+    (cd "$REPO" && RUSTFLAGS="-C target-feature=+crt-static" CARGO_TARGET_DIR="$REPO/target/vm-guest" \
+        cargo build --release -j 2 -p vgpu-guest --bin vgpu-guest --target x86_64-unknown-linux-gnu) >&2
+    GUEST=$REPO/target/vm-guest/x86_64-unknown-linux-gnu/release/vgpu-guest
+fi
+[ -x "$VGPUD" ] && [ -x "$VGPUCTL" ] && [ -x "$GUEST" ] || vm_die "need --vgpud, --vgpuctl and --guest executables"
+vm_require_root
+[ -n "$WORK" ] || WORK=$(mktemp -d /tmp/vgpud-libvirt.XXXXXX)
+mkdir -p "$WORK"
+WORK=$(readlink -f "$WORK")
+RUN=$WORK/run
+LOG=$WORK/console.log
+NAME=vgpud-libvirt-e2e
+U=6f1e3c2a-0b4d-4c8e-9a51-3d2f7b8e1c0f
+
+bash "$HERE/prepare.sh" >&2
+vm_require_libvirt
+bash "$HERE/mkinitramfs.sh" "$WORK/vm.cpio.gz" --init-script "$HERE/guest-selftest.sh" "$GUEST" >&2
+
+exec 8>>"$VGPUD_CACHE/.lock"
+flock -s -w 3600 8 || vm_die "timed out waiting for $VGPUD_CACHE/.lock"
+
+QEMU_GID=$(awk -F: '$1 == "libvirt-qemu" { print $3 }' "$VM_ROOT/etc/group")
+[ -n "$QEMU_GID" ] || vm_die "no group libvirt-qemu in the chroot"
+
+VGPUD_PID=
+MOUNTED=()
+in_chroot() { vm_chroot "$@"; }
+cleanup() {
+    local m i
+    if [ -n "$VGPUD_PID" ]; then kill "$VGPUD_PID" 2>/dev/null || true; fi
+    if [ -e "$VM_ROOT/run/libvirt/libvirt-sock" ]; then
+        in_chroot virsh -c qemu:///system destroy "$NAME" >/dev/null 2>&1 || true
+    fi
+    for p in libvirtd virtlogd; do
+        if [ -f "$WORK/$p.pid" ]; then kill "$(cat "$WORK/$p.pid")" 2>/dev/null || true; fi
+    done
+    sleep 0.5
+    for ((i = ${#MOUNTED[@]} - 1; i >= 0; i--)); do
+        m=${MOUNTED[$i]}
+        umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || vm_log "WARNING: could not unmount $m"
+    done
+    rmdir "$VM_ROOT$WORK" 2>/dev/null || true
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+mnt() { # mnt ARGS... TARGET
+    mount "$@"
+    MOUNTED+=("${!#}")
+}
+
+# vgpud on the host; its sockets for libvirt's QEMU user.
+"$VGPUD" --run-dir "$RUN" --socket-group "$QEMU_GID" --socket-mode 0660 >"$WORK/vgpud.log" 2>&1 &
+VGPUD_PID=$!
+for _ in $(seq 100); do [ -S "$RUN/control.sock" ] && break; sleep 0.1; done
+[ -S "$RUN/control.sock" ] || { cat "$WORK/vgpud.log" >&2; vm_die "vgpud did not start"; }
+"$VGPUCTL" --run-dir "$RUN" create --type vgpud-4c --uuid $U >&2
+
+# The chroot's world for libvirtd.
+mountpoint -q "$VM_ROOT/proc" || mnt -t proc proc "$VM_ROOT/proc"
+mountpoint -q "$VM_ROOT/dev" || mnt --rbind /dev "$VM_ROOT/dev"
+mountpoint -q "$VM_ROOT/sys" || mnt --rbind /sys "$VM_ROOT/sys"
+mnt -t tmpfs tmpfs "$VM_ROOT/run"
+STATE=$WORK/libvirt-state
+for d in etc/libvirt/qemu var/lib/libvirt var/log/libvirt var/cache/libvirt; do
+    mkdir -p "$STATE/$d" "$VM_ROOT/$d"
+    cp -a "$VM_ROOT/$d/." "$STATE/$d/" 2>/dev/null || true
+    mnt --bind "$STATE/$d" "$VM_ROOT/$d"
+done
+cp "$VM_ROOT/etc/libvirt/qemu.conf" "$WORK/qemu.conf"
+printf '\n# tests/vm/libvirt.sh: the chroot root is no mount point\nnamespaces = []\n' >>"$WORK/qemu.conf"
+mnt --bind "$WORK/qemu.conf" "$VM_ROOT/etc/libvirt/qemu.conf"
+mkdir -p "$VM_ROOT$WORK"
+mnt --bind "$WORK" "$VM_ROOT$WORK"
+chmod 0755 "$WORK" "$RUN"
+: >"$LOG"
+
+in_chroot virtlogd -d -p "$WORK/virtlogd.pid"
+in_chroot libvirtd -d -p "$WORK/libvirtd.pid"
+for _ in $(seq 100); do [ -S "$VM_ROOT/run/libvirt/libvirt-sock" ] && break; sleep 0.1; done
+[ -S "$VM_ROOT/run/libvirt/libvirt-sock" ] || vm_die "libvirtd did not start"
+vm_log "libvirtd $(in_chroot libvirtd --version | awk '{ print $NF }') running in the chroot"
+
+KERNEL_IN=$(vm_kernel); KERNEL_IN=${KERNEL_IN#"$VM_ROOT"}
+"$VGPUCTL" --run-dir "$RUN" libvirt-xml $U --name "$NAME" --domain-type qemu --memory-mib 512 \
+    --vcpus 1 --kernel "$KERNEL_IN" --initrd "$WORK/vm.cpio.gz" --cmdline "console=ttyS0 quiet panic=-1" \
+    --console-log "$LOG" >"$WORK/domain.xml"
+in_chroot virt-xml-validate "$WORK/domain.xml" domain >&2
+virsh() { in_chroot virsh -q -c qemu:///system "$@"; }
+virsh define "$WORK/domain.xml" >&2
+t=$(vm_now)
+virsh start "$NAME" >&2 || { tail -20 "$VM_ROOT/var/log/libvirt/qemu/$NAME.log" >&2 || true; vm_die "virsh start failed"; }
+state=
+for _ in $(seq 600); do
+    state=$(virsh domstate "$NAME" 2>/dev/null || true)
+    [ "$state" = "shut off" ] && break
+    sleep 0.5
+done
+DT=$(vm_elapsed "$t")
+[ "$state" = "shut off" ] || { tail -40 "$LOG" >&2; vm_die "the guest did not power off within 300 s (state: $state)"; }
+virsh undefine "$NAME" >&2
+tr -d '\r' <"$LOG" >"$WORK/console.txt"
+grep -q "VGPU-GUEST-SELFTEST PASS" "$WORK/console.txt" || { tail -40 "$WORK/console.txt" >&2; vm_die "the guest's selftest did not pass"; }
+grep -q "VGPUD-VM-EXIT=0" "$WORK/console.txt" || { tail -20 "$WORK/console.txt" >&2; vm_die "the guest's init failed"; }
+grep -a "checks" "$WORK/console.txt" | tail -1 >&2 || true
+for _ in $(seq 50); do grep -q "client detached" "$WORK/vgpud.log" && break; sleep 0.1; done
+grep -q "client detached" "$WORK/vgpud.log" || { cat "$WORK/vgpud.log" >&2; vm_die "vgpud did not see the VM detach"; }
+vm_log "libvirt: defined, started and the guest passed the selftest; boot to power-off $DT s"
+echo "VGPUD-LIBVIRT seconds=$DT"
+kill -TERM "$VGPUD_PID"
+wait "$VGPUD_PID" || vm_die "vgpud exited with $? on SIGTERM"
+VGPUD_PID=
