@@ -104,6 +104,7 @@ impl Core {
     /// completion or a register write wakes it (or, with an acquire waiting,
     /// until the next look at its semaphore).
     pub(super) fn pfifo(self: Arc<Self>) {
+        let _span = self.span.enter();
         let mut st = self.lock();
         let mut poll_until = Instant::now();
         loop {
@@ -184,6 +185,7 @@ impl Core {
 
     /// Advance one channel as far as it can go without waiting.
     fn service(self: &Arc<Self>, st: &mut State, ch: ChannelId) -> bool {
+        let _span = self.channel_spans.get(ch.index()).map(|s| s.enter());
         let mut progressed = false;
         loop {
             if !st.channel(ch).is_active() {
@@ -404,6 +406,8 @@ impl Core {
     /// A backend item of channel `ch`, handed over in engine generation
     /// `gen` and channel epoch `epoch`, finished.
     fn complete(&self, gen: u64, ch: ChannelId, epoch: u64, done: Completion) {
+        // On the engine's thread: the channel's span (a child of the vGPU's).
+        let _span = self.channel_spans.get(ch.index()).map(|s| s.enter());
         let mut st = self.lock();
         st.outstanding = st.outstanding.saturating_sub(1);
         if st.generation == gen && st.channel(ch).item_done(epoch) {
