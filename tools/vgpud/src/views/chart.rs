@@ -45,6 +45,12 @@ pub enum ChartError {
     Png(#[from] png::EncodingError),
 }
 
+/// The colour at 60 % brightness: a configured line beside its achieved one.
+fn darker(c: RGBColor) -> RGBColor {
+    let f = |x: u8| (x as u16 * 3 / 5) as u8;
+    RGBColor(f(c.0), f(c.1), f(c.2))
+}
+
 fn draw_err<E: std::fmt::Display>(e: E) -> ChartError {
     ChartError::Draw(e.to_string())
 }
@@ -78,16 +84,20 @@ pub fn draw(points: &[Point], title: &str) -> Result<Vec<u8>, ChartError> {
             .x_desc("time (s)")
             .y_desc("share of the engine")
             .label_style(("sans-serif", 14))
-            .light_line_style(RGBColor(235, 235, 235))
+            .light_line_style(RGBColor(244, 244, 244))
             .draw()
             .map_err(draw_err)?;
+        // Achieved shares first, then the configured ones dashed on top in
+        // a darker shade, so that a share held exactly still shows both.
         for (i, (uuid, type_id)) in vgpus.iter().enumerate() {
             let colour = COLOURS[i % COLOURS.len()];
-            let mine = || points.iter().filter(move |p| p.uuid == *uuid);
             let short = uuid.get(..8).unwrap_or(uuid);
             chart
                 .draw_series(LineSeries::new(
-                    mine().map(|p| (p.time_s, p.achieved)),
+                    points
+                        .iter()
+                        .filter(|p| p.uuid == *uuid)
+                        .map(|p| (p.time_s, p.achieved)),
                     colour.stroke_width(2),
                 ))
                 .map_err(draw_err)?
@@ -95,33 +105,35 @@ pub fn draw(points: &[Point], title: &str) -> Result<Vec<u8>, ChartError> {
                 .legend(move |(x, y)| {
                     PathElement::new(vec![(x, y), (x + 24, y)], colour.stroke_width(2))
                 });
-            let configured: Vec<(f64, f64)> = mine()
+        }
+        for (i, (uuid, type_id)) in vgpus.iter().enumerate() {
+            let colour = darker(COLOURS[i % COLOURS.len()]);
+            let short = uuid.get(..8).unwrap_or(uuid);
+            let configured: Vec<(f64, f64)> = points
+                .iter()
+                .filter(|p| p.uuid == *uuid)
                 .filter_map(|p| p.configured.map(|c| (p.time_s, c)))
                 .collect();
-            if let (Some(first), Some(last)) = (configured.first(), configured.last()) {
-                let label = if configured.iter().all(|c| c.1 == first.1) {
-                    format!("{type_id} {short} configured {:.3}", last.1)
-                } else {
-                    format!("{type_id} {short} configured")
-                };
-                chart
-                    .draw_series(DashedLineSeries::new(
-                        configured,
-                        8,
-                        6,
-                        colour.stroke_width(1),
-                    ))
-                    .map_err(draw_err)?
-                    .label(label)
-                    .legend(move |(x, y)| {
-                        DashedPathElement::new(
-                            vec![(x, y), (x + 24, y)],
-                            5,
-                            3,
-                            colour.stroke_width(1),
-                        )
-                    });
-            }
+            let (Some(first), Some(last)) = (configured.first(), configured.last()) else {
+                continue;
+            };
+            let label = if configured.iter().all(|c| c.1 == first.1) {
+                format!("{type_id} {short} configured {:.3}", last.1)
+            } else {
+                format!("{type_id} {short} configured")
+            };
+            chart
+                .draw_series(DashedLineSeries::new(
+                    configured,
+                    10,
+                    6,
+                    colour.stroke_width(2),
+                ))
+                .map_err(draw_err)?
+                .label(label)
+                .legend(move |(x, y)| {
+                    DashedPathElement::new(vec![(x, y), (x + 24, y)], 6, 3, colour.stroke_width(2))
+                });
         }
         chart
             .configure_series_labels()
