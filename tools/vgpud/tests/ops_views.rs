@@ -1,7 +1,8 @@
 //! The views an operator has of a running vgpud: the metrics endpoint
 //! (checked by promtool), `vgpuctl top`, `vgpuctl record` (CSV and chart)
 //! and JSON logs with the vGPU's span, each against a live daemon with
-//! tenants connected over vfio-user.
+//! tenants connected over vfio-user. promtool comes from
+//! tests/metrics/install-promtool.sh (run here when it is missing).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
@@ -150,7 +151,9 @@ fn wait_busy(v: &Vgpud, uuids: &[&str]) {
 }
 
 /// promtool: $VGPUD_PROMTOOL, on the PATH, or where
-/// tests/metrics/install-promtool.sh caches it.
+/// tests/metrics/install-promtool.sh caches it, which is run (as the mdev
+/// test runs its installer) when it is in none of these places. Never
+/// skipped: without promtool the test fails, naming the script.
 fn promtool() -> PathBuf {
     if let Some(p) = std::env::var_os("VGPUD_PROMTOOL") {
         return PathBuf::from(p);
@@ -163,15 +166,21 @@ fn promtool() -> PathBuf {
     {
         return p;
     }
-    let cache = std::env::var_os("VGPUD_CACHE").map_or("/var/cache/vgpud".into(), PathBuf::from);
-    let cached = cache.join("promtool/bin/promtool");
-    assert!(
-        cached.is_file(),
-        "promtool not found (not on PATH, not at {}): run `bash tests/metrics/install-promtool.sh` \
-         (.ci/run does), or set VGPUD_PROMTOOL",
-        cached.display()
-    );
-    cached
+    let script =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/metrics/install-promtool.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .stderr(Stdio::inherit())
+        .output();
+    match out {
+        Ok(o) if o.status.success() => PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()),
+        other => panic!(
+            "promtool is not on PATH and {} failed ({other:?}): it installs promtool from \
+             Debian's prometheus package under /var/cache/vgpud/promtool (.ci/run runs it); \
+             or set VGPUD_PROMTOOL",
+            script.display()
+        ),
+    }
 }
 
 fn http(addr: &str, method: &str, path: &str) -> String {
