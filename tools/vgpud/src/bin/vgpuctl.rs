@@ -287,10 +287,14 @@ fn run_record(
         "{:<36} {:<10} {:>10} {:>13} {:>8}",
         "vgpu", "type", "configured", "mean_achieved", "samples"
     );
-    for (uuid, type_id, conf, mean, n) in record::summary(&points) {
+    for s in record::summary(&points) {
         println!(
-            "{uuid:<36} {type_id:<10} {:>10} {mean:>13.3} {n:>8}",
-            opt(conf, 3)
+            "{:<36} {:<10} {:>10} {:>13.3} {:>8}",
+            s.uuid,
+            s.type_id,
+            opt(s.configured, 3),
+            s.mean_achieved,
+            s.points
         );
     }
     Ok(())

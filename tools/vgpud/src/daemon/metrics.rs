@@ -243,6 +243,47 @@ const SERIES: [Series; 17] = [
     ),
 ];
 
+/// One per-parent series (label `parent`), read from [`ParentStatus`].
+struct ParentSeries {
+    name: &'static str,
+    kind: &'static str,
+    help: &'static str,
+    value: fn(&ParentStatus) -> f64,
+}
+
+const PARENT_SERIES: [ParentSeries; 5] = [
+    ParentSeries {
+        name: "vgpud_parent_engine_busy_ratio",
+        kind: "gauge",
+        help: "share of wall time the engine ran vGPU work over the averaging window",
+        value: |p| p.engine_busy_ratio,
+    },
+    ParentSeries {
+        name: "vgpud_parent_engine_busy_seconds_total",
+        kind: "counter",
+        help: "engine time all vGPUs' work used",
+        value: |p| p.busy_ns as f64 * 1e-9,
+    },
+    ParentSeries {
+        name: "vgpud_parent_timeslice_seconds",
+        kind: "gauge",
+        help: "the scheduler's timeslice in force",
+        value: |p| p.timeslice_us as f64 * 1e-6,
+    },
+    ParentSeries {
+        name: "vgpud_parent_vgpus",
+        kind: "gauge",
+        help: "vGPUs created on the parent",
+        value: |p| p.vgpus as f64,
+    },
+    ParentSeries {
+        name: "vgpud_parent_policy_info",
+        kind: "gauge",
+        help: "the parent's scheduling policy, as the label policy",
+        value: |_| 1.0,
+    },
+];
+
 /// What one scrape shows: every vGPU, every parent, every type.
 pub struct Snapshot {
     pub vgpus: Vec<VgpuStatus>,
@@ -309,40 +350,9 @@ pub fn render_snapshot(snap: &Snapshot) -> String {
             let _ = writeln!(out, "}} {}", x * s.scale);
         }
     }
-    let parent_series: [(&str, &str, &str, fn(&ParentStatus) -> f64); 5] = [
-        (
-            "vgpud_parent_engine_busy_ratio",
-            "gauge",
-            "share of wall time the engine ran vGPU work over the averaging window",
-            |p| p.engine_busy_ratio,
-        ),
-        (
-            "vgpud_parent_engine_busy_seconds_total",
-            "counter",
-            "engine time all vGPUs' work used",
-            |p| p.busy_ns as f64 * 1e-9,
-        ),
-        (
-            "vgpud_parent_timeslice_seconds",
-            "gauge",
-            "the scheduler's timeslice in force",
-            |p| p.timeslice_us as f64 * 1e-6,
-        ),
-        (
-            "vgpud_parent_vgpus",
-            "gauge",
-            "vGPUs created on the parent",
-            |p| p.vgpus as f64,
-        ),
-        (
-            "vgpud_parent_policy_info",
-            "gauge",
-            "the parent's scheduling policy, as the label policy",
-            |_| 1.0,
-        ),
-    ];
-    for (name, kind, help, value) in parent_series {
-        head(&mut out, name, kind, help);
+    for s in &PARENT_SERIES {
+        let name = s.name;
+        head(&mut out, name, s.kind, s.help);
         for p in &snap.parents {
             let _ = write!(out, "{name}{{parent=\"{}\"", esc(&p.parent));
             if name == "vgpud_parent_policy_info" {
@@ -353,7 +363,7 @@ pub fn render_snapshot(snap: &Snapshot) -> String {
                     esc(&p.engine)
                 );
             }
-            let _ = writeln!(out, "}} {}", value(p));
+            let _ = writeln!(out, "}} {}", (s.value)(p));
         }
     }
     head(

@@ -55,28 +55,39 @@ pub fn write_csv(mut w: impl Write, points: &[Point]) -> std::io::Result<()> {
     w.flush()
 }
 
-/// Per vGPU, in order of first appearance: (uuid, type, configured at the
-/// end, mean achieved share, number of points).
-pub fn summary(points: &[Point]) -> Vec<(String, String, Option<f64>, f64, usize)> {
-    let mut out: Vec<(String, String, Option<f64>, f64, usize)> = Vec::new();
+/// One vGPU over a whole recording.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Summary {
+    pub uuid: String,
+    pub type_id: String,
+    /// The configured share at its last point.
+    pub configured: Option<f64>,
+    /// The mean of its achieved shares.
+    pub mean_achieved: f64,
+    pub points: usize,
+}
+
+/// Per vGPU, in order of first appearance, its [`Summary`].
+pub fn summary(points: &[Point]) -> Vec<Summary> {
+    let mut out: Vec<Summary> = Vec::new();
     for p in points {
-        match out.iter_mut().find(|s| s.0 == p.uuid) {
+        match out.iter_mut().find(|s| s.uuid == p.uuid) {
             Some(s) => {
-                s.2 = p.configured;
-                s.3 += p.achieved;
-                s.4 += 1;
+                s.configured = p.configured;
+                s.mean_achieved += p.achieved;
+                s.points += 1;
             }
-            None => out.push((
-                p.uuid.clone(),
-                p.type_id.clone(),
-                p.configured,
-                p.achieved,
-                1,
-            )),
+            None => out.push(Summary {
+                uuid: p.uuid.clone(),
+                type_id: p.type_id.clone(),
+                configured: p.configured,
+                mean_achieved: p.achieved,
+                points: 1,
+            }),
         }
     }
     for s in &mut out {
-        s.3 /= s.4 as f64;
+        s.mean_achieved /= s.points as f64;
     }
     out
 }
@@ -114,7 +125,9 @@ mod tests {
              0.200,u2,vgpud-2c,,0.2500\n"
         );
         let s = summary(&p);
-        assert_eq!(s[0].0, "u1");
-        assert!((s[1].3 - 0.25).abs() < 1e-9);
+        assert_eq!(s[0].uuid, "u1");
+        assert_eq!(s[1].configured, None);
+        assert_eq!(s[1].points, 1);
+        assert!((s[1].mean_achieved - 0.25).abs() < 1e-9);
     }
 }
