@@ -83,12 +83,13 @@ enum Cmd {
     },
     /// Sample every vGPU's achieved share for a while; write the samples
     /// as CSV and/or a chart (PNG, shares over time, configured dashed).
+    #[command(group(clap::ArgGroup::new("output").required(true).multiple(true).args(["png", "csv"])))]
     Record {
         /// How long to record.
         #[arg(long)]
         seconds: f64,
         /// Write the chart here (PNG, 1000x500).
-        #[arg(long, value_name = "FILE", required_unless_present = "csv")]
+        #[arg(long, value_name = "FILE")]
         png: Option<PathBuf>,
         /// Write the samples here: time_s,vgpu,type,configured,achieved.
         #[arg(long, value_name = "FILE")]
