@@ -267,11 +267,21 @@ fn metrics_pass_promtool_and_answer_head() {
         value("vgpud_parent_policy_info{parent=\"cpu0\",policy=\"fixed_share\",engine=\"cpu\"}"),
         1.0
     );
-    // 8 GiB and 8 slots, 6 GiB taken: one more 2c, no 4c.
-    assert_eq!(
-        value("vgpud_parent_available_instances{parent=\"cpu0\",type=\"vgpud-2c\"}"),
-        1.0
-    );
+    // Available instances: as `types` has them, for every type (the host's
+    // memory may lower them); 8 GiB and 8 slots with 6 GiB taken: no 4c.
+    let types = v.ok(json!({"op": "types"}));
+    for t in types.as_array().unwrap() {
+        let series = format!(
+            "vgpud_parent_available_instances{{parent=\"{}\",type=\"{}\"}}",
+            t["parent"].as_str().unwrap(),
+            t["id"].as_str().unwrap()
+        );
+        assert_eq!(
+            value(&series),
+            t["available_instances"].as_f64().unwrap(),
+            "{series}"
+        );
+    }
     assert_eq!(
         value("vgpud_parent_available_instances{parent=\"cpu0\",type=\"vgpud-4c\"}"),
         0.0
