@@ -132,6 +132,12 @@ struct Core {
     /// [`DEFAULT_ACQUIRE_TIMEOUT`] unless changed, in ns.
     acquire_timeout_ns: AtomicU64,
     born: Instant,
+    /// `vgpu{vgpu=<name>}`: the front end runs in it, so every event it
+    /// logs carries the vGPU (as do the vfio-user server's, [`Vgpu::span`]).
+    span: tracing::Span,
+    /// `channel{channel=<n>}` per channel, children of `span`: a channel's
+    /// service and its completions run in its span.
+    channel_spans: Vec<tracing::Span>,
 }
 
 /// One virtual GPU.
@@ -182,6 +188,10 @@ impl Vgpu {
         };
         let doorbell =
             DoorbellPage::new(state.regs.channels()).map_err(DeviceError::DoorbellPage)?;
+        let span = tracing::info_span!(parent: None, "vgpu", vgpu = %cfg.name);
+        let channel_spans = (0..state.regs.channels())
+            .map(|c| tracing::info_span!(parent: &span, "channel", channel = c))
+            .collect();
         let core = Arc::new(Core {
             cfg,
             mem: Arc::new(GuestRam::new()),
@@ -193,6 +203,8 @@ impl Vgpu {
             poll_window_ns: AtomicU64::new(DEFAULT_POLL_WINDOW.as_nanos() as u64),
             acquire_timeout_ns: AtomicU64::new(DEFAULT_ACQUIRE_TIMEOUT.as_nanos() as u64),
             born: Instant::now(),
+            span,
+            channel_spans,
         });
         let c = core.clone();
         let pfifo = crate::thread::spawn(format!("pfifo-{}", core.cfg.name), move || c.pfifo())?;
@@ -204,6 +216,12 @@ impl Vgpu {
 
     pub fn config(&self) -> &VgpuConfig {
         &self.core.cfg
+    }
+
+    /// The vGPU's tracing span (`vgpu{vgpu=<name>}`), for the threads that
+    /// serve it to run in.
+    pub fn span(&self) -> &tracing::Span {
+        &self.core.span
     }
 
     /// The doorbell page's backing file (a new descriptor), for a VMM to map

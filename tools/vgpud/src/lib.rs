@@ -6,6 +6,8 @@
 //! * [`daemon`]: the parents and vGPUs the daemon hosts, and its control
 //!   socket, metrics endpoint and mdev sysfs tree.
 //! * [`demo`]: the demo workload `vgpud --demo` runs.
+//! * [`views`]: what `vgpuctl top` and `vgpuctl record` show: rates and
+//!   shares between samples, the live table, the CSV and the chart.
 //! * [`errno`]: the errno values operations fail with, by name and number.
 //! * [`thread`]: starting threads; one that cannot start is an error.
 //! * [`wait`]: blocking waits a stop signal can end.
@@ -16,4 +18,5 @@ pub mod errno;
 pub mod parent;
 
 pub mod vfio_user;
+pub mod views;
 pub mod wait;

@@ -511,6 +511,21 @@ fn replies_keep_their_field_names() {
         ]
     );
     assert_eq!(status[0]["cap"], Value::Null, "unknown figures are null");
+    let parents = ctl.ok(json!({"op": "parents"}));
+    assert_eq!(
+        keys(&parents[0]),
+        [
+            "busy_ns",
+            "engine",
+            "engine_busy_ratio",
+            "parent",
+            "policy",
+            "timeslice_us",
+            "vgpus",
+            "window_us"
+        ]
+    );
+    assert_eq!(parents[0]["vgpus"], 1);
     let policy = ctl.ok(json!({"op": "policy_show"}));
     assert_eq!(
         keys(&policy),

@@ -2,17 +2,20 @@
 //!
 //! Talks to `<run-dir>/control.sock` (docs/control.md). Exit status: 0 on
 //! success, 1 when vgpud refused the operation (its errno name and message
-//! are printed), 2 on a usage error, 3 when vgpud cannot be reached.
+//! are printed), 2 on a usage error, 3 when vgpud cannot be reached, 4
+//! when `record` cannot write its files.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, IsTerminal, Write};
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
-use vgpud::daemon::{Created, PolicyInfo, TypeInfo, VgpuStatus, VgpuSummary};
+use vgpud::daemon::{Created, ParentStatus, PolicyInfo, TypeInfo, VgpuStatus, VgpuSummary};
+use vgpud::views::{chart, record, top, Sample};
 
 #[derive(Parser)]
 #[command(version, about = "vgpuctl: manage the vGPUs of a running vgpud")]
@@ -62,6 +65,40 @@ enum Cmd {
     },
     /// Reload the scheduling policy file (as SIGHUP does).
     Reload,
+    /// A live view: per parent its policy and engine busy; per vGPU its
+    /// share (achieved between refreshes, against configured), queue depth,
+    /// faults, commands/s and doorbells/s. Refreshes until interrupted.
+    Top {
+        /// Seconds between refreshes.
+        #[arg(long, default_value_t = 1.0)]
+        interval: f64,
+        /// Stop after N refreshes.
+        #[arg(short = 'n', long = "iterations", value_name = "N")]
+        iterations: Option<u64>,
+        /// One refresh, then exit (as -n 1; rates need two, so they show `-`).
+        #[arg(long, conflicts_with = "iterations")]
+        once: bool,
+    },
+    /// Sample every vGPU's achieved share for a while; write the samples
+    /// as CSV and/or a chart (PNG, shares over time, configured dashed).
+    #[command(group(clap::ArgGroup::new("output").required(true).multiple(true).args(["png", "csv"])))]
+    Record {
+        /// How long to record.
+        #[arg(long)]
+        seconds: f64,
+        /// Write the chart here (PNG, 1000x500).
+        #[arg(long, value_name = "FILE")]
+        png: Option<PathBuf>,
+        /// Write the samples here: time_s,vgpu,type,configured,achieved.
+        #[arg(long, value_name = "FILE")]
+        csv: Option<PathBuf>,
+        /// Milliseconds between samples.
+        #[arg(long, value_name = "MS", default_value_t = 200)]
+        interval: u64,
+        /// The chart's title [default: the parents and their policies].
+        #[arg(long)]
+        title: Option<String>,
+    },
     /// A libvirt domain for a VM with this vGPU: `virsh define` it as it
     /// is, or paste the parts of `--fragment` into a domain of your own.
     LibvirtXml(LibvirtXmlArgs),
@@ -120,6 +157,8 @@ enum PolicyCmd {
 enum Failure {
     Refused(String, String),
     Unreachable(String),
+    Usage(String),
+    Output(String),
 }
 
 fn call(args: &Args, req: Value) -> Result<Value, Failure> {
@@ -150,6 +189,151 @@ fn call(args: &Args, req: Value) -> Result<Value, Failure> {
 fn call_as<T: DeserializeOwned>(args: &Args, req: Value) -> Result<T, Failure> {
     serde_json::from_value(call(args, req)?)
         .map_err(|e| Failure::Unreachable(format!("bad reply from vgpud: {e}")))
+}
+
+/// Every vGPU's status (and every parent's, with `parents`), when the reply came.
+fn sample(args: &Args, parents: bool) -> Result<Sample, Failure> {
+    let parents: Vec<ParentStatus> = if parents {
+        call_as(args, json!({"op": "parents"}))?
+    } else {
+        Vec::new()
+    };
+    let vgpus: Vec<VgpuStatus> = call_as(args, json!({"op": "status"}))?;
+    Ok(Sample {
+        at: Instant::now(),
+        parents,
+        vgpus,
+    })
+}
+
+/// Sleep until `t`, if it is still ahead.
+fn sleep_until(t: Instant) {
+    if let Some(d) = t.checked_duration_since(Instant::now()) {
+        std::thread::sleep(d);
+    }
+}
+
+fn run_top(args: &Args, interval: f64, iterations: Option<u64>) -> Result<(), Failure> {
+    if !(0.05..=3600.0).contains(&interval) {
+        return Err(Failure::Usage(format!(
+            "--interval {interval}: must be 0.05 ..= 3600 seconds"
+        )));
+    }
+    let period = Duration::from_secs_f64(interval);
+    // On a terminal each frame replaces the last (clear, home); piped,
+    // frames follow each other, separated by a blank line.
+    let tty = std::io::stdout().is_terminal();
+    let start = Instant::now();
+    let mut prev: Option<Sample> = None;
+    let mut n = 0u64;
+    loop {
+        let cur = sample(args, true)?;
+        let mut text = String::new();
+        if tty {
+            text.push_str("\x1b[2J\x1b[H");
+        } else if n > 0 {
+            text.push('\n');
+        }
+        text += &format!(
+            "vgpuctl top: {} (every {interval} s, {:.1} s)\n",
+            args.run_dir.display(),
+            start.elapsed().as_secs_f64()
+        );
+        text += &top::frame(prev.as_ref(), &cur);
+        let mut out = std::io::stdout().lock();
+        if out
+            .write_all(text.as_bytes())
+            .and_then(|_| out.flush())
+            .is_err()
+        {
+            // The reader went away (a closed pipe): nothing left to show.
+            return Ok(());
+        }
+        drop(out);
+        n += 1;
+        if iterations.is_some_and(|max| n >= max) {
+            return Ok(());
+        }
+        prev = Some(cur);
+        sleep_until(start + period * n as u32);
+    }
+}
+
+fn run_record(
+    args: &Args,
+    seconds: f64,
+    interval_ms: u64,
+    png: Option<&Path>,
+    csv: Option<&Path>,
+    title: Option<&str>,
+) -> Result<(), Failure> {
+    if !(seconds > 0.0 && seconds <= 86_400.0) {
+        return Err(Failure::Usage(format!(
+            "--seconds {seconds}: must be in (0, 86400]"
+        )));
+    }
+    if !(10..=60_000).contains(&interval_ms) {
+        return Err(Failure::Usage(format!(
+            "--interval {interval_ms}: must be 10 ..= 60000 ms"
+        )));
+    }
+    let period = Duration::from_millis(interval_ms);
+    let first = sample(args, true)?;
+    let title = title.map_or_else(
+        || {
+            let parents: Vec<String> = first
+                .parents
+                .iter()
+                .map(|p| format!("{} {}", p.parent, p.policy))
+                .collect();
+            format!("vGPU shares over time ({})", parents.join(", "))
+        },
+        str::to_string,
+    );
+    let start = first.at;
+    let end = start + Duration::from_secs_f64(seconds);
+    let mut prev = first;
+    let mut points = Vec::new();
+    for k in 1u32.. {
+        let next = start + period * k;
+        if next > end {
+            break;
+        }
+        sleep_until(next);
+        let cur = sample(args, false)?;
+        points.extend(record::points(start, &prev, &cur));
+        prev = cur;
+    }
+    let write = |path: &Path, what: &dyn Fn(std::fs::File) -> Result<(), String>| {
+        let f = std::fs::File::create(path)
+            .map_err(|e| Failure::Output(format!("{}: {e}", path.display())))?;
+        what(f).map_err(|e| Failure::Output(format!("{}: {e}", path.display())))
+    };
+    if let Some(path) = csv {
+        write(path, &|f| {
+            record::write_csv(std::io::BufWriter::new(f), &points).map_err(|e| e.to_string())
+        })?;
+    }
+    if let Some(path) = png {
+        write(path, &|f| {
+            chart::write_png(std::io::BufWriter::new(f), &points, &title).map_err(|e| e.to_string())
+        })?;
+    }
+    println!(
+        "{:<36} {:<10} {:>10} {:>13} {:>8}",
+        "vgpu", "type", "configured", "mean_achieved", "samples"
+    );
+    for s in record::summary(&points) {
+        println!(
+            "{:<36} {:<10} {:>10} {:>13.3} {:>8}",
+            s.uuid,
+            s.type_id,
+            opt(s.configured, 3),
+            s.mean_achieved,
+            s.points
+        );
+    }
+    Ok(())
 }
 
 fn opt(v: Option<f64>, digits: usize) -> String {
@@ -307,6 +491,25 @@ fn run(args: &Args) -> Result<(), Failure> {
                 print!("{}", libvirt_domain(v, x));
             }
         }
+        Cmd::Top {
+            interval,
+            iterations,
+            once,
+        } => run_top(args, *interval, if *once { Some(1) } else { *iterations })?,
+        Cmd::Record {
+            seconds,
+            png,
+            csv,
+            interval,
+            title,
+        } => run_record(
+            args,
+            *seconds,
+            *interval,
+            png.as_deref(),
+            csv.as_deref(),
+            title.as_deref(),
+        )?,
     }
     Ok(())
 }
@@ -474,6 +677,14 @@ fn main() -> ExitCode {
         Err(Failure::Unreachable(msg)) => {
             eprintln!("vgpuctl: {msg}");
             ExitCode::from(3)
+        }
+        Err(Failure::Usage(msg)) => {
+            eprintln!("vgpuctl: {msg}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Output(msg)) => {
+            eprintln!("vgpuctl: {msg}");
+            ExitCode::from(4)
         }
     }
 }

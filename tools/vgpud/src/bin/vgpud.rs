@@ -71,6 +71,17 @@ struct Args {
     /// equal_share, fixed_share or weighted (default fixed_share).
     #[arg(long, requires = "demo")]
     policy: Option<String>,
+    /// Log format on stderr: `text`, or `json` (one object per line, with
+    /// the spans each event ran in: `vgpu`, `session`, `channel`). The
+    /// level comes from VGPUD_LOG (default info).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 fn socket_mode(s: &str) -> Result<u32, String> {
@@ -109,13 +120,19 @@ fn main() -> ExitCode {
     // The demo's selftests fault channels on purpose; its output is the
     // report, so it logs errors only unless VGPUD_LOG says otherwise.
     let default_level = if args.demo.is_some() { "error" } else { "info" };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("VGPUD_LOG")
-                .unwrap_or_else(|_| default_level.into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("VGPUD_LOG")
+        .unwrap_or_else(|_| default_level.into());
+    let log = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Text => log.init(),
+        LogFormat::Json => log
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .init(),
+    }
     // One file holds both the scheduling policy and the type catalogue.
     let (config, catalog, file_sockets) = match &args.config {
         Some(path) => match ConfigFile::load(path) {

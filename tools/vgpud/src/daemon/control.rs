@@ -43,6 +43,9 @@ pub enum Request {
     Status {
         uuid: Option<String>,
     },
+    Parents {
+        parent: Option<String>,
+    },
     PolicyShow {
         parent: Option<String>,
     },
@@ -68,6 +71,7 @@ pub fn execute(daemon: &Mutex<Daemon>, req: Request) -> Result<Value, OpError> {
         Request::Remove { uuid } => reply(d.remove(&uuid)),
         Request::List => reply(Ok(d.list())),
         Request::Status { uuid } => reply(d.status(uuid.as_deref())),
+        Request::Parents { parent } => reply(d.parents_status(parent.as_deref())),
         Request::PolicyShow { parent } => reply(d.policy_show(parent.as_deref())),
         Request::PolicySet {
             parent,

@@ -25,7 +25,9 @@ use mmio::pci::PciIdentity;
 use scheduler::{Config, PolicyKind};
 use uuid::Uuid;
 
-pub use replies::{Created, PolicyInfo, Reloaded, Removed, TypeInfo, VgpuStatus, VgpuSummary};
+pub use replies::{
+    Created, ParentStatus, PolicyInfo, Reloaded, Removed, TypeInfo, VgpuStatus, VgpuSummary,
+};
 
 use crate::errno::Errno;
 use crate::parent::Parent;
@@ -497,6 +499,34 @@ impl Daemon {
             averaging_factor: p.averaging_factor,
             window_us: st.window / 1000,
         })
+    }
+
+    /// Engine and policy of one parent (`Some(id)`) or all.
+    pub fn parents_status(&self, parent: Option<&str>) -> Result<Vec<ParentStatus>, OpError> {
+        let ids: Vec<&String> = match parent {
+            Some(p) => vec![self.parent(Some(p))?.0],
+            None => self.parents.keys().collect(),
+        };
+        Ok(ids
+            .into_iter()
+            .map(|id| {
+                let slot = &self.parents[id];
+                let st = slot.parent.stats();
+                let busy: f64 = st.vgpus.iter().map(|v| v.share_window).sum();
+                ParentStatus {
+                    parent: id.clone(),
+                    engine: match slot.engine {
+                        Engine::Cpu => "cpu".into(),
+                    },
+                    policy: st.policy.name().to_string(),
+                    timeslice_us: st.timeslice / 1000,
+                    window_us: st.window / 1000,
+                    vgpus: self.vgpus.values().filter(|v| &v.parent == id).count(),
+                    busy_ns: st.busy,
+                    engine_busy_ratio: busy.clamp(0.0, 1.0),
+                }
+            })
+            .collect())
     }
 
     /// Change a parent's policy (and timeslice) while vGPUs run.

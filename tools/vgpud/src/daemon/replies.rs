@@ -127,3 +127,21 @@ pub struct Reloaded {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
 }
+
+/// A parent's engine and policy, as the scheduler sees them now (`parents`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ParentStatus {
+    pub parent: String,
+    /// The engine behind it: `cpu`.
+    pub engine: String,
+    pub policy: String,
+    pub timeslice_us: u64,
+    pub window_us: u64,
+    /// vGPUs created on it.
+    pub vgpus: usize,
+    /// Engine time its vGPUs' work used since it started.
+    pub busy_ns: u64,
+    /// Share of wall time the engine was busy with vGPU work over the
+    /// averaging window (the sum of its vGPUs' achieved shares, at most 1).
+    pub engine_busy_ratio: f64,
+}

@@ -157,6 +157,9 @@ impl Server {
     }
 
     fn run(self) {
+        // Every event of the server and of the device work its sessions do
+        // carries the vGPU.
+        let _span = self.vgpu.span().clone().entered();
         tracing::info!(vgpu = %self.name(), "vfio-user server listening");
         let mut waiting = None;
         loop {
@@ -189,7 +192,8 @@ impl Server {
 
     /// Serve one client until it leaves or the server is stopped.
     fn serve(&self, mut stream: UnixStream) -> Served {
-        self.stats.connections.fetch_add(1, Ordering::Relaxed);
+        let connection = self.stats.connections.fetch_add(1, Ordering::Relaxed) + 1;
+        let _span = tracing::info_span!("session", connection).entered();
         self.stats.attached.store(true, Ordering::Relaxed);
         self.vgpu.set_attached(true);
         tracing::info!(vgpu = %self.name(), "client attached");
