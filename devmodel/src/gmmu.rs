@@ -106,9 +106,15 @@ impl Gmmu {
         }
     }
 
-    /// Drop every cached translation (`MMU_INVALIDATE`, reset).
+    /// Drop every cached translation (`MMU_INVALIDATE`).
     pub fn invalidate(&mut self) {
         self.tlb.clear();
+    }
+
+    /// Drop every cached translation and the TLB's memory with them (an
+    /// engine reset, or the VM going away: up to a few MiB per vGPU).
+    pub fn reset(&mut self) {
+        self.tlb = HashMap::new();
     }
 
     /// Translate `va..va+len` of the address space rooted at `pdb` for a

@@ -488,7 +488,7 @@ impl Core {
         st.regs.reset();
         st.channels.iter_mut().for_each(|c| *c = Channel::default());
         self.doorbell.reset();
-        st.mmu.invalidate();
+        st.mmu.reset();
         st.runlist = None;
         st.stats.resets += 1;
         self.ctx.cancel();
