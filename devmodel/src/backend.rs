@@ -40,6 +40,10 @@ pub enum ExecError {
     /// moves (an audit bug; the channel faults with ENGINE_ERROR).
     #[error("the {0} extents are shorter than the operation")]
     ShortExtents(&'static str),
+    /// The physical engine failed the item or went away (a GPU fault, a
+    /// worker process that died).
+    #[error("engine failure: {0}")]
+    EngineFailed(String),
 }
 
 /// The outcome of one item.
@@ -61,6 +65,9 @@ pub enum BackendError {
     VramTooLarge { bytes: u64 },
     #[error(transparent)]
     Thread(#[from] crate::thread::SpawnError),
+    /// The engine could not be reached or started (a GPU worker).
+    #[error("engine: {0}")]
+    Engine(String),
     #[error("cannot allocate {bytes} bytes of VRAM")]
     VramAlloc {
         bytes: u64,
@@ -75,6 +82,12 @@ pub trait Backend: Send + Sync {
     fn name(&self) -> &'static str;
     /// Create a vGPU's context with `vram_bytes` of zeroed framebuffer.
     fn create_context(&self, vram_bytes: u64) -> Result<Arc<dyn EngineContext>, BackendError>;
+    /// Items a scheduler should keep queued at the engine so that it never
+    /// waits between items (more where each item's round trip is longer,
+    /// as through a GPU worker process).
+    fn queue_depth(&self) -> usize {
+        4
+    }
 }
 
 /// One vGPU's share of the engine: its VRAM and its work.

@@ -128,6 +128,38 @@ pub struct GuestRam {
     /// Every DMA region by guest address, with the file mapping it looks
     /// into (which it keeps alive).
     owners: Mutex<BTreeMap<u64, RegionOwner>>,
+    /// Bumped by every map and unmap ([`GuestRam::layout`]).
+    generation: AtomicU64,
+}
+
+/// Where the DMA-mapped guest RAM lives: the files behind it and the
+/// windows of them at each guest address. An engine in another process
+/// maps the same files to reach guest memory (its GPA translation).
+#[derive(Debug)]
+pub struct RamLayout {
+    /// Changes whenever the layout does.
+    pub generation: u64,
+    pub files: Vec<RamFile>,
+    pub regions: Vec<RamRegion>,
+}
+
+/// One file guest RAM lives in (a VMM's memfd), as mapped here.
+#[derive(Debug)]
+pub struct RamFile {
+    /// A duplicate of the descriptor.
+    pub file: File,
+    pub len: u64,
+    pub writable: bool,
+}
+
+/// A DMA-mapped window: `len` bytes at guest address `gpa`, `offset` bytes
+/// into `files[file]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RamRegion {
+    pub gpa: u64,
+    pub len: u64,
+    pub file: usize,
+    pub offset: u64,
 }
 
 /// A DMA region and the file mapping it is a window into.
@@ -156,6 +188,48 @@ impl GuestRam {
     /// Bytes currently pinned in host memory.
     pub fn pinned_bytes(&self) -> u64 {
         self.pinned.load(Ordering::Relaxed)
+    }
+
+    /// The layout's generation now (cheap: compare before asking for
+    /// [`GuestRam::layout`]).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// The files and windows of the DMA-mapped guest RAM now.
+    pub fn layout(&self) -> std::io::Result<RamLayout> {
+        let owners = lock(&self.owners);
+        let generation = self.generation();
+        let mut files: Vec<RamFile> = Vec::new();
+        let mut seen: Vec<*const FileMap> = Vec::new();
+        let mut regions = Vec::new();
+        for (gpa, (region, file)) in owners.iter() {
+            let key = Arc::as_ptr(file);
+            let idx = match seen.iter().position(|k| *k == key) {
+                Some(i) => i,
+                None => {
+                    files.push(RamFile {
+                        file: file._file.try_clone()?,
+                        len: file.len as u64,
+                        writable: file.writable,
+                    });
+                    seen.push(key);
+                    seen.len() - 1
+                }
+            };
+            let offset = region.as_ptr() as u64 - file.ptr.as_ptr() as u64;
+            regions.push(RamRegion {
+                gpa: *gpa,
+                len: region.len(),
+                file: idx,
+                offset,
+            });
+        }
+        Ok(RamLayout {
+            generation,
+            files,
+            regions,
+        })
     }
 
     /// Make `size` bytes of `fd` at `file_offset` guest physical
@@ -214,6 +288,7 @@ impl GuestRam {
         let next = guard.insert_region(region.clone()).map_err(|_| bad())?;
         *guard = Arc::new(next);
         lock(&self.owners).insert(gpa, (region, file));
+        self.generation.fetch_add(1, Ordering::AcqRel);
         tracing::debug!(gpa, size, writable, "dma map");
         Ok(())
     }
@@ -337,6 +412,7 @@ impl GuestRam {
                     .map_err(|_| MemError::BadUnmap { gpa, size })?
             };
             *guard = Arc::new(next);
+            self.generation.fetch_add(1, Ordering::AcqRel);
             touching
                 .iter()
                 .filter_map(|k| owners.remove(k))

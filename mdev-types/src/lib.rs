@@ -112,6 +112,64 @@ impl ParentCapacity {
 pub enum Engine {
     /// The cpu engine (runs every ABI operation on host threads).
     Cpu,
+    /// An NVIDIA GPU through CUDA (device ordinal): each vGPU's work in a
+    /// worker process of its own.
+    Cuda { device: u32 },
+}
+
+impl Engine {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Engine::Cpu => "cpu",
+            Engine::Cuda { .. } => "cuda",
+        }
+    }
+}
+
+/// Device memory kept back per vGPU on a GPU for its CUDA context (the
+/// worker's own allocations, kernels and stacks).
+pub const CUDA_CONTEXT_RESERVE: u64 = GIB;
+
+/// The types a GPU of `memory_bytes` offers, in NVIDIA's style: the whole
+/// GPU, 1/2, 1/4 and 1/8 of its framebuffer (after a context's reserve per
+/// vGPU), each with as many instances as fit; and the parent's capacity.
+/// `name` is the GPU's (`NVIDIA H200` gives types `h200-139c` …).
+pub fn gpu_types(name: &str, memory_bytes: u64) -> (ParentCapacity, Vec<VgpuType>) {
+    let model: String = name
+        .trim_start_matches("NVIDIA")
+        .split_whitespace()
+        .next()
+        .unwrap_or("gpu")
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .collect::<String>()
+        .to_ascii_lowercase();
+    let model = if model.is_empty() {
+        "gpu".into()
+    } else {
+        model
+    };
+    let types = [1u32, 2, 4, 8]
+        .into_iter()
+        .filter_map(|d| {
+            let fb = memory_bytes.saturating_sub(d as u64 * CUDA_CONTEXT_RESERVE) / d as u64;
+            let gib = fb / GIB;
+            (gib > 0).then(|| VgpuType {
+                id: format!("{model}-{gib}c"),
+                name: format!("{}-{gib}C", model.to_ascii_uppercase()),
+                framebuffer_bytes: gib * GIB,
+                max_instances: d,
+                channels: DEFAULT_CHANNELS,
+                vendor_id: VENDOR_ID,
+                device_id: 0x1100 + d as u16,
+            })
+        })
+        .collect::<Vec<_>>();
+    let capacity = ParentCapacity {
+        framebuffer_bytes: memory_bytes.saturating_sub(8 * CUDA_CONTEXT_RESERVE),
+        max_vgpus: 8,
+    };
+    (capacity, types)
 }
 
 /// One parent as configured.
@@ -338,22 +396,55 @@ fn parent(
         doc,
         v,
         &key,
-        &["engine", "framebuffer", "max_vgpus", "types"],
+        &["engine", "device", "framebuffer", "max_vgpus", "types"],
     )?;
     let at = |name: &str| format!("{key}.{name}");
+    let device = match p.get("device") {
+        Some(d) => Some((unsigned(doc, d, &at("device"), 255)?, d.span())),
+        None => None,
+    };
     let engine = match p.get("engine") {
         None => Engine::Cpu,
         Some(e) => match doc.string(e, &at("engine"))? {
             "cpu" => Engine::Cpu,
+            "cuda" => Engine::Cuda {
+                device: device.as_ref().map_or(0, |d| d.0),
+            },
             other => {
                 return Err(doc.error(
                     e.span(),
                     &at("engine"),
-                    format!("unknown engine {other:?} (expected cpu)"),
+                    format!("unknown engine {other:?} (expected cpu or cuda)"),
                 ))
             }
         },
     };
+    if let (Engine::Cpu, Some((_, span))) = (engine, &device) {
+        return Err(doc.error(
+            span.clone(),
+            &at("device"),
+            "only a cuda parent has a device",
+        ));
+    }
+    // A GPU's capacity and types come from the GPU itself unless given
+    // (the daemon asks it at start: gpu_types).
+    if let Engine::Cuda { .. } = engine {
+        if p.get("framebuffer").is_none() && p.get("types").is_none() {
+            let max_vgpus = match p.get("max_vgpus") {
+                Some(m) => unsigned(doc, m, &at("max_vgpus"), u32::MAX)?.max(1),
+                None => 8,
+            };
+            return Ok(ParentDef {
+                id: id.to_string(),
+                engine,
+                capacity: ParentCapacity {
+                    framebuffer_bytes: 0,
+                    max_vgpus,
+                },
+                types: Vec::new(),
+            });
+        }
+    }
     let fb_v = required(doc, p, v, &key, "framebuffer")?;
     let fb_text = doc.string(fb_v, &at("framebuffer"))?;
     let max_v = required(doc, p, v, &key, "max_vgpus")?;
@@ -640,5 +731,40 @@ types = ["vgpud-16c", "vgpud-8c"]
             e,
             "x.toml:2:15: catalog.parent.\"p\".framebuffer: expected a string, found an integer"
         );
+    }
+
+    #[test]
+    fn a_gpu_parent_takes_its_types_from_the_gpu() {
+        // Declared without framebuffer and types: left for the daemon to
+        // derive from the GPU it asks.
+        let text = "[catalog.parent.\"gpu0\"]\nengine = \"cuda\"\ndevice = 1\n";
+        let c = Catalog::parse(text, "x.toml").unwrap();
+        let p = &c.parents[0];
+        assert_eq!(p.engine, Engine::Cuda { device: 1 });
+        assert!(p.types.is_empty());
+        assert_eq!(p.capacity.framebuffer_bytes, 0);
+        // What an H200 (143,771 MiB) offers: the whole GPU, 1/2, 1/4, 1/8,
+        // a context's reserve per vGPU taken out first.
+        let (cap, types) = gpu_types("NVIDIA H200", 143_771 << 20);
+        let got: Vec<(&str, u64, u32)> = types
+            .iter()
+            .map(|t| (t.id.as_str(), t.framebuffer_bytes >> 30, t.max_instances))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("h200-139c", 139, 1),
+                ("h200-69c", 69, 2),
+                ("h200-34c", 34, 4),
+                ("h200-16c", 16, 8)
+            ]
+        );
+        assert_eq!(cap.max_vgpus, 8);
+        // Eight of the smallest fit in the capacity, with their reserves.
+        assert!(8 * types[3].framebuffer_bytes <= cap.framebuffer_bytes);
+        // A device on a cpu parent is a mistake, said with its key.
+        let bad = "[catalog.parent.\"p\"]\ndevice = 0\nframebuffer = \"4GiB\"\nmax_vgpus = 2\n";
+        let e = Catalog::parse(bad, "x.toml").unwrap_err().to_string();
+        assert!(e.contains("catalog.parent.\"p\".device"), "{e}");
     }
 }

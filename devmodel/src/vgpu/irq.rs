@@ -92,7 +92,9 @@ impl From<&ExecError> for ErrorCode {
             ExecError::Memory(MemError::ReadOnly { .. }) => ErrorCode::ReadOnly,
             ExecError::Memory(_) => ErrorCode::SysmemUnmapped,
             ExecError::VramRange { .. } => ErrorCode::VramRange,
-            ExecError::Cancelled | ExecError::ShortExtents(_) => ErrorCode::EngineError,
+            ExecError::Cancelled | ExecError::ShortExtents(_) | ExecError::EngineFailed(_) => {
+                ErrorCode::EngineError
+            }
         }
     }
 }

@@ -5,7 +5,8 @@
 //! vGPU submits is queued on its channel's runlist inside the
 //! [`scheduler::Scheduler`]; a dispatcher thread asks the policy which
 //! vGPU runs next, hands its items to the real backend, keeping up to
-//! [`ENGINE_QUEUE_DEPTH`] queued there, and charges the measured execution
+//! its [`devmodel::Backend::queue_depth`] (the cpu engine's:
+//! [`ENGINE_QUEUE_DEPTH`]) queued there, and charges the measured execution
 //! time of finished items to their vGPU and channel, a batch at a time.
 //! One item runs on the engine at a time, as on a time-sliced GPU.
 
@@ -95,7 +96,7 @@ impl Parent {
         policy: ParentPolicy,
     ) -> Result<Parent, SpawnError> {
         let mut sched = Scheduler::new(policy);
-        sched.set_engine_depth(ENGINE_QUEUE_DEPTH);
+        sched.set_engine_depth(backend.queue_depth().max(1));
         let shared = Arc::new(ParentShared {
             backend,
             state: Mutex::new(DispatchState {

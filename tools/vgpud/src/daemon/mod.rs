@@ -117,10 +117,27 @@ impl Daemon {
     ) -> Result<Daemon, BackendError> {
         let mut parents = BTreeMap::new();
         for p in &catalog.parents {
+            let (mut capacity, mut types) = (p.capacity, p.types.clone());
             let backend: Box<dyn devmodel::Backend> = match p.engine {
                 // One worker: the engine runs one item at a time, as a
                 // time-sliced GPU does; the parent keeps it fed.
                 Engine::Cpu => Box::new(CpuEngine::new(1)?),
+                Engine::Cuda { device } => {
+                    if types.is_empty() {
+                        // Types and capacity from the GPU's own memory.
+                        let gpu = crate::cuda::engine::probe(device).map_err(|e| {
+                            BackendError::Engine(format!("parent {}: GPU {device}: {e}", p.id))
+                        })?;
+                        let (cap, derived) = mdev_types::gpu_types(&gpu.name, gpu.memory_bytes);
+                        tracing::info!(parent = %p.id, gpu = %gpu.name, memory_mib = gpu.memory_bytes >> 20, types = derived.len(), "GPU parent");
+                        capacity = ParentCapacity {
+                            max_vgpus: p.capacity.max_vgpus,
+                            ..cap
+                        };
+                        types = derived.into_iter().map(Arc::new).collect();
+                    }
+                    Box::new(crate::cuda::engine::CudaEngine::new(device))
+                }
             };
             let parent = Parent::new(&p.id, backend, config.parent_policy(&p.id))?;
             parents.insert(
@@ -128,8 +145,8 @@ impl Daemon {
                 ParentSlot {
                     parent,
                     engine: p.engine,
-                    capacity: p.capacity,
-                    types: p.types.clone(),
+                    capacity,
+                    types,
                 },
             );
         }
@@ -257,6 +274,8 @@ impl Daemon {
         let by_host = self.host_framebuffer.saturating_sub(committed) / t.framebuffer_bytes.max(1);
         match p.engine {
             Engine::Cpu => by_parent.min(by_host.min(u32::MAX as u64) as u32),
+            // A GPU's framebuffers are device memory, counted by the parent.
+            Engine::Cuda { .. } => by_parent,
         }
     }
 
@@ -515,9 +534,7 @@ impl Daemon {
                 let busy: f64 = st.vgpus.iter().map(|v| v.share_window).sum();
                 ParentStatus {
                     parent: id.clone(),
-                    engine: match slot.engine {
-                        Engine::Cpu => "cpu".into(),
-                    },
+                    engine: slot.engine.name().into(),
                     policy: st.policy.name().to_string(),
                     timeslice_us: st.timeslice / 1000,
                     window_us: st.window / 1000,

@@ -1,0 +1,37 @@
+//! `vgpud-cuda-worker`: one vGPU's GPU work, in a process of its own
+//! (started by vgpud's CUDA engine; not run by hand). `--probe` prints
+//! what the GPU is, as JSON.
+
+use clap::Parser;
+
+#[derive(Parser)]
+#[command(about = "vgpud's CUDA worker: one vGPU's context, framebuffer and guest RAM")]
+struct Args {
+    /// The GPU (CUDA device ordinal).
+    #[arg(long, default_value_t = 0)]
+    device: i32,
+    /// Framebuffer bytes to allocate.
+    #[arg(long, default_value_t = 0)]
+    vram: u64,
+    /// The descriptor of the socket to the daemon.
+    #[arg(long, default_value_t = 3)]
+    fd: i32,
+    /// Print the GPU's name, memory and multiprocessors, and exit.
+    #[arg(long)]
+    probe: bool,
+}
+
+fn main() {
+    let args = Args::parse();
+    if args.probe {
+        match vgpud::cuda::worker::probe(args.device) {
+            Ok(json) => println!("{json}"),
+            Err(e) => {
+                eprintln!("vgpud-cuda-worker: {e}");
+                std::process::exit(1);
+            }
+        }
+        return;
+    }
+    std::process::exit(vgpud::cuda::worker::run(args.fd, args.device, args.vram));
+}

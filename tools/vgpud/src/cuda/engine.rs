@@ -1,0 +1,424 @@
+//! The CUDA engine as the daemon sees it: a [`Backend`] whose contexts are
+//! worker processes, one per vGPU ([`super::worker`]). Items go to the
+//! worker as they come (several in flight keep the GPU fed); each comes
+//! back with the GPU time its CUDA events measured. A worker that dies, or
+//! reports a sticky error, fails its items with `ENGINE_ERROR`; the vGPU's
+//! next reset starts a new one.
+
+use std::collections::HashMap;
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
+
+use devmodel::backend::{
+    Backend, BackendError, Completion, DoneFn, EngineContext, ExecError, WorkItem,
+};
+use devmodel::command::{Op, RunningSum};
+use devmodel::memory::{GuestRam, MemError};
+use devmodel::sync::lock;
+
+use super::wire::{self, to_daemon, to_worker, Reader, Status, Writer};
+
+/// How long a worker may take to start (CUDA context, framebuffer,
+/// kernels compiled by NVRTC).
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a HOST access to VRAM may take.
+const ACCESS_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The worker binary: beside the daemon's own.
+pub fn worker_path() -> PathBuf {
+    std::env::current_exe()
+        .map(|p| p.with_file_name("vgpud-cuda-worker"))
+        .unwrap_or_else(|_| PathBuf::from("vgpud-cuda-worker"))
+}
+
+/// What a GPU offers, as the worker's `--probe` reports it.
+#[derive(Clone, Debug, serde::Deserialize)]
+pub struct GpuInfo {
+    pub name: String,
+    pub memory_bytes: u64,
+    pub multiprocessors: u32,
+}
+
+/// Ask a worker what GPU `device` is.
+pub fn probe(device: u32) -> Result<GpuInfo, String> {
+    let out = Command::new(worker_path())
+        .args(["--probe", "--device", &device.to_string()])
+        .stderr(Stdio::piped())
+        .output()
+        .map_err(|e| format!("{}: {e}", worker_path().display()))?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
+}
+
+/// A parent's GPU.
+pub struct CudaEngine {
+    device: u32,
+}
+
+impl CudaEngine {
+    pub fn new(device: u32) -> CudaEngine {
+        CudaEngine { device }
+    }
+}
+
+impl Backend for CudaEngine {
+    fn name(&self) -> &'static str {
+        "cuda"
+    }
+
+    /// A GPU runs a kernel in microseconds and each item's completion
+    /// comes back through the worker: keep more queued than on the cpu
+    /// engine (the slice still commits only what fits in it).
+    fn queue_depth(&self) -> usize {
+        16
+    }
+
+    fn create_context(&self, vram_bytes: u64) -> Result<Arc<dyn EngineContext>, BackendError> {
+        let conn = Conn::start(self.device, vram_bytes)?;
+        Ok(Arc::new(CudaContext {
+            device: self.device,
+            vram: vram_bytes,
+            conn: Mutex::new(conn),
+        }))
+    }
+}
+
+/// What the daemon waits for from a worker.
+enum Pending {
+    Item(DoneFn, Option<RunningSum>),
+    Access(mpsc::Sender<(Status, Vec<u8>)>),
+}
+
+/// One worker process and its socket.
+struct Conn {
+    child: Mutex<Child>,
+    sock: UnixStream,
+    send_lock: Mutex<()>,
+    pending: Arc<Mutex<HashMap<u64, Pending>>>,
+    next_tag: AtomicU64,
+    /// The guest RAM layout generation the worker has (u64::MAX: none).
+    layout: Mutex<(usize, u64)>,
+    dead: Arc<AtomicBool>,
+}
+
+impl Conn {
+    fn start(device: u32, vram: u64) -> Result<Arc<Conn>, BackendError> {
+        let fail = |what: String| BackendError::Engine(what);
+        let (ours, theirs) = UnixStream::pair().map_err(|e| fail(e.to_string()))?;
+        let fd = theirs.as_raw_fd();
+        let mut cmd = Command::new(worker_path());
+        cmd.args([
+            "--device",
+            &device.to_string(),
+            "--vram",
+            &vram.to_string(),
+            "--fd",
+            "3",
+        ]);
+        // SAFETY: between fork and exec only async-signal-safe calls: dup2
+        // puts the worker's end of the socket at descriptor 3 (dup2 clears
+        // close-on-exec on the copy).
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::dup2(fd, 3) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd
+            .spawn()
+            .map_err(|e| fail(format!("{}: {e}", worker_path().display())))?;
+        drop(theirs);
+        let (tx, rx) = mpsc::channel();
+        let reader = ours.try_clone().map_err(|e| fail(e.to_string()))?;
+        let conn = Arc::new(Conn {
+            child: Mutex::new(child),
+            sock: ours,
+            send_lock: Mutex::new(()),
+            pending: Arc::new(Mutex::new(HashMap::new())),
+            next_tag: AtomicU64::new(1),
+            layout: Mutex::new((usize::MAX, u64::MAX)),
+            dead: Arc::new(AtomicBool::new(false)),
+        });
+        let (pending, dead) = (conn.pending.clone(), conn.dead.clone());
+        // Completions run on a thread of their own: a callback may wait for
+        // the vGPU's lock, whose holder may be waiting for a VRAM reply
+        // that only the reader delivers.
+        let (ctx, crx) = mpsc::channel::<(DoneFn, Completion)>();
+        devmodel::thread::spawn("cuda-completions", move || {
+            while let Ok((done, c)) = crx.recv() {
+                done(c);
+            }
+        })
+        .map_err(BackendError::Thread)?;
+        devmodel::thread::spawn("cuda-worker-reader", move || {
+            read_loop(&reader, &pending, &dead, tx, ctx)
+        })
+        .map_err(BackendError::Thread)?;
+        match rx.recv_timeout(START_TIMEOUT) {
+            Ok(Ok(())) => Ok(conn),
+            Ok(Err(why)) => {
+                conn.kill();
+                Err(if why.contains("CUDA_ERROR_OUT_OF_MEMORY") {
+                    BackendError::VramTooLarge { bytes: vram }
+                } else {
+                    fail(why)
+                })
+            }
+            Err(_) => {
+                conn.kill();
+                Err(fail("the CUDA worker did not start in time".into()))
+            }
+        }
+    }
+
+    fn kill(&self) {
+        self.dead.store(true, Ordering::Release);
+        let mut c = lock(&self.child);
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+
+    fn send(&self, body: &[u8], fds: &[i32]) -> std::io::Result<()> {
+        let _g = lock(&self.send_lock);
+        wire::send(&self.sock, body, fds)
+    }
+
+    /// Send the guest RAM layout if the worker's is older.
+    fn sync_layout(&self, mem: &Arc<GuestRam>) -> std::io::Result<()> {
+        let key = Arc::as_ptr(mem) as usize;
+        let mut have = lock(&self.layout);
+        if *have == (key, mem.generation()) {
+            return Ok(());
+        }
+        let l = mem.layout()?;
+        let mut w = Writer::new(to_worker::LAYOUT);
+        w.u32(l.files.len() as u32);
+        for f in &l.files {
+            w.u64(f.len).u8(f.writable as u8);
+        }
+        w.u32(l.regions.len() as u32);
+        for r in &l.regions {
+            w.u64(r.gpa).u64(r.len).u32(r.file as u32).u64(r.offset);
+        }
+        let fds: Vec<i32> = l.files.iter().map(|f| f.file.as_raw_fd()).collect();
+        self.send(&w.0, &fds)?;
+        *have = (key, l.generation);
+        Ok(())
+    }
+
+    /// A request that waits for the worker's DATA reply.
+    fn access(&self, body: Writer, tag: u64) -> Result<Vec<u8>, ExecError> {
+        let (tx, rx) = mpsc::channel();
+        lock(&self.pending).insert(tag, Pending::Access(tx));
+        if self.dead.load(Ordering::Acquire) || self.send(&body.0, &[]).is_err() {
+            lock(&self.pending).remove(&tag);
+            return Err(ExecError::EngineFailed("the CUDA worker is gone".into()));
+        }
+        match rx.recv_timeout(ACCESS_TIMEOUT) {
+            Ok((Status::Ok, data)) => Ok(data),
+            Ok((Status::VramRange, _)) => Err(ExecError::VramRange {
+                offset: 0,
+                len: 0,
+                size: 0,
+            }),
+            Ok((s, _)) => Err(ExecError::EngineFailed(format!("VRAM access: {s:?}"))),
+            Err(_) => {
+                lock(&self.pending).remove(&tag);
+                Err(ExecError::EngineFailed(
+                    "the CUDA worker did not answer".into(),
+                ))
+            }
+        }
+    }
+}
+
+/// The worker's messages: completions, replies, its end.
+fn read_loop(
+    s: &UnixStream,
+    pending: &Mutex<HashMap<u64, Pending>>,
+    dead: &AtomicBool,
+    ready: mpsc::Sender<Result<(), String>>,
+    completions: mpsc::Sender<(DoneFn, Completion)>,
+) {
+    let mut why = String::from("the CUDA worker exited");
+    loop {
+        let Ok((body, _)) = wire::recv(s) else {
+            break;
+        };
+        let mut r = Reader::new(&body);
+        match r.u8() {
+            Ok(to_daemon::READY) => {
+                let _ = ready.send(Ok(()));
+            }
+            Ok(to_daemon::DONE) => {
+                let (Ok(tag), Ok(ns), Ok(st), Ok(value)) = (r.u64(), r.u64(), r.u8(), r.f64())
+                else {
+                    break;
+                };
+                // Taken out before the callback runs: it takes the parent's
+                // lock, under which submissions take this map's.
+                let entry = lock(pending).remove(&tag);
+                if let Some(Pending::Item(done, sum)) = entry {
+                    if let Some(sum) = sum {
+                        sum.set(value);
+                    }
+                    let c = Completion {
+                        gpu_time: Duration::from_nanos(ns),
+                        result: status_result(Status::from_u8(st)),
+                    };
+                    let _ = completions.send((done, c));
+                }
+            }
+            Ok(to_daemon::DATA) => {
+                let (Ok(tag), Ok(st), Ok(data)) = (r.u64(), r.u8(), r.bytes()) else {
+                    break;
+                };
+                let entry = lock(pending).remove(&tag);
+                if let Some(Pending::Access(tx)) = entry {
+                    let _ = tx.send((Status::from_u8(st), data.to_vec()));
+                }
+            }
+            Ok(to_daemon::FATAL) => {
+                why = String::from_utf8_lossy(r.rest()).into_owned();
+                tracing::warn!(error = %why, "CUDA worker failed");
+                let _ = ready.send(Err(why.clone()));
+            }
+            _ => break,
+        }
+    }
+    dead.store(true, Ordering::Release);
+    let _ = ready.send(Err(why.clone()));
+    // Everything still waiting fails: its channel stops with ENGINE_ERROR.
+    let left: Vec<Pending> = lock(pending).drain().map(|(_, p)| p).collect();
+    for p in left {
+        match p {
+            Pending::Item(done, _) => {
+                let c = Completion {
+                    gpu_time: Duration::ZERO,
+                    result: Err(ExecError::EngineFailed(why.clone())),
+                };
+                let _ = completions.send((done, c));
+            }
+            Pending::Access(tx) => {
+                let _ = tx.send((Status::Engine, Vec::new()));
+            }
+        }
+    }
+}
+
+fn status_result(s: Status) -> Result<(), ExecError> {
+    match s {
+        Status::Ok => Ok(()),
+        Status::Unmapped => Err(ExecError::Memory(MemError::Unmapped { gpa: 0, len: 0 })),
+        Status::VramRange => Err(ExecError::VramRange {
+            offset: 0,
+            len: 0,
+            size: 0,
+        }),
+        Status::Engine => Err(ExecError::EngineFailed(
+            "the GPU failed the operation".into(),
+        )),
+    }
+}
+
+/// One vGPU's worker, replaced by a new one at a reset after it died.
+struct CudaContext {
+    device: u32,
+    vram: u64,
+    conn: Mutex<Arc<Conn>>,
+}
+
+impl CudaContext {
+    fn conn(&self) -> Arc<Conn> {
+        lock(&self.conn).clone()
+    }
+}
+
+impl EngineContext for CudaContext {
+    fn submit(&self, item: WorkItem, done: DoneFn) {
+        let conn = self.conn();
+        let tag = conn.next_tag.fetch_add(1, Ordering::Relaxed);
+        let sum = match &item.op {
+            Op::ReduceSum { sum, .. } => Some(sum.clone()),
+            _ => None,
+        };
+        lock(&conn.pending).insert(tag, Pending::Item(done, sum));
+        let mut w = Writer::new(to_worker::SUBMIT);
+        w.u64(tag).op(&item.op);
+        let sent = !conn.dead.load(Ordering::Acquire)
+            && conn.sync_layout(&item.mem).is_ok()
+            && conn.send(&w.0, &[]).is_ok();
+        if !sent {
+            // Never complete inside submit: fail it from another thread.
+            let entry = lock(&conn.pending).remove(&tag);
+            if let Some(Pending::Item(done, _)) = entry {
+                let _ = devmodel::thread::spawn("cuda-failed-item", move || {
+                    done(Completion {
+                        gpu_time: Duration::ZERO,
+                        result: Err(ExecError::EngineFailed("the CUDA worker is gone".into())),
+                    })
+                });
+            }
+        }
+    }
+
+    fn read_vram(&self, offset: u64, buf: &mut [u8]) -> Result<(), ExecError> {
+        let conn = self.conn();
+        let tag = conn.next_tag.fetch_add(1, Ordering::Relaxed);
+        let mut w = Writer::new(to_worker::READ_VRAM);
+        w.u64(tag).u64(offset).u64(buf.len() as u64);
+        let data = conn.access(w, tag)?;
+        if data.len() != buf.len() {
+            return Err(ExecError::ShortExtents("VRAM read"));
+        }
+        buf.copy_from_slice(&data);
+        Ok(())
+    }
+
+    fn write_vram(&self, offset: u64, buf: &[u8]) -> Result<(), ExecError> {
+        let conn = self.conn();
+        let tag = conn.next_tag.fetch_add(1, Ordering::Relaxed);
+        let mut w = Writer::new(to_worker::WRITE_VRAM);
+        w.u64(tag).u64(offset).bytes(buf);
+        conn.access(w, tag).map(|_| ())
+    }
+
+    fn release_vram(&self) {
+        let conn = self.conn();
+        let tag = conn.next_tag.fetch_add(1, Ordering::Relaxed);
+        let mut w = Writer::new(to_worker::CLEAR_VRAM);
+        w.u64(tag);
+        if let Err(e) = conn.access(w, tag) {
+            tracing::warn!(error = %e, "framebuffer not cleared");
+        }
+    }
+
+    /// Work already queued on the GPU runs out (each item is at most a
+    /// piece); a worker that died is replaced, with a zeroed framebuffer.
+    fn cancel(&self) {
+        let mut conn = lock(&self.conn);
+        if conn.dead.load(Ordering::Acquire) {
+            conn.kill();
+            match Conn::start(self.device, self.vram) {
+                Ok(c) => *conn = c,
+                Err(e) => tracing::warn!(error = %e, "CUDA worker not restarted"),
+            }
+        }
+    }
+}
+
+impl Drop for CudaContext {
+    fn drop(&mut self) {
+        lock(&self.conn).kill();
+    }
+}

@@ -1,0 +1,872 @@
+//! The CUDA worker: one process per vGPU, holding that vGPU's CUDA context,
+//! its framebuffer (one device allocation of exactly the type's size) and
+//! the guest RAM it was handed (the VMM's files, mapped here and registered
+//! with the GPU: the pinning and GPA translation of the design). A sticky
+//! CUDA error (an illegal address, a trap) ends this process only: the
+//! daemon faults this vGPU's channels and starts a new worker on reset.
+//!
+//! It reads operations from the daemon ([`super::wire`]), queues each on
+//! one stream between two events, and a second thread reports each item's
+//! GPU time as its end event completes, in order.
+
+use std::collections::HashMap;
+use std::ffi::c_void;
+use std::fs::File;
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::net::UnixStream;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+
+use cudarc::driver::sys;
+use devmodel::command::Op;
+use devmodel::gmmu::{Aperture, Extent};
+
+use super::wire::{self, to_daemon, to_worker, Reader, Status, Writer};
+
+/// A CUDA driver call that failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: CUDA error {code:?}")]
+pub struct CuError {
+    what: &'static str,
+    code: sys::CUresult,
+}
+
+fn ck(what: &'static str, r: sys::CUresult) -> Result<(), CuError> {
+    if r == sys::CUresult::CUDA_SUCCESS {
+        Ok(())
+    } else {
+        Err(CuError { what, code: r })
+    }
+}
+
+/// The kernels of `kernels.cu`.
+struct Kernels {
+    fill: sys::CUfunction,
+    saxpy: sys::CUfunction,
+    gemm: sys::CUfunction,
+    reduce: sys::CUfunction,
+    store_sum: sys::CUfunction,
+    spin: sys::CUfunction,
+}
+
+/// A guest RAM file mapped here and registered with the GPU.
+struct MappedFile {
+    host: *mut u8,
+    len: usize,
+    dev: u64,
+}
+
+/// A window of guest RAM: `len` bytes at `gpa`, reachable at `dev`.
+#[derive(Clone, Copy)]
+struct Window {
+    gpa: u64,
+    len: u64,
+    dev: u64,
+}
+
+/// An item queued on the GPU, for the completion thread.
+struct InFlight {
+    tag: u64,
+    start: sys::CUevent,
+    end: sys::CUevent,
+    /// A reduce's f64 accumulator (mapped host memory) and the sum carried
+    /// in; the item's value is their sum.
+    sum: Option<(*mut f64, f64)>,
+    scratch: Vec<sys::CUdeviceptr>,
+    status: Status,
+}
+
+// SAFETY: the raw CUDA handles and host pointers in an InFlight are used by
+// one thread at a time (handed from the submitting thread to the
+// completion thread through a channel); CUDA handles are valid in every
+// thread of the process that has the context current.
+unsafe impl Send for InFlight {}
+
+struct Worker {
+    sock: UnixStream,
+    out: Arc<Mutex<UnixStream>>,
+    ctx: sys::CUcontext,
+    stream: sys::CUstream,
+    io: sys::CUstream,
+    vram: sys::CUdeviceptr,
+    vram_len: u64,
+    sms: u32,
+    k: Kernels,
+    files: HashMap<(u64, u64), MappedFile>,
+    windows: Vec<Window>,
+    /// Mapped host memory for reduce accumulators, one slot per item in
+    /// flight (a ring).
+    sums: *mut f64,
+    sum_dev: sys::CUdeviceptr,
+    next_sum: usize,
+    done: mpsc::Sender<InFlight>,
+}
+
+const SUM_SLOTS: usize = 4096;
+
+fn send(out: &Mutex<UnixStream>, body: &[u8]) -> std::io::Result<()> {
+    let s = out.lock().unwrap_or_else(|e| e.into_inner());
+    wire::send(&s, body, &[])
+}
+
+/// Run the worker on the socket at descriptor `fd`: `device` ordinal,
+/// `vram` bytes of framebuffer. Returns the process's exit code.
+pub fn run(fd: i32, device: i32, vram: u64) -> i32 {
+    // SAFETY: the daemon passed this descriptor to this process for this
+    // purpose; nothing else in the process owns it.
+    let sock = unsafe { UnixStream::from_raw_fd(fd) };
+    let out = match sock.try_clone() {
+        Ok(s) => Arc::new(Mutex::new(s)),
+        Err(e) => {
+            eprintln!("vgpud-cuda-worker: {e}");
+            return 1;
+        }
+    };
+    let fatal = |out: &Mutex<UnixStream>, msg: String| {
+        let mut w = Writer::new(to_daemon::FATAL);
+        w.0.extend_from_slice(msg.as_bytes());
+        let _ = send(out, &w.0);
+        eprintln!("vgpud-cuda-worker: {msg}");
+        2
+    };
+    let (tx, rx) = mpsc::channel();
+    let mut w = match Worker::start(sock, out.clone(), device, vram, tx) {
+        Ok(w) => w,
+        Err(e) => return fatal(&out, e),
+    };
+    let (ctx, out2) = (w.ctx as usize, out.clone());
+    std::thread::spawn(move || completions(ctx as sys::CUcontext, rx, &out2));
+    let mut r = Writer::new(to_daemon::READY);
+    r.u64(w.vram_len).u32(w.sms);
+    if send(&out, &r.0).is_err() {
+        return 1;
+    }
+    match w.serve() {
+        Ok(()) => 0,
+        Err(e) => fatal(&out, e),
+    }
+}
+
+/// Report each item as its end event completes, in submission order. A
+/// failed wait is a sticky error: the process cannot go on.
+fn completions(ctx: sys::CUcontext, rx: mpsc::Receiver<InFlight>, out: &Mutex<UnixStream>) {
+    // SAFETY: makes the worker's context current on this thread; `ctx` is
+    // the live context the worker created.
+    if unsafe { sys::cuCtxSetCurrent(ctx) } != sys::CUresult::CUDA_SUCCESS {
+        std::process::exit(3);
+    }
+    while let Ok(item) = rx.recv() {
+        // SAFETY: `end` was created and recorded on the work stream by the
+        // submitting thread; it is destroyed only below.
+        let r = unsafe { sys::cuEventSynchronize(item.end) };
+        if r != sys::CUresult::CUDA_SUCCESS {
+            let mut w = Writer::new(to_daemon::FATAL);
+            w.0.extend_from_slice(format!("GPU fault: {r:?}").as_bytes());
+            let _ = send(out, &w.0);
+            std::process::exit(4);
+        }
+        let mut ms = 0f32;
+        // SAFETY: both events completed (end after start on one stream);
+        // `ms` is a valid out-pointer for the call.
+        unsafe {
+            sys::cuEventElapsedTime_v2(&mut ms, item.start, item.end);
+            sys::cuEventDestroy_v2(item.start);
+            sys::cuEventDestroy_v2(item.end);
+        }
+        let value = match item.sum {
+            // SAFETY: the slot is mapped host memory the kernel wrote before
+            // the end event; nothing else writes it until it is reused.
+            Some((slot, carry)) => carry + unsafe { std::ptr::read_volatile(slot) },
+            None => 0.0,
+        };
+        for p in item.scratch {
+            // SAFETY: the scratch buffer was allocated for this item, whose
+            // work is complete.
+            unsafe { sys::cuMemFree_v2(p) };
+        }
+        let mut w = Writer::new(to_daemon::DONE);
+        w.u64(item.tag)
+            .u64((ms as f64 * 1e6) as u64)
+            .u8(item.status as u8)
+            .f64(value);
+        if send(out, &w.0).is_err() {
+            std::process::exit(0);
+        }
+    }
+}
+
+impl Worker {
+    fn start(
+        sock: UnixStream,
+        out: Arc<Mutex<UnixStream>>,
+        device: i32,
+        vram: u64,
+        done: mpsc::Sender<InFlight>,
+    ) -> Result<Worker, String> {
+        // SAFETY: only tries to load the library by its candidate names.
+        if !unsafe { sys::is_culib_present() } {
+            return Err("no CUDA driver library (libcuda.so) on this host".into());
+        }
+        let e = |x: CuError| x.to_string();
+        // SAFETY: plain driver API calls with valid out-pointers; the
+        // context is created for this process and made current here.
+        unsafe {
+            ck("cuInit", sys::cuInit(0)).map_err(e)?;
+            let mut dev = 0;
+            ck("cuDeviceGet", sys::cuDeviceGet(&mut dev, device)).map_err(e)?;
+            let mut ctx = std::ptr::null_mut();
+            ck(
+                "cuDevicePrimaryCtxRetain",
+                sys::cuDevicePrimaryCtxRetain(&mut ctx, dev),
+            )
+            .map_err(e)?;
+            ck("cuCtxSetCurrent", sys::cuCtxSetCurrent(ctx)).map_err(e)?;
+            let mut sms = 0;
+            ck(
+                "cuDeviceGetAttribute",
+                sys::cuDeviceGetAttribute(
+                    &mut sms,
+                    sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+                    dev,
+                ),
+            )
+            .map_err(e)?;
+            let mut vram_ptr = 0;
+            if vram > 0 {
+                ck(
+                    "cuMemAlloc (framebuffer)",
+                    sys::cuMemAlloc_v2(&mut vram_ptr, vram as usize),
+                )
+                .map_err(e)?;
+                ck("cuMemsetD8", sys::cuMemsetD8_v2(vram_ptr, 0, vram as usize)).map_err(e)?;
+            }
+            let mut stream = std::ptr::null_mut();
+            ck("cuStreamCreate", sys::cuStreamCreate(&mut stream, 1)).map_err(e)?;
+            let mut io = std::ptr::null_mut();
+            ck("cuStreamCreate", sys::cuStreamCreate(&mut io, 1)).map_err(e)?;
+            let k = compile()?;
+            let mut sums = std::ptr::null_mut();
+            ck(
+                "cuMemHostAlloc",
+                sys::cuMemHostAlloc(&mut sums, SUM_SLOTS * 8, sys::CU_MEMHOSTALLOC_DEVICEMAP),
+            )
+            .map_err(e)?;
+            let mut sum_dev = 0;
+            ck(
+                "cuMemHostGetDevicePointer",
+                sys::cuMemHostGetDevicePointer_v2(&mut sum_dev, sums, 0),
+            )
+            .map_err(e)?;
+            Ok(Worker {
+                sock,
+                out,
+                ctx,
+                stream,
+                io,
+                vram: vram_ptr,
+                vram_len: vram,
+                sms: sms.max(1) as u32,
+                k,
+                files: HashMap::new(),
+                windows: Vec::new(),
+                sums: sums.cast(),
+                sum_dev,
+                next_sum: 0,
+                done,
+            })
+        }
+    }
+
+    fn serve(&mut self) -> Result<(), String> {
+        loop {
+            let (body, files) = match wire::recv(&self.sock) {
+                Ok(m) => m,
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+                Err(e) => return Err(format!("reading from the daemon: {e}")),
+            };
+            let mut r = Reader::new(&body);
+            let what = r.u8().map_err(|e| e.to_string())?;
+            match what {
+                to_worker::LAYOUT => self.layout(&mut r, files).map_err(|e| e.to_string())?,
+                to_worker::SUBMIT => {
+                    let tag = r.u64().map_err(|e| e.to_string())?;
+                    let op = r.op().map_err(|e| e.to_string())?;
+                    self.submit(tag, &op).map_err(|e| e.to_string())?;
+                }
+                to_worker::READ_VRAM => {
+                    let (tag, off, len) = (
+                        r.u64().map_err(|e| e.to_string())?,
+                        r.u64().map_err(|e| e.to_string())?,
+                        r.u64().map_err(|e| e.to_string())?,
+                    );
+                    let mut data = vec![0u8; len.min(1 << 20) as usize];
+                    let status = self.vram_io(off, &mut data, false);
+                    self.reply(tag, status, &data)?;
+                }
+                to_worker::WRITE_VRAM => {
+                    let (tag, off) = (
+                        r.u64().map_err(|e| e.to_string())?,
+                        r.u64().map_err(|e| e.to_string())?,
+                    );
+                    let mut data = r.bytes().map_err(|e| e.to_string())?.to_vec();
+                    let status = self.vram_io(off, &mut data, true);
+                    self.reply(tag, status, &[])?;
+                }
+                to_worker::CLEAR_VRAM => {
+                    let tag = r.u64().map_err(|e| e.to_string())?;
+                    // SAFETY: the framebuffer allocation is `vram_len` bytes;
+                    // the work stream orders this after every queued item.
+                    let st = unsafe {
+                        if self.vram_len > 0 {
+                            sys::cuMemsetD8Async(self.vram, 0, self.vram_len as usize, self.stream);
+                        }
+                        sys::cuStreamSynchronize(self.stream)
+                    };
+                    if st != sys::CUresult::CUDA_SUCCESS {
+                        return Err(format!("clearing the framebuffer: {st:?}"));
+                    }
+                    self.reply(tag, Status::Ok, &[])?;
+                }
+                _ => return Err(format!("unknown message {what}")),
+            }
+        }
+    }
+
+    fn reply(&self, tag: u64, status: Status, data: &[u8]) -> Result<(), String> {
+        let mut w = Writer::new(to_daemon::DATA);
+        w.u64(tag).u8(status as u8).bytes(data);
+        send(&self.out, &w.0).map_err(|e| e.to_string())
+    }
+
+    /// Copy between VRAM at `off` and `data` (a write when `write`), in
+    /// order after nothing: HOST accesses come after their work completed.
+    fn vram_io(&self, off: u64, data: &mut [u8], write: bool) -> Status {
+        if off
+            .checked_add(data.len() as u64)
+            .is_none_or(|e| e > self.vram_len)
+        {
+            return Status::VramRange;
+        }
+        // SAFETY: the range lies inside the framebuffer (checked above) and
+        // `data` is a live buffer of that length; the io stream is synced
+        // before `data` is used again.
+        let r = unsafe {
+            if write {
+                sys::cuMemcpyHtoDAsync_v2(
+                    self.vram + off,
+                    data.as_ptr().cast(),
+                    data.len(),
+                    self.io,
+                );
+            } else {
+                sys::cuMemcpyDtoHAsync_v2(
+                    data.as_mut_ptr().cast(),
+                    self.vram + off,
+                    data.len(),
+                    self.io,
+                );
+            }
+            sys::cuStreamSynchronize(self.io)
+        };
+        if r == sys::CUresult::CUDA_SUCCESS {
+            Status::Ok
+        } else {
+            Status::Engine
+        }
+    }
+
+    /// A new guest RAM layout: files (descriptors in `files`, in order) and
+    /// windows. Files already mapped stay mapped and registered.
+    fn layout(&mut self, r: &mut Reader, files: Vec<File>) -> Result<(), wire::Malformed> {
+        let n = r.u32()? as usize;
+        if n != files.len() {
+            return Err(wire::Malformed("file count"));
+        }
+        let mut keys = Vec::with_capacity(n);
+        for f in files {
+            let (len, writable) = (r.u64()?, r.u8()? != 0);
+            let Ok(meta) = f.metadata() else {
+                return Err(wire::Malformed("file"));
+            };
+            let key = (meta.dev(), meta.ino());
+            if let std::collections::hash_map::Entry::Vacant(slot) = self.files.entry(key) {
+                match map_file(&f, len, writable) {
+                    Ok(m) => {
+                        slot.insert(m);
+                    }
+                    Err(e) => eprintln!("vgpud-cuda-worker: guest RAM file not mapped: {e}"),
+                }
+            }
+            keys.push(key);
+        }
+        let m = r.u32()? as usize;
+        let mut windows = Vec::with_capacity(m);
+        for _ in 0..m {
+            let (gpa, len, file, offset) = (r.u64()?, r.u64()?, r.u32()? as usize, r.u64()?);
+            let Some(f) = keys.get(file).and_then(|k| self.files.get(k)) else {
+                continue;
+            };
+            if offset.checked_add(len).is_none_or(|e| e > f.len as u64) {
+                continue;
+            }
+            windows.push(Window {
+                gpa,
+                len,
+                dev: f.dev + offset,
+            });
+        }
+        windows.sort_by_key(|w| w.gpa);
+        self.windows = windows;
+        // Files no window uses any more are unregistered and unmapped.
+        self.files.retain(|k, f| {
+            let keep = keys.contains(k);
+            if !keep {
+                // SAFETY: the mapping was registered and made by map_file;
+                // no queued work names it (the daemon sends a new layout
+                // only after the VMM unmapped the memory).
+                unsafe {
+                    sys::cuMemHostUnregister(f.host.cast());
+                    libc::munmap(f.host.cast(), f.len);
+                }
+            }
+            keep
+        });
+        Ok(())
+    }
+
+    /// The device address of `e`, checked against the framebuffer or the
+    /// guest RAM windows.
+    fn resolve(&self, e: &Extent) -> Result<u64, Status> {
+        let end = e.addr.checked_add(e.len).ok_or(Status::Unmapped)?;
+        match e.aperture {
+            Aperture::Vram if end <= self.vram_len => Ok(self.vram + e.addr),
+            Aperture::Vram => Err(Status::VramRange),
+            Aperture::Sysmem => {
+                let i = self.windows.partition_point(|w| w.gpa <= e.addr);
+                let w = i
+                    .checked_sub(1)
+                    .map(|i| self.windows[i])
+                    .ok_or(Status::Unmapped)?;
+                if end <= w.gpa + w.len {
+                    Ok(w.dev + (e.addr - w.gpa))
+                } else {
+                    Err(Status::Unmapped)
+                }
+            }
+        }
+    }
+
+    /// One contiguous device buffer holding `ext` (`bytes` long): the
+    /// extent itself, or scratch gathered from the pieces (and scattered
+    /// back after the kernel when `written`).
+    fn operand(
+        &self,
+        ext: &[Extent],
+        bytes: u64,
+        scratch: &mut Vec<sys::CUdeviceptr>,
+        back: &mut Vec<(sys::CUdeviceptr, Vec<(u64, u64)>)>,
+        written: bool,
+    ) -> Result<u64, Status> {
+        let total: u64 = ext.iter().map(|e| e.len).sum();
+        if total < bytes {
+            return Err(Status::Engine);
+        }
+        if let [one] = ext {
+            return self.resolve(one);
+        }
+        let parts: Vec<(u64, u64)> = ext
+            .iter()
+            .map(|e| self.resolve(e).map(|p| (p, e.len)))
+            .collect::<Result<_, _>>()?;
+        let mut buf = 0;
+        // SAFETY: a new stream-ordered allocation of `total` bytes; the
+        // copies stay inside it and inside each resolved extent.
+        unsafe {
+            if sys::cuMemAlloc_v2(&mut buf, total.max(4) as usize) != sys::CUresult::CUDA_SUCCESS {
+                return Err(Status::Engine);
+            }
+            let mut at = 0;
+            for (p, l) in &parts {
+                sys::cuMemcpyAsync(buf + at, *p, *l as usize, self.stream);
+                at += l;
+            }
+        }
+        scratch.push(buf);
+        if written {
+            back.push((buf, parts));
+        }
+        Ok(buf)
+    }
+
+    /// Queue `op` (tag `tag`) between two events and hand it to the
+    /// completion thread.
+    fn submit(&mut self, tag: u64, op: &Op) -> Result<(), CuError> {
+        let (mut start, mut end) = (std::ptr::null_mut(), std::ptr::null_mut());
+        // SAFETY: event creation and recording on the worker's stream.
+        unsafe {
+            ck("cuEventCreate", sys::cuEventCreate(&mut start, 0))?;
+            ck("cuEventCreate", sys::cuEventCreate(&mut end, 0))?;
+            ck("cuEventRecord", sys::cuEventRecord(start, self.stream))?;
+        }
+        let mut item = InFlight {
+            tag,
+            start,
+            end,
+            sum: None,
+            scratch: Vec::new(),
+            status: Status::Ok,
+        };
+        let ops: Vec<&Op> = match op {
+            Op::Batch(v) => v.iter().collect(),
+            o => vec![o],
+        };
+        for o in ops {
+            if let Err(s) = self.queue(o, &mut item) {
+                item.status = s;
+                break;
+            }
+        }
+        // SAFETY: as above.
+        unsafe { ck("cuEventRecord", sys::cuEventRecord(end, self.stream))? };
+        let _ = self.done.send(item);
+        Ok(())
+    }
+
+    fn launch(
+        &self,
+        f: sys::CUfunction,
+        grid: u32,
+        block: u32,
+        args: &mut [*mut c_void],
+    ) -> Result<(), Status> {
+        // SAFETY: `args` points at live values of the types the kernel's
+        // parameters have (checked by each caller against kernels.cu).
+        let r = unsafe {
+            sys::cuLaunchKernel(
+                f,
+                grid.max(1),
+                1,
+                1,
+                block,
+                1,
+                1,
+                0,
+                self.stream,
+                args.as_mut_ptr(),
+                std::ptr::null_mut(),
+            )
+        };
+        if r == sys::CUresult::CUDA_SUCCESS {
+            Ok(())
+        } else {
+            Err(Status::Engine)
+        }
+    }
+
+    fn grid(&self, elems: u64) -> u32 {
+        (elems.div_ceil(256).min(self.sms as u64 * 16)) as u32
+    }
+
+    /// Queue one operation on the stream.
+    fn queue(&mut self, op: &Op, item: &mut InFlight) -> Result<(), Status> {
+        let mut back = Vec::new();
+        match op {
+            Op::Copy { src, dst } => {
+                // Pairs of source and destination ranges, contiguous runs
+                // merged (guest RAM and VRAM are mostly contiguous behind
+                // page-sized extents): one copy per run.
+                let (mut si, mut di, mut so, mut dof) = (0usize, 0usize, 0u64, 0u64);
+                let mut run: Option<(u64, u64, u64)> = None;
+                while si < src.len() && di < dst.len() {
+                    let (s, d) = (&src[si], &dst[di]);
+                    let n = (s.len - so).min(d.len - dof);
+                    let sp = self.resolve(s)? + so;
+                    let dp = self.resolve(d)? + dof;
+                    run = match run {
+                        Some((rs, rd, rn)) if rs + rn == sp && rd + rn == dp => {
+                            Some((rs, rd, rn + n))
+                        }
+                        Some((rs, rd, rn)) => {
+                            // SAFETY: both ranges lie inside resolved extents.
+                            unsafe { sys::cuMemcpyAsync(rd, rs, rn as usize, self.stream) };
+                            Some((sp, dp, n))
+                        }
+                        None => Some((sp, dp, n)),
+                    };
+                    so += n;
+                    dof += n;
+                    if so == s.len {
+                        si += 1;
+                        so = 0;
+                    }
+                    if dof == d.len {
+                        di += 1;
+                        dof = 0;
+                    }
+                }
+                if let Some((rs, rd, rn)) = run {
+                    // SAFETY: as above.
+                    unsafe { sys::cuMemcpyAsync(rd, rs, rn as usize, self.stream) };
+                }
+            }
+            Op::Memset { dst, pattern } => {
+                let mut phase = 0u64;
+                for e in dst {
+                    let mut p = self.resolve(e)?;
+                    let (mut n, mut pat, mut ph) = (e.len, *pattern, (phase % 4) as u32);
+                    let g = self.grid(n / 4 + 1);
+                    self.launch(
+                        self.k.fill,
+                        g,
+                        256,
+                        &mut [
+                            (&mut p as *mut u64).cast(),
+                            (&mut n as *mut u64).cast(),
+                            (&mut pat as *mut u32).cast(),
+                            (&mut ph as *mut u32).cast(),
+                        ],
+                    )?;
+                    phase += e.len;
+                }
+            }
+            Op::Saxpy { x, y, n, a } => {
+                let bytes = *n as u64 * 4;
+                let mut xp = self.operand(x, bytes, &mut item.scratch, &mut back, false)?;
+                let mut yp = self.operand(y, bytes, &mut item.scratch, &mut back, true)?;
+                let (mut n, mut a) = (*n, *a);
+                let g = self.grid(n as u64);
+                self.launch(
+                    self.k.saxpy,
+                    g,
+                    256,
+                    &mut [
+                        (&mut xp as *mut u64).cast(),
+                        (&mut yp as *mut u64).cast(),
+                        (&mut n as *mut u32).cast(),
+                        (&mut a as *mut f32).cast(),
+                    ],
+                )?;
+            }
+            Op::Gemm {
+                a,
+                b,
+                c,
+                m,
+                n,
+                k,
+                alpha,
+                beta,
+                span,
+            } => {
+                let (m64, n64, k64) = (*m as u64, *n as u64, *k as u64);
+                let mut ap = self.operand(a, m64 * k64 * 4, &mut item.scratch, &mut back, false)?;
+                let mut bp = self.operand(b, k64 * n64 * 4, &mut item.scratch, &mut back, false)?;
+                let mut cp = self.operand(c, m64 * n64 * 4, &mut item.scratch, &mut back, true)?;
+                let (mut nn, mut kk, mut al, mut be) = (*n, *k, *alpha, *beta);
+                let (mut first, mut last) = (span.start, span.end.min(m64 * n64));
+                let g = self.grid(last.saturating_sub(first));
+                self.launch(
+                    self.k.gemm,
+                    g,
+                    256,
+                    &mut [
+                        (&mut ap as *mut u64).cast(),
+                        (&mut bp as *mut u64).cast(),
+                        (&mut cp as *mut u64).cast(),
+                        (&mut nn as *mut u32).cast(),
+                        (&mut kk as *mut u32).cast(),
+                        (&mut al as *mut f32).cast(),
+                        (&mut be as *mut f32).cast(),
+                        (&mut first as *mut u64).cast(),
+                        (&mut last as *mut u64).cast(),
+                    ],
+                )?;
+            }
+            Op::ReduceSum { src, dst, n, sum } => {
+                let mut sp =
+                    self.operand(src, *n as u64 * 4, &mut item.scratch, &mut back, false)?;
+                let slot = self.next_sum;
+                self.next_sum = (self.next_sum + 1) % SUM_SLOTS;
+                // SAFETY: `slot` < SUM_SLOTS, inside the mapped host buffer.
+                let host = unsafe { self.sums.add(slot) };
+                // SAFETY: as above; the slot's previous item completed long
+                // ago (a ring far deeper than the items in flight).
+                unsafe { std::ptr::write_volatile(host, 0.0) };
+                let mut acc = self.sum_dev + slot as u64 * 8;
+                let mut nn = *n;
+                let g = self.grid(nn as u64).min(1024);
+                self.launch(
+                    self.k.reduce,
+                    g,
+                    256,
+                    &mut [
+                        (&mut sp as *mut u64).cast(),
+                        (&mut nn as *mut u32).cast(),
+                        (&mut acc as *mut u64).cast(),
+                    ],
+                )?;
+                let carry = sum.get();
+                item.sum = Some((host, carry));
+                if !dst.is_empty() {
+                    let mut dp = self.operand(dst, 4, &mut item.scratch, &mut back, true)?;
+                    let mut c = carry;
+                    self.launch(
+                        self.k.store_sum,
+                        1,
+                        1,
+                        &mut [
+                            (&mut acc as *mut u64).cast(),
+                            (&mut c as *mut f64).cast(),
+                            (&mut dp as *mut u64).cast(),
+                        ],
+                    )?;
+                }
+            }
+            Op::Spin { ns, dst, report } => {
+                let mut dp = match dst {
+                    Some(d) => self.operand(d, 4, &mut item.scratch, &mut back, true)?,
+                    None => 0,
+                };
+                let (mut ns, mut rep) = (*ns, *report);
+                self.launch(
+                    self.k.spin,
+                    self.sms,
+                    32,
+                    &mut [
+                        (&mut ns as *mut u64).cast(),
+                        (&mut dp as *mut u64).cast(),
+                        (&mut rep as *mut u32).cast(),
+                    ],
+                )?;
+            }
+            Op::Batch(_) => return Err(Status::Engine),
+        }
+        // Scatter written scratch operands back to their extents.
+        for (buf, parts) in back {
+            let mut at = 0;
+            for (p, l) in parts {
+                // SAFETY: inside the scratch buffer and the resolved extent.
+                unsafe { sys::cuMemcpyAsync(p, buf + at, l as usize, self.stream) };
+                at += l;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Map a guest RAM file and register it with the GPU.
+fn map_file(f: &File, len: u64, writable: bool) -> Result<MappedFile, String> {
+    let len = usize::try_from(len).map_err(|_| "file too large".to_string())?;
+    let prot = libc::PROT_READ | if writable { libc::PROT_WRITE } else { 0 };
+    // SAFETY: a new shared mapping of the file at an address the kernel
+    // picks; checked against MAP_FAILED.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            prot,
+            libc::MAP_SHARED,
+            f.as_raw_fd(),
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(std::io::Error::last_os_error().to_string());
+    }
+    let flags = sys::CU_MEMHOSTREGISTER_DEVICEMAP
+        | sys::CU_MEMHOSTREGISTER_PORTABLE
+        | if writable {
+            0
+        } else {
+            sys::CU_MEMHOSTREGISTER_READ_ONLY
+        };
+    let mut dev = 0;
+    // SAFETY: `p..p+len` is the mapping just made; registration pins it for
+    // the GPU until it is unregistered before the unmap.
+    let r = unsafe {
+        let r = sys::cuMemHostRegister_v2(p, len, flags);
+        if r == sys::CUresult::CUDA_SUCCESS {
+            sys::cuMemHostGetDevicePointer_v2(&mut dev, p, 0)
+        } else {
+            r
+        }
+    };
+    if r != sys::CUresult::CUDA_SUCCESS {
+        // SAFETY: the mapping made above, not registered.
+        unsafe { libc::munmap(p, len) };
+        return Err(format!("cuMemHostRegister: {r:?}"));
+    }
+    Ok(MappedFile {
+        host: p.cast(),
+        len,
+        dev,
+    })
+}
+
+/// Compile `kernels.cu` with NVRTC and load it.
+fn compile() -> Result<Kernels, String> {
+    let ptx = cudarc::nvrtc::compile_ptx(include_str!("kernels.cu"))
+        .map_err(|e| format!("compiling the kernels (NVRTC): {e:?}"))?;
+    let src = std::ffi::CString::new(ptx.to_src()).map_err(|e| e.to_string())?;
+    let mut module = std::ptr::null_mut();
+    // SAFETY: `src` is NUL-terminated PTX text, alive for the call.
+    let r = unsafe { sys::cuModuleLoadData(&mut module, src.as_ptr().cast()) };
+    ck("cuModuleLoadData", r).map_err(|e| e.to_string())?;
+    let get = |name: &std::ffi::CStr| -> Result<sys::CUfunction, String> {
+        let mut f = std::ptr::null_mut();
+        // SAFETY: `module` is loaded; `name` is NUL-terminated.
+        let r = unsafe { sys::cuModuleGetFunction(&mut f, module, name.as_ptr()) };
+        ck("cuModuleGetFunction", r).map_err(|e| e.to_string())?;
+        Ok(f)
+    };
+    Ok(Kernels {
+        fill: get(c"fill_pattern")?,
+        saxpy: get(c"saxpy")?,
+        gemm: get(c"gemm")?,
+        reduce: get(c"reduce_sum")?,
+        store_sum: get(c"store_sum")?,
+        spin: get(c"spin")?,
+    })
+}
+
+/// What `--probe` prints: the GPU's name, memory and multiprocessors, as
+/// JSON, for the daemon's type catalogue.
+pub fn probe(device: i32) -> Result<String, String> {
+    // SAFETY: only tries to load the library by its candidate names.
+    if !unsafe { sys::is_culib_present() } {
+        return Err("no CUDA driver library (libcuda.so) on this host".into());
+    }
+    let e = |x: CuError| x.to_string();
+    // SAFETY: plain queries with valid out-pointers and buffers.
+    unsafe {
+        ck("cuInit", sys::cuInit(0)).map_err(e)?;
+        let mut dev = 0;
+        ck("cuDeviceGet", sys::cuDeviceGet(&mut dev, device)).map_err(e)?;
+        let mut mem = 0usize;
+        ck("cuDeviceTotalMem", sys::cuDeviceTotalMem_v2(&mut mem, dev)).map_err(e)?;
+        let mut sms = 0;
+        ck(
+            "cuDeviceGetAttribute",
+            sys::cuDeviceGetAttribute(
+                &mut sms,
+                sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+                dev,
+            ),
+        )
+        .map_err(e)?;
+        let mut name = [0 as std::ffi::c_char; 128];
+        ck(
+            "cuDeviceGetName",
+            sys::cuDeviceGetName(name.as_mut_ptr(), 128, dev),
+        )
+        .map_err(e)?;
+        let name = std::ffi::CStr::from_ptr(name.as_ptr())
+            .to_string_lossy()
+            .into_owned();
+        Ok(
+            serde_json::json!({"name": name, "memory_bytes": mem, "multiprocessors": sms})
+                .to_string(),
+        )
+    }
+}
