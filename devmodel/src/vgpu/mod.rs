@@ -393,6 +393,20 @@ impl Vgpu {
         self.core.ctx.release_vram();
     }
 
+    /// Wait (up to `limit`) until no item of this vGPU is at the engine
+    /// any more: after a reset, cancelled items come back within a piece.
+    /// Returns whether it got there.
+    pub fn wait_quiet(&self, limit: Duration) -> bool {
+        let start = Instant::now();
+        while self.core.lock().outstanding > 0 {
+            if start.elapsed() > limit {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        true
+    }
+
     /// A copy of the counters.
     pub fn stats(&self) -> VgpuStats {
         let st = self.core.lock();

@@ -302,6 +302,16 @@ enum Served {
     Stop,
 }
 
+/// Return the allocator's free memory to the system (glibc's heaps keep it
+/// otherwise).
+fn trim_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only returns free heap pages to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Whether the client closed its end of `stream` (what it sent before
 /// closing no longer matters: nobody is there to answer).
 fn hung_up(stream: &UnixStream) -> bool {
@@ -663,14 +673,22 @@ impl Session<'_> {
             tracing::warn!(vgpu = %self.vgpu.config().name, "disarming interrupts: {e}");
         }
         self.unmap_all();
-        // The client's decoded work and buffers went back to the allocator:
-        // give what is free back to the system, so that a tenant's flood
-        // does not stay in vgpud's memory after it has left.
-        #[cfg(target_env = "gnu")]
-        // SAFETY: malloc_trim only returns free heap pages to the kernel.
-        unsafe {
-            libc::malloc_trim(0);
+        // Cancelled items hold decoded work until they come back.
+        if !self.vgpu.wait_quiet(Duration::from_secs(1)) {
+            tracing::debug!(vgpu = %self.vgpu.config().name, "items still at the engine after the client left");
         }
+        // The client's decoded work and buffers went back to the allocator
+        // (the last of it as cancelled items finish coming back): give
+        // what is free back to the system, now and twice more shortly, so
+        // that a tenant's flood does not stay in vgpud's memory after it
+        // has left.
+        trim_heap();
+        let _ = devmodel::thread::spawn("heap-trim", || {
+            for wait in [200, 1000] {
+                std::thread::sleep(Duration::from_millis(wait));
+                trim_heap();
+            }
+        });
     }
 }
 
