@@ -44,30 +44,48 @@ echo; echo "## Types derived from the GPU"; "$BIN/vgpuctl" --run-dir "$RUN/run" 
 T1=$("$BIN/vgpuctl" --run-dir "$RUN/run" types --json | python3 -c 'import json,sys; t=json.load(sys.stdin); print(" ".join(x["id"] for x in t))')
 set -- $T1; WHOLE=$1; HALF=${2:-$1}; QUARTER=${3:-$HALF}; EIGHTH=${4:-$QUARTER}
 S=$(create "$EIGHTH")
+PARTS=${PARTS:-selftest copy lone share isolation native}
+has() { case " $PARTS " in *" $1 "*) return 0;; esac; return 1; }
+if has selftest; then
 echo; echo "## Selftest on a $EIGHTH vGPU of the CUDA engine"
 timeout 300 "$BIN/vgpu-guest" --socket "$S" selftest 2>&1 | tail -40
+fi
 
+if has copy; then
 echo; echo "## Copy: guest RAM -> VRAM -> guest RAM (256 MiB each way)"
 timeout 120 "$BIN/vgpu-guest" --ram-mib 1024 --socket "$S" run copy --size $((256 << 20)) 2>&1 | tail -3
+timeout 120 "$BIN/vgpu-guest" --ram-mib 1024 --socket "$S" run copy --size $((64 << 20)) 2>&1 | tail -3
+fi
 
+if has lone; then
 echo; echo "## Lone vGPU ($EIGHTH, best_effort), spin kernels on every SM"
 echo "| kernel µs | 1 channel | 4 channels | p50 µs (1 ch) |"; echo "|---|---|---|---|"
 for u in 10 100 1000; do
     a=$(load "$S" "$u" 1); b=$(load "$S" "$u" 4)
     printf '| %s | %.3f | %.3f | %s |\n' "$u" "$(echo "$a" | field utilization)" "$(echo "$b" | field utilization)" "$(echo "$a" | field latency_p50_us)"
 done
+fi
 stop
 
+if has share; then
 echo; echo "## fixed_share 2:1 ($QUARTER beside $EIGHTH)"
 echo "| kernel µs | $QUARTER | $EIGHTH | ratio |"; echo "|---|---|---|---|"
 for u in 10 50 500 5000; do
     start fixed_share; A=$(create "$QUARTER"); B=$(create "$EIGHTH")
     load "$A" "$u" 1 >"$RUN/a" & pa=$!; load "$B" "$u" 1 >"$RUN/b" & pb=$!
-    wait $pa; wait $pb; stop
+    if [ "$u" = 500 ] && [ -n "${OUT:-}" ]; then # the chart of this run's shares over time
+        "$BIN/vgpuctl" --run-dir "$RUN/run" record --seconds "$SECS" --interval 100 \
+            --png "$OUT/gpu-fixed-share-2to1.png" --csv "$OUT/gpu-fixed-share-2to1.csv" \
+            --title "CUDA engine on $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1): fixed_share 2:1, 500 us kernels" >/dev/null &
+        pr=$!
+    fi
+    wait $pa; wait $pb; [ -n "${pr:-}" ] && wait "$pr"; pr=; stop
     sa=$(field utilization <"$RUN/a"); sb=$(field utilization <"$RUN/b")
     printf '| %s | %.3f | %.3f | %.3f |\n' "$u" "$sa" "$sb" "$(awk -v a="$sa" -v b="$sb" 'BEGIN{print (b > 0 ? a / b : 0)}')"
 done
+fi
 
+if has isolation; then
 echo; echo "## Isolation: kill -9 of one vGPU's worker beside another's load"
 start equal_share; A=$(create "$EIGHTH"); B=$(create "$EIGHTH")
 load "$B" 1000 1 >"$RUN/b" & pb=$!
@@ -79,7 +97,10 @@ wait $pb; echo "B: $(cat "$RUN/b")"
 echo "A again (a new client resets the vGPU, a new worker):"
 timeout 120 "$BIN/vgpu-guest" --socket "$A" selftest 2>&1 | tail -3
 stop
+fi
 
+if has native; then
 echo; echo "## Native baselines (same run)"
 timeout 300 python3 "$HERE/native_sharing.py" 2>&1 | tail -20
+fi
 echo; echo "## vgpud log (tail)"; tail -30 "$RUN/vgpud.log"
