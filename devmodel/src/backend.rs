@@ -108,6 +108,10 @@ pub trait EngineContext: Send + Sync {
     /// Give the framebuffer's memory back to the host: its contents become
     /// zero, as a new vGPU's are (the VM went away). Only while no item runs.
     fn release_vram(&self) {}
+    /// Channel `channel` stopped (reset, disabled, faulted): drop its items
+    /// that wait to run; the one running, if any, runs out (one piece).
+    /// Their callbacks still run. Backends that queue nothing ignore it.
+    fn cancel_channel(&self, _channel: u32) {}
     /// Abort this context's queued and running items as soon as possible
     /// (their callbacks still run, with [`ExecError::Cancelled`] or a
     /// result). Items submitted afterwards are not affected.

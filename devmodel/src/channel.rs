@@ -411,15 +411,20 @@ impl Channel {
     /// Take the engine operation at the head for the engine: its next
     /// piece when it is larger than one ([`Op::take_piece`]; the rest stays
     /// at the head), else all of it. Returns it with the epoch its
-    /// completion must be reported under, and the front-end cost it carries.
-    pub fn submit_head(&mut self) -> Option<(Op, u64, std::time::Duration)> {
+    /// completion must be reported under, the front-end cost it carries,
+    /// and the commands it completes (none for a piece before the last).
+    pub fn submit_head(&mut self) -> Option<(Op, u64, std::time::Duration, u64)> {
         let Some(Command::Engine(head)) = self.queue.front_mut() else {
             return None;
         };
-        let op = match head.take_piece() {
-            Some(piece) => piece,
+        let (op, commands) = match head.take_piece() {
+            Some(piece) => (piece, 0),
             None => match self.queue.pop_front() {
-                Some(Command::Engine(op)) => self.batch_from(op),
+                Some(Command::Engine(op)) => {
+                    let op = self.batch_from(op);
+                    let n = op.commands();
+                    (op, n)
+                }
                 _ => return None,
             },
         };
@@ -428,7 +433,7 @@ impl Channel {
         if let Some(n) = self.outstanding.back_mut() {
             *n += 1;
         }
-        Some((op, self.epoch, std::mem::take(&mut self.cost)))
+        Some((op, self.epoch, std::mem::take(&mut self.cost), commands))
     }
 
     /// `first` and the short engine operations right behind it in the

@@ -137,6 +137,7 @@ impl Core {
         let now = self.now_ns();
         let c = st.channel(ch);
         c.fault(e.code);
+        self.ctx.cancel_channel(ch.0);
         let inst = c.instance();
         st.regs
             .set(RegRef::Channel(ch, ChannelReg::ErrorInfo), e.info);

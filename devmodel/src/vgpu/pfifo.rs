@@ -297,12 +297,11 @@ impl Core {
                 Ok(true)
             }
             HeadAction::Submit => {
-                let Some((op, epoch, front_end)) = st.channel(ch).submit_head() else {
+                let Some((op, epoch, front_end, commands)) = st.channel(ch).submit_head() else {
                     return Ok(false);
                 };
                 let gen = st.generation;
                 st.outstanding += 1;
-                let commands = op.commands();
                 let me = self.clone();
                 tracing::trace!(vgpu = %self.cfg.name, channel = %ch, op = op.name(), "submit");
                 // Submitting under the state lock orders this item before

@@ -108,6 +108,7 @@ impl Core {
     fn channel_ctrl(&self, st: &mut State, ch: ChannelId, old: u32, v: u32) {
         if v & ChannelCtrl::RESET != 0 {
             st.channel(ch).reset();
+            self.ctx.cancel_channel(ch.0);
             self.doorbell.reset_channel(ch);
             for r in [
                 ChannelReg::Ctrl,
@@ -141,6 +142,7 @@ impl Core {
             }
         } else if !now && was {
             st.channel(ch).disable();
+            self.ctx.cancel_channel(ch.0);
         }
     }
 

@@ -266,6 +266,17 @@ impl EngineContext for ScheduledContext {
         self.shared.wake.notify_all();
     }
 
+    fn cancel_channel(&self, channel: u32) {
+        let mut st = self.shared.lock();
+        let dropped = st.sched.drop_channel(self.key, channel);
+        if dropped.is_empty() {
+            return;
+        }
+        st.cancelled.extend(dropped);
+        drop(st);
+        self.shared.wake.notify_all();
+    }
+
     fn cancel(&self) {
         let mut st = self.shared.lock();
         let chans: Vec<u32> = st

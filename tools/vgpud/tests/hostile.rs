@@ -362,6 +362,26 @@ fn channel(dev: &mut Device, id: u32, entries: u32, segment_bytes: u32) -> Chann
     Channel::new(dev, id, cfg).expect("A's channel")
 }
 
+/// Submit `pb` on every channel, wait for them all (until `deadline` at
+/// most), and again, until `deadline`: A leaves with its work queued.
+fn on_every_channel_until(
+    dev: &mut Device,
+    chans: &mut [Channel],
+    pb: &Pushbuf,
+    deadline: Instant,
+) {
+    while Instant::now() < deadline {
+        let fences: Vec<_> = chans
+            .iter_mut()
+            .map(|ch| ch.submit(dev, pb).unwrap())
+            .collect();
+        for (ch, f) in chans.iter().zip(fences) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let _ = ch.wait(dev, f, WaitMode::Poll, left);
+        }
+    }
+}
+
 #[test]
 fn a_4096_cubed_gemm_runs_in_pieces_and_a_reset_cancels_it() {
     case("gemm", |socket, deadline| {
@@ -457,16 +477,7 @@ fn a_flood_of_tiny_copies_on_eight_channels_pays_for_itself() {
                 copy::LAUNCH,
                 &vec![copy::LAUNCH_COPY_1D; 60_000],
             );
-        while Instant::now() < deadline {
-            let fences: Vec<_> = chans
-                .iter_mut()
-                .map(|ch| ch.submit(&mut dev, &pb).unwrap())
-                .collect();
-            for (ch, f) in chans.iter().zip(fences) {
-                let left = deadline.saturating_duration_since(Instant::now());
-                let _ = ch.wait(&mut dev, f, WaitMode::Poll, left);
-            }
-        }
+        on_every_channel_until(&mut dev, &mut chans, &pb, deadline);
     });
 }
 
@@ -493,16 +504,7 @@ fn two_d_copies_of_one_byte_lines_run_by_groups_of_lines() {
         let mut pb = Pushbuf::new();
         pb.bind_classes()
             .copy_2d(src.va(), 2, dst.va(), 2, 1, 1 << 17);
-        while Instant::now() < deadline {
-            let fences: Vec<_> = chans
-                .iter_mut()
-                .map(|ch| ch.submit(&mut dev, &pb).unwrap())
-                .collect();
-            for (ch, f) in chans.iter().zip(fences) {
-                let left = deadline.saturating_duration_since(Instant::now());
-                let _ = ch.wait(&mut dev, f, WaitMode::Poll, left);
-            }
-        }
+        on_every_channel_until(&mut dev, &mut chans, &pb, deadline);
     });
 }
 
