@@ -87,6 +87,24 @@ struct Leaf {
     read_only: bool,
 }
 
+/// Append `len` bytes at `addr` (first byte at `va`) to `out`, joining the
+/// last extent when it continues it.
+fn push(out: &mut Vec<(Extent, u64)>, aperture: Aperture, addr: u64, len: u64, va: u64) {
+    match out.last_mut() {
+        Some((last, _)) if last.aperture == aperture && last.addr + last.len == addr => {
+            last.len += len
+        }
+        _ => out.push((
+            Extent {
+                aperture,
+                addr,
+                len,
+            },
+            va,
+        )),
+    }
+}
+
 /// One vGPU's GMMU with its TLB.
 #[derive(Debug)]
 pub struct Gmmu {
@@ -119,6 +137,11 @@ impl Gmmu {
 
     /// Translate `va..va+len` of the address space rooted at `pdb` for a
     /// read or a write, checking every byte, into merged extents.
+    ///
+    /// A one-page access goes through the TLB. A longer one walks the
+    /// directory once per 2 MiB and reads the page-table entries it needs
+    /// in one access (a 256 MiB buffer of 4 KiB pages is 128 walks, not
+    /// 65,536), without filling the TLB with pages used once.
     pub fn translate(
         &mut self,
         mem: &GuestRam,
@@ -127,7 +150,6 @@ impl Gmmu {
         len: u64,
         write: bool,
     ) -> Result<Vec<Extent>, Fault> {
-        let mut out: Vec<Extent> = Vec::new();
         let end = va
             .checked_add(len)
             .filter(|&e| e <= 1 << VA_BITS)
@@ -136,36 +158,101 @@ impl Gmmu {
                 va,
                 write,
             })?;
+        // Each extent with the VA it starts at, for the fault address.
+        let mut out: Vec<(Extent, u64)> = Vec::new();
         let mut at = va;
         while at < end {
-            let leaf = self.leaf(mem, pdb, at, write)?;
-            let in_page = at & (PAGE_4K - 1);
-            let n = (PAGE_4K - in_page).min(end - at);
-            let phys = leaf.base + in_page;
-            if leaf.aperture == Aperture::Sysmem {
-                mem.check(phys, n, write).map_err(|e| Fault {
-                    code: if matches!(e, MemError::ReadOnly { .. }) {
-                        ErrorCode::ReadOnly
-                    } else {
-                        ErrorCode::SysmemUnmapped
-                    },
-                    va: at,
-                    write,
-                })?;
+            if end - at <= PAGE_4K - (at & (PAGE_4K - 1)) {
+                let leaf = self.leaf(mem, pdb, at, write)?;
+                push(
+                    &mut out,
+                    leaf.aperture,
+                    leaf.base + (at & (PAGE_4K - 1)),
+                    end - at,
+                    at,
+                );
+                at = end;
+            } else {
+                at = self.walk_run(mem, pdb, at, end, write, &mut out)?;
             }
-            match out.last_mut() {
-                Some(last) if last.aperture == leaf.aperture && last.addr + last.len == phys => {
-                    last.len += n
-                }
-                _ => out.push(Extent {
-                    aperture: leaf.aperture,
-                    addr: phys,
-                    len: n,
-                }),
-            }
-            at += n;
         }
-        Ok(out)
+        for (e, start) in &out {
+            if e.aperture == Aperture::Sysmem && mem.check(e.addr, e.len, write).is_err() {
+                // The first page that fails, for the fault's address.
+                let mut off = 0;
+                while off < e.len {
+                    let n = (PAGE_4K - ((e.addr + off) & (PAGE_4K - 1))).min(e.len - off);
+                    if let Err(err) = mem.check(e.addr + off, n, write) {
+                        return Err(Fault {
+                            code: if matches!(err, MemError::ReadOnly { .. }) {
+                                ErrorCode::ReadOnly
+                            } else {
+                                ErrorCode::SysmemUnmapped
+                            },
+                            va: start + off,
+                            write,
+                        });
+                    }
+                    off += n;
+                }
+            }
+        }
+        Ok(out.into_iter().map(|(e, _)| e).collect())
+    }
+
+    /// Translate from `at` to `end` or the end of `at`'s 2 MiB region,
+    /// whichever comes first, appending to `out`; returns where it stopped.
+    fn walk_run(
+        &mut self,
+        mem: &GuestRam,
+        pdb: u64,
+        at: u64,
+        end: u64,
+        write: bool,
+        out: &mut Vec<(Extent, u64)>,
+    ) -> Result<u64, Fault> {
+        self.misses += 1;
+        let stop = end.min((at | (PAGE_2M - 1)) + 1);
+        let l1 = self.directory(mem, pdb, at, write)?;
+        if l1.large() {
+            let within = at & (PAGE_2M - 1);
+            let leaf = self.leaf_of(l1, PAGE_2M, within & !(PAGE_4K - 1), at, write)?;
+            push(
+                out,
+                leaf.aperture,
+                leaf.base + (at & (PAGE_4K - 1)),
+                stop - at,
+                at,
+            );
+            return Ok(stop);
+        }
+        let first = (at >> 12) & 0x1FF;
+        let count = ((stop - 1) >> 12) - (at >> 12) + 1;
+        let mut raw = vec![0u8; count as usize * 8];
+        mem.read(l1.addr() + first * 8, &mut raw)
+            .map_err(|_| Fault {
+                code: ErrorCode::PageTableUnmapped,
+                va: at,
+                write,
+            })?;
+        let mut va = at;
+        for word in raw.chunks_exact(8) {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(word);
+            let pte = Pte(u64::from_le_bytes(b));
+            if !pte.valid() {
+                return Err(Fault {
+                    code: ErrorCode::PteInvalid,
+                    va,
+                    write,
+                });
+            }
+            let leaf = self.leaf_of(pte, PAGE_4K, 0, va, write)?;
+            let n = (PAGE_4K - (va & (PAGE_4K - 1))).min(stop - va);
+            push(out, leaf.aperture, leaf.base + (va & (PAGE_4K - 1)), n, va);
+            va += n;
+        }
+        Ok(stop)
     }
 
     fn leaf(&mut self, mem: &GuestRam, pdb: u64, va: u64, write: bool) -> Result<Leaf, Fault> {
@@ -195,7 +282,8 @@ impl Gmmu {
         Ok(leaf)
     }
 
-    fn walk(&self, mem: &GuestRam, pdb: u64, va: u64, write: bool) -> Result<Leaf, Fault> {
+    /// The L1 entry (a 2 MiB leaf, or the page table) for `va`.
+    fn directory(&self, mem: &GuestRam, pdb: u64, va: u64, write: bool) -> Result<Pte, Fault> {
         let fault = |code| Fault { code, va, write };
         let read = |table: u64, index: u64| -> Result<Pte, Fault> {
             mem.read_u64(table + index * 8)
@@ -210,15 +298,44 @@ impl Gmmu {
         if !l1.valid() {
             return Err(fault(ErrorCode::PdeInvalid));
         }
-        let (pte, page, within) = if l1.large() {
-            (l1, PAGE_2M, va & (PAGE_2M - 1) & !(PAGE_4K - 1))
-        } else {
-            let l0 = read(l1.addr(), (va >> 12) & 0x1FF)?;
-            if !l0.valid() {
-                return Err(fault(ErrorCode::PteInvalid));
-            }
-            (l0, PAGE_4K, 0)
-        };
+        Ok(l1)
+    }
+
+    fn walk(&self, mem: &GuestRam, pdb: u64, va: u64, write: bool) -> Result<Leaf, Fault> {
+        let l1 = self.directory(mem, pdb, va, write)?;
+        if l1.large() {
+            return self.leaf_of(l1, PAGE_2M, va & (PAGE_2M - 1) & !(PAGE_4K - 1), va, write);
+        }
+        let l0 = mem
+            .read_u64(l1.addr() + ((va >> 12) & 0x1FF) * 8)
+            .map(Pte)
+            .map_err(|_| Fault {
+                code: ErrorCode::PageTableUnmapped,
+                va,
+                write,
+            })?;
+        if !l0.valid() {
+            return Err(Fault {
+                code: ErrorCode::PteInvalid,
+                va,
+                write,
+            });
+        }
+        self.leaf_of(l0, PAGE_4K, 0, va, write)
+    }
+
+    /// The 4 KiB page `within` bytes into the `page`-sized leaf `pte`
+    /// maps, checked (alignment, aperture, VRAM bounds, and for a write,
+    /// not read-only).
+    fn leaf_of(
+        &self,
+        pte: Pte,
+        page: u64,
+        within: u64,
+        va: u64,
+        write: bool,
+    ) -> Result<Leaf, Fault> {
+        let fault = |code| Fault { code, va, write };
         if pte.addr() & (page - 1) != 0 {
             return Err(fault(ErrorCode::MisalignedPage));
         }
@@ -234,6 +351,9 @@ impl Gmmu {
                 .is_none_or(|e| e > self.vram_size)
         {
             return Err(fault(ErrorCode::VramRange));
+        }
+        if write && pte.read_only() {
+            return Err(fault(ErrorCode::ReadOnly));
         }
         Ok(Leaf {
             aperture,

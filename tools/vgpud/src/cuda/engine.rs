@@ -75,10 +75,10 @@ impl Backend for CudaEngine {
     }
 
     /// A GPU runs a kernel in microseconds and each item's completion
-    /// comes back through the worker: keep more queued than on the cpu
-    /// engine (the slice still commits only what fits in it).
+    /// comes back through the worker, a few hundred µs later: keep many
+    /// queued (the slice still commits only what fits in it).
     fn queue_depth(&self) -> usize {
-        16
+        64
     }
 
     fn create_context(&self, vram_bytes: u64) -> Result<Arc<dyn EngineContext>, BackendError> {
