@@ -89,3 +89,36 @@ vm_chroot() {
         PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
         HOME=/root LC_ALL=C.UTF-8 DEBIAN_FRONTEND=noninteractive "$@"
 }
+
+# The executables and work directory a VM script takes: --vgpud, --vgpuctl, --guest (each built
+# here when not given: the guest driver statically, for the guest's initramfs) and --work (a new
+# /tmp/vgpud-TAG.XXXXXX when not given). Usage: vm_binaries TAG "$@"; sets VGPUD, VGPUCTL,
+# GUEST, WORK and REPO. Needs root.
+vm_binaries() {
+    local tag=$1
+    shift
+    VGPUD= VGPUCTL= GUEST= WORK=
+    while [ $# -gt 0 ]; do
+        case "$1" in
+            --vgpud) VGPUD=$2; shift 2 ;;
+            --vgpuctl) VGPUCTL=$2; shift 2 ;;
+            --guest) GUEST=$2; shift 2 ;;
+            --work) WORK=$2; shift 2 ;;
+            *) vm_die "unknown argument: $1" ;;
+        esac
+    done
+    REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+    if [ -z "$VGPUD" ] || [ -z "$VGPUCTL" ]; then
+        (cd "$REPO" && cargo build --release -j 2 -p vgpud --bin vgpud --bin vgpuctl) >&2
+        VGPUD=${VGPUD:-$REPO/target/release/vgpud}
+        VGPUCTL=${VGPUCTL:-$REPO/target/release/vgpuctl}
+    fi
+    if [ -z "$GUEST" ]; then
+        (cd "$REPO" && RUSTFLAGS="-C target-feature=+crt-static" CARGO_TARGET_DIR="$REPO/target/vm-guest" \
+            cargo build --release -j 2 -p vgpu-guest --bin vgpu-guest --target x86_64-unknown-linux-gnu) >&2
+        GUEST=$REPO/target/vm-guest/x86_64-unknown-linux-gnu/release/vgpu-guest
+    fi
+    [ -x "$VGPUD" ] && [ -x "$VGPUCTL" ] && [ -x "$GUEST" ] || vm_die "need --vgpud, --vgpuctl and --guest executables"
+    vm_require_root
+    [ -n "$WORK" ] || WORK=$(mktemp -d "/tmp/vgpud-$tag.XXXXXX")
+}
