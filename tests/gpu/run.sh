@@ -17,8 +17,9 @@ echo "## GPU"
 "$BIN/vgpud-cuda-worker" --probe || { echo "no GPU: $?"; exit 1; }
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null
 
-start() { # start POLICY
+start() { # start POLICY [EXTRA CONFIG TEXT]
     cat >"$RUN/vgpud.toml" <<CFG
+${2:-}
 [parent."gpu0"]
 policy = "$1"
 
@@ -44,7 +45,7 @@ echo; echo "## Types derived from the GPU"; "$BIN/vgpuctl" --run-dir "$RUN/run" 
 T1=$("$BIN/vgpuctl" --run-dir "$RUN/run" types --json | python3 -c 'import json,sys; t=json.load(sys.stdin); print(" ".join(x["id"] for x in t))')
 set -- $T1; WHOLE=$1; HALF=${2:-$1}; QUARTER=${3:-$HALF}; EIGHTH=${4:-$QUARTER}
 S=$(create "$EIGHTH")
-PARTS=${PARTS:-selftest copy lone share isolation native}
+PARTS=${PARTS:-selftest copy lone share isolation latency native}
 has() { case " $PARTS " in *" $1 "*) return 0;; esac; return 1; }
 if has selftest; then
 echo; echo "## Selftest on a $EIGHTH vGPU of the CUDA engine"
@@ -96,6 +97,22 @@ wait $pa; echo "A after its worker was killed: $(tail -c 300 "$RUN/a")"
 wait $pb; echo "B: $(cat "$RUN/b")"
 echo "A again (a new client resets the vGPU, a new worker):"
 timeout 120 "$BIN/vgpu-guest" --socket "$A" selftest 2>&1 | tail -3
+stop
+fi
+
+if has latency; then
+echo; echo "## Latency class: a 100 µs probe (one at a time, 2 ms apart) on a latency-class $EIGHTH, alone and beside a best_effort $QUARTER saturating with 10 ms kernels"
+start best_effort "[type.\"$EIGHTH\"]
+class = \"latency\""
+P=$(create "$EIGHTH"); H=$(create "$QUARTER")
+probe() { timeout 60 "$BIN/vgpu-guest" --socket "$P" load spin --unit-us 100 --seconds 3 --probe-gap-ms 2 --json; }
+alone=$(probe)
+timeout 60 "$BIN/vgpu-guest" --socket "$H" load spin --unit-us 10000 --seconds 4 --json >"$RUN/h" & ph=$!
+sleep 0.5; beside=$(probe); wait $ph
+echo "| probe | p50 µs | p99 µs |"; echo "|---|---|---|"
+echo "| alone | $(echo "$alone" | field latency_p50_us) | $(echo "$alone" | field latency_p99_us) |"
+echo "| beside 10 ms kernels | $(echo "$beside" | field latency_p50_us) | $(echo "$beside" | field latency_p99_us) |"
+echo "heavy neighbour: $(cat "$RUN/h")"
 stop
 fi
 

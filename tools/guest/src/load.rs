@@ -183,3 +183,73 @@ pub fn run(dev: &mut Device, cfg: &LoadConfig) -> Result<LoadReport> {
         },
     })
 }
+
+/// A latency probe: one `spin` of `unit_us` at a time on channel 0, each
+/// waited for (polling), then `gap` of nothing, for `duration`: what a
+/// latency-sensitive tenant sees beside busy neighbours (its latency
+/// percentiles; utilization is its own small load).
+pub fn probe(
+    dev: &mut Device,
+    unit_us: u32,
+    duration: Duration,
+    gap: Duration,
+) -> Result<LoadReport> {
+    if unit_us == 0 || unit_us as u64 * 1000 > SPIN_MAX_NS {
+        return Err(Error::InvalidArgument(format!("unit of {unit_us} us")));
+    }
+    let ccfg = ChannelConfig {
+        gpfifo_entries: GPFIFO_ENTRIES,
+        segment_bytes: 1024,
+        interrupt_fences: false,
+    };
+    let mut ch = Channel::new(dev, 0, ccfg)?;
+    let spin = Program::Spin {
+        dst: 0,
+        units: unit_us,
+        unit_ns: 1000,
+    };
+    let rung_before = dev.doorbells();
+    let mut latencies = Vec::new();
+    let start = Instant::now();
+    let mut last_done = start;
+    while start.elapsed() < duration {
+        let t = Instant::now();
+        let f = ch.launch(dev, &spin)?;
+        ch.wait(
+            dev,
+            f,
+            crate::channel::WaitMode::Poll,
+            Duration::from_secs(10),
+        )?;
+        last_done = Instant::now();
+        latencies.push(last_done.duration_since(t).as_secs_f64() * 1e6);
+        std::thread::sleep(gap);
+    }
+    ch.destroy(dev)?;
+    latencies.sort_by(|a, b| a.total_cmp(b));
+    let pct = |p: f64| -> f64 {
+        let i = ((p * latencies.len() as f64).ceil() as usize).clamp(1, latencies.len().max(1)) - 1;
+        latencies.get(i).copied().unwrap_or(0.0)
+    };
+    let completed = latencies.len() as u64;
+    let wall_us = last_done.duration_since(start).as_micros().max(1) as u64;
+    let busy_us = completed * unit_us as u64;
+    let now = dev.doorbells();
+    Ok(LoadReport {
+        unit_us,
+        channels: 1,
+        completed,
+        busy_us,
+        wall_us,
+        utilization: busy_us as f64 / wall_us as f64,
+        rate_per_s: completed as f64 / (wall_us as f64 / 1e6),
+        latency_p50_us: pct(0.50),
+        latency_p99_us: pct(0.99),
+        latency_max_us: latencies.last().copied().unwrap_or(0.0),
+        depth: 1,
+        doorbells: crate::device::Doorbells {
+            untrapped: now.untrapped - rung_before.untrapped,
+            trapped: now.trapped - rung_before.trapped,
+        },
+    })
+}

@@ -73,6 +73,10 @@ enum Cmd {
         /// Channels submitting concurrently.
         #[arg(long, default_value_t = 1)]
         channels: u32,
+        /// Probe instead of saturating: one command at a time, each waited
+        /// for, this many milliseconds apart (latency percentiles).
+        #[arg(long, value_name = "MS")]
+        probe_gap_ms: Option<f64>,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -140,19 +144,30 @@ fn real_main(cli: &Cli) -> Result<bool> {
             unit_us,
             seconds,
             channels,
+            probe_gap_ms,
             json,
         } => {
             if !(seconds.is_finite() && *seconds > 0.0) {
                 return Err(Error::InvalidArgument(format!("--seconds {seconds}")));
             }
-            let r = load::run(
-                &mut dev,
-                &LoadConfig {
-                    unit_us: *unit_us,
-                    duration: Duration::from_secs_f64(*seconds),
-                    channels: *channels,
-                },
-            )?;
+            let duration = Duration::from_secs_f64(*seconds);
+            let r = match probe_gap_ms {
+                Some(ms) if ms.is_finite() && *ms >= 0.0 && *ms < 10_000.0 => load::probe(
+                    &mut dev,
+                    *unit_us,
+                    duration,
+                    Duration::from_secs_f64(ms / 1000.0),
+                )?,
+                Some(ms) => return Err(Error::InvalidArgument(format!("--probe-gap-ms {ms}"))),
+                None => load::run(
+                    &mut dev,
+                    &LoadConfig {
+                        unit_us: *unit_us,
+                        duration,
+                        channels: *channels,
+                    },
+                )?,
+            };
             if *json {
                 println!(
                     "{}",
