@@ -43,3 +43,152 @@ fn a_gpu_parent_without_a_gpu_is_a_clear_start_error() {
         "the worker says why"
     );
 }
+
+mod common;
+use common::daemon::Vgpud;
+use std::time::Duration;
+use vgpu_guest::programs::Program;
+use vgpu_guest::transport::vfio_user::VfioUserTransport;
+use vgpu_guest::{Channel, ChannelConfig, Device, Placement, WaitMode};
+
+/// The CUDA workers vgpud (`pid`) runs, oldest first.
+fn workers(pid: u32) -> Vec<u32> {
+    let mut out: Vec<u32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| {
+            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+            let ppid = stat
+                .rsplit(')')
+                .next()
+                .and_then(|rest| rest.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u32>().ok());
+            let cmd = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+            ppid == Some(pid) && String::from_utf8_lossy(&cmd).contains("vgpud-cuda-worker")
+        })
+        .collect();
+    out.sort_unstable();
+    out
+}
+
+fn connect(socket: &std::path::Path) -> Device {
+    Device::open(Box::new(
+        VfioUserTransport::connect(socket, 32 << 20).unwrap(),
+    ))
+    .unwrap()
+}
+
+#[test]
+fn gpu_workers_are_processes_and_a_killed_one_faults_only_its_vgpu() {
+    // The CUDA engine's process side, with the workers emulating the GPU on
+    // the cpu engine (no GPU here): one worker per vGPU, guest RAM handed
+    // over by descriptor, the selftest through it; kill -9 of one worker
+    // stops only its vGPU's channel (ENGINE_ERROR), and the next client
+    // gets a new worker.
+    let v = Vgpud::start(
+        "cuda-emulated",
+        "[catalog.parent.\"gpu0\"]\nengine = \"cuda\"\n",
+        &[("VGPUD_CUDA_EMULATE", "1")],
+    );
+    let types = v.request(serde_json::json!({"op": "types"}));
+    let ids: Vec<&str> = types
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        ["emulated-15c", "emulated-7c", "emulated-3c", "emulated-1c"],
+        "derived from the GPU"
+    );
+    let a = v.create("emulated-1c");
+    let b = v.create("emulated-1c");
+    let pids = workers(v.child.id());
+    assert_eq!(pids.len(), 2, "one worker per vGPU: {pids:?}");
+
+    let mut da = connect(&a);
+    let report = vgpu_guest::selftest::run(&mut da);
+    assert!(
+        report.passed(),
+        "selftest through the worker: {:?}",
+        report.failures().collect::<Vec<_>>()
+    );
+
+    // B keeps working, its results checked, while A's worker dies.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let good = {
+        let (stop, b) = (stop.clone(), b.clone());
+        std::thread::spawn(move || {
+            let mut dev = connect(&b);
+            let mut ch = Channel::new(&mut dev, 0, ChannelConfig::default()).unwrap();
+            let buf = dev.alloc(Placement::Sysmem, 4096).unwrap();
+            let mut n = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let f = ch
+                    .launch(
+                        &mut dev,
+                        &Program::Fill {
+                            dst: buf.va(),
+                            count: 1024,
+                            value: n,
+                        },
+                    )
+                    .unwrap();
+                ch.wait(&mut dev, f, WaitMode::Interrupt, Duration::from_secs(10))
+                    .unwrap();
+                assert_eq!(buf.host().unwrap().read_u32(4092).unwrap(), n);
+                n += 1;
+            }
+            n
+        })
+    };
+    let mut ch = Channel::new(&mut da, 0, ChannelConfig::default()).unwrap();
+    let spin = Program::Spin {
+        dst: 0,
+        units: 2_000,
+        unit_ns: 1_000_000,
+    };
+    let f = ch.launch(&mut da, &spin).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    // SAFETY: kill on a child process of the vgpud this test started.
+    assert_eq!(unsafe { libc::kill(pids[0] as i32, libc::SIGKILL) }, 0);
+    let r = ch.wait(&mut da, f, WaitMode::Interrupt, Duration::from_secs(10));
+    assert!(
+        matches!(r, Err(vgpu_guest::Error::ChannelFault { .. })),
+        "A's channel after its worker died: {r:?}"
+    );
+    assert_eq!(
+        ch.status(&mut da).unwrap().error,
+        Some(vgpu_guest::ErrorCode::EngineError)
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let done = good.join().expect("B's results stayed right");
+    assert!(done > 10, "B went on: {done} fills");
+    drop(ch);
+    drop(da);
+    // A new client resets the vGPU: a new worker, and the selftest passes.
+    let mut da = connect(&a);
+    let report = vgpu_guest::selftest::run(&mut da);
+    assert!(
+        report.passed(),
+        "after a new worker: {:?}",
+        report.failures().collect::<Vec<_>>()
+    );
+    let now = workers(v.child.id());
+    assert_eq!(now.len(), 2);
+    assert!(!now.contains(&pids[0]), "the dead worker was replaced");
+    // Many items in flight through the worker at once (completions and
+    // HOST accesses crossing: the deadlocks a pipeline can have).
+    let r = vgpu_guest::load::run(
+        &mut da,
+        &vgpu_guest::load::LoadConfig {
+            unit_us: 100,
+            duration: Duration::from_millis(500),
+            channels: 2,
+        },
+    )
+    .expect("a pipelined load through the worker");
+    assert!(r.completed > 100 && r.utilization > 0.2, "{r:?}");
+}

@@ -12,22 +12,20 @@
 //!
 //! docs/reliability.md has the table of what each case measured.
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::io::Write;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
-
-mod common;
+use common::daemon::Vgpud;
 use vgpu_guest::programs::Program;
 use vgpu_guest::pushbuf::{copy, Pushbuf, SUBCH_COPY};
 use vgpu_guest::transport::vfio_user::VfioUserTransport;
 use vgpu_guest::{Channel, ChannelConfig, Device, Placement, WaitMode};
+
+mod common;
 
 /// The cases run one at a time: each measures time and memory on a shared
 /// host.
@@ -43,82 +41,13 @@ const WINDOW: Duration = Duration::from_secs(3);
 const FAIR_SHARE: f64 = 0.5;
 const MIN_OF_SHARE: f64 = 0.9;
 
-/// vgpud under equal_share, in a directory of its own.
-struct Vgpud {
-    child: Child,
-    dir: PathBuf,
-}
-
-impl Vgpud {
-    fn start(name: &str) -> Vgpud {
-        let dir = std::env::temp_dir().join(format!("vgpud-hostile-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(
-            dir.join("vgpud.toml"),
-            "[parent.\"cpu0\"]\npolicy = \"equal_share\"\n",
-        )
-        .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_vgpud"))
-            .arg("--run-dir")
-            .arg(dir.join("run"))
-            .arg("--config")
-            .arg(dir.join("vgpud.toml"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start vgpud");
-        let v = Vgpud { child, dir };
-        let t = Instant::now();
-        while UnixStream::connect(v.control()).is_err() {
-            assert!(t.elapsed() < Duration::from_secs(10), "no control socket");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        v
-    }
-
-    fn control(&self) -> PathBuf {
-        self.dir.join("run/control.sock")
-    }
-
-    fn request(&self, req: Value) -> Value {
-        let mut s = BufReader::new(UnixStream::connect(self.control()).expect("control socket"));
-        writeln!(s.get_mut(), "{req}").unwrap();
-        let mut line = String::new();
-        s.read_line(&mut line).unwrap();
-        let r: Value = serde_json::from_str(&line).unwrap();
-        assert_eq!(r["ok"], true, "{req}: {r}");
-        r["result"].clone()
-    }
-
-    /// A new vGPU of `type_id`: its socket.
-    fn create(&self, type_id: &str) -> PathBuf {
-        let r = self.request(json!({"op": "create", "type": type_id}));
-        PathBuf::from(r["socket"].as_str().unwrap())
-    }
-
-    /// vgpud's resident memory.
-    fn rss(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .unwrap()
-            * 1024
-    }
-
-    fn alive(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-}
-
-impl Drop for Vgpud {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+/// vgpud under equal_share.
+fn vgpud(name: &str) -> Vgpud {
+    Vgpud::start(
+        &format!("hostile-{name}"),
+        "[parent.\"cpu0\"]\npolicy = \"equal_share\"\n",
+        &[],
+    )
 }
 
 fn connect(socket: &Path, ram: u64) -> vgpu_guest::Result<Device> {
@@ -269,7 +198,7 @@ fn serves_a_new_client(socket: &Path) {
 /// given) beside the good tenant, and check everything the suite promises.
 fn case(name: &str, attack: impl FnOnce(&Path, Instant) + Send + 'static) {
     let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let mut v = Vgpud::start(name);
+    let mut v = vgpud(name);
     let a_socket = v.create("vgpud-2c");
     let b_socket = v.create("vgpud-2c");
     let good = Good::start(&b_socket);

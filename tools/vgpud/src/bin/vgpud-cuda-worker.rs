@@ -19,10 +19,22 @@ struct Args {
     /// Print the GPU's name, memory and multiprocessors, and exit.
     #[arg(long)]
     probe: bool,
+    /// No GPU: run every operation on the cpu engine in this process (the
+    /// tests of the CUDA engine's process side; vgpud passes it when
+    /// VGPUD_CUDA_EMULATE=1).
+    #[arg(long)]
+    emulate: bool,
 }
 
 fn main() {
     let args = Args::parse();
+    if args.emulate {
+        if args.probe {
+            println!("{}", vgpud::cuda::emulated::PROBE);
+            return;
+        }
+        std::process::exit(vgpud::cuda::emulated::run(args.fd, args.vram));
+    }
     if args.probe {
         match vgpud::cuda::worker::probe(args.device) {
             Ok(json) => println!("{json}"),

@@ -30,6 +30,20 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a HOST access to VRAM may take.
 const ACCESS_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Whether workers emulate the GPU with the cpu engine
+/// (`VGPUD_CUDA_EMULATE=1`; tests only: [`super::emulated`]).
+fn emulated() -> bool {
+    std::env::var_os("VGPUD_CUDA_EMULATE").is_some_and(|v| v == "1")
+}
+
+/// The worker's arguments besides its own.
+fn worker_args(cmd: &mut Command) -> &mut Command {
+    if emulated() {
+        cmd.arg("--emulate");
+    }
+    cmd
+}
+
 /// The worker binary: beside the daemon's own.
 pub fn worker_path() -> PathBuf {
     std::env::current_exe()
@@ -47,7 +61,7 @@ pub struct GpuInfo {
 
 /// Ask a worker what GPU `device` is.
 pub fn probe(device: u32) -> Result<GpuInfo, String> {
-    let out = Command::new(worker_path())
+    let out = worker_args(&mut Command::new(worker_path()))
         .args(["--probe", "--device", &device.to_string()])
         .stderr(Stdio::piped())
         .output()
@@ -115,7 +129,7 @@ impl Conn {
         let (ours, theirs) = UnixStream::pair().map_err(|e| fail(e.to_string()))?;
         let fd = theirs.as_raw_fd();
         let mut cmd = Command::new(worker_path());
-        cmd.args([
+        worker_args(&mut cmd).args([
             "--device",
             &device.to_string(),
             "--vram",

@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 use devmodel::{CpuEngine, Vgpu};
 use vgpud::vfio_user::{spawn, ServerHandle};
 
+pub mod daemon;
+
 pub struct Served {
     pub vgpu: Arc<Vgpu>,
     pub handle: ServerHandle,

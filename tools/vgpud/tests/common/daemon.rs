@@ -1,0 +1,87 @@
+//! The vgpud binary under test: started in a directory of its own with a
+//! configuration file, asked over its control socket, killed at the end.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+pub struct Vgpud {
+    pub child: Child,
+    pub dir: PathBuf,
+}
+
+impl Vgpud {
+    /// vgpud with `config` as its configuration file and `env` added to its
+    /// environment; returns once its control socket answers.
+    pub fn start(name: &str, config: &str, env: &[(&str, &str)]) -> Vgpud {
+        let dir = std::env::temp_dir().join(format!("vgpud-test-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("vgpud.toml"), config).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_vgpud"))
+            .arg("--run-dir")
+            .arg(dir.join("run"))
+            .arg("--config")
+            .arg(dir.join("vgpud.toml"))
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start vgpud");
+        let v = Vgpud { child, dir };
+        let t = Instant::now();
+        while UnixStream::connect(v.control()).is_err() {
+            assert!(t.elapsed() < Duration::from_secs(10), "no control socket");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        v
+    }
+
+    pub fn control(&self) -> PathBuf {
+        self.dir.join("run/control.sock")
+    }
+
+    /// One control-socket request; its result (it must succeed).
+    pub fn request(&self, req: Value) -> Value {
+        let mut s = BufReader::new(UnixStream::connect(self.control()).expect("control socket"));
+        writeln!(s.get_mut(), "{req}").unwrap();
+        let mut line = String::new();
+        s.read_line(&mut line).unwrap();
+        let r: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(r["ok"], true, "{req}: {r}");
+        r["result"].clone()
+    }
+
+    /// A new vGPU of `type_id`: its socket.
+    pub fn create(&self, type_id: &str) -> PathBuf {
+        let r = self.request(json!({"op": "create", "type": type_id}));
+        PathBuf::from(r["socket"].as_str().unwrap())
+    }
+
+    /// vgpud's resident memory.
+    pub fn rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap()
+            * 1024
+    }
+
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Vgpud {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
