@@ -202,6 +202,22 @@ impl Conn {
         let _ = c.wait();
     }
 
+    /// End the worker as a vGPU's removal does: close its socket, so that
+    /// it drains its GPU work, reports and exits; kill it if it has not
+    /// within `grace`.
+    fn stop(&self, grace: Duration) {
+        let _ = self.sock.shutdown(std::net::Shutdown::Both);
+        let t = std::time::Instant::now();
+        while t.elapsed() < grace {
+            if matches!(lock(&self.child).try_wait(), Ok(Some(_))) {
+                self.dead.store(true, Ordering::Release);
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        self.kill();
+    }
+
     fn send(&self, body: &[u8], fds: &[i32]) -> std::io::Result<()> {
         let _g = lock(&self.send_lock);
         wire::send(&self.sock, body, fds)
@@ -433,6 +449,6 @@ impl EngineContext for CudaContext {
 
 impl Drop for CudaContext {
     fn drop(&mut self) {
-        lock(&self.conn).kill();
+        lock(&self.conn).stop(Duration::from_secs(1));
     }
 }

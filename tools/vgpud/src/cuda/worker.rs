@@ -136,16 +136,20 @@ pub fn run(fd: i32, device: i32, vram: u64) -> i32 {
         Err(e) => return fatal(&out, e),
     };
     let (ctx, out2) = (w.ctx as usize, out.clone());
-    std::thread::spawn(move || completions(ctx as sys::CUcontext, rx, &out2));
+    let reporter = std::thread::spawn(move || completions(ctx as sys::CUcontext, rx, &out2));
     let mut r = Writer::new(to_daemon::READY);
     r.u64(w.vram_len).u32(w.sms);
     if send(&out, &r.0).is_err() {
         return 1;
     }
-    match w.serve() {
+    let code = match w.serve() {
         Ok(()) => 0,
         Err(e) => fatal(&out, e),
-    }
+    };
+    // The completion thread ends once the last item is reported.
+    drop(w);
+    let _ = reporter.join();
+    code
 }
 
 /// Report each item as its end event completes, in submission order. A
@@ -156,10 +160,15 @@ fn completions(ctx: sys::CUcontext, rx: mpsc::Receiver<InFlight>, out: &Mutex<Un
     if unsafe { sys::cuCtxSetCurrent(ctx) } != sys::CUresult::CUDA_SUCCESS {
         std::process::exit(3);
     }
+    let (mut waiting, mut busy, mut items) =
+        (std::time::Duration::ZERO, std::time::Duration::ZERO, 0u64);
     while let Ok(item) = rx.recv() {
+        let t = std::time::Instant::now();
         // SAFETY: `end` was created and recorded on the work stream by the
         // submitting thread; it is destroyed only below.
         let r = unsafe { sys::cuEventSynchronize(item.end) };
+        let synced = std::time::Instant::now();
+        waiting += synced - t;
         if r != sys::CUresult::CUDA_SUCCESS {
             let mut w = Writer::new(to_daemon::FATAL);
             w.0.extend_from_slice(format!("GPU fault: {r:?}").as_bytes());
@@ -193,6 +202,15 @@ fn completions(ctx: sys::CUcontext, rx: mpsc::Receiver<InFlight>, out: &Mutex<Un
         if send(out, &w.0).is_err() {
             std::process::exit(0);
         }
+        busy += synced.elapsed();
+        items += 1;
+    }
+    if items > 0 {
+        eprintln!(
+            "vgpud-cuda-worker: completion thread {:.1} us an item waiting for the GPU, {:.1} us an item busy",
+            waiting.as_secs_f64() * 1e6 / items as f64,
+            busy.as_secs_f64() * 1e6 / items as f64
+        );
     }
 }
 
@@ -279,12 +297,25 @@ impl Worker {
     }
 
     fn serve(&mut self) -> Result<(), String> {
+        // Where this thread's time goes, per item: reported on stderr when
+        // the daemon closes the socket (vgpud's log).
+        let (mut busy, mut items) = (std::time::Duration::ZERO, 0u64);
         loop {
             let (body, files) = match wire::recv(&self.sock) {
                 Ok(m) => m,
-                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    if items > 0 {
+                        eprintln!(
+                            "vgpud-cuda-worker: {items} items, submitting thread busy {:.1} us an item",
+                            busy.as_secs_f64() * 1e6 / items as f64
+                        );
+                    }
+                    return Ok(());
+                }
                 Err(e) => return Err(format!("reading from the daemon: {e}")),
             };
+            let t = std::time::Instant::now();
+            items += 1;
             let mut r = Reader::new(&body);
             let what = r.u8().map_err(|e| e.to_string())?;
             match what {
@@ -330,6 +361,7 @@ impl Worker {
                 }
                 _ => return Err(format!("unknown message {what}")),
             }
+            busy += t.elapsed();
         }
     }
 
