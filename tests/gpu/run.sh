@@ -45,7 +45,7 @@ echo; echo "## Types derived from the GPU"; "$BIN/vgpuctl" --run-dir "$RUN/run" 
 T1=$("$BIN/vgpuctl" --run-dir "$RUN/run" types --json | python3 -c 'import json,sys; t=json.load(sys.stdin); print(" ".join(x["id"] for x in t))')
 set -- $T1; WHOLE=$1; HALF=${2:-$1}; QUARTER=${3:-$HALF}; EIGHTH=${4:-$QUARTER}
 S=$(create "$EIGHTH")
-PARTS=${PARTS:-selftest copy lone share isolation latency native}
+PARTS=${PARTS:-selftest copy lone share isolation latency emulated native}
 has() { case " $PARTS " in *" $1 "*) return 0;; esac; return 1; }
 if has selftest; then
 echo; echo "## Selftest on a $EIGHTH vGPU of the CUDA engine"
@@ -114,6 +114,15 @@ echo "| alone | $(echo "$alone" | field latency_p50_us) | $(echo "$alone" | fiel
 echo "| beside 10 ms kernels | $(echo "$beside" | field latency_p50_us) | $(echo "$beside" | field latency_p99_us) |"
 echo "heavy neighbour: $(cat "$RUN/h")"
 stop
+fi
+
+if has emulated; then
+echo; echo "## The same path with the worker emulating the GPU on the cpu engine (VGPUD_CUDA_EMULATE=1)"
+echo "| kernel µs | emulated worker, 1 channel |"; echo "|---|---|"
+export VGPUD_CUDA_EMULATE=1
+start best_effort; E=$(create emulated-1c)
+for u in 10 100; do printf '| %s | %.3f |\n' "$u" "$(load "$E" "$u" 1 | field utilization)"; done
+stop; unset VGPUD_CUDA_EMULATE
 fi
 
 if has native; then
