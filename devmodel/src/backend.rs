@@ -44,6 +44,9 @@ pub enum ExecError {
     /// worker process that died).
     #[error("engine failure: {0}")]
     EngineFailed(String),
+    /// The engine was stopped because an item ran past the kernel limit.
+    #[error("stopped after running past the kernel limit")]
+    Timeout,
 }
 
 /// The outcome of one item.

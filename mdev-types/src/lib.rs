@@ -113,8 +113,9 @@ pub enum Engine {
     /// The cpu engine (runs every ABI operation on host threads).
     Cpu,
     /// An NVIDIA GPU through CUDA (device ordinal): each vGPU's work in a
-    /// worker process of its own.
-    Cuda { device: u32 },
+    /// worker process of its own, stopped when an item runs longer than
+    /// `kernel_timeout_ms` (a kernel that far outlives its slice).
+    Cuda { device: u32, kernel_timeout_ms: u32 },
 }
 
 impl Engine {
@@ -125,6 +126,10 @@ impl Engine {
         }
     }
 }
+
+/// How long an item may run on a GPU before its worker is stopped, unless
+/// `kernel_timeout` says otherwise (pieces are about 1 ms).
+pub const DEFAULT_KERNEL_TIMEOUT_MS: u32 = 2_000;
 
 /// Device memory kept back per vGPU on a GPU for its CUDA context (the
 /// worker's own allocations, kernels and stacks).
@@ -396,7 +401,14 @@ fn parent(
         doc,
         v,
         &key,
-        &["engine", "device", "framebuffer", "max_vgpus", "types"],
+        &[
+            "engine",
+            "device",
+            "kernel_timeout",
+            "framebuffer",
+            "max_vgpus",
+            "types",
+        ],
     )?;
     let at = |name: &str| format!("{key}.{name}");
     let device = match p.get("device") {
@@ -409,6 +421,20 @@ fn parent(
             "cpu" => Engine::Cpu,
             "cuda" => Engine::Cuda {
                 device: device.as_ref().map_or(0, |d| d.0),
+                kernel_timeout_ms: match p.get("kernel_timeout") {
+                    None => DEFAULT_KERNEL_TIMEOUT_MS,
+                    Some(t) => {
+                        let ms = doc.duration(t, &at("kernel_timeout"))? / 1_000_000;
+                        if !(10..=600_000).contains(&ms) {
+                            return Err(doc.error(
+                                t.span(),
+                                &at("kernel_timeout"),
+                                "is outside 10ms ..= 10min",
+                            ));
+                        }
+                        ms as u32
+                    }
+                },
             },
             other => {
                 return Err(doc.error(
@@ -424,6 +450,13 @@ fn parent(
             span.clone(),
             &at("device"),
             "only a cuda parent has a device",
+        ));
+    }
+    if let (Engine::Cpu, Some(t)) = (engine, p.get("kernel_timeout")) {
+        return Err(doc.error(
+            t.span(),
+            &at("kernel_timeout"),
+            "only a cuda parent has a kernel timeout",
         ));
     }
     // A GPU's capacity and types come from the GPU itself unless given
@@ -740,7 +773,25 @@ types = ["vgpud-16c", "vgpud-8c"]
         let text = "[catalog.parent.\"gpu0\"]\nengine = \"cuda\"\ndevice = 1\n";
         let c = Catalog::parse(text, "x.toml").unwrap();
         let p = &c.parents[0];
-        assert_eq!(p.engine, Engine::Cuda { device: 1 });
+        assert_eq!(
+            p.engine,
+            Engine::Cuda {
+                device: 1,
+                kernel_timeout_ms: DEFAULT_KERNEL_TIMEOUT_MS
+            }
+        );
+        let t = "[catalog.parent.\"g\"]\nengine = \"cuda\"\nkernel_timeout = \"250ms\"\n";
+        let c = Catalog::parse(t, "x.toml").unwrap();
+        assert!(matches!(
+            c.parents[0].engine,
+            Engine::Cuda {
+                kernel_timeout_ms: 250,
+                ..
+            }
+        ));
+        let t = "[catalog.parent.\"g\"]\nengine = \"cuda\"\nkernel_timeout = \"1ms\"\n";
+        let e = Catalog::parse(t, "x.toml").unwrap_err().to_string();
+        assert!(e.contains("kernel_timeout"), "{e}");
         assert!(p.types.is_empty());
         assert_eq!(p.capacity.framebuffer_bytes, 0);
         // What an H200 (143,771 MiB) offers: the whole GPU, 1/2, 1/4, 1/8,

@@ -390,6 +390,7 @@ pub enum ErrorCode {
     EngineError = 0x29,
     RunlistInvalid = 0x2A,
     SemaphoreTimeout = 0x2B,
+    EngineTimeout = 0x2C,
 }
 
 impl ChannelState {

@@ -547,7 +547,7 @@ impl<'a> Document<'a> {
     }
 
     /// A duration string: a number and a unit (`ns`, `us`, `ms`, `s`), e.g. "1.5ms".
-    fn duration(&self, v: &Val<'_>, key: &str) -> Result<Nanos> {
+    pub fn duration(&self, v: &Val<'_>, key: &str) -> Result<Nanos> {
         let s = match v.get_ref() {
             DeValue::String(s) => s.as_ref(),
             DeValue::Integer(_) | DeValue::Float(_) => {

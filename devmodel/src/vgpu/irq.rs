@@ -95,6 +95,7 @@ impl From<&ExecError> for ErrorCode {
             ExecError::Cancelled | ExecError::ShortExtents(_) | ExecError::EngineFailed(_) => {
                 ErrorCode::EngineError
             }
+            ExecError::Timeout => ErrorCode::EngineTimeout,
         }
     }
 }
@@ -210,6 +211,11 @@ mod tests {
             ),
             (ExecError::Cancelled, ErrorCode::EngineError),
             (ExecError::ShortExtents("source"), ErrorCode::EngineError),
+            (
+                ExecError::EngineFailed("gone".into()),
+                ErrorCode::EngineError,
+            ),
+            (ExecError::Timeout, ErrorCode::EngineTimeout),
         ];
         for (e, code) in cases {
             assert_eq!(ErrorCode::from(&e), code, "{e}");

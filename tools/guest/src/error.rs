@@ -28,6 +28,7 @@ pub enum ErrorCode {
     EngineError,
     RunlistInvalid,
     SemaphoreTimeout,
+    EngineTimeout,
     /// A code ABI v1 does not define.
     Unknown(u8),
 }
@@ -57,6 +58,7 @@ impl ErrorCode {
             0x29 => EngineError,
             0x2A => RunlistInvalid,
             0x2B => SemaphoreTimeout,
+            0x2C => EngineTimeout,
             c => Unknown(c),
         }
     }
@@ -85,6 +87,7 @@ impl ErrorCode {
             EngineError => 0x29,
             RunlistInvalid => 0x2A,
             SemaphoreTimeout => 0x2B,
+            EngineTimeout => 0x2C,
             Unknown(c) => c,
         }
     }
@@ -119,6 +122,7 @@ impl fmt::Display for ErrorCode {
             EngineError => "ENGINE_ERROR",
             RunlistInvalid => "RUNLIST_INVALID",
             SemaphoreTimeout => "SEMAPHORE_TIMEOUT",
+            EngineTimeout => "ENGINE_TIMEOUT",
             Unknown(c) => return write!(f, "unknown error {c:#04x}"),
         };
         write!(f, "{name} ({:#04x})", self.raw())

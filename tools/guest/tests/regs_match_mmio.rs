@@ -107,6 +107,7 @@ fn guest_error(e: mmio::regs::ErrorCode) -> ErrorCode {
         D::EngineError => ErrorCode::EngineError,
         D::RunlistInvalid => ErrorCode::RunlistInvalid,
         D::SemaphoreTimeout => ErrorCode::SemaphoreTimeout,
+        D::EngineTimeout => ErrorCode::EngineTimeout,
     }
 }
 
@@ -371,6 +372,7 @@ fn error_codes_match() {
         D::EngineError,
         D::RunlistInvalid,
         D::SemaphoreTimeout,
+        D::EngineTimeout,
     ];
     for d in all {
         let g = guest_error(d);

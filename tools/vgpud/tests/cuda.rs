@@ -192,3 +192,82 @@ fn gpu_workers_are_processes_and_a_killed_one_faults_only_its_vgpu() {
     .expect("a pipelined load through the worker");
     assert!(r.completed > 100 && r.utilization > 0.2, "{r:?}");
 }
+
+#[test]
+fn an_item_past_the_kernel_limit_stops_its_worker_with_engine_timeout() {
+    // A worker that stops answering (here: SIGSTOP; on a GPU, a kernel that
+    // never ends) is stopped once an item has been at it longer than the
+    // parent's kernel_timeout; its channel faults with ENGINE_TIMEOUT, the
+    // other vGPU's worker goes on, and the next client gets a new worker.
+    let v = Vgpud::start(
+        "cuda-timeout",
+        "[catalog.parent.\"gpu0\"]\nengine = \"cuda\"\nkernel_timeout = \"300ms\"\n",
+        &[("VGPUD_CUDA_EMULATE", "1")],
+    );
+    let a = v.create("emulated-1c");
+    let b = v.create("emulated-1c");
+    let pids = workers(v.child.id());
+    let mut da = connect(&a);
+    let mut ch = Channel::new(&mut da, 0, ChannelConfig::default()).unwrap();
+    let buf = da.alloc(Placement::Sysmem, 4096).unwrap();
+    let fill = Program::Fill {
+        dst: buf.va(),
+        count: 1024,
+        value: 7,
+    };
+    // SAFETY: signals to a child process of the vgpud this test started.
+    assert_eq!(unsafe { libc::kill(pids[0] as i32, libc::SIGSTOP) }, 0);
+    let t = std::time::Instant::now();
+    let f = ch.launch(&mut da, &fill).unwrap();
+    let r = ch.wait(&mut da, f, WaitMode::Interrupt, Duration::from_secs(10));
+    let took = t.elapsed();
+    assert!(
+        matches!(r, Err(vgpu_guest::Error::ChannelFault { .. })),
+        "{r:?}"
+    );
+    assert_eq!(
+        ch.status(&mut da).unwrap().error,
+        Some(vgpu_guest::ErrorCode::EngineTimeout)
+    );
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_secs(3),
+        "stopped after {took:?} (limit 300 ms)"
+    );
+    // B's worker was never touched.
+    let mut db = connect(&b);
+    let mut chb = Channel::new(&mut db, 0, ChannelConfig::default()).unwrap();
+    let bb = db.alloc(Placement::Sysmem, 4096).unwrap();
+    let f = chb
+        .launch(
+            &mut db,
+            &Program::Fill {
+                dst: bb.va(),
+                count: 1024,
+                value: 9,
+            },
+        )
+        .unwrap();
+    chb.wait(&mut db, f, WaitMode::Interrupt, Duration::from_secs(10))
+        .unwrap();
+    assert_eq!(bb.host().unwrap().read_u32(0).unwrap(), 9);
+    assert!(workers(v.child.id()).contains(&pids[1]));
+    // A's next client: a new worker, work runs again.
+    drop(ch);
+    drop(da);
+    let mut da = connect(&a);
+    let mut ch = Channel::new(&mut da, 0, ChannelConfig::default()).unwrap();
+    let buf = da.alloc(Placement::Sysmem, 4096).unwrap();
+    let f = ch
+        .launch(
+            &mut da,
+            &Program::Fill {
+                dst: buf.va(),
+                count: 1024,
+                value: 11,
+            },
+        )
+        .unwrap();
+    ch.wait(&mut da, f, WaitMode::Interrupt, Duration::from_secs(10))
+        .unwrap();
+    assert_eq!(buf.host().unwrap().read_u32(4092).unwrap(), 11);
+}

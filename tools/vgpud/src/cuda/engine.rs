@@ -75,11 +75,16 @@ pub fn probe(device: u32) -> Result<GpuInfo, String> {
 /// A parent's GPU.
 pub struct CudaEngine {
     device: u32,
+    /// How long an item may be at the GPU before its worker is stopped.
+    kernel_timeout: Duration,
 }
 
 impl CudaEngine {
-    pub fn new(device: u32) -> CudaEngine {
-        CudaEngine { device }
+    pub fn new(device: u32, kernel_timeout: Duration) -> CudaEngine {
+        CudaEngine {
+            device,
+            kernel_timeout,
+        }
     }
 }
 
@@ -96,10 +101,11 @@ impl Backend for CudaEngine {
     }
 
     fn create_context(&self, vram_bytes: u64) -> Result<Arc<dyn EngineContext>, BackendError> {
-        let conn = Conn::start(self.device, vram_bytes)?;
+        let conn = Conn::start(self.device, vram_bytes, self.kernel_timeout)?;
         Ok(Arc::new(CudaContext {
             device: self.device,
             vram: vram_bytes,
+            kernel_timeout: self.kernel_timeout,
             conn: Mutex::new(conn),
         }))
     }
@@ -107,7 +113,8 @@ impl Backend for CudaEngine {
 
 /// What the daemon waits for from a worker.
 enum Pending {
-    Item(DoneFn, Option<RunningSum>),
+    /// An item, with its reduce sum to fill in and when it was handed over.
+    Item(DoneFn, Option<RunningSum>, std::time::Instant),
     Access(mpsc::Sender<(Status, Vec<u8>)>),
 }
 
@@ -121,10 +128,12 @@ struct Conn {
     /// The guest RAM layout generation the worker has (u64::MAX: none).
     layout: Mutex<(usize, u64)>,
     dead: Arc<AtomicBool>,
+    /// The worker was stopped for running an item past the kernel limit.
+    timed_out: Arc<AtomicBool>,
 }
 
 impl Conn {
-    fn start(device: u32, vram: u64) -> Result<Arc<Conn>, BackendError> {
+    fn start(device: u32, vram: u64, kernel_timeout: Duration) -> Result<Arc<Conn>, BackendError> {
         let fail = |what: String| BackendError::Engine(what);
         let (ours, theirs) = UnixStream::pair().map_err(|e| fail(e.to_string()))?;
         let fd = theirs.as_raw_fd();
@@ -162,8 +171,13 @@ impl Conn {
             next_tag: AtomicU64::new(1),
             layout: Mutex::new((usize::MAX, u64::MAX)),
             dead: Arc::new(AtomicBool::new(false)),
+            timed_out: Arc::new(AtomicBool::new(false)),
         });
-        let (pending, dead) = (conn.pending.clone(), conn.dead.clone());
+        let (pending, dead, timed_out) = (
+            conn.pending.clone(),
+            conn.dead.clone(),
+            conn.timed_out.clone(),
+        );
         // Completions run on a thread of their own: a callback may wait for
         // the vGPU's lock, whose holder may be waiting for a VRAM reply
         // that only the reader delivers.
@@ -175,9 +189,12 @@ impl Conn {
         })
         .map_err(BackendError::Thread)?;
         devmodel::thread::spawn("cuda-worker-reader", move || {
-            read_loop(&reader, &pending, &dead, tx, ctx)
+            read_loop(&reader, &pending, &dead, &timed_out, tx, ctx)
         })
         .map_err(BackendError::Thread)?;
+        let watched = conn.clone();
+        devmodel::thread::spawn("cuda-watchdog", move || watchdog(&watched, kernel_timeout))
+            .map_err(BackendError::Thread)?;
         match rx.recv_timeout(START_TIMEOUT) {
             Ok(Ok(())) => Ok(conn),
             Ok(Err(why)) => {
@@ -272,11 +289,39 @@ impl Conn {
     }
 }
 
+/// The runaway-kernel limit: a kernel cannot be preempted, so an item at
+/// the GPU far longer than any piece runs (the parent's `kernel_timeout`)
+/// gets its worker stopped; its items fail with `ENGINE_TIMEOUT`, and the
+/// vGPU's next reset starts a new worker. Other vGPUs' workers go on.
+fn watchdog(conn: &Conn, limit: Duration) {
+    let tick = (limit / 4).clamp(Duration::from_millis(5), Duration::from_millis(100));
+    while !conn.dead.load(Ordering::Acquire) {
+        std::thread::sleep(tick);
+        let oldest = lock(&conn.pending)
+            .values()
+            .filter_map(|p| match p {
+                Pending::Item(_, _, at) => Some(*at),
+                Pending::Access(_) => None,
+            })
+            .min();
+        if oldest.is_some_and(|at| at.elapsed() > limit) {
+            tracing::warn!(
+                limit_ms = limit.as_millis() as u64,
+                "a GPU item ran past the kernel limit: its vGPU's worker is stopped"
+            );
+            conn.timed_out.store(true, Ordering::Release);
+            conn.kill();
+            return;
+        }
+    }
+}
+
 /// The worker's messages: completions, replies, its end.
 fn read_loop(
     s: &UnixStream,
     pending: &Mutex<HashMap<u64, Pending>>,
     dead: &AtomicBool,
+    timed_out: &AtomicBool,
     ready: mpsc::Sender<Result<(), String>>,
     completions: mpsc::Sender<(DoneFn, Completion)>,
 ) {
@@ -298,7 +343,7 @@ fn read_loop(
                 // Taken out before the callback runs: it takes the parent's
                 // lock, under which submissions take this map's.
                 let entry = lock(pending).remove(&tag);
-                if let Some(Pending::Item(done, sum)) = entry {
+                if let Some(Pending::Item(done, sum, _)) = entry {
                     if let Some(sum) = sum {
                         sum.set(value);
                     }
@@ -332,10 +377,14 @@ fn read_loop(
     let left: Vec<Pending> = lock(pending).drain().map(|(_, p)| p).collect();
     for p in left {
         match p {
-            Pending::Item(done, _) => {
+            Pending::Item(done, _, _) => {
                 let c = Completion {
                     gpu_time: Duration::ZERO,
-                    result: Err(ExecError::EngineFailed(why.clone())),
+                    result: Err(if timed_out.load(Ordering::Acquire) {
+                        ExecError::Timeout
+                    } else {
+                        ExecError::EngineFailed(why.clone())
+                    }),
                 };
                 let _ = completions.send((done, c));
             }
@@ -365,6 +414,7 @@ fn status_result(s: Status) -> Result<(), ExecError> {
 struct CudaContext {
     device: u32,
     vram: u64,
+    kernel_timeout: Duration,
     conn: Mutex<Arc<Conn>>,
 }
 
@@ -382,7 +432,7 @@ impl EngineContext for CudaContext {
             Op::ReduceSum { sum, .. } => Some(sum.clone()),
             _ => None,
         };
-        lock(&conn.pending).insert(tag, Pending::Item(done, sum));
+        lock(&conn.pending).insert(tag, Pending::Item(done, sum, std::time::Instant::now()));
         let mut w = Writer::new(to_worker::SUBMIT);
         w.u64(tag).op(&item.op);
         let sent = !conn.dead.load(Ordering::Acquire)
@@ -391,7 +441,7 @@ impl EngineContext for CudaContext {
         if !sent {
             // Never complete inside submit: fail it from another thread.
             let entry = lock(&conn.pending).remove(&tag);
-            if let Some(Pending::Item(done, _)) = entry {
+            if let Some(Pending::Item(done, _, _)) = entry {
                 let _ = devmodel::thread::spawn("cuda-failed-item", move || {
                     done(Completion {
                         gpu_time: Duration::ZERO,
@@ -439,7 +489,7 @@ impl EngineContext for CudaContext {
         let mut conn = lock(&self.conn);
         if conn.dead.load(Ordering::Acquire) {
             conn.kill();
-            match Conn::start(self.device, self.vram) {
+            match Conn::start(self.device, self.vram, self.kernel_timeout) {
                 Ok(c) => *conn = c,
                 Err(e) => tracing::warn!(error = %e, "CUDA worker not restarted"),
             }

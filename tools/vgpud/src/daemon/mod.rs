@@ -122,7 +122,10 @@ impl Daemon {
                 // One worker: the engine runs one item at a time, as a
                 // time-sliced GPU does; the parent keeps it fed.
                 Engine::Cpu => Box::new(CpuEngine::new(1)?),
-                Engine::Cuda { device } => {
+                Engine::Cuda {
+                    device,
+                    kernel_timeout_ms,
+                } => {
                     if types.is_empty() {
                         // Types and capacity from the GPU's own memory.
                         let gpu = crate::cuda::engine::probe(device).map_err(|e| {
@@ -136,7 +139,10 @@ impl Daemon {
                         };
                         types = derived.into_iter().map(Arc::new).collect();
                     }
-                    Box::new(crate::cuda::engine::CudaEngine::new(device))
+                    Box::new(crate::cuda::engine::CudaEngine::new(
+                        device,
+                        std::time::Duration::from_millis(kernel_timeout_ms as u64),
+                    ))
                 }
             };
             let parent = Parent::new(&p.id, backend, config.parent_policy(&p.id))?;
