@@ -83,6 +83,30 @@ struct InFlight {
 // thread of the process that has the context current.
 unsafe impl Send for InFlight {}
 
+/// Events that items have finished with, for the next ones: creating and
+/// destroying two events per item costs the submitting and completion
+/// threads more than a short kernel runs.
+struct EventPool(Mutex<Vec<usize>>);
+
+impl EventPool {
+    fn take(&self) -> Result<sys::CUevent, CuError> {
+        if let Some(e) = self.0.lock().unwrap_or_else(|e| e.into_inner()).pop() {
+            return Ok(e as sys::CUevent);
+        }
+        let mut e = std::ptr::null_mut();
+        // SAFETY: creates an event in the worker's current context.
+        ck("cuEventCreate", unsafe { sys::cuEventCreate(&mut e, 0) })?;
+        Ok(e)
+    }
+
+    fn give(&self, e: sys::CUevent) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(e as usize);
+    }
+}
+
 struct Worker {
     sock: UnixStream,
     out: Arc<Mutex<UnixStream>>,
@@ -101,6 +125,7 @@ struct Worker {
     sum_dev: sys::CUdeviceptr,
     next_sum: usize,
     done: mpsc::Sender<InFlight>,
+    events: Arc<EventPool>,
 }
 
 const SUM_SLOTS: usize = 4096;
@@ -136,7 +161,9 @@ pub fn run(fd: i32, device: i32, vram: u64) -> i32 {
         Err(e) => return fatal(&out, e),
     };
     let (ctx, out2) = (w.ctx as usize, out.clone());
-    let reporter = std::thread::spawn(move || completions(ctx as sys::CUcontext, rx, &out2));
+    let events = w.events.clone();
+    let reporter =
+        std::thread::spawn(move || completions(ctx as sys::CUcontext, rx, &out2, &events));
     let mut r = Writer::new(to_daemon::READY);
     r.u64(w.vram_len).u32(w.sms);
     if send(&out, &r.0).is_err() {
@@ -154,7 +181,12 @@ pub fn run(fd: i32, device: i32, vram: u64) -> i32 {
 
 /// Report each item as its end event completes, in submission order. A
 /// failed wait is a sticky error: the process cannot go on.
-fn completions(ctx: sys::CUcontext, rx: mpsc::Receiver<InFlight>, out: &Mutex<UnixStream>) {
+fn completions(
+    ctx: sys::CUcontext,
+    rx: mpsc::Receiver<InFlight>,
+    out: &Mutex<UnixStream>,
+    events: &EventPool,
+) {
     // SAFETY: makes the worker's context current on this thread; `ctx` is
     // the live context the worker created.
     if unsafe { sys::cuCtxSetCurrent(ctx) } != sys::CUresult::CUDA_SUCCESS {
@@ -164,8 +196,8 @@ fn completions(ctx: sys::CUcontext, rx: mpsc::Receiver<InFlight>, out: &Mutex<Un
         (std::time::Duration::ZERO, std::time::Duration::ZERO, 0u64);
     while let Ok(item) = rx.recv() {
         let t = std::time::Instant::now();
-        // SAFETY: `end` was created and recorded on the work stream by the
-        // submitting thread; it is destroyed only below.
+        // SAFETY: `end` was taken from the pool and recorded on the work
+        // stream by the submitting thread; it goes back to the pool below.
         let r = unsafe { sys::cuEventSynchronize(item.end) };
         let synced = std::time::Instant::now();
         waiting += synced - t;
@@ -180,9 +212,10 @@ fn completions(ctx: sys::CUcontext, rx: mpsc::Receiver<InFlight>, out: &Mutex<Un
         // `ms` is a valid out-pointer for the call.
         unsafe {
             sys::cuEventElapsedTime_v2(&mut ms, item.start, item.end);
-            sys::cuEventDestroy_v2(item.start);
-            sys::cuEventDestroy_v2(item.end);
         }
+        // Both events are done with: the next items reuse them.
+        events.give(item.start);
+        events.give(item.end);
         let value = match item.sum {
             // SAFETY: the slot is mapped host memory the kernel wrote before
             // the end event; nothing else writes it until it is reused.
@@ -292,6 +325,7 @@ impl Worker {
                 sum_dev,
                 next_sum: 0,
                 done,
+                events: Arc::new(EventPool(Mutex::new(Vec::new()))),
             })
         }
     }
@@ -534,13 +568,9 @@ impl Worker {
     /// Queue `op` (tag `tag`) between two events and hand it to the
     /// completion thread.
     fn submit(&mut self, tag: u64, op: &Op) -> Result<(), CuError> {
-        let (mut start, mut end) = (std::ptr::null_mut(), std::ptr::null_mut());
-        // SAFETY: event creation and recording on the worker's stream.
-        unsafe {
-            ck("cuEventCreate", sys::cuEventCreate(&mut start, 0))?;
-            ck("cuEventCreate", sys::cuEventCreate(&mut end, 0))?;
-            ck("cuEventRecord", sys::cuEventRecord(start, self.stream))?;
-        }
+        let (start, end) = (self.events.take()?, self.events.take()?);
+        // SAFETY: records an event of this context on the worker's stream.
+        unsafe { ck("cuEventRecord", sys::cuEventRecord(start, self.stream))? };
         let mut item = InFlight {
             tag,
             start,
