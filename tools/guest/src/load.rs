@@ -151,20 +151,45 @@ pub fn run(dev: &mut Device, cfg: &LoadConfig) -> Result<LoadReport> {
     for ch in chans.drain(..) {
         ch.destroy(dev)?;
     }
-    let completed = latencies.len() as u64;
-    let wall_us = last_done.duration_since(start).as_micros().max(1) as u64;
-    let busy_us = completed * cfg.unit_us as u64;
+    Ok(report(
+        cfg.unit_us,
+        cfg.channels,
+        depth,
+        latencies,
+        last_done.duration_since(start),
+        rung_since(dev, rung_before),
+    ))
+}
+
+/// The doorbells rung since `before`, by how they reached the device.
+fn rung_since(dev: &Device, before: crate::device::Doorbells) -> crate::device::Doorbells {
+    let now = dev.doorbells();
+    crate::device::Doorbells {
+        untrapped: now.untrapped - before.untrapped,
+        trapped: now.trapped - before.trapped,
+    }
+}
+
+/// A run's report from its latencies (µs, any order) and wall time.
+fn report(
+    unit_us: u32,
+    channels: u32,
+    depth: usize,
+    mut latencies: Vec<f64>,
+    wall: Duration,
+    doorbells: crate::device::Doorbells,
+) -> LoadReport {
     latencies.sort_by(|a, b| a.total_cmp(b));
     let pct = |p: f64| -> f64 {
-        if latencies.is_empty() {
-            return 0.0;
-        }
-        let i = ((p * latencies.len() as f64).ceil() as usize).clamp(1, latencies.len()) - 1;
-        latencies[i]
+        let i = ((p * latencies.len() as f64).ceil() as usize).clamp(1, latencies.len().max(1)) - 1;
+        latencies.get(i).copied().unwrap_or(0.0)
     };
-    Ok(LoadReport {
-        unit_us: cfg.unit_us,
-        channels: cfg.channels,
+    let completed = latencies.len() as u64;
+    let wall_us = wall.as_micros().max(1) as u64;
+    let busy_us = completed * unit_us as u64;
+    LoadReport {
+        unit_us,
+        channels,
         completed,
         busy_us,
         wall_us,
@@ -174,14 +199,8 @@ pub fn run(dev: &mut Device, cfg: &LoadConfig) -> Result<LoadReport> {
         latency_p99_us: pct(0.99),
         latency_max_us: latencies.last().copied().unwrap_or(0.0),
         depth,
-        doorbells: {
-            let now = dev.doorbells();
-            crate::device::Doorbells {
-                untrapped: now.untrapped - rung_before.untrapped,
-                trapped: now.trapped - rung_before.trapped,
-            }
-        },
-    })
+        doorbells,
+    }
 }
 
 /// A latency probe: one `spin` of `unit_us` at a time on channel 0, each
@@ -226,30 +245,12 @@ pub fn probe(
         std::thread::sleep(gap);
     }
     ch.destroy(dev)?;
-    latencies.sort_by(|a, b| a.total_cmp(b));
-    let pct = |p: f64| -> f64 {
-        let i = ((p * latencies.len() as f64).ceil() as usize).clamp(1, latencies.len().max(1)) - 1;
-        latencies.get(i).copied().unwrap_or(0.0)
-    };
-    let completed = latencies.len() as u64;
-    let wall_us = last_done.duration_since(start).as_micros().max(1) as u64;
-    let busy_us = completed * unit_us as u64;
-    let now = dev.doorbells();
-    Ok(LoadReport {
+    Ok(report(
         unit_us,
-        channels: 1,
-        completed,
-        busy_us,
-        wall_us,
-        utilization: busy_us as f64 / wall_us as f64,
-        rate_per_s: completed as f64 / (wall_us as f64 / 1e6),
-        latency_p50_us: pct(0.50),
-        latency_p99_us: pct(0.99),
-        latency_max_us: latencies.last().copied().unwrap_or(0.0),
-        depth: 1,
-        doorbells: crate::device::Doorbells {
-            untrapped: now.untrapped - rung_before.untrapped,
-            trapped: now.trapped - rung_before.trapped,
-        },
-    })
+        1,
+        1,
+        latencies,
+        last_done.duration_since(start),
+        rung_since(dev, rung_before),
+    ))
 }

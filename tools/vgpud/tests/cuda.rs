@@ -48,7 +48,6 @@ mod common;
 use common::daemon::Vgpud;
 use std::time::Duration;
 use vgpu_guest::programs::Program;
-use vgpu_guest::transport::vfio_user::VfioUserTransport;
 use vgpu_guest::{Channel, ChannelConfig, Device, Placement, WaitMode};
 
 /// The CUDA workers vgpud (`pid`) runs, oldest first.
@@ -71,11 +70,8 @@ fn workers(pid: u32) -> Vec<u32> {
     out
 }
 
-fn connect(socket: &std::path::Path) -> Device {
-    Device::open(Box::new(
-        VfioUserTransport::connect(socket, 32 << 20).unwrap(),
-    ))
-    .unwrap()
+fn attach(socket: &std::path::Path) -> Device {
+    common::daemon::connect(socket, 32 << 20).unwrap()
 }
 
 #[test]
@@ -107,7 +103,7 @@ fn gpu_workers_are_processes_and_a_killed_one_faults_only_its_vgpu() {
     let pids = workers(v.child.id());
     assert_eq!(pids.len(), 2, "one worker per vGPU: {pids:?}");
 
-    let mut da = connect(&a);
+    let mut da = attach(&a);
     let report = vgpu_guest::selftest::run(&mut da);
     assert!(
         report.passed(),
@@ -120,7 +116,7 @@ fn gpu_workers_are_processes_and_a_killed_one_faults_only_its_vgpu() {
     let good = {
         let (stop, b) = (stop.clone(), b.clone());
         std::thread::spawn(move || {
-            let mut dev = connect(&b);
+            let mut dev = attach(&b);
             let mut ch = Channel::new(&mut dev, 0, ChannelConfig::default()).unwrap();
             let buf = dev.alloc(Placement::Sysmem, 4096).unwrap();
             let mut n = 0u32;
@@ -169,7 +165,7 @@ fn gpu_workers_are_processes_and_a_killed_one_faults_only_its_vgpu() {
     drop(ch);
     drop(da);
     // A new client resets the vGPU: a new worker, and the selftest passes.
-    let mut da = connect(&a);
+    let mut da = attach(&a);
     let report = vgpu_guest::selftest::run(&mut da);
     assert!(
         report.passed(),
@@ -207,7 +203,7 @@ fn an_item_past_the_kernel_limit_stops_its_worker_with_engine_timeout() {
     let a = v.create("emulated-1c");
     let b = v.create("emulated-1c");
     let pids = workers(v.child.id());
-    let mut da = connect(&a);
+    let mut da = attach(&a);
     let mut ch = Channel::new(&mut da, 0, ChannelConfig::default()).unwrap();
     let buf = da.alloc(Placement::Sysmem, 4096).unwrap();
     let fill = Program::Fill {
@@ -234,7 +230,7 @@ fn an_item_past_the_kernel_limit_stops_its_worker_with_engine_timeout() {
         "stopped after {took:?} (limit 300 ms)"
     );
     // B's worker was never touched.
-    let mut db = connect(&b);
+    let mut db = attach(&b);
     let mut chb = Channel::new(&mut db, 0, ChannelConfig::default()).unwrap();
     let bb = db.alloc(Placement::Sysmem, 4096).unwrap();
     let f = chb
@@ -254,7 +250,7 @@ fn an_item_past_the_kernel_limit_stops_its_worker_with_engine_timeout() {
     // A's next client: a new worker, work runs again.
     drop(ch);
     drop(da);
-    let mut da = connect(&a);
+    let mut da = attach(&a);
     let mut ch = Channel::new(&mut da, 0, ChannelConfig::default()).unwrap();
     let buf = da.alloc(Placement::Sysmem, 4096).unwrap();
     let f = ch

@@ -19,10 +19,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::daemon::Vgpud;
+use common::daemon::{connect, Vgpud};
 use vgpu_guest::programs::Program;
 use vgpu_guest::pushbuf::{copy, Pushbuf, SUBCH_COPY};
-use vgpu_guest::transport::vfio_user::VfioUserTransport;
 use vgpu_guest::{Channel, ChannelConfig, Device, Placement, WaitMode};
 
 mod common;
@@ -48,10 +47,6 @@ fn vgpud(name: &str) -> Vgpud {
         "[parent.\"cpu0\"]\npolicy = \"equal_share\"\n",
         &[],
     )
-}
-
-fn connect(socket: &Path, ram: u64) -> vgpu_guest::Result<Device> {
-    Device::open(Box::new(VfioUserTransport::connect(socket, ram)?))
 }
 
 /// The good tenant: one channel kept four 1 ms spins deep, each reporting

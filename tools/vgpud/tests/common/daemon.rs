@@ -8,6 +8,14 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use vgpu_guest::transport::vfio_user::VfioUserTransport;
+use vgpu_guest::Device;
+
+/// The guest driver on a vGPU's socket, as a VMM with `ram` bytes of guest
+/// RAM attaches it.
+pub fn connect(socket: &std::path::Path, ram: u64) -> vgpu_guest::Result<Device> {
+    Device::open(Box::new(VfioUserTransport::connect(socket, ram)?))
+}
 
 pub struct Vgpud {
     pub child: Child,
