@@ -267,3 +267,64 @@ fn an_item_past_the_kernel_limit_stops_its_worker_with_engine_timeout() {
         .unwrap();
     assert_eq!(buf.host().unwrap().read_u32(4092).unwrap(), 11);
 }
+
+/// Fill a page on `socket` through a new client: whether it worked, and
+/// the channel's error if not.
+fn fill_once(socket: &std::path::Path) -> Result<(), Option<vgpu_guest::ErrorCode>> {
+    let mut dev = attach(socket);
+    let mut ch = Channel::new(&mut dev, 0, ChannelConfig::default()).unwrap();
+    let buf = dev.alloc(Placement::Sysmem, 4096).unwrap();
+    let f = ch
+        .launch(
+            &mut dev,
+            &Program::Fill {
+                dst: buf.va(),
+                count: 1024,
+                value: 5,
+            },
+        )
+        .unwrap();
+    match ch.wait(&mut dev, f, WaitMode::Interrupt, Duration::from_secs(10)) {
+        Ok(()) => {
+            assert_eq!(buf.host().unwrap().read_u32(4092).unwrap(), 5);
+            Ok(())
+        }
+        Err(_) => Err(ch.status(&mut dev).unwrap().error),
+    }
+}
+
+#[test]
+fn a_worker_that_keeps_dying_is_restarted_ever_more_rarely() {
+    // The first restart is at once; the next within a minute waits 1 s
+    // after the last one, then 2 s, 4 s …: a tenant that faults over and
+    // over cannot make the GPU create contexts for it at will. Its work
+    // fails with ENGINE_ERROR meanwhile; the neighbour's does not.
+    let v = Vgpud::start(
+        "cuda-backoff",
+        "[catalog.parent.\"gpu0\"]\nengine = \"cuda\"\n",
+        &[("VGPUD_CUDA_EMULATE", "1")],
+    );
+    let a = v.create("emulated-1c");
+    let b = v.create("emulated-1c");
+    let kill_a = |known: &[u32]| {
+        let a_worker = workers(v.child.id())
+            .into_iter()
+            .find(|p| !known.contains(p))
+            .expect("A's worker");
+        // SAFETY: kill on a child process of the vgpud this test started.
+        assert_eq!(unsafe { libc::kill(a_worker as i32, libc::SIGKILL) }, 0);
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let b_worker = workers(v.child.id())[1];
+    assert_eq!(fill_once(&a), Ok(()));
+    kill_a(&[b_worker]);
+    // First death: the next client gets a new worker at once.
+    assert_eq!(fill_once(&a), Ok(()));
+    kill_a(&[b_worker]);
+    // Second death within the window: held back for 1 s.
+    assert_eq!(fill_once(&a), Err(Some(vgpu_guest::ErrorCode::EngineError)));
+    assert_eq!(fill_once(&b), Ok(()), "the neighbour is untouched");
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(fill_once(&a), Ok(()), "restarted once the wait was over");
+    assert!(workers(v.child.id()).contains(&b_worker));
+}

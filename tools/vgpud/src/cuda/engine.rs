@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use devmodel::backend::{
     Backend, BackendError, Completion, DoneFn, EngineContext, ExecError, WorkItem,
@@ -107,6 +107,7 @@ impl Backend for CudaEngine {
             vram: vram_bytes,
             kernel_timeout: self.kernel_timeout,
             conn: Mutex::new(conn),
+            restarts: Mutex::new(Vec::new()),
         }))
     }
 }
@@ -114,7 +115,7 @@ impl Backend for CudaEngine {
 /// What the daemon waits for from a worker.
 enum Pending {
     /// An item, with its reduce sum to fill in and when it was handed over.
-    Item(DoneFn, Option<RunningSum>, std::time::Instant),
+    Item(DoneFn, Option<RunningSum>, Instant),
     Access(mpsc::Sender<(Status, Vec<u8>)>),
 }
 
@@ -224,7 +225,7 @@ impl Conn {
     /// within `grace`.
     fn stop(&self, grace: Duration) {
         let _ = self.sock.shutdown(std::net::Shutdown::Both);
-        let t = std::time::Instant::now();
+        let t = Instant::now();
         while t.elapsed() < grace {
             if matches!(lock(&self.child).try_wait(), Ok(Some(_))) {
                 self.dead.store(true, Ordering::Release);
@@ -410,12 +411,35 @@ fn status_result(s: Status) -> Result<(), ExecError> {
     }
 }
 
+/// Restarts of one vGPU's worker are counted over this window.
+const RESTART_WINDOW: Duration = Duration::from_secs(60);
+/// The wait before the second restart in the window; it doubles with each
+/// one after, up to [`RESTART_MAX_DELAY`].
+const RESTART_DELAY: Duration = Duration::from_secs(1);
+const RESTART_MAX_DELAY: Duration = Duration::from_secs(30);
+
+/// How long, from `now`, a new worker must still wait, given the recent
+/// restarts (oldest first): none for the first, then 1 s after the last,
+/// 2 s, 4 s … A tenant whose kernels fault over and over (each fault
+/// stalling the GPU for its neighbours, and a new context costing the GPU
+/// too) gets a new worker ever more rarely; one fault now and then costs
+/// nothing.
+fn restart_delay(restarts: &[Instant], now: Instant) -> Option<Duration> {
+    let last = restarts.last()?;
+    let doublings = (restarts.len() - 1).min(16) as u32;
+    let delay = (RESTART_DELAY * 2u32.pow(doublings)).min(RESTART_MAX_DELAY);
+    let since = now.duration_since(*last);
+    (since < delay).then(|| delay - since)
+}
+
 /// One vGPU's worker, replaced by a new one at a reset after it died.
 struct CudaContext {
     device: u32,
     vram: u64,
     kernel_timeout: Duration,
     conn: Mutex<Arc<Conn>>,
+    /// When workers were restarted, within [`RESTART_WINDOW`].
+    restarts: Mutex<Vec<Instant>>,
 }
 
 impl CudaContext {
@@ -432,7 +456,7 @@ impl EngineContext for CudaContext {
             Op::ReduceSum { sum, .. } => Some(sum.clone()),
             _ => None,
         };
-        lock(&conn.pending).insert(tag, Pending::Item(done, sum, std::time::Instant::now()));
+        lock(&conn.pending).insert(tag, Pending::Item(done, sum, Instant::now()));
         let mut w = Writer::new(to_worker::SUBMIT);
         w.u64(tag).op(&item.op);
         let sent = !conn.dead.load(Ordering::Acquire)
@@ -484,15 +508,33 @@ impl EngineContext for CudaContext {
     }
 
     /// Work already queued on the GPU runs out (each item is at most a
-    /// piece); a worker that died is replaced, with a zeroed framebuffer.
+    /// piece); a worker that died is replaced, with a zeroed framebuffer,
+    /// unless it is restarting too often ([`restart_delay`]): until then
+    /// the vGPU's work fails with `ENGINE_ERROR` and a later reset tries
+    /// again.
     fn cancel(&self) {
         let mut conn = lock(&self.conn);
-        if conn.dead.load(Ordering::Acquire) {
-            conn.kill();
-            match Conn::start(self.device, self.vram, self.kernel_timeout) {
-                Ok(c) => *conn = c,
-                Err(e) => tracing::warn!(error = %e, "CUDA worker not restarted"),
+        if !conn.dead.load(Ordering::Acquire) {
+            return;
+        }
+        let now = Instant::now();
+        let mut restarts = lock(&self.restarts);
+        restarts.retain(|t| now.duration_since(*t) < RESTART_WINDOW);
+        if let Some(wait) = restart_delay(&restarts, now) {
+            tracing::warn!(
+                restarts = restarts.len(),
+                wait_ms = wait.as_millis() as u64,
+                "CUDA worker restarting too often: held back"
+            );
+            return;
+        }
+        conn.kill();
+        match Conn::start(self.device, self.vram, self.kernel_timeout) {
+            Ok(c) => {
+                *conn = c;
+                restarts.push(now);
             }
+            Err(e) => tracing::warn!(error = %e, "CUDA worker not restarted"),
         }
     }
 }
@@ -500,5 +542,35 @@ impl EngineContext for CudaContext {
 impl Drop for CudaContext {
     fn drop(&mut self) {
         lock(&self.conn).stop(Duration::from_secs(1));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restarts_back_off_when_they_come_often() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        // The first restart waits for nothing.
+        assert_eq!(restart_delay(&[], t0), None);
+        // The second in the window: 1 s after the first.
+        assert_eq!(
+            restart_delay(&[t0], t0 + Duration::from_millis(400)),
+            Some(Duration::from_millis(600))
+        );
+        assert_eq!(restart_delay(&[t0], t0 + s(1)), None);
+        // Then 2 s, 4 s … after the last, up to 30 s.
+        assert_eq!(restart_delay(&[t0, t0 + s(1)], t0 + s(2)), Some(s(1)));
+        assert_eq!(
+            restart_delay(&[t0, t0 + s(1), t0 + s(3)], t0 + s(3)),
+            Some(s(4))
+        );
+        let many: Vec<Instant> = (0..20).map(|i| t0 + Duration::from_millis(i)).collect();
+        assert_eq!(
+            restart_delay(&many, t0 + s(1)),
+            Some(RESTART_MAX_DELAY - s(1) + Duration::from_millis(19))
+        );
     }
 }
