@@ -104,7 +104,6 @@ impl Core {
     /// completion or a register write wakes it (or, with an acquire waiting,
     /// until the next look at its semaphore).
     pub(super) fn pfifo(self: Arc<Self>) {
-        crate::thread::run_below_engines();
         let _span = self.span.enter();
         let mut st = self.lock();
         let mut poll_until = Instant::now();
