@@ -529,3 +529,36 @@ fn connect_and_vanish_cycles() {
         assert!(cycles >= 20, "{cycles} cycles");
     });
 }
+
+#[test]
+fn interrupt_storms_and_function_resets_mid_work() {
+    case("flr-irq", |socket, deadline| {
+        let mut dev = connect(socket, 32 << 20).unwrap();
+        let mut chans: Vec<_> = (0..2).map(|c| channel(&mut dev, c, 4, 64 << 10)).collect();
+        // 10,000 HOST interrupts in one segment, never acknowledged, and
+        // 50 ms of spins beside them on the other channel.
+        let mut storm = Pushbuf::new();
+        for _ in 0..10_000 {
+            storm.non_stall_interrupt();
+        }
+        let spin = Program::Spin {
+            dst: 0,
+            units: 50,
+            unit_ns: 1_000_000,
+        };
+        let mut resets = 0;
+        while Instant::now() < deadline {
+            let _ = chans[0].submit(&mut dev, &storm);
+            let _ = chans[1].launch(&mut dev, &spin);
+            std::thread::sleep(Duration::from_millis(20));
+            // A function-level reset while all of that is in flight; the
+            // channels are rebuilt in the same memory.
+            dev.function_reset().unwrap();
+            for ch in chans.iter_mut() {
+                ch.recover(&mut dev).unwrap();
+            }
+            resets += 1;
+        }
+        assert!(resets >= 20, "{resets} resets");
+    });
+}
