@@ -115,7 +115,71 @@ pub enum Engine {
     /// An NVIDIA GPU through CUDA (device ordinal): each vGPU's work in a
     /// worker process of its own, stopped when an item runs longer than
     /// `kernel_timeout_ms` (a kernel that far outlives its slice).
-    Cuda { device: u32, kernel_timeout_ms: u32 },
+    Cuda {
+        device: CudaDevice,
+        kernel_timeout_ms: u32,
+    },
+}
+
+/// Which GPU a cuda parent is: by CUDA ordinal, or by UUID (as
+/// `nvidia-smi -L` prints it, `GPU-xxxxxxxx-…`), which stays the same GPU
+/// whatever order the devices are enumerated in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CudaDevice {
+    Ordinal(u32),
+    Uuid([u8; 16]),
+}
+
+impl CudaDevice {
+    /// `GPU-6f6e1c…` or the bare 32 hex digits, dashes anywhere.
+    pub fn parse_uuid(s: &str) -> Option<CudaDevice> {
+        let hex: Vec<u8> = s
+            .strip_prefix("GPU-")
+            .unwrap_or(s)
+            .bytes()
+            .filter(|&b| b != b'-')
+            .collect();
+        if hex.len() != 32 {
+            return None;
+        }
+        let mut out = [0u8; 16];
+        for (i, pair) in hex.chunks_exact(2).enumerate() {
+            let digits = std::str::from_utf8(pair).ok()?;
+            out[i] = u8::from_str_radix(digits, 16).ok()?;
+        }
+        Some(CudaDevice::Uuid(out))
+    }
+
+    /// The worker's command-line arguments naming this GPU.
+    pub fn worker_args(&self) -> [String; 2] {
+        match self {
+            CudaDevice::Ordinal(n) => ["--device".into(), n.to_string()],
+            CudaDevice::Uuid(u) => [
+                "--device-uuid".into(),
+                u.iter().map(|b| format!("{b:02x}")).collect(),
+            ],
+        }
+    }
+}
+
+impl std::fmt::Display for CudaDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CudaDevice::Ordinal(n) => write!(f, "{n}"),
+            CudaDevice::Uuid(u) => {
+                let h: String = u.iter().map(|b| format!("{b:02x}")).collect();
+                write!(
+                    f,
+                    "GPU-{}-{}-{}-{}-{}",
+                    &h[0..8],
+                    &h[8..12],
+                    &h[12..16],
+                    &h[16..20],
+                    &h[20..32]
+                )
+            }
+        }
+    }
 }
 
 impl Engine {
@@ -412,7 +476,19 @@ fn parent(
     )?;
     let at = |name: &str| format!("{key}.{name}");
     let device = match p.get("device") {
-        Some(d) => Some((unsigned(doc, d, &at("device"), 255)?, d.span())),
+        Some(d) => {
+            let dev = match d.get_ref() {
+                DeValue::String(s) => CudaDevice::parse_uuid(s).ok_or_else(|| {
+                    doc.error(
+                        d.span(),
+                        &at("device"),
+                        format!("{s:?} is not a GPU UUID like \"GPU-6f6e1c2a-…\" (32 hex digits)"),
+                    )
+                })?,
+                _ => CudaDevice::Ordinal(unsigned(doc, d, &at("device"), 255)?),
+            };
+            Some((dev, d.span()))
+        }
         None => None,
     };
     let engine = match p.get("engine") {
@@ -420,7 +496,7 @@ fn parent(
         Some(e) => match doc.string(e, &at("engine"))? {
             "cpu" => Engine::Cpu,
             "cuda" => Engine::Cuda {
-                device: device.as_ref().map_or(0, |d| d.0),
+                device: device.as_ref().map_or(CudaDevice::Ordinal(0), |d| d.0),
                 kernel_timeout_ms: match p.get("kernel_timeout") {
                     None => DEFAULT_KERNEL_TIMEOUT_MS,
                     Some(t) => {
@@ -776,10 +852,24 @@ types = ["vgpud-16c", "vgpud-8c"]
         assert_eq!(
             p.engine,
             Engine::Cuda {
-                device: 1,
+                device: CudaDevice::Ordinal(1),
                 kernel_timeout_ms: DEFAULT_KERNEL_TIMEOUT_MS
             }
         );
+        // By UUID, as nvidia-smi -L prints it.
+        let t = "[catalog.parent.\"g\"]\nengine = \"cuda\"\ndevice = \"GPU-6f6e1c2a-3b4d-5e6f-7a8b-9c0d1e2f3a4b\"\n";
+        let c = Catalog::parse(t, "x.toml").unwrap();
+        let Engine::Cuda { device, .. } = c.parents[0].engine else {
+            panic!("a cuda parent")
+        };
+        assert_eq!(
+            device.to_string(),
+            "GPU-6f6e1c2a-3b4d-5e6f-7a8b-9c0d1e2f3a4b"
+        );
+        assert_eq!(device.worker_args()[1], "6f6e1c2a3b4d5e6f7a8b9c0d1e2f3a4b");
+        let t = "[catalog.parent.\"g\"]\nengine = \"cuda\"\ndevice = \"GPU-12\"\n";
+        let e = Catalog::parse(t, "x.toml").unwrap_err().to_string();
+        assert!(e.contains("not a GPU UUID"), "{e}");
         let t = "[catalog.parent.\"g\"]\nengine = \"cuda\"\nkernel_timeout = \"250ms\"\n";
         let c = Catalog::parse(t, "x.toml").unwrap();
         assert!(matches!(

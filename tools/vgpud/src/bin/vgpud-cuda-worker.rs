@@ -10,6 +10,9 @@ struct Args {
     /// The GPU (CUDA device ordinal).
     #[arg(long, default_value_t = 0)]
     device: i32,
+    /// The GPU by UUID (32 hex digits), instead of --device.
+    #[arg(long, value_name = "HEX")]
+    device_uuid: Option<String>,
     /// Framebuffer bytes to allocate.
     #[arg(long, default_value_t = 0)]
     vram: u64,
@@ -35,8 +38,18 @@ fn main() {
         }
         std::process::exit(vgpud::cuda::emulated::run(args.fd, args.vram));
     }
+    let device = match &args.device_uuid {
+        None => args.device,
+        Some(hex) => match vgpud::cuda::worker::ordinal_of(hex) {
+            Ok(n) => n,
+            Err(e) => {
+                eprintln!("vgpud-cuda-worker: {e}");
+                std::process::exit(1);
+            }
+        },
+    };
     if args.probe {
-        match vgpud::cuda::worker::probe(args.device) {
+        match vgpud::cuda::worker::probe(device) {
             Ok(json) => println!("{json}"),
             Err(e) => {
                 eprintln!("vgpud-cuda-worker: {e}");
@@ -45,5 +58,5 @@ fn main() {
         }
         return;
     }
-    std::process::exit(vgpud::cuda::worker::run(args.fd, args.device, args.vram));
+    std::process::exit(vgpud::cuda::worker::run(args.fd, device, args.vram));
 }

@@ -21,6 +21,7 @@ use devmodel::backend::{
 use devmodel::command::{Op, RunningSum};
 use devmodel::memory::{GuestRam, MemError};
 use devmodel::sync::lock;
+use mdev_types::CudaDevice;
 
 use super::wire::{self, to_daemon, to_worker, Reader, Status, Writer};
 
@@ -60,9 +61,10 @@ pub struct GpuInfo {
 }
 
 /// Ask a worker what GPU `device` is.
-pub fn probe(device: u32) -> Result<GpuInfo, String> {
+pub fn probe(device: &CudaDevice) -> Result<GpuInfo, String> {
     let out = worker_args(&mut Command::new(worker_path()))
-        .args(["--probe", "--device", &device.to_string()])
+        .arg("--probe")
+        .args(device.worker_args())
         .stderr(Stdio::piped())
         .output()
         .map_err(|e| format!("{}: {e}", worker_path().display()))?;
@@ -74,13 +76,13 @@ pub fn probe(device: u32) -> Result<GpuInfo, String> {
 
 /// A parent's GPU.
 pub struct CudaEngine {
-    device: u32,
+    device: CudaDevice,
     /// How long an item may be at the GPU before its worker is stopped.
     kernel_timeout: Duration,
 }
 
 impl CudaEngine {
-    pub fn new(device: u32, kernel_timeout: Duration) -> CudaEngine {
+    pub fn new(device: CudaDevice, kernel_timeout: Duration) -> CudaEngine {
         CudaEngine {
             device,
             kernel_timeout,
@@ -134,14 +136,16 @@ struct Conn {
 }
 
 impl Conn {
-    fn start(device: u32, vram: u64, kernel_timeout: Duration) -> Result<Arc<Conn>, BackendError> {
+    fn start(
+        device: CudaDevice,
+        vram: u64,
+        kernel_timeout: Duration,
+    ) -> Result<Arc<Conn>, BackendError> {
         let fail = |what: String| BackendError::Engine(what);
         let (ours, theirs) = UnixStream::pair().map_err(|e| fail(e.to_string()))?;
         let fd = theirs.as_raw_fd();
         let mut cmd = Command::new(worker_path());
-        worker_args(&mut cmd).args([
-            "--device",
-            &device.to_string(),
+        worker_args(&mut cmd).args(device.worker_args()).args([
             "--vram",
             &vram.to_string(),
             "--fd",
@@ -434,7 +438,7 @@ fn restart_delay(restarts: &[Instant], now: Instant) -> Option<Duration> {
 
 /// One vGPU's worker, replaced by a new one at a reset after it died.
 struct CudaContext {
-    device: u32,
+    device: CudaDevice,
     vram: u64,
     kernel_timeout: Duration,
     conn: Mutex<Arc<Conn>>,

@@ -892,6 +892,36 @@ fn compile() -> Result<Kernels, String> {
     })
 }
 
+/// The CUDA ordinal of the GPU whose UUID is `hex` (32 hex digits).
+pub fn ordinal_of(hex: &str) -> Result<i32, String> {
+    // SAFETY: only tries to load the library by its candidate names.
+    if !unsafe { sys::is_culib_present() } {
+        return Err("no CUDA driver library (libcuda.so) on this host".into());
+    }
+    let e = |x: CuError| x.to_string();
+    // SAFETY: plain queries with valid out-pointers.
+    unsafe {
+        ck("cuInit", sys::cuInit(0)).map_err(e)?;
+        let mut count = 0;
+        ck("cuDeviceGetCount", sys::cuDeviceGetCount(&mut count)).map_err(e)?;
+        for i in 0..count {
+            let mut dev = 0;
+            ck("cuDeviceGet", sys::cuDeviceGet(&mut dev, i)).map_err(e)?;
+            let mut uuid = std::mem::zeroed::<sys::CUuuid>();
+            ck("cuDeviceGetUuid", sys::cuDeviceGetUuid_v2(&mut uuid, dev)).map_err(e)?;
+            let h: String = uuid
+                .bytes
+                .iter()
+                .map(|b| format!("{:02x}", *b as u8))
+                .collect();
+            if h.eq_ignore_ascii_case(hex) {
+                return Ok(i);
+            }
+        }
+    }
+    Err(format!("no GPU with UUID {hex} on this host"))
+}
+
 /// What `--probe` prints: the GPU's name, memory and multiprocessors, as
 /// JSON, for the daemon's type catalogue.
 pub fn probe(device: i32) -> Result<String, String> {

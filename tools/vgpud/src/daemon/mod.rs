@@ -128,7 +128,7 @@ impl Daemon {
                 } => {
                     if types.is_empty() {
                         // Types and capacity from the GPU's own memory.
-                        let gpu = crate::cuda::engine::probe(device).map_err(|e| {
+                        let gpu = crate::cuda::engine::probe(&device).map_err(|e| {
                             BackendError::Engine(format!("parent {}: GPU {device}: {e}", p.id))
                         })?;
                         let (cap, derived) = mdev_types::gpu_types(&gpu.name, gpu.memory_bytes);
