@@ -45,7 +45,7 @@ fn a_gpu_parent_without_a_gpu_is_a_clear_start_error() {
 }
 
 mod common;
-use common::daemon::Vgpud;
+use common::daemon::{fill_once, Vgpud};
 use std::time::Duration;
 use vgpu_guest::programs::Program;
 use vgpu_guest::{Channel, ChannelConfig, Device, Placement, WaitMode};
@@ -230,67 +230,12 @@ fn an_item_past_the_kernel_limit_stops_its_worker_with_engine_timeout() {
         "stopped after {took:?} (limit 300 ms)"
     );
     // B's worker was never touched.
-    let mut db = attach(&b);
-    let mut chb = Channel::new(&mut db, 0, ChannelConfig::default()).unwrap();
-    let bb = db.alloc(Placement::Sysmem, 4096).unwrap();
-    let f = chb
-        .launch(
-            &mut db,
-            &Program::Fill {
-                dst: bb.va(),
-                count: 1024,
-                value: 9,
-            },
-        )
-        .unwrap();
-    chb.wait(&mut db, f, WaitMode::Interrupt, Duration::from_secs(10))
-        .unwrap();
-    assert_eq!(bb.host().unwrap().read_u32(0).unwrap(), 9);
+    assert_eq!(fill_once(&b, 9), Ok(()));
     assert!(workers(v.child.id()).contains(&pids[1]));
     // A's next client: a new worker, work runs again.
     drop(ch);
     drop(da);
-    let mut da = attach(&a);
-    let mut ch = Channel::new(&mut da, 0, ChannelConfig::default()).unwrap();
-    let buf = da.alloc(Placement::Sysmem, 4096).unwrap();
-    let f = ch
-        .launch(
-            &mut da,
-            &Program::Fill {
-                dst: buf.va(),
-                count: 1024,
-                value: 11,
-            },
-        )
-        .unwrap();
-    ch.wait(&mut da, f, WaitMode::Interrupt, Duration::from_secs(10))
-        .unwrap();
-    assert_eq!(buf.host().unwrap().read_u32(4092).unwrap(), 11);
-}
-
-/// Fill a page on `socket` through a new client: whether it worked, and
-/// the channel's error if not.
-fn fill_once(socket: &std::path::Path) -> Result<(), Option<vgpu_guest::ErrorCode>> {
-    let mut dev = attach(socket);
-    let mut ch = Channel::new(&mut dev, 0, ChannelConfig::default()).unwrap();
-    let buf = dev.alloc(Placement::Sysmem, 4096).unwrap();
-    let f = ch
-        .launch(
-            &mut dev,
-            &Program::Fill {
-                dst: buf.va(),
-                count: 1024,
-                value: 5,
-            },
-        )
-        .unwrap();
-    match ch.wait(&mut dev, f, WaitMode::Interrupt, Duration::from_secs(10)) {
-        Ok(()) => {
-            assert_eq!(buf.host().unwrap().read_u32(4092).unwrap(), 5);
-            Ok(())
-        }
-        Err(_) => Err(ch.status(&mut dev).unwrap().error),
-    }
+    assert_eq!(fill_once(&a, 11), Ok(()));
 }
 
 #[test]
@@ -316,15 +261,18 @@ fn a_worker_that_keeps_dying_is_restarted_ever_more_rarely() {
         std::thread::sleep(Duration::from_millis(100));
     };
     let b_worker = workers(v.child.id())[1];
-    assert_eq!(fill_once(&a), Ok(()));
+    assert_eq!(fill_once(&a, 5), Ok(()));
     kill_a(&[b_worker]);
     // First death: the next client gets a new worker at once.
-    assert_eq!(fill_once(&a), Ok(()));
+    assert_eq!(fill_once(&a, 5), Ok(()));
     kill_a(&[b_worker]);
     // Second death within the window: held back for 1 s.
-    assert_eq!(fill_once(&a), Err(Some(vgpu_guest::ErrorCode::EngineError)));
-    assert_eq!(fill_once(&b), Ok(()), "the neighbour is untouched");
+    assert_eq!(
+        fill_once(&a, 5),
+        Err(Some(vgpu_guest::ErrorCode::EngineError))
+    );
+    assert_eq!(fill_once(&b, 5), Ok(()), "the neighbour is untouched");
     std::thread::sleep(Duration::from_millis(1100));
-    assert_eq!(fill_once(&a), Ok(()), "restarted once the wait was over");
+    assert_eq!(fill_once(&a, 5), Ok(()), "restarted once the wait was over");
     assert!(workers(v.child.id()).contains(&b_worker));
 }

@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::daemon::{connect, Vgpud};
+use common::daemon::{connect, fill_once, Vgpud};
 use vgpu_guest::programs::Program;
 use vgpu_guest::pushbuf::{copy, Pushbuf, SUBCH_COPY};
 use vgpu_guest::{Channel, ChannelConfig, Device, Placement, WaitMode};
@@ -169,26 +169,6 @@ impl Good {
     }
 }
 
-/// A fresh client on `socket` fills a buffer and reads it back.
-fn serves_a_new_client(socket: &Path) {
-    let mut dev = connect(socket, 16 << 20).expect("a new client connects");
-    let mut ch = Channel::new(&mut dev, 0, ChannelConfig::default()).expect("a channel");
-    let buf = dev.alloc(Placement::Sysmem, 4096).unwrap();
-    let f = ch
-        .launch(
-            &mut dev,
-            &Program::Fill {
-                dst: buf.va(),
-                count: 1024,
-                value: 0x600D,
-            },
-        )
-        .unwrap();
-    ch.wait(&mut dev, f, WaitMode::Interrupt, Duration::from_secs(10))
-        .expect("the new client's work completes");
-    assert_eq!(buf.host().unwrap().read_u32(4092).unwrap(), 0x600D);
-}
-
 /// Run `attack` as tenant A (on A's socket, until the deadline it is
 /// given) beside the good tenant, and check everything the suite promises.
 fn case(name: &str, attack: impl FnOnce(&Path, Instant) + Send + 'static) {
@@ -226,7 +206,11 @@ fn case(name: &str, attack: impl FnOnce(&Path, Instant) + Send + 'static) {
     }
     let alive = v.alive();
     if alive {
-        serves_a_new_client(&a_socket);
+        assert_eq!(
+            fill_once(&a_socket, 0x600D),
+            Ok(()),
+            "{name}: a new client on A's vGPU"
+        );
     }
     // B's share by 100 ms from 1 s before A came, for the messages.
     let timeline: Vec<String> = (0..70)

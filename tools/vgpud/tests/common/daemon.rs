@@ -8,8 +8,32 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use vgpu_guest::programs::Program;
 use vgpu_guest::transport::vfio_user::VfioUserTransport;
-use vgpu_guest::Device;
+use vgpu_guest::{Channel, ChannelConfig, Device, ErrorCode, Placement, WaitMode};
+
+/// A new client on `socket` fills a page with `value` and reads it back:
+/// Ok when the work completed with the page right, else the channel's
+/// error code.
+pub fn fill_once(socket: &std::path::Path, value: u32) -> Result<(), Option<ErrorCode>> {
+    let mut dev = connect(socket, 16 << 20).expect("a new client connects");
+    let mut ch = Channel::new(&mut dev, 0, ChannelConfig::default()).expect("a channel");
+    let buf = dev.alloc(Placement::Sysmem, 4096).unwrap();
+    let fill = Program::Fill {
+        dst: buf.va(),
+        count: 1024,
+        value,
+    };
+    let f = ch.launch(&mut dev, &fill).unwrap();
+    match ch.wait(&mut dev, f, WaitMode::Interrupt, Duration::from_secs(10)) {
+        Ok(()) => {
+            assert_eq!(buf.host().unwrap().read_u32(0).unwrap(), value);
+            assert_eq!(buf.host().unwrap().read_u32(4092).unwrap(), value);
+            Ok(())
+        }
+        Err(_) => Err(ch.status(&mut dev).unwrap().error),
+    }
+}
 
 /// The guest driver on a vGPU's socket, as a VMM with `ram` bytes of guest
 /// RAM attaches it.
