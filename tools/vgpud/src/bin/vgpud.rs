@@ -115,7 +115,20 @@ fn socket_args(args: &Args) -> Result<SocketConfig, String> {
     })
 }
 
+/// Allocations from this size up are mapped on their own and unmapped when
+/// freed. glibc otherwise raises the threshold after the first large free,
+/// and a tenant's decoded segments (megabytes each) then come from the heap,
+/// where small allocations made meanwhile can pin their pages after the
+/// tenant has left.
+const MMAP_THRESHOLD: i32 = 1 << 20;
+
 fn main() -> ExitCode {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only sets an allocator parameter; it is called before
+    // any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
+    }
     let args = Args::parse();
     // The demo's selftests fault channels on purpose; its output is the
     // report, so it logs errors only unless VGPUD_LOG says otherwise.
