@@ -47,6 +47,28 @@ pub enum ExecError {
     /// The engine was stopped because an item ran past the kernel limit.
     #[error("stopped after running past the kernel limit")]
     Timeout,
+    /// The GPU's JIT rejected a guest module (its CUDA error number).
+    #[error("the PTX module did not load (CUDA error {0})")]
+    ModuleInvalid(u32),
+    /// The GPU refused a guest kernel launch: no such function, a grid or
+    /// block it cannot run, parameters that do not fit (CUDA error number).
+    #[error("the kernel launch was refused (CUDA error {0})")]
+    LaunchRefused(u32),
+    /// The GPU faulted running the item (a guest kernel's illegal address
+    /// or trap): the vGPU's engine context is lost.
+    #[error("GPU fault: {0}")]
+    KernelFault(String),
+}
+
+impl ExecError {
+    /// What `CH_ERROR_INFO` says with the error code: the CUDA error number
+    /// where the GPU gave one.
+    pub fn info(&self) -> u32 {
+        match self {
+            ExecError::ModuleInvalid(n) | ExecError::LaunchRefused(n) => *n,
+            _ => 0,
+        }
+    }
 }
 
 /// The outcome of one item.
@@ -115,6 +137,17 @@ pub trait EngineContext: Send + Sync {
     /// that wait to run; the one running, if any, runs out (one piece).
     /// Their callbacks still run. Backends that queue nothing ignore it.
     fn cancel_channel(&self, _channel: u32) {}
+    /// The most bytes one piece of a copy, memset or streaming program
+    /// moves ([`crate::command::PIECE_BYTES`] unless the engine moves bytes
+    /// so much faster that a piece of that size would be mostly overhead).
+    fn piece_bytes(&self) -> u64 {
+        crate::command::PIECE_BYTES
+    }
+    /// The GPU address at which this context's guest kernels see VA 0
+    /// (`PTX_VA_BASE`); `None` where the backend runs no guest PTX.
+    fn ptx_va_base(&self) -> Option<u64> {
+        None
+    }
     /// Abort this context's queued and running items as soon as possible
     /// (their callbacks still run, with [`ExecError::Cancelled`] or a
     /// result). Items submitted afterwards are not affected.

@@ -409,15 +409,15 @@ impl Channel {
     }
 
     /// Take the engine operation at the head for the engine: its next
-    /// piece when it is larger than one ([`Op::take_piece`]; the rest stays
-    /// at the head), else all of it. Returns it with the epoch its
+    /// piece of at most `piece_bytes` when it is larger than one
+    /// ([`Op::take_piece_of`]; the rest stays at the head), else all of it. Returns it with the epoch its
     /// completion must be reported under, the front-end cost it carries,
     /// and the commands it completes (none for a piece before the last).
-    pub fn submit_head(&mut self) -> Option<(Op, u64, std::time::Duration, u64)> {
+    pub fn submit_head(&mut self, piece_bytes: u64) -> Option<(Op, u64, std::time::Duration, u64)> {
         let Some(Command::Engine(head)) = self.queue.front_mut() else {
             return None;
         };
-        let (op, commands) = match head.take_piece() {
+        let (op, commands) = match head.take_piece_of(piece_bytes) {
             Some(piece) => (piece, 0),
             None => match self.queue.pop_front() {
                 Some(Command::Engine(op)) => {

@@ -74,6 +74,9 @@ pub mod compute {
     pub const FUNC_NAME_LO: u32 = 0x138;
     pub const FUNC_NAME_HI: u32 = 0x13C;
     pub const FUNC_NAME_SIZE: u32 = 0x140;
+    pub const MODULE_LOG_LO: u32 = 0x144;
+    pub const MODULE_LOG_HI: u32 = 0x148;
+    pub const MODULE_LOG_SIZE: u32 = 0x14C;
     pub const LAUNCH: u32 = 0x180;
 
     /// `PROGRAM` values of the built-in programs.
@@ -85,6 +88,14 @@ pub mod compute {
     /// `PROGRAM = PROG_PTX | slot`: the function `FUNC_NAME` of the PTX
     /// module loaded into `slot` (backends with `CAPS.PTX` only).
     pub const PROG_PTX: u32 = 0x100;
+    /// Module slots of a vGPU.
+    pub const PTX_SLOTS: u32 = 8;
+    /// Largest PTX text `MODULE_LOAD` takes.
+    pub const MAX_MODULE_BYTES: u32 = 4 << 20;
+    /// Largest JIT log buffer.
+    pub const MAX_MODULE_LOG: u32 = 64 << 10;
+    /// Longest function name.
+    pub const MAX_FUNC_NAME: u32 = 255;
 }
 
 /// An engine class bound to a subchannel.
@@ -135,6 +146,8 @@ pub struct ComputeState {
     pub module_size: u32,
     pub func_name: u64,
     pub func_name_size: u32,
+    pub module_log: u64,
+    pub module_log_size: u32,
 }
 
 /// All method state of one channel.

@@ -10,7 +10,7 @@ use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use crate::gmmu::Extent;
+use crate::gmmu::{Extent, KernelMap};
 
 /// Largest number of bytes one copy or memset may touch (1 GiB).
 pub const MAX_COMMAND_BYTES: u64 = 1 << 30;
@@ -71,6 +71,30 @@ pub enum Op {
     /// completion) are paid once per batch, not once per command. Never
     /// nested, never holds a spin or a gemm ([`Op::batch_cost`]).
     Batch(Vec<Op>),
+    /// Load guest PTX `text` into module `slot` of the vGPU (backends with
+    /// `CAPS.PTX`), replacing what the slot held, and write the JIT log
+    /// (NUL-terminated, truncated to the buffer) to `log`.
+    ModuleLoad {
+        slot: u32,
+        text: Arc<[u8]>,
+        log: Vec<Extent>,
+    },
+    /// Run a guest kernel (backends with `CAPS.PTX`).
+    Kernel(Box<KernelLaunch>),
+}
+
+/// A guest kernel launch: function `func` of module `slot` on `grid` ×
+/// `block` threads, with the parameter buffer `params` as CUDA lays it out,
+/// in the address space `map` (what the launching channel's page tables
+/// give kernels, taken at audit).
+#[derive(Clone, Debug, PartialEq)]
+pub struct KernelLaunch {
+    pub slot: u32,
+    pub func: String,
+    pub grid: [u32; 3],
+    pub block: [u32; 3],
+    pub params: Vec<u8>,
+    pub map: Arc<KernelMap>,
 }
 
 impl Command {
@@ -126,13 +150,13 @@ fn reach(ext: &[Extent], max_extents: usize) -> u64 {
 }
 
 /// Bytes the next piece of an operation over the given extent lists moves:
-/// at most [`PIECE_BYTES`] and [`PIECE_EXTENTS`] extents on every side;
-/// `None` when the whole of `len` bytes fits in one piece.
-fn piece_bytes(len: u64, sides: &[&[Extent]]) -> Option<u64> {
+/// at most `max` bytes and [`PIECE_EXTENTS`] extents on every side; `None`
+/// when the whole of `len` bytes fits in one piece.
+fn piece_bytes(len: u64, max: u64, sides: &[&[Extent]]) -> Option<u64> {
     let b = sides
         .iter()
         .map(|e| reach(e, PIECE_EXTENTS))
-        .fold(PIECE_BYTES, u64::min);
+        .fold(max, u64::min);
     (len > b).then_some(b)
 }
 
@@ -175,10 +199,17 @@ impl Op {
     /// elements (each summed over k in the same order), spin by slices (the
     /// last piece writes the report). `None`: run `self` whole.
     pub fn take_piece(&mut self) -> Option<Op> {
+        self.take_piece_of(PIECE_BYTES)
+    }
+
+    /// [`take_piece`](Self::take_piece) with pieces of at most `max_bytes`
+    /// (an engine that moves bytes faster takes larger ones: the same time).
+    pub fn take_piece_of(&mut self, max_bytes: u64) -> Option<Op> {
+        let max = max_bytes.max(4);
         match self {
             Op::Batch(_) => None,
             Op::Copy { src, dst } => {
-                let b = piece_bytes(total(src), &[src, dst])?;
+                let b = piece_bytes(total(src), max, &[src, dst])?;
                 Some(Op::Copy {
                     src: split_extents(src, b),
                     dst: split_extents(dst, b),
@@ -186,14 +217,14 @@ impl Op {
             }
             Op::Memset { dst, pattern } => {
                 // Whole words: the pattern restarts at every piece.
-                let b = piece_bytes(total(dst), &[dst])? & !3;
+                let b = piece_bytes(total(dst), max, &[dst])? & !3;
                 (b > 0).then(|| Op::Memset {
                     dst: split_extents(dst, b),
                     pattern: *pattern,
                 })
             }
             Op::Saxpy { x, y, n, a } => {
-                let k = (piece_bytes(*n as u64 * 4, &[x, y])? / 4) as u32;
+                let k = (piece_bytes(*n as u64 * 4, max, &[x, y])? / 4) as u32;
                 (k > 0).then(|| {
                     *n -= k;
                     Op::Saxpy {
@@ -205,7 +236,7 @@ impl Op {
                 })
             }
             Op::ReduceSum { src, n, sum, .. } => {
-                let k = (piece_bytes(*n as u64 * 4, &[src])? / 4) as u32;
+                let k = (piece_bytes(*n as u64 * 4, max, &[src])? / 4) as u32;
                 (k > 0).then(|| {
                     *n -= k;
                     Op::ReduceSum {
@@ -266,7 +297,11 @@ impl Op {
             Op::Memset { dst, .. } => Some(total(dst)),
             Op::Saxpy { n, .. } => Some(*n as u64 * 8),
             Op::ReduceSum { n, .. } => Some(*n as u64 * 4),
-            Op::Gemm { .. } | Op::Spin { .. } | Op::Batch(_) => None,
+            Op::Gemm { .. }
+            | Op::Spin { .. }
+            | Op::Batch(_)
+            | Op::ModuleLoad { .. }
+            | Op::Kernel(_) => None,
         }
     }
 
@@ -278,9 +313,14 @@ impl Op {
         }
     }
 
-    /// How many extents the operation names (what its decoded form costs).
+    /// How many extents the operation names (what its decoded form costs;
+    /// a module's text and a kernel's parameters count as the extents
+    /// their bytes would fill).
     pub fn extent_count(&self) -> usize {
+        let as_extents = |bytes: usize| bytes.div_ceil(std::mem::size_of::<Extent>());
         match self {
+            Op::ModuleLoad { text, log, .. } => as_extents(text.len()) + log.len(),
+            Op::Kernel(k) => as_extents(k.params.len() + k.func.len()),
             Op::Batch(ops) => ops.iter().map(Op::extent_count).sum(),
             Op::Copy { src, dst } => src.len() + dst.len(),
             Op::Memset { dst, .. } => dst.len(),
@@ -301,6 +341,8 @@ impl Op {
             Op::ReduceSum { .. } => "reduce_sum",
             Op::Spin { .. } => "spin",
             Op::Batch(_) => "batch",
+            Op::ModuleLoad { .. } => "module_load",
+            Op::Kernel(_) => "kernel",
         }
     }
 }

@@ -576,6 +576,13 @@ impl ContextState {
             }
             // Never batched; carried out before any snapshot is taken.
             Op::Spin { .. } | Op::Batch(_) => {}
+            // The cpu engine runs no guest PTX (CAPS.PTX = 0): the audit
+            // refuses these before they reach an engine.
+            Op::ModuleLoad { .. } | Op::Kernel(_) => {
+                return Err(ExecError::EngineFailed(
+                    "the cpu engine runs no guest PTX".into(),
+                ))
+            }
         }
         Ok(())
     }

@@ -19,14 +19,17 @@
 //! and checked *before* any of it executes: a bad segment faults its channel
 //! with nothing of it done.
 
+use std::sync::Arc;
+
 use bitfield::bitfield;
 use mmio::regs::ErrorCode;
 
 use crate::classes::{self, compute, copy, host, set_hi, set_lo, Class, MethodState};
 use crate::command::{
-    AcquireCond, Command, Op, MAX_COMMAND_BYTES, MAX_GEMM_DIM, MAX_PARAMS, MAX_SPIN_NS,
+    AcquireCond, Command, KernelLaunch, Op, MAX_COMMAND_BYTES, MAX_GEMM_DIM, MAX_PARAMS,
+    MAX_SPIN_NS,
 };
-use crate::gmmu::{Extent, Fault};
+use crate::gmmu::{Extent, Fault, KernelMap};
 
 bitfield! {
     /// A pushbuffer method header.
@@ -73,6 +76,11 @@ pub trait AddressSpace {
     fn translate(&mut self, va: u64, len: u64, write: bool) -> Result<Vec<Extent>, Fault>;
     /// Read `len` bytes at `va` (parameter blocks).
     fn read(&mut self, va: u64, len: u32) -> Result<Vec<u8>, Fault>;
+    /// What a guest kernel launched now would reach; `None` where the
+    /// backend runs no PTX (`CAPS.PTX` = 0).
+    fn kernel_map(&mut self) -> Option<Arc<KernelMap>> {
+        None
+    }
 }
 
 /// Most commands one segment may decode to (ABI §4.3).
@@ -391,17 +399,93 @@ fn compute_method(
         compute::FUNC_NAME_LO => set_lo(&mut c.func_name, data),
         compute::FUNC_NAME_HI => set_hi(&mut c.func_name, data),
         compute::FUNC_NAME_SIZE => c.func_name_size = data,
-        // No backend of this build runs PTX (CAPS.PTX = 0): loading a module
-        // stops the channel with UNSUPPORTED, as the ABI prescribes.
-        compute::MODULE_LOAD => return Err(fail(ErrorCode::Unsupported)),
+        compute::MODULE_LOG_LO => set_lo(&mut c.module_log, data),
+        compute::MODULE_LOG_HI => set_hi(&mut c.module_log, data),
+        compute::MODULE_LOG_SIZE => c.module_log_size = data,
+        compute::MODULE_LOAD => {
+            let c = *c;
+            out.push(Command::Engine(module_load(space, &c, data)?));
+        }
         compute::LAUNCH => {
             let c = *c;
-            let op = builtin(space, &c)?;
+            let op = if c.program & compute::PROG_PTX != 0 {
+                kernel(space, &c)?
+            } else {
+                builtin(space, &c)?
+            };
             out.push(Command::Engine(op));
         }
         _ => return Err(fail(ErrorCode::InvalidMethod)),
     }
     Ok(())
+}
+
+/// `MODULE_LOAD` of `slot`: the PTX text is read now, as parameter blocks
+/// are; the log buffer is audited for writing. Backends without PTX stop
+/// the channel with `UNSUPPORTED`.
+fn module_load(
+    space: &mut dyn AddressSpace,
+    c: &classes::ComputeState,
+    slot: u32,
+) -> Result<Op, MethodError> {
+    if space.kernel_map().is_none() {
+        return Err(fail(ErrorCode::Unsupported));
+    }
+    if slot >= compute::PTX_SLOTS
+        || c.module_size == 0
+        || c.module_size > compute::MAX_MODULE_BYTES
+        || c.module_log_size > compute::MAX_MODULE_LOG
+    {
+        return Err(fail(ErrorCode::InvalidArgument));
+    }
+    let text = space.read(c.module, c.module_size)?;
+    let log = if c.module_log_size > 0 {
+        space.translate(c.module_log, c.module_log_size as u64, true)?
+    } else {
+        Vec::new()
+    };
+    Ok(Op::ModuleLoad {
+        slot,
+        text: text.into(),
+        log,
+    })
+}
+
+/// `LAUNCH` of `PROGRAM = PROG_PTX | slot`: the function name and the
+/// parameter buffer are read now; the kernel reaches what the channel's
+/// page tables map to VRAM in whole 2 MiB chunks ([`KernelMap`]).
+fn kernel(space: &mut dyn AddressSpace, c: &classes::ComputeState) -> Result<Op, MethodError> {
+    let Some(map) = space.kernel_map() else {
+        return Err(fail(ErrorCode::Unsupported));
+    };
+    let slot = c.program & !compute::PROG_PTX;
+    if slot >= compute::PTX_SLOTS
+        || c.func_name_size == 0
+        || c.func_name_size > compute::MAX_FUNC_NAME
+        || c.params_size > MAX_PARAMS
+        || c.grid.contains(&0)
+        || c.block.contains(&0)
+    {
+        return Err(fail(ErrorCode::InvalidArgument));
+    }
+    let name = space.read(c.func_name, c.func_name_size)?;
+    let func = String::from_utf8(name)
+        .ok()
+        .filter(|n| !n.contains('\0'))
+        .ok_or_else(|| fail(ErrorCode::InvalidArgument))?;
+    let params = if c.params_size > 0 {
+        space.read(c.params, c.params_size)?
+    } else {
+        Vec::new()
+    };
+    Ok(Op::Kernel(Box::new(KernelLaunch {
+        slot,
+        func,
+        grid: c.grid,
+        block: c.block,
+        params,
+        map,
+    })))
 }
 
 /// Little-endian fields of a parameter block.
@@ -433,10 +517,8 @@ pub fn params_size(program: u32) -> Option<u32> {
 }
 
 fn builtin(space: &mut dyn AddressSpace, c: &classes::ComputeState) -> Result<Op, MethodError> {
-    let need = match params_size(c.program) {
-        Some(n) => n,
-        None if c.program & compute::PROG_PTX != 0 => return Err(fail(ErrorCode::Unsupported)),
-        None => return Err(fail(ErrorCode::InvalidArgument)),
+    let Some(need) = params_size(c.program) else {
+        return Err(fail(ErrorCode::InvalidArgument));
     };
     if c.params_size < need || c.params_size > MAX_PARAMS {
         return Err(fail(ErrorCode::InvalidArgument));

@@ -25,7 +25,7 @@ fn identity_registers_and_bar_sizing() {
     let e = engine();
     let g = Guest::new(&e, 4, 16, 4);
     assert_eq!(g.reg(ID), ID_MAGIC);
-    assert_eq!(g.reg(0x004), 0x0001_0001, "ABI 1.1");
+    assert_eq!(g.reg(0x004), 0x0001_0002, "ABI 1.2");
     assert_eq!(
         g.reg(0x008),
         0x0106,

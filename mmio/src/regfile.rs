@@ -92,6 +92,8 @@ impl RegisterFile {
                     | GlobalReg::NumChannels
                     | GlobalReg::VramSizeLo
                     | GlobalReg::VramSizeHi
+                    | GlobalReg::PtxVaBaseLo
+                    | GlobalReg::PtxVaBaseHi
             );
             if !identity {
                 self.global[global_index(d.reg)] = d.reset;
@@ -275,7 +277,11 @@ mod tests {
             "channel 4 does not exist"
         );
         assert_eq!(rf.decode(0x1000 + 0x1C), Decoded::Hole);
-        assert_eq!(rf.decode(0x18), Decoded::Hole);
+        assert_eq!(rf.decode(0x038), Decoded::Hole);
+        assert_eq!(
+            rf.decode(0x18),
+            Decoded::Register(RegRef::Global(GlobalReg::PtxVaBaseLo))
+        );
         assert_eq!(rf.decode(0xFFFC), Decoded::Hole);
     }
 

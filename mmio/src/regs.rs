@@ -11,7 +11,7 @@ use bitfield::bitfield;
 /// `ID` register value: ASCII "VGPU" read as a little-endian dword.
 pub const ID_MAGIC: u32 = 0x5550_4756;
 /// `VERSION` register value: ABI major 1, minor 0.
-pub const ABI_VERSION: u32 = 0x0001_0001;
+pub const ABI_VERSION: u32 = 0x0001_0002;
 /// Offset of channel 0's register block.
 pub const CHANNEL_BASE: u32 = 0x1000;
 /// Distance between two channels' register blocks.
@@ -54,6 +54,8 @@ pub enum GlobalReg {
     NumChannels,
     VramSizeLo,
     VramSizeHi,
+    PtxVaBaseLo,
+    PtxVaBaseHi,
     IntrStatus,
     IntrEnable,
     IntrChannelLo,
@@ -168,6 +170,8 @@ pub const GLOBAL_REGS: &[RegDesc<GlobalReg>] = &[
     g(GlobalReg::NumChannels, "NUM_CHANNELS", 0x00C, Ro, 0, 0xFF),
     g(GlobalReg::VramSizeLo, "VRAM_SIZE_LO", 0x010, Ro, 0, !0),
     g(GlobalReg::VramSizeHi, "VRAM_SIZE_HI", 0x014, Ro, 0, !0),
+    g(GlobalReg::PtxVaBaseLo, "PTX_VA_BASE_LO", 0x018, Ro, 0, !0),
+    g(GlobalReg::PtxVaBaseHi, "PTX_VA_BASE_HI", 0x01C, Ro, 0, !0),
     g(
         GlobalReg::IntrStatus,
         "INTR_STATUS",
@@ -391,6 +395,8 @@ pub enum ErrorCode {
     RunlistInvalid = 0x2A,
     SemaphoreTimeout = 0x2B,
     EngineTimeout = 0x2C,
+    ModuleInvalid = 0x2D,
+    KernelFault = 0x2E,
 }
 
 impl ChannelState {

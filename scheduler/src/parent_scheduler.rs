@@ -407,6 +407,13 @@ impl<T> Scheduler<T> {
             self.dequeue(id);
             return self.dispatch(id, now);
         }
+        // While a latency-class vGPU runs, the others have one item at the
+        // engine at a time: its next item then waits for at most one piece
+        // of theirs, not for a queue of them (a GPU runs a context's queued
+        // kernels to the end of its timeslice before it switches).
+        if self.latency_guard() && self.in_flight.iter().any(|f| !self.is_latency(f.vgpu)) {
+            return Pick::Busy;
+        }
         // 2. the slice in progress continues to its end: its used time plus what
         // its items in flight are expected to take.
         if let Some(cur) = self.current {
@@ -746,6 +753,19 @@ impl<T> Scheduler<T> {
         if let Some(e) = v.latency.take() {
             self.latency.remove(&e);
         }
+    }
+
+    /// A latency-class vGPU is running (a VM attached to it).
+    fn latency_guard(&self) -> bool {
+        self.vgpus
+            .values()
+            .any(|v| v.running && v.params.class == LatencyClass::Latency)
+    }
+
+    fn is_latency(&self, vgpu: u64) -> bool {
+        self.vgpus
+            .get(&vgpu)
+            .is_some_and(|v| v.params.class == LatencyClass::Latency)
     }
 
     fn latency_ready(&self, now: Nanos) -> Option<u64> {

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # tests/gpu/run.sh — the CUDA engine on a GPU machine, in one command: builds nothing (the GPU
 # machine has no network; carry the binaries), runs the guest driver's selftest on a vGPU of the
-# CUDA engine, measures lone throughput and fixed_share 2:1 with the guest driver's load, kills
-# a vGPU's worker under a neighbour's load, and runs the native baselines in the same run
-# (tests/gpu/native_sharing.py, CuPy). Prints Markdown tables.
+# CUDA engine, guest PTX (tests/gpu/ptx/kernels.cu, compiled here with nvcc), measures lone
+# throughput and fixed_share 2:1 with the guest driver's load, isolates a neighbour's checked
+# saxpy from a vGPU whose kernels fault, run away and whose worker is killed, and runs the
+# native baselines in the same run (tests/gpu/native_sharing.py, CuPy). Prints Markdown tables.
 #
 # usage: tests/gpu/run.sh BIN_DIR [SECONDS]
 #   BIN_DIR holds vgpud, vgpuctl, vgpud-cuda-worker and vgpu-guest (release builds).
+#   PARTS="selftest ptx ..." picks sections (default: all); ISO_SECS sets how long the isolation
+#   part's neighbour runs (default 45 s: it must outlast all of the faulting vGPU's phases).
 set -uo pipefail
 BIN=$(cd "$1" && pwd); SECS=${2:-2}
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -38,6 +41,17 @@ load() { # load SOCKET UNIT CHANNELS
     timeout 60 "$BIN/vgpu-guest" --socket "$1" load spin --unit-us "$2" --seconds "$SECS" --channels "$3" --json
 }
 keep_log() { [ -n "${OUT:-}" ] && cp "$RUN/vgpud.log" "$OUT/vgpud.log" 2>/dev/null; true; }
+PTX=
+ptx_build() { # compile tests/gpu/ptx/kernels.cu once into $RUN/kernels.ptx; 1 when there is no nvcc
+    [ -n "$PTX" ] && return 0
+    local nvcc=/usr/local/cuda/bin/nvcc
+    [ -x "$nvcc" ] || nvcc=$(command -v nvcc || true)
+    if [ -z "$nvcc" ]; then echo "nvcc not found (/usr/local/cuda/bin/nvcc, PATH): skipping guest PTX"; return 1; fi
+    "$nvcc" -ptx -arch=sm_90 -o "$RUN/kernels.ptx" "$HERE/ptx/kernels.cu" || { echo "nvcc failed: skipping guest PTX"; return 1; }
+    PTX="$RUN/kernels.ptx"
+}
+workers() { pgrep -P "$PID" -f vgpud-cuda-worker | sort; } # the running vgpud's workers, one per vGPU
+ms() { date +%s%3N; }
 trap keep_log EXIT
 
 start best_effort
@@ -45,17 +59,22 @@ echo; echo "## Types derived from the GPU"; "$BIN/vgpuctl" --run-dir "$RUN/run" 
 T1=$("$BIN/vgpuctl" --run-dir "$RUN/run" types --json | python3 -c 'import json,sys; t=json.load(sys.stdin); print(" ".join(x["id"] for x in t))')
 set -- $T1; WHOLE=$1; HALF=${2:-$1}; QUARTER=${3:-$HALF}; EIGHTH=${4:-$QUARTER}
 S=$(create "$EIGHTH")
-PARTS=${PARTS:-selftest copy lone share isolation latency emulated native}
+PARTS=${PARTS:-selftest ptx copy lone together share isolation latency emulated native}
 has() { case " $PARTS " in *" $1 "*) return 0;; esac; return 1; }
 if has selftest; then
 echo; echo "## Selftest on a $EIGHTH vGPU of the CUDA engine"
 timeout 300 "$BIN/vgpu-guest" --socket "$S" selftest 2>&1 | tail -40
 fi
 
+if has ptx; then
+echo; echo "## Guest PTX on a $EIGHTH vGPU (tests/gpu/ptx/kernels.cu: load with JIT log, vec_add on 2 MiB chunks of VRAM, a rejected module)"
+if ptx_build; then timeout 300 "$BIN/vgpu-guest" --socket "$S" ptx --ptx "$PTX" 2>&1 | tail -20; fi
+fi
+
 if has copy; then
-echo; echo "## Copy: guest RAM -> VRAM -> guest RAM (256 MiB each way)"
+echo; echo "## Copy: guest RAM -> VRAM and back, one copy command each way (first round trip, then each direction alone, best of 5)"
 timeout 120 "$BIN/vgpu-guest" --ram-mib 1024 --socket "$S" run copy --size $((256 << 20)) 2>&1 | tail -3
-timeout 120 "$BIN/vgpu-guest" --ram-mib 1024 --socket "$S" run copy --size $((64 << 20)) 2>&1 | tail -3
+timeout 120 "$BIN/vgpu-guest" --ram-mib 2560 --socket "$S" run copy --size $((1 << 30)) 2>&1 | tail -3
 fi
 
 if has lone; then
@@ -67,6 +86,20 @@ for u in 10 100 1000; do
 done
 fi
 stop
+
+if has together; then
+echo; echo "## Two busy vGPUs together (equal_share, two $EIGHTH, 1 channel each) against one alone (best_effort)"
+echo "| kernel µs | alone | A | B | together | together / alone |"; echo "|---|---|---|---|---|---|"
+for u in 50 500 5000; do
+    start best_effort; S1=$(create "$EIGHTH"); al=$(load "$S1" "$u" 1 | field utilization); stop
+    start equal_share; A=$(create "$EIGHTH"); B=$(create "$EIGHTH")
+    load "$A" "$u" 1 >"$RUN/a" & pa=$!; load "$B" "$u" 1 >"$RUN/b" & pb=$!
+    wait $pa; wait $pb; stop
+    sa=$(field utilization <"$RUN/a"); sb=$(field utilization <"$RUN/b")
+    printf '| %s | %.3f | %.3f | %.3f | %.3f | %.3f |\n' "$u" "$al" "$sa" "$sb" \
+        "$(awk -v a="$sa" -v b="$sb" 'BEGIN{print a + b}')" "$(awk -v a="$sa" -v b="$sb" -v l="$al" 'BEGIN{print (l > 0 ? (a + b) / l : 0)}')"
+done
+fi
 
 if has share; then
 echo; echo "## fixed_share 2:1 ($QUARTER beside $EIGHTH)"
@@ -87,17 +120,111 @@ done
 fi
 
 if has isolation; then
-echo; echo "## Isolation: kill -9 of one vGPU's worker beside another's load"
-start equal_share; A=$(create "$EIGHTH"); B=$(create "$EIGHTH")
-load "$B" 1000 1 >"$RUN/b" & pb=$!
-"$BIN/vgpu-guest" --socket "$A" load spin --unit-us 1000 --seconds 4 --channels 1 --json >"$RUN/a" 2>&1 & pa=$!
-sleep 1
-W=$(pgrep -f "vgpud-cuda-worker --device" | head -1); echo "killing worker $W"; kill -9 "$W"
-wait $pa; echo "A after its worker was killed: $(tail -c 300 "$RUN/a")"
-wait $pb; echo "B: $(cat "$RUN/b")"
-echo "A again (a new client resets the vGPU, a new worker):"
-timeout 120 "$BIN/vgpu-guest" --socket "$A" selftest 2>&1 | tail -3
+echo; echo "## Isolation: vGPU A's faulting kernels, runaway kernel and killed worker beside B's checked saxpy (equal_share, two $EIGHTH)"
+if ptx_build; then
+start equal_share
+A=$(create "$EIGHTH"); sleep 0.5; W0=$(workers)
+B=$(create "$EIGHTH"); sleep 0.5; W1=$(workers)
+WB=$(comm -13 <(echo "$W0") <(echo "$W1") | head -1)
+echo "B's worker: ${WB:-not found} (workers before B: $(echo $W0), after: $(echo $W1))"
+G="$BIN/vgpu-guest"
+timeout $(( ${ISO_SECS:-45} + 60 )) "$G" --socket "$B" load saxpy --seconds "${ISO_SECS:-45}" --json >"$RUN/iso-b.json" 2>"$RUN/iso-b.err" & pb=$!
+T_B0=$(ms); sleep 2
+T_ILL0=$(ms); timeout 120 "$G" --socket "$A" ptx-fault --ptx "$PTX" --kind illegal --json >"$RUN/iso-illegal.json" 2>&1; T_ILL1=$(ms)
+T_RUN0=$(ms); timeout 180 "$G" --socket "$A" ptx-fault --ptx "$PTX" --kind runaway --json >"$RUN/iso-runaway.json" 2>&1; T_RUN1=$(ms)
+# The runaway's worker was stopped; A's next one comes once the host's restart back-off allows
+# (a client's reset asks for it): wait for it, then kill it.
+for _ in $(seq 40); do
+    WA=$(workers | grep -vx "${WB:-none}" | head -1); [ -n "$WA" ] && break
+    timeout 20 "$G" --socket "$A" run fill --size 1024 >/dev/null 2>&1; sleep 1
+done
+[ -n "$WB" ] && ! kill -0 "$WB" 2>/dev/null && echo "NOTE: B's worker $WB is gone: B's worker was restarted"
+T_KILL=$(ms)
+if [ -n "$WA" ]; then echo "killing A's worker $WA (kill -9)"; kill -9 "$WA"; else echo "no worker of A running to kill"; fi
+sleep 0.5
+# A new client resets A; its new worker may be held back by the back-off: try until it passes.
+T_SELF0=$(ms)
+for _ in $(seq 12); do
+    timeout 300 "$G" --socket "$A" selftest >"$RUN/iso-selftest.txt" 2>&1 && break; sleep 2
+done
+T_SELF1=$(ms)
+T_REP0=$(ms); timeout 120 "$G" --socket "$A" ptx-fault --ptx "$PTX" --kind repeat --seconds 10 --json >"$RUN/iso-repeat.json" 2>&1; T_REP1=$(ms)
+wait $pb; T_B1=$(ms)
+[ -n "$WB" ] && ! kill -0 "$WB" 2>/dev/null && echo "NOTE: B's worker $WB is gone after the run"
+echo "A's selftest after its worker was killed (a new client):"; tail -3 "$RUN/iso-selftest.txt"
+for k in illegal runaway repeat; do echo "A ptx-fault $k: $(tail -c 600 "$RUN/iso-$k.json")"; done
+[ -s "$RUN/iso-b.err" ] && { echo "B stderr:"; tail -5 "$RUN/iso-b.err"; }
+[ -n "${OUT:-}" ] && cp "$RUN"/iso-* "$OUT/" 2>/dev/null
+RUN="$RUN" T_B0=$T_B0 T_ILL0=$T_ILL0 T_ILL1=$T_ILL1 T_RUN0=$T_RUN0 T_RUN1=$T_RUN1 T_KILL=$T_KILL \
+T_SELF0=$T_SELF0 T_SELF1=$T_SELF1 T_REP0=$T_REP0 T_REP1=$T_REP1 T_B1=$T_B1 python3 - <<'PY'
+import json, os
+env = {k: int(v) for k, v in os.environ.items() if k.startswith("T_") and v.isdigit()}
+run = os.environ["RUN"]
+def load(name):
+    try:
+        with open(os.path.join(run, name)) as f:
+            return json.loads(f.read().strip().splitlines()[-1])
+    except Exception as e:
+        return {"_error": str(e)}
+b, ill, runaway, rep = (load("iso-b.json"), load("iso-illegal.json"),
+                        load("iso-runaway.json"), load("iso-repeat.json"))
+if "timeline" not in b:
+    print("B's report is missing:", b.get("_error")); raise SystemExit(0)
+t0, w, tl = b["start_unix_ms"], b.get("bucket_ms", 100), b["timeline"]
+end = t0 + w * len(tl)
+def window(a, z):
+    """B's completions/s over whole buckets inside [a, z) (wall ms), the longest run of empty
+    buckets there (ms), and whether B's run covered the window."""
+    i0, i1 = max(0, -(-(a - t0) // w)), min(len(tl), (z - t0) // w)
+    if i1 <= i0:
+        return None, None, False
+    s = tl[i0:i1]
+    run = best = 0
+    for c in s:
+        run = run + 1 if c == 0 else 0
+        best = max(best, run)
+    return sum(s) / ((i1 - i0) * w / 1000), best * w, a >= t0 and z <= end
+rep0 = rep.get("start_unix_ms", env.get("T_REP0", 0)); rep1 = rep.get("end_unix_ms", env.get("T_REP1", 0))
+phases = [
+    ("B alone (baseline)", t0 + 500, env["T_ILL0"]),
+    ("A: illegal address", env["T_ILL0"], env["T_ILL1"]),
+    ("A: runaway kernel", env["T_RUN0"], env["T_RUN1"]),
+    ("A: worker killed, selftest", env["T_KILL"], env["T_SELF1"]),
+    ("A: repeated faults (10 s)", rep0, rep1),
+]
+base = window(*phases[0][1:])[0]
+print()
+print("| phase | from s | to s | B items/s | vs alone | longest B stall (100 ms buckets) |")
+print("|---|---|---|---|---|---|")
+for name, a, z in phases:
+    rate, stall, covered = window(a, z)
+    ratio = f"{rate / base:.3f}" if rate is not None and base else "n/a"
+    note = "" if covered else " (B not running throughout)"
+    print(f"| {name}{note} | {(a - t0) / 1000:.1f} | {(z - t0) / 1000:.1f} | "
+          f"{rate if rate is None else round(rate, 1)} | {ratio} | {stall} ms |")
+# The single illegal fault: the longest stall from its start to 2 s after A saw it.
+_, ill_stall, _ = window(env["T_ILL0"], env["T_ILL1"] + 2000)
+rep_rate = window(rep0, rep1)[0]
+print()
+print("| B (checked saxpy, n = %s) | value |" % b.get("n")); print("|---|---|")
+print(f"| items / wrong / errors | {b['items']} / {b['wrong']} / {b['errors']} {b.get('error_codes', {})} |")
+print(f"| rate alone | {base and round(base, 1)} items/s |")
+print(f"| rate during A's repeated faults | {rep_rate and round(rep_rate, 1)} items/s |")
+print(f"| ratio (repeat / alone) | {f'{rep_rate / base:.3f}' if rep_rate and base else 'n/a'} |")
+print(f"| longest stall around A's single illegal fault | {ill_stall} ms (timeline) |")
+print(f"| longest gap between completions, whole run | {b['max_gap_us'] / 1000:.1f} ms (p50 {b['p50_gap_us']:.0f} us) |")
+print(f"| wrong results (must be 0) | {'PASS' if b['wrong'] == 0 else 'FAIL'}: {b['wrong']} |")
+print()
+print("| A | outcome |"); print("|---|---|")
+for name, r in (("illegal", ill), ("runaway", runaway)):
+    print(f"| {name} | {'PASS' if r.get('passed') else 'FAIL'}: {r.get('code')} after {r.get('elapsed_ms') and round(r['elapsed_ms'], 1)} ms "
+          f"(fresh context after {r.get('context_attempts')} reset(s), {r.get('context_wait_ms') and round(r['context_wait_ms'])} ms) {r.get('_error', '')} |")
+print(f"| repeat | {'PASS' if rep.get('passed') else 'FAIL'}: {rep.get('iterations')} iterations: "
+      f"{rep.get('kernel_fault')} KERNEL_FAULT, {rep.get('engine_error')} ENGINE_ERROR, {rep.get('other')} other, "
+      f"{rep.get('no_fault')} no fault, {rep.get('driver_errors')} driver errors {rep.get('_error', '')} |")
+PY
 stop
+fi
 fi
 
 if has latency; then

@@ -96,6 +96,9 @@ impl From<&ExecError> for ErrorCode {
                 ErrorCode::EngineError
             }
             ExecError::Timeout => ErrorCode::EngineTimeout,
+            ExecError::ModuleInvalid(_) => ErrorCode::ModuleInvalid,
+            ExecError::LaunchRefused(_) => ErrorCode::InvalidArgument,
+            ExecError::KernelFault(_) => ErrorCode::KernelFault,
         }
     }
 }
@@ -216,6 +219,12 @@ mod tests {
                 ErrorCode::EngineError,
             ),
             (ExecError::Timeout, ErrorCode::EngineTimeout),
+            (ExecError::ModuleInvalid(218), ErrorCode::ModuleInvalid),
+            (ExecError::LaunchRefused(500), ErrorCode::InvalidArgument),
+            (
+                ExecError::KernelFault("illegal address".into()),
+                ErrorCode::KernelFault,
+            ),
         ];
         for (e, code) in cases {
             assert_eq!(ErrorCode::from(&e), code, "{e}");

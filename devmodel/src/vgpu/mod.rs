@@ -161,7 +161,13 @@ impl Vgpu {
         caps.set_large_pages(true);
         caps.set_msix_vectors(mmio::bar::MSIX_VECTORS as u8);
         caps.set_doorbell_page(true);
+        caps.set_ptx(ctx.ptx_va_base().is_some());
         regs.set(RegRef::Global(GlobalReg::Caps), caps.0);
+        regs.set_pair(
+            RegRef::Global(GlobalReg::PtxVaBaseLo),
+            RegRef::Global(GlobalReg::PtxVaBaseHi),
+            ctx.ptx_va_base().unwrap_or(0),
+        );
         regs.set(RegRef::Global(GlobalReg::NumChannels), regs.channels());
         regs.set_pair(
             RegRef::Global(GlobalReg::VramSizeLo),

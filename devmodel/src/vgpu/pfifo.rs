@@ -16,7 +16,7 @@ use super::{ChannelError, Core, State};
 use crate::backend::{Completion, EngineContext, ExecError, WorkItem};
 use crate::channel::{GpfifoEntry, HeadAction, MAX_VGPU_DECODED_BYTES, USERD_GP_GET, USERD_GP_PUT};
 use crate::command::{AcquireCond, Command};
-use crate::gmmu::{Aperture, Extent, Fault, Gmmu};
+use crate::gmmu::{Aperture, Extent, Fault, Gmmu, KernelMap};
 use crate::memory::GuestRam;
 use crate::pushbuf::{self, AddressSpace};
 use crate::sync::{wait, wait_timeout};
@@ -50,6 +50,10 @@ impl AddressSpace for Space<'_> {
             write: false,
         })?;
         Ok(out)
+    }
+    fn kernel_map(&mut self) -> Option<Arc<KernelMap>> {
+        self.ctx.ptx_va_base()?;
+        Some(self.mmu.kernel_map(self.mem, self.pdb))
     }
 }
 
@@ -296,7 +300,9 @@ impl Core {
                 Ok(true)
             }
             HeadAction::Submit => {
-                let Some((op, epoch, front_end, commands)) = st.channel(ch).submit_head() else {
+                let Some((op, epoch, front_end, commands)) =
+                    st.channel(ch).submit_head(self.ctx.piece_bytes())
+                else {
                     return Ok(false);
                 };
                 let gen = st.generation;
@@ -422,7 +428,7 @@ impl Core {
             match &done.result {
                 Err(e) => {
                     tracing::warn!(vgpu = %self.cfg.name, channel = %ch, error = %e, "engine item failed");
-                    self.fault(&mut st, ch, ChannelError::new(ErrorCode::from(e), 0));
+                    self.fault(&mut st, ch, ChannelError::new(ErrorCode::from(e), e.info()));
                 }
                 Ok(()) => self.run_deferred(&mut st, ch),
             }

@@ -489,27 +489,72 @@ impl Channel {
         self.wait(dev, f, WaitMode::Poll, Duration::from_secs(30))
     }
 
-    /// Load PTX `text` into module `slot` and wait for it. Devices without
-    /// `CAPS.PTX` (the cpu engine) get [`Error::Unsupported`] without
-    /// touching the channel.
-    pub fn load_ptx(&mut self, dev: &mut Device, slot: u32, text: &str) -> Result<()> {
+    /// Load PTX `text` into module `slot` and wait for it; returns the
+    /// JIT's info log. The JIT writes its log (NUL-terminated, truncated)
+    /// into a [`MODULE_LOG_BYTES`] system-memory buffer set through
+    /// `MODULE_LOG_*`. When the JIT rejects the text the channel stops with
+    /// `MODULE_INVALID`: the channel is then recovered and the error log
+    /// returned as [`Error::ModuleInvalid`]. Module slots belong to the
+    /// vGPU (shared by its channels); a module stays loaded until its slot
+    /// is loaded again or the engine context is lost (`KERNEL_FAULT`).
+    /// Devices without `CAPS.PTX` (the cpu engine) get
+    /// [`Error::Unsupported`] without touching the channel.
+    pub fn load_ptx(&mut self, dev: &mut Device, slot: u32, text: &str) -> Result<String> {
         if !dev.identity().ptx() {
             return Err(Error::Unsupported("PTX (CAPS.PTX = 0)"));
         }
-        if slot >= compute::PTX_SLOTS || text.is_empty() {
+        if slot >= compute::PTX_SLOTS
+            || text.is_empty()
+            || text.len() > compute::MAX_MODULE_BYTES as usize
+        {
             return Err(Error::InvalidArgument(format!(
                 "PTX slot {slot}, {} bytes",
                 text.len()
             )));
         }
         let buf = dev.alloc(Placement::Sysmem, text.len() as u64)?;
+        let log = match dev.alloc(Placement::Sysmem, MODULE_LOG_BYTES as u64) {
+            Ok(l) => l,
+            Err(e) => {
+                dev.free(buf)?;
+                return Err(e);
+            }
+        };
         let r = (|| {
             buf.host()?.write(0, text.as_bytes())?;
+            log.host()?.fill(0, MODULE_LOG_BYTES as usize, 0)?;
             let mut pb = Pushbuf::new();
-            pb.module_load(slot, buf.va(), text.len() as u32);
+            pb.module_load_logged(
+                slot,
+                buf.va(),
+                text.len() as u32,
+                log.va(),
+                MODULE_LOG_BYTES,
+            );
             let f = self.submit(dev, &pb)?;
             self.wait(dev, f, WaitMode::Poll, Duration::from_secs(60))
         })();
+        let text_log = read_log(&log);
+        let r = match r {
+            Ok(()) => text_log,
+            Err(Error::ChannelFault {
+                code: ErrorCode::ModuleInvalid,
+                info,
+                ..
+            }) => {
+                let log = text_log.unwrap_or_else(|e| format!("(log unreadable: {e})"));
+                match self.recover(dev) {
+                    Ok(()) => Err(Error::ModuleInvalid {
+                        channel: self.id,
+                        info,
+                        log,
+                    }),
+                    Err(e) => Err(e),
+                }
+            }
+            Err(e) => Err(e),
+        };
+        dev.free(log)?;
         dev.free(buf)?;
         r
     }
@@ -528,6 +573,17 @@ impl Channel {
         if !dev.identity().ptx() {
             return Err(Error::Unsupported("PTX (CAPS.PTX = 0)"));
         }
+        if slot >= compute::PTX_SLOTS
+            || name.is_empty()
+            || name.len() > compute::MAX_FUNC_NAME as usize
+            || params.len() > compute::MAX_PARAMS as usize
+        {
+            return Err(Error::InvalidArgument(format!(
+                "PTX slot {slot}, function name of {} bytes, {} parameter bytes",
+                name.len(),
+                params.len()
+            )));
+        }
         let mut seg = self.segment(dev, Duration::from_secs(10))?;
         let name_va = seg.inline(name.as_bytes())?;
         let params_va = seg.inline(params)?;
@@ -542,6 +598,17 @@ impl Channel {
         );
         seg.submit(dev)
     }
+}
+
+/// Bytes of the JIT log buffer [`Channel::load_ptx`] passes.
+pub const MODULE_LOG_BYTES: u32 = 16 * 1024;
+
+/// The NUL-terminated log the JIT wrote into `log` (lossy UTF-8).
+fn read_log(log: &Buffer) -> Result<String> {
+    let mut b = vec![0u8; log.len() as usize];
+    log.host()?.read(0, &mut b)?;
+    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+    Ok(String::from_utf8_lossy(&b[..end]).into_owned())
 }
 
 fn check_range(b: &Buffer, offset: u64, len: u64) -> Result<()> {

@@ -27,6 +27,9 @@ pub struct Identity {
     pub channels: u32,
     /// `VRAM_SIZE`, in bytes.
     pub vram_bytes: u64,
+    /// `PTX_VA_BASE`: the GPU address at which guest PTX kernels see VA 0
+    /// (0 when `CAPS.PTX` = 0).
+    pub ptx_va_base: u64,
 }
 
 impl Identity {
@@ -84,6 +87,11 @@ impl Buffer {
     }
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+    /// Bytes backed and mapped (the length rounded up to whole pages, or
+    /// to whole 2 MiB chunks for [`Device::alloc_for_kernels`]).
+    pub fn mapped_len(&self) -> u64 {
+        self.mapped
     }
     /// Where it lives.
     pub fn placement(&self) -> Placement {
@@ -243,6 +251,12 @@ impl Device {
             return Err(Error::Protocol(format!("NUM_CHANNELS = {channels}")));
         }
         let vram_bytes = t.bar0_read64(regs::VRAM_SIZE)?;
+        let ptx_va_base = t.bar0_read64(regs::PTX_VA_BASE)?;
+        if caps & regs::CAPS_PTX == 0 && ptx_va_base != 0 {
+            return Err(Error::Protocol(format!(
+                "PTX_VA_BASE = {ptx_va_base:#x} with CAPS.PTX = 0"
+            )));
+        }
         let ident = Identity {
             vendor_id: u16::from_le_bytes([cfg[0], cfg[1]]),
             device_id: u16::from_le_bytes([cfg[2], cfg[3]]),
@@ -253,6 +267,7 @@ impl Device {
             caps,
             channels,
             vram_bytes,
+            ptx_va_base,
         };
         t.bar0_write32(regs::RESET, 1)?;
         let mut tables = HashMap::new();
@@ -278,6 +293,25 @@ impl Device {
     /// The identity read at open.
     pub fn identity(&self) -> &Identity {
         &self.ident
+    }
+
+    /// `PTX_VA_BASE`, read at open: the GPU address at which a guest PTX
+    /// kernel sees VA 0 (0 when `CAPS.PTX` = 0).
+    pub fn ptx_va_base(&self) -> u64 {
+        self.ident.ptx_va_base
+    }
+
+    /// The pointer a PTX kernel uses for the first byte of `buf`:
+    /// `PTX_VA_BASE + buf.va()`. Kernels reach only VRAM mapped in whole
+    /// 2 MiB chunks (see [`alloc_for_kernels`](Self::alloc_for_kernels));
+    /// through any other pointer they fault (`KERNEL_FAULT`).
+    pub fn kernel_ptr(&self, buf: &Buffer) -> u64 {
+        self.kernel_addr(buf.va())
+    }
+
+    /// The kernel pointer of GPU VA `va` (`PTX_VA_BASE + va`).
+    pub fn kernel_addr(&self, va: u64) -> u64 {
+        self.ident.ptx_va_base.wrapping_add(va)
     }
 
     /// The transport's name.
@@ -366,20 +400,42 @@ impl Device {
     /// Allocate `len` bytes in `placement` and map them read-write at a
     /// fresh VA (followed by an unmapped guard page).
     pub fn alloc(&mut self, placement: Placement, len: u64) -> Result<Buffer> {
-        self.alloc_mapped(placement, len, false)
+        self.alloc_mapped(placement, len, len, false)
+    }
+
+    /// `len` bytes of VRAM that guest PTX kernels can reach in full: the
+    /// mapping is rounded up to whole 2 MiB chunks, each 2 MiB-aligned in
+    /// VA and VRAM and mapped read-write (a kernel reaches a 2 MiB VA range
+    /// only when the page tables map all of it, contiguously, onto a
+    /// 2 MiB-aligned VRAM offset with one permission; system memory and
+    /// partial chunks fault). Pass it to kernels with
+    /// [`kernel_ptr`](Self::kernel_ptr).
+    pub fn alloc_for_kernels(&mut self, len: u64) -> Result<Buffer> {
+        if len == 0 {
+            return Err(Error::InvalidArgument("empty buffer".into()));
+        }
+        let chunks = len.div_ceil(PAGE_2M) * PAGE_2M;
+        self.alloc_mapped(Placement::Vram, len, chunks, false)
     }
 
     /// Like [`alloc`](Self::alloc), mapped through read-only PTEs: device
     /// writes to it fault with `READ_ONLY`.
     pub fn alloc_read_only(&mut self, placement: Placement, len: u64) -> Result<Buffer> {
-        self.alloc_mapped(placement, len, true)
+        self.alloc_mapped(placement, len, len, true)
     }
 
-    fn alloc_mapped(&mut self, placement: Placement, len: u64, read_only: bool) -> Result<Buffer> {
-        if len == 0 {
+    /// Map `len` bytes, `map_len` (≥ `len`) of them backed and mapped.
+    fn alloc_mapped(
+        &mut self,
+        placement: Placement,
+        len: u64,
+        map_len: u64,
+        read_only: bool,
+    ) -> Result<Buffer> {
+        if len == 0 || map_len < len {
             return Err(Error::InvalidArgument("empty buffer".into()));
         }
-        let mapped = len.div_ceil(PAGE_4K) * PAGE_4K;
+        let mapped = map_len.div_ceil(PAGE_4K) * PAGE_4K;
         let align = if mapped >= PAGE_2M { PAGE_2M } else { PAGE_4K };
         let va_span = mapped + PAGE_4K;
         let va = self.va.alloc(va_span, align).ok_or(Error::OutOfMemory {

@@ -29,6 +29,15 @@ pub enum ErrorCode {
     RunlistInvalid,
     SemaphoreTimeout,
     EngineTimeout,
+    /// A `MODULE_LOAD` whose PTX the GPU's JIT rejected: the module log
+    /// buffer holds why, `CH_ERROR_INFO` the CUDA error number.
+    ModuleInvalid,
+    /// The GPU faulted running the channel's work (an illegal address, a
+    /// trap, a misaligned access in a guest kernel). The vGPU's engine
+    /// context is lost with it: its other channels with work in flight stop
+    /// with `ENGINE_ERROR`, modules are unloaded, VRAM contents are lost
+    /// until an engine reset brings a new context.
+    KernelFault,
     /// A code ABI v1 does not define.
     Unknown(u8),
 }
@@ -59,6 +68,8 @@ impl ErrorCode {
             0x2A => RunlistInvalid,
             0x2B => SemaphoreTimeout,
             0x2C => EngineTimeout,
+            0x2D => ModuleInvalid,
+            0x2E => KernelFault,
             c => Unknown(c),
         }
     }
@@ -88,6 +99,8 @@ impl ErrorCode {
             RunlistInvalid => 0x2A,
             SemaphoreTimeout => 0x2B,
             EngineTimeout => 0x2C,
+            ModuleInvalid => 0x2D,
+            KernelFault => 0x2E,
             Unknown(c) => c,
         }
     }
@@ -98,10 +111,11 @@ impl ErrorCode {
     }
 }
 
-impl fmt::Display for ErrorCode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl ErrorCode {
+    /// The ABI's name of the code (`None` for [`ErrorCode::Unknown`]).
+    pub fn name(self) -> Option<&'static str> {
         use ErrorCode::*;
-        let name = match self {
+        Some(match self {
             PdeInvalid => "PDE_INVALID",
             PteInvalid => "PTE_INVALID",
             ReadOnly => "READ_ONLY",
@@ -123,9 +137,19 @@ impl fmt::Display for ErrorCode {
             RunlistInvalid => "RUNLIST_INVALID",
             SemaphoreTimeout => "SEMAPHORE_TIMEOUT",
             EngineTimeout => "ENGINE_TIMEOUT",
-            Unknown(c) => return write!(f, "unknown error {c:#04x}"),
-        };
-        write!(f, "{name} ({:#04x})", self.raw())
+            ModuleInvalid => "MODULE_INVALID",
+            KernelFault => "KERNEL_FAULT",
+            Unknown(_) => return None,
+        })
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.name() {
+            Some(name) => write!(f, "{name} ({:#04x})", self.raw()),
+            None => write!(f, "unknown error {:#04x}", self.raw()),
+        }
     }
 }
 
@@ -161,6 +185,15 @@ pub enum Error {
         code: ErrorCode,
         info: u32,
     },
+    /// A `MODULE_LOAD` was rejected by the GPU's JIT (`MODULE_INVALID`):
+    /// `info` is the CUDA error number, `log` the JIT's error log. The
+    /// channel has been recovered.
+    #[error("channel {channel}: PTX module rejected (CUDA error {info}): {log}")]
+    ModuleInvalid {
+        channel: u32,
+        info: u32,
+        log: String,
+    },
     /// `RUNLIST_SUBMIT` was rejected (`RUNLIST_INFO.REJECTED`).
     #[error("runlist rejected: {0}")]
     RunlistRejected(ErrorCode),
@@ -178,6 +211,16 @@ impl Error {
         Error::Io {
             what: what.into(),
             source,
+        }
+    }
+
+    /// The code a channel stopped with, for [`Error::ChannelFault`] and
+    /// [`Error::ModuleInvalid`]; `None` for every other error.
+    pub fn channel_code(&self) -> Option<ErrorCode> {
+        match self {
+            Error::ChannelFault { code, .. } => Some(*code),
+            Error::ModuleInvalid { .. } => Some(ErrorCode::ModuleInvalid),
+            _ => None,
         }
     }
 
@@ -202,5 +245,10 @@ mod tests {
         assert!(ErrorCode::VaRange.is_mmu_fault());
         assert!(!ErrorCode::InstanceInvalid.is_mmu_fault());
         assert_eq!(ErrorCode::Unsupported.to_string(), "UNSUPPORTED (0x28)");
+        assert_eq!(ErrorCode::from_raw(0x2D), ErrorCode::ModuleInvalid);
+        assert_eq!(ErrorCode::from_raw(0x2E), ErrorCode::KernelFault);
+        assert_eq!(ErrorCode::KernelFault.to_string(), "KERNEL_FAULT (0x2e)");
+        assert!(!ErrorCode::ModuleInvalid.is_mmu_fault());
+        assert!(!ErrorCode::KernelFault.is_mmu_fault());
     }
 }

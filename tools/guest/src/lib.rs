@@ -22,7 +22,9 @@
 //! * [`device`]: an opened vGPU: identity, buffers, runlist, interrupts,
 //!   faults, resets.
 //! * [`channel`]: channels, segments, fences, recovery.
-//! * [`selftest`], [`load`]: the CLI's checks and load generator.
+//! * [`selftest`], [`load`]: the CLI's checks and load generators.
+//! * [`ptx`]: guest PTX kernels: the `ptx` check and the `ptx-fault`
+//!   scenarios.
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -51,6 +53,7 @@ pub mod error;
 pub mod gmmu;
 pub mod load;
 pub mod programs;
+pub mod ptx;
 pub mod pushbuf;
 pub mod regs;
 pub mod selftest;

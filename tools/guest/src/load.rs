@@ -1,12 +1,13 @@
-//! A load generator: keeps a vGPU saturated with `spin` work of a fixed
-//! size per command and measures what it gets.
+//! Load generators: one keeps a vGPU saturated with `spin` work of a
+//! fixed size per command and measures what it gets; the other runs
+//! checked `saxpy` items and records their progress over time.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use crate::channel::{Channel, ChannelConfig, Fence};
-use crate::device::Device;
-use crate::error::{Error, Result};
+use crate::device::{Buffer, Device, Placement};
+use crate::error::{Error, ErrorCode, Result};
 use crate::programs::{Program, SPIN_MAX_NS};
 
 /// GPFIFO entries per channel: room for [`depth`] commands.
@@ -253,4 +254,333 @@ pub fn probe(
         last_done.duration_since(start),
         rung_since(dev, rung_before),
     ))
+}
+
+/// A checked saxpy load: what a tenant sees of its own correctness and
+/// progress while others misbehave.
+#[derive(Clone, Copy, Debug)]
+pub struct SaxpyConfig {
+    /// Elements per item.
+    pub n: u32,
+    /// How long to keep submitting.
+    pub duration: Duration,
+    /// Channels submitting concurrently (0..channels).
+    pub channels: u32,
+}
+
+/// Elements per saxpy item by default: 64 Ki floats (256 KiB per buffer),
+/// some tens of µs per item with its two copies.
+pub const SAXPY_N: u32 = 1 << 16;
+
+/// Items kept in flight per channel (each in its own pair of buffers).
+const SAXPY_DEPTH: usize = 4;
+
+/// The `a` of consecutive items of one buffer pair alternate, so that a
+/// stale result (an item that did not run) never passes the check.
+const SAXPY_A: [f32; 2] = [0.75, -1.25];
+
+/// Width of a [`SaxpyReport::timeline`] bucket.
+const BUCKET_MS: u64 = 100;
+
+/// What a checked saxpy run saw.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct SaxpyReport {
+    pub n: u32,
+    pub channels: u32,
+    pub depth: usize,
+    /// Items completed and checked.
+    pub items: u64,
+    /// Completed items whose result differed from `a·x + y` (f32 FMA).
+    pub wrong: u64,
+    /// Channel stops (and other driver errors) the run recovered from;
+    /// the items in flight then are lost, not counted.
+    pub errors: u64,
+    /// Those errors by code.
+    pub error_codes: std::collections::BTreeMap<String, u64>,
+    /// The first few errors, as text.
+    pub first_errors: Vec<String>,
+    /// Wall time of the run, in µs.
+    pub wall_us: u64,
+    pub items_per_s: f64,
+    /// Longest and median time between consecutive completions (any
+    /// channel), in µs; the longest includes the run's start and end.
+    pub max_gap_us: f64,
+    pub p50_gap_us: f64,
+    /// Wall clock at the start, ms since the Unix epoch.
+    pub start_unix_ms: u64,
+    pub bucket_ms: u64,
+    /// Completions per [`bucket_ms`](Self::bucket_ms) from the start.
+    pub timeline: Vec<u64>,
+}
+
+/// One item's buffers: `y` (VRAM) gets a copy of `y0`, the saxpy, and is
+/// copied to `out` (system memory) for the check.
+struct SaxpySlot {
+    y: Buffer,
+    out: Buffer,
+    uses: u64,
+}
+
+struct Lane {
+    ch: Channel,
+    slots: Vec<SaxpySlot>,
+    /// (fence, slot, which `a`), oldest first.
+    inflight: VecDeque<(Fence, usize, usize)>,
+    next: usize,
+}
+
+/// The inputs, in VRAM, and the expected results in bytes.
+struct SaxpyData {
+    x: Buffer,
+    y0: Buffer,
+    xs: Vec<u8>,
+    ys: Vec<u8>,
+    want: [Vec<u8>; 2],
+}
+
+fn saxpy_inputs(n: u32) -> (Vec<f32>, Vec<f32>) {
+    let mut seed = 0x5A5A_1234_u64;
+    let mut f = || {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    };
+    let x = (0..n).map(|_| f()).collect();
+    let y = (0..n).map(|_| f()).collect();
+    (x, y)
+}
+
+fn le_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// Run checked saxpy items on `dev` for `cfg.duration`: each item copies
+/// `y0` into its `y`, runs the built-in `saxpy` (`y = a·x + y`, fused
+/// multiply-add) and copies `y` to system memory, where every element is
+/// compared bit for bit with `f32::mul_add`. Wrong results are counted;
+/// channel stops are counted and recovered from (after a lost engine
+/// context, `ENGINE_ERROR` or `KERNEL_FAULT`, with an engine reset and
+/// the inputs uploaded again), and the run goes on.
+pub fn saxpy(dev: &mut Device, cfg: &SaxpyConfig) -> Result<SaxpyReport> {
+    if cfg.n == 0 || cfg.n > 1 << 24 {
+        return Err(Error::InvalidArgument(format!(
+            "saxpy of {} elements",
+            cfg.n
+        )));
+    }
+    if cfg.channels == 0 || cfg.channels > dev.identity().channels {
+        return Err(Error::InvalidArgument(format!(
+            "{} channels of {}",
+            cfg.channels,
+            dev.identity().channels
+        )));
+    }
+    let bytes = cfg.n as u64 * 4;
+    let (x, y) = saxpy_inputs(cfg.n);
+    let want = SAXPY_A.map(|a| {
+        le_bytes(
+            &x.iter()
+                .zip(&y)
+                .map(|(&x, &y)| a.mul_add(x, y))
+                .collect::<Vec<_>>(),
+        )
+    });
+    let data = SaxpyData {
+        x: dev.alloc(Placement::Vram, bytes)?,
+        y0: dev.alloc(Placement::Vram, bytes)?,
+        xs: le_bytes(&x),
+        ys: le_bytes(&y),
+        want,
+    };
+    let ccfg = ChannelConfig {
+        gpfifo_entries: 16,
+        segment_bytes: 1024,
+        interrupt_fences: false,
+    };
+    let mut lanes = Vec::new();
+    for id in 0..cfg.channels {
+        let mut slots = Vec::new();
+        for _ in 0..SAXPY_DEPTH {
+            slots.push(SaxpySlot {
+                y: dev.alloc(Placement::Vram, bytes)?,
+                out: dev.alloc(Placement::Sysmem, bytes)?,
+                uses: 0,
+            });
+        }
+        lanes.push(Lane {
+            ch: Channel::new(dev, id, ccfg)?,
+            slots,
+            inflight: VecDeque::new(),
+            next: 0,
+        });
+    }
+    let mut r = SaxpyReport {
+        n: cfg.n,
+        channels: cfg.channels,
+        depth: SAXPY_DEPTH,
+        items: 0,
+        wrong: 0,
+        errors: 0,
+        error_codes: Default::default(),
+        first_errors: Vec::new(),
+        wall_us: 0,
+        items_per_s: 0.0,
+        max_gap_us: 0.0,
+        p50_gap_us: 0.0,
+        start_unix_ms: crate::ptx::unix_ms(),
+        bucket_ms: BUCKET_MS,
+        timeline: Vec::new(),
+    };
+    let start = Instant::now();
+    let deadline = start + cfg.duration;
+    let mut done: Vec<Duration> = Vec::new();
+    // Inputs uploaded (again after a lost context).
+    let mut ready = false;
+    let mut last_check = start;
+    let mut last_progress = start;
+    while Instant::now() < deadline || lanes.iter().any(|l| !l.inflight.is_empty()) {
+        let res = (|| -> Result<bool> {
+            if !ready {
+                let ch = &mut lanes[0].ch;
+                ch.upload(dev, &data.x, 0, &data.xs)?;
+                ch.upload(dev, &data.y0, 0, &data.ys)?;
+                ready = true;
+            }
+            let mut progressed = false;
+            let submitting = Instant::now() < deadline;
+            for lane in lanes.iter_mut() {
+                while let Some(&(f, slot, a)) = lane.inflight.front() {
+                    if !lane.ch.reached(f)? {
+                        break;
+                    }
+                    lane.inflight.pop_front();
+                    std::sync::atomic::fence(std::sync::atomic::Ordering::Acquire);
+                    let now = start.elapsed();
+                    let got = lane.slots[slot].out.host()?;
+                    let mut buf = vec![0u8; bytes as usize];
+                    got.read(0, &mut buf)?;
+                    r.items += 1;
+                    if buf != data.want[a] {
+                        r.wrong += 1;
+                    }
+                    done.push(now);
+                    progressed = true;
+                }
+                if submitting && lane.inflight.len() < SAXPY_DEPTH {
+                    while lane.inflight.len() < SAXPY_DEPTH {
+                        let slot = lane.next;
+                        lane.next = (lane.next + 1) % SAXPY_DEPTH;
+                        let s = &mut lane.slots[slot];
+                        let a = (s.uses % 2) as usize;
+                        s.uses += 1;
+                        let (y, out) = (s.y.va(), s.out.va());
+                        let mut seg = lane.ch.segment(dev, Duration::from_secs(10))?;
+                        seg.pb.copy_1d(data.y0.va(), y, bytes as u32);
+                        seg.launch(&Program::Saxpy {
+                            x: data.x.va(),
+                            y,
+                            n: cfg.n,
+                            a: SAXPY_A[a],
+                        })?;
+                        seg.pb.copy_1d(y, out, bytes as u32);
+                        let f = seg.queue()?;
+                        lane.inflight.push_back((f, slot, a));
+                    }
+                    lane.ch.ring(dev)?;
+                }
+            }
+            let now = Instant::now();
+            if progressed {
+                last_progress = now;
+            } else if now.duration_since(last_progress) > Duration::from_secs(10) {
+                return Err(Error::Timeout {
+                    what: "saxpy completions".into(),
+                    after: Duration::from_secs(10),
+                });
+            }
+            if now.duration_since(last_check) > Duration::from_millis(20) {
+                last_check = now;
+                for lane in &lanes {
+                    lane.ch.check(dev)?;
+                }
+            }
+            Ok(progressed)
+        })();
+        match res {
+            Ok(true) => {}
+            Ok(false) => std::thread::sleep(Duration::from_micros(20)),
+            Err(e) => {
+                r.errors += 1;
+                let code = e.channel_code();
+                let key = code.map_or_else(
+                    || "driver_error".to_string(),
+                    |c| {
+                        c.name()
+                            .map_or_else(|| format!("{:#04x}", c.raw()), str::to_string)
+                    },
+                );
+                *r.error_codes.entry(key).or_default() += 1;
+                if r.first_errors.len() < 8 {
+                    r.first_errors
+                        .push(format!("{:.3} s: {e}", start.elapsed().as_secs_f64()));
+                }
+                // Work in flight is lost; start every channel afresh.
+                let lost_context = matches!(
+                    code,
+                    Some(ErrorCode::EngineError | ErrorCode::KernelFault) | None
+                );
+                let _ = recover_lanes(dev, &mut lanes, lost_context);
+                if lost_context {
+                    ready = false;
+                }
+                last_progress = Instant::now();
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+    let wall = start.elapsed();
+    for lane in lanes {
+        let _ = lane.ch.destroy(dev);
+        for s in lane.slots {
+            let _ = dev.free(s.y);
+            let _ = dev.free(s.out);
+        }
+    }
+    let _ = dev.free(data.x);
+    let _ = dev.free(data.y0);
+    r.wall_us = wall.as_micros() as u64;
+    r.items_per_s = r.items as f64 / wall.as_secs_f64().max(1e-9);
+    let mut gaps: Vec<f64> = Vec::with_capacity(done.len() + 1);
+    let mut prev = Duration::ZERO;
+    for &t in &done {
+        gaps.push(t.saturating_sub(prev).as_secs_f64() * 1e6);
+        prev = t;
+    }
+    gaps.push(wall.saturating_sub(prev).as_secs_f64() * 1e6);
+    r.max_gap_us = gaps.iter().copied().fold(0.0, f64::max);
+    gaps.sort_by(|a, b| a.total_cmp(b));
+    r.p50_gap_us = gaps.get(gaps.len() / 2).copied().unwrap_or(0.0);
+    let buckets = (wall.as_millis() as u64).div_ceil(BUCKET_MS).max(1) as usize;
+    r.timeline = vec![0; buckets];
+    for t in done {
+        let b = (t.as_millis() as u64 / BUCKET_MS) as usize;
+        if let Some(c) = r.timeline.get_mut(b.min(buckets - 1)) {
+            *c += 1;
+        }
+    }
+    Ok(r)
+}
+
+/// Recover every lane's channel (dropping its work in flight), after an
+/// engine reset when the engine context was lost.
+fn recover_lanes(dev: &mut Device, lanes: &mut [Lane], reset: bool) -> Result<()> {
+    if reset {
+        dev.engine_reset()?;
+    }
+    for lane in lanes.iter_mut() {
+        lane.inflight.clear();
+        lane.ch.recover(dev)?;
+    }
+    Ok(())
 }

@@ -106,9 +106,82 @@ impl Program {
     }
 }
 
+/// A PTX kernel's parameter block, laid out as CUDA lays out a kernel's
+/// parameters (each at its natural alignment, as `cuLaunchKernel`'s
+/// `CU_LAUNCH_PARAM_BUFFER_POINTER` takes them): push them in the order
+/// of the kernel's signature.
+///
+/// ```
+/// use vgpu_guest::programs::KernelParams;
+/// // vec_add(const float* x, const float* y, float* out, unsigned n)
+/// let p = KernelParams::new().ptr(0x10).ptr(0x20).ptr(0x30).u32(1 << 20);
+/// assert_eq!(p.bytes().len(), 28);
+/// // f(unsigned a, unsigned long long b): b is 8-byte aligned.
+/// assert_eq!(KernelParams::new().u32(1).u64(2).bytes().len(), 16);
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KernelParams {
+    bytes: Vec<u8>,
+}
+
+impl KernelParams {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Append `v` at the next multiple of `align` (zero padding).
+    fn push(mut self, align: usize, v: &[u8]) -> Self {
+        let at = self.bytes.len().div_ceil(align) * align;
+        self.bytes.resize(at, 0);
+        self.bytes.extend_from_slice(v);
+        self
+    }
+
+    /// A 32-bit integer (`int`, `unsigned`).
+    pub fn u32(self, v: u32) -> Self {
+        self.push(4, &v.to_le_bytes())
+    }
+
+    /// A 64-bit integer (`long long`, `size_t`).
+    pub fn u64(self, v: u64) -> Self {
+        self.push(8, &v.to_le_bytes())
+    }
+
+    /// A `float`.
+    pub fn f32(self, v: f32) -> Self {
+        self.push(4, &v.to_le_bytes())
+    }
+
+    /// A pointer: a kernel address, e.g. [`Device::kernel_ptr`](crate::Device::kernel_ptr).
+    pub fn ptr(self, v: u64) -> Self {
+        self.u64(v)
+    }
+
+    /// The block (at most 4096 bytes for a launch).
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kernel_params_use_natural_alignment() {
+        let p = KernelParams::new()
+            .u32(7)
+            .ptr(0x1122_3344_5566_7788)
+            .f32(1.5)
+            .u32(9);
+        assert_eq!(p.bytes().len(), 24);
+        assert_eq!(&p.bytes()[0..4], &7u32.to_le_bytes());
+        assert_eq!(&p.bytes()[4..8], &[0; 4], "padding before the pointer");
+        assert_eq!(&p.bytes()[8..16], &0x1122_3344_5566_7788u64.to_le_bytes());
+        assert_eq!(&p.bytes()[16..20], &1.5f32.to_le_bytes());
+        assert_eq!(&p.bytes()[20..24], &9u32.to_le_bytes());
+        assert!(KernelParams::new().bytes().is_empty());
+    }
 
     #[test]
     fn parameter_blocks_have_abi_sizes_and_offsets() {

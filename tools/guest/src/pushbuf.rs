@@ -75,7 +75,19 @@ pub mod compute {
     pub const MODULE_LOAD: u32 = 0x134;
     pub const FUNC_NAME_LO: u32 = 0x138;
     pub const FUNC_NAME_SIZE: u32 = 0x140;
+    /// `MODULE_LOG_LO/HI`: VA of the buffer `MODULE_LOAD` writes the JIT
+    /// log into (the info log on success, the error log on failure),
+    /// NUL-terminated, truncated to `MODULE_LOG_SIZE`.
+    pub const MODULE_LOG_LO: u32 = 0x144;
+    /// `MODULE_LOG_SIZE`: the log buffer's size in bytes (0 = no log).
+    pub const MODULE_LOG_SIZE: u32 = 0x14C;
     pub const LAUNCH: u32 = 0x180;
+    /// Largest PTX text (`MODULE_SIZE`).
+    pub const MAX_MODULE_BYTES: u32 = 4 << 20;
+    /// Largest module log buffer (`MODULE_LOG_SIZE`).
+    pub const MAX_MODULE_LOG: u32 = 64 << 10;
+    /// Longest function name (`FUNC_NAME_SIZE` is 1 to this).
+    pub const MAX_FUNC_NAME: u32 = 255;
     /// `PROGRAM` value of a PTX function in `slot`.
     pub const PROGRAM_PTX: u32 = 0x100;
     /// PTX module slots.
@@ -396,6 +408,35 @@ impl Pushbuf {
             .immd(SUBCH_COMPUTE, compute::MODULE_LOAD, slot)
     }
 
+    /// Set the module log buffer (`MODULE_LOG_*`) to `size` bytes at `va`
+    /// (0 = no log) for the channel's next `MODULE_LOAD`s: method state,
+    /// kept until set again or the channel is reset.
+    pub fn module_log(&mut self, va: u64, size: u32) -> &mut Self {
+        if size > compute::MAX_MODULE_LOG {
+            self.fail(format!("module log of {size} bytes"));
+            return self;
+        }
+        self.incr(
+            SUBCH_COMPUTE,
+            compute::MODULE_LOG_LO,
+            &[lo(va), hi(va), size],
+        )
+    }
+
+    /// Load the PTX text at `va` (`size` bytes) into module `slot`, the
+    /// JIT's log going to `log_size` bytes at `log_va`.
+    pub fn module_load_logged(
+        &mut self,
+        slot: u32,
+        va: u64,
+        size: u32,
+        log_va: u64,
+        log_size: u32,
+    ) -> &mut Self {
+        self.module_log(log_va, log_size)
+            .module_load(slot, va, size)
+    }
+
     /// Launch PTX function `name_va` (`name_len` bytes) of module `slot`
     /// on `grid` × `block` threads with the parameter block at `params`.
     #[allow(clippy::too_many_arguments)]
@@ -524,6 +565,26 @@ mod tests {
                 header(OP_IMMD, 1, 0x180, 0)
             ]
         );
+
+        let mut pb = Pushbuf::new();
+        pb.module_load_logged(2, 0x1000, 300, 0x2000, 16384);
+        assert_eq!(
+            pb.words(),
+            &[
+                header(OP_INCR, 1, 0x144, 3),
+                0x2000,
+                0,
+                16384,
+                header(OP_INCR, 1, 0x128, 3),
+                0x1000,
+                0,
+                300,
+                header(OP_IMMD, 1, 0x134, 2)
+            ]
+        );
+        let mut pb = Pushbuf::new();
+        pb.module_log(0x2000, compute::MAX_MODULE_LOG + 1);
+        assert!(pb.error().is_some() && pb.is_empty());
 
         let mut pb = Pushbuf::new();
         pb.immd(0, host::NOP, 0x12345);

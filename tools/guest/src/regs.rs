@@ -19,6 +19,10 @@ pub const CAPS_DOORBELL_PAGE: u32 = 1 << 2;
 pub const NUM_CHANNELS: u32 = 0x00C;
 /// `VRAM_SIZE_LO/HI` (one 64-bit access).
 pub const VRAM_SIZE: u32 = 0x010;
+/// `PTX_VA_BASE_LO/HI` (one 64-bit access, RO): the GPU address at which
+/// a guest PTX kernel sees the vGPU's VA 0 (a kernel pointer to VA `v` is
+/// `PTX_VA_BASE + v`); 0 when `CAPS.PTX` = 0.
+pub const PTX_VA_BASE: u32 = 0x018;
 pub const INTR_STATUS: u32 = 0x020;
 pub const INTR_ENABLE: u32 = 0x024;
 pub const INTR_CHANNEL_LO: u32 = 0x028;

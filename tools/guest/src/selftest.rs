@@ -913,12 +913,26 @@ impl Tests<'_> {
     fn ptx(&mut self) -> Outcome {
         let ptx = ".version 7.0\n.target sm_70\n.address_size 64\n.visible .entry nop() { ret; }\n";
         if self.dev.identity().ptx() {
-            self.ch.load_ptx(self.dev, 0, ptx)?;
+            let log = self.ch.load_ptx(self.dev, 0, ptx)?;
             let f = self
                 .ch
                 .launch_ptx(self.dev, 0, "nop", [1, 1, 1], [1, 1, 1], &[])?;
             self.ch.wait(self.dev, f, WaitMode::Poll, TIMEOUT)?;
-            return Ok("CAPS.PTX = 1: loaded and launched".into());
+            // A module the JIT rejects: MODULE_INVALID with its log, and the
+            // channel recovered.
+            let bad = self.ch.load_ptx(self.dev, 1, crate::ptx::BROKEN_PTX);
+            ensure!(
+                matches!(&bad, Err(Error::ModuleInvalid { log, .. }) if !log.is_empty()),
+                "broken PTX gave {bad:?}"
+            );
+            let f = self
+                .ch
+                .launch_ptx(self.dev, 0, "nop", [1, 1, 1], [1, 1, 1], &[])?;
+            self.ch.wait(self.dev, f, WaitMode::Poll, TIMEOUT)?;
+            return Ok(format!(
+                "CAPS.PTX = 1: loaded (info log {} B) and launched; broken module MODULE_INVALID; slot 0 ran again",
+                log.len()
+            ));
         }
         let api = self.ch.load_ptx(self.dev, 0, ptx);
         ensure!(

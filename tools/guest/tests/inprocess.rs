@@ -209,3 +209,61 @@ fn vram_and_va_are_returned_on_free() {
     assert_eq!(dev.vram_free(), before);
     ch.destroy(&mut dev).expect("destroy");
 }
+
+#[test]
+fn saxpy_load_checks_every_item() {
+    let engine = CpuEngine::new(2).unwrap();
+    let mut dev = open(&engine, 4);
+    let cfg = vgpu_guest::load::SaxpyConfig {
+        n: 4096,
+        duration: Duration::from_millis(400),
+        channels: 2,
+    };
+    let r = vgpu_guest::load::saxpy(&mut dev, &cfg).expect("saxpy run");
+    assert!(r.items >= 10, "{r:?}");
+    assert_eq!((r.wrong, r.errors), (0, 0), "{r:?}");
+    assert_eq!(r.timeline.iter().sum::<u64>(), r.items, "{r:?}");
+    assert!(r.timeline.len() >= 4, "{r:?}");
+    assert!(r.max_gap_us >= r.p50_gap_us && r.p50_gap_us > 0.0, "{r:?}");
+    assert!(r.start_unix_ms > 1_600_000_000_000, "{r:?}");
+    assert!(
+        !dev.busy().expect("status"),
+        "the load leaves the vGPU idle"
+    );
+}
+
+#[test]
+fn kernel_buffers_are_whole_2m_chunks() {
+    let engine = CpuEngine::new(1).unwrap();
+    let mut dev = open(&engine, 1);
+    assert_eq!(
+        dev.ptx_va_base(),
+        0,
+        "PTX_VA_BASE reads 0 with CAPS.PTX = 0"
+    );
+    let before = dev.vram_free();
+    let b = dev.alloc_for_kernels(4 << 20 | 12).expect("alloc");
+    assert_eq!(b.len(), 4 << 20 | 12);
+    assert_eq!(b.mapped_len(), 6 << 20);
+    assert_eq!(b.va() % (2 << 20), 0);
+    assert_eq!(b.vram_offset().map(|o| o % (2 << 20)), Some(0));
+    assert_eq!(dev.kernel_ptr(&b), b.va());
+    assert_eq!(dev.vram_free(), before - (6 << 20));
+    dev.free(b).expect("free");
+    assert_eq!(dev.vram_free(), before);
+}
+
+#[test]
+fn ptx_commands_refuse_a_device_without_ptx() {
+    let engine = CpuEngine::new(1).unwrap();
+    let mut dev = open(&engine, 1);
+    let r = vgpu_guest::ptx::check(&mut dev, "", &mut |_| {});
+    assert!(!r.passed && r.checks.len() == 1, "{r:?}");
+    let r = vgpu_guest::ptx::fault(
+        &mut dev,
+        "",
+        vgpu_guest::ptx::FaultKind::Repeat,
+        Duration::from_millis(100),
+    );
+    assert!(!r.passed && r.detail.contains("CAPS.PTX = 0"), "{r:?}");
+}

@@ -36,6 +36,8 @@ fn guest_global(r: GlobalReg) -> u32 {
         GlobalReg::NumChannels => regs::NUM_CHANNELS,
         GlobalReg::VramSizeLo => regs::VRAM_SIZE,
         GlobalReg::VramSizeHi => regs::VRAM_SIZE + 4,
+        GlobalReg::PtxVaBaseLo => regs::PTX_VA_BASE,
+        GlobalReg::PtxVaBaseHi => regs::PTX_VA_BASE + 4,
         GlobalReg::IntrStatus => regs::INTR_STATUS,
         GlobalReg::IntrEnable => regs::INTR_ENABLE,
         GlobalReg::IntrChannelLo => regs::INTR_CHANNEL_LO,
@@ -108,6 +110,8 @@ fn guest_error(e: mmio::regs::ErrorCode) -> ErrorCode {
         D::RunlistInvalid => ErrorCode::RunlistInvalid,
         D::SemaphoreTimeout => ErrorCode::SemaphoreTimeout,
         D::EngineTimeout => ErrorCode::EngineTimeout,
+        D::ModuleInvalid => ErrorCode::ModuleInvalid,
+        D::KernelFault => ErrorCode::KernelFault,
     }
 }
 
@@ -166,6 +170,7 @@ fn pairs() -> Vec<(&'static str, u64, u64)> {
         p!(CAPS, g(GlobalReg::Caps)),
         p!(NUM_CHANNELS, g(GlobalReg::NumChannels)),
         p!(VRAM_SIZE, g(GlobalReg::VramSizeLo)),
+        p!(PTX_VA_BASE, g(GlobalReg::PtxVaBaseLo)),
         p!(INTR_STATUS, g(GlobalReg::IntrStatus)),
         p!(INTR_ENABLE, g(GlobalReg::IntrEnable)),
         p!(INTR_CHANNEL_LO, g(GlobalReg::IntrChannelLo)),
@@ -373,6 +378,8 @@ fn error_codes_match() {
         D::RunlistInvalid,
         D::SemaphoreTimeout,
         D::EngineTimeout,
+        D::ModuleInvalid,
+        D::KernelFault,
     ];
     for d in all {
         let g = guest_error(d);

@@ -256,6 +256,15 @@ impl EngineContext for ScheduledContext {
         }
     }
 
+    fn ptx_va_base(&self) -> Option<u64> {
+        self.inner()?.ptx_va_base()
+    }
+
+    fn piece_bytes(&self) -> u64 {
+        self.inner()
+            .map_or(devmodel::command::PIECE_BYTES, |i| i.piece_bytes())
+    }
+
     fn set_attached(&self, attached: bool) {
         let mut st = self.shared.lock();
         let now = self.shared.now();

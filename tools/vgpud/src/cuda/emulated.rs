@@ -61,7 +61,8 @@ pub fn run(fd: i32, vram: u64) -> i32 {
     };
     let mut mem = Arc::new(GuestRam::new());
     let mut r = Writer::new(to_daemon::READY);
-    r.u64(vram).u32(1);
+    // No guest PTX: the cpu engine cannot run it.
+    r.u64(vram).u32(1).u64(0);
     if send(&out, &r.0).is_err() {
         return 1;
     }

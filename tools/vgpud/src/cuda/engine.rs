@@ -19,6 +19,7 @@ use devmodel::backend::{
     Backend, BackendError, Completion, DoneFn, EngineContext, ExecError, WorkItem,
 };
 use devmodel::command::{Op, RunningSum};
+use devmodel::gmmu::KernelMap;
 use devmodel::memory::{GuestRam, MemError};
 use devmodel::sync::lock;
 use mdev_types::CudaDevice;
@@ -28,6 +29,8 @@ use super::wire::{self, to_daemon, to_worker, Reader, Status, Writer};
 /// How long a worker may take to start (CUDA context, framebuffer,
 /// kernels compiled by NVRTC).
 const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// The most bytes one piece moves on the GPU ([`EngineContext::piece_bytes`]).
+const GPU_PIECE_BYTES: u64 = 32 << 20;
 /// How long a HOST access to VRAM may take.
 const ACCESS_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -105,6 +108,7 @@ impl Backend for CudaEngine {
     fn create_context(&self, vram_bytes: u64) -> Result<Arc<dyn EngineContext>, BackendError> {
         let conn = Conn::start(self.device, vram_bytes, self.kernel_timeout)?;
         Ok(Arc::new(CudaContext {
+            ptx_va_base: (conn.ptx_va_base != 0).then_some(conn.ptx_va_base),
             device: self.device,
             vram: vram_bytes,
             kernel_timeout: self.kernel_timeout,
@@ -130,6 +134,11 @@ struct Conn {
     next_tag: AtomicU64,
     /// The guest RAM layout generation the worker has (u64::MAX: none).
     layout: Mutex<(usize, u64)>,
+    /// The id of the kernel map the worker has (0: none); held while a
+    /// launch and the map it needs are sent, so that they go in order.
+    kernel_map: Mutex<u64>,
+    /// Where the worker's guest kernels see VA 0 (0: it runs no PTX).
+    ptx_va_base: u64,
     dead: Arc<AtomicBool>,
     /// The worker was stopped for running an item past the kernel limit.
     timed_out: Arc<AtomicBool>,
@@ -168,16 +177,18 @@ impl Conn {
         drop(theirs);
         let (tx, rx) = mpsc::channel();
         let reader = ours.try_clone().map_err(|e| fail(e.to_string()))?;
-        let conn = Arc::new(Conn {
+        let mut conn = Conn {
             child: Mutex::new(child),
             sock: ours,
             send_lock: Mutex::new(()),
             pending: Arc::new(Mutex::new(HashMap::new())),
             next_tag: AtomicU64::new(1),
             layout: Mutex::new((usize::MAX, u64::MAX)),
+            kernel_map: Mutex::new(0),
+            ptx_va_base: 0,
             dead: Arc::new(AtomicBool::new(false)),
             timed_out: Arc::new(AtomicBool::new(false)),
-        });
+        };
         let (pending, dead, timed_out) = (
             conn.pending.clone(),
             conn.dead.clone(),
@@ -197,11 +208,16 @@ impl Conn {
             read_loop(&reader, &pending, &dead, &timed_out, tx, ctx)
         })
         .map_err(BackendError::Thread)?;
+        let ready = rx.recv_timeout(START_TIMEOUT);
+        if let Ok(Ok(base)) = ready {
+            conn.ptx_va_base = base;
+        }
+        let conn = Arc::new(conn);
         let watched = conn.clone();
         devmodel::thread::spawn("cuda-watchdog", move || watchdog(&watched, kernel_timeout))
             .map_err(BackendError::Thread)?;
-        match rx.recv_timeout(START_TIMEOUT) {
-            Ok(Ok(())) => Ok(conn),
+        match ready {
+            Ok(Ok(_)) => Ok(conn),
             Ok(Err(why)) => {
                 conn.kill();
                 Err(if why.contains("CUDA_ERROR_OUT_OF_MEMORY") {
@@ -268,6 +284,19 @@ impl Conn {
         Ok(())
     }
 
+    /// Send an item (`body`), preceded by the kernel map it runs in when
+    /// the worker does not have that map yet.
+    fn send_item(&self, body: &[u8], map: Option<&KernelMap>) -> std::io::Result<()> {
+        let mut have = lock(&self.kernel_map);
+        if let Some(m) = map.filter(|m| m.id != *have) {
+            let mut w = Writer::new(to_worker::KERNEL_MAP);
+            w.kernel_map(m);
+            self.send(&w.0, &[])?;
+            *have = m.id;
+        }
+        self.send(body, &[])
+    }
+
     /// A request that waits for the worker's DATA reply.
     fn access(&self, body: Writer, tag: u64) -> Result<Vec<u8>, ExecError> {
         let (tx, rx) = mpsc::channel();
@@ -327,7 +356,7 @@ fn read_loop(
     pending: &Mutex<HashMap<u64, Pending>>,
     dead: &AtomicBool,
     timed_out: &AtomicBool,
-    ready: mpsc::Sender<Result<(), String>>,
+    ready: mpsc::Sender<Result<u64, String>>,
     completions: mpsc::Sender<(DoneFn, Completion)>,
 ) {
     let mut why = String::from("the CUDA worker exited");
@@ -338,7 +367,10 @@ fn read_loop(
         let mut r = Reader::new(&body);
         match r.u8() {
             Ok(to_daemon::READY) => {
-                let _ = ready.send(Ok(()));
+                let (Ok(_vram), Ok(_sms), Ok(ptx_va_base)) = (r.u64(), r.u32(), r.u64()) else {
+                    break;
+                };
+                let _ = ready.send(Ok(ptx_va_base));
             }
             Ok(to_daemon::DONE) => {
                 let (Ok(tag), Ok(ns), Ok(st), Ok(value)) = (r.u64(), r.u64(), r.u8(), r.f64())
@@ -354,7 +386,7 @@ fn read_loop(
                     }
                     let c = Completion {
                         gpu_time: Duration::from_nanos(ns),
-                        result: status_result(Status::from_u8(st)),
+                        result: status_result(Status::from_u8(st), value),
                     };
                     let _ = completions.send((done, c));
                 }
@@ -400,8 +432,15 @@ fn read_loop(
     }
 }
 
-fn status_result(s: Status) -> Result<(), ExecError> {
+/// An item's outcome; `value` carries the CUDA error number of a module
+/// or launch the GPU refused.
+fn status_result(s: Status, value: f64) -> Result<(), ExecError> {
     match s {
+        Status::Module => Err(ExecError::ModuleInvalid(value as u32)),
+        Status::Refused => Err(ExecError::LaunchRefused(value as u32)),
+        Status::Fault => Err(ExecError::KernelFault(
+            "the GPU faulted running a guest kernel".into(),
+        )),
         Status::Ok => Ok(()),
         Status::Unmapped => Err(ExecError::Memory(MemError::Unmapped { gpa: 0, len: 0 })),
         Status::VramRange => Err(ExecError::VramRange {
@@ -439,6 +478,8 @@ fn restart_delay(restarts: &[Instant], now: Instant) -> Option<Duration> {
 /// One vGPU's worker, replaced by a new one at a reset after it died.
 struct CudaContext {
     device: CudaDevice,
+    /// Where guest kernels see VA 0, as the first worker reported it.
+    ptx_va_base: Option<u64>,
     vram: u64,
     kernel_timeout: Duration,
     conn: Mutex<Arc<Conn>>,
@@ -463,9 +504,13 @@ impl EngineContext for CudaContext {
         lock(&conn.pending).insert(tag, Pending::Item(done, sum, Instant::now()));
         let mut w = Writer::new(to_worker::SUBMIT);
         w.u64(tag).op(&item.op);
+        let map = match &item.op {
+            Op::Kernel(k) => Some(&*k.map),
+            _ => None,
+        };
         let sent = !conn.dead.load(Ordering::Acquire)
             && conn.sync_layout(&item.mem).is_ok()
-            && conn.send(&w.0, &[]).is_ok();
+            && conn.send_item(&w.0, map).is_ok();
         if !sent {
             // Never complete inside submit: fail it from another thread.
             let entry = lock(&conn.pending).remove(&tag);
@@ -499,6 +544,21 @@ impl EngineContext for CudaContext {
         let mut w = Writer::new(to_worker::WRITE_VRAM);
         w.u64(tag).u64(offset).bytes(buf);
         conn.access(w, tag).map(|_| ())
+    }
+
+    fn ptx_va_base(&self) -> Option<u64> {
+        self.ptx_va_base
+    }
+
+    /// 32 MiB: about 0.6 ms of a GPU's copy engine from pinned guest RAM,
+    /// as long as a cpu engine's 4 MiB piece or a `spin` piece.
+    /// (Emulated workers move bytes at the cpu engine's pace: its pieces.)
+    fn piece_bytes(&self) -> u64 {
+        if emulated() {
+            devmodel::command::PIECE_BYTES
+        } else {
+            GPU_PIECE_BYTES
+        }
     }
 
     fn release_vram(&self) {

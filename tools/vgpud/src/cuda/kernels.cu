@@ -68,11 +68,30 @@ extern "C" __global__ void store_sum(const double *acc, double carry, float *dst
 // Occupy the multiprocessor this block runs on for `ns` by the GPU's global
 // timer; one block per multiprocessor keeps every one busy. The last
 // block to finish writes `report` to `dst` (if given).
-extern "C" __global__ void spin(u64 ns, u32 *dst, u32 report) {
-    u64 start, now;
-    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(start));
+extern "C" __global__ void spin(u64 ns, u32 *dst, u32 report, u64 *sync) {
+    // Every block spins until one common deadline: the first block to start
+    // sets the start (sync[0]); the last to finish resets sync for the next
+    // launch on the stream. So the kernel lasts ns from its first block, not
+    // ns from its last block's start.
+    __shared__ u64 start;
+    if (threadIdx.x == 0) {
+        u64 now;
+        asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now));
+        u64 prev = atomicCAS((unsigned long long *)&sync[0], 0ull, (unsigned long long)now);
+        start = prev ? prev : now;
+    }
+    __syncthreads();
+    u64 now;
     do {
         asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now));
     } while (now - start < ns);
-    if (dst && threadIdx.x == 0 && blockIdx.x == 0) *dst = report;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        if (dst && blockIdx.x == 0) *dst = report;
+        __threadfence();
+        if (atomicAdd((unsigned long long *)&sync[1], 1ull) == gridDim.x - 1) {
+            sync[0] = 0;
+            sync[1] = 0;
+        }
+    }
 }

@@ -8,8 +8,10 @@
 //! operation it is handed is checked again against its own mappings before
 //! it reaches the device, so a daemon bug faults the item, not the GPU.
 
-use devmodel::command::{Op, RunningSum};
-use devmodel::gmmu::{Aperture, Extent};
+use std::sync::Arc;
+
+use devmodel::command::{KernelLaunch, Op, RunningSum};
+use devmodel::gmmu::{Aperture, Extent, KernelMap, KernelRun};
 
 /// Largest message either side accepts (a batch of a piece's extents is
 /// far below it).
@@ -28,11 +30,15 @@ pub mod to_worker {
     pub const WRITE_VRAM: u8 = 4;
     /// Zero the framebuffer (the VM went away): tag.
     pub const CLEAR_VRAM: u8 = 5;
+    /// What guest kernels reach from now on ([`super::KernelMap`]): id,
+    /// then the runs. Sent before the first launch that names the id.
+    pub const KERNEL_MAP: u8 = 6;
 }
 
 /// Worker to daemon.
 pub mod to_daemon {
-    /// Started: framebuffer bytes, multiprocessors, then the GPU's name.
+    /// Started: framebuffer bytes, multiprocessors, the GPU address of
+    /// guest kernels' VA 0 (0: no guest PTX).
     pub const READY: u8 = 1;
     /// An operation finished: tag, GPU time (ns), status, value (f64).
     pub const DONE: u8 = 2;
@@ -55,6 +61,12 @@ pub enum Status {
     VramRange = 2,
     /// The GPU failed the operation.
     Engine = 3,
+    /// The JIT rejected a guest module (the CUDA error in the value).
+    Module = 4,
+    /// The GPU refused a guest kernel launch (the CUDA error in the value).
+    Refused = 5,
+    /// The GPU faulted running the item: the worker's context is lost.
+    Fault = 6,
 }
 
 impl Status {
@@ -63,6 +75,9 @@ impl Status {
             0 => Status::Ok,
             1 => Status::Unmapped,
             2 => Status::VramRange,
+            4 => Status::Module,
+            5 => Status::Refused,
+            6 => Status::Fault,
             _ => Status::Engine,
         }
     }
@@ -77,6 +92,8 @@ mod kind {
     pub const REDUCE: u8 = 4;
     pub const SPIN: u8 = 5;
     pub const BATCH: u8 = 6;
+    pub const MODULE_LOAD: u8 = 7;
+    pub const KERNEL: u8 = 8;
 }
 
 /// A message body being built.
@@ -166,7 +183,28 @@ impl Writer {
                 }
                 self
             }
+            Op::ModuleLoad { slot, text, log } => self
+                .u8(kind::MODULE_LOAD)
+                .u32(*slot)
+                .bytes(text)
+                .extents(log),
+            Op::Kernel(k) => {
+                self.u8(kind::KERNEL).u32(k.slot).bytes(k.func.as_bytes());
+                for v in k.grid.iter().chain(&k.block) {
+                    self.u32(*v);
+                }
+                self.bytes(&k.params).u64(k.map.id)
+            }
         }
+    }
+
+    /// A [`to_worker::KERNEL_MAP`] body.
+    pub fn kernel_map(&mut self, map: &KernelMap) -> &mut Self {
+        self.u64(map.id).u32(map.runs.len() as u32);
+        for r in &map.runs {
+            self.u64(r.va).u64(r.vram).u64(r.len).u8(r.read_only as u8);
+        }
+        self
     }
 }
 
@@ -292,8 +330,56 @@ impl<'a> Reader<'a> {
                 }
                 Op::Batch(ops)
             }
+            kind::MODULE_LOAD => Op::ModuleLoad {
+                slot: self.u32()?,
+                text: Arc::from(self.bytes()?),
+                log: self.extents()?,
+            },
+            kind::KERNEL => {
+                let slot = self.u32()?;
+                let func = String::from_utf8(self.bytes()?.to_vec())
+                    .map_err(|_| Malformed("function name"))?;
+                let mut dims = [0u32; 6];
+                for d in &mut dims {
+                    *d = self.u32()?;
+                }
+                let params = self.bytes()?.to_vec();
+                // The runs came in a KERNEL_MAP message before.
+                let map = Arc::new(KernelMap {
+                    id: self.u64()?,
+                    runs: Vec::new(),
+                });
+                Op::Kernel(Box::new(KernelLaunch {
+                    slot,
+                    func,
+                    grid: [dims[0], dims[1], dims[2]],
+                    block: [dims[3], dims[4], dims[5]],
+                    params,
+                    map,
+                }))
+            }
             _ => return Err(Malformed("operation kind")),
         })
+    }
+
+    /// A map written by [`Writer::kernel_map`].
+    pub fn kernel_map(&mut self) -> Result<KernelMap, Malformed> {
+        let id = self.u64()?;
+        let n = self.u32()? as usize;
+        if n > self.b.len() / 25 {
+            return Err(Malformed("run count"));
+        }
+        let runs = (0..n)
+            .map(|_| {
+                Ok(KernelRun {
+                    va: self.u64()?,
+                    vram: self.u64()?,
+                    len: self.u64()?,
+                    read_only: self.u8()? != 0,
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(KernelMap { id, runs })
     }
 }
 
@@ -402,6 +488,22 @@ mod tests {
                 n: 4,
                 a: 2.0,
             }]),
+            Op::ModuleLoad {
+                slot: 3,
+                text: Arc::from(&b".version 8.0\n"[..]),
+                log: vec![e(4096, 256)],
+            },
+            Op::Kernel(Box::new(KernelLaunch {
+                slot: 1,
+                func: "vec_add".into(),
+                grid: [4096, 2, 1],
+                block: [256, 1, 1],
+                params: vec![1, 2, 3, 4, 5, 6, 7, 8, 9],
+                map: Arc::new(KernelMap {
+                    id: 77,
+                    runs: Vec::new(),
+                }),
+            })),
         ];
         for op in ops {
             let mut w = Writer::default();
@@ -418,7 +520,23 @@ mod tests {
         for cut in 0..w.0.len() {
             assert!(Reader::new(&w.0[..cut]).op().is_err());
         }
-        assert!(Reader::new(&[9]).op().is_err());
+        assert!(Reader::new(&[99]).op().is_err());
+        // Kernel maps too.
+        let map = KernelMap {
+            id: 5,
+            runs: vec![KernelRun {
+                va: 1 << 21,
+                vram: 0,
+                len: 4 << 21,
+                read_only: true,
+            }],
+        };
+        let mut w = Writer::default();
+        w.kernel_map(&map);
+        assert_eq!(Reader::new(&w.0).kernel_map().unwrap(), map);
+        for cut in 0..w.0.len() {
+            assert!(Reader::new(&w.0[..cut]).kernel_map().is_err());
+        }
         assert!(Reader::new(&[0, 0xFF, 0xFF, 0xFF, 0x7F]).op().is_err());
     }
 }

@@ -5,9 +5,21 @@
 //! CUDA error (an illegal address, a trap) ends this process only: the
 //! daemon faults this vGPU's channels and starts a new worker on reset.
 //!
-//! It reads operations from the daemon ([`super::wire`]), queues each on
-//! one stream between two events, and a second thread reports each item's
-//! GPU time as its end event completes, in order.
+//! It reads operations from the daemon ([`super::wire`]) and queues them on
+//! one stream, each followed by an event; a second thread reports each item
+//! as its event completes, in order, with the GPU time since the event
+//! before it. Items queued back to back share events that way (the end of
+//! one is the start of the next): one event record per item, not two, which
+//! on the GPU costs about as much as a 10 µs kernel's launch gap.
+//!
+//! Guest kernels (PTX the guest loads) run in a 512 GiB range of this
+//! process's GPU address space reserved at [`PTX_VA_BASE`]: the vGPU's VA
+//! `v` is at `PTX_VA_BASE + v`. The framebuffer is physical memory in 2 MiB
+//! chunks (one `cuMemCreate` each: CUDA maps a physical allocation only
+//! whole), mapped once in order for the engine's own work and again, chunk
+//! by chunk, where the launching channel's page tables put it
+//! ([`devmodel::gmmu::KernelMap`]). Nothing else is mapped in that range:
+//! a guest pointer outside its mapped VRAM faults this process's context.
 
 use std::collections::HashMap;
 use std::ffi::c_void;
@@ -15,12 +27,13 @@ use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
 use cudarc::driver::sys;
-use devmodel::command::Op;
-use devmodel::gmmu::{Aperture, Extent};
+use devmodel::command::{KernelLaunch, Op};
+use devmodel::gmmu::{Aperture, Extent, KernelMap, KernelRun, PAGE_2M, VA_BITS};
 
 use super::wire::{self, to_daemon, to_worker, Reader, Status, Writer};
 
@@ -39,6 +52,18 @@ fn ck(what: &'static str, r: sys::CUresult) -> Result<(), CuError> {
         Err(CuError { what, code: r })
     }
 }
+
+/// Where guest kernels see the vGPU's VA 0 (`PTX_VA_BASE`, ABI §7.1): a
+/// fixed address, so that a new worker (after a fault) gives the guest the
+/// same pointers. 32 TiB lies between where Linux puts programs' own
+/// mappings and CUDA's; a worker that cannot reserve the range there runs
+/// no guest PTX and says so.
+pub const PTX_VA_BASE: u64 = 0x2000_0000_0000;
+
+/// CUDA error numbers reported for launches refused before they reach the
+/// driver.
+const CUDA_ERROR_NOT_FOUND: u32 = 500;
+const CUDA_ERROR_NOT_SUPPORTED: u32 = 801;
 
 /// The kernels of `kernels.cu`.
 struct Kernels {
@@ -68,13 +93,18 @@ struct Window {
 /// An item queued on the GPU, for the completion thread.
 struct InFlight {
     tag: u64,
+    /// The event before the item: the previous item's end while that was
+    /// still queued, else one of its own.
     start: sys::CUevent,
+    owns_start: bool,
     end: sys::CUevent,
     /// A reduce's f64 accumulator (mapped host memory) and the sum carried
     /// in; the item's value is their sum.
     sum: Option<(*mut f64, f64)>,
     scratch: Vec<sys::CUdeviceptr>,
     status: Status,
+    /// The CUDA error number of a refused module or launch.
+    error: u32,
 }
 
 // SAFETY: the raw CUDA handles and host pointers in an InFlight are used by
@@ -115,8 +145,23 @@ struct Worker {
     io: sys::CUstream,
     vram: sys::CUdeviceptr,
     vram_len: u64,
+    /// The framebuffer's physical memory, one allocation per 2 MiB chunk.
+    vram_chunks: Vec<sys::CUmemGenericAllocationHandle>,
+    device: sys::CUdevice,
+    /// Guest kernels' view of the vGPU's VA 0 (0: no guest PTX here).
+    ptx_base: u64,
+    /// The kernel map in force (id, runs) and the one sent for the next
+    /// launch.
+    kernel_map: (u64, Vec<KernelRun>),
+    next_map: Option<KernelMap>,
+    /// Guest modules by slot, and their functions by (slot, name).
+    modules: HashMap<u32, sys::CUmodule>,
+    functions: HashMap<(u32, String), sys::CUfunction>,
     sms: u32,
     k: Kernels,
+    /// `spin`'s common start and finished-block count (16 bytes, zero
+    /// between launches).
+    spin_sync: sys::CUdeviceptr,
     files: HashMap<(u64, u64), MappedFile>,
     windows: Vec<Window>,
     /// Mapped host memory for reduce accumulators, one slot per item in
@@ -125,6 +170,10 @@ struct Worker {
     sum_dev: sys::CUdeviceptr,
     next_sum: usize,
     done: mpsc::Sender<InFlight>,
+    /// The last item's end event, and how many items are queued and not
+    /// yet reported (the completion thread counts them down).
+    last_end: sys::CUevent,
+    queued: Arc<AtomicUsize>,
     events: Arc<EventPool>,
 }
 
@@ -161,11 +210,11 @@ pub fn run(fd: i32, device: i32, vram: u64) -> i32 {
         Err(e) => return fatal(&out, e),
     };
     let (ctx, out2) = (w.ctx as usize, out.clone());
-    let events = w.events.clone();
+    let (events, queued) = (w.events.clone(), w.queued.clone());
     let reporter =
-        std::thread::spawn(move || completions(ctx as sys::CUcontext, rx, &out2, &events));
+        std::thread::spawn(move || completions(ctx as sys::CUcontext, rx, &out2, &events, &queued));
     let mut r = Writer::new(to_daemon::READY);
-    r.u64(w.vram_len).u32(w.sms);
+    r.u64(w.vram_len).u32(w.sms).u64(w.ptx_base);
     if send(&out, &r.0).is_err() {
         return 1;
     }
@@ -179,13 +228,16 @@ pub fn run(fd: i32, device: i32, vram: u64) -> i32 {
     code
 }
 
-/// Report each item as its end event completes, in submission order. A
-/// failed wait is a sticky error: the process cannot go on.
+/// Report each item as its end event completes, in submission order, with
+/// the GPU time from its start event. An event goes back to the pool once
+/// the item after the one it ended has been reported (it may be that
+/// item's start). A failed wait is a sticky error: the process cannot go on.
 fn completions(
     ctx: sys::CUcontext,
     rx: mpsc::Receiver<InFlight>,
     out: &Mutex<UnixStream>,
     events: &EventPool,
+    queued: &AtomicUsize,
 ) {
     // SAFETY: makes the worker's context current on this thread; `ctx` is
     // the live context the worker created.
@@ -194,14 +246,24 @@ fn completions(
     }
     let (mut waiting, mut busy, mut items) =
         (std::time::Duration::ZERO, std::time::Duration::ZERO, 0u64);
+    let mut prev_end: Option<sys::CUevent> = None;
     while let Ok(item) = rx.recv() {
         let t = std::time::Instant::now();
         // SAFETY: `end` was taken from the pool and recorded on the work
-        // stream by the submitting thread; it goes back to the pool below.
+        // stream by the submitting thread.
         let r = unsafe { sys::cuEventSynchronize(item.end) };
         let synced = std::time::Instant::now();
         waiting += synced - t;
         if r != sys::CUresult::CUDA_SUCCESS {
+            // A sticky error: this item's channel faults with KERNEL_FAULT,
+            // every other item of the vGPU with ENGINE_ERROR as the process
+            // ends.
+            let mut w = Writer::new(to_daemon::DONE);
+            w.u64(item.tag)
+                .u64(0)
+                .u8(Status::Fault as u8)
+                .f64(r as u32 as f64);
+            let _ = send(out, &w.0);
             let mut w = Writer::new(to_daemon::FATAL);
             w.0.extend_from_slice(format!("GPU fault: {r:?}").as_bytes());
             let _ = send(out, &w.0);
@@ -213,20 +275,26 @@ fn completions(
         unsafe {
             sys::cuEventElapsedTime_v2(&mut ms, item.start, item.end);
         }
-        // Both events are done with: the next items reuse them.
-        events.give(item.start);
-        events.give(item.end);
+        // The previous item's end is done with now (whether or not it was
+        // this item's start); so is a start of this item's own.
+        if let Some(e) = prev_end.replace(item.end) {
+            events.give(e);
+        }
+        if item.owns_start {
+            events.give(item.start);
+        }
         let value = match item.sum {
             // SAFETY: the slot is mapped host memory the kernel wrote before
             // the end event; nothing else writes it until it is reused.
             Some((slot, carry)) => carry + unsafe { std::ptr::read_volatile(slot) },
-            None => 0.0,
+            None => item.error as f64,
         };
         for p in item.scratch {
             // SAFETY: the scratch buffer was allocated for this item, whose
             // work is complete.
             unsafe { sys::cuMemFree_v2(p) };
         }
+        queued.fetch_sub(1, Ordering::AcqRel);
         let mut w = Writer::new(to_daemon::DONE);
         w.u64(item.tag)
             .u64((ms as f64 * 1e6) as u64)
@@ -283,20 +351,16 @@ impl Worker {
                 ),
             )
             .map_err(e)?;
-            let mut vram_ptr = 0;
-            if vram > 0 {
-                ck(
-                    "cuMemAlloc (framebuffer)",
-                    sys::cuMemAlloc_v2(&mut vram_ptr, vram as usize),
-                )
-                .map_err(e)?;
-                ck("cuMemsetD8", sys::cuMemsetD8_v2(vram_ptr, 0, vram as usize)).map_err(e)?;
-            }
+            let (vram_ptr, vram_chunks) = framebuffer(dev, vram).map_err(e)?;
+            let ptx_base = reserve_kernel_space(dev);
             let mut stream = std::ptr::null_mut();
             ck("cuStreamCreate", sys::cuStreamCreate(&mut stream, 1)).map_err(e)?;
             let mut io = std::ptr::null_mut();
             ck("cuStreamCreate", sys::cuStreamCreate(&mut io, 1)).map_err(e)?;
             let k = compile()?;
+            let mut spin_sync = 0;
+            ck("cuMemAlloc", sys::cuMemAlloc_v2(&mut spin_sync, 16)).map_err(e)?;
+            ck("cuMemsetD8", sys::cuMemsetD8_v2(spin_sync, 0, 16)).map_err(e)?;
             let mut sums = std::ptr::null_mut();
             ck(
                 "cuMemHostAlloc",
@@ -317,14 +381,24 @@ impl Worker {
                 io,
                 vram: vram_ptr,
                 vram_len: vram,
+                vram_chunks,
+                device: dev,
+                ptx_base,
+                kernel_map: (0, Vec::new()),
+                next_map: None,
+                modules: HashMap::new(),
+                functions: HashMap::new(),
                 sms: sms.max(1) as u32,
                 k,
+                spin_sync,
                 files: HashMap::new(),
                 windows: Vec::new(),
                 sums: sums.cast(),
                 sum_dev,
                 next_sum: 0,
                 done,
+                last_end: std::ptr::null_mut(),
+                queued: Arc::new(AtomicUsize::new(0)),
                 events: Arc::new(EventPool(Mutex::new(Vec::new()))),
             })
         }
@@ -377,6 +451,9 @@ impl Worker {
                     let mut data = r.bytes().map_err(|e| e.to_string())?.to_vec();
                     let status = self.vram_io(off, &mut data, true);
                     self.reply(tag, status, &[])?;
+                }
+                to_worker::KERNEL_MAP => {
+                    self.next_map = Some(r.kernel_map().map_err(|e| e.to_string())?);
                 }
                 to_worker::CLEAR_VRAM => {
                     let tag = r.u64().map_err(|e| e.to_string())?;
@@ -565,34 +642,274 @@ impl Worker {
         Ok(buf)
     }
 
-    /// Queue `op` (tag `tag`) between two events and hand it to the
-    /// completion thread.
+    /// Queue `op` (tag `tag`) on the stream, then its end event, and hand
+    /// it to the completion thread. Its start is the last item's end while
+    /// that item is still queued (the GPU runs them back to back), else an
+    /// event recorded now.
     fn submit(&mut self, tag: u64, op: &Op) -> Result<(), CuError> {
-        let (start, end) = (self.events.take()?, self.events.take()?);
-        // SAFETY: records an event of this context on the worker's stream.
-        unsafe { ck("cuEventRecord", sys::cuEventRecord(start, self.stream))? };
+        let chained = !self.last_end.is_null() && self.queued.load(Ordering::Acquire) > 0;
+        let start = if chained {
+            self.last_end
+        } else {
+            let e = self.events.take()?;
+            // SAFETY: records an event of this context on the worker's stream.
+            unsafe { ck("cuEventRecord", sys::cuEventRecord(e, self.stream))? };
+            e
+        };
+        let end = self.events.take()?;
         let mut item = InFlight {
             tag,
             start,
+            owns_start: !chained,
             end,
             sum: None,
             scratch: Vec::new(),
             status: Status::Ok,
+            error: 0,
         };
         let ops: Vec<&Op> = match op {
             Op::Batch(v) => v.iter().collect(),
             o => vec![o],
         };
         for o in ops {
-            if let Err(s) = self.queue(o, &mut item) {
+            let r = match o {
+                Op::ModuleLoad { slot, text, log } => self.module_load(*slot, text, log, &mut item),
+                Op::Kernel(k) => self.kernel(k, &mut item),
+                o => self.queue(o, &mut item),
+            };
+            if let Err(s) = r {
                 item.status = s;
                 break;
             }
         }
         // SAFETY: as above.
         unsafe { ck("cuEventRecord", sys::cuEventRecord(end, self.stream))? };
+        self.last_end = end;
+        self.queued.fetch_add(1, Ordering::AcqRel);
         let _ = self.done.send(item);
         Ok(())
+    }
+
+    /// Load guest PTX into `slot` (JIT-compiled now, on this thread) and
+    /// queue its log for the guest's buffer `log`. A module the slot held
+    /// is unloaded once the work queued before has run.
+    fn module_load(
+        &mut self,
+        slot: u32,
+        text: &[u8],
+        log: &[Extent],
+        item: &mut InFlight,
+    ) -> Result<(), Status> {
+        const LOG: usize = 64 << 10;
+        if self.ptx_base == 0 {
+            item.error = CUDA_ERROR_NOT_SUPPORTED;
+            return Err(Status::Refused);
+        }
+        if let Some(old) = self.modules.remove(&slot) {
+            self.functions.retain(|(s, _), _| *s != slot);
+            // SAFETY: the stream's work (which may run the old module's
+            // kernels) completes before the module goes.
+            unsafe {
+                sys::cuStreamSynchronize(self.stream);
+                sys::cuModuleUnload(old);
+            }
+        }
+        let mut image = text.to_vec();
+        image.push(0);
+        let (mut info, mut error) = (vec![0u8; LOG], vec![0u8; LOG]);
+        let mut opts = [
+            sys::CUjit_option::CU_JIT_INFO_LOG_BUFFER,
+            sys::CUjit_option::CU_JIT_INFO_LOG_BUFFER_SIZE_BYTES,
+            sys::CUjit_option::CU_JIT_ERROR_LOG_BUFFER,
+            sys::CUjit_option::CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES,
+        ];
+        let mut vals: [*mut c_void; 4] = [
+            info.as_mut_ptr().cast(),
+            LOG as *mut c_void,
+            error.as_mut_ptr().cast(),
+            LOG as *mut c_void,
+        ];
+        let mut module = std::ptr::null_mut();
+        // SAFETY: `image` is NUL-terminated text; each log option points at
+        // a live buffer of the size given beside it.
+        let r = unsafe {
+            sys::cuModuleLoadDataEx(
+                &mut module,
+                image.as_ptr().cast(),
+                opts.len() as u32,
+                opts.as_mut_ptr(),
+                vals.as_mut_ptr(),
+            )
+        };
+        let ok = r == sys::CUresult::CUDA_SUCCESS;
+        if ok {
+            self.modules.insert(slot, module);
+        }
+        // The log up to its NUL, NUL-terminated, truncated to the buffer.
+        let text = if ok { &info } else { &error };
+        let len = text.iter().position(|&b| b == 0).unwrap_or(LOG - 1);
+        let total: u64 = log.iter().map(|e| e.len).sum();
+        if total > 0 {
+            let mut bytes = text[..len.min(total as usize - 1)].to_vec();
+            bytes.push(0);
+            let mut at = 0usize;
+            for e in log {
+                if at >= bytes.len() {
+                    break;
+                }
+                let n = (e.len as usize).min(bytes.len() - at);
+                let dst = self.resolve(e)?;
+                // SAFETY: `n` bytes inside the resolved extent; the source
+                // is pageable, so the call returns once it has been staged.
+                unsafe {
+                    sys::cuMemcpyHtoDAsync_v2(dst, bytes[at..].as_ptr().cast(), n, self.stream)
+                };
+                at += n;
+            }
+        }
+        if ok {
+            Ok(())
+        } else {
+            item.error = r as u32;
+            Err(Status::Module)
+        }
+    }
+
+    /// Make `map` the address space guest kernels run in: the runs of the
+    /// framebuffer the daemon sent for it, mapped at `PTX_VA_BASE + va`.
+    fn apply_map(&mut self, map: &KernelMap) -> Result<(), Status> {
+        if self.kernel_map.0 == map.id {
+            return Ok(());
+        }
+        let Some(next) = self.next_map.take().filter(|m| m.id == map.id) else {
+            eprintln!("vgpud-cuda-worker: kernel map {} was not sent", map.id);
+            return Err(Status::Engine);
+        };
+        if next.runs == self.kernel_map.1 {
+            self.kernel_map.0 = next.id;
+            return Ok(());
+        }
+        let size = self.vram_chunks.len() as u64 * PAGE_2M;
+        let fits = |r: &KernelRun| {
+            r.va.checked_add(r.len).is_some_and(|e| e <= 1 << VA_BITS)
+                && r.vram.checked_add(r.len).is_some_and(|e| e <= size)
+                && (r.va | r.vram | r.len) % PAGE_2M == 0
+        };
+        // SAFETY: the work queued before (which may use the old mappings)
+        // completes first; every range lies inside the reserved 2^39 bytes
+        // and the framebuffer's allocation (checked by `fits`).
+        unsafe {
+            sys::cuStreamSynchronize(self.stream);
+            for r in &self.kernel_map.1 {
+                for k in 0..r.len / PAGE_2M {
+                    sys::cuMemUnmap(self.ptx_base + r.va + k * PAGE_2M, PAGE_2M as usize);
+                }
+            }
+            self.kernel_map = (0, Vec::new());
+            for r in next.runs.iter().filter(|r| fits(r)) {
+                let at = self.ptx_base + r.va;
+                let mut access: sys::CUmemAccessDesc = std::mem::zeroed();
+                access.location.type_ = sys::CUmemLocationType::CU_MEM_LOCATION_TYPE_DEVICE;
+                access.location.id = self.device;
+                access.flags = if r.read_only {
+                    sys::CUmemAccess_flags::CU_MEM_ACCESS_FLAGS_PROT_READ
+                } else {
+                    sys::CUmemAccess_flags::CU_MEM_ACCESS_FLAGS_PROT_READWRITE
+                };
+                let first = (r.vram / PAGE_2M) as usize;
+                for (k, h) in self.vram_chunks[first..][..(r.len / PAGE_2M) as usize]
+                    .iter()
+                    .enumerate()
+                {
+                    let e = sys::cuMemMap(at + k as u64 * PAGE_2M, PAGE_2M as usize, 0, *h, 0);
+                    if e != sys::CUresult::CUDA_SUCCESS {
+                        eprintln!("vgpud-cuda-worker: cuMemMap of a guest kernel chunk: {e:?}");
+                        self.kernel_map.1.push(KernelRun {
+                            len: k as u64 * PAGE_2M,
+                            ..*r
+                        });
+                        return Err(Status::Engine);
+                    }
+                }
+                self.kernel_map.1.push(*r);
+                let e = sys::cuMemSetAccess(at, r.len as usize, &access, 1);
+                if e != sys::CUresult::CUDA_SUCCESS {
+                    eprintln!("vgpud-cuda-worker: cuMemSetAccess of a guest kernel run: {e:?}");
+                    return Err(Status::Engine);
+                }
+            }
+        }
+        self.kernel_map.0 = next.id;
+        Ok(())
+    }
+
+    /// Queue a guest kernel: its module's function, in its channel's
+    /// address space, with the guest's grid, block and parameter buffer.
+    fn kernel(&mut self, k: &KernelLaunch, item: &mut InFlight) -> Result<(), Status> {
+        let refuse = |item: &mut InFlight, code: u32| {
+            item.error = code;
+            Err(Status::Refused)
+        };
+        if self.ptx_base == 0 {
+            return refuse(item, CUDA_ERROR_NOT_SUPPORTED);
+        }
+        let Some(&module) = self.modules.get(&k.slot) else {
+            return refuse(item, CUDA_ERROR_NOT_FOUND);
+        };
+        let key = (k.slot, k.func.clone());
+        let f = match self.functions.get(&key) {
+            Some(f) => *f,
+            None => {
+                let Ok(name) = std::ffi::CString::new(k.func.as_bytes()) else {
+                    return refuse(item, CUDA_ERROR_NOT_FOUND);
+                };
+                let mut f = std::ptr::null_mut();
+                // SAFETY: `module` is loaded; `name` is NUL-terminated.
+                let r = unsafe { sys::cuModuleGetFunction(&mut f, module, name.as_ptr()) };
+                if r != sys::CUresult::CUDA_SUCCESS {
+                    return refuse(item, r as u32);
+                }
+                self.functions.insert(key, f);
+                f
+            }
+        };
+        self.apply_map(&k.map)?;
+        let mut params = k.params.clone();
+        let mut size = params.len();
+        let mut extra: [*mut c_void; 5] = [
+            sys::CU_LAUNCH_PARAM_BUFFER_POINTER_AS_INT as usize as *mut c_void,
+            params.as_mut_ptr().cast(),
+            sys::CU_LAUNCH_PARAM_BUFFER_SIZE_AS_INT as usize as *mut c_void,
+            (&mut size as *mut usize).cast(),
+            sys::CU_LAUNCH_PARAM_END_AS_INT as usize as *mut c_void,
+        ];
+        let extra_ptr = if params.is_empty() {
+            std::ptr::null_mut()
+        } else {
+            extra.as_mut_ptr()
+        };
+        // SAFETY: the parameter buffer and its size live across the call
+        // (CUDA copies them); the function belongs to this context.
+        let r = unsafe {
+            sys::cuLaunchKernel(
+                f,
+                k.grid[0],
+                k.grid[1],
+                k.grid[2],
+                k.block[0],
+                k.block[1],
+                k.block[2],
+                0,
+                self.stream,
+                std::ptr::null_mut(),
+                extra_ptr,
+            )
+        };
+        if r == sys::CUresult::CUDA_SUCCESS {
+            Ok(())
+        } else {
+            refuse(item, r as u32)
+        }
     }
 
     fn launch(
@@ -790,7 +1107,7 @@ impl Worker {
                     Some(d) => self.operand(d, 4, &mut item.scratch, &mut back, true)?,
                     None => 0,
                 };
-                let (mut ns, mut rep) = (*ns, *report);
+                let (mut ns, mut rep, mut sync) = (*ns, *report, self.spin_sync);
                 self.launch(
                     self.k.spin,
                     self.sms,
@@ -799,10 +1116,11 @@ impl Worker {
                         (&mut ns as *mut u64).cast(),
                         (&mut dp as *mut u64).cast(),
                         (&mut rep as *mut u32).cast(),
+                        (&mut sync as *mut u64).cast(),
                     ],
                 )?;
             }
-            Op::Batch(_) => return Err(Status::Engine),
+            Op::Batch(_) | Op::ModuleLoad { .. } | Op::Kernel(_) => return Err(Status::Engine),
         }
         // Scatter written scratch operands back to their extents.
         for (buf, parts) in back {
@@ -815,6 +1133,120 @@ impl Worker {
         }
         Ok(())
     }
+}
+
+/// The framebuffer: `bytes` (rounded up to 2 MiB) of physical memory in
+/// 2 MiB chunks, mapped in order at one address and zeroed. Returns that
+/// address and the chunks (0 and none for an empty framebuffer). A GPU
+/// without room fails with `CUDA_ERROR_OUT_OF_MEMORY`.
+fn framebuffer(
+    dev: sys::CUdevice,
+    bytes: u64,
+) -> Result<(sys::CUdeviceptr, Vec<sys::CUmemGenericAllocationHandle>), CuError> {
+    if bytes == 0 {
+        return Ok((0, Vec::new()));
+    }
+    let t = std::time::Instant::now();
+    // SAFETY: plain driver calls with valid out-pointers; each chunk is
+    // mapped inside the reservation just taken.
+    unsafe {
+        let prop = allocation_prop(dev);
+        let mut gran = 0usize;
+        ck(
+            "cuMemGetAllocationGranularity",
+            sys::cuMemGetAllocationGranularity(
+                &mut gran,
+                &prop,
+                sys::CUmemAllocationGranularity_flags::CU_MEM_ALLOC_GRANULARITY_MINIMUM,
+            ),
+        )?;
+        if gran == 0 || PAGE_2M as usize % gran != 0 {
+            return Err(CuError {
+                what: "the GPU's mapping granularity is not a divisor of 2 MiB",
+                code: sys::CUresult::CUDA_ERROR_NOT_SUPPORTED,
+            });
+        }
+        let n = bytes.div_ceil(PAGE_2M) as usize;
+        let size = n * PAGE_2M as usize;
+        let mut ptr = 0;
+        ck(
+            "cuMemAddressReserve",
+            sys::cuMemAddressReserve(&mut ptr, size, PAGE_2M as usize, 0, 0),
+        )?;
+        let mut chunks = Vec::with_capacity(n);
+        for i in 0..n {
+            let mut h = 0;
+            ck(
+                "cuMemCreate (framebuffer)",
+                sys::cuMemCreate(&mut h, PAGE_2M as usize, &prop, 0),
+            )?;
+            chunks.push(h);
+            ck(
+                "cuMemMap",
+                sys::cuMemMap(ptr + (i as u64) * PAGE_2M, PAGE_2M as usize, 0, h, 0),
+            )?;
+        }
+        let mut access: sys::CUmemAccessDesc = std::mem::zeroed();
+        access.location = prop.location;
+        access.flags = sys::CUmemAccess_flags::CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
+        ck("cuMemSetAccess", sys::cuMemSetAccess(ptr, size, &access, 1))?;
+        ck("cuMemsetD8", sys::cuMemsetD8_v2(ptr, 0, size))?;
+        eprintln!(
+            "vgpud-cuda-worker: framebuffer of {n} chunks of 2 MiB in {:.0} ms",
+            t.elapsed().as_secs_f64() * 1e3
+        );
+        Ok((ptr, chunks))
+    }
+}
+
+/// Device memory on `dev`, as the framebuffer is allocated.
+fn allocation_prop(dev: sys::CUdevice) -> sys::CUmemAllocationProp {
+    // SAFETY: a plain C struct for which all-zero is valid (no handle
+    // types, no flags); the fields that matter are set below.
+    let mut prop: sys::CUmemAllocationProp = unsafe { std::mem::zeroed() };
+    prop.type_ = sys::CUmemAllocationType::CU_MEM_ALLOCATION_TYPE_PINNED;
+    prop.location.type_ = sys::CUmemLocationType::CU_MEM_LOCATION_TYPE_DEVICE;
+    prop.location.id = dev;
+    prop
+}
+
+/// Reserve guest kernels' 2^39 bytes at [`PTX_VA_BASE`]; returns the base,
+/// or 0 where the range (or 2 MiB mapping granularity) is not to be had.
+fn reserve_kernel_space(dev: sys::CUdevice) -> u64 {
+    let prop = allocation_prop(dev);
+    let mut gran = 0usize;
+    let mut at = 0;
+    // SAFETY: plain driver calls with valid out-pointers; a reservation
+    // that landed elsewhere is given back.
+    unsafe {
+        if sys::cuMemGetAllocationGranularity(
+            &mut gran,
+            &prop,
+            sys::CUmemAllocationGranularity_flags::CU_MEM_ALLOC_GRANULARITY_MINIMUM,
+        ) != sys::CUresult::CUDA_SUCCESS
+            || gran == 0
+            || PAGE_2M as usize % gran != 0
+        {
+            eprintln!("vgpud-cuda-worker: mapping granularity {gran} bytes: no guest PTX");
+            return 0;
+        }
+        let size = 1usize << VA_BITS;
+        let r = sys::cuMemAddressReserve(&mut at, size, PAGE_2M as usize, PTX_VA_BASE, 0);
+        if r != sys::CUresult::CUDA_SUCCESS {
+            eprintln!(
+                "vgpud-cuda-worker: guest kernel address space not reserved ({r:?}): no guest PTX"
+            );
+            return 0;
+        }
+        if at != PTX_VA_BASE {
+            sys::cuMemAddressFree(at, size);
+            eprintln!(
+                "vgpud-cuda-worker: guest kernel address space landed at {at:#x}, not {PTX_VA_BASE:#x}: no guest PTX"
+            );
+            return 0;
+        }
+    }
+    at
 }
 
 /// Map a guest RAM file and register it with the GPU.
