@@ -107,6 +107,11 @@ impl From<&devmodel::DeviceError> for Errno {
             DeviceError::Memory(MemError::LargerThanHost { .. } | MemError::Region { .. }) => {
                 Errno::ENOMEM
             }
+            // No room for the framebuffer (a GPU's memory, the host's).
+            DeviceError::Backend(
+                devmodel::backend::BackendError::VramTooLarge { .. }
+                | devmodel::backend::BackendError::VramAlloc { .. },
+            ) => Errno::ENOMEM,
             DeviceError::Backend(_) | DeviceError::Thread(_) | DeviceError::DoorbellPage(_) => {
                 Errno::EIO
             }

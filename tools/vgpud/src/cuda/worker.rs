@@ -468,6 +468,13 @@ impl Worker {
                     if st != sys::CUresult::CUDA_SUCCESS {
                         return Err(format!("clearing the framebuffer: {st:?}"));
                     }
+                    // The VM went away: its modules go with it (the stream
+                    // is idle: nothing of theirs runs).
+                    self.functions.clear();
+                    for (_, m) in self.modules.drain() {
+                        // SAFETY: a module this worker loaded; no queued work.
+                        unsafe { sys::cuModuleUnload(m) };
+                    }
                     self.reply(tag, Status::Ok, &[])?;
                 }
                 _ => return Err(format!("unknown message {what}")),
