@@ -113,6 +113,16 @@ pub trait Backend: Send + Sync {
     fn queue_depth(&self) -> usize {
         4
     }
+    /// Whether the engine runs on other hardware than the device model's
+    /// front end, so that an item's fetch, decode and audit overlap the
+    /// engine's work on the items before it (a GPU). A scheduler then
+    /// charges an item the larger of its engine and front-end times, not
+    /// their sum: the sum would bill a busy tenant for more engine time than
+    /// there is, and a policy that idles the engine for credit (equal and
+    /// fixed shares) would idle it for that.
+    fn front_end_overlaps(&self) -> bool {
+        false
+    }
 }
 
 /// One vGPU's share of the engine: its VRAM and its work.

@@ -9,7 +9,9 @@
 # usage: tests/gpu/run.sh BIN_DIR [SECONDS]
 #   BIN_DIR holds vgpud, vgpuctl, vgpud-cuda-worker and vgpu-guest (release builds).
 #   PARTS="selftest ptx ..." picks sections (default: all); ISO_SECS sets how long the isolation
-#   part's neighbour runs (default 45 s: it must outlast all of the faulting vGPU's phases).
+#   part's neighbour runs (default 45 s: it must outlast all of the faulting vGPU's phases);
+#   TOGETHER_POLICY the policy of the two-busy-vGPUs part (default equal_share; it is pasted into
+#   the config: 'equal_share"<newline>timeslice = "8ms' sets a timeslice too).
 set -uo pipefail
 BIN=$(cd "$1" && pwd); SECS=${2:-2}
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -92,7 +94,7 @@ echo; echo "## Two busy vGPUs together (equal_share, two $EIGHTH, 1 channel each
 echo "| kernel µs | alone | A | B | together | together / alone |"; echo "|---|---|---|---|---|---|"
 for u in 50 500 5000; do
     start best_effort; S1=$(create "$EIGHTH"); al=$(load "$S1" "$u" 1 | field utilization); stop
-    start equal_share; A=$(create "$EIGHTH"); B=$(create "$EIGHTH")
+    start "${TOGETHER_POLICY:-equal_share}"; A=$(create "$EIGHTH"); B=$(create "$EIGHTH")
     load "$A" "$u" 1 >"$RUN/a" & pa=$!; load "$B" "$u" 1 >"$RUN/b" & pb=$!
     wait $pa; wait $pb; stop
     sa=$(field utilization <"$RUN/a"); sb=$(field utilization <"$RUN/b")

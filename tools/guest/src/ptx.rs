@@ -78,16 +78,8 @@ pub fn check(dev: &mut Device, text: &str, on_check: &mut dyn FnMut(&Check)) -> 
         ..PtxReport::default()
     };
     let mut push = |r: &mut PtxReport, name: &str, start: Instant, s: Step| -> bool {
-        let (passed, detail) = match s {
-            Ok(d) => (true, d),
-            Err(d) => (false, d),
-        };
-        let c = Check {
-            name: name.into(),
-            passed,
-            detail,
-            elapsed_us: start.elapsed().as_micros() as u64,
-        };
+        let c = Check::finished(name, start, s);
+        let passed = c.passed;
         on_check(&c);
         r.checks.push(c);
         passed

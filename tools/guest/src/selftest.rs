@@ -33,6 +33,27 @@ pub struct Check {
     pub elapsed_us: u64,
 }
 
+impl Check {
+    /// The check `name`, begun at `start`, that passed (`Ok`) or failed
+    /// (`Err`) with what it says.
+    pub fn finished(
+        name: &str,
+        start: Instant,
+        outcome: std::result::Result<String, String>,
+    ) -> Check {
+        let (passed, detail) = match outcome {
+            Ok(d) => (true, d),
+            Err(d) => (false, d),
+        };
+        Check {
+            name: name.into(),
+            passed,
+            detail,
+            elapsed_us: start.elapsed().as_micros() as u64,
+        }
+    }
+}
+
 impl fmt::Display for Check {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
@@ -94,16 +115,7 @@ pub fn run(dev: &mut Device) -> Report {
 pub fn run_with<'d>(dev: &'d mut Device, on_check: &mut dyn FnMut(&Check)) -> Report {
     let mut report = Report::default();
     let mut push = |report: &mut Report, name: &str, start: Instant, r: Outcome| {
-        let (passed, detail) = match r {
-            Ok(d) => (true, d),
-            Err(Fail(d)) => (false, d),
-        };
-        let c = Check {
-            name: name.to_string(),
-            passed,
-            detail,
-            elapsed_us: start.elapsed().as_micros() as u64,
-        };
+        let c = Check::finished(name, start, r.map_err(|Fail(d)| d));
         on_check(&c);
         report.checks.push(c);
     };

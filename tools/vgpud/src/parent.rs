@@ -50,7 +50,9 @@ pub const ENGINE_QUEUE_DEPTH: usize = 4;
 /// its completion back costs, measured on no item. On top of its engine
 /// time an item is charged the front end's measured work on it (fetch,
 /// decode, audit): a tenant flooding tiny commands pays for them out of its
-/// own share, not its neighbour's.
+/// own share, not its neighbour's. On an engine whose work overlaps the
+/// front end's ([`Backend::front_end_overlaps`]: a GPU) it is charged the
+/// larger of the two instead.
 pub const MIN_CHARGE: Nanos = 2_000;
 
 /// A parent's half that its dispatcher thread and its vGPUs' contexts hold.
@@ -357,13 +359,19 @@ fn dispatch(shared: Arc<ParentShared>, parent: &str) {
                 let s = shared.clone();
                 let Job { item, done } = item;
                 let front_end = item.front_end.as_nanos() as Nanos;
+                let overlaps = shared.backend.front_end_overlaps();
                 // The backend never completes inside submit, so submitting
                 // under the lock is safe and keeps the order of decisions.
                 ctx.submit(
                     item,
                     Box::new(move |c: Completion| {
                         let engine = c.gpu_time.as_nanos() as Nanos;
-                        let used = (engine + front_end).max(MIN_CHARGE);
+                        let used = if overlaps {
+                            engine.max(front_end)
+                        } else {
+                            engine + front_end
+                        }
+                        .max(MIN_CHARGE);
                         s.lock().completed.push((vgpu, channel, used));
                         s.wake.notify_all();
                         done(c);

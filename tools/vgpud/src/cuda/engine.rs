@@ -105,6 +105,11 @@ impl Backend for CudaEngine {
         64
     }
 
+    /// The GPU runs an item while the front end audits the next ones.
+    fn front_end_overlaps(&self) -> bool {
+        true
+    }
+
     fn create_context(&self, vram_bytes: u64) -> Result<Arc<dyn EngineContext>, BackendError> {
         let conn = Conn::start(self.device, vram_bytes, self.kernel_timeout)?;
         Ok(Arc::new(CudaContext {
