@@ -933,6 +933,49 @@ mod tests {
         s
     }
 
+    /// How many items `pick` hands out before it says `Busy`, none completing.
+    fn picked_until_busy(s: &mut Scheduler<u32>, now: Nanos) -> Vec<u64> {
+        let mut got = Vec::new();
+        while let Pick::Run { vgpu, .. } = s.pick(now) {
+            got.push(vgpu);
+        }
+        got
+    }
+
+    #[test]
+    fn a_running_latency_class_vgpu_leaves_the_others_one_item_at_the_engine() {
+        let mut s = two_vgpus(PolicyKind::BestEffort);
+        s.set_engine_depth(64);
+        for i in 0..10 {
+            s.enqueue(1, 0, i, 0).unwrap();
+        }
+        // No latency class: vGPU 1 fills its slice (1 ms timeslices of 10 µs
+        // estimates: more than one item at once).
+        let before = picked_until_busy(&mut s, 0);
+        assert!(before.len() > 1, "{before:?}");
+        for _ in &before {
+            s.complete(1, 0, 10_000, 100_000).unwrap();
+        }
+        let lat = VgpuParams {
+            class: LatencyClass::Latency,
+            ..VgpuParams::for_type(2)
+        };
+        s.set_params(2, lat, 100_000).unwrap();
+        for i in 0..10 {
+            s.enqueue(1, 0, 100 + i, 100_000).unwrap();
+        }
+        // vGPU 2 is latency-class and running: vGPU 1 gets one item at a time.
+        assert_eq!(picked_until_busy(&mut s, 100_000), [1]);
+        // The latency-class item still goes at once, beside it.
+        s.enqueue(2, 0, 7, 100_000).unwrap();
+        assert_eq!(picked_until_busy(&mut s, 100_000), [2]);
+        // Once vGPU 2 has no VM, vGPU 1 fills the engine again.
+        s.complete(1, 0, 10_000, 120_000).unwrap();
+        s.complete(2, 0, 10_000, 120_000).unwrap();
+        s.set_running(2, false, 120_000).unwrap();
+        assert!(picked_until_busy(&mut s, 120_000).len() > 1);
+    }
+
     #[test]
     fn a_chosen_vgpu_without_work_is_faulted_alone() {
         let mut s = two_vgpus(PolicyKind::BestEffort);

@@ -55,6 +55,17 @@ pub const ENGINE_QUEUE_DEPTH: usize = 4;
 /// larger of the two instead.
 pub const MIN_CHARGE: Nanos = 2_000;
 
+/// What an item is charged: its engine time and its front-end time, added,
+/// or the larger of the two where they overlap; at least [`MIN_CHARGE`].
+fn charge(engine: Nanos, front_end: Nanos, overlaps: bool) -> Nanos {
+    if overlaps {
+        engine.max(front_end)
+    } else {
+        engine + front_end
+    }
+    .max(MIN_CHARGE)
+}
+
 /// A parent's half that its dispatcher thread and its vGPUs' contexts hold.
 struct ParentShared {
     backend: Box<dyn Backend>,
@@ -365,13 +376,7 @@ fn dispatch(shared: Arc<ParentShared>, parent: &str) {
                 ctx.submit(
                     item,
                     Box::new(move |c: Completion| {
-                        let engine = c.gpu_time.as_nanos() as Nanos;
-                        let used = if overlaps {
-                            engine.max(front_end)
-                        } else {
-                            engine + front_end
-                        }
-                        .max(MIN_CHARGE);
+                        let used = charge(c.gpu_time.as_nanos() as Nanos, front_end, overlaps);
                         s.lock().completed.push((vgpu, channel, used));
                         s.wake.notify_all();
                         done(c);
@@ -397,5 +402,24 @@ fn dispatch(shared: Arc<ParentShared>, parent: &str) {
                 st = wait(&shared.wake, st);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn items_pay_engine_and_front_end_time_added_or_overlapped() {
+        // cpu engine: the front end and the engine share the host's cores.
+        assert_eq!(charge(500_000, 20_000, false), 520_000);
+        // GPU: the front end audits the next items while the GPU runs.
+        assert_eq!(charge(500_000, 20_000, true), 500_000);
+        // A flood of tiny commands pays its front end's work either way.
+        assert_eq!(charge(1_000, 30_000, true), 30_000);
+        assert_eq!(charge(1_000, 30_000, false), 31_000);
+        // Nothing is free.
+        assert_eq!(charge(0, 0, true), MIN_CHARGE);
+        assert_eq!(charge(0, 500, false), MIN_CHARGE);
     }
 }
