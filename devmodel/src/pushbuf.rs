@@ -76,8 +76,13 @@ pub trait AddressSpace {
     fn translate(&mut self, va: u64, len: u64, write: bool) -> Result<Vec<Extent>, Fault>;
     /// Read `len` bytes at `va` (parameter blocks).
     fn read(&mut self, va: u64, len: u32) -> Result<Vec<u8>, Fault>;
-    /// What a guest kernel launched now would reach; `None` where the
-    /// backend runs no PTX (`CAPS.PTX` = 0).
+    /// Whether the backend runs guest PTX (`CAPS.PTX`).
+    fn runs_ptx(&self) -> bool {
+        false
+    }
+    /// What a guest kernel launched now would reach (a walk of the page
+    /// tables, cached until an invalidate); `None` where the backend runs
+    /// no PTX.
     fn kernel_map(&mut self) -> Option<Arc<KernelMap>> {
         None
     }
@@ -428,7 +433,7 @@ fn module_load(
     c: &classes::ComputeState,
     slot: u32,
 ) -> Result<Op, MethodError> {
-    if space.kernel_map().is_none() {
+    if !space.runs_ptx() {
         return Err(fail(ErrorCode::Unsupported));
     }
     if slot >= compute::PTX_SLOTS

@@ -34,6 +34,9 @@ impl AddressSpace for Space {
         b.resize(len as usize, 0);
         Ok(b)
     }
+    fn runs_ptx(&self) -> bool {
+        self.map.is_some()
+    }
     fn kernel_map(&mut self) -> Option<Arc<KernelMap>> {
         self.map.clone()
     }

@@ -51,9 +51,12 @@ impl AddressSpace for Space<'_> {
         })?;
         Ok(out)
     }
+    fn runs_ptx(&self) -> bool {
+        self.ctx.ptx_va_base().is_some()
+    }
     fn kernel_map(&mut self) -> Option<Arc<KernelMap>> {
-        self.ctx.ptx_va_base()?;
-        Some(self.mmu.kernel_map(self.mem, self.pdb))
+        self.runs_ptx()
+            .then(|| self.mmu.kernel_map(self.mem, self.pdb))
     }
 }
 

@@ -815,14 +815,7 @@ impl Worker {
             self.kernel_map = (0, Vec::new());
             for r in next.runs.iter().filter(|r| fits(r)) {
                 let at = self.ptx_base + r.va;
-                let mut access: sys::CUmemAccessDesc = std::mem::zeroed();
-                access.location.type_ = sys::CUmemLocationType::CU_MEM_LOCATION_TYPE_DEVICE;
-                access.location.id = self.device;
-                access.flags = if r.read_only {
-                    sys::CUmemAccess_flags::CU_MEM_ACCESS_FLAGS_PROT_READ
-                } else {
-                    sys::CUmemAccess_flags::CU_MEM_ACCESS_FLAGS_PROT_READWRITE
-                };
+                let access = access(self.device, !r.read_only);
                 let first = (r.vram / PAGE_2M) as usize;
                 for (k, h) in self.vram_chunks[first..][..(r.len / PAGE_2M) as usize]
                     .iter()
@@ -1157,22 +1150,7 @@ fn framebuffer(
     // SAFETY: plain driver calls with valid out-pointers; each chunk is
     // mapped inside the reservation just taken.
     unsafe {
-        let prop = allocation_prop(dev);
-        let mut gran = 0usize;
-        ck(
-            "cuMemGetAllocationGranularity",
-            sys::cuMemGetAllocationGranularity(
-                &mut gran,
-                &prop,
-                sys::CUmemAllocationGranularity_flags::CU_MEM_ALLOC_GRANULARITY_MINIMUM,
-            ),
-        )?;
-        if gran == 0 || PAGE_2M as usize % gran != 0 {
-            return Err(CuError {
-                what: "the GPU's mapping granularity is not a divisor of 2 MiB",
-                code: sys::CUresult::CUDA_ERROR_NOT_SUPPORTED,
-            });
-        }
+        let prop = chunk_prop(dev)?;
         let n = bytes.div_ceil(PAGE_2M) as usize;
         let size = n * PAGE_2M as usize;
         let mut ptr = 0;
@@ -1193,10 +1171,10 @@ fn framebuffer(
                 sys::cuMemMap(ptr + (i as u64) * PAGE_2M, PAGE_2M as usize, 0, h, 0),
             )?;
         }
-        let mut access: sys::CUmemAccessDesc = std::mem::zeroed();
-        access.location = prop.location;
-        access.flags = sys::CUmemAccess_flags::CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
-        ck("cuMemSetAccess", sys::cuMemSetAccess(ptr, size, &access, 1))?;
+        ck(
+            "cuMemSetAccess",
+            sys::cuMemSetAccess(ptr, size, &access(dev, true), 1),
+        )?;
         ck("cuMemsetD8", sys::cuMemsetD8_v2(ptr, 0, size))?;
         eprintln!(
             "vgpud-cuda-worker: framebuffer of {n} chunks of 2 MiB in {:.0} ms",
@@ -1206,37 +1184,59 @@ fn framebuffer(
     }
 }
 
-/// Device memory on `dev`, as the framebuffer is allocated.
-fn allocation_prop(dev: sys::CUdevice) -> sys::CUmemAllocationProp {
+/// Device memory on `dev` in 2 MiB chunks, as the framebuffer is
+/// allocated; an error where the GPU cannot map memory at 2 MiB.
+fn chunk_prop(dev: sys::CUdevice) -> Result<sys::CUmemAllocationProp, CuError> {
     // SAFETY: a plain C struct for which all-zero is valid (no handle
     // types, no flags); the fields that matter are set below.
     let mut prop: sys::CUmemAllocationProp = unsafe { std::mem::zeroed() };
     prop.type_ = sys::CUmemAllocationType::CU_MEM_ALLOCATION_TYPE_PINNED;
     prop.location.type_ = sys::CUmemLocationType::CU_MEM_LOCATION_TYPE_DEVICE;
     prop.location.id = dev;
-    prop
+    let mut gran = 0usize;
+    // SAFETY: a query with valid pointers.
+    ck("cuMemGetAllocationGranularity", unsafe {
+        sys::cuMemGetAllocationGranularity(
+            &mut gran,
+            &prop,
+            sys::CUmemAllocationGranularity_flags::CU_MEM_ALLOC_GRANULARITY_MINIMUM,
+        )
+    })?;
+    if gran == 0 || PAGE_2M as usize % gran != 0 {
+        return Err(CuError {
+            what: "the GPU's mapping granularity is not a divisor of 2 MiB",
+            code: sys::CUresult::CUDA_ERROR_NOT_SUPPORTED,
+        });
+    }
+    Ok(prop)
+}
+
+/// Access to mapped device memory for `dev`: read-write, or read-only.
+fn access(dev: sys::CUdevice, writable: bool) -> sys::CUmemAccessDesc {
+    // SAFETY: a plain C struct for which all-zero is valid; every field
+    // is set below.
+    let mut a: sys::CUmemAccessDesc = unsafe { std::mem::zeroed() };
+    a.location.type_ = sys::CUmemLocationType::CU_MEM_LOCATION_TYPE_DEVICE;
+    a.location.id = dev;
+    a.flags = if writable {
+        sys::CUmemAccess_flags::CU_MEM_ACCESS_FLAGS_PROT_READWRITE
+    } else {
+        sys::CUmemAccess_flags::CU_MEM_ACCESS_FLAGS_PROT_READ
+    };
+    a
 }
 
 /// Reserve guest kernels' 2^39 bytes at [`PTX_VA_BASE`]; returns the base,
 /// or 0 where the range (or 2 MiB mapping granularity) is not to be had.
 fn reserve_kernel_space(dev: sys::CUdevice) -> u64 {
-    let prop = allocation_prop(dev);
-    let mut gran = 0usize;
+    if let Err(e) = chunk_prop(dev) {
+        eprintln!("vgpud-cuda-worker: {e}: no guest PTX");
+        return 0;
+    }
     let mut at = 0;
     // SAFETY: plain driver calls with valid out-pointers; a reservation
     // that landed elsewhere is given back.
     unsafe {
-        if sys::cuMemGetAllocationGranularity(
-            &mut gran,
-            &prop,
-            sys::CUmemAllocationGranularity_flags::CU_MEM_ALLOC_GRANULARITY_MINIMUM,
-        ) != sys::CUresult::CUDA_SUCCESS
-            || gran == 0
-            || PAGE_2M as usize % gran != 0
-        {
-            eprintln!("vgpud-cuda-worker: mapping granularity {gran} bytes: no guest PTX");
-            return 0;
-        }
         let size = 1usize << VA_BITS;
         let r = sys::cuMemAddressReserve(&mut at, size, PAGE_2M as usize, PTX_VA_BASE, 0);
         if r != sys::CUresult::CUDA_SUCCESS {
