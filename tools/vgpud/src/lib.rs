@@ -1,6 +1,5 @@
 //! The pieces of the vgpud daemon.
 //!
-//! * [`cuda`]: the CUDA engine: each vGPU's GPU work in a worker process.
 //! * [`parent`]: a physical GPU shared by many vGPUs — an execution backend
 //!   whose work is fed to it by the host scheduler under the parent's policy.
 //! * [`vfio_user`]: the vfio-user server that serves one vGPU on a socket.
@@ -13,7 +12,6 @@
 //! * [`thread`]: starting threads; one that cannot start is an error.
 //! * [`wait`]: blocking waits a stop signal can end.
 
-pub mod cuda;
 pub mod daemon;
 pub mod demo;
 pub mod errno;
