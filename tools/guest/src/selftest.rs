@@ -11,7 +11,6 @@
 //! # }
 //! ```
 
-use std::fmt;
 use std::time::{Duration, Instant};
 
 use crate::channel::{Channel, ChannelConfig, WaitMode};
