@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use clap::{Parser, Subcommand};
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
+use vgpud::daemon::control::Request;
 use vgpud::daemon::{Created, ParentStatus, PolicyInfo, TypeInfo, VgpuStatus, VgpuSummary};
 use vgpud::views::{chart, record, top, Sample};
 
@@ -161,13 +162,15 @@ enum Failure {
     Output(String),
 }
 
-fn call(args: &Args, req: Value) -> Result<Value, Failure> {
+fn call(args: &Args, req: Request) -> Result<Value, Failure> {
     let path = args.run_dir.join("control.sock");
     let unreachable = |e: std::io::Error| {
         Failure::Unreachable(format!("cannot reach vgpud at {}: {e}", path.display()))
     };
+    let line = serde_json::to_string(&req)
+        .map_err(|e| Failure::Usage(format!("request not serializable: {e}")))?;
     let mut s = UnixStream::connect(&path).map_err(unreachable)?;
-    writeln!(s, "{req}").map_err(unreachable)?;
+    writeln!(s, "{line}").map_err(unreachable)?;
     let mut line = String::new();
     BufReader::new(&s)
         .read_line(&mut line)
@@ -186,7 +189,7 @@ fn call(args: &Args, req: Value) -> Result<Value, Failure> {
 
 /// The result of `req`, read as `T` (docs/control.md; the daemon's
 /// `vgpud::daemon::replies`).
-fn call_as<T: DeserializeOwned>(args: &Args, req: Value) -> Result<T, Failure> {
+fn call_as<T: DeserializeOwned>(args: &Args, req: Request) -> Result<T, Failure> {
     serde_json::from_value(call(args, req)?)
         .map_err(|e| Failure::Unreachable(format!("bad reply from vgpud: {e}")))
 }
@@ -194,11 +197,11 @@ fn call_as<T: DeserializeOwned>(args: &Args, req: Value) -> Result<T, Failure> {
 /// Every vGPU's status (and every parent's, with `parents`), when the reply came.
 fn sample(args: &Args, parents: bool) -> Result<Sample, Failure> {
     let parents: Vec<ParentStatus> = if parents {
-        call_as(args, json!({"op": "parents"}))?
+        call_as(args, Request::Parents { parent: None })?
     } else {
         Vec::new()
     };
-    let vgpus: Vec<VgpuStatus> = call_as(args, json!({"op": "status"}))?;
+    let vgpus: Vec<VgpuStatus> = call_as(args, Request::Status { uuid: None })?;
     Ok(Sample {
         at: Instant::now(),
         parents,
@@ -350,147 +353,31 @@ fn or_null<T: std::fmt::Display>(v: Option<T>) -> String {
 
 fn run(args: &Args) -> Result<(), Failure> {
     match &args.cmd {
-        Cmd::Types {
-            parent,
-            json: as_json,
-        } => {
-            let req = json!({"op": "types", "parent": parent});
-            if *as_json {
-                println!("{:#}", call(args, req)?);
-                return Ok(());
-            }
-            let r: Vec<TypeInfo> = call_as(args, req)?;
-            println!(
-                "{:<8} {:<10} {:<8} {:>6} {:>5} {:>9}  description",
-                "parent", "type", "name", "fb_gib", "max", "available"
-            );
-            for t in r {
-                println!(
-                    "{:<8} {:<10} {:<8} {:>6} {:>5} {:>9}  {}",
-                    t.parent,
-                    t.id,
-                    t.name,
-                    t.framebuffer_bytes >> 30,
-                    t.max_instances,
-                    t.available_instances,
-                    t.description
-                );
-            }
-        }
+        Cmd::Types { parent, json } => types(args, parent.clone(), *json)?,
         Cmd::Create {
             vtype,
             parent,
             uuid,
         } => {
-            let r: Created = call_as(
-                args,
-                json!({"op": "create", "type": vtype, "parent": parent, "uuid": uuid}),
-            )?;
+            let req = Request::Create {
+                vtype: vtype.clone(),
+                parent: parent.clone(),
+                uuid: uuid.clone(),
+            };
+            let r: Created = call_as(args, req)?;
             println!("{} {}", r.uuid, r.socket.display());
         }
         Cmd::Remove { uuid } => {
-            call(args, json!({"op": "remove", "uuid": uuid}))?;
+            call(args, Request::Remove { uuid: uuid.clone() })?;
         }
-        Cmd::List { json: as_json } => {
-            let req = json!({"op": "list"});
-            if *as_json {
-                println!("{:#}", call(args, req)?);
-                return Ok(());
-            }
-            let r: Vec<VgpuSummary> = call_as(args, req)?;
-            for v in r {
-                println!(
-                    "{} {} {} {} {}",
-                    v.uuid,
-                    v.type_id,
-                    v.parent,
-                    if v.attached { "attached" } else { "detached" },
-                    v.socket.display()
-                );
-            }
-        }
-        Cmd::Status {
-            uuid,
-            json: as_json,
-        } => {
-            let req = json!({"op": "status", "uuid": uuid});
-            if *as_json {
-                println!("{:#}", call(args, req)?);
-                return Ok(());
-            }
-            let r: Vec<VgpuStatus> = call_as(args, req)?;
-            for v in r {
-                println!("vGPU {}", v.uuid);
-                println!("    Type                 : {} ({})", v.type_name, v.type_id);
-                println!("    Parent               : {}", v.parent);
-                println!("    Socket               : {}", v.socket.display());
-                println!(
-                    "    Attached             : {}",
-                    if v.attached { "Yes" } else { "No" }
-                );
-                println!("    Scheduling Policy    : {}", v.policy);
-                println!("    Configured Share     : {}", opt(v.configured_share, 3));
-                println!("    Achieved Share       : {}", opt(v.achieved_share, 3));
-                println!(
-                    "    GPU Time             : {:.3} s",
-                    v.gpu_time_ns.unwrap_or(0) as f64 / 1e9
-                );
-                println!("    Commands             : {}", or_null(v.commands));
-                println!("    Queue Depth          : {}", or_null(v.queue_depth));
-                println!("    Faults               : {}", v.faults);
-                println!("    Interrupts           : {}", v.interrupts);
-                println!(
-                    "    Doorbells            : {} polled, {} trapped",
-                    v.doorbells_polled, v.doorbells_trapped
-                );
-                println!(
-                    "    Framebuffer          : {} MiB",
-                    v.framebuffer_bytes >> 20
-                );
-                println!("    Pinned Guest Memory  : {} MiB", v.pinned_bytes >> 20);
-            }
-        }
-        Cmd::Policy {
-            cmd: PolicyCmd::Show { parent },
-        } => {
-            let r: PolicyInfo = call_as(args, json!({"op": "policy_show", "parent": parent}))?;
-            println!(
-                "{} {} timeslice {} us window {} us",
-                r.parent, r.policy, r.timeslice_us, r.window_us
-            );
-        }
-        Cmd::Policy {
-            cmd:
-                PolicyCmd::Set {
-                    policy,
-                    parent,
-                    timeslice_us,
-                },
-        } => {
-            let r: PolicyInfo = call_as(
-                args,
-                json!({"op": "policy_set", "parent": parent, "policy": policy, "timeslice_us": timeslice_us}),
-            )?;
-            println!("{} {} timeslice {} us", r.parent, r.policy, r.timeslice_us);
-        }
+        Cmd::List { json } => list(args, *json)?,
+        Cmd::Status { uuid, json } => status(args, uuid.clone(), *json)?,
+        Cmd::Policy { cmd } => policy(args, cmd)?,
         Cmd::Reload => {
-            let r = call(args, json!({"op": "reload"}))?;
+            let r = call(args, Request::Reload)?;
             println!("{r}");
         }
-        Cmd::LibvirtXml(x) => {
-            let r: Vec<VgpuStatus> = call_as(args, json!({"op": "status", "uuid": x.uuid}))?;
-            let Some(v) = r.first() else {
-                return Err(Failure::Refused(
-                    "ENOENT".into(),
-                    format!("no vGPU {}", x.uuid),
-                ));
-            };
-            if x.fragment {
-                print!("{}", libvirt_fragment(v));
-            } else {
-                print!("{}", libvirt_domain(v, x));
-            }
-        }
+        Cmd::LibvirtXml(x) => libvirt_xml(args, x)?,
         Cmd::Top {
             interval,
             iterations,
@@ -510,6 +397,144 @@ fn run(args: &Args) -> Result<(), Failure> {
             csv.as_deref(),
             title.as_deref(),
         )?,
+    }
+    Ok(())
+}
+
+/// `vgpuctl types`.
+fn types(args: &Args, parent: Option<String>, as_json: bool) -> Result<(), Failure> {
+    let req = Request::Types { parent };
+    if as_json {
+        println!("{:#}", call(args, req)?);
+        return Ok(());
+    }
+    let r: Vec<TypeInfo> = call_as(args, req)?;
+    println!(
+        "{:<8} {:<10} {:<8} {:>6} {:>5} {:>9}  description",
+        "parent", "type", "name", "fb_gib", "max", "available"
+    );
+    for t in r {
+        println!(
+            "{:<8} {:<10} {:<8} {:>6} {:>5} {:>9}  {}",
+            t.parent,
+            t.id,
+            t.name,
+            t.framebuffer_bytes >> 30,
+            t.max_instances,
+            t.available_instances,
+            t.description
+        );
+    }
+    Ok(())
+}
+
+/// `vgpuctl list`.
+fn list(args: &Args, as_json: bool) -> Result<(), Failure> {
+    if as_json {
+        println!("{:#}", call(args, Request::List)?);
+        return Ok(());
+    }
+    let r: Vec<VgpuSummary> = call_as(args, Request::List)?;
+    for v in r {
+        println!(
+            "{} {} {} {} {}",
+            v.uuid,
+            v.type_id,
+            v.parent,
+            if v.attached { "attached" } else { "detached" },
+            v.socket.display()
+        );
+    }
+    Ok(())
+}
+
+/// `vgpuctl status`: one block per vGPU.
+fn status(args: &Args, uuid: Option<String>, as_json: bool) -> Result<(), Failure> {
+    let req = Request::Status { uuid };
+    if as_json {
+        println!("{:#}", call(args, req)?);
+        return Ok(());
+    }
+    let r: Vec<VgpuStatus> = call_as(args, req)?;
+    for v in r {
+        println!("vGPU {}", v.uuid);
+        println!("    Type                 : {} ({})", v.type_name, v.type_id);
+        println!("    Parent               : {}", v.parent);
+        println!("    Socket               : {}", v.socket.display());
+        println!(
+            "    Attached             : {}",
+            if v.attached { "Yes" } else { "No" }
+        );
+        println!("    Scheduling Policy    : {}", v.policy);
+        println!("    Configured Share     : {}", opt(v.configured_share, 3));
+        println!("    Achieved Share       : {}", opt(v.achieved_share, 3));
+        println!(
+            "    GPU Time             : {:.3} s",
+            v.gpu_time_ns.unwrap_or(0) as f64 / 1e9
+        );
+        println!("    Commands             : {}", or_null(v.commands));
+        println!("    Queue Depth          : {}", or_null(v.queue_depth));
+        println!("    Faults               : {}", v.faults);
+        println!("    Interrupts           : {}", v.interrupts);
+        println!(
+            "    Doorbells            : {} polled, {} trapped",
+            v.doorbells_polled, v.doorbells_trapped
+        );
+        println!(
+            "    Framebuffer          : {} MiB",
+            v.framebuffer_bytes >> 20
+        );
+        println!("    Pinned Guest Memory  : {} MiB", v.pinned_bytes >> 20);
+    }
+    Ok(())
+}
+
+/// `vgpuctl policy show|set`.
+fn policy(args: &Args, cmd: &PolicyCmd) -> Result<(), Failure> {
+    match cmd {
+        PolicyCmd::Show { parent } => {
+            let req = Request::PolicyShow {
+                parent: parent.clone(),
+            };
+            let r: PolicyInfo = call_as(args, req)?;
+            println!(
+                "{} {} timeslice {} us window {} us",
+                r.parent, r.policy, r.timeslice_us, r.window_us
+            );
+        }
+        PolicyCmd::Set {
+            policy,
+            parent,
+            timeslice_us,
+        } => {
+            let req = Request::PolicySet {
+                parent: parent.clone(),
+                policy: policy.clone(),
+                timeslice_us: *timeslice_us,
+            };
+            let r: PolicyInfo = call_as(args, req)?;
+            println!("{} {} timeslice {} us", r.parent, r.policy, r.timeslice_us);
+        }
+    }
+    Ok(())
+}
+
+/// `vgpuctl libvirt-xml`.
+fn libvirt_xml(args: &Args, x: &LibvirtXmlArgs) -> Result<(), Failure> {
+    let req = Request::Status {
+        uuid: Some(x.uuid.clone()),
+    };
+    let r: Vec<VgpuStatus> = call_as(args, req)?;
+    let Some(v) = r.first() else {
+        return Err(Failure::Refused(
+            "ENOENT".into(),
+            format!("no vGPU {}", x.uuid),
+        ));
+    };
+    if x.fragment {
+        print!("{}", libvirt_fragment(v));
+    } else {
+        print!("{}", libvirt_domain(v, x));
     }
     Ok(())
 }

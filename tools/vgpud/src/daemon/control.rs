@@ -23,8 +23,8 @@ use crate::errno::Errno;
 /// The longest request line accepted.
 const MAX_LINE: u64 = 64 * 1024;
 
-/// One request.
-#[derive(Debug, Deserialize)]
+/// One request (what `vgpuctl` serializes, what the socket deserializes).
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
     Types {
