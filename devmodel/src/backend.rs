@@ -41,9 +41,13 @@ pub enum ExecError {
     #[error("the {0} extents are shorter than the operation")]
     ShortExtents(&'static str),
     /// The physical engine failed the item or went away (a GPU fault, a
-    /// worker process that died).
-    #[error("engine failure: {0}")]
-    EngineFailed(String),
+    /// worker process that died): the engine's own error says why.
+    #[error("engine failure")]
+    EngineFailed(#[source] EngineFault),
+    /// A guest module or kernel reached an engine that runs no guest PTX
+    /// (the audit refuses them first: a device model bug).
+    #[error("this engine runs no guest PTX")]
+    NoPtx,
     /// The engine was stopped because an item ran past the kernel limit.
     #[error("stopped after running past the kernel limit")]
     Timeout,
@@ -55,9 +59,9 @@ pub enum ExecError {
     #[error("the kernel launch was refused (CUDA error {0})")]
     LaunchRefused(u32),
     /// The GPU faulted running the item (a guest kernel's illegal address
-    /// or trap): the vGPU's engine context is lost.
-    #[error("GPU fault: {0}")]
-    KernelFault(String),
+    /// or trap): the vGPU's engine context is lost. The CUDA error number.
+    #[error("the GPU faulted running the item (CUDA error {0})")]
+    KernelFault(u32),
 }
 
 impl ExecError {
@@ -70,6 +74,10 @@ impl ExecError {
         }
     }
 }
+
+/// Why an engine failed, as the engine itself tells it (shared by every
+/// item that failed for the same reason).
+pub type EngineFault = Arc<dyn std::error::Error + Send + Sync>;
 
 /// The outcome of one item.
 #[derive(Debug)]
@@ -90,9 +98,14 @@ pub enum BackendError {
     VramTooLarge { bytes: u64 },
     #[error(transparent)]
     Thread(#[from] crate::thread::SpawnError),
-    /// The engine could not be reached or started (a GPU worker).
-    #[error("engine: {0}")]
-    Engine(String),
+    /// The engine could not be reached or started (a GPU worker): the
+    /// engine's own error says why.
+    #[error("the {engine} engine could not start")]
+    Engine {
+        engine: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("cannot allocate {bytes} bytes of VRAM")]
     VramAlloc {
         bytes: u64,
@@ -121,6 +134,12 @@ pub trait Backend: Send + Sync {
     /// there is, and a policy that idles the engine for credit (equal and
     /// fixed shares) would idle it for that.
     fn front_end_overlaps(&self) -> bool {
+        false
+    }
+    /// Whether a vGPU's framebuffer is host memory (the cpu engine's), so
+    /// that the daemon must not commit more of them than the host can back;
+    /// a device's own memory is counted by its parent's capacity instead.
+    fn framebuffer_in_host_memory(&self) -> bool {
         false
     }
 }

@@ -154,6 +154,11 @@ impl Backend for CpuEngine {
     fn name(&self) -> &'static str {
         "cpu"
     }
+
+    /// Framebuffers are host memory, allocated lazily.
+    fn framebuffer_in_host_memory(&self) -> bool {
+        true
+    }
     fn create_context(&self, vram_bytes: u64) -> Result<Arc<dyn EngineContext>, BackendError> {
         let size = usize::try_from(vram_bytes)
             .map_err(|_| BackendError::VramTooLarge { bytes: vram_bytes })?;
@@ -578,11 +583,7 @@ impl ContextState {
             Op::Spin { .. } | Op::Batch(_) => {}
             // The cpu engine runs no guest PTX (CAPS.PTX = 0): the audit
             // refuses these before they reach an engine.
-            Op::ModuleLoad { .. } | Op::Kernel(_) => {
-                return Err(ExecError::EngineFailed(
-                    "the cpu engine runs no guest PTX".into(),
-                ))
-            }
+            Op::ModuleLoad { .. } | Op::Kernel(_) => return Err(ExecError::NoPtx),
         }
         Ok(())
     }

@@ -123,7 +123,7 @@ pub struct KernelRun {
 /// offset, with one permission: a 2 MiB leaf, or a page table of 512 such
 /// 4 KiB leaves. A GPU maps its own virtual memory at that granularity;
 /// system memory and partly mapped chunks are not reachable by kernels.
-#[derive(Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct KernelMap {
     /// Unique among the maps this process made: a backend that holds a
     /// map applies a new one only when the id changes.

@@ -35,6 +35,22 @@ pub use backend::{Backend, EngineContext};
 pub use cpu_engine::CpuEngine;
 pub use vgpu::{Vgpu, VgpuConfig, VgpuStats};
 
+/// An error and its sources on one line (`a: b: c`), for logs and messages
+/// where only the outermost error would otherwise show.
+pub struct Chain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut e = self.0.source();
+        while let Some(s) = e {
+            write!(f, ": {s}")?;
+            e = s.source();
+        }
+        Ok(())
+    }
+}
+
 /// Errors returned through the device face.
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceError {

@@ -32,3 +32,8 @@ pub fn wait_timeout<'a, T>(
         Err(p) => p.into_inner().0,
     }
 }
+
+/// The value of `m`, whether or not an earlier holder panicked.
+pub fn into_inner<T>(m: Mutex<T>) -> T {
+    m.into_inner().unwrap_or_else(|p| p.into_inner())
+}

@@ -19,7 +19,9 @@ use scheduler::Result;
 use toml::de::{DeTable, DeValue};
 
 pub mod sockets;
+pub mod workers;
 pub use sockets::SocketConfig;
+pub use workers::WorkerConfig;
 
 /// One vGPU type.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -303,6 +305,8 @@ pub struct ConfigFile {
     pub catalog: Catalog,
     /// `[sockets]`.
     pub sockets: SocketConfig,
+    /// `[workers]`.
+    pub workers: WorkerConfig,
 }
 
 impl ConfigFile {
@@ -319,6 +323,7 @@ impl ConfigFile {
             policy: scheduler::Config::from_document(&doc)?,
             catalog: Catalog::from_document(&doc)?,
             sockets: SocketConfig::from_document(&doc)?,
+            workers: WorkerConfig::from_document(&doc)?,
         })
     }
 }

@@ -117,12 +117,12 @@ impl SocketConfig {
     }
 }
 
-fn origin_text(doc: &Document<'_>, o: &Origin) -> String {
+pub(crate) fn origin_text(doc: &Document<'_>, o: &Origin) -> String {
     format!("{}:{}:{}: {}", doc.file(), o.line, o.column, o.key)
 }
 
 /// A user or group: a string is a name, an integer an id.
-fn principal(doc: &Document<'_>, v: &Val<'_>, key: &str) -> Result<Principal> {
+pub(crate) fn principal(doc: &Document<'_>, v: &Val<'_>, key: &str) -> Result<Principal> {
     match v.get_ref() {
         DeValue::String(s) if s.is_empty() => Err(doc.error(v.span(), key, "empty name")),
         DeValue::String(s) => Ok(Principal::Name(s.to_string())),

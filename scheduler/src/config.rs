@@ -152,13 +152,14 @@ impl Config {
                         }
                     }
                 }
-                // The type catalogue's section (mdev_types::Catalog::from_document) and
-                // the sockets' ownership (mdev_types::SocketConfig::from_document).
-                CATALOG | SOCKETS => {}
+                // The type catalogue's section (mdev_types::Catalog::from_document),
+                // the sockets' ownership (mdev_types::SocketConfig::from_document) and
+                // the workers' sandbox (mdev_types::WorkerConfig::from_document).
+                CATALOG | SOCKETS | WORKERS => {}
                 _ => return Err(doc.error(
                     k.span(),
                     name,
-                    "unknown section (expected default, parent, type, vgpu, catalog or sockets)",
+                    "unknown section (expected default, parent, type, vgpu, catalog, sockets or workers)",
                 )),
             }
         }
@@ -235,6 +236,8 @@ impl Config {
 pub const CATALOG: &str = "catalog";
 /// The name of the section with the vGPU sockets' owner, group and mode.
 pub const SOCKETS: &str = "sockets";
+/// The name of the section with the GPU workers' user, group and sandbox.
+pub const WORKERS: &str = "workers";
 
 /// Reads a configuration file: its text and its name for errors.
 pub fn read(path: &std::path::Path) -> Result<(String, String)> {

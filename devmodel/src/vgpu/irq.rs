@@ -92,9 +92,10 @@ impl From<&ExecError> for ErrorCode {
             ExecError::Memory(MemError::ReadOnly { .. }) => ErrorCode::ReadOnly,
             ExecError::Memory(_) => ErrorCode::SysmemUnmapped,
             ExecError::VramRange { .. } => ErrorCode::VramRange,
-            ExecError::Cancelled | ExecError::ShortExtents(_) | ExecError::EngineFailed(_) => {
-                ErrorCode::EngineError
-            }
+            ExecError::Cancelled
+            | ExecError::ShortExtents(_)
+            | ExecError::EngineFailed(_)
+            | ExecError::NoPtx => ErrorCode::EngineError,
             ExecError::Timeout => ErrorCode::EngineTimeout,
             ExecError::ModuleInvalid(_) => ErrorCode::ModuleInvalid,
             ExecError::LaunchRefused(_) => ErrorCode::InvalidArgument,
@@ -215,16 +216,14 @@ mod tests {
             (ExecError::Cancelled, ErrorCode::EngineError),
             (ExecError::ShortExtents("source"), ErrorCode::EngineError),
             (
-                ExecError::EngineFailed("gone".into()),
+                ExecError::EngineFailed(std::sync::Arc::new(std::io::Error::other("gone"))),
                 ErrorCode::EngineError,
             ),
+            (ExecError::NoPtx, ErrorCode::EngineError),
             (ExecError::Timeout, ErrorCode::EngineTimeout),
             (ExecError::ModuleInvalid(218), ErrorCode::ModuleInvalid),
             (ExecError::LaunchRefused(500), ErrorCode::InvalidArgument),
-            (
-                ExecError::KernelFault("illegal address".into()),
-                ErrorCode::KernelFault,
-            ),
+            (ExecError::KernelFault(700), ErrorCode::KernelFault),
         ];
         for (e, code) in cases {
             assert_eq!(ErrorCode::from(&e), code, "{e}");

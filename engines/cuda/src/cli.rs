@@ -2,7 +2,12 @@
 //! (started by vgpud's CUDA engine; not run by hand). `--probe` prints
 //! what the GPU is, as JSON.
 
+use std::os::fd::RawFd;
+use std::path::PathBuf;
+
 use clap::Parser;
+use engine_worker::endpoint::Endpoint;
+use engine_worker::sandbox::{self, SandboxPolicy};
 
 #[derive(Parser)]
 #[command(about = "vgpud's CUDA worker: one vGPU's context, framebuffer and guest RAM")]
@@ -18,7 +23,7 @@ struct Args {
     vram: u64,
     /// The descriptor of the socket to the daemon.
     #[arg(long, default_value_t = 3)]
-    fd: i32,
+    fd: RawFd,
     /// Print the GPU's name, memory and multiprocessors, and exit.
     #[arg(long)]
     probe: bool,
@@ -27,37 +32,71 @@ struct Args {
     /// VGPUD_CUDA_EMULATE=1).
     #[arg(long)]
     emulate: bool,
+    /// Run as this user once started (engine_worker::sandbox).
+    #[arg(long, requires_all = ["sandbox_gid", "sandbox_root"], conflicts_with = "no_sandbox")]
+    sandbox_uid: Option<u32>,
+    /// Run as this group once started.
+    #[arg(long, requires = "sandbox_uid")]
+    sandbox_gid: Option<u32>,
+    /// An empty directory: the worker's root once started.
+    #[arg(long, requires = "sandbox_uid")]
+    sandbox_root: Option<PathBuf>,
+    /// Run with the daemon's privileges (measurements only).
+    #[arg(long)]
+    no_sandbox: bool,
+}
+
+fn fail(e: &(dyn std::error::Error + 'static)) -> ! {
+    eprintln!("vgpud-cuda-worker: {}", devmodel::Chain(e));
+    std::process::exit(1);
 }
 
 /// The worker binary's `main`.
 pub fn main() {
     let args = Args::parse();
-    if args.emulate {
-        if args.probe {
-            println!("{}", engine_worker::emulated::PROBE);
-            return;
+    if args.probe {
+        probe(&args);
+        return;
+    }
+    let policy = match (args.sandbox_uid, args.sandbox_gid, &args.sandbox_root) {
+        (Some(uid), Some(gid), Some(root)) => Some(SandboxPolicy {
+            uid,
+            gid,
+            root: root.clone(),
+        }),
+        _ if args.no_sandbox => None,
+        _ => {
+            eprintln!("vgpud-cuda-worker: --sandbox-uid/gid/root or --no-sandbox is required");
+            std::process::exit(2);
         }
-        std::process::exit(engine_worker::emulated::run(args.fd, args.vram));
+    };
+    // First of all, with one thread: the device is opened unprivileged.
+    let confinement = sandbox::prepare(policy).unwrap_or_else(|e| fail(&e));
+    // SAFETY: the daemon passed this descriptor to this process for this
+    // purpose; nothing else in the process owns it.
+    let ep = unsafe { Endpoint::from_fd(args.fd) }.unwrap_or_else(|e| fail(&e));
+    if args.emulate {
+        std::process::exit(engine_worker::emulated::run(ep, args.vram, confinement));
     }
     let device = match &args.device_uuid {
         None => args.device,
-        Some(hex) => match crate::worker::ordinal_of(hex) {
-            Ok(n) => n,
-            Err(e) => {
-                eprintln!("vgpud-cuda-worker: {e}");
-                std::process::exit(1);
-            }
-        },
+        Some(hex) => crate::probe::ordinal_of(hex).unwrap_or_else(|e| fail(&e)),
     };
-    if args.probe {
-        match crate::worker::probe(device) {
-            Ok(json) => println!("{json}"),
-            Err(e) => {
-                eprintln!("vgpud-cuda-worker: {e}");
-                std::process::exit(1);
-            }
-        }
+    std::process::exit(crate::worker::run(ep, device, args.vram, confinement));
+}
+
+/// `--probe`: what the GPU is, as JSON on stdout.
+fn probe(args: &Args) {
+    if args.emulate {
+        println!("{}", engine_worker::emulated::PROBE);
         return;
     }
-    std::process::exit(crate::worker::run(args.fd, device, args.vram));
+    let device = match &args.device_uuid {
+        None => args.device,
+        Some(hex) => crate::probe::ordinal_of(hex).unwrap_or_else(|e| fail(&e)),
+    };
+    match crate::probe::probe(device) {
+        Ok(json) => println!("{json}"),
+        Err(e) => fail(&e),
+    }
 }

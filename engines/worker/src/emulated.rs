@@ -1,28 +1,29 @@
-//! The worker protocol served without a GPU: `vgpud-cuda-worker --emulate`
-//! runs each operation on the cpu engine inside the worker process, with
-//! the guest RAM files it is handed mapped there. Results are the cpu
-//! engine's. It exists so that the CUDA engine's process side (one worker
-//! per vGPU, guest RAM handed over by descriptor, completions, a worker
-//! that dies, its replacement) is tested where CI runs, with no GPU; vgpud
-//! uses it only when `VGPUD_CUDA_EMULATE=1` is set.
+//! The worker protocol served without a device: `--emulate` runs each
+//! operation on the cpu engine inside the worker process, with the guest
+//! RAM files it is handed mapped there. Results are the cpu engine's. It
+//! exists so that the process side (one worker per vGPU, guest RAM handed
+//! over by descriptor, completions, the sandbox, a worker that dies, its
+//! replacement) is tested where CI runs, with no GPU; vgpud uses it only
+//! when `VGPUD_CUDA_EMULATE=1` is set.
 
 use std::fs::File;
-use std::os::fd::FromRawFd;
-use std::os::unix::net::UnixStream;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use devmodel::backend::{Backend, WorkItem};
+use devmodel::backend::{Backend, EngineContext, ExecError, WorkItem};
+use devmodel::command::{Op, PIECE_BYTES};
 use devmodel::memory::GuestRam;
 use devmodel::CpuEngine;
 
-use super::wire::{self, to_daemon, to_worker, Reader, Status, Writer};
+use crate::endpoint::{Endpoint, Sender};
+use crate::sandbox::{Confinement, Escape};
+use crate::wire::{Done, FatalReason, Layout, Ready, Status, ToDaemon, ToWorker};
+use crate::Error;
 
-/// The GPU the emulation reports to `--probe`.
+/// The device the emulation reports to `--probe`.
 pub const PROBE: &str = r#"{"name":"emulated","memory_bytes":17179869184,"multiprocessors":1}"#;
 
-fn status(r: &Result<(), devmodel::backend::ExecError>) -> Status {
-    use devmodel::backend::ExecError;
+fn status(r: &Result<(), ExecError>) -> Status {
     match r {
         Ok(()) => Status::Ok,
         Err(ExecError::Memory(_)) => Status::Unmapped,
@@ -31,131 +32,184 @@ fn status(r: &Result<(), devmodel::backend::ExecError>) -> Status {
     }
 }
 
-/// Serve the daemon on descriptor `fd` with a `vram`-byte framebuffer.
-pub fn run(fd: i32, vram: u64) -> i32 {
-    // SAFETY: the daemon passed this descriptor to this process for this
-    // purpose; nothing else in the process owns it.
-    let sock = unsafe { UnixStream::from_raw_fd(fd) };
-    let Ok(out) = sock.try_clone().map(|s| Arc::new(Mutex::new(s))) else {
-        return 1;
-    };
-    let send = |out: &Mutex<UnixStream>, body: &[u8]| {
-        let s = out.lock().unwrap_or_else(|e| e.into_inner());
-        wire::send(&s, body, &[])
-    };
+/// Serve the daemon on `ep` with a `vram`-byte framebuffer, confined by
+/// `confinement` before the first message. Returns the exit code.
+pub fn run(mut ep: Endpoint, vram: u64, confinement: Confinement) -> i32 {
+    let out = ep.sender();
     let engine = match CpuEngine::new(1) {
         Ok(e) => e,
         Err(e) => {
-            eprintln!("vgpud-cuda-worker: {e}");
+            out.fatal(FatalReason::Start, 0, &e.to_string());
             return 2;
         }
     };
     let ctx = match engine.create_context(vram) {
         Ok(c) => c,
         Err(e) => {
-            let mut w = Writer::new(to_daemon::FATAL);
-            w.0.extend_from_slice(e.to_string().as_bytes());
-            let _ = send(&out, &w.0);
+            out.fatal(FatalReason::OutOfMemory, 0, &e.to_string());
             return 2;
         }
     };
-    let mut mem = Arc::new(GuestRam::new());
-    let mut r = Writer::new(to_daemon::READY);
-    // No guest PTX: the cpu engine cannot run it.
-    r.u64(vram).u32(1).u64(0);
-    if send(&out, &r.0).is_err() {
+    let daemon = confinement.daemon();
+    if let Err(e) = confinement.enter(&[]) {
+        out.fatal(FatalReason::Sandbox, 0, &devmodel::Chain(&e).to_string());
+        return 2;
+    }
+    let ready = Ready {
+        vram,
+        // No guest PTX: the cpu engine cannot run it.
+        multiprocessors: 1,
+        ptx_va_base: 0,
+        piece_bytes: PIECE_BYTES,
+    };
+    if out.send(&ToDaemon::Ready(ready)).is_err() {
         return 1;
     }
+    let mut worker = Emulated {
+        ctx,
+        mem: Arc::new(GuestRam::new()),
+        out,
+        daemon,
+    };
     loop {
-        let (body, files) = match wire::recv(&sock) {
-            Ok(m) => m,
-            Err(_) => return 0,
-        };
-        let mut r = Reader::new(&body);
-        let parsed = (|| -> Result<(), wire::Malformed> {
-            match r.u8()? {
-                to_worker::LAYOUT => mem = Arc::new(layout(&mut r, files)?),
-                to_worker::SUBMIT => {
-                    let tag = r.u64()?;
-                    let op = r.op()?;
-                    let sum = match &op {
-                        devmodel::command::Op::ReduceSum { sum, .. } => Some(sum.clone()),
-                        _ => None,
-                    };
-                    let out = out.clone();
-                    ctx.submit(
-                        WorkItem {
-                            op,
-                            channel: 0,
-                            mem: mem.clone(),
-                            front_end: Duration::ZERO,
-                        },
-                        Box::new(move |c| {
-                            let mut w = Writer::new(to_daemon::DONE);
-                            w.u64(tag)
-                                .u64(c.gpu_time.as_nanos() as u64)
-                                .u8(status(&c.result) as u8)
-                                .f64(sum.map_or(0.0, |s| s.get()));
-                            let s = out.lock().unwrap_or_else(|e| e.into_inner());
-                            let _ = wire::send(&s, &w.0, &[]);
-                        }),
-                    );
+        match ep.recv() {
+            Ok(Some((msg, files))) => {
+                if let Err(e) = worker.handle(msg, files) {
+                    worker.out.fatal(FatalReason::Protocol, 0, &e.to_string());
+                    return 2;
                 }
-                to_worker::READ_VRAM => {
-                    let (tag, off, len) = (r.u64()?, r.u64()?, r.u64()?);
-                    let mut data = vec![0u8; len.min(1 << 20) as usize];
-                    let st = status(&ctx.read_vram(off, &mut data));
-                    reply(&out, tag, st, &data);
-                }
-                to_worker::WRITE_VRAM => {
-                    let (tag, off) = (r.u64()?, r.u64()?);
-                    let data = r.bytes()?;
-                    let st = status(&ctx.write_vram(off, data));
-                    reply(&out, tag, st, &[]);
-                }
-                to_worker::CLEAR_VRAM => {
-                    let tag = r.u64()?;
-                    ctx.release_vram();
-                    reply(&out, tag, Status::Ok, &[]);
-                }
-                _ => return Err(wire::Malformed("message kind")),
             }
-            Ok(())
-        })();
-        if let Err(e) = parsed {
-            eprintln!("vgpud-cuda-worker: {e}");
-            return 2;
+            Ok(None) => return 0,
+            Err(e) => {
+                worker
+                    .out
+                    .fatal(FatalReason::Protocol, 0, &devmodel::Chain(&e).to_string());
+                return 2;
+            }
         }
     }
 }
 
-fn reply(out: &Mutex<UnixStream>, tag: u64, status: Status, data: &[u8]) {
-    let mut w = Writer::new(to_daemon::DATA);
-    w.u64(tag).u8(status as u8).bytes(data);
-    let s = out.lock().unwrap_or_else(|e| e.into_inner());
-    let _ = wire::send(&s, &w.0, &[]);
+/// The emulated worker's state: its cpu-engine context and guest RAM.
+struct Emulated {
+    ctx: Arc<dyn EngineContext>,
+    mem: Arc<GuestRam>,
+    out: Sender,
+    daemon: i32,
+}
+
+impl Emulated {
+    fn handle(&mut self, msg: ToWorker<'_>, files: Vec<File>) -> Result<(), Error> {
+        match msg {
+            ToWorker::Layout(l) => self.mem = Arc::new(layout(&l, files)?),
+            ToWorker::Submit { tag, op } => self.submit(tag, op.into_owned()),
+            ToWorker::ReadVram { tag, offset, len } => {
+                let mut data = vec![0u8; len.min(crate::wire::MAX_VRAM_ACCESS) as usize];
+                let st = status(&self.ctx.read_vram(offset, &mut data));
+                self.reply(tag, st, &data);
+            }
+            ToWorker::WriteVram { tag, offset, data } => {
+                let st = status(&self.ctx.write_vram(offset, data));
+                self.reply(tag, st, &[]);
+            }
+            ToWorker::ClearVram { tag } => {
+                self.ctx.release_vram();
+                self.reply(tag, Status::Ok, &[]);
+            }
+            // The cpu engine runs no guest kernels: nothing to map.
+            ToWorker::KernelMap(_) => {}
+        }
+        Ok(())
+    }
+
+    fn submit(&self, tag: u64, op: Op) {
+        if let Op::Memset { pattern, .. } = &op {
+            if let Some(e) = Escape::requested(*pattern) {
+                e.attempt(self.daemon);
+            }
+        }
+        let sum = match &op {
+            Op::ReduceSum { sum, .. } => Some(sum.clone()),
+            _ => None,
+        };
+        let out = self.out.clone();
+        self.ctx.submit(
+            WorkItem {
+                op,
+                channel: 0,
+                mem: self.mem.clone(),
+                front_end: Duration::ZERO,
+            },
+            Box::new(move |c| {
+                let _ = out.send(&ToDaemon::Done(Done {
+                    tag,
+                    gpu_ns: c.gpu_time.as_nanos() as u64,
+                    status: status(&c.result),
+                    value: sum.map_or(0.0, |s| s.get()),
+                }));
+            }),
+        );
+    }
+
+    fn reply(&self, tag: u64, status: Status, data: &[u8]) {
+        let _ = self.out.send(&ToDaemon::Data { tag, status, data });
+    }
 }
 
 /// Guest RAM as a layout message describes it, mapped here.
-fn layout(r: &mut Reader, files: Vec<File>) -> Result<GuestRam, wire::Malformed> {
-    let n = r.u32()? as usize;
-    if n != files.len() {
-        return Err(wire::Malformed("file count"));
-    }
-    let mut writable = Vec::with_capacity(n);
-    for _ in 0..n {
-        let _len = r.u64()?;
-        writable.push(r.u8()? != 0);
+fn layout(l: &Layout, files: Vec<File>) -> Result<GuestRam, Error> {
+    if l.files.len() != files.len() {
+        return Err(Error::Malformed("file count"));
     }
     let mem = GuestRam::new();
-    for _ in 0..r.u32()? {
-        let (gpa, len, file, offset) = (r.u64()?, r.u64()?, r.u32()? as usize, r.u64()?);
-        let Some(f) = files.get(file).and_then(|f| f.try_clone().ok()) else {
-            return Err(wire::Malformed("file index"));
+    for w in &l.windows {
+        let i = w.file as usize;
+        let (Some(f), Some(info)) = (files.get(i), l.files.get(i)) else {
+            return Err(Error::Malformed("file index"));
         };
-        if let Err(e) = mem.map(gpa, len, f, offset, writable[file]) {
-            eprintln!("vgpud-cuda-worker: guest RAM window not mapped: {e}");
+        let f = f.try_clone().map_err(|source| Error::Io {
+            what: "duplicating a guest RAM file",
+            source,
+        })?;
+        if let Err(e) = mem.map(w.gpa, w.len, f, w.offset, info.writable) {
+            eprintln!("guest RAM window not mapped: {e}");
         }
     }
     Ok(mem)
+}
+
+#[cfg(feature = "fuzzing")]
+pub(crate) fn fuzz_serve(frames: &[&[u8]]) {
+    use std::sync::OnceLock;
+    static ENGINE: OnceLock<CpuEngine> = OnceLock::new();
+    let engine = ENGINE.get_or_init(|| CpuEngine::new(1).expect("engine"));
+    let Ok(ctx) = engine.create_context(1 << 20) else {
+        return;
+    };
+    // Replies go nowhere: a socket nobody reads, that never blocks.
+    let Ok((a, _b)) = std::os::unix::net::UnixStream::pair() else {
+        return;
+    };
+    if a.set_nonblocking(true).is_err() {
+        return;
+    }
+    let sender = Sender::for_fuzzing(a);
+    let mut w = Emulated {
+        ctx,
+        mem: Arc::new(GuestRam::new()),
+        out: sender,
+        daemon: 0,
+    };
+    let mut buf = Vec::new();
+    for f in frames {
+        if let Ok(m) = ToWorker::decode(f) {
+            m.encode(&mut buf).expect("a decoded message encodes");
+            assert_eq!(&buf[..], *f, "decode then encode gives the frame back");
+            // Operations are not run (a fuzzed 10 s spin would only wait).
+            if !matches!(m, ToWorker::Submit { .. }) {
+                let _ = w.handle(m, Vec::new());
+            }
+        }
+    }
+    w.ctx.cancel();
 }

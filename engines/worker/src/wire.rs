@@ -1,89 +1,69 @@
-//! The messages between the daemon and a vGPU's CUDA worker process, on a
-//! Unix stream socket: each a little-endian `u32` length, then the body,
-//! whose first byte says what it is. Descriptors (guest RAM files) travel
-//! as `SCM_RIGHTS` with the message that names them.
+//! The messages between the daemon and a worker, as typed enums, and their
+//! one encoding.
 //!
-//! The worker trusts the daemon (its parent, which audited every address
-//! against the vGPU's framebuffer and DMA map) but not the GPU: every
-//! operation it is handed is checked again against its own mappings before
-//! it reaches the device, so a daemon bug faults the item, not the GPU.
+//! A message is a *frame*: its first byte says what it is, the fields
+//! follow little-endian. Encoding and decoding know nothing of the
+//! transport: the Unix socket ([`crate::socket`]) prefixes each frame with
+//! its `u32` length and carries guest RAM files as `SCM_RIGHTS` beside the
+//! [`ToWorker::Layout`] that names them; a shared-memory descriptor ring
+//! (one producer and one consumer each way) can carry the same frames in
+//! its slots. Every frame is at most [`MAX_FRAME`] bytes. The messages of
+//! the hot path are small and fixed: a [`Done`] is [`DONE_FRAME`] bytes, a
+//! HOST access a few dozen; encoding goes into a buffer the caller keeps
+//! ([`ToWorker::encode`], [`ToDaemon::encode`]), and decoding borrows the
+//! frame's bytes (VRAM data, JIT text) instead of copying them, so a
+//! [`Done`] is sent and received without an allocation.
+//!
+//! Neither side trusts the other's bytes: [`ToDaemon::decode`] is what the
+//! daemon runs on whatever a worker — now running guest-supplied code in
+//! its GPU driver — sends, and it fails with [`Error::Malformed`] on any
+//! frame that is short, long, of an unknown kind or out of range; it never
+//! allocates more than the frame holds. The worker trusts the daemon (its
+//! parent, which audited every address against the vGPU's framebuffer and
+//! DMA map) but still decodes strictly and checks every operation against
+//! its own mappings before it reaches the device.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
-use devmodel::command::{KernelLaunch, Op, RunningSum};
+use devmodel::command::{KernelLaunch, Op, RunningSum, MAX_BATCH_OPS};
 use devmodel::gmmu::{Aperture, Extent, KernelMap, KernelRun};
 
-/// Largest message either side accepts (a batch of a piece's extents is
-/// far below it).
-pub const MAX_MESSAGE: usize = 64 << 20;
+use crate::Error;
 
-/// Daemon to worker.
-pub mod to_worker {
-    /// The guest RAM layout: files (their descriptors attached, in order)
-    /// and the windows of them at each guest address.
+/// Largest frame either side sends or accepts: a piece names at most a few
+/// thousand extents, a module 4 MiB of text, a kernel map at most 2^18 runs.
+pub const MAX_FRAME: usize = 16 << 20;
+/// Largest VRAM read or write one HOST access asks for.
+pub const MAX_VRAM_ACCESS: u64 = 1 << 20;
+/// Largest guest RAM layout: files (descriptors with one message) and
+/// windows.
+pub const MAX_LAYOUT_FILES: usize = 16;
+pub const MAX_LAYOUT_WINDOWS: usize = 4096;
+/// Longest detail text of a [`Fatal`].
+pub const MAX_DETAIL: usize = 4096;
+/// Bytes of an encoded [`ToDaemon::Done`].
+pub const DONE_FRAME: usize = 1 + 8 + 8 + 1 + 8;
+
+/// Frame kinds, daemon to worker.
+mod to_worker {
     pub const LAYOUT: u8 = 1;
-    /// Run an operation: tag, then the operation.
     pub const SUBMIT: u8 = 2;
-    /// Read VRAM: tag, offset, length.
     pub const READ_VRAM: u8 = 3;
-    /// Write VRAM: tag, offset, length, bytes.
     pub const WRITE_VRAM: u8 = 4;
-    /// Zero the framebuffer (the VM went away): tag.
     pub const CLEAR_VRAM: u8 = 5;
-    /// What guest kernels reach from now on ([`super::KernelMap`]): id,
-    /// then the runs. Sent before the first launch that names the id.
     pub const KERNEL_MAP: u8 = 6;
 }
 
-/// Worker to daemon.
-pub mod to_daemon {
-    /// Started: framebuffer bytes, multiprocessors, the GPU address of
-    /// guest kernels' VA 0 (0: no guest PTX).
+/// Frame kinds, worker to daemon.
+mod to_daemon {
     pub const READY: u8 = 1;
-    /// An operation finished: tag, GPU time (ns), status, value (f64).
     pub const DONE: u8 = 2;
-    /// A VRAM read's bytes, or a write's or clear's acknowledgement: tag,
-    /// status, bytes.
     pub const DATA: u8 = 3;
-    /// The worker cannot go on (a sticky CUDA error, a start failure):
-    /// the reason, as text; it exits after sending it.
     pub const FATAL: u8 = 4;
 }
 
-/// An operation's (or access's) outcome, as the worker reports it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
-pub enum Status {
-    Ok = 0,
-    /// A system-memory address outside the guest RAM the worker maps.
-    Unmapped = 1,
-    /// A VRAM range outside the framebuffer.
-    VramRange = 2,
-    /// The GPU failed the operation.
-    Engine = 3,
-    /// The JIT rejected a guest module (the CUDA error in the value).
-    Module = 4,
-    /// The GPU refused a guest kernel launch (the CUDA error in the value).
-    Refused = 5,
-    /// The GPU faulted running the item: the worker's context is lost.
-    Fault = 6,
-}
-
-impl Status {
-    pub fn from_u8(v: u8) -> Status {
-        match v {
-            0 => Status::Ok,
-            1 => Status::Unmapped,
-            2 => Status::VramRange,
-            4 => Status::Module,
-            5 => Status::Refused,
-            6 => Status::Fault,
-            _ => Status::Engine,
-        }
-    }
-}
-
-/// Operation kinds on the wire.
+/// Operation kinds inside a SUBMIT.
 mod kind {
     pub const COPY: u8 = 0;
     pub const MEMSET: u8 = 1;
@@ -96,38 +76,369 @@ mod kind {
     pub const KERNEL: u8 = 8;
 }
 
-/// A message body being built.
-#[derive(Default)]
-pub struct Writer(pub Vec<u8>);
+/// Daemon to worker.
+#[derive(Debug, PartialEq)]
+pub enum ToWorker<'a> {
+    /// The guest RAM layout now; the files' descriptors travel with the
+    /// message, in order.
+    Layout(Layout),
+    /// Run an operation; its outcome comes back as a [`Done`] with `tag`.
+    /// (Borrowed when sent: the daemon encodes the item's own operation.)
+    Submit { tag: u64, op: Cow<'a, Op> },
+    /// Read `len` bytes of VRAM at `offset` (a [`ToDaemon::Data`] answers).
+    ReadVram { tag: u64, offset: u64, len: u64 },
+    /// Write `data` to VRAM at `offset` (an empty `Data` answers).
+    WriteVram {
+        tag: u64,
+        offset: u64,
+        data: &'a [u8],
+    },
+    /// Zero the framebuffer and drop the guest's modules: the VM went away.
+    ClearVram { tag: u64 },
+    /// What guest kernels reach from now on; sent before the first launch
+    /// that names its id (the launch carries only the id).
+    KernelMap(Cow<'a, KernelMap>),
+}
 
-impl Writer {
-    pub fn new(what: u8) -> Writer {
-        Writer(vec![what])
+/// Worker to daemon.
+#[derive(Debug, PartialEq)]
+pub enum ToDaemon<'a> {
+    /// Started and confined: the first message.
+    Ready(Ready),
+    /// An operation finished.
+    Done(Done),
+    /// A VRAM read's bytes, or a write's or clear's acknowledgement.
+    Data {
+        tag: u64,
+        status: Status,
+        data: &'a [u8],
+    },
+    /// The worker cannot go on; it exits after sending this.
+    Fatal(Fatal<'a>),
+}
+
+/// What a worker offers once started.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Ready {
+    /// Framebuffer bytes it allocated.
+    pub vram: u64,
+    pub multiprocessors: u32,
+    /// Where guest kernels see VA 0 (0: no guest PTX).
+    pub ptx_va_base: u64,
+    /// The most bytes one piece should move on this engine
+    /// (`EngineContext::piece_bytes`).
+    pub piece_bytes: u64,
+}
+
+/// An operation's outcome.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Done {
+    pub tag: u64,
+    /// Engine time the item took, as the worker measured it.
+    pub gpu_ns: u64,
+    pub status: Status,
+    /// A reduce's sum, or the engine's error number for a refused module
+    /// or launch (`status` says which).
+    pub value: f64,
+}
+
+/// Why a worker gave up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum FatalReason {
+    /// The engine could not start (no driver, no such device).
+    Start = 1,
+    /// The framebuffer does not fit in the device's free memory.
+    OutOfMemory = 2,
+    /// The worker could not confine itself.
+    Sandbox = 3,
+    /// The device's context is lost (a sticky error).
+    DeviceLost = 4,
+    /// A message it could not take.
+    Protocol = 5,
+}
+
+impl std::fmt::Display for FatalReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FatalReason::Start => "the engine could not start",
+            FatalReason::OutOfMemory => "the framebuffer does not fit in the device's memory",
+            FatalReason::Sandbox => "the worker could not confine itself",
+            FatalReason::DeviceLost => "the device context is lost",
+            FatalReason::Protocol => "a message the worker could not take",
+        })
     }
-    pub fn u8(&mut self, v: u8) -> &mut Self {
+}
+
+/// A worker's last word: why, the engine's error number (the CUDA error,
+/// 0 when there is none) and a line of detail for the log.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Fatal<'a> {
+    pub reason: FatalReason,
+    pub code: u32,
+    pub detail: &'a str,
+}
+
+/// An operation's (or access's) outcome, as the worker reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Status {
+    Ok = 0,
+    /// A system-memory address outside the guest RAM the worker maps.
+    Unmapped = 1,
+    /// A VRAM range outside the framebuffer.
+    VramRange = 2,
+    /// The engine failed the operation.
+    Engine = 3,
+    /// The JIT rejected a guest module (the CUDA error in the value).
+    Module = 4,
+    /// The GPU refused a guest kernel launch (the CUDA error in the value).
+    Refused = 5,
+    /// The GPU faulted running the item: the worker's context is lost (the
+    /// CUDA error in the value).
+    Fault = 6,
+}
+
+impl Status {
+    fn from_u8(v: u8) -> Result<Status, Error> {
+        Ok(match v {
+            0 => Status::Ok,
+            1 => Status::Unmapped,
+            2 => Status::VramRange,
+            3 => Status::Engine,
+            4 => Status::Module,
+            5 => Status::Refused,
+            6 => Status::Fault,
+            _ => return Err(Error::Malformed("status")),
+        })
+    }
+}
+
+/// The guest RAM layout: its files (descriptors sent with the message) and
+/// the windows of them at each guest address.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Layout {
+    pub files: Vec<LayoutFile>,
+    pub windows: Vec<LayoutWindow>,
+}
+
+/// One guest RAM file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LayoutFile {
+    pub len: u64,
+    pub writable: bool,
+}
+
+/// `len` bytes at guest address `gpa`, `offset` bytes into `files[file]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LayoutWindow {
+    pub gpa: u64,
+    pub len: u64,
+    pub file: u32,
+    pub offset: u64,
+}
+
+impl ToWorker<'_> {
+    /// Encode into `out` (cleared first; its capacity is kept for the
+    /// next message).
+    pub fn encode(&self, out: &mut Vec<u8>) -> Result<(), Error> {
+        out.clear();
+        let mut w = Writer(out);
+        match self {
+            ToWorker::Layout(l) => {
+                w.u8(to_worker::LAYOUT).u32(l.files.len() as u32);
+                for f in &l.files {
+                    w.u64(f.len).u8(f.writable as u8);
+                }
+                w.u32(l.windows.len() as u32);
+                for r in &l.windows {
+                    w.u64(r.gpa).u64(r.len).u32(r.file).u64(r.offset);
+                }
+            }
+            ToWorker::Submit { tag, op } => {
+                w.u8(to_worker::SUBMIT).u64(*tag).op(op);
+            }
+            ToWorker::ReadVram { tag, offset, len } => {
+                w.u8(to_worker::READ_VRAM).u64(*tag).u64(*offset).u64(*len);
+            }
+            ToWorker::WriteVram { tag, offset, data } => {
+                w.u8(to_worker::WRITE_VRAM)
+                    .u64(*tag)
+                    .u64(*offset)
+                    .bytes(data);
+            }
+            ToWorker::ClearVram { tag } => {
+                w.u8(to_worker::CLEAR_VRAM).u64(*tag);
+            }
+            ToWorker::KernelMap(map) => {
+                w.u8(to_worker::KERNEL_MAP)
+                    .u64(map.id)
+                    .u32(map.runs.len() as u32);
+                for r in &map.runs {
+                    w.u64(r.va).u64(r.vram).u64(r.len).u8(r.read_only as u8);
+                }
+            }
+        }
+        fits(out.len())
+    }
+
+    /// Decode one frame.
+    pub fn decode(frame: &[u8]) -> Result<ToWorker<'_>, Error> {
+        let mut r = Reader::new(frame);
+        let m = match r.u8()? {
+            to_worker::LAYOUT => ToWorker::Layout(r.layout()?),
+            to_worker::SUBMIT => ToWorker::Submit {
+                tag: r.u64()?,
+                op: Cow::Owned(r.op(0)?),
+            },
+            to_worker::READ_VRAM => ToWorker::ReadVram {
+                tag: r.u64()?,
+                offset: r.u64()?,
+                len: r.u64()?,
+            },
+            to_worker::WRITE_VRAM => ToWorker::WriteVram {
+                tag: r.u64()?,
+                offset: r.u64()?,
+                data: r.bytes()?,
+            },
+            to_worker::CLEAR_VRAM => ToWorker::ClearVram { tag: r.u64()? },
+            to_worker::KERNEL_MAP => ToWorker::KernelMap(Cow::Owned(r.kernel_map()?)),
+            _ => return Err(Error::Malformed("message kind")),
+        };
+        r.end()?;
+        Ok(m)
+    }
+}
+
+impl ToDaemon<'_> {
+    /// Encode into `out` (cleared first; its capacity is kept).
+    pub fn encode(&self, out: &mut Vec<u8>) -> Result<(), Error> {
+        out.clear();
+        let mut w = Writer(out);
+        match self {
+            ToDaemon::Ready(r) => {
+                w.u8(to_daemon::READY)
+                    .u64(r.vram)
+                    .u32(r.multiprocessors)
+                    .u64(r.ptx_va_base)
+                    .u64(r.piece_bytes);
+            }
+            ToDaemon::Done(d) => {
+                w.u8(to_daemon::DONE)
+                    .u64(d.tag)
+                    .u64(d.gpu_ns)
+                    .u8(d.status as u8)
+                    .f64(d.value);
+            }
+            ToDaemon::Data { tag, status, data } => {
+                w.u8(to_daemon::DATA)
+                    .u64(*tag)
+                    .u8(*status as u8)
+                    .bytes(data);
+            }
+            ToDaemon::Fatal(f) => {
+                let mut end = f.detail.len().min(MAX_DETAIL);
+                while !f.detail.is_char_boundary(end) {
+                    end -= 1;
+                }
+                w.u8(to_daemon::FATAL)
+                    .u8(f.reason as u8)
+                    .u32(f.code)
+                    .bytes(&f.detail.as_bytes()[..end]);
+            }
+        }
+        fits(out.len())
+    }
+
+    /// Decode one frame (any bytes: a worker may be hostile).
+    pub fn decode(frame: &[u8]) -> Result<ToDaemon<'_>, Error> {
+        let mut r = Reader::new(frame);
+        let m = match r.u8()? {
+            to_daemon::READY => ToDaemon::Ready(Ready {
+                vram: r.u64()?,
+                multiprocessors: r.u32()?,
+                ptx_va_base: r.u64()?,
+                piece_bytes: r.u64()?,
+            }),
+            to_daemon::DONE => ToDaemon::Done(Done {
+                tag: r.u64()?,
+                gpu_ns: r.u64()?,
+                status: Status::from_u8(r.u8()?)?,
+                value: r.f64()?,
+            }),
+            to_daemon::DATA => ToDaemon::Data {
+                tag: r.u64()?,
+                status: Status::from_u8(r.u8()?)?,
+                data: r.bytes()?,
+            },
+            to_daemon::FATAL => {
+                let reason = match r.u8()? {
+                    1 => FatalReason::Start,
+                    2 => FatalReason::OutOfMemory,
+                    3 => FatalReason::Sandbox,
+                    4 => FatalReason::DeviceLost,
+                    5 => FatalReason::Protocol,
+                    _ => return Err(Error::Malformed("fatal reason")),
+                };
+                let code = r.u32()?;
+                let detail = r.bytes()?;
+                if detail.len() > MAX_DETAIL {
+                    return Err(Error::Malformed("fatal detail length"));
+                }
+                let detail =
+                    std::str::from_utf8(detail).map_err(|_| Error::Malformed("fatal detail"))?;
+                ToDaemon::Fatal(Fatal {
+                    reason,
+                    code,
+                    detail,
+                })
+            }
+            _ => return Err(Error::Malformed("message kind")),
+        };
+        r.end()?;
+        Ok(m)
+    }
+}
+
+fn fits(len: usize) -> Result<(), Error> {
+    if len > MAX_FRAME {
+        Err(Error::FrameTooLarge {
+            len,
+            max: MAX_FRAME,
+        })
+    } else {
+        Ok(())
+    }
+}
+
+/// A frame being built, appended to its caller's buffer.
+struct Writer<'b>(&'b mut Vec<u8>);
+
+impl Writer<'_> {
+    fn u8(&mut self, v: u8) -> &mut Self {
         self.0.push(v);
         self
     }
-    pub fn u32(&mut self, v: u32) -> &mut Self {
+    fn u32(&mut self, v: u32) -> &mut Self {
         self.0.extend_from_slice(&v.to_le_bytes());
         self
     }
-    pub fn u64(&mut self, v: u64) -> &mut Self {
+    fn u64(&mut self, v: u64) -> &mut Self {
         self.0.extend_from_slice(&v.to_le_bytes());
         self
     }
-    pub fn f32(&mut self, v: f32) -> &mut Self {
+    fn f32(&mut self, v: f32) -> &mut Self {
         self.u32(v.to_bits())
     }
-    pub fn f64(&mut self, v: f64) -> &mut Self {
+    fn f64(&mut self, v: f64) -> &mut Self {
         self.u64(v.to_bits())
     }
-    pub fn bytes(&mut self, b: &[u8]) -> &mut Self {
+    fn bytes(&mut self, b: &[u8]) -> &mut Self {
         self.u64(b.len() as u64);
         self.0.extend_from_slice(b);
         self
     }
-    pub fn extents(&mut self, ext: &[Extent]) -> &mut Self {
+    fn extents(&mut self, ext: &[Extent]) -> &mut Self {
         self.u32(ext.len() as u32);
         for e in ext {
             self.u8(matches!(e.aperture, Aperture::Vram) as u8)
@@ -138,7 +449,7 @@ impl Writer {
     }
 
     /// An operation, as [`Reader::op`] reads it back.
-    pub fn op(&mut self, op: &Op) -> &mut Self {
+    fn op(&mut self, op: &Op) -> &mut Self {
         match op {
             Op::Copy { src, dst } => self.u8(kind::COPY).extents(src).extents(dst),
             Op::Memset { dst, pattern } => self.u8(kind::MEMSET).extents(dst).u32(*pattern),
@@ -197,72 +508,80 @@ impl Writer {
             }
         }
     }
-
-    /// A [`to_worker::KERNEL_MAP`] body.
-    pub fn kernel_map(&mut self, map: &KernelMap) -> &mut Self {
-        self.u64(map.id).u32(map.runs.len() as u32);
-        for r in &map.runs {
-            self.u64(r.va).u64(r.vram).u64(r.len).u8(r.read_only as u8);
-        }
-        self
-    }
 }
 
-/// A message that does not parse.
-#[derive(Debug, thiserror::Error)]
-#[error("malformed worker message: {0}")]
-pub struct Malformed(pub &'static str);
-
-/// A message body being read.
-pub struct Reader<'a> {
+/// A frame being read; every read is bounds-checked.
+struct Reader<'a> {
     b: &'a [u8],
 }
 
 impl<'a> Reader<'a> {
-    pub fn new(b: &'a [u8]) -> Reader<'a> {
+    fn new(b: &'a [u8]) -> Reader<'a> {
         Reader { b }
     }
-    fn take(&mut self, n: usize) -> Result<&'a [u8], Malformed> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], Error> {
         if self.b.len() < n {
-            return Err(Malformed("short"));
+            return Err(Error::Malformed("short"));
         }
         let (h, t) = self.b.split_at(n);
         self.b = t;
         Ok(h)
     }
-    pub fn u8(&mut self) -> Result<u8, Malformed> {
-        Ok(self.take(1)?[0])
+    /// The frame must end here.
+    fn end(&self) -> Result<(), Error> {
+        if self.b.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Malformed("trailing bytes"))
+        }
     }
-    pub fn u32(&mut self) -> Result<u32, Malformed> {
-        let b = self.take(4)?;
-        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    fn u8(&mut self) -> Result<u8, Error> {
+        let [v] = self.take(1)? else {
+            return Err(Error::Malformed("short"));
+        };
+        Ok(*v)
     }
-    pub fn u64(&mut self) -> Result<u64, Malformed> {
+    fn u32(&mut self) -> Result<u32, Error> {
+        let mut a = [0u8; 4];
+        a.copy_from_slice(self.take(4)?);
+        Ok(u32::from_le_bytes(a))
+    }
+    fn u64(&mut self) -> Result<u64, Error> {
         let mut a = [0u8; 8];
         a.copy_from_slice(self.take(8)?);
         Ok(u64::from_le_bytes(a))
     }
-    pub fn f32(&mut self) -> Result<f32, Malformed> {
+    fn f32(&mut self) -> Result<f32, Error> {
         Ok(f32::from_bits(self.u32()?))
     }
-    pub fn f64(&mut self) -> Result<f64, Malformed> {
+    fn f64(&mut self) -> Result<f64, Error> {
         Ok(f64::from_bits(self.u64()?))
     }
-    pub fn bytes(&mut self) -> Result<&'a [u8], Malformed> {
-        let n = usize::try_from(self.u64()?).map_err(|_| Malformed("length"))?;
+    fn bool(&mut self) -> Result<bool, Error> {
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            _ => Err(Error::Malformed("flag")),
+        }
+    }
+    fn bytes(&mut self) -> Result<&'a [u8], Error> {
+        let n = usize::try_from(self.u64()?).map_err(|_| Error::Malformed("length"))?;
         self.take(n)
     }
-    pub fn rest(&self) -> &'a [u8] {
-        self.b
-    }
-    pub fn extents(&mut self) -> Result<Vec<Extent>, Malformed> {
+    /// A count of items of `size` bytes each that must all be in the
+    /// frame (nothing is allocated for a count the frame cannot hold).
+    fn count(&mut self, size: usize, max: usize) -> Result<usize, Error> {
         let n = self.u32()? as usize;
-        if n > self.b.len() / 17 {
-            return Err(Malformed("extent count"));
+        if n > max || n > self.b.len() / size {
+            return Err(Error::Malformed("count"));
         }
+        Ok(n)
+    }
+    fn extents(&mut self) -> Result<Vec<Extent>, Error> {
+        let n = self.count(17, usize::MAX)?;
         (0..n)
             .map(|_| {
-                let aperture = if self.u8()? != 0 {
+                let aperture = if self.bool()? {
                     Aperture::Vram
                 } else {
                     Aperture::Sysmem
@@ -276,8 +595,32 @@ impl<'a> Reader<'a> {
             .collect()
     }
 
-    /// An operation written by [`Writer::op`].
-    pub fn op(&mut self) -> Result<Op, Malformed> {
+    fn layout(&mut self) -> Result<Layout, Error> {
+        let n = self.count(9, MAX_LAYOUT_FILES)?;
+        let files = (0..n)
+            .map(|_| {
+                Ok(LayoutFile {
+                    len: self.u64()?,
+                    writable: self.bool()?,
+                })
+            })
+            .collect::<Result<_, Error>>()?;
+        let m = self.count(28, MAX_LAYOUT_WINDOWS)?;
+        let windows = (0..m)
+            .map(|_| {
+                Ok(LayoutWindow {
+                    gpa: self.u64()?,
+                    len: self.u64()?,
+                    file: self.u32()?,
+                    offset: self.u64()?,
+                })
+            })
+            .collect::<Result<_, Error>>()?;
+        Ok(Layout { files, windows })
+    }
+
+    /// An operation written by [`Writer::op`]; `depth` 1 inside a batch.
+    fn op(&mut self, depth: u32) -> Result<Op, Error> {
         Ok(match self.u8()? {
             kind::COPY => Op::Copy {
                 src: self.extents()?,
@@ -319,17 +662,11 @@ impl<'a> Reader<'a> {
                     report: self.u32()?,
                 }
             }
-            kind::BATCH => {
-                let n = self.u32()? as usize;
-                if n > devmodel::command::MAX_BATCH_OPS {
-                    return Err(Malformed("batch size"));
-                }
-                let ops = (0..n).map(|_| self.op()).collect::<Result<Vec<_>, _>>()?;
-                if ops.iter().any(|o| matches!(o, Op::Batch(_))) {
-                    return Err(Malformed("nested batch"));
-                }
-                Op::Batch(ops)
+            kind::BATCH if depth == 0 => {
+                let n = self.count(1, MAX_BATCH_OPS)?;
+                Op::Batch((0..n).map(|_| self.op(1)).collect::<Result<Vec<_>, _>>()?)
             }
+            kind::BATCH => return Err(Error::Malformed("nested batch")),
             kind::MODULE_LOAD => Op::ModuleLoad {
                 slot: self.u32()?,
                 text: Arc::from(self.bytes()?),
@@ -337,14 +674,15 @@ impl<'a> Reader<'a> {
             },
             kind::KERNEL => {
                 let slot = self.u32()?;
-                let func = String::from_utf8(self.bytes()?.to_vec())
-                    .map_err(|_| Malformed("function name"))?;
+                let func = std::str::from_utf8(self.bytes()?)
+                    .map_err(|_| Error::Malformed("function name"))?
+                    .to_string();
                 let mut dims = [0u32; 6];
                 for d in &mut dims {
                     *d = self.u32()?;
                 }
                 let params = self.bytes()?.to_vec();
-                // The runs came in a KERNEL_MAP message before.
+                // The runs came in a KernelMap message before.
                 let map = Arc::new(KernelMap {
                     id: self.u64()?,
                     runs: Vec::new(),
@@ -358,102 +696,41 @@ impl<'a> Reader<'a> {
                     map,
                 }))
             }
-            _ => return Err(Malformed("operation kind")),
+            _ => return Err(Error::Malformed("operation kind")),
         })
     }
 
-    /// A map written by [`Writer::kernel_map`].
-    pub fn kernel_map(&mut self) -> Result<KernelMap, Malformed> {
+    fn kernel_map(&mut self) -> Result<KernelMap, Error> {
         let id = self.u64()?;
-        let n = self.u32()? as usize;
-        if n > self.b.len() / 25 {
-            return Err(Malformed("run count"));
-        }
+        let n = self.count(25, usize::MAX)?;
         let runs = (0..n)
             .map(|_| {
                 Ok(KernelRun {
                     va: self.u64()?,
                     vram: self.u64()?,
                     len: self.u64()?,
-                    read_only: self.u8()? != 0,
+                    read_only: self.bool()?,
                 })
             })
-            .collect::<Result<_, _>>()?;
+            .collect::<Result<_, Error>>()?;
         Ok(KernelMap { id, runs })
     }
-}
-
-/// Send one message (`body`, with `fds` attached).
-pub fn send(
-    s: &std::os::unix::net::UnixStream,
-    body: &[u8],
-    fds: &[std::os::fd::RawFd],
-) -> std::io::Result<()> {
-    use std::io::Write;
-    use vmm_sys_util::sock_ctrl_msg::ScmSocket;
-    let mut frame = Vec::with_capacity(4 + body.len());
-    frame.extend_from_slice(&(body.len() as u32).to_le_bytes());
-    frame.extend_from_slice(body);
-    let mut s = s;
-    if fds.is_empty() {
-        return s.write_all(&frame);
-    }
-    // The descriptors go with the first bytes; the rest follows plainly.
-    let sent = s
-        .send_with_fds(&[&frame[..]], fds)
-        .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))?;
-    s.write_all(&frame[sent..])
-}
-
-/// Receive one message: its body, and the descriptors that came with it.
-pub fn recv(s: &std::os::unix::net::UnixStream) -> std::io::Result<(Vec<u8>, Vec<std::fs::File>)> {
-    use std::io::Read;
-    use std::os::fd::FromRawFd;
-    use vmm_sys_util::sock_ctrl_msg::ScmSocket;
-    let mut len = [0u8; 4];
-    let mut fds = [-1i32; 16];
-    let mut io = [libc::iovec {
-        iov_base: len.as_mut_ptr().cast(),
-        iov_len: 4,
-    }];
-    // SAFETY: the iovec points at `len`, which outlives the call, and
-    // `fds` has room for the 16 descriptors recvmsg may install.
-    let (got, nfds) = unsafe { s.recv_with_fds(&mut io, &mut fds) }
-        .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))?;
-    // SAFETY: the first `nfds` entries are descriptors this process just
-    // received and owns; each is wrapped once.
-    let files: Vec<std::fs::File> = fds[..nfds]
-        .iter()
-        .map(|&fd| unsafe { std::fs::File::from_raw_fd(fd) })
-        .collect();
-    if got == 0 {
-        return Err(std::io::ErrorKind::UnexpectedEof.into());
-    }
-    let mut s = s;
-    if got < 4 {
-        s.read_exact(&mut len[got..])?;
-    }
-    let n = u32::from_le_bytes(len) as usize;
-    if n == 0 || n > MAX_MESSAGE {
-        return Err(std::io::Error::other("worker message size"));
-    }
-    let mut body = vec![0u8; n];
-    s.read_exact(&mut body)?;
-    Ok((body, files))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn operations_survive_the_wire() {
-        let e = |a, l| Extent {
+    fn e(a: u64, l: u64) -> Extent {
+        Extent {
             aperture: Aperture::Vram,
             addr: a,
             len: l,
-        };
-        let ops = vec![
+        }
+    }
+
+    fn ops() -> Vec<Op> {
+        vec![
             Op::Copy {
                 src: vec![e(0, 8)],
                 dst: vec![Extent {
@@ -504,39 +781,200 @@ mod tests {
                     runs: Vec::new(),
                 }),
             })),
+        ]
+    }
+
+    /// Every message to a worker, and every cut of its frame.
+    #[test]
+    fn messages_to_a_worker_survive_the_wire_and_cuts_are_errors() {
+        let mut msgs: Vec<ToWorker> = ops()
+            .into_iter()
+            .enumerate()
+            .map(|(i, op)| ToWorker::Submit {
+                tag: i as u64,
+                op: Cow::Owned(op),
+            })
+            .collect();
+        msgs.extend([
+            ToWorker::Layout(Layout {
+                files: vec![LayoutFile {
+                    len: 1 << 30,
+                    writable: true,
+                }],
+                windows: vec![LayoutWindow {
+                    gpa: 0,
+                    len: 1 << 20,
+                    file: 0,
+                    offset: 4096,
+                }],
+            }),
+            ToWorker::ReadVram {
+                tag: 9,
+                offset: 64,
+                len: 8,
+            },
+            ToWorker::WriteVram {
+                tag: 10,
+                offset: 64,
+                data: &[1, 2, 3],
+            },
+            ToWorker::ClearVram { tag: 11 },
+            ToWorker::KernelMap(Cow::Owned(KernelMap {
+                id: 5,
+                runs: vec![KernelRun {
+                    va: 1 << 21,
+                    vram: 0,
+                    len: 4 << 21,
+                    read_only: true,
+                }],
+            })),
+        ]);
+        let mut buf = Vec::new();
+        for m in &msgs {
+            m.encode(&mut buf).unwrap();
+            assert_eq!(&ToWorker::decode(&buf).unwrap(), m);
+            for cut in 0..buf.len() {
+                assert!(ToWorker::decode(&buf[..cut]).is_err(), "{m:?} cut at {cut}");
+            }
+            let mut long = buf.clone();
+            long.push(0);
+            assert!(ToWorker::decode(&long).is_err(), "trailing byte");
+        }
+        // A batch inside a batch, an unknown kind, a flag that is not 0/1.
+        let nested = [
+            to_worker::SUBMIT,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            kind::BATCH,
+            1,
+            0,
+            0,
+            0,
+            kind::BATCH,
         ];
-        for op in ops {
-            let mut w = Writer::default();
-            w.op(&op);
-            let back = Reader::new(&w.0).op().unwrap();
-            assert_eq!(back, op);
+        assert!(matches!(
+            ToWorker::decode(&nested),
+            Err(Error::Malformed("nested batch"))
+        ));
+        assert!(ToWorker::decode(&[99]).is_err());
+        // A count the frame cannot hold allocates nothing and fails.
+        let huge = [
+            to_worker::KERNEL_MAP,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0xFF,
+            0xFF,
+            0xFF,
+            0x7F,
+        ];
+        assert!(matches!(
+            ToWorker::decode(&huge),
+            Err(Error::Malformed("count"))
+        ));
+    }
+
+    /// Every message to the daemon, and every cut of its frame.
+    #[test]
+    fn messages_to_the_daemon_survive_the_wire_and_cuts_are_errors() {
+        let msgs = [
+            ToDaemon::Ready(Ready {
+                vram: 1 << 30,
+                multiprocessors: 132,
+                ptx_va_base: 0x2000_0000_0000,
+                piece_bytes: 32 << 20,
+            }),
+            ToDaemon::Done(Done {
+                tag: 7,
+                gpu_ns: 12_345,
+                status: Status::Fault,
+                value: 700.0,
+            }),
+            ToDaemon::Data {
+                tag: 8,
+                status: Status::Ok,
+                data: &[9; 16],
+            },
+            ToDaemon::Fatal(Fatal {
+                reason: FatalReason::OutOfMemory,
+                code: 2,
+                detail: "cuMemCreate (framebuffer)",
+            }),
+        ];
+        let mut buf = Vec::new();
+        for m in &msgs {
+            m.encode(&mut buf).unwrap();
+            assert_eq!(&ToDaemon::decode(&buf).unwrap(), m);
+            for cut in 0..buf.len() {
+                assert!(ToDaemon::decode(&buf[..cut]).is_err(), "{m:?} cut at {cut}");
+            }
         }
-        // Truncated or nonsense bodies are errors, not panics.
-        let mut w = Writer::default();
-        w.op(&Op::Copy {
-            src: vec![e(0, 8)],
-            dst: vec![e(8, 8)],
-        });
-        for cut in 0..w.0.len() {
-            assert!(Reader::new(&w.0[..cut]).op().is_err());
-        }
-        assert!(Reader::new(&[99]).op().is_err());
-        // Kernel maps too.
-        let map = KernelMap {
-            id: 5,
-            runs: vec![KernelRun {
-                va: 1 << 21,
-                vram: 0,
-                len: 4 << 21,
-                read_only: true,
-            }],
+        // A Done is its fixed size.
+        msgs[1].encode(&mut buf).unwrap();
+        assert_eq!(buf.len(), DONE_FRAME);
+        // An unknown status, reason, or text that is not UTF-8.
+        buf[17] = 7;
+        assert!(matches!(
+            ToDaemon::decode(&buf),
+            Err(Error::Malformed("status"))
+        ));
+        let bad_text = [
+            to_daemon::FATAL,
+            1,
+            0,
+            0,
+            0,
+            0,
+            1,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0xFF,
+        ];
+        assert!(ToDaemon::decode(&bad_text).is_err());
+        let bad_reason = [to_daemon::FATAL, 9, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        assert!(ToDaemon::decode(&bad_reason).is_err());
+        // A long detail is cut (at a character boundary) when sent.
+        let long = "é".repeat(MAX_DETAIL);
+        ToDaemon::Fatal(Fatal {
+            reason: FatalReason::Start,
+            code: 0,
+            detail: &long,
+        })
+        .encode(&mut buf)
+        .unwrap();
+        let ToDaemon::Fatal(f) = ToDaemon::decode(&buf).unwrap() else {
+            panic!("not a fatal");
         };
-        let mut w = Writer::default();
-        w.kernel_map(&map);
-        assert_eq!(Reader::new(&w.0).kernel_map().unwrap(), map);
-        for cut in 0..w.0.len() {
-            assert!(Reader::new(&w.0[..cut]).kernel_map().is_err());
-        }
-        assert!(Reader::new(&[0, 0xFF, 0xFF, 0xFF, 0x7F]).op().is_err());
+        assert_eq!(f.detail.len(), MAX_DETAIL);
+    }
+
+    #[test]
+    fn frames_past_the_limit_are_refused_when_encoded() {
+        let data = vec![0u8; MAX_FRAME];
+        let m = ToWorker::WriteVram {
+            tag: 1,
+            offset: 0,
+            data: &data,
+        };
+        assert!(matches!(
+            m.encode(&mut Vec::new()),
+            Err(Error::FrameTooLarge { .. })
+        ));
     }
 }

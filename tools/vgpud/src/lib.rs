@@ -8,6 +8,7 @@
 //! * `demo`: the demo workload `vgpud --demo` runs (feature `demo`).
 //! * [`views`]: what `vgpuctl top` and `vgpuctl record` show: rates and
 //!   shares between samples, the live table, the CSV and the chart.
+//! * [`engines`]: a parent's engine, opened by name in one place.
 //! * [`errno`]: the errno values operations fail with, by name and number.
 //! * [`thread`]: starting threads; one that cannot start is an error.
 //! * [`wait`]: blocking waits a stop signal can end.
@@ -15,6 +16,7 @@
 pub mod daemon;
 #[cfg(feature = "demo")]
 pub mod demo;
+pub mod engines;
 pub mod errno;
 pub mod parent;
 

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use clap::Parser;
 use mdev_types::sockets::{Principal, Setting};
-use mdev_types::{Catalog, ConfigFile, SocketConfig};
+use mdev_types::{Catalog, ConfigFile, SocketConfig, WorkerConfig};
 use scheduler::Config;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
@@ -130,45 +130,8 @@ fn main() -> ExitCode {
         libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
     }
     let args = Args::parse();
-    // The demo's selftests fault channels on purpose; its output is the
-    // report, so it logs errors only unless VGPUD_LOG says otherwise.
-    let default_level = if args.demo.is_some() { "error" } else { "info" };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("VGPUD_LOG")
-        .unwrap_or_else(|_| default_level.into());
-    let log = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match args.log_format {
-        LogFormat::Text => log.init(),
-        LogFormat::Json => log
-            .json()
-            .with_current_span(true)
-            .with_span_list(true)
-            .init(),
-    }
-    // One file holds both the scheduling policy and the type catalogue.
-    let (config, catalog, file_sockets) = match &args.config {
-        Some(path) => match ConfigFile::load(path) {
-            Ok(f) => (f.policy, f.catalog, f.sockets),
-            Err(e) => {
-                eprintln!("vgpud: {e}");
-                return ExitCode::from(2);
-            }
-        },
-        None => (
-            Config::default(),
-            Catalog::default(),
-            SocketConfig::default(),
-        ),
-    };
-    let cli_sockets = match socket_args(&args) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("vgpud: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let starter = match Starter::find(args.mdevctl.as_deref()) {
+    init_logging(&args);
+    let setup = match Setup::load(&args) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("vgpud: {e}");
@@ -177,7 +140,7 @@ fn main() -> ExitCode {
     };
     if let Some(seconds) = args.demo {
         #[cfg(feature = "demo")]
-        return demo(&args, config, &catalog, seconds);
+        return demo(&args, setup.config, &setup.catalog, seconds);
         #[cfg(not(feature = "demo"))]
         {
             let _ = seconds;
@@ -194,21 +157,27 @@ fn main() -> ExitCode {
         eprintln!("vgpud: {e}");
         return ExitCode::from(1);
     }
-    let mut signals = match Signals::new([SIGTERM, SIGINT, SIGHUP]) {
+    let signals = match Signals::new([SIGTERM, SIGINT, SIGHUP]) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("vgpud: cannot install signal handlers: {e}");
             return ExitCode::from(1);
         }
     };
-    let daemon = match Daemon::new(&run_dir, args.config.clone(), config, &catalog) {
+    let daemon = match Daemon::with_workers(
+        &run_dir,
+        args.config.clone(),
+        setup.config,
+        &setup.catalog,
+        &setup.workers,
+    ) {
         Ok(d) => Arc::new(Mutex::new(d)),
         Err(e) => {
-            eprintln!("vgpud: {e}");
+            eprintln!("vgpud: {}", devmodel::Chain(&e));
             return ExitCode::from(1);
         }
     };
-    match lock(&daemon).set_socket_ownership(cli_sockets, &file_sockets) {
+    match lock(&daemon).set_socket_ownership(setup.cli_sockets, &setup.file_sockets) {
         Ok(o) if o.is_set() => tracing::info!(sockets = %o, "vGPU socket ownership"),
         Ok(_) => {}
         Err(e) => {
@@ -216,50 +185,132 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     }
-    let control_path = run_dir.join("control.sock");
-    let control = match ControlServer::spawn(&control_path, daemon.clone()) {
-        Ok(c) => c,
+    let servers = match Servers::start(&args, &run_dir, &daemon, &setup.starter) {
+        Ok(s) => s,
         Err(e) => {
-            eprintln!("vgpud: {}: {e}", control_path.display());
+            eprintln!("vgpud: {e}");
             return ExitCode::from(1);
         }
     };
-    let sysfs = match &args.mdev_root {
-        Some(root) => match vgpud::daemon::sysfs::mount(root, daemon.clone()) {
-            Ok(m) => {
-                let started = autostart::start_parents(&daemon, root, &starter);
+    serve_signals(signals, &daemon);
+    drop(servers);
+    match Arc::try_unwrap(daemon) {
+        Ok(d) => drop(devmodel::sync::into_inner(d)),
+        Err(_) => tracing::warn!("daemon state still referenced at exit"),
+    }
+    tracing::info!("vgpud stopped");
+    ExitCode::SUCCESS
+}
+
+/// The log on stderr, as `VGPUD_LOG` and `--log-format` say.
+fn init_logging(args: &Args) {
+    // The demo's selftests fault channels on purpose; its output is the
+    // report, so it logs errors only unless VGPUD_LOG says otherwise.
+    let default_level = if args.demo.is_some() { "error" } else { "info" };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("VGPUD_LOG")
+        .unwrap_or_else(|_| default_level.into());
+    let log = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Text => log.init(),
+        LogFormat::Json => log
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .init(),
+    }
+}
+
+/// What the configuration file and the command line set.
+struct Setup {
+    config: Config,
+    catalog: Catalog,
+    file_sockets: SocketConfig,
+    cli_sockets: SocketConfig,
+    workers: WorkerConfig,
+    starter: Starter,
+}
+
+impl Setup {
+    fn load(args: &Args) -> Result<Setup, String> {
+        // One file holds the scheduling policy, the type catalogue, the
+        // sockets' ownership and the workers' sandbox.
+        let f = match &args.config {
+            Some(path) => ConfigFile::load(path).map_err(|e| e.to_string())?,
+            None => ConfigFile {
+                policy: Config::default(),
+                catalog: Catalog::default(),
+                sockets: SocketConfig::default(),
+                workers: WorkerConfig::default(),
+            },
+        };
+        Ok(Setup {
+            config: f.policy,
+            catalog: f.catalog,
+            file_sockets: f.sockets,
+            cli_sockets: socket_args(args)?,
+            workers: f.workers,
+            starter: Starter::find(args.mdevctl.as_deref()).map_err(|e| e.to_string())?,
+        })
+    }
+}
+
+/// The daemon's servers: the control socket, the mdev tree, the metrics
+/// endpoint. Dropped in that order's reverse.
+struct Servers {
+    _sysfs: Option<vgpud::daemon::sysfs::SysfsMount>,
+    _metrics: Option<MetricsServer>,
+    _control: ControlServer,
+}
+
+impl Servers {
+    fn start(
+        args: &Args,
+        run_dir: &Path,
+        daemon: &Arc<Mutex<Daemon>>,
+        starter: &Starter,
+    ) -> Result<Servers, String> {
+        let control_path = run_dir.join("control.sock");
+        let control = ControlServer::spawn(&control_path, daemon.clone())
+            .map_err(|e| format!("{}: {e}", control_path.display()))?;
+        let sysfs = match &args.mdev_root {
+            Some(root) => {
+                let m = vgpud::daemon::sysfs::mount(root, daemon.clone()).map_err(|e| {
+                    format!(
+                        "--mdev-root {}: cannot mount the sysfs tree: {e}",
+                        root.display()
+                    )
+                })?;
+                let started = autostart::start_parents(daemon, root, starter);
                 tracing::info!(root = %root.display(), auto_started = started.len(), "mdev tree mounted at {}/sys", root.display());
                 Some(m)
             }
-            Err(e) => {
-                eprintln!(
-                    "vgpud: --mdev-root {}: cannot mount the sysfs tree: {e}",
-                    root.display()
-                );
-                return ExitCode::from(1);
-            }
-        },
-        None => None,
-    };
-    let metrics = match args
-        .metrics_addr
-        .as_deref()
-        .map(|a| MetricsServer::spawn(a, daemon.clone()))
-        .transpose()
-    {
-        Ok(m) => m,
-        Err(e) => {
-            eprintln!("vgpud: --metrics-addr: {e}");
-            return ExitCode::from(1);
+            None => None,
+        };
+        let metrics = args
+            .metrics_addr
+            .as_deref()
+            .map(|a| MetricsServer::spawn(a, daemon.clone()))
+            .transpose()
+            .map_err(|e| format!("--metrics-addr: {e}"))?;
+        if let Some(m) = &metrics {
+            tracing::info!(addr = %m.addr(), "metrics at http://{}/metrics", m.addr());
         }
-    };
-    if let Some(m) = &metrics {
-        tracing::info!(addr = %m.addr(), "metrics at http://{}/metrics", m.addr());
+        tracing::info!(run_dir = %run_dir.display(), control = %control_path.display(), "vgpud ready");
+        Ok(Servers {
+            _sysfs: sysfs,
+            _metrics: metrics,
+            _control: control,
+        })
     }
-    tracing::info!(run_dir = %run_dir.display(), control = %control_path.display(), "vgpud ready");
+}
+
+/// Until SIGTERM or SIGINT: SIGHUP reloads the policy file.
+fn serve_signals(mut signals: Signals, daemon: &Mutex<Daemon>) {
     for sig in signals.forever() {
         if sig == SIGHUP {
-            let mut d = lock(&daemon);
+            let mut d = lock(daemon);
             match d.reload() {
                 Ok(v) => match serde_json::to_string(&v) {
                     Ok(json) => tracing::info!("SIGHUP: {json}"),
@@ -272,18 +323,6 @@ fn main() -> ExitCode {
         tracing::info!(signal = sig, "stopping");
         break;
     }
-    drop(sysfs);
-    drop(metrics);
-    drop(control);
-    match Arc::try_unwrap(daemon) {
-        Ok(d) => drop(
-            d.into_inner()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        ),
-        Err(_) => tracing::warn!("daemon state still referenced at exit"),
-    }
-    tracing::info!("vgpud stopped");
-    ExitCode::SUCCESS
 }
 
 /// Lift the soft limit on open files to the hard one: every VMM shares

@@ -19,8 +19,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use devmodel::{CpuEngine, Vgpu, VgpuConfig};
-use mdev_types::{Catalog, ConfigFile, Engine, ParentCapacity, SocketConfig, VgpuType};
+use devmodel::{Vgpu, VgpuConfig};
+use mdev_types::{
+    Catalog, ConfigFile, Engine, ParentCapacity, SocketConfig, VgpuType, WorkerConfig,
+};
 use mmio::pci::PciIdentity;
 use scheduler::{Config, PolicyKind};
 use uuid::Uuid;
@@ -29,6 +31,7 @@ pub use replies::{
     Created, ParentStatus, PolicyInfo, Reloaded, Removed, TypeInfo, VgpuStatus, VgpuSummary,
 };
 
+use crate::engines::{open_engine, WorkerSettings, WorkerSettingsError};
 use crate::errno::Errno;
 use crate::parent::Parent;
 use crate::vfio_user::{self, ServerHandle};
@@ -50,8 +53,8 @@ pub struct OpError {
     pub message: String,
 }
 
-/// A server of the daemon (control socket, metrics endpoint) that could
-/// not start.
+/// The daemon, or one of its servers (control socket, metrics endpoint),
+/// that could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// Its socket could not be set up.
@@ -60,6 +63,12 @@ pub enum StartError {
     /// Its thread could not start.
     #[error(transparent)]
     Spawn(#[from] SpawnError),
+    /// A parent's engine could not start.
+    #[error(transparent)]
+    Engine(#[from] BackendError),
+    /// `[workers]` could not be applied.
+    #[error(transparent)]
+    Workers(#[from] WorkerSettingsError),
 }
 
 fn op_err(errno: Errno, message: impl Into<String>) -> OpError {
@@ -81,7 +90,10 @@ struct VgpuSlot {
 
 struct ParentSlot {
     parent: Parent,
-    engine: Engine,
+    /// Its engine's name (`cpu`, `cuda`).
+    engine: &'static str,
+    /// Its vGPUs' framebuffers are host memory (the cpu engine's).
+    host_framebuffer: bool,
     capacity: ParentCapacity,
     types: Vec<Arc<VgpuType>>,
 }
@@ -107,52 +119,60 @@ pub struct Daemon {
 
 impl Daemon {
     /// The daemon with the parents of `catalog` (each with its engine,
-    /// capacity and types) under the policies `config` gives them; fails
-    /// when an engine's or a parent's threads cannot start.
+    /// capacity and types) under the policies `config` gives them, GPU
+    /// workers confined as `[workers]` says by default; fails when an
+    /// engine's or a parent's threads cannot start.
     pub fn new(
         run_dir: &Path,
         config_path: Option<PathBuf>,
         config: Config,
         catalog: &Catalog,
-    ) -> Result<Daemon, BackendError> {
+    ) -> Result<Daemon, StartError> {
+        Daemon::with_workers(
+            run_dir,
+            config_path,
+            config,
+            catalog,
+            &WorkerConfig::default(),
+        )
+    }
+
+    /// As [`Daemon::new`], with the file's `[workers]`.
+    pub fn with_workers(
+        run_dir: &Path,
+        config_path: Option<PathBuf>,
+        config: Config,
+        catalog: &Catalog,
+        workers: &WorkerConfig,
+    ) -> Result<Daemon, StartError> {
+        let has_workers = catalog
+            .parents
+            .iter()
+            .any(|p| !matches!(p.engine, Engine::Cpu));
+        let workers = if has_workers {
+            WorkerSettings::resolve(workers, run_dir)?
+        } else {
+            WorkerSettings::default()
+        };
         let mut parents = BTreeMap::new();
+        let mut declared = 0;
         for p in &catalog.parents {
-            let (mut capacity, mut types) = (p.capacity, p.types.clone());
-            let backend: Box<dyn devmodel::Backend> = match p.engine {
-                // One worker: the engine runs one item at a time, as a
-                // time-sliced GPU does; the parent keeps it fed.
-                Engine::Cpu => Box::new(CpuEngine::new(1)?),
-                Engine::Cuda {
-                    device,
-                    kernel_timeout_ms,
-                } => {
-                    if types.is_empty() {
-                        // Types and capacity from the GPU's own memory.
-                        let gpu = engine_worker::engine::probe(&device).map_err(|e| {
-                            BackendError::Engine(format!("parent {}: GPU {device}: {e}", p.id))
-                        })?;
-                        let (cap, derived) = mdev_types::gpu_types(&gpu.name, gpu.memory_bytes);
-                        tracing::info!(parent = %p.id, gpu = %gpu.name, memory_mib = gpu.memory_bytes >> 20, types = derived.len(), "GPU parent");
-                        capacity = ParentCapacity {
-                            max_vgpus: p.capacity.max_vgpus,
-                            ..cap
-                        };
-                        types = derived.into_iter().map(Arc::new).collect();
-                    }
-                    Box::new(engine_worker::engine::CudaEngine::new(
-                        device,
-                        std::time::Duration::from_millis(kernel_timeout_ms as u64),
-                    ))
-                }
-            };
-            let parent = Parent::new(&p.id, backend, config.parent_policy(&p.id))?;
+            let opened = open_engine(p, &workers)?;
+            let host_framebuffer = opened.backend.framebuffer_in_host_memory();
+            if host_framebuffer {
+                declared += opened.capacity.framebuffer_bytes;
+            }
+            let engine = opened.backend.name();
+            let parent = Parent::new(&p.id, opened.backend, config.parent_policy(&p.id))
+                .map_err(BackendError::from)?;
             parents.insert(
                 p.id.clone(),
                 ParentSlot {
                     parent,
-                    engine: p.engine,
-                    capacity,
-                    types,
+                    engine,
+                    host_framebuffer,
+                    capacity: opened.capacity,
+                    types: opened.types,
                 },
             );
         }
@@ -161,12 +181,6 @@ impl Daemon {
             .first()
             .map_or(DEFAULT_PARENT.to_string(), |p| p.id.clone());
         let host_framebuffer = devmodel::cpu_engine::host_framebuffer_limit();
-        let declared: u64 = catalog
-            .parents
-            .iter()
-            .filter(|p| p.engine == Engine::Cpu)
-            .map(|p| p.capacity.framebuffer_bytes)
-            .sum();
         if declared > host_framebuffer {
             tracing::warn!(
                 declared_mib = declared >> 20,
@@ -273,15 +287,16 @@ impl Daemon {
             .filter(|v| {
                 self.parents
                     .get(&v.parent)
-                    .is_some_and(|p| p.engine == Engine::Cpu)
+                    .is_some_and(|p| p.host_framebuffer)
             })
             .map(|v| v.vtype.framebuffer_bytes)
             .sum();
         let by_host = self.host_framebuffer.saturating_sub(committed) / t.framebuffer_bytes.max(1);
-        match p.engine {
-            Engine::Cpu => by_parent.min(by_host.min(u32::MAX as u64) as u32),
-            // A GPU's framebuffers are device memory, counted by the parent.
-            Engine::Cuda { .. } => by_parent,
+        if p.host_framebuffer {
+            by_parent.min(by_host.min(u32::MAX as u64) as u32)
+        } else {
+            // A device's framebuffers are its memory, counted by the parent.
+            by_parent
         }
     }
 
@@ -376,7 +391,7 @@ impl Daemon {
         let (key, ctx) = slot
             .parent
             .attach(vtype.framebuffer_bytes, vtype.channels, params)
-            .map_err(|e| op_err(Errno::EIO, e.to_string()))?;
+            .map_err(|e| op_err(Errno::EIO, devmodel::Chain(&e).to_string()))?;
         let cfg = VgpuConfig {
             name: name.clone(),
             identity: identity(&vtype),
@@ -540,7 +555,7 @@ impl Daemon {
                 let busy: f64 = st.vgpus.iter().map(|v| v.share_window).sum();
                 ParentStatus {
                     parent: id.clone(),
-                    engine: slot.engine.name().into(),
+                    engine: slot.engine.into(),
                     policy: st.policy.name().to_string(),
                     timeslice_us: st.timeslice / 1000,
                     window_us: st.window / 1000,

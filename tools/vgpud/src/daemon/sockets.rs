@@ -116,12 +116,12 @@ impl std::fmt::Display for SocketOwnership {
 }
 
 #[derive(Clone, Copy)]
-enum Db {
+pub(crate) enum Db {
     User,
     Group,
 }
 
-fn resolve(s: &Setting<Principal>, db: Db) -> Result<u32, OwnershipError> {
+pub(crate) fn resolve(s: &Setting<Principal>, db: Db) -> Result<u32, OwnershipError> {
     let name = match &s.value {
         Principal::Id(id) => return Ok(*id),
         Principal::Name(n) => n,
@@ -131,7 +131,7 @@ fn resolve(s: &Setting<Principal>, db: Db) -> Result<u32, OwnershipError> {
         name: name.clone(),
         source,
     })?;
-    match (found, name.parse::<u32>()) {
+    match (found.map(|(id, _)| id), name.parse::<u32>()) {
         (Some(id), _) => Ok(id),
         (None, Ok(id)) => Ok(id),
         (None, Err(_)) => Err(match db {
@@ -147,9 +147,10 @@ fn resolve(s: &Setting<Principal>, db: Db) -> Result<u32, OwnershipError> {
     }
 }
 
-/// The id of a user or group name (getpwnam_r / getgrnam_r); `None` when
-/// there is no such name.
-fn lookup(name: &str, db: Db) -> io::Result<Option<u32>> {
+/// The id of a user or group name (getpwnam_r / getgrnam_r), with the
+/// user's primary group (a group's own id for a group); `None` when there
+/// is no such name.
+pub(crate) fn lookup(name: &str, db: Db) -> io::Result<Option<(u32, u32)>> {
     let c = CString::new(name)
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a NUL in the name"))?;
     let mut buf: Vec<libc::c_char> = vec![0; 1024];
@@ -174,7 +175,7 @@ fn lookup(name: &str, db: Db) -> io::Result<Option<u32>> {
                     )
                 };
                 if rc == 0 && !result.is_null() {
-                    id = Some(pwd.pw_uid);
+                    id = Some((pwd.pw_uid, pwd.pw_gid));
                 }
                 rc
             }
@@ -193,7 +194,7 @@ fn lookup(name: &str, db: Db) -> io::Result<Option<u32>> {
                     )
                 };
                 if rc == 0 && !result.is_null() {
-                    id = Some(grp.gr_gid);
+                    id = Some((grp.gr_gid, grp.gr_gid));
                 }
                 rc
             }

@@ -1,0 +1,33 @@
+//! The system calls the CUDA driver makes once a worker runs, beyond the
+//! worker's own ([`engine_worker::sandbox::BASE_SYSCALLS`]): what the
+//! seccomp filter allows it.
+//!
+//! NOT YET MEASURED on a GPU: this list is the driver's documented needs
+//! (ioctls on the device nodes, mappings of them, its threads' waits); the
+//! GPU machine's run (tests/gpu/run.sh with the worker under strace)
+//! replaces it with what the driver actually calls.
+
+/// Allowed for the CUDA worker beside the base list.
+pub const CUDA_SYSCALLS: &[i64] = &[
+    // The driver talks to /dev/nvidia*, /dev/nvidia-uvm through ioctls and
+    // maps them.
+    libc::SYS_ioctl,
+    // Its helper threads wait on descriptors and events.
+    libc::SYS_epoll_wait,
+    libc::SYS_epoll_pwait,
+    libc::SYS_epoll_ctl,
+    libc::SYS_select,
+    libc::SYS_pselect6,
+    libc::SYS_eventfd2,
+    libc::SYS_pipe2,
+    libc::SYS_sched_setaffinity,
+    libc::SYS_sched_getparam,
+    libc::SYS_sched_getscheduler,
+    libc::SYS_getrusage,
+    libc::SYS_uname,
+    libc::SYS_mincore,
+    libc::SYS_get_mempolicy,
+    libc::SYS_set_mempolicy,
+    libc::SYS_mbind,
+    libc::SYS_getcpu,
+];

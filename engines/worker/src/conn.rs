@@ -1,0 +1,631 @@
+//! One worker process as the daemon holds it: its socket, what the daemon
+//! waits for from it, and the threads that read its messages, relay its
+//! log and stop it when an item runs too long.
+//!
+//! A worker runs guest-supplied code inside its device driver, so the
+//! daemon takes nothing from it on trust: a frame that does not decode, a
+//! second `Ready`, or an answer of the wrong kind ends the worker, and its
+//! vGPU's items fail with `ENGINE_ERROR` as if it had died. What it can
+//! still say wrongly (a completion's time or value) concerns its own vGPU
+//! only.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Child, ChildStderr, ExitStatus};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use devmodel::backend::{Completion, DoneFn, ExecError};
+use devmodel::command::RunningSum;
+use devmodel::gmmu::KernelMap;
+use devmodel::memory::{GuestRam, MemError};
+use devmodel::sync::lock;
+
+use crate::program::WorkerProgram;
+use crate::socket::{self, FrameReader};
+use crate::wire::{
+    Done, FatalReason, Layout, LayoutFile, LayoutWindow, Ready, Status, ToDaemon, ToWorker,
+};
+use crate::Error;
+
+/// How long a worker may take to start (device context, framebuffer,
+/// kernels compiled at start-up).
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a HOST access to VRAM may take.
+const ACCESS_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest line of a worker's stderr the daemon logs as one.
+const MAX_LOG_LINE: u64 = 4096;
+
+/// What the daemon waits for from a worker.
+pub(crate) enum Pending {
+    /// An item, with its reduce sum to fill in and when it was handed over.
+    Item(DoneFn, Option<RunningSum>, Instant),
+    /// A HOST access, waiting for its bytes.
+    Access(mpsc::Sender<Result<Vec<u8>, Status>>),
+}
+
+/// What the daemon waits for, by tag, and what each message does to it.
+#[derive(Default)]
+pub(crate) struct Inbox {
+    pending: Mutex<HashMap<u64, Pending>>,
+}
+
+/// What a message from the worker asks of its connection.
+pub(crate) enum Delivered {
+    Nothing,
+    Ready(Ready),
+    Completed(DoneFn, Completion),
+    Fatal(Error),
+}
+
+impl Inbox {
+    pub(crate) fn insert(&self, tag: u64, p: Pending) {
+        lock(&self.pending).insert(tag, p);
+    }
+
+    pub(crate) fn remove(&self, tag: u64) -> Option<Pending> {
+        lock(&self.pending).remove(&tag)
+    }
+
+    /// When the oldest item still at the worker was handed over.
+    fn oldest_item(&self) -> Option<Instant> {
+        lock(&self.pending)
+            .values()
+            .filter_map(|p| match p {
+                Pending::Item(_, _, at) => Some(*at),
+                Pending::Access(_) => None,
+            })
+            .min()
+    }
+
+    /// Take one message. A completion or reply for a tag nobody waits for
+    /// (a HOST access that timed out) is dropped; one of the wrong kind is
+    /// a protocol error.
+    pub(crate) fn deliver(&self, m: ToDaemon<'_>) -> Result<Delivered, Error> {
+        match m {
+            ToDaemon::Ready(r) => Ok(Delivered::Ready(r)),
+            ToDaemon::Done(d) => {
+                // Taken out before the callback runs: it takes the parent's
+                // lock, under which submissions take this map's.
+                match self.remove(d.tag) {
+                    Some(Pending::Item(done, sum, _)) => {
+                        if let Some(sum) = sum {
+                            sum.set(d.value);
+                        }
+                        Ok(Delivered::Completed(done, completion(&d)))
+                    }
+                    Some(p @ Pending::Access(_)) => {
+                        self.insert(d.tag, p);
+                        Err(Error::Malformed("a completion answering a VRAM access"))
+                    }
+                    None => Ok(Delivered::Nothing),
+                }
+            }
+            ToDaemon::Data { tag, status, data } => match self.remove(tag) {
+                Some(Pending::Access(tx)) => {
+                    let _ = tx.send(match status {
+                        Status::Ok => Ok(data.to_vec()),
+                        s => Err(s),
+                    });
+                    Ok(Delivered::Nothing)
+                }
+                Some(p @ Pending::Item(..)) => {
+                    self.insert(tag, p);
+                    Err(Error::Malformed("VRAM data answering an item"))
+                }
+                None => Ok(Delivered::Nothing),
+            },
+            ToDaemon::Fatal(f) => Ok(Delivered::Fatal(Error::Failed {
+                reason: f.reason,
+                code: f.code,
+                detail: f.detail.to_string(),
+            })),
+        }
+    }
+
+    /// Everything still waiting fails: items with `ENGINE_TIMEOUT` after
+    /// the kernel limit, else with the worker's end as their cause.
+    pub(crate) fn fail_all(&self, why: &Arc<Error>, timed_out: bool) -> Vec<(DoneFn, Completion)> {
+        let left: Vec<Pending> = lock(&self.pending).drain().map(|(_, p)| p).collect();
+        let mut out = Vec::new();
+        for p in left {
+            match p {
+                Pending::Item(done, _, _) => {
+                    let result = Err(if timed_out {
+                        ExecError::Timeout
+                    } else {
+                        ExecError::EngineFailed(why.clone())
+                    });
+                    out.push((
+                        done,
+                        Completion {
+                            gpu_time: Duration::ZERO,
+                            result,
+                        },
+                    ));
+                }
+                Pending::Access(tx) => {
+                    let _ = tx.send(Err(Status::Engine));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// An item's completion as the worker reported it; `value` carries the
+/// CUDA error number of a module or launch the GPU refused, or of a fault.
+fn completion(d: &Done) -> Completion {
+    let result = match d.status {
+        Status::Ok => Ok(()),
+        Status::Module => Err(ExecError::ModuleInvalid(d.value as u32)),
+        Status::Refused => Err(ExecError::LaunchRefused(d.value as u32)),
+        Status::Fault => Err(ExecError::KernelFault(d.value as u32)),
+        Status::Unmapped => Err(ExecError::Memory(MemError::Unmapped { gpa: 0, len: 0 })),
+        Status::VramRange => Err(ExecError::VramRange {
+            offset: 0,
+            len: 0,
+            size: 0,
+        }),
+        Status::Engine => Err(ExecError::EngineFailed(Arc::new(Error::ItemFailed))),
+    };
+    Completion {
+        gpu_time: Duration::from_nanos(d.gpu_ns),
+        result,
+    }
+}
+
+/// One worker process and its socket.
+pub(crate) struct Conn {
+    child: Mutex<Child>,
+    pid: u32,
+    sock: UnixStream,
+    /// Held while a frame is encoded and sent (its buffer kept).
+    send_buf: Mutex<Vec<u8>>,
+    pub(crate) inbox: Inbox,
+    next_tag: AtomicU64,
+    /// The guest RAM layout (its `GuestRam`, generation) the worker has.
+    layout: Mutex<(usize, u64)>,
+    /// The id of the kernel map the worker has (0: none); held while a
+    /// launch and the map it needs are sent, so that they go in order.
+    kernel_map: Mutex<u64>,
+    /// What the worker said when it started.
+    pub(crate) ready: OnceLock<Ready>,
+    pub(crate) dead: AtomicBool,
+    /// The worker was stopped for running an item past the kernel limit.
+    timed_out: AtomicBool,
+}
+
+impl Conn {
+    /// Start a worker of `program` with a `vram`-byte framebuffer; returns
+    /// once it is ready (confined, its framebuffer allocated).
+    pub(crate) fn start(
+        program: &WorkerProgram,
+        vram: u64,
+        kernel_timeout: Duration,
+    ) -> Result<Arc<Conn>, Arc<Error>> {
+        let (ours, theirs) = UnixStream::pair().map_err(|source| Error::Io {
+            what: "creating the worker's socket",
+            source,
+        })?;
+        let mut child = program.spawn(vram, OwnedFd::from(theirs))?;
+        let stderr = child.stderr.take();
+        let reader = ours.try_clone().map_err(|source| Error::Io {
+            what: "duplicating the worker's socket",
+            source,
+        })?;
+        let conn = Arc::new(Conn {
+            pid: child.id(),
+            child: Mutex::new(child),
+            sock: ours,
+            send_buf: Mutex::new(Vec::with_capacity(256)),
+            inbox: Inbox::default(),
+            next_tag: AtomicU64::new(1),
+            layout: Mutex::new((usize::MAX, u64::MAX)),
+            kernel_map: Mutex::new(0),
+            ready: OnceLock::new(),
+            dead: AtomicBool::new(false),
+            timed_out: AtomicBool::new(false),
+        });
+        let started = conn.clone().run_threads(reader, stderr, kernel_timeout);
+        match started {
+            Ok(rx) => match rx.recv_timeout(START_TIMEOUT) {
+                Ok(Ok(r)) => {
+                    let _ = conn.ready.set(r);
+                    Ok(conn)
+                }
+                Ok(Err(why)) => {
+                    conn.kill();
+                    Err(why)
+                }
+                Err(_) => {
+                    conn.kill();
+                    Err(Arc::new(Error::StartTimeout(START_TIMEOUT)))
+                }
+            },
+            Err(e) => {
+                conn.kill();
+                Err(Arc::new(e))
+            }
+        }
+    }
+
+    /// The worker's threads in the daemon: completions, the reader, its
+    /// log, the watchdog. Returns where the reader says whether it started.
+    fn run_threads(
+        self: Arc<Self>,
+        reader: UnixStream,
+        stderr: Option<ChildStderr>,
+        kernel_timeout: Duration,
+    ) -> Result<mpsc::Receiver<Result<Ready, Arc<Error>>>, Error> {
+        let (tx, rx) = mpsc::channel();
+        // Completions run on a thread of their own: a callback may wait for
+        // the vGPU's lock, whose holder may be waiting for a VRAM reply
+        // that only the reader delivers.
+        let (ctx, crx) = mpsc::channel::<(DoneFn, Completion)>();
+        devmodel::thread::spawn("worker-completions", move || {
+            while let Ok((done, c)) = crx.recv() {
+                done(c);
+            }
+        })?;
+        if let Some(e) = stderr {
+            let pid = self.pid;
+            devmodel::thread::spawn("worker-log", move || relay_log(e, pid))?;
+        }
+        let conn = self.clone();
+        devmodel::thread::spawn("worker-reader", move || conn.read_loop(&reader, tx, ctx))?;
+        devmodel::thread::spawn("worker-watchdog", move || self.watchdog(kernel_timeout))?;
+        Ok(rx)
+    }
+
+    pub(crate) fn kill(&self) {
+        self.dead.store(true, Ordering::Release);
+        let mut c = lock(&self.child);
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+
+    /// End the worker as a vGPU's removal does: close its socket, so that
+    /// it drains its device work, reports and exits; kill it if it has
+    /// not within `grace`.
+    pub(crate) fn stop(&self, grace: Duration) {
+        let _ = self.sock.shutdown(std::net::Shutdown::Both);
+        let t = Instant::now();
+        while t.elapsed() < grace {
+            if matches!(lock(&self.child).try_wait(), Ok(Some(_))) {
+                self.dead.store(true, Ordering::Release);
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        self.kill();
+    }
+
+    pub(crate) fn tag(&self) -> u64 {
+        self.next_tag.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub(crate) fn send(&self, m: &ToWorker<'_>, fds: &[i32]) -> Result<(), Error> {
+        let mut buf = lock(&self.send_buf);
+        m.encode(&mut buf)?;
+        socket::send(&self.sock, &buf, fds).map_err(|source| Error::Io {
+            what: "sending to the worker",
+            source,
+        })
+    }
+
+    /// Send the guest RAM layout if the worker's is older.
+    pub(crate) fn sync_layout(&self, mem: &Arc<GuestRam>) -> Result<(), Error> {
+        let key = Arc::as_ptr(mem) as usize;
+        let mut have = lock(&self.layout);
+        if *have == (key, mem.generation()) {
+            return Ok(());
+        }
+        let l = mem.layout().map_err(|source| Error::Io {
+            what: "reading the guest RAM layout",
+            source,
+        })?;
+        let msg = ToWorker::Layout(Layout {
+            files: l
+                .files
+                .iter()
+                .map(|f| LayoutFile {
+                    len: f.len,
+                    writable: f.writable,
+                })
+                .collect(),
+            windows: l
+                .regions
+                .iter()
+                .map(|r| LayoutWindow {
+                    gpa: r.gpa,
+                    len: r.len,
+                    file: r.file as u32,
+                    offset: r.offset,
+                })
+                .collect(),
+        });
+        let fds: Vec<i32> = l.files.iter().map(|f| f.file.as_raw_fd()).collect();
+        self.send(&msg, &fds)?;
+        *have = (key, l.generation);
+        Ok(())
+    }
+
+    /// Send an item, preceded by the kernel map it runs in when the worker
+    /// does not have that map yet.
+    pub(crate) fn send_item(&self, m: &ToWorker<'_>, map: Option<&KernelMap>) -> Result<(), Error> {
+        let mut have = lock(&self.kernel_map);
+        if let Some(map) = map.filter(|m| m.id != *have) {
+            self.send(&ToWorker::KernelMap(Cow::Borrowed(map)), &[])?;
+            *have = map.id;
+        }
+        self.send(m, &[])
+    }
+
+    /// A request answered by the worker's `Data`: its bytes.
+    pub(crate) fn access(&self, m: &ToWorker<'_>, tag: u64) -> Result<Vec<u8>, ExecError> {
+        let (tx, rx) = mpsc::channel();
+        self.inbox.insert(tag, Pending::Access(tx));
+        if self.dead.load(Ordering::Acquire) || self.send(m, &[]).is_err() {
+            self.inbox.remove(tag);
+            return Err(ExecError::EngineFailed(Arc::new(Error::Exited)));
+        }
+        match rx.recv_timeout(ACCESS_TIMEOUT) {
+            Ok(Ok(data)) => Ok(data),
+            Ok(Err(Status::VramRange)) => Err(ExecError::VramRange {
+                offset: 0,
+                len: 0,
+                size: 0,
+            }),
+            Ok(Err(s)) => Err(ExecError::EngineFailed(Arc::new(Error::Access(s)))),
+            Err(_) => {
+                self.inbox.remove(tag);
+                Err(ExecError::EngineFailed(Arc::new(Error::NoAnswer)))
+            }
+        }
+    }
+
+    /// The worker's messages until its end; then every waiting item fails.
+    fn read_loop(
+        &self,
+        s: &UnixStream,
+        ready: mpsc::Sender<Result<Ready, Arc<Error>>>,
+        completions: mpsc::Sender<(DoneFn, Completion)>,
+    ) {
+        let mut frames = FrameReader::new();
+        let mut started = false;
+        let why: Error = loop {
+            // A worker sends no descriptors; any it does are closed here.
+            let frame = match frames.recv(s) {
+                Ok((frame, _)) => frame,
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break Error::Exited,
+                Err(source) => {
+                    break Error::Io {
+                        what: "reading from the worker",
+                        source,
+                    }
+                }
+            };
+            match ToDaemon::decode(frame).and_then(|m| self.inbox.deliver(m)) {
+                Ok(Delivered::Nothing) => {}
+                Ok(Delivered::Ready(r)) if !started => {
+                    started = true;
+                    let _ = ready.send(Ok(r));
+                }
+                Ok(Delivered::Ready(_)) => break Error::Malformed("a second Ready"),
+                Ok(Delivered::Completed(done, c)) => {
+                    let _ = completions.send((done, c));
+                }
+                Ok(Delivered::Fatal(e)) => {
+                    tracing::warn!(worker = self.pid, error = %e, "worker failed");
+                    break e;
+                }
+                Err(e) => break e,
+            }
+        };
+        if matches!(why, Error::Malformed(_)) {
+            tracing::warn!(worker = self.pid, error = %why, "worker broke the protocol: stopped");
+        }
+        self.dead.store(true, Ordering::Release);
+        let _ = self.sock.shutdown(std::net::Shutdown::Both);
+        let why = Arc::new(why);
+        let _ = ready.send(Err(why.clone()));
+        for c in self
+            .inbox
+            .fail_all(&why, self.timed_out.load(Ordering::Acquire))
+        {
+            let _ = completions.send(c);
+        }
+        self.reap();
+    }
+
+    /// Wait (a second at most) for the worker to exit and log how it did.
+    fn reap(&self) {
+        for _ in 0..100 {
+            if let Ok(Some(st)) = lock(&self.child).try_wait() {
+                tracing::info!(worker = self.pid, "worker ended: {}", describe(st));
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.kill();
+        tracing::info!(worker = self.pid, "worker killed: it did not exit");
+    }
+
+    /// The runaway-item limit: an item cannot be preempted, so one at the
+    /// worker far longer than any piece runs (the parent's
+    /// `kernel_timeout`) gets the worker stopped; its items fail with
+    /// `ENGINE_TIMEOUT`, and the vGPU's next reset starts a new worker.
+    fn watchdog(&self, limit: Duration) {
+        let tick = (limit / 4).clamp(Duration::from_millis(5), Duration::from_millis(100));
+        while !self.dead.load(Ordering::Acquire) {
+            std::thread::sleep(tick);
+            if self
+                .inbox
+                .oldest_item()
+                .is_some_and(|at| at.elapsed() > limit)
+            {
+                tracing::warn!(
+                    worker = self.pid,
+                    limit_ms = limit.as_millis() as u64,
+                    "an item ran past the kernel limit: its vGPU's worker is stopped"
+                );
+                self.timed_out.store(true, Ordering::Release);
+                self.kill();
+                return;
+            }
+        }
+    }
+}
+
+/// How a worker ended, for the log.
+pub(crate) fn describe(st: ExitStatus) -> String {
+    match (st.code(), st.signal()) {
+        (Some(c), _) => format!("exited with status {c}"),
+        (_, Some(libc::SIGSYS)) => {
+            "killed by SIGSYS: a system call outside its seccomp allowlist".into()
+        }
+        (_, Some(s)) => format!("killed by signal {s}"),
+        _ => "ended".into(),
+    }
+}
+
+/// The worker's stderr, line by line into the daemon's log: each line
+/// bounded and with control characters replaced (the worker is not
+/// trusted to write the daemon's log).
+fn relay_log(e: ChildStderr, pid: u32) {
+    let mut r = BufReader::new(e);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match (&mut r).take(MAX_LOG_LINE).read_until(b'\n', &mut line) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        let text: String = String::from_utf8_lossy(&line)
+            .trim_end_matches('\n')
+            .chars()
+            .map(|c| if c.is_control() { '?' } else { c })
+            .collect();
+        tracing::info!(worker = pid, "{text}");
+    }
+}
+
+/// Why a worker that started could not: a framebuffer that does not fit is
+/// its own error (the vGPU is not created: `ENOMEM`).
+pub(crate) fn out_of_memory(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::Failed {
+            reason: FatalReason::OutOfMemory,
+            ..
+        }
+    )
+}
+
+#[cfg(feature = "fuzzing")]
+pub(crate) fn fuzz_deliver(frames: &[&[u8]]) {
+    let inbox = Inbox::default();
+    let (tx, _rx) = mpsc::channel();
+    for tag in 1..=3 {
+        inbox.insert(tag, Pending::Item(Box::new(|_| {}), None, Instant::now()));
+    }
+    inbox.insert(
+        4,
+        Pending::Item(
+            Box::new(|_| {}),
+            Some(RunningSum::default()),
+            Instant::now(),
+        ),
+    );
+    inbox.insert(5, Pending::Access(tx));
+    for f in frames {
+        if let Ok(Delivered::Completed(done, c)) =
+            ToDaemon::decode(f).and_then(|m| inbox.deliver(m))
+        {
+            done(c);
+        }
+    }
+    for (done, c) in inbox.fail_all(&Arc::new(Error::Exited), false) {
+        done(c);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_worker_s_messages_of_the_wrong_kind_are_protocol_errors() {
+        let inbox = Inbox::default();
+        let (tx, rx) = mpsc::channel();
+        let finished = Arc::new(Mutex::new(Vec::new()));
+        let f = finished.clone();
+        inbox.insert(
+            1,
+            Pending::Item(
+                Box::new(move |c: Completion| lock(&f).push(c.result.is_ok())),
+                None,
+                Instant::now(),
+            ),
+        );
+        inbox.insert(2, Pending::Access(tx));
+        // Data for an item, a completion for an access: refused, kept.
+        let data = ToDaemon::Data {
+            tag: 1,
+            status: Status::Ok,
+            data: &[1],
+        };
+        assert!(inbox.deliver(data).is_err());
+        let done = |tag, status| {
+            ToDaemon::Done(Done {
+                tag,
+                gpu_ns: 5,
+                status,
+                value: 700.0,
+            })
+        };
+        assert!(inbox.deliver(done(2, Status::Ok)).is_err());
+        // Unknown tags are dropped.
+        assert!(matches!(
+            inbox.deliver(done(99, Status::Ok)),
+            Ok(Delivered::Nothing)
+        ));
+        // The right answers are delivered once.
+        let Ok(Delivered::Completed(d, c)) = inbox.deliver(done(1, Status::Fault)) else {
+            panic!("no completion");
+        };
+        assert!(matches!(c.result, Err(ExecError::KernelFault(700))));
+        d(c);
+        assert!(matches!(
+            inbox.deliver(done(1, Status::Ok)),
+            Ok(Delivered::Nothing)
+        ));
+        let data = ToDaemon::Data {
+            tag: 2,
+            status: Status::VramRange,
+            data: &[],
+        };
+        assert!(matches!(inbox.deliver(data), Ok(Delivered::Nothing)));
+        assert_eq!(rx.recv().unwrap(), Err(Status::VramRange));
+        assert_eq!(*lock(&finished), [false]);
+    }
+
+    #[test]
+    fn exits_are_described_by_how_they_ended() {
+        assert_eq!(
+            describe(ExitStatus::from_raw(libc::SIGSYS)),
+            "killed by SIGSYS: a system call outside its seccomp allowlist"
+        );
+        assert_eq!(
+            describe(ExitStatus::from_raw(3 << 8)),
+            "exited with status 3"
+        );
+        assert_eq!(describe(ExitStatus::from_raw(9)), "killed by signal 9");
+    }
+}

@@ -1,0 +1,107 @@
+//! A worker binary and how the daemon starts it: its path, the arguments
+//! that name its device, whether it emulates the device, and the sandbox
+//! it must enter.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+use crate::sandbox::SandboxPolicy;
+use crate::Error;
+
+/// How to start one engine's workers.
+#[derive(Clone, Debug)]
+pub struct WorkerProgram {
+    /// The binary (installed beside the daemon's).
+    pub path: PathBuf,
+    /// Arguments naming the device (`--device 0`), given at every start
+    /// and probe.
+    pub device_args: Vec<String>,
+    /// Run every operation on the cpu engine in the worker (`--emulate`):
+    /// the process side tested where there is no device.
+    pub emulate: bool,
+    /// The confinement the worker enters before its first message; `None`
+    /// runs it with the daemon's privileges (measurements only).
+    pub sandbox: Option<SandboxPolicy>,
+}
+
+/// What a device offers, as the worker's `--probe` reports it.
+#[derive(Clone, Debug, serde::Deserialize)]
+pub struct DeviceInfo {
+    pub name: String,
+    pub memory_bytes: u64,
+    pub multiprocessors: u32,
+}
+
+impl WorkerProgram {
+    /// The binary `name` beside the running one's (as installed).
+    pub fn beside_current_exe(name: &str) -> PathBuf {
+        std::env::current_exe()
+            .map(|p| p.with_file_name(name))
+            .unwrap_or_else(|_| PathBuf::from(name))
+    }
+
+    fn command(&self) -> Command {
+        let mut cmd = Command::new(&self.path);
+        if self.emulate {
+            cmd.arg("--emulate");
+        }
+        cmd.args(&self.device_args);
+        cmd
+    }
+
+    /// Ask a worker what the device is.
+    pub fn probe(&self) -> Result<DeviceInfo, Error> {
+        let out = self
+            .command()
+            .arg("--probe")
+            .stderr(Stdio::piped())
+            .output()
+            .map_err(|source| Error::Spawn {
+                path: self.path.clone(),
+                source,
+            })?;
+        if !out.status.success() {
+            return Err(Error::Probe(
+                String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            ));
+        }
+        serde_json::from_slice(&out.stdout).map_err(Error::ProbeReply)
+    }
+
+    /// Start a worker with a `vram`-byte framebuffer, its end of the
+    /// daemon's socket at descriptor 3 and its stderr piped to the daemon.
+    pub fn spawn(&self, vram: u64, theirs: OwnedFd) -> Result<Child, Error> {
+        let mut cmd = self.command();
+        cmd.args(["--vram", &vram.to_string(), "--fd", "3"]);
+        match &self.sandbox {
+            Some(p) => cmd.args(p.args()),
+            None => cmd.arg("--no-sandbox"),
+        };
+        let fd = theirs.as_raw_fd();
+        // SAFETY: between fork and exec only an async-signal-safe call:
+        // dup2 puts the worker's end of the socket at descriptor 3 (dup2
+        // clears close-on-exec on the copy). (No PR_SET_PDEATHSIG: it fires
+        // when the forking *thread* ends, and control-socket threads come
+        // and go; a worker whose daemon died reads end of file and exits.)
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::dup2(fd, 3) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd
+            .stdin(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|source| Error::Spawn {
+                path: self.path.clone(),
+                source,
+            })?;
+        drop(theirs);
+        Ok(child)
+    }
+}

@@ -1,0 +1,120 @@
+//! Frames over a Unix stream socket: each a little-endian `u32` length,
+//! then the frame ([`crate::wire`]). Descriptors (guest RAM files) travel
+//! as `SCM_RIGHTS` with the first bytes of the frame that names them.
+//!
+//! This is the one place that knows the transport: a shared-memory ring
+//! would replace [`send`] and [`FrameReader`] and keep the frames.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{FromRawFd, RawFd};
+use std::os::unix::net::UnixStream;
+
+use vmm_sys_util::sock_ctrl_msg::ScmSocket;
+
+use crate::wire::{MAX_FRAME, MAX_LAYOUT_FILES};
+
+/// Send one frame, with `fds` attached.
+pub fn send(s: &UnixStream, frame: &[u8], fds: &[RawFd]) -> io::Result<()> {
+    if frame.is_empty() || frame.len() > MAX_FRAME || fds.len() > MAX_LAYOUT_FILES {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "frame or descriptor count out of range",
+        ));
+    }
+    let len = (frame.len() as u32).to_le_bytes();
+    let mut s = s;
+    // The descriptors go with the first bytes; the rest follows plainly.
+    let sent = s
+        .send_with_fds(&[&len[..], frame], fds)
+        .map_err(|e| io::Error::from_raw_os_error(e.errno()))?;
+    if sent < 4 {
+        s.write_all(&len[sent..])?;
+        s.write_all(frame)
+    } else {
+        s.write_all(&frame[sent - 4..])
+    }
+}
+
+/// Receives frames into a buffer it keeps: a frame's bytes are borrowed
+/// from it until the next [`FrameReader::recv`].
+pub struct FrameReader {
+    buf: Vec<u8>,
+}
+
+impl Default for FrameReader {
+    fn default() -> Self {
+        FrameReader::new()
+    }
+}
+
+impl FrameReader {
+    pub fn new() -> FrameReader {
+        FrameReader { buf: Vec::new() }
+    }
+
+    /// The next frame and the descriptors that came with it. End of file
+    /// before a frame is `UnexpectedEof`; a length of 0 or above
+    /// [`MAX_FRAME`] is `InvalidData` (nothing is allocated for it).
+    pub fn recv(&mut self, s: &UnixStream) -> io::Result<(&[u8], Vec<File>)> {
+        let mut len = [0u8; 4];
+        let mut fds = [-1i32; MAX_LAYOUT_FILES];
+        let mut io = [libc::iovec {
+            iov_base: len.as_mut_ptr().cast(),
+            iov_len: 4,
+        }];
+        // SAFETY: the iovec points at `len`, which outlives the call, and
+        // `fds` has room for the descriptors recvmsg may install.
+        let (got, nfds) = unsafe { s.recv_with_fds(&mut io, &mut fds) }
+            .map_err(|e| io::Error::from_raw_os_error(e.errno()))?;
+        let files: Vec<File> = fds
+            .get(..nfds)
+            .unwrap_or(&[])
+            .iter()
+            // SAFETY: these are descriptors this process just received and
+            // owns; each is wrapped once.
+            .map(|&fd| unsafe { File::from_raw_fd(fd) })
+            .collect();
+        if got == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        let mut s = s;
+        if got < 4 {
+            s.read_exact(&mut len[got..])?;
+        }
+        let n = u32::from_le_bytes(len) as usize;
+        if n == 0 || n > MAX_FRAME {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "frame size"));
+        }
+        self.buf.resize(n, 0);
+        s.read_exact(&mut self.buf)?;
+        Ok((&self.buf, files))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    #[test]
+    fn frames_and_descriptors_cross_and_bad_lengths_are_refused() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let f = File::open("/proc/self/stat").unwrap();
+        send(&a, b"hello", &[f.as_raw_fd()]).unwrap();
+        send(&a, &[7; 100_000], &[]).unwrap();
+        let mut r = FrameReader::new();
+        let (frame, files) = r.recv(&b).unwrap();
+        assert_eq!((frame, files.len()), (&b"hello"[..], 1));
+        let (frame, files) = r.recv(&b).unwrap();
+        assert_eq!((frame.len(), files.len()), (100_000, 0));
+        assert!(frame.iter().all(|&x| x == 7));
+        // A peer that claims a frame larger than any: refused unread.
+        let mut w = &a;
+        w.write_all(&u32::MAX.to_le_bytes()).unwrap();
+        assert_eq!(r.recv(&b).unwrap_err().kind(), io::ErrorKind::InvalidData);
+        assert!(send(&a, &[], &[]).is_err());
+        drop(a);
+        assert_eq!(r.recv(&b).unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
+    }
+}
