@@ -481,51 +481,10 @@ fn parent(
     )?;
     let at = |name: &str| format!("{key}.{name}");
     let device = match p.get("device") {
-        Some(d) => {
-            let dev = match d.get_ref() {
-                DeValue::String(s) => CudaDevice::parse_uuid(s).ok_or_else(|| {
-                    doc.error(
-                        d.span(),
-                        &at("device"),
-                        format!("{s:?} is not a GPU UUID like \"GPU-6f6e1c2a-…\" (32 hex digits)"),
-                    )
-                })?,
-                _ => CudaDevice::Ordinal(unsigned(doc, d, &at("device"), 255)?),
-            };
-            Some((dev, d.span()))
-        }
+        Some(d) => Some((device(doc, d, &at("device"))?, d.span())),
         None => None,
     };
-    let engine = match p.get("engine") {
-        None => Engine::Cpu,
-        Some(e) => match doc.string(e, &at("engine"))? {
-            "cpu" => Engine::Cpu,
-            "cuda" => Engine::Cuda {
-                device: device.as_ref().map_or(CudaDevice::Ordinal(0), |d| d.0),
-                kernel_timeout_ms: match p.get("kernel_timeout") {
-                    None => DEFAULT_KERNEL_TIMEOUT_MS,
-                    Some(t) => {
-                        let ms = doc.duration(t, &at("kernel_timeout"))? / 1_000_000;
-                        if !(10..=600_000).contains(&ms) {
-                            return Err(doc.error(
-                                t.span(),
-                                &at("kernel_timeout"),
-                                "is outside 10ms ..= 10min",
-                            ));
-                        }
-                        ms as u32
-                    }
-                },
-            },
-            other => {
-                return Err(doc.error(
-                    e.span(),
-                    &at("engine"),
-                    format!("unknown engine {other:?} (expected cpu or cuda)"),
-                ))
-            }
-        },
-    };
+    let engine = engine(doc, p, &key, device.as_ref().map(|d| d.0))?;
     if let (Engine::Cpu, Some((_, span))) = (engine, &device) {
         return Err(doc.error(
             span.clone(),
@@ -576,34 +535,7 @@ fn parent(
     let types_v = p.get("types");
     let offered: Vec<Arc<VgpuType>> = match types_v {
         None => types.values().cloned().collect(),
-        Some(list) => {
-            let DeValue::Array(items) = list.get_ref() else {
-                return Err(doc.error(
-                    list.span(),
-                    &at("types"),
-                    format!(
-                        "expected an array of type ids, found {}",
-                        list.get_ref().type_str()
-                    ),
-                ));
-            };
-            let mut offered = Vec::new();
-            for item in items.iter() {
-                let t = doc.string(item, &at("types"))?;
-                let vt = types.get(t).cloned().ok_or_else(|| {
-                    doc.error(
-                        item.span(),
-                        &at("types"),
-                        format!(
-                            "no type {t:?} (defined: {})",
-                            types.keys().cloned().collect::<Vec<_>>().join(", ")
-                        ),
-                    )
-                })?;
-                offered.push(vt);
-            }
-            offered
-        }
+        Some(list) => offered_types(doc, list, &at("types"), types)?,
     };
     if let Some(t) = offered.iter().find(|t| t.framebuffer_bytes > fb) {
         return Err(doc.error(
@@ -626,6 +558,95 @@ fn parent(
         },
         types: offered,
     })
+}
+
+/// A parent's `device`: a CUDA ordinal, or a GPU UUID as `nvidia-smi -L`
+/// prints it.
+fn device(doc: &Document<'_>, d: &Val<'_>, key: &str) -> Result<CudaDevice> {
+    match d.get_ref() {
+        DeValue::String(s) => CudaDevice::parse_uuid(s).ok_or_else(|| {
+            doc.error(
+                d.span(),
+                key,
+                format!("{s:?} is not a GPU UUID like \"GPU-6f6e1c2a-…\" (32 hex digits)"),
+            )
+        }),
+        _ => Ok(CudaDevice::Ordinal(unsigned(doc, d, key, 255)?)),
+    }
+}
+
+/// A parent's `engine` (default `cpu`), with a GPU's device and kernel
+/// timeout.
+fn engine(
+    doc: &Document<'_>,
+    p: &DeTable<'_>,
+    key: &str,
+    device: Option<CudaDevice>,
+) -> Result<Engine> {
+    let at = |name: &str| format!("{key}.{name}");
+    let Some(e) = p.get("engine") else {
+        return Ok(Engine::Cpu);
+    };
+    match doc.string(e, &at("engine"))? {
+        "cpu" => Ok(Engine::Cpu),
+        "cuda" => Ok(Engine::Cuda {
+            device: device.unwrap_or(CudaDevice::Ordinal(0)),
+            kernel_timeout_ms: match p.get("kernel_timeout") {
+                None => DEFAULT_KERNEL_TIMEOUT_MS,
+                Some(t) => {
+                    let ms = doc.duration(t, &at("kernel_timeout"))? / 1_000_000;
+                    if !(10..=600_000).contains(&ms) {
+                        return Err(doc.error(
+                            t.span(),
+                            &at("kernel_timeout"),
+                            "is outside 10ms ..= 10min",
+                        ));
+                    }
+                    ms as u32
+                }
+            },
+        }),
+        other => Err(doc.error(
+            e.span(),
+            &at("engine"),
+            format!("unknown engine {other:?} (expected cpu or cuda)"),
+        )),
+    }
+}
+
+/// A parent's `types`: ids of types `types` defines.
+fn offered_types(
+    doc: &Document<'_>,
+    list: &Val<'_>,
+    key: &str,
+    types: &BTreeMap<String, Arc<VgpuType>>,
+) -> Result<Vec<Arc<VgpuType>>> {
+    let DeValue::Array(items) = list.get_ref() else {
+        return Err(doc.error(
+            list.span(),
+            key,
+            format!(
+                "expected an array of type ids, found {}",
+                list.get_ref().type_str()
+            ),
+        ));
+    };
+    let mut offered = Vec::new();
+    for item in items.iter() {
+        let t = doc.string(item, key)?;
+        let vt = types.get(t).cloned().ok_or_else(|| {
+            doc.error(
+                item.span(),
+                key,
+                format!(
+                    "no type {t:?} (defined: {})",
+                    types.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            )
+        })?;
+        offered.push(vt);
+    }
+    Ok(offered)
 }
 
 /// `v` as a table whose keys are all in `allowed`.

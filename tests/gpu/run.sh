@@ -11,7 +11,9 @@
 #   PARTS="selftest ptx ..." picks sections (default: all); ISO_SECS sets how long the isolation
 #   part's neighbour runs (default 45 s: it must outlast all of the faulting vGPU's phases);
 #   TOGETHER_POLICY the policy of the two-busy-vGPUs part (default equal_share; it is pasted into
-#   the config: 'equal_share"<newline>timeslice = "8ms' sets a timeslice too).
+#   the config: 'equal_share"<newline>timeslice = "8ms' sets a timeslice too). SANDBOX=off runs
+#   every part with the workers unconfined ([workers] sandbox = false); the `sandbox` part
+#   compares the two itself.
 set -uo pipefail
 BIN=$(cd "$1" && pwd); SECS=${2:-2}
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -22,9 +24,11 @@ echo "## GPU"
 "$BIN/vgpud-cuda-worker" --probe || { echo "no GPU: $?"; exit 1; }
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null
 
+SANDBOX_CFG=; [ "${SANDBOX:-on}" = off ] && SANDBOX_CFG=$'[workers]\nsandbox = false'
 start() { # start POLICY [EXTRA CONFIG TEXT]
     cat >"$RUN/vgpud.toml" <<CFG
 ${2:-}
+$SANDBOX_CFG
 [parent."gpu0"]
 policy = "$1"
 
@@ -61,11 +65,16 @@ echo; echo "## Types derived from the GPU"; "$BIN/vgpuctl" --run-dir "$RUN/run" 
 T1=$("$BIN/vgpuctl" --run-dir "$RUN/run" types --json | python3 -c 'import json,sys; t=json.load(sys.stdin); print(" ".join(x["id"] for x in t))')
 set -- $T1; WHOLE=$1; HALF=${2:-$1}; QUARTER=${3:-$HALF}; EIGHTH=${4:-$QUARTER}
 S=$(create "$EIGHTH")
-PARTS=${PARTS:-selftest ptx copy lone together share isolation latency emulated native}
+PARTS=${PARTS:-selftest ptx copy lone sandbox together share isolation latency emulated native}
 has() { case " $PARTS " in *" $1 "*) return 0;; esac; return 1; }
 if has selftest; then
 echo; echo "## Selftest on a $EIGHTH vGPU of the CUDA engine"
 timeout 300 "$BIN/vgpu-guest" --socket "$S" selftest 2>&1 | tail -40
+echo; echo "## The worker's confinement (/proc/<pid>/status of each thread: distinct lines, with counts)"
+for w in $(workers); do
+    echo "worker $w: root $(readlink /proc/$w/root), $(ls /proc/$w/task | wc -l) threads"
+    cat /proc/$w/task/*/status | grep -E '^(Uid|Gid|Groups|NoNewPrivs|Seccomp|Seccomp_filters|CapInh|CapPrm|CapEff|CapBnd|CapAmb):' | sort | uniq -c
+done
 fi
 
 if has ptx; then
@@ -88,6 +97,19 @@ for u in 10 100 1000; do
 done
 fi
 stop
+
+if has sandbox; then
+echo; echo "## The sandbox's cost: a lone $EIGHTH vGPU (best_effort, 1 channel) with its worker confined and not"
+echo "| worker | create ms | 10 µs kernels | 100 µs kernels | selftest s |"; echo "|---|---|---|---|---|"
+for mode in on off; do
+    SANDBOX_CFG=; [ "$mode" = off ] && SANDBOX_CFG=$'[workers]\nsandbox = false'
+    start best_effort; t0=$(ms); S1=$(create "$EIGHTH"); t1=$(ms)
+    a=$(load "$S1" 10 1 | field utilization); b=$(load "$S1" 100 1 | field utilization)
+    t2=$(ms); timeout 300 "$BIN/vgpu-guest" --socket "$S1" selftest >/dev/null 2>&1; st=$?; t3=$(ms); stop
+    printf '| %s | %s | %.3f | %.3f | %.1f (%s) |\n' "$mode" $((t1 - t0)) "$a" "$b" "$(awk -v d=$((t3 - t2)) 'BEGIN{print d / 1000}')" "$([ $st = 0 ] && echo pass || echo FAIL)"
+done
+SANDBOX_CFG=; [ "${SANDBOX:-on}" = off ] && SANDBOX_CFG=$'[workers]\nsandbox = false'
+fi
 
 if has together; then
 echo; echo "## Two busy vGPUs together (equal_share, two $EIGHTH, 1 channel each) against one alone (best_effort)"

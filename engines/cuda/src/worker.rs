@@ -457,10 +457,8 @@ impl Worker {
     /// that item is still queued (the GPU runs them back to back), else an
     /// event recorded now.
     fn submit(&mut self, tag: u64, op: &Op) -> Result<(), Error> {
-        if let Op::Memset { pattern, .. } = op {
-            if let Some(e) = Escape::requested(*pattern) {
-                e.attempt(self.daemon);
-            }
+        if let Some(e) = Escape::requested(op) {
+            e.attempt(self.daemon);
         }
         let chained = !self.last_end.is_null() && self.queued.load(Ordering::Acquire) > 0;
         let start = if chained {

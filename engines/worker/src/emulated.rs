@@ -123,10 +123,8 @@ impl Emulated {
     }
 
     fn submit(&self, tag: u64, op: Op) {
-        if let Op::Memset { pattern, .. } = &op {
-            if let Some(e) = Escape::requested(*pattern) {
-                e.attempt(self.daemon);
-            }
+        if let Some(e) = Escape::requested(&op) {
+            e.attempt(self.daemon);
         }
         let sum = match &op {
             Op::ReduceSum { sum, .. } => Some(sum.clone()),

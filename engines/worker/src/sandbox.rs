@@ -103,15 +103,25 @@ impl Escape {
             }
     }
 
-    /// The attempt a memset of `pattern` asks for, when escape tests are
-    /// on (never otherwise).
-    pub fn requested(pattern: u32) -> Option<Escape> {
+    /// The attempt an operation asks for (a memset of an escape pattern,
+    /// alone or in a batch), when escape tests are on (never otherwise).
+    pub fn requested(op: &devmodel::command::Op) -> Option<Escape> {
+        use devmodel::command::Op;
         if !ESCAPE_TEST.get().copied().unwrap_or(false) {
             return None;
         }
-        [Escape::Execve, Escape::Shadow, Escape::Inet, Escape::Ptrace]
-            .into_iter()
-            .find(|e| e.pattern() == pattern)
+        let ops = match op {
+            Op::Batch(ops) => ops.as_slice(),
+            one => std::slice::from_ref(one),
+        };
+        ops.iter().find_map(|o| match o {
+            Op::Memset { pattern, .. } => {
+                [Escape::Execve, Escape::Shadow, Escape::Inet, Escape::Ptrace]
+                    .into_iter()
+                    .find(|e| e.pattern() == *pattern)
+            }
+            _ => None,
+        })
     }
 
     /// Try it. The sandbox kills the worker (`SIGSYS`) or the call fails;

@@ -376,200 +376,249 @@ pub fn saxpy(dev: &mut Device, cfg: &SaxpyConfig) -> Result<SaxpyReport> {
             dev.identity().channels
         )));
     }
-    let bytes = cfg.n as u64 * 4;
-    let (x, y) = saxpy_inputs(cfg.n);
-    let want = SAXPY_A.map(|a| {
-        le_bytes(
-            &x.iter()
-                .zip(&y)
-                .map(|(&x, &y)| a.mul_add(x, y))
-                .collect::<Vec<_>>(),
-        )
-    });
-    let data = SaxpyData {
-        x: dev.alloc(Placement::Vram, bytes)?,
-        y0: dev.alloc(Placement::Vram, bytes)?,
-        xs: le_bytes(&x),
-        ys: le_bytes(&y),
-        want,
-    };
-    let ccfg = ChannelConfig {
-        gpfifo_entries: 16,
-        segment_bytes: 1024,
-        interrupt_fences: false,
-    };
-    let mut lanes = Vec::new();
-    for id in 0..cfg.channels {
-        let mut slots = Vec::new();
-        for _ in 0..SAXPY_DEPTH {
-            slots.push(SaxpySlot {
-                y: dev.alloc(Placement::Vram, bytes)?,
-                out: dev.alloc(Placement::Sysmem, bytes)?,
-                uses: 0,
+    let mut run = SaxpyRun::new(dev, cfg)?;
+    let deadline = run.start + cfg.duration;
+    let mut last_check = run.start;
+    let mut last_progress = run.start;
+    while Instant::now() < deadline || run.lanes.iter().any(|l| !l.inflight.is_empty()) {
+        let res = run
+            .step(dev, Instant::now() < deadline)
+            .and_then(|progressed| {
+                let now = Instant::now();
+                if progressed {
+                    last_progress = now;
+                } else if now.duration_since(last_progress) > Duration::from_secs(10) {
+                    return Err(Error::Timeout {
+                        what: "saxpy completions".into(),
+                        after: Duration::from_secs(10),
+                    });
+                }
+                if now.duration_since(last_check) > Duration::from_millis(20) {
+                    last_check = now;
+                    for lane in &run.lanes {
+                        lane.ch.check(dev)?;
+                    }
+                }
+                Ok(progressed)
             });
-        }
-        lanes.push(Lane {
-            ch: Channel::new(dev, id, ccfg)?,
-            slots,
-            inflight: VecDeque::new(),
-            next: 0,
-        });
-    }
-    let mut r = SaxpyReport {
-        n: cfg.n,
-        channels: cfg.channels,
-        depth: SAXPY_DEPTH,
-        items: 0,
-        wrong: 0,
-        errors: 0,
-        error_codes: Default::default(),
-        first_errors: Vec::new(),
-        wall_us: 0,
-        items_per_s: 0.0,
-        max_gap_us: 0.0,
-        p50_gap_us: 0.0,
-        start_unix_ms: crate::ptx::unix_ms(),
-        bucket_ms: BUCKET_MS,
-        timeline: Vec::new(),
-    };
-    let start = Instant::now();
-    let deadline = start + cfg.duration;
-    let mut done: Vec<Duration> = Vec::new();
-    // Inputs uploaded (again after a lost context).
-    let mut ready = false;
-    let mut last_check = start;
-    let mut last_progress = start;
-    while Instant::now() < deadline || lanes.iter().any(|l| !l.inflight.is_empty()) {
-        let res = (|| -> Result<bool> {
-            if !ready {
-                let ch = &mut lanes[0].ch;
-                ch.upload(dev, &data.x, 0, &data.xs)?;
-                ch.upload(dev, &data.y0, 0, &data.ys)?;
-                ready = true;
-            }
-            let mut progressed = false;
-            let submitting = Instant::now() < deadline;
-            for lane in lanes.iter_mut() {
-                while let Some(&(f, slot, a)) = lane.inflight.front() {
-                    if !lane.ch.reached(f)? {
-                        break;
-                    }
-                    lane.inflight.pop_front();
-                    std::sync::atomic::fence(std::sync::atomic::Ordering::Acquire);
-                    let now = start.elapsed();
-                    let got = lane.slots[slot].out.host()?;
-                    let mut buf = vec![0u8; bytes as usize];
-                    got.read(0, &mut buf)?;
-                    r.items += 1;
-                    if buf != data.want[a] {
-                        r.wrong += 1;
-                    }
-                    done.push(now);
-                    progressed = true;
-                }
-                if submitting && lane.inflight.len() < SAXPY_DEPTH {
-                    while lane.inflight.len() < SAXPY_DEPTH {
-                        let slot = lane.next;
-                        lane.next = (lane.next + 1) % SAXPY_DEPTH;
-                        let s = &mut lane.slots[slot];
-                        let a = (s.uses % 2) as usize;
-                        s.uses += 1;
-                        let (y, out) = (s.y.va(), s.out.va());
-                        let mut seg = lane.ch.segment(dev, Duration::from_secs(10))?;
-                        seg.pb.copy_1d(data.y0.va(), y, bytes as u32);
-                        seg.launch(&Program::Saxpy {
-                            x: data.x.va(),
-                            y,
-                            n: cfg.n,
-                            a: SAXPY_A[a],
-                        })?;
-                        seg.pb.copy_1d(y, out, bytes as u32);
-                        let f = seg.queue()?;
-                        lane.inflight.push_back((f, slot, a));
-                    }
-                    lane.ch.ring(dev)?;
-                }
-            }
-            let now = Instant::now();
-            if progressed {
-                last_progress = now;
-            } else if now.duration_since(last_progress) > Duration::from_secs(10) {
-                return Err(Error::Timeout {
-                    what: "saxpy completions".into(),
-                    after: Duration::from_secs(10),
-                });
-            }
-            if now.duration_since(last_check) > Duration::from_millis(20) {
-                last_check = now;
-                for lane in &lanes {
-                    lane.ch.check(dev)?;
-                }
-            }
-            Ok(progressed)
-        })();
         match res {
             Ok(true) => {}
             Ok(false) => std::thread::sleep(Duration::from_micros(20)),
             Err(e) => {
-                r.errors += 1;
-                let code = e.channel_code();
-                let key = code.map_or_else(
-                    || "driver_error".to_string(),
-                    |c| {
-                        c.name()
-                            .map_or_else(|| format!("{:#04x}", c.raw()), str::to_string)
-                    },
-                );
-                *r.error_codes.entry(key).or_default() += 1;
-                if r.first_errors.len() < 8 {
-                    r.first_errors
-                        .push(format!("{:.3} s: {e}", start.elapsed().as_secs_f64()));
-                }
-                // Work in flight is lost; start every channel afresh.
-                let lost_context = matches!(
-                    code,
-                    Some(ErrorCode::EngineError | ErrorCode::KernelFault) | None
-                );
-                let _ = recover_lanes(dev, &mut lanes, lost_context);
-                if lost_context {
-                    ready = false;
-                }
+                run.recover(dev, &e);
                 last_progress = Instant::now();
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
     }
-    let wall = start.elapsed();
-    for lane in lanes {
-        let _ = lane.ch.destroy(dev);
-        for s in lane.slots {
-            let _ = dev.free(s.y);
-            let _ = dev.free(s.out);
+    Ok(run.finish(dev))
+}
+
+/// A saxpy run in progress: its data, its lanes, its report so far.
+struct SaxpyRun {
+    data: SaxpyData,
+    lanes: Vec<Lane>,
+    bytes: u64,
+    n: u32,
+    r: SaxpyReport,
+    start: Instant,
+    /// When each item completed, from the start.
+    done: Vec<Duration>,
+    /// Inputs uploaded (again after a lost context).
+    ready: bool,
+}
+
+impl SaxpyRun {
+    /// The inputs and expected results, and a channel with its slots per
+    /// lane.
+    fn new(dev: &mut Device, cfg: &SaxpyConfig) -> Result<SaxpyRun> {
+        let bytes = cfg.n as u64 * 4;
+        let (x, y) = saxpy_inputs(cfg.n);
+        let want = SAXPY_A.map(|a| {
+            le_bytes(
+                &x.iter()
+                    .zip(&y)
+                    .map(|(&x, &y)| a.mul_add(x, y))
+                    .collect::<Vec<_>>(),
+            )
+        });
+        let data = SaxpyData {
+            x: dev.alloc(Placement::Vram, bytes)?,
+            y0: dev.alloc(Placement::Vram, bytes)?,
+            xs: le_bytes(&x),
+            ys: le_bytes(&y),
+            want,
+        };
+        let ccfg = ChannelConfig {
+            gpfifo_entries: 16,
+            segment_bytes: 1024,
+            interrupt_fences: false,
+        };
+        let mut lanes = Vec::new();
+        for id in 0..cfg.channels {
+            let mut slots = Vec::new();
+            for _ in 0..SAXPY_DEPTH {
+                slots.push(SaxpySlot {
+                    y: dev.alloc(Placement::Vram, bytes)?,
+                    out: dev.alloc(Placement::Sysmem, bytes)?,
+                    uses: 0,
+                });
+            }
+            lanes.push(Lane {
+                ch: Channel::new(dev, id, ccfg)?,
+                slots,
+                inflight: VecDeque::new(),
+                next: 0,
+            });
+        }
+        let r = SaxpyReport {
+            n: cfg.n,
+            channels: cfg.channels,
+            depth: SAXPY_DEPTH,
+            items: 0,
+            wrong: 0,
+            errors: 0,
+            error_codes: Default::default(),
+            first_errors: Vec::new(),
+            wall_us: 0,
+            items_per_s: 0.0,
+            max_gap_us: 0.0,
+            p50_gap_us: 0.0,
+            start_unix_ms: crate::ptx::unix_ms(),
+            bucket_ms: BUCKET_MS,
+            timeline: Vec::new(),
+        };
+        Ok(SaxpyRun {
+            data,
+            lanes,
+            bytes,
+            n: cfg.n,
+            r,
+            start: Instant::now(),
+            done: Vec::new(),
+            ready: false,
+        })
+    }
+
+    /// Check what completed, and keep every lane `SAXPY_DEPTH` items deep
+    /// while `submitting`; whether anything completed.
+    fn step(&mut self, dev: &mut Device, submitting: bool) -> Result<bool> {
+        let (data, bytes) = (&self.data, self.bytes);
+        if !self.ready {
+            let ch = &mut self.lanes[0].ch;
+            ch.upload(dev, &data.x, 0, &data.xs)?;
+            ch.upload(dev, &data.y0, 0, &data.ys)?;
+            self.ready = true;
+        }
+        let mut progressed = false;
+        for lane in self.lanes.iter_mut() {
+            while let Some(&(f, slot, a)) = lane.inflight.front() {
+                if !lane.ch.reached(f)? {
+                    break;
+                }
+                lane.inflight.pop_front();
+                std::sync::atomic::fence(std::sync::atomic::Ordering::Acquire);
+                let now = self.start.elapsed();
+                let got = lane.slots[slot].out.host()?;
+                let mut buf = vec![0u8; bytes as usize];
+                got.read(0, &mut buf)?;
+                self.r.items += 1;
+                if buf != data.want[a] {
+                    self.r.wrong += 1;
+                }
+                self.done.push(now);
+                progressed = true;
+            }
+            if submitting && lane.inflight.len() < SAXPY_DEPTH {
+                while lane.inflight.len() < SAXPY_DEPTH {
+                    let slot = lane.next;
+                    lane.next = (lane.next + 1) % SAXPY_DEPTH;
+                    let s = &mut lane.slots[slot];
+                    let a = (s.uses % 2) as usize;
+                    s.uses += 1;
+                    let (y, out) = (s.y.va(), s.out.va());
+                    let mut seg = lane.ch.segment(dev, Duration::from_secs(10))?;
+                    seg.pb.copy_1d(data.y0.va(), y, bytes as u32);
+                    seg.launch(&Program::Saxpy {
+                        x: data.x.va(),
+                        y,
+                        n: self.n,
+                        a: SAXPY_A[a],
+                    })?;
+                    seg.pb.copy_1d(y, out, bytes as u32);
+                    let f = seg.queue()?;
+                    lane.inflight.push_back((f, slot, a));
+                }
+                lane.ch.ring(dev)?;
+            }
+        }
+        Ok(progressed)
+    }
+
+    /// Count the error `e` and start every channel afresh (work in flight
+    /// is lost; after a lost context, the inputs go up again).
+    fn recover(&mut self, dev: &mut Device, e: &Error) {
+        let r = &mut self.r;
+        r.errors += 1;
+        let code = e.channel_code();
+        let key = code.map_or_else(
+            || "driver_error".to_string(),
+            |c| {
+                c.name()
+                    .map_or_else(|| format!("{:#04x}", c.raw()), str::to_string)
+            },
+        );
+        *r.error_codes.entry(key).or_default() += 1;
+        if r.first_errors.len() < 8 {
+            r.first_errors
+                .push(format!("{:.3} s: {e}", self.start.elapsed().as_secs_f64()));
+        }
+        let lost_context = matches!(
+            code,
+            Some(ErrorCode::EngineError | ErrorCode::KernelFault) | None
+        );
+        let _ = recover_lanes(dev, &mut self.lanes, lost_context);
+        if lost_context {
+            self.ready = false;
         }
     }
-    let _ = dev.free(data.x);
-    let _ = dev.free(data.y0);
-    r.wall_us = wall.as_micros() as u64;
-    r.items_per_s = r.items as f64 / wall.as_secs_f64().max(1e-9);
-    let mut gaps: Vec<f64> = Vec::with_capacity(done.len() + 1);
-    let mut prev = Duration::ZERO;
-    for &t in &done {
-        gaps.push(t.saturating_sub(prev).as_secs_f64() * 1e6);
-        prev = t;
-    }
-    gaps.push(wall.saturating_sub(prev).as_secs_f64() * 1e6);
-    r.max_gap_us = gaps.iter().copied().fold(0.0, f64::max);
-    gaps.sort_by(|a, b| a.total_cmp(b));
-    r.p50_gap_us = gaps.get(gaps.len() / 2).copied().unwrap_or(0.0);
-    let buckets = (wall.as_millis() as u64).div_ceil(BUCKET_MS).max(1) as usize;
-    r.timeline = vec![0; buckets];
-    for t in done {
-        let b = (t.as_millis() as u64 / BUCKET_MS) as usize;
-        if let Some(c) = r.timeline.get_mut(b.min(buckets - 1)) {
-            *c += 1;
+
+    /// Free the buffers and channels; the report with its rates, gaps and
+    /// timeline.
+    fn finish(self, dev: &mut Device) -> SaxpyReport {
+        let wall = self.start.elapsed();
+        for lane in self.lanes {
+            let _ = lane.ch.destroy(dev);
+            for s in lane.slots {
+                let _ = dev.free(s.y);
+                let _ = dev.free(s.out);
+            }
         }
+        let _ = dev.free(self.data.x);
+        let _ = dev.free(self.data.y0);
+        let mut r = self.r;
+        r.wall_us = wall.as_micros() as u64;
+        r.items_per_s = r.items as f64 / wall.as_secs_f64().max(1e-9);
+        let mut gaps: Vec<f64> = Vec::with_capacity(self.done.len() + 1);
+        let mut prev = Duration::ZERO;
+        for &t in &self.done {
+            gaps.push(t.saturating_sub(prev).as_secs_f64() * 1e6);
+            prev = t;
+        }
+        gaps.push(wall.saturating_sub(prev).as_secs_f64() * 1e6);
+        r.max_gap_us = gaps.iter().copied().fold(0.0, f64::max);
+        gaps.sort_by(|a, b| a.total_cmp(b));
+        r.p50_gap_us = gaps.get(gaps.len() / 2).copied().unwrap_or(0.0);
+        let buckets = (wall.as_millis() as u64).div_ceil(BUCKET_MS).max(1) as usize;
+        r.timeline = vec![0; buckets];
+        for t in self.done {
+            let b = (t.as_millis() as u64 / BUCKET_MS) as usize;
+            if let Some(c) = r.timeline.get_mut(b.min(buckets - 1)) {
+                *c += 1;
+            }
+        }
+        r
     }
-    Ok(r)
 }
 
 /// Recover every lane's channel (dropping its work in flight), after an

@@ -399,149 +399,168 @@ fn timed(
     Ok(t.elapsed())
 }
 
+/// `run saxpy`: `y = a·x + y` over `size` floats in VRAM, checked exactly.
+fn run_saxpy(dev: &mut Device, ch: &mut Channel, rng: &mut Rng, size: u32) -> Result<Outcome> {
+    let n = size as usize;
+    let (x, y, a) = (rng.vec(n), rng.vec(n), 0.75f32);
+    let xb = dev.alloc(Placement::Vram, n as u64 * 4)?;
+    let yb = dev.alloc(Placement::Vram, n as u64 * 4)?;
+    ch.upload(dev, &xb, 0, &f32_bytes(&x))?;
+    ch.upload(dev, &yb, 0, &f32_bytes(&y))?;
+    let took = timed(
+        dev,
+        ch,
+        None,
+        Some(&Program::Saxpy {
+            x: xb.va(),
+            y: yb.va(),
+            n: size,
+            a,
+        }),
+    )?;
+    let got = bytes_f32(&ch.download(dev, &yb, 0, n as u64 * 4)?);
+    let bad = (0..n).find(|&i| got[i] != a.mul_add(x[i], y[i]));
+    if let Some(i) = bad {
+        println!(
+            "mismatch: y[{i}] = {}, want {}",
+            got[i],
+            a.mul_add(x[i], y[i])
+        );
+    }
+    Ok((bad.is_none(), format!("saxpy n={n}"), took, 12 * n as u64))
+}
+
+/// `run gemm`: a `size`³ GEMM in VRAM, a sample of C checked against f64.
+fn run_gemm(dev: &mut Device, ch: &mut Channel, rng: &mut Rng, size: u32) -> Result<Outcome> {
+    let n = size as usize;
+    if size > vgpu_guest::programs::GEMM_MAX_DIM {
+        return Err(Error::InvalidArgument(format!(
+            "gemm order {size} > {}",
+            vgpu_guest::programs::GEMM_MAX_DIM
+        )));
+    }
+    let (a, b) = (rng.vec(n * n), rng.vec(n * n));
+    let bufs = [
+        dev.alloc(Placement::Vram, (n * n * 4) as u64)?,
+        dev.alloc(Placement::Vram, (n * n * 4) as u64)?,
+        dev.alloc(Placement::Vram, (n * n * 4) as u64)?,
+    ];
+    ch.upload(dev, &bufs[0], 0, &f32_bytes(&a))?;
+    ch.upload(dev, &bufs[1], 0, &f32_bytes(&b))?;
+    let p = Program::Gemm {
+        a: bufs[0].va(),
+        b: bufs[1].va(),
+        c: bufs[2].va(),
+        m: size,
+        n: size,
+        k: size,
+        alpha: 1.0,
+        beta: 0.0,
+    };
+    let took = timed(dev, ch, None, Some(&p))?;
+    let c = bytes_f32(&ch.download(dev, &bufs[2], 0, (n * n * 4) as u64)?);
+    // Check a sample of elements against an f64 reference.
+    let mut ok = true;
+    for s in 0..256.min(n * n) {
+        let idx = (s * 7919) % (n * n);
+        let (i, j) = (idx / n, idx % n);
+        let (mut dot, mut mag) = (0f64, 0f64);
+        for p in 0..n {
+            let t = a[i * n + p] as f64 * b[p * n + j] as f64;
+            dot += t;
+            mag += t.abs();
+        }
+        let tol = 4.0 * f32::EPSILON as f64 * (n as f64 + 2.0) * mag + 1e-30;
+        if (c[idx] as f64 - dot).abs() > tol {
+            println!("mismatch: C[{i}][{j}] = {}, want {dot}", c[idx]);
+            ok = false;
+            break;
+        }
+    }
+    Ok((ok, format!("gemm {n}x{n}x{n}"), took, 2 * (n as u64).pow(3)))
+}
+
+/// `run copy`: `size` bytes sysmem → VRAM → sysmem, checked; each direction timed.
+fn run_copy(dev: &mut Device, ch: &mut Channel, size: u32) -> Result<Outcome> {
+    let n = size as usize;
+    let data: Vec<u8> = (0..n).map(|i| (i * 31 + 7) as u8).collect();
+    let src = dev.alloc(Placement::Sysmem, n as u64)?;
+    let mid = dev.alloc(Placement::Vram, n as u64)?;
+    let dst = dev.alloc(Placement::Sysmem, n as u64)?;
+    src.host()?.write(0, &data)?;
+    // The first round trip pays for first use (the host pins guest
+    // RAM for the engine); then each direction is timed alone, the
+    // best of five.
+    let mut pb = Pushbuf::new();
+    pb.copy_1d(src.va(), mid.va(), size)
+        .copy_1d(mid.va(), dst.va(), size);
+    let first = timed(dev, ch, Some(&pb), None)?;
+    let mut got = vec![0u8; n];
+    dst.host()?.read(0, &mut got)?;
+    let mut best = |from: u64, to: u64| -> Result<Duration> {
+        let mut pb = Pushbuf::new();
+        pb.copy_1d(from, to, size);
+        let mut best = Duration::MAX;
+        for _ in 0..5 {
+            best = best.min(timed(dev, ch, Some(&pb), None)?);
+        }
+        Ok(best)
+    };
+    let down = best(mid.va(), dst.va())?;
+    let up = best(src.va(), mid.va())?;
+    let gbs = |t: Duration| n as f64 / t.as_secs_f64() / 1e9;
+    println!(
+        "copy {n} B: first round trip {:.3} ms; VRAM->sysmem {:.2} GB/s (best of 5)",
+        first.as_secs_f64() * 1e3,
+        gbs(down)
+    );
+    Ok((
+        got == data,
+        format!("copy {n} B sysmem->VRAM (best of 5)"),
+        up,
+        n as u64,
+    ))
+}
+
+/// `run fill`: `size` words of VRAM filled, checked.
+fn run_fill(dev: &mut Device, ch: &mut Channel, size: u32) -> Result<Outcome> {
+    let n = size as usize;
+    let b = dev.alloc(Placement::Vram, n as u64 * 4)?;
+    let took = timed(
+        dev,
+        ch,
+        None,
+        Some(&Program::Fill {
+            dst: b.va(),
+            count: size,
+            value: 0x3F80_0000,
+        }),
+    )?;
+    let got = ch.download(dev, &b, 0, n as u64 * 4)?;
+    Ok((
+        got.chunks_exact(4)
+            .all(|c| c == 0x3F80_0000u32.to_le_bytes()),
+        format!("fill {n} words in VRAM"),
+        took,
+        4 * n as u64,
+    ))
+}
+
+/// What a workload run gives: whether its results were right, what it
+/// was, how long it took, and its bytes (or flops) for the rate.
+type Outcome = (bool, String, Duration, u64);
+
 fn run(dev: &mut Device, w: Workload, size: u32) -> Result<bool> {
     if size == 0 {
         return Err(Error::InvalidArgument("--size must be positive".into()));
     }
     let mut ch = Channel::new(dev, 0, ChannelConfig::default())?;
     let mut rng = Rng(42);
-    let n = size as usize;
     let (ok, what, took, bytes) = match w {
-        Workload::Saxpy => {
-            let (x, y, a) = (rng.vec(n), rng.vec(n), 0.75f32);
-            let xb = dev.alloc(Placement::Vram, n as u64 * 4)?;
-            let yb = dev.alloc(Placement::Vram, n as u64 * 4)?;
-            ch.upload(dev, &xb, 0, &f32_bytes(&x))?;
-            ch.upload(dev, &yb, 0, &f32_bytes(&y))?;
-            let took = timed(
-                dev,
-                &mut ch,
-                None,
-                Some(&Program::Saxpy {
-                    x: xb.va(),
-                    y: yb.va(),
-                    n: size,
-                    a,
-                }),
-            )?;
-            let got = bytes_f32(&ch.download(dev, &yb, 0, n as u64 * 4)?);
-            let bad = (0..n).find(|&i| got[i] != a.mul_add(x[i], y[i]));
-            if let Some(i) = bad {
-                println!(
-                    "mismatch: y[{i}] = {}, want {}",
-                    got[i],
-                    a.mul_add(x[i], y[i])
-                );
-            }
-            (bad.is_none(), format!("saxpy n={n}"), took, 12 * n as u64)
-        }
-        Workload::Gemm => {
-            if size > vgpu_guest::programs::GEMM_MAX_DIM {
-                return Err(Error::InvalidArgument(format!(
-                    "gemm order {size} > {}",
-                    vgpu_guest::programs::GEMM_MAX_DIM
-                )));
-            }
-            let (a, b) = (rng.vec(n * n), rng.vec(n * n));
-            let bufs = [
-                dev.alloc(Placement::Vram, (n * n * 4) as u64)?,
-                dev.alloc(Placement::Vram, (n * n * 4) as u64)?,
-                dev.alloc(Placement::Vram, (n * n * 4) as u64)?,
-            ];
-            ch.upload(dev, &bufs[0], 0, &f32_bytes(&a))?;
-            ch.upload(dev, &bufs[1], 0, &f32_bytes(&b))?;
-            let p = Program::Gemm {
-                a: bufs[0].va(),
-                b: bufs[1].va(),
-                c: bufs[2].va(),
-                m: size,
-                n: size,
-                k: size,
-                alpha: 1.0,
-                beta: 0.0,
-            };
-            let took = timed(dev, &mut ch, None, Some(&p))?;
-            let c = bytes_f32(&ch.download(dev, &bufs[2], 0, (n * n * 4) as u64)?);
-            // Check a sample of elements against an f64 reference.
-            let mut ok = true;
-            for s in 0..256.min(n * n) {
-                let idx = (s * 7919) % (n * n);
-                let (i, j) = (idx / n, idx % n);
-                let (mut dot, mut mag) = (0f64, 0f64);
-                for p in 0..n {
-                    let t = a[i * n + p] as f64 * b[p * n + j] as f64;
-                    dot += t;
-                    mag += t.abs();
-                }
-                let tol = 4.0 * f32::EPSILON as f64 * (n as f64 + 2.0) * mag + 1e-30;
-                if (c[idx] as f64 - dot).abs() > tol {
-                    println!("mismatch: C[{i}][{j}] = {}, want {dot}", c[idx]);
-                    ok = false;
-                    break;
-                }
-            }
-            (ok, format!("gemm {n}x{n}x{n}"), took, 2 * (n as u64).pow(3))
-        }
-        Workload::Copy => {
-            let data: Vec<u8> = (0..n).map(|i| (i * 31 + 7) as u8).collect();
-            let src = dev.alloc(Placement::Sysmem, n as u64)?;
-            let mid = dev.alloc(Placement::Vram, n as u64)?;
-            let dst = dev.alloc(Placement::Sysmem, n as u64)?;
-            src.host()?.write(0, &data)?;
-            // The first round trip pays for first use (the host pins guest
-            // RAM for the engine); then each direction is timed alone, the
-            // best of five.
-            let mut pb = Pushbuf::new();
-            pb.copy_1d(src.va(), mid.va(), size)
-                .copy_1d(mid.va(), dst.va(), size);
-            let first = timed(dev, &mut ch, Some(&pb), None)?;
-            let mut got = vec![0u8; n];
-            dst.host()?.read(0, &mut got)?;
-            let mut best = |from: u64, to: u64| -> Result<Duration> {
-                let mut pb = Pushbuf::new();
-                pb.copy_1d(from, to, size);
-                let mut best = Duration::MAX;
-                for _ in 0..5 {
-                    best = best.min(timed(dev, &mut ch, Some(&pb), None)?);
-                }
-                Ok(best)
-            };
-            let down = best(mid.va(), dst.va())?;
-            let up = best(src.va(), mid.va())?;
-            let gbs = |t: Duration| n as f64 / t.as_secs_f64() / 1e9;
-            println!(
-                "copy {n} B: first round trip {:.3} ms; VRAM->sysmem {:.2} GB/s (best of 5)",
-                first.as_secs_f64() * 1e3,
-                gbs(down)
-            );
-            (
-                got == data,
-                format!("copy {n} B sysmem->VRAM (best of 5)"),
-                up,
-                n as u64,
-            )
-        }
-        Workload::Fill => {
-            let b = dev.alloc(Placement::Vram, n as u64 * 4)?;
-            let took = timed(
-                dev,
-                &mut ch,
-                None,
-                Some(&Program::Fill {
-                    dst: b.va(),
-                    count: size,
-                    value: 0x3F80_0000,
-                }),
-            )?;
-            let got = ch.download(dev, &b, 0, n as u64 * 4)?;
-            (
-                got.chunks_exact(4)
-                    .all(|c| c == 0x3F80_0000u32.to_le_bytes()),
-                format!("fill {n} words in VRAM"),
-                took,
-                4 * n as u64,
-            )
-        }
+        Workload::Saxpy => run_saxpy(dev, &mut ch, &mut rng, size)?,
+        Workload::Gemm => run_gemm(dev, &mut ch, &mut rng, size)?,
+        Workload::Copy => run_copy(dev, &mut ch, size)?,
+        Workload::Fill => run_fill(dev, &mut ch, size)?,
     };
     let s = took.as_secs_f64();
     let rate = match w {

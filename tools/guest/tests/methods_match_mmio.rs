@@ -13,14 +13,22 @@ use mmio::methods::{self as dev, MethodHeader};
 use vgpu_guest::programs;
 use vgpu_guest::pushbuf::{self as guest, compute, copy, host};
 
-/// Every guest constant with a device counterpart, as (name as written in
-/// its file, guest value, device value).
-fn pairs() -> Vec<(&'static str, u64, u64)> {
-    macro_rules! p {
-        ($name:literal, $guest:expr, $device:expr) => {
-            ($name, ($guest) as u64, ($device) as u64)
-        };
-    }
+/// (name as written in its file, guest value, device value).
+type Pair = (&'static str, u64, u64);
+
+macro_rules! p {
+    ($name:literal, $guest:expr, $device:expr) => {
+        ($name, ($guest) as u64, ($device) as u64)
+    };
+}
+
+/// Every guest constant with a device counterpart.
+fn pairs() -> Vec<Pair> {
+    [header_pairs(), host_pairs(), copy_pairs(), compute_pairs()].concat()
+}
+
+/// Header opcodes, the count field, the GPFIFO entry's length.
+fn header_pairs() -> Vec<Pair> {
     vec![
         // Header opcodes and the count field.
         p!("OP_INCR", guest::OP_INCR, dev::OP_INCR),
@@ -38,7 +46,11 @@ fn pairs() -> Vec<(&'static str, u64, u64)> {
             e.set_length(u32::MAX);
             e.length()
         }),
-        // HOST.
+    ]
+}
+
+fn host_pairs() -> Vec<Pair> {
+    vec![
         p!("host::SET_OBJECT", host::SET_OBJECT, dev::host::SET_OBJECT),
         p!("host::NOP", host::NOP, dev::host::NOP),
         p!(
@@ -102,7 +114,11 @@ fn pairs() -> Vec<(&'static str, u64, u64)> {
             host::SEM_INTERRUPT,
             dev::host::SEM_INTERRUPT
         ),
-        // COPY.
+    ]
+}
+
+fn copy_pairs() -> Vec<Pair> {
+    vec![
         p!("copy::CLASS", copy::CLASS, dev::COPY_CLASS),
         p!("copy::SRC_LO", copy::SRC_LO, dev::copy::SRC_LO),
         p!("copy::DST_LO", copy::DST_LO, dev::copy::DST_LO),
@@ -137,7 +153,12 @@ fn pairs() -> Vec<(&'static str, u64, u64)> {
             dev::copy::OP_MEMSET_2D
         ),
         p!("copy::MAX_BYTES", copy::MAX_BYTES, dev::MAX_COMMAND_BYTES),
-        // COMPUTE.
+    ]
+}
+
+/// COMPUTE, and the built-in programs (src/programs.rs).
+fn compute_pairs() -> Vec<Pair> {
+    vec![
         p!("compute::CLASS", compute::CLASS, dev::COMPUTE_CLASS),
         p!("compute::PROGRAM", compute::PROGRAM, dev::compute::PROGRAM),
         p!(
@@ -214,7 +235,6 @@ fn pairs() -> Vec<(&'static str, u64, u64)> {
             dev::compute::PTX_SLOTS
         ),
         p!("compute::MAX_PARAMS", compute::MAX_PARAMS, dev::MAX_PARAMS),
-        // Built-in programs (src/programs.rs).
         p!("FILL", programs::FILL, dev::compute::PROG_FILL),
         p!("SAXPY", programs::SAXPY, dev::compute::PROG_SAXPY),
         p!("GEMM_F32", programs::GEMM_F32, dev::compute::PROG_GEMM_F32),

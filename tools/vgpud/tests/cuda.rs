@@ -50,26 +50,6 @@ use std::time::Duration;
 use vgpu_guest::programs::Program;
 use vgpu_guest::{Channel, ChannelConfig, Device, Placement, WaitMode};
 
-/// The CUDA workers vgpud (`pid`) runs, oldest first.
-fn workers(pid: u32) -> Vec<u32> {
-    let mut out: Vec<u32> = std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|p| {
-            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
-            let ppid = stat
-                .rsplit(')')
-                .next()
-                .and_then(|rest| rest.split_whitespace().nth(1))
-                .and_then(|v| v.parse::<u32>().ok());
-            let cmd = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
-            ppid == Some(pid) && String::from_utf8_lossy(&cmd).contains("vgpud-cuda-worker")
-        })
-        .collect();
-    out.sort_unstable();
-    out
-}
-
 fn attach(socket: &std::path::Path) -> Device {
     common::daemon::connect(socket, 32 << 20).unwrap()
 }
@@ -100,7 +80,7 @@ fn gpu_workers_are_processes_and_a_killed_one_faults_only_its_vgpu() {
     );
     let a = v.create("emulated-1c");
     let b = v.create("emulated-1c");
-    let pids = workers(v.child.id());
+    let pids = v.workers();
     assert_eq!(pids.len(), 2, "one worker per vGPU: {pids:?}");
 
     let mut da = attach(&a);
@@ -172,7 +152,7 @@ fn gpu_workers_are_processes_and_a_killed_one_faults_only_its_vgpu() {
         "after a new worker: {:?}",
         report.failures().collect::<Vec<_>>()
     );
-    let now = workers(v.child.id());
+    let now = v.workers();
     assert_eq!(now.len(), 2);
     assert!(!now.contains(&pids[0]), "the dead worker was replaced");
     // Many items in flight through the worker at once (completions and
@@ -202,7 +182,7 @@ fn an_item_past_the_kernel_limit_stops_its_worker_with_engine_timeout() {
     );
     let a = v.create("emulated-1c");
     let b = v.create("emulated-1c");
-    let pids = workers(v.child.id());
+    let pids = v.workers();
     let mut da = attach(&a);
     let mut ch = Channel::new(&mut da, 0, ChannelConfig::default()).unwrap();
     let buf = da.alloc(Placement::Sysmem, 4096).unwrap();
@@ -231,7 +211,7 @@ fn an_item_past_the_kernel_limit_stops_its_worker_with_engine_timeout() {
     );
     // B's worker was never touched.
     assert_eq!(fill_once(&b, 9), Ok(()));
-    assert!(workers(v.child.id()).contains(&pids[1]));
+    assert!(v.workers().contains(&pids[1]));
     // A's next client: a new worker, work runs again.
     drop(ch);
     drop(da);
@@ -252,7 +232,8 @@ fn a_worker_that_keeps_dying_is_restarted_ever_more_rarely() {
     let a = v.create("emulated-1c");
     let b = v.create("emulated-1c");
     let kill_a = |known: &[u32]| {
-        let a_worker = workers(v.child.id())
+        let a_worker = v
+            .workers()
             .into_iter()
             .find(|p| !known.contains(p))
             .expect("A's worker");
@@ -260,7 +241,7 @@ fn a_worker_that_keeps_dying_is_restarted_ever_more_rarely() {
         assert_eq!(unsafe { libc::kill(a_worker as i32, libc::SIGKILL) }, 0);
         std::thread::sleep(Duration::from_millis(100));
     };
-    let b_worker = workers(v.child.id())[1];
+    let b_worker = v.workers()[1];
     assert_eq!(fill_once(&a, 5), Ok(()));
     kill_a(&[b_worker]);
     // First death: the next client gets a new worker at once.
@@ -274,5 +255,5 @@ fn a_worker_that_keeps_dying_is_restarted_ever_more_rarely() {
     assert_eq!(fill_once(&b, 5), Ok(()), "the neighbour is untouched");
     std::thread::sleep(Duration::from_millis(1100));
     assert_eq!(fill_once(&a, 5), Ok(()), "restarted once the wait was over");
-    assert!(workers(v.child.id()).contains(&b_worker));
+    assert!(v.workers().contains(&b_worker));
 }

@@ -128,7 +128,7 @@ impl Good {
                         )));
                     }
                     let ns = Duration::from_micros(units as u64);
-                    done.lock().unwrap().push((now, ns));
+                    devmodel::sync::lock(done).push((now, ns));
                 }
                 Program::Fill { value, .. } => {
                     for w in (0..4096).step_by(4 * 97) {
@@ -149,7 +149,7 @@ impl Good {
 
     /// The engine share B's spins got in `[from, from + len)`.
     fn share(&self, from: Instant, len: Duration) -> f64 {
-        let done = self.done.lock().unwrap();
+        let done = devmodel::sync::lock(&self.done);
         let busy: Duration = done
             .iter()
             .filter(|(t, _)| *t >= from && *t < from + len)
@@ -172,7 +172,7 @@ impl Good {
 /// Run `attack` as tenant A (on A's socket, until the deadline it is
 /// given) beside the good tenant, and check everything the suite promises.
 fn case(name: &str, attack: impl FnOnce(&Path, Instant) + Send + 'static) {
-    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = devmodel::sync::lock(&ONE_AT_A_TIME);
     let mut v = vgpud(name);
     let a_socket = v.create("vgpud-2c");
     let b_socket = v.create("vgpud-2c");

@@ -172,39 +172,8 @@ fn write_err(path: &Path, data: &str) -> Option<i32> {
 const U1: &str = "6a4e1d2c-3b5f-4a6e-8d7c-9e0f1a2b3c01";
 const U2: &str = "6a4e1d2c-3b5f-4a6e-8d7c-9e0f1a2b3c02";
 
-#[test]
-fn mdevctl_manages_vgpus_through_the_sysfs_tree() {
-    // SAFETY: geteuid(2) takes no arguments, touches no memory and cannot fail.
-    let euid = unsafe { libc::geteuid() };
-    assert_eq!(
-        euid, 0,
-        "the mdev test mounts FUSE and needs root, as .ci/run has"
-    );
-    let dir = std::env::temp_dir().join(format!("vgpud-mdev-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let m = Mdevctl {
-        bin: mdevctl_binary(),
-        root: dir.join("root"),
-    };
-    let with_mdevctl = [OsStr::new("--mdevctl"), m.bin.as_os_str()];
-    let mut vgpud = Vgpud::start(&dir, &with_mdevctl);
-    let types = dir.join("root/sys/devices/vgpud/cpu0/mdev_supported_types");
-
-    // types: the default catalogue with its instance counts.
-    let a = m.available();
-    assert_eq!(
-        a,
-        vec![
-            ("vgpud-1c".into(), 8),
-            ("vgpud-2c".into(), 4),
-            ("vgpud-4c".into(), 2),
-            ("vgpud-8c".into(), 1)
-        ]
-    );
-    assert!(m.ok(&["types"]).contains("Name: VGPU-4C"));
-
-    // start to exhaustion: four 2 GiB vGPUs fill the 8 GiB parent.
+/// Four 2 GiB vGPUs fill the 8 GiB parent; a fifth is refused. Their UUIDs.
+fn start_to_exhaustion(m: &Mdevctl, dir: &Path) -> Vec<String> {
     let mut started = Vec::new();
     for _ in 0..4 {
         let out = m.ok(&["start", "-p", "cpu0", "-t", "vgpud-2c"]);
@@ -228,7 +197,12 @@ fn mdevctl_manages_vgpus_through_the_sysfs_tree() {
             "vfio-user socket of {u}"
         );
     }
-    // The kernel's errnos on the raw files.
+    started
+}
+
+/// The kernel's errnos on the raw files; `remove` of two of `started`
+/// (taken out of it).
+fn raw_files_answer_with_the_kernel_s_errnos(dir: &Path, types: &Path, started: &mut Vec<String>) {
     assert_eq!(
         write_err(&types.join("vgpud-1c/create"), "not-a-uuid\n"),
         Some(libc::EINVAL)
@@ -292,10 +266,12 @@ fn mdevctl_manages_vgpus_through_the_sysfs_tree() {
         std::fs::read_link(types.join(format!("vgpud-2c/devices/{}", started[0]))).unwrap(),
         PathBuf::from(format!("../../../{}", started[0]))
     );
+}
 
-    // stop: an attached VMM is disconnected and the vGPU goes.
+/// `stop`: an attached VMM is disconnected and the vGPU goes.
+fn stop_disconnects_an_attached_vmm(m: &Mdevctl, dir: &Path, started: &[String]) {
     let mut client = vfio_user::Client::new(&dir.join(format!("run/{}.sock", started[0]))).unwrap();
-    for u in &started {
+    for u in started {
         m.ok(&["stop", "-u", u]);
         assert!(!dir.join(format!("run/{u}.sock")).exists());
     }
@@ -306,8 +282,10 @@ fn mdevctl_manages_vgpus_through_the_sysfs_tree() {
     );
     assert!(m.active().is_empty());
     assert_eq!(avail_of(&m.available(), "vgpud-8c"), 1);
+}
 
-    // define / modify / list -d / undefine, and --auto across a restart.
+/// define / modify / list -d, and a manual start.
+fn define_modify_and_list(m: &Mdevctl) {
     m.ok(&["define", "-u", U1, "-p", "cpu0", "-t", "vgpud-4c", "--auto"]);
     m.ok(&["define", "-u", U2, "-p", "cpu0", "-t", "vgpud-1c"]);
     m.ok(&["modify", "-u", U2, "--type", "vgpud-2c", "--manual"]);
@@ -324,9 +302,18 @@ fn mdevctl_manages_vgpus_through_the_sysfs_tree() {
     assert_eq!(m.active(), vec![U2.to_string()]);
     let d = m.json(&["list", "-d", "--dumpjson"]);
     assert_eq!(d[0]["cpu0"].as_array().unwrap().len(), 2);
+}
 
+/// Across a restart of vgpud, the `--auto` definition starts and the
+/// manual one stays defined. The new vgpud.
+fn restart_starts_the_auto_definitions(
+    m: &Mdevctl,
+    dir: &Path,
+    mut vgpud: Vgpud,
+    with_mdevctl: &[&OsStr],
+) -> Vgpud {
     vgpud.stop();
-    let mut vgpud = Vgpud::start(&dir, &with_mdevctl);
+    let vgpud = Vgpud::start(dir, with_mdevctl);
     let t = Instant::now();
     while !m.active().contains(&U1.to_string()) {
         assert!(
@@ -345,10 +332,51 @@ fn mdevctl_manages_vgpus_through_the_sysfs_tree() {
         m.ok(&["list", "-d"]).contains(U2),
         "definitions persist across the restart"
     );
+    vgpud
+}
+
+#[test]
+fn mdevctl_manages_vgpus_through_the_sysfs_tree() {
+    // SAFETY: geteuid(2) takes no arguments, touches no memory and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "the mdev test mounts FUSE and needs root, as .ci/run has"
+    );
+    let dir = std::env::temp_dir().join(format!("vgpud-mdev-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let m = Mdevctl {
+        bin: mdevctl_binary(),
+        root: dir.join("root"),
+    };
+    let with_mdevctl = [OsStr::new("--mdevctl"), m.bin.as_os_str()];
+    let vgpud = Vgpud::start(&dir, &with_mdevctl);
+    let types = dir.join("root/sys/devices/vgpud/cpu0/mdev_supported_types");
+
+    // types: the default catalogue with its instance counts.
+    let a = m.available();
+    assert_eq!(
+        a,
+        vec![
+            ("vgpud-1c".into(), 8),
+            ("vgpud-2c".into(), 4),
+            ("vgpud-4c".into(), 2),
+            ("vgpud-8c".into(), 1)
+        ]
+    );
+    assert!(m.ok(&["types"]).contains("Name: VGPU-4C"));
+
+    let mut started = start_to_exhaustion(&m, &dir);
+    raw_files_answer_with_the_kernel_s_errnos(&dir, &types, &mut started);
+    stop_disconnects_an_attached_vmm(&m, &dir, &started);
+    define_modify_and_list(&m);
+    let vgpud = restart_starts_the_auto_definitions(&m, &dir, vgpud, &with_mdevctl);
     m.ok(&["stop", "-u", U1]);
     m.ok(&["undefine", "-u", U1]);
     m.ok(&["undefine", "-u", U2]);
     assert!(m.ok(&["list", "-d"]).trim().is_empty());
+    let mut vgpud = vgpud;
     vgpud.stop();
     let _ = std::fs::remove_dir_all(&dir);
 }

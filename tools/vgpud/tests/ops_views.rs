@@ -194,7 +194,7 @@ fn http(addr: &str, method: &str, path: &str) -> String {
 #[test]
 fn metrics_pass_promtool_and_answer_head() {
     let promtool = promtool();
-    let _load = LOAD.lock().unwrap_or_else(|e| e.into_inner());
+    let _load = devmodel::sync::lock(&LOAD);
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -359,7 +359,7 @@ fn percent(cell: &str) -> f64 {
 
 #[test]
 fn top_and_record_follow_a_two_to_one_fixed_share() {
-    let _load = LOAD.lock().unwrap_or_else(|e| e.into_inner());
+    let _load = devmodel::sync::lock(&LOAD);
     let v = Vgpud::start("shares", &[]);
     v.ok(json!({"op": "policy_set", "policy": "fixed_share"}));
     let (u4, s4) = v.create("vgpud-4c");
@@ -507,7 +507,7 @@ fn top_and_record_follow_a_two_to_one_fixed_share() {
 
 #[test]
 fn json_logs_carry_the_vgpu_session_and_channel_spans() {
-    let _load = LOAD.lock().unwrap_or_else(|e| e.into_inner());
+    let _load = devmodel::sync::lock(&LOAD);
     let mut v = Vgpud::start("json", &["--log-format", "json"]);
     let (u, s) = v.create("vgpud-2c");
     // The selftest faults channels on purpose: the front end logs them.

@@ -61,7 +61,7 @@ impl Vgpud {
             .arg(dir.join("vgpud.toml"))
             .envs(env.iter().copied())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("vgpud.log")).unwrap())
             .spawn()
             .expect("start vgpud");
         let v = Vgpud { child, dir };
@@ -103,6 +103,32 @@ impl Vgpud {
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
             .unwrap()
             * 1024
+    }
+
+    /// What vgpud has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("vgpud.log")).unwrap_or_default()
+    }
+
+    /// The worker processes this vgpud runs, oldest first.
+    pub fn workers(&self) -> Vec<u32> {
+        let pid = self.child.id();
+        let mut out: Vec<u32> = std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|p| {
+                let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+                let ppid = stat
+                    .rsplit(')')
+                    .next()
+                    .and_then(|rest| rest.split_whitespace().nth(1))
+                    .and_then(|v| v.parse::<u32>().ok());
+                let cmd = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+                ppid == Some(pid) && String::from_utf8_lossy(&cmd).contains("vgpud-cuda-worker")
+            })
+            .collect();
+        out.sort_unstable();
+        out
     }
 
     pub fn alive(&mut self) -> bool {
