@@ -64,7 +64,8 @@ fn systemd_unit_passes_systemd_analyze_verify() {
         "LimitMEMLOCK=infinity",
         "DeviceAllow=/dev/fuse rw",
         "DeviceAllow=char-nvidia-frontend rw",
-        "SystemCallFilter=@system-service @mount",
+        "SystemCallFilter=@system-service @mount seccomp",
+        "CAP_SETUID CAP_SETGID CAP_SETPCAP CAP_SYS_CHROOT",
         "--run-dir /run/vgpud --mdev-root /var/lib/vgpud",
     ] {
         assert!(unit.lines().any(|l| l.contains(line)), "{line}");
