@@ -121,8 +121,16 @@ impl CpuEngine {
             completer: None,
         };
         let pool = engine.pool.clone();
+        // Asked here, on the creating thread: the engine's threads read no
+        // file once running (a GPU worker confines itself right after).
+        let spin =
+            if std::thread::available_parallelism().map_or(1, |n| n.get()) >= MIN_CPUS_TO_SPIN {
+                COMPLETION_SPIN
+            } else {
+                Duration::ZERO
+            };
         engine.completer = Some(crate::thread::spawn("cpu-engine-done", move || {
-            complete(pool)
+            complete(pool, spin)
         })?);
         for i in 0..workers.max(1) {
             let pool = engine.pool.clone();
@@ -251,13 +259,9 @@ fn worker(pool: Arc<Pool>) {
 
 /// The completion thread: runs finished items' callbacks, in the order
 /// they finished, a batch at a time; polls for the next for
-/// [`COMPLETION_SPIN`] before it sleeps.
-fn complete(pool: Arc<Pool>) {
-    let spin = if std::thread::available_parallelism().map_or(1, |n| n.get()) >= MIN_CPUS_TO_SPIN {
-        COMPLETION_SPIN
-    } else {
-        Duration::ZERO
-    };
+/// `spin` ([`COMPLETION_SPIN`] on hosts with cores to spare) before it
+/// sleeps.
+fn complete(pool: Arc<Pool>, spin: Duration) {
     loop {
         let spin_until = Instant::now() + spin;
         let mut turns = 0u32;

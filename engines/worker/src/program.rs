@@ -24,6 +24,8 @@ pub struct WorkerProgram {
     /// The confinement the worker enters before its first message; `None`
     /// runs it with the daemon's privileges (measurements only).
     pub sandbox: Option<SandboxPolicy>,
+    /// Environment variables set for the worker (beside the daemon's).
+    pub env: Vec<(String, String)>,
 }
 
 /// What a device offers, as the worker's `--probe` reports it.
@@ -44,6 +46,7 @@ impl WorkerProgram {
 
     fn command(&self) -> Command {
         let mut cmd = Command::new(&self.path);
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         if self.emulate {
             cmd.arg("--emulate");
         }

@@ -34,7 +34,8 @@
 //! no-new-privileges, the rlimits and the filter.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use seccompiler::{
@@ -159,6 +160,9 @@ impl Escape {
 /// A worker between [`prepare`] and [`Confinement::enter`].
 pub struct Confinement {
     policy: Option<SandboxPolicy>,
+    /// The root, opened while the worker could still reach it (its path
+    /// may lead through directories only root may search).
+    root: Option<std::fs::File>,
     /// Started as root: users change and the root is a `chroot`.
     privileged: bool,
     /// The daemon's pid (the escape test's `ptrace` target).
@@ -174,11 +178,16 @@ pub fn prepare(policy: Option<SandboxPolicy>) -> Result<Confinement, Error> {
     let Some(p) = policy else {
         return Ok(Confinement {
             policy: None,
+            root: None,
             privileged: false,
             daemon,
         });
     };
     let privileged = euid == 0;
+    let root = std::fs::File::open(&p.root).map_err(|source| Error::Sandbox {
+        what: "opening the sandbox root",
+        source,
+    })?;
     if privileged {
         drop_bounding_set()?;
         // SAFETY: plain credential calls with no pointers but setgroups'
@@ -206,6 +215,7 @@ pub fn prepare(policy: Option<SandboxPolicy>) -> Result<Confinement, Error> {
     })?;
     Ok(Confinement {
         policy: Some(p),
+        root: Some(root),
         privileged,
         daemon,
     })
@@ -219,14 +229,19 @@ impl Confinement {
 
     /// Step 2 (see the module doc), with `extra` system calls allowed
     /// beside [`BASE_SYSCALLS`] (the engine's driver's own).
-    pub fn enter(self, extra: &[i64]) -> Result<(), Error> {
-        let Some(p) = &self.policy else {
+    pub fn enter(mut self, extra: &[i64]) -> Result<(), Error> {
+        let (Some(p), Some(root)) = (&self.policy, self.root.take()) else {
             return Ok(());
         };
-        let highest_fd = check_descriptors()?;
+        let highest_fd = check_descriptors(root.as_raw_fd())?;
+        // SAFETY: fchdir on a descriptor this value owns.
+        check("fchdir into the sandbox root", unsafe {
+            libc::fchdir(root.as_raw_fd())
+        })?;
+        drop(root);
         if self.privileged {
             set_caps(1 << CAP_SYS_CHROOT, 1 << CAP_SYS_CHROOT)?;
-            chroot(&p.root)?;
+            chroot_here()?;
             // The saved user too: every thread's capabilities go (glibc
             // applies it to every thread of the process).
             // SAFETY: a plain credential call.
@@ -237,11 +252,6 @@ impl Confinement {
                     source: std::io::Error::from_raw_os_error(libc::EPERM),
                 });
             }
-        } else {
-            std::env::set_current_dir(&p.root).map_err(|source| Error::Sandbox {
-                what: "chdir into the sandbox root",
-                source,
-            })?;
         }
         // SAFETY: prctl with integer arguments only.
         check("PR_SET_DUMPABLE", unsafe {
@@ -341,24 +351,19 @@ struct CapData {
     inheritable: u32,
 }
 
-fn chroot(root: &Path) -> Result<(), Error> {
-    let c = std::ffi::CString::new(root.as_os_str().as_encoded_bytes()).map_err(|_| {
-        Error::Sandbox {
-            what: "the sandbox root's path",
-            source: std::io::Error::from_raw_os_error(libc::EINVAL),
-        }
-    })?;
+/// Make the working directory the root, and go to it.
+fn chroot_here() -> Result<(), Error> {
     // SAFETY: a NUL-terminated path, alive for the call.
-    check("chroot", unsafe { libc::chroot(c.as_ptr()) })?;
+    check("chroot", unsafe { libc::chroot(c".".as_ptr()) })?;
     std::env::set_current_dir("/").map_err(|source| Error::Sandbox {
         what: "chdir(\"/\") in the sandbox root",
         source,
     })
 }
 
-/// The highest open descriptor; an open directory is an error (`fchdir`
-/// would lead out of the root).
-fn check_descriptors() -> Result<u64, Error> {
+/// The highest open descriptor; an open directory other than the root
+/// (`root`, closed next) is an error (`fchdir` would lead out of the root).
+fn check_descriptors(root: i32) -> Result<u64, Error> {
     let dir = std::fs::read_dir("/proc/self/fd").map_err(|source| Error::Sandbox {
         what: "listing open descriptors",
         source,
@@ -372,7 +377,7 @@ fn check_descriptors() -> Result<u64, Error> {
         // the listing (the listing's own) just fails.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
         // SAFETY: as above.
-        if unsafe { libc::fstat(fd, &mut st) } != 0 {
+        if fd == root || unsafe { libc::fstat(fd, &mut st) } != 0 {
             continue;
         }
         if st.st_mode & libc::S_IFMT == libc::S_IFDIR {

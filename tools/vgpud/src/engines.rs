@@ -68,6 +68,10 @@ pub fn open_engine(p: &ParentDef, workers: &WorkerSettings) -> Result<OpenedEngi
                 device_args: device.worker_args().to_vec(),
                 emulate: emulated(),
                 sandbox: workers.sandbox.clone(),
+                // No JIT cache: a confined worker writes no file, and a
+                // cache shared by tenants' workers would be a channel
+                // between them.
+                env: vec![("CUDA_CACHE_DISABLE".into(), "1".into())],
             };
             let mut opened = OpenedEngine {
                 backend: Box::new(ProcessEngine::new(
