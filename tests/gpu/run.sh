@@ -24,7 +24,10 @@ echo "## GPU"
 "$BIN/vgpud-cuda-worker" --probe || { echo "no GPU: $?"; exit 1; }
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null
 
-SANDBOX_CFG=; [ "${SANDBOX:-on}" = off ] && SANDBOX_CFG=$'[workers]\nsandbox = false'
+# The workers' group where the device nodes are not world read-write (WORKERS_GROUP=gid).
+ON_CFG=; [ -n "${WORKERS_GROUP:-}" ] && ON_CFG=$'[workers]\ngroup = '"$WORKERS_GROUP"
+sandbox_cfg() { [ "$1" = off ] && echo $'[workers]\nsandbox = false' || echo "$ON_CFG"; }
+SANDBOX_CFG=$(sandbox_cfg "${SANDBOX:-on}")
 start() { # start POLICY [EXTRA CONFIG TEXT]
     cat >"$RUN/vgpud.toml" <<CFG
 ${2:-}
@@ -102,13 +105,13 @@ if has sandbox; then
 echo; echo "## The sandbox's cost: a lone $EIGHTH vGPU (best_effort, 1 channel) with its worker confined and not"
 echo "| worker | create ms | 10 µs kernels | 100 µs kernels | selftest s |"; echo "|---|---|---|---|---|"
 for mode in on off; do
-    SANDBOX_CFG=; [ "$mode" = off ] && SANDBOX_CFG=$'[workers]\nsandbox = false'
+    SANDBOX_CFG=$(sandbox_cfg "$mode")
     start best_effort; t0=$(ms); S1=$(create "$EIGHTH"); t1=$(ms)
     a=$(load "$S1" 10 1 | field utilization); b=$(load "$S1" 100 1 | field utilization)
     t2=$(ms); timeout 300 "$BIN/vgpu-guest" --socket "$S1" selftest >/dev/null 2>&1; st=$?; t3=$(ms); stop
     printf '| %s | %s | %.3f | %.3f | %.1f (%s) |\n' "$mode" $((t1 - t0)) "$a" "$b" "$(awk -v d=$((t3 - t2)) 'BEGIN{print d / 1000}')" "$([ $st = 0 ] && echo pass || echo FAIL)"
 done
-SANDBOX_CFG=; [ "${SANDBOX:-on}" = off ] && SANDBOX_CFG=$'[workers]\nsandbox = false'
+SANDBOX_CFG=$(sandbox_cfg "${SANDBOX:-on}")
 fi
 
 if has together; then

@@ -31,3 +31,18 @@ pub const CUDA_SYSCALLS: &[i64] = &[
     libc::SYS_mbind,
     libc::SYS_getcpu,
 ];
+
+/// Calls that name a path, allowed only inside the empty root (where they
+/// find nothing): the driver looks for files now and then (its JIT's cache
+/// is off: `CUDA_CACHE_DISABLE`), and must get `ENOENT`, not be killed.
+pub const CUDA_PATH_SYSCALLS: &[i64] = &[
+    libc::SYS_openat,
+    libc::SYS_open,
+    libc::SYS_readlink,
+    libc::SYS_readlinkat,
+    libc::SYS_access,
+    libc::SYS_faccessat,
+    libc::SYS_faccessat2,
+    libc::SYS_stat,
+    libc::SYS_lstat,
+];

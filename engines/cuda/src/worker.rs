@@ -128,7 +128,10 @@ pub fn run(mut ep: Endpoint, device: i32, vram: u64, confinement: Confinement) -
         Ok(r) => r,
         Err(e) => return give_up(&Error::Worker(e.into())),
     };
-    if let Err(e) = confinement.enter(crate::syscalls::CUDA_SYSCALLS) {
+    if let Err(e) = confinement.enter(
+        crate::syscalls::CUDA_SYSCALLS,
+        crate::syscalls::CUDA_PATH_SYSCALLS,
+    ) {
         return give_up(&e.into());
     }
     let ready = Ready {

@@ -51,7 +51,7 @@ pub fn run(mut ep: Endpoint, vram: u64, confinement: Confinement) -> i32 {
         }
     };
     let daemon = confinement.daemon();
-    if let Err(e) = confinement.enter(&[]) {
+    if let Err(e) = confinement.enter(&[], &[]) {
         out.fatal(FatalReason::Sandbox, 0, &devmodel::Chain(&e).to_string());
         return 2;
     }

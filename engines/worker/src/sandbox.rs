@@ -228,8 +228,11 @@ impl Confinement {
     }
 
     /// Step 2 (see the module doc), with `extra` system calls allowed
-    /// beside [`BASE_SYSCALLS`] (the engine's driver's own).
-    pub fn enter(mut self, extra: &[i64]) -> Result<(), Error> {
+    /// beside [`BASE_SYSCALLS`] (the engine's driver's own), and
+    /// `rooted`, calls that name paths, allowed only once the worker's root
+    /// is the empty directory (there they find nothing: a driver that
+    /// looks for a file gets `ENOENT` instead of killing its worker).
+    pub fn enter(mut self, extra: &[i64], rooted: &[i64]) -> Result<(), Error> {
         let (Some(p), Some(root)) = (&self.policy, self.root.take()) else {
             return Ok(());
         };
@@ -260,7 +263,11 @@ impl Confinement {
         limit(libc::RLIMIT_CORE, 0)?;
         limit(libc::RLIMIT_FSIZE, 0)?;
         limit(libc::RLIMIT_NOFILE, highest_fd + 1 + EXTRA_FDS)?;
-        install_filters(extra)
+        let mut allowed = extra.to_vec();
+        if self.privileged {
+            allowed.extend_from_slice(rooted);
+        }
+        install_filters(&allowed)
     }
 }
 
