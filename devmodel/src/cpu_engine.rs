@@ -237,9 +237,15 @@ fn worker(pool: Arc<Pool>) {
             _ => Duration::ZERO,
         };
         delay_mark = now_delay;
+        // A spin occupies the engine for its length of wall time, stall or
+        // not: it ends on time however long its thread waited meanwhile.
+        let at_least = match &job.item.op {
+            Op::Spin { ns, .. } => Duration::from_nanos(*ns).min(elapsed),
+            _ => Duration::ZERO,
+        };
+        let gpu_time = (elapsed - stalled).max(at_least);
         pool.stalled_ns
-            .fetch_add(stalled.as_nanos() as u64, Ordering::Relaxed);
-        let gpu_time = elapsed - stalled;
+            .fetch_add((elapsed - gpu_time).as_nanos() as u64, Ordering::Relaxed);
         let Job {
             ctx,
             order,
