@@ -20,8 +20,9 @@ pub struct WorkItem {
     /// The submitting vGPU's guest RAM, for system-memory extents. The
     /// backend resolves guest addresses only while it executes the item.
     pub mem: Arc<GuestRam>,
-    /// The device model's own time spent on the commands that led to this
-    /// item (fetching and auditing their GPFIFO entries): a scheduler
+    /// The device model's own CPU time spent on the commands that led to this
+    /// item (fetching and auditing their GPFIFO entries; CPU time, so a front
+    /// end that waited for a core meanwhile does not inflate it): a scheduler
     /// charges it to the vGPU with the engine time, so that a flood of tiny
     /// commands costs the flooder.
     pub front_end: Duration,
@@ -141,6 +142,13 @@ pub trait Backend: Send + Sync {
     /// a device's own memory is counted by its parent's capacity instead.
     fn framebuffer_in_host_memory(&self) -> bool {
         false
+    }
+    /// Time the engine held an item but could not work on it because the
+    /// host gave its threads no CPU (the cpu engine, whose engine is a host
+    /// thread). It is in no item's engine time, so no vGPU is charged for
+    /// it; a GPU engine, timed on the GPU, has none.
+    fn host_stall(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
     }
 }
 

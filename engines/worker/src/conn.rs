@@ -268,7 +268,7 @@ impl Conn {
         // the vGPU's lock, whose holder may be waiting for a VRAM reply
         // that only the reader delivers.
         let (ctx, crx) = mpsc::channel::<(DoneFn, Completion)>();
-        devmodel::thread::spawn("worker-completions", move || {
+        devmodel::thread::spawn_data_path("worker-completions", move || {
             while let Ok((done, c)) = crx.recv() {
                 done(c);
             }
@@ -278,7 +278,9 @@ impl Conn {
             devmodel::thread::spawn("worker-log", move || relay_log(e, pid))?;
         }
         let conn = self.clone();
-        devmodel::thread::spawn("worker-reader", move || conn.read_loop(&reader, tx, ctx))?;
+        devmodel::thread::spawn_data_path("worker-reader", move || {
+            conn.read_loop(&reader, tx, ctx)
+        })?;
         devmodel::thread::spawn("worker-watchdog", move || self.watchdog(kernel_timeout))?;
         Ok(rx)
     }

@@ -50,6 +50,12 @@ pub fn run(mut ep: Endpoint, vram: u64, confinement: Confinement) -> i32 {
             return 2;
         }
     };
+    // One item through the engine before the filter: its threads' start
+    // (their priority, their schedstat file) is behind them then.
+    if !warm_up(&*ctx) {
+        out.fatal(FatalReason::Start, 0, "the cpu engine did not run an item");
+        return 2;
+    }
     let daemon = confinement.daemon();
     if let Err(e) = confinement.enter(&[], &[]) {
         out.fatal(FatalReason::Sandbox, 0, &devmodel::Chain(&e).to_string());
@@ -88,6 +94,26 @@ pub fn run(mut ep: Endpoint, vram: u64, confinement: Confinement) -> i32 {
             }
         }
     }
+}
+
+/// Run one empty item on `ctx` and wait for it (at most 10 s).
+fn warm_up(ctx: &dyn EngineContext) -> bool {
+    let (tx, rx) = std::sync::mpsc::channel();
+    ctx.submit(
+        WorkItem {
+            op: Op::Memset {
+                dst: Vec::new(),
+                pattern: 0,
+            },
+            channel: 0,
+            mem: Arc::new(GuestRam::new()),
+            front_end: Duration::ZERO,
+        },
+        Box::new(move |c| {
+            let _ = tx.send(c.result.is_ok());
+        }),
+    );
+    rx.recv_timeout(Duration::from_secs(10)).unwrap_or(false)
 }
 
 /// The emulated worker's state: its cpu-engine context and guest RAM.

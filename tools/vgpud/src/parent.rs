@@ -124,7 +124,8 @@ impl Parent {
             born: Instant::now(),
         });
         let (s, n) = (shared.clone(), name.to_string());
-        let dispatcher = devmodel::thread::spawn(format!("sched-{name}"), move || dispatch(s, &n))?;
+        let dispatcher =
+            devmodel::thread::spawn_data_path(format!("sched-{name}"), move || dispatch(s, &n))?;
         Ok(Parent {
             name: name.to_string(),
             shared,
@@ -192,6 +193,12 @@ impl Parent {
     /// The policy in force.
     pub fn policy(&self) -> ParentPolicy {
         self.shared.lock().sched.policy()
+    }
+
+    /// Time the engine held items but its threads waited for a host CPU
+    /// ([`Backend::host_stall`]): charged to no vGPU.
+    pub fn host_stall(&self) -> Duration {
+        self.shared.backend.host_stall()
     }
 
     /// Per-vGPU and per-channel accounting.
