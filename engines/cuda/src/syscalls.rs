@@ -2,10 +2,14 @@
 //! worker's own ([`engine_worker::sandbox::BASE_SYSCALLS`]): what the
 //! seccomp filter allows it.
 //!
-//! NOT YET MEASURED on a GPU: this list is the driver's documented needs
-//! (ioctls on the device nodes, mappings of them, its threads' waits); the
-//! GPU machine's run (tests/gpu/run.sh with the worker under strace)
-//! replaces it with what the driver actually calls.
+//! NOT YET MEASURED on a GPU (no GPU machine could be started in the session
+//! that wrote it): the list is the driver's known needs (ioctls on the device
+//! nodes, mappings of them, its threads' waits and NUMA calls) on top of
+//! what the emulated worker was measured to call. `tests/gpu/syscalls.sh`
+//! measures it on a GPU machine (the worker under strace, its filter in log
+//! mode); its result replaces this list. Meanwhile the calls that name a
+//! path are allowed inside the empty root ([`CUDA_PATH_SYSCALLS`]), so that
+//! a driver looking for a file is told `ENOENT` rather than killed.
 
 /// Allowed for the CUDA worker beside the base list.
 pub const CUDA_SYSCALLS: &[i64] = &[
