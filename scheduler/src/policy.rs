@@ -16,7 +16,7 @@
 //! boundary, ahead of the current slice, as long as its limit (cap, or its strict share)
 //! allows.
 //!
-//! Shares are enforced with per-vGPU credit [`Bucket`]s in measured GPU time.
+//! Shares are enforced with per-vGPU credit buckets (`Bucket`) in measured GPU time.
 
 use crate::{Error, Nanos, Result, MS};
 

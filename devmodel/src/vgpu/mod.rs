@@ -10,9 +10,9 @@
 //!
 //! The device is split the way the hardware is:
 //! * this module: the PCI/vfio face, the device state and reset;
-//! * [`regs`]: BAR0 register reads and writes and their side effects;
-//! * [`irq`]: interrupts (MSI-X) and channel faults;
-//! * [`pfifo`]: the front end that turns GPFIFO entries into work.
+//! * `regs`: BAR0 register reads and writes and their side effects;
+//! * `irq`: interrupts (MSI-X) and channel faults;
+//! * `pfifo`: the front end that turns GPFIFO entries into work.
 
 mod irq;
 mod pfifo;

@@ -4,7 +4,7 @@
 //! back with the engine time the worker measured. A worker that dies,
 //! reports a sticky error or breaks the protocol fails its items with
 //! `ENGINE_ERROR`; the vGPU's next reset starts a new one, unless it is
-//! restarting too often ([`restart_delay`]).
+//! restarting too often (`restart_delay`).
 
 use std::borrow::Cow;
 use std::sync::atomic::Ordering;

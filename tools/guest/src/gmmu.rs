@@ -1,8 +1,8 @@
 //! GPU MMU page tables (ABI §7), built by the driver in system memory.
 //!
 //! Three levels of 4 KiB tables of 512 little-endian 64-bit entries:
-//! VA[38:30] indexes the L2 page directory at the instance block's `PDB`,
-//! VA[29:21] an L1 directory (whose entries may be 2 MiB leaves), VA[20:12]
+//! `VA[38:30]` indexes the L2 page directory at the instance block's `PDB`,
+//! `VA[29:21]` an L1 directory (whose entries may be 2 MiB leaves), `VA[20:12]`
 //! an L0 page table of 4 KiB leaves. Tables are addressed by GPA; leaves
 //! point at a VRAM offset or a GPA according to their aperture.
 //!

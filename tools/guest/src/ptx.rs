@@ -178,7 +178,7 @@ fn f32_bytes(v: impl Iterator<Item = f32>) -> Vec<u8> {
     v.flat_map(|x| x.to_le_bytes()).collect()
 }
 
-/// x[i] = i, y[i] = 2i + 0.5: exact in f32 for i < 2^21.
+/// `x[i] = i`, `y[i] = 2i + 0.5`: exact in f32 for i < 2^21.
 fn inputs(i: u32) -> (f32, f32) {
     (i as f32, 2.0 * i as f32 + 0.5)
 }

@@ -10,7 +10,6 @@
 //!   shares between samples, the live table, the CSV and the chart.
 //! * [`engines`]: a parent's engine, opened by name in one place.
 //! * [`errno`]: the errno values operations fail with, by name and number.
-//! * [`thread`]: starting threads; one that cannot start is an error.
 //! * [`wait`]: blocking waits a stop signal can end.
 
 pub mod daemon;
