@@ -24,7 +24,6 @@ pub const CUDA_SYSCALLS: &[i64] = &[
     libc::SYS_pselect6,
     libc::SYS_eventfd2,
     libc::SYS_pipe2,
-    libc::SYS_sched_setaffinity,
     libc::SYS_sched_getparam,
     libc::SYS_sched_getscheduler,
     libc::SYS_getrusage,
@@ -34,6 +33,25 @@ pub const CUDA_SYSCALLS: &[i64] = &[
     libc::SYS_set_mempolicy,
     libc::SYS_mbind,
     libc::SYS_getcpu,
+    // Calls a driver's threads may make now and then that reach nothing
+    // outside the process: its own event and timer descriptors, its limits
+    // (prlimit64 of itself is in the base filter), advice on its own files,
+    // scheduling figures. Nothing that changes another process: workers
+    // share a user, so sched_setaffinity, setpriority or prlimit64 of
+    // another pid could reach another tenant's worker.
+    libc::SYS_epoll_create1,
+    libc::SYS_timerfd_create,
+    libc::SYS_timerfd_settime,
+    libc::SYS_timerfd_gettime,
+    libc::SYS_getrlimit,
+    libc::SYS_getpriority,
+    libc::SYS_sched_get_priority_min,
+    libc::SYS_sched_get_priority_max,
+    libc::SYS_flock,
+    libc::SYS_fadvise64,
+    libc::SYS_getcwd,
+    libc::SYS_getppid,
+    libc::SYS_times,
 ];
 
 /// Calls that name a path, allowed only inside the empty root (where they

@@ -409,8 +409,9 @@ fn limit(resource: libc::__rlimit_resource_t, value: u64) -> Result<(), Error> {
 
 /// System calls every worker makes once running: its socket, memory,
 /// threads, time and signals; no file is opened, no socket or process
-/// created. `clone` (threads only), `tgkill` (this process only) and
-/// `prctl` (thread names) are allowed with their arguments checked.
+/// created. `clone` (threads only), `tgkill` (this process only),
+/// `prlimit64` (its own limits) and `prctl` (thread names) are allowed with
+/// their arguments checked.
 pub const BASE_SYSCALLS: &[i64] = &[
     libc::SYS_read,
     libc::SYS_write,
@@ -502,6 +503,11 @@ fn install_filters(extra: &[i64]) -> Result<(), Error> {
     rules.insert(
         libc::SYS_tgkill,
         vec![rule(vec![cond(0, SeccompCmpOp::Eq, pid)?])?],
+    );
+    // Its own limits only (the C library's getrlimit).
+    rules.insert(
+        libc::SYS_prlimit64,
+        vec![rule(vec![cond(0, SeccompCmpOp::Eq, 0)?])?],
     );
     let prctl = [libc::PR_SET_NAME, libc::PR_GET_NAME, libc::PR_SET_VMA]
         .into_iter()
