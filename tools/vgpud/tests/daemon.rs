@@ -497,6 +497,7 @@ fn replies_keep_their_field_names() {
             "faults",
             "framebuffer_bytes",
             "gpu_time_ns",
+            "health",
             "interrupts",
             "parent",
             "pinned_bytes",

@@ -428,6 +428,13 @@ fn run(args: &Args) -> Result<(), Failure> {
                     "    Attached             : {}",
                     if v.attached { "Yes" } else { "No" }
                 );
+                println!(
+                    "    Health               : {}",
+                    serde_json::to_value(v.health)
+                        .ok()
+                        .and_then(|h| h.as_str().map(String::from))
+                        .unwrap_or_default()
+                );
                 println!("    Scheduling Policy    : {}", v.policy);
                 println!("    Configured Share     : {}", opt(v.configured_share, 3));
                 println!("    Achieved Share       : {}", opt(v.achieved_share, 3));

@@ -3,7 +3,8 @@
 //! worker as they come (several in flight keep the GPU fed); each comes
 //! back with the GPU time its CUDA events measured. A worker that dies, or
 //! reports a sticky error, fails its items with `ENGINE_ERROR`; the vGPU's
-//! next reset starts a new one.
+//! next reset starts a new one, or, while no VM is attached, the context
+//! itself does (so that an idle vGPU is ready for its next VM).
 
 use std::collections::HashMap;
 use std::os::fd::AsRawFd;
@@ -12,11 +13,11 @@ use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use devmodel::backend::{
-    Backend, BackendError, Completion, DoneFn, EngineContext, ExecError, WorkItem,
+    Backend, BackendError, Completion, DoneFn, EngineContext, EngineHealth, ExecError, WorkItem,
 };
 use devmodel::command::{Op, RunningSum};
 use devmodel::gmmu::KernelMap;
@@ -112,14 +113,18 @@ impl Backend for CudaEngine {
 
     fn create_context(&self, vram_bytes: u64) -> Result<Arc<dyn EngineContext>, BackendError> {
         let conn = Conn::start(self.device, vram_bytes, self.kernel_timeout)?;
-        Ok(Arc::new(CudaContext {
+        let ctx = Arc::new_cyclic(|me: &Weak<CudaContext>| CudaContext {
             ptx_va_base: (conn.ptx_va_base != 0).then_some(conn.ptx_va_base),
             device: self.device,
             vram: vram_bytes,
             kernel_timeout: self.kernel_timeout,
-            conn: Mutex::new(conn),
+            conn: Mutex::new(conn.clone()),
             restarts: Mutex::new(Vec::new()),
-        }))
+            attached: AtomicBool::new(false),
+            me: me.clone(),
+        });
+        conn.on_exit(recovery(&ctx.me));
+        Ok(ctx)
     }
 }
 
@@ -147,6 +152,17 @@ struct Conn {
     dead: Arc<AtomicBool>,
     /// The worker was stopped for running an item past the kernel limit.
     timed_out: Arc<AtomicBool>,
+    /// The worker reported a sticky GPU error (its context is lost).
+    fatal: Arc<AtomicBool>,
+    /// What runs once the worker is gone (`None` once it ran).
+    exit: Arc<Mutex<ExitHook>>,
+}
+
+/// What happens when a worker is gone: the hook, or that it is gone
+/// already (a hook set then runs at once).
+enum ExitHook {
+    Waiting(Option<Box<dyn FnOnce() + Send>>),
+    Exited,
 }
 
 impl Conn {
@@ -193,12 +209,16 @@ impl Conn {
             ptx_va_base: 0,
             dead: Arc::new(AtomicBool::new(false)),
             timed_out: Arc::new(AtomicBool::new(false)),
+            fatal: Arc::new(AtomicBool::new(false)),
+            exit: Arc::new(Mutex::new(ExitHook::Waiting(None))),
         };
-        let (pending, dead, timed_out) = (
-            conn.pending.clone(),
-            conn.dead.clone(),
-            conn.timed_out.clone(),
-        );
+        let ends = Ends {
+            dead: conn.dead.clone(),
+            timed_out: conn.timed_out.clone(),
+            fatal: conn.fatal.clone(),
+            exit: conn.exit.clone(),
+        };
+        let pending = conn.pending.clone();
         // Completions run on a thread of their own: a callback may wait for
         // the vGPU's lock, whose holder may be waiting for a VRAM reply
         // that only the reader delivers.
@@ -210,7 +230,7 @@ impl Conn {
         })
         .map_err(BackendError::Thread)?;
         devmodel::thread::spawn("cuda-worker-reader", move || {
-            read_loop(&reader, &pending, &dead, &timed_out, tx, ctx)
+            read_loop(&reader, &pending, &ends, tx, ctx)
         })
         .map_err(BackendError::Thread)?;
         let ready = rx.recv_timeout(START_TIMEOUT);
@@ -235,6 +255,29 @@ impl Conn {
                 conn.kill();
                 Err(fail("the CUDA worker did not start in time".into()))
             }
+        }
+    }
+
+    /// Run `hook` once the worker is gone (at once if it is gone already).
+    fn on_exit(&self, hook: Box<dyn FnOnce() + Send>) {
+        let mut e = lock(&self.exit);
+        match &mut *e {
+            ExitHook::Waiting(h) => *h = Some(hook),
+            ExitHook::Exited => {
+                drop(e);
+                hook();
+            }
+        }
+    }
+
+    /// What the vGPU's health is while this worker serves it.
+    fn health(&self) -> EngineHealth {
+        if !self.dead.load(Ordering::Acquire) {
+            EngineHealth::Ok
+        } else if self.timed_out.load(Ordering::Acquire) || self.fatal.load(Ordering::Acquire) {
+            EngineHealth::Faulted
+        } else {
+            EngineHealth::WorkerDown
         }
     }
 
@@ -355,12 +398,19 @@ fn watchdog(conn: &Conn, limit: Duration) {
     }
 }
 
+/// What the reader of a worker's messages marks when the worker is gone.
+struct Ends {
+    dead: Arc<AtomicBool>,
+    timed_out: Arc<AtomicBool>,
+    fatal: Arc<AtomicBool>,
+    exit: Arc<Mutex<ExitHook>>,
+}
+
 /// The worker's messages: completions, replies, its end.
 fn read_loop(
     s: &UnixStream,
     pending: &Mutex<HashMap<u64, Pending>>,
-    dead: &AtomicBool,
-    timed_out: &AtomicBool,
+    ends: &Ends,
     ready: mpsc::Sender<Result<u64, String>>,
     completions: mpsc::Sender<(DoneFn, Completion)>,
 ) {
@@ -407,13 +457,14 @@ fn read_loop(
             }
             Ok(to_daemon::FATAL) => {
                 why = String::from_utf8_lossy(r.rest()).into_owned();
+                ends.fatal.store(true, Ordering::Release);
                 tracing::warn!(error = %why, "CUDA worker failed");
                 let _ = ready.send(Err(why.clone()));
             }
             _ => break,
         }
     }
-    dead.store(true, Ordering::Release);
+    ends.dead.store(true, Ordering::Release);
     let _ = ready.send(Err(why.clone()));
     // Everything still waiting fails: its channel stops with ENGINE_ERROR.
     let left: Vec<Pending> = lock(pending).drain().map(|(_, p)| p).collect();
@@ -422,7 +473,7 @@ fn read_loop(
             Pending::Item(done, _, _) => {
                 let c = Completion {
                     gpu_time: Duration::ZERO,
-                    result: Err(if timed_out.load(Ordering::Acquire) {
+                    result: Err(if ends.timed_out.load(Ordering::Acquire) {
                         ExecError::Timeout
                     } else {
                         ExecError::EngineFailed(why.clone())
@@ -434,6 +485,13 @@ fn read_loop(
                 let _ = tx.send((Status::Engine, Vec::new()));
             }
         }
+    }
+    let hook = match std::mem::replace(&mut *lock(&ends.exit), ExitHook::Exited) {
+        ExitHook::Waiting(h) => h,
+        ExitHook::Exited => None,
+    };
+    if let Some(h) = hook {
+        h();
     }
 }
 
@@ -480,6 +538,53 @@ fn restart_delay(restarts: &[Instant], now: Instant) -> Option<Duration> {
     (since < delay).then(|| delay - since)
 }
 
+/// The hook a context's worker runs when it is gone: the context recovers
+/// its worker if no VM is attached (a thread of its own: the hook runs on
+/// the worker's reader, and the recovery may wait out a back-off).
+fn recovery(me: &Weak<CudaContext>) -> Box<dyn FnOnce() + Send> {
+    let me = me.clone();
+    Box::new(move || {
+        if me
+            .upgrade()
+            .is_some_and(|c| !c.attached.load(Ordering::Acquire))
+        {
+            let _ = devmodel::thread::spawn("cuda-recover", move || recover_idle(&me));
+        }
+    })
+}
+
+/// Start a new worker for a vGPU whose worker is gone while no VM is
+/// attached, once its restart back-off allows: an idle vGPU is then ready
+/// for the next VM (and healthy again) without waiting for that VM's
+/// reset. A VM attached meanwhile leaves it to the VM's reset.
+fn recover_idle(me: &Weak<CudaContext>) {
+    loop {
+        let Some(ctx) = me.upgrade() else {
+            return;
+        };
+        if ctx.attached.load(Ordering::Acquire) {
+            return;
+        }
+        match ctx.restart_if_dead() {
+            Restart::Waiting(wait) => {
+                drop(ctx);
+                std::thread::sleep(wait);
+            }
+            Restart::Done | Restart::Failed => return,
+        }
+    }
+}
+
+/// What [`CudaContext::restart_if_dead`] did.
+enum Restart {
+    /// A new worker runs, or the old one was alive.
+    Done,
+    /// Restarting so soon is held back: try again after this long.
+    Waiting(Duration),
+    /// The new worker did not start.
+    Failed,
+}
+
 /// One vGPU's worker, replaced by a new one at a reset after it died.
 struct CudaContext {
     device: CudaDevice,
@@ -490,11 +595,48 @@ struct CudaContext {
     conn: Mutex<Arc<Conn>>,
     /// When workers were restarted, within [`RESTART_WINDOW`].
     restarts: Mutex<Vec<Instant>>,
+    /// A VM is attached to the vGPU.
+    attached: AtomicBool,
+    /// Itself, for the hooks of the workers it starts.
+    me: Weak<CudaContext>,
 }
 
 impl CudaContext {
     fn conn(&self) -> Arc<Conn> {
         lock(&self.conn).clone()
+    }
+
+    /// Replace a worker that is gone, unless it restarts too often
+    /// ([`restart_delay`]).
+    fn restart_if_dead(&self) -> Restart {
+        let mut conn = lock(&self.conn);
+        if !conn.dead.load(Ordering::Acquire) {
+            return Restart::Done;
+        }
+        let now = Instant::now();
+        let mut restarts = lock(&self.restarts);
+        restarts.retain(|t| now.duration_since(*t) < RESTART_WINDOW);
+        if let Some(wait) = restart_delay(&restarts, now) {
+            tracing::warn!(
+                restarts = restarts.len(),
+                wait_ms = wait.as_millis() as u64,
+                "CUDA worker restarting too often: held back"
+            );
+            return Restart::Waiting(wait);
+        }
+        conn.kill();
+        match Conn::start(self.device, self.vram, self.kernel_timeout) {
+            Ok(c) => {
+                c.on_exit(recovery(&self.me));
+                *conn = c;
+                restarts.push(now);
+                Restart::Done
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "CUDA worker not restarted");
+                Restart::Failed
+            }
+        }
     }
 }
 
@@ -582,29 +724,22 @@ impl EngineContext for CudaContext {
     /// the vGPU's work fails with `ENGINE_ERROR` and a later reset tries
     /// again.
     fn cancel(&self) {
-        let mut conn = lock(&self.conn);
-        if !conn.dead.load(Ordering::Acquire) {
-            return;
+        let _ = self.restart_if_dead();
+    }
+
+    /// A VM that leaves a vGPU whose worker is gone (and was not replaced
+    /// at the VM's last reset, being held back) leaves the recovery to the
+    /// context.
+    fn set_attached(&self, attached: bool) {
+        self.attached.store(attached, Ordering::Release);
+        if !attached && self.conn().dead.load(Ordering::Acquire) {
+            let me = self.me.clone();
+            let _ = devmodel::thread::spawn("cuda-recover", move || recover_idle(&me));
         }
-        let now = Instant::now();
-        let mut restarts = lock(&self.restarts);
-        restarts.retain(|t| now.duration_since(*t) < RESTART_WINDOW);
-        if let Some(wait) = restart_delay(&restarts, now) {
-            tracing::warn!(
-                restarts = restarts.len(),
-                wait_ms = wait.as_millis() as u64,
-                "CUDA worker restarting too often: held back"
-            );
-            return;
-        }
-        conn.kill();
-        match Conn::start(self.device, self.vram, self.kernel_timeout) {
-            Ok(c) => {
-                *conn = c;
-                restarts.push(now);
-            }
-            Err(e) => tracing::warn!(error = %e, "CUDA worker not restarted"),
-        }
+    }
+
+    fn health(&self) -> EngineHealth {
+        self.conn().health()
     }
 }
 

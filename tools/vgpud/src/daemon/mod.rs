@@ -26,7 +26,7 @@ use scheduler::{Config, PolicyKind};
 use uuid::Uuid;
 
 pub use replies::{
-    Created, ParentStatus, PolicyInfo, Reloaded, Removed, TypeInfo, VgpuStatus, VgpuSummary,
+    Created, Health, ParentStatus, PolicyInfo, Reloaded, Removed, TypeInfo, VgpuStatus, VgpuSummary,
 };
 
 use crate::errno::Errno;
@@ -491,6 +491,7 @@ impl Daemon {
                 parent: v.parent.clone(),
                 socket: v.server.path().to_path_buf(),
                 attached: srv.attached.load(Ordering::Relaxed),
+                health: v.vgpu.engine_health().into(),
                 connections: srv.connections.load(Ordering::Relaxed),
                 protocol_errors: srv.errors.load(Ordering::Relaxed),
                 policy: ps.policy.name().to_string(),

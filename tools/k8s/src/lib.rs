@@ -1,0 +1,3 @@
+//! vgpud's Kubernetes node agent.
+
+pub mod proto;
