@@ -800,7 +800,7 @@ impl Worker {
         let fits = |r: &KernelRun| {
             r.va.checked_add(r.len).is_some_and(|e| e <= 1 << VA_BITS)
                 && r.vram.checked_add(r.len).is_some_and(|e| e <= size)
-                && (r.va | r.vram | r.len) % PAGE_2M == 0
+                && (r.va | r.vram | r.len).is_multiple_of(PAGE_2M)
         };
         // SAFETY: the work queued before (which may use the old mappings)
         // completes first; every range lies inside the reserved 2^39 bytes
@@ -1202,7 +1202,7 @@ fn chunk_prop(dev: sys::CUdevice) -> Result<sys::CUmemAllocationProp, CuError> {
             sys::CUmemAllocationGranularity_flags::CU_MEM_ALLOC_GRANULARITY_MINIMUM,
         )
     })?;
-    if gran == 0 || PAGE_2M as usize % gran != 0 {
+    if gran == 0 || !(PAGE_2M as usize).is_multiple_of(gran) {
         return Err(CuError {
             what: "the GPU's mapping granularity is not a divisor of 2 MiB",
             code: sys::CUresult::CUDA_ERROR_NOT_SUPPORTED,
