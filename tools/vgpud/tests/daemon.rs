@@ -519,6 +519,8 @@ fn replies_keep_their_field_names() {
             "busy_ns",
             "engine",
             "engine_busy_ratio",
+            "framebuffer_bytes",
+            "max_vgpus",
             "parent",
             "policy",
             "timeslice_us",
@@ -527,6 +529,8 @@ fn replies_keep_their_field_names() {
         ]
     );
     assert_eq!(parents[0]["vgpus"], 1);
+    assert_eq!(parents[0]["framebuffer_bytes"], 8u64 << 30);
+    assert_eq!(parents[0]["max_vgpus"], 8);
     let policy = ctl.ok(json!({"op": "policy_show"}));
     assert_eq!(
         keys(&policy),

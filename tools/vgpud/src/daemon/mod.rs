@@ -546,6 +546,8 @@ impl Daemon {
                     timeslice_us: st.timeslice / 1000,
                     window_us: st.window / 1000,
                     vgpus: self.vgpus.values().filter(|v| &v.parent == id).count(),
+                    framebuffer_bytes: slot.capacity.framebuffer_bytes,
+                    max_vgpus: slot.capacity.max_vgpus,
                     busy_ns: st.busy,
                     engine_busy_ratio: busy.clamp(0.0, 1.0),
                 }

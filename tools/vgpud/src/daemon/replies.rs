@@ -168,6 +168,10 @@ pub struct ParentStatus {
     pub window_us: u64,
     /// vGPUs created on it.
     pub vgpus: usize,
+    /// The framebuffer it divides between its vGPUs.
+    pub framebuffer_bytes: u64,
+    /// The most vGPUs of any type it runs at once.
+    pub max_vgpus: u32,
     /// Engine time its vGPUs' work used since it started.
     pub busy_ns: u64,
     /// Share of wall time the engine was busy with vGPU work over the
