@@ -93,6 +93,8 @@ pub struct DevicePlugin {
     layout: Layout,
     config: Config,
     resources: Vec<Arc<Resource>>,
+    /// What was last logged of each vGPU's health.
+    said: std::sync::Mutex<BTreeMap<String, String>>,
 }
 
 /// What the plugin offers, in registration and `GetDevicePluginOptions`
@@ -140,6 +142,7 @@ impl DevicePlugin {
             layout,
             config,
             resources,
+            said: Default::default(),
         })
     }
 
@@ -161,7 +164,8 @@ impl DevicePlugin {
     /// Ask vgpud once: create what it lacks, link the sockets, and set
     /// every device's health (a changed list goes out on `ListAndWatch`).
     /// Returns the healthy devices' count.
-    pub fn refresh(&self, said: &mut BTreeMap<String, String>) -> usize {
+    pub fn refresh(&self) -> usize {
+        let mut said = self.said.lock().unwrap_or_else(|e| e.into_inner());
         let status = self.vgpud.status();
         let mut healthy = HashSet::new();
         for v in &self.layout.vgpus {
@@ -226,9 +230,8 @@ impl DevicePlugin {
     ) -> std::thread::JoinHandle<()> {
         let me = self.clone();
         std::thread::spawn(move || {
-            let mut said = BTreeMap::new();
             while !*stop.borrow() {
-                me.refresh(&mut said);
+                me.refresh();
                 std::thread::sleep(me.config.health_interval);
             }
         })
@@ -414,18 +417,22 @@ pub fn preferred(
     }
     while out.len() < size {
         let pick = match policy {
-            // The parent already used most, else the one with the fewest
-            // free devices.
-            Policy::Pack => free
-                .iter()
-                .filter(|(_, f)| !f.is_empty())
-                .min_by_key(|(p, f)| {
-                    (
-                        std::cmp::Reverse(used.get(*p).copied().unwrap_or(0)),
-                        f.len(),
-                    )
-                })
-                .map(|(p, _)| p.clone()),
+            // The parent already used most, else one that holds the rest
+            // of the request, the one with the fewest free devices first
+            // (best fit).
+            Policy::Pack => {
+                let need = size - out.len();
+                free.iter()
+                    .filter(|(_, f)| !f.is_empty())
+                    .min_by_key(|(p, f)| {
+                        (
+                            std::cmp::Reverse(used.get(*p).copied().unwrap_or(0)),
+                            f.len() < need,
+                            f.len(),
+                        )
+                    })
+                    .map(|(p, _)| p.clone())
+            }
             // The parent used least, else the one with the most free.
             Policy::Spread => free
                 .iter()

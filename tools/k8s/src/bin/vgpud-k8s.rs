@@ -141,7 +141,7 @@ async fn serve(a: ServeArgs) -> Result<(), Error> {
             },
         );
         // The devices' health is known before the kubelet first asks.
-        plugin.refresh(&mut Default::default());
+        plugin.refresh();
         plugin.write_cdi()?;
         health = Some(plugin.watch_health(shutdown.clone()));
         tasks.push(tokio::spawn(plugin.run(shutdown.clone())));
