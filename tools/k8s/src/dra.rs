@@ -338,7 +338,7 @@ impl Dra {
     }
 
     /// Serve the DRA service and the registration socket until `shutdown`.
-    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) -> Result<(), Error> {
+    pub async fn run(self: Arc<Self>, shutdown: watch::Receiver<bool>) -> Result<(), Error> {
         let (dra_sock, reg_sock) = self.sockets();
         // The service first: the kubelet dials the endpoint as soon as it
         // has the registration socket's answer.
@@ -362,11 +362,14 @@ impl Dra {
                 let _ = s2.changed().await;
             });
         tracing::info!(registration = %reg_sock.display(), endpoint = %dra_sock.display(), "DRA plugin serving");
-        let (a, b) = tokio::join!(dra, registration);
-        let _ = shutdown.changed().await;
+        let both = async {
+            let (a, b) = tokio::join!(dra, registration);
+            a.and(b)
+        };
+        let r = crate::grpc::until_stopped(both, shutdown.clone()).await;
         let _ = std::fs::remove_file(&reg_sock);
         let _ = std::fs::remove_file(&dra_sock);
-        a.and(b).map_err(|source| Error::Transport {
+        r.map_err(|source| Error::Transport {
             what: "DRA plugin".into(),
             source,
         })

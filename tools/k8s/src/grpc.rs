@@ -38,3 +38,36 @@ pub fn listen(socket: &Path) -> Result<UnixListenerStream, Error> {
     let l = UnixListener::bind(socket).map_err(|e| Error::file(socket, e))?;
     Ok(UnixListenerStream::new(l))
 }
+
+/// How long servers get to finish their calls once asked to stop.
+pub const GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Run `server` (built with a shutdown future on `shutdown`); once
+/// `shutdown` turns true it gets [`GRACE`] to close its connections (a peer
+/// that never answers HTTP/2's closing handshake cannot hold the agent).
+pub async fn until_stopped<F, E>(
+    server: F,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), E>
+where
+    F: std::future::Future<Output = Result<(), E>>,
+{
+    tokio::pin!(server);
+    tokio::select! {
+        r = &mut server => return r,
+        _ = async {
+            while !*shutdown.borrow() {
+                if shutdown.changed().await.is_err() {
+                    break;
+                }
+            }
+        } => {}
+    }
+    match tokio::time::timeout(GRACE, server).await {
+        Ok(r) => r,
+        Err(_) => {
+            tracing::warn!("a client kept its connection past the grace period: closed");
+            Ok(())
+        }
+    }
+}

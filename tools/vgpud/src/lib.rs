@@ -17,6 +17,7 @@ pub mod cuda;
 pub mod daemon;
 pub mod demo;
 pub mod errno;
+pub mod kubernetes;
 pub mod parent;
 
 pub mod vfio_user;

@@ -202,19 +202,20 @@ fn slices_list(vgpud: &Vgpud, node: &str) -> Result<serde_json::Value, Error> {
 }
 
 async fn kubevirt_hook(socket: PathBuf, socket_dir: PathBuf) -> Result<(), Error> {
-    let mut shutdown = shutdown_on_signal()?;
+    let shutdown = shutdown_on_signal()?;
+    let mut stop = shutdown.clone();
     let incoming = vgpud_k8s::grpc::listen(&socket)?;
     tracing::info!(socket = %socket.display(), "KubeVirt domain hook serving");
-    let r = tonic::transport::Server::builder()
+    let server = tonic::transport::Server::builder()
         .add_service(
             proto::kubevirt::domain_hook_service_server::DomainHookServiceServer::new(DomainHook {
                 socket_dir,
             }),
         )
         .serve_with_incoming_shutdown(incoming, async move {
-            let _ = shutdown.changed().await;
-        })
-        .await;
+            let _ = stop.changed().await;
+        });
+    let r = vgpud_k8s::grpc::until_stopped(server, shutdown).await;
     let _ = std::fs::remove_file(&socket);
     r.map_err(|source| Error::Transport {
         what: "KubeVirt hook".into(),

@@ -102,6 +102,34 @@ enum Cmd {
     /// A libvirt domain for a VM with this vGPU: `virsh define` it as it
     /// is, or paste the parts of `--fragment` into a domain of your own.
     LibvirtXml(LibvirtXmlArgs),
+    /// Kubernetes: the manifests that install vgpud's node agent.
+    K8s {
+        #[command(subcommand)]
+        cmd: K8sCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum K8sCmd {
+    /// Print the DaemonSet, RBAC, DeviceClasses and KubeVirt pieces
+    /// (docs/kubernetes.md) as YAML for `kubectl apply -f`.
+    Manifests {
+        /// A type to offer (DeviceClass, KubeVirt permitted device); by
+        /// default every type of the running vgpud.
+        #[arg(long = "type", value_name = "TYPE")]
+        types: Vec<String>,
+        /// The agent's image (vgpud-k8s, and kubectl for DRA).
+        #[arg(long, default_value = concat!("vgpud:", env!("CARGO_PKG_VERSION")))]
+        image: String,
+        #[arg(long, default_value = "vgpud-system")]
+        namespace: String,
+        /// Leave out the DRA driver's pieces.
+        #[arg(long)]
+        no_dra: bool,
+        /// Leave out KubeVirt's pieces.
+        #[arg(long)]
+        no_kubevirt: bool,
+    },
 }
 
 #[derive(clap::Args)]
@@ -497,6 +525,51 @@ fn run(args: &Args) -> Result<(), Failure> {
             } else {
                 print!("{}", libvirt_domain(v, x));
             }
+        }
+        Cmd::K8s {
+            cmd:
+                K8sCmd::Manifests {
+                    types,
+                    image,
+                    namespace,
+                    no_dra,
+                    no_kubevirt,
+                },
+        } => {
+            // Names from the running vgpud's types; names of types it does
+            // not have are the ids upper-cased (as the catalogue names them).
+            let known: Vec<TypeInfo> = if types.is_empty() {
+                call_as(args, json!({"op": "types"}))?
+            } else {
+                call_as(args, json!({"op": "types"})).unwrap_or_default()
+            };
+            let mut offered: Vec<(String, String)> = Vec::new();
+            let ids: Vec<String> = if types.is_empty() {
+                known.iter().map(|t| t.id.clone()).collect()
+            } else {
+                types.clone()
+            };
+            for id in ids {
+                if offered.iter().any(|(i, _)| *i == id) {
+                    continue;
+                }
+                let name = known
+                    .iter()
+                    .find(|t| t.id == id)
+                    .map_or_else(|| id.to_uppercase(), |t| t.name.clone());
+                offered.push((id, name));
+            }
+            let o = vgpud::kubernetes::Options {
+                namespace: namespace.clone(),
+                image: image.clone(),
+                types: offered,
+                dra: !no_dra,
+                kubevirt: !no_kubevirt,
+            };
+            print!(
+                "{}",
+                vgpud::kubernetes::render(&vgpud::kubernetes::objects(&o))
+            );
         }
         Cmd::Top {
             interval,
