@@ -255,7 +255,7 @@ mod tests {
             json!({"mdevNameSelector": "VGPUD-2C", "resourceName": "vgpud.io/vgpud-2c", "externalResourceProvider": true})
         );
         let text = render(&objs);
-        assert_eq!(text.matches("\n---\n").count() + 1, objs.len());
+        assert_eq!(text.matches("\n---\n").count(), objs.len());
         let none = objects(&Options {
             dra: false,
             kubevirt: false,

@@ -93,6 +93,9 @@ mod tests {
             max_vgpus: 8,
             busy_ns: 0,
             engine_busy_ratio: 0.75,
+            idle_empty_ns: 0,
+            idle_held_ns: 0,
+            idle_late_ns: 0,
         };
         let t = Instant::now();
         let a = Sample {
