@@ -253,7 +253,7 @@ impl DevicePlugin {
             for r in &self.resources {
                 // Bound before Register is sent: the kubelet's dial finds
                 // a listener (connections queue until the server runs).
-                let incoming = grpc_listen(&dir.join(&r.socket))?;
+                let incoming = crate::grpc::listen(&dir.join(&r.socket))?;
                 let svc = Service {
                     res: r.clone(),
                     plugin: self.clone(),
@@ -324,10 +324,6 @@ impl DevicePlugin {
             }
         }
     }
-}
-
-fn grpc_listen(path: &Path) -> Result<tokio_stream::wrappers::UnixListenerStream, Error> {
-    crate::grpc::listen(path)
 }
 
 /// A file's identity, to tell a replaced socket from the one seen before.

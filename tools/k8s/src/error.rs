@@ -70,6 +70,12 @@ pub enum Error {
     /// A claim cannot be prepared (reported per claim to the kubelet).
     #[error("{0}")]
     Claim(String),
+    /// The command line asks for nothing, or for something impossible.
+    #[error("{0}")]
+    Usage(String),
+    /// The async runtime or a signal handler could not be set up.
+    #[error("runtime: {0}")]
+    Runtime(#[source] std::io::Error),
     /// `kubectl` failed.
     #[error("kubectl {args}: {message}")]
     Kubectl { args: String, message: String },

@@ -91,11 +91,6 @@ impl Layout {
                     v.type_id
                 )));
             }
-            if let Some(p) = &v.parent {
-                if !f.parent.contains_key(p) && f.parent.values().any(|e| e.numa_node.is_some()) {
-                    tracing::warn!(parent = %p, "no [parent] entry: no NUMA node for its vGPUs");
-                }
-            }
             let numa_node = v
                 .parent
                 .as_ref()

@@ -100,16 +100,15 @@ fn runtime() -> Result<tokio::runtime::Runtime, Error> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| Error::file(std::path::Path::new("tokio runtime"), e))
+        .map_err(Error::Runtime)
 }
 
 /// A flag that turns true at SIGTERM or SIGINT.
 fn shutdown_on_signal() -> Result<watch::Receiver<bool>, Error> {
     use tokio::signal::unix::{signal, SignalKind};
     let (tx, rx) = watch::channel(false);
-    let io = |e| Error::file(std::path::Path::new("signal"), e);
-    let mut term = signal(SignalKind::terminate()).map_err(io)?;
-    let mut int = signal(SignalKind::interrupt()).map_err(io)?;
+    let mut term = signal(SignalKind::terminate()).map_err(Error::Runtime)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(Error::Runtime)?;
     tokio::spawn(async move {
         tokio::select! {
             _ = term.recv() => {}
@@ -174,7 +173,7 @@ async fn serve(a: ServeArgs) -> Result<(), Error> {
         tasks.push(tokio::spawn(plugin.run(shutdown.clone())));
     }
     if tasks.is_empty() {
-        return Err(Error::Claim(
+        return Err(Error::Usage(
             "nothing to serve: give --layout and/or --dra".into(),
         ));
     }
