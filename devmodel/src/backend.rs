@@ -124,6 +124,13 @@ pub trait Backend: Send + Sync {
     fn front_end_overlaps(&self) -> bool {
         false
     }
+    /// Time the engine held an item but could not work on it because the
+    /// host gave its threads no CPU (the cpu engine, whose engine is a host
+    /// thread). It is in no item's engine time, so no vGPU is charged for
+    /// it; a GPU engine, timed on the GPU, has none.
+    fn host_stall(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
 }
 
 /// Whether a context's engine can run its work now.

@@ -66,6 +66,9 @@ struct Pool {
     /// `finished` holds items: what the completion thread polls for while
     /// it spins, so that a worker's hand-off costs no wake-up.
     has_finished: AtomicBool,
+    /// Time workers waited for a host CPU in the middle of items, in ns
+    /// (not part of any item's engine time).
+    stalled_ns: AtomicU64,
 }
 
 /// How long the completion thread polls for the next finished item before
@@ -113,6 +116,7 @@ impl CpuEngine {
             finished: Mutex::new(Finished::default()),
             finished_ready: Condvar::new(),
             has_finished: AtomicBool::new(false),
+            stalled_ns: AtomicU64::new(0),
         });
         // Dropping the engine built so far stops the threads already running.
         let mut engine = CpuEngine {
@@ -156,6 +160,9 @@ impl Backend for CpuEngine {
     fn name(&self) -> &'static str {
         "cpu"
     }
+    fn host_stall(&self) -> Duration {
+        Duration::from_nanos(self.pool.stalled_ns.load(Ordering::Relaxed))
+    }
     fn create_context(&self, vram_bytes: u64) -> Result<Arc<dyn EngineContext>, BackendError> {
         let size = usize::try_from(vram_bytes)
             .map_err(|_| BackendError::VramTooLarge { bytes: vram_bytes })?;
@@ -192,6 +199,10 @@ fn worker(pool: Arc<Pool>) {
     // SAFETY: prctl(PR_SET_TIMERSLACK) takes an integer, touches no memory
     // and only changes how precisely this thread's sleeps end.
     unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong) };
+    let run_delay = crate::thread::RunDelay::of_current_thread();
+    // The thread's wait for a CPU when its last item ended (or when it woke
+    // for this one): what waits during the next item are counted from.
+    let mut delay_mark = run_delay.now();
     loop {
         let job = {
             let mut q = lock(&pool.queue);
@@ -205,6 +216,8 @@ fn worker(pool: Arc<Pool>) {
                 q.idle += 1;
                 q = wait(&pool.ready, q);
                 q.idle -= 1;
+                // Waiting for a CPU after the wake-up is not the next item's.
+                delay_mark = run_delay.now();
             }
         };
         let start = Instant::now();
@@ -215,7 +228,24 @@ fn worker(pool: Arc<Pool>) {
             job.ctx.execute(&job.item, job.epoch)
         };
         job.ctx.running.fetch_sub(1, Ordering::AcqRel);
-        let gpu_time = start.elapsed();
+        let elapsed = start.elapsed();
+        // The engine is this thread: time it spent waiting for a CPU (the
+        // host busy with other work) is not engine time of the item.
+        let now_delay = run_delay.now();
+        let stalled = match (delay_mark, now_delay) {
+            (Some(a), Some(b)) => b.saturating_sub(a).min(elapsed),
+            _ => Duration::ZERO,
+        };
+        delay_mark = now_delay;
+        // A spin occupies the engine for its length of wall time, stall or
+        // not: it ends on time however long its thread waited meanwhile.
+        let at_least = match &job.item.op {
+            Op::Spin { ns, .. } => Duration::from_nanos(*ns).min(elapsed),
+            _ => Duration::ZERO,
+        };
+        let gpu_time = (elapsed - stalled).max(at_least);
+        pool.stalled_ns
+            .fetch_add((elapsed - gpu_time).as_nanos() as u64, Ordering::Relaxed);
         let Job {
             ctx,
             order,

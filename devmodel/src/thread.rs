@@ -55,9 +55,54 @@ where
     })
 }
 
-/// Raises the calling thread to `nice` (never lowers it). Where the process
-/// may not (no `CAP_SYS_NICE`), the thread stays where it is and the first
-/// such thread says so once.
+/// The time slice data-path threads ask the kernel for (Linux ≥ 6.12, EEVDF:
+/// `sched_attr.sched_runtime` of a normal thread). A thread with a short
+/// slice has an early deadline, so when it wakes (a completion, a doorbell,
+/// the end of a sleep inside an item) it preempts a CPU-bound neighbour at
+/// once instead of waiting up to that neighbour's slice (measured on a 2-core
+/// host beside a build: the cpu engine's worker waited 5–11 % of the time for
+/// a CPU at nice -10 with the default slice).
+pub const DATA_PATH_SLICE_NS: u64 = 100_000;
+
+/// The kernel's `struct sched_attr` (include/uapi/linux/sched/types.h).
+#[repr(C)]
+struct SchedAttr {
+    size: u32,
+    policy: u32,
+    flags: u64,
+    nice: i32,
+    priority: u32,
+    runtime: u64,
+    deadline: u64,
+    period: u64,
+    util_min: u32,
+    util_max: u32,
+}
+
+/// Asks for a short time slice for the calling thread (see
+/// [`DATA_PATH_SLICE_NS`]); kernels without custom slices refuse, and the
+/// thread keeps the default.
+fn short_slice(nice: i32) -> bool {
+    let attr = SchedAttr {
+        size: std::mem::size_of::<SchedAttr>() as u32,
+        policy: libc::SCHED_OTHER as u32,
+        flags: 0,
+        nice,
+        priority: 0,
+        runtime: DATA_PATH_SLICE_NS,
+        deadline: 0,
+        period: 0,
+        util_min: 0,
+        util_max: 0,
+    };
+    // SAFETY: sched_setattr(0 = this thread, attr, 0) reads the one struct
+    // it is given, whose size field says how much of it there is.
+    unsafe { libc::syscall(libc::SYS_sched_setattr, 0, &attr as *const SchedAttr, 0) == 0 }
+}
+
+/// Raises the calling thread to `nice` (never lowers it) with a short time
+/// slice. Where the process may not (no `CAP_SYS_NICE`), the thread stays
+/// where it is and the first such thread says so once.
 pub fn raise_current(nice: i32) {
     static WARNED: AtomicBool = AtomicBool::new(false);
     // SAFETY: gettid takes no arguments and touches no memory.
@@ -69,6 +114,10 @@ pub fn raise_current(nice: i32) {
         libc::getpriority(libc::PRIO_PROCESS, tid)
     };
     if std::io::Error::last_os_error().raw_os_error() == Some(0) && now <= nice {
+        short_slice(now);
+        return;
+    }
+    if short_slice(nice) {
         return;
     }
     // SAFETY: setpriority takes integers only and changes this thread's nice value.
@@ -103,6 +152,38 @@ pub fn cpu_time() -> std::time::Duration {
     )
 }
 
+/// How long one thread has waited for a CPU (runnable, on a run queue, not
+/// running): the kernel's `schedstat` of the thread (`run_delay`), read
+/// through a descriptor opened by the thread itself and kept. The cpu
+/// engine subtracts what its worker waited during an item from the item's
+/// engine time: the engine (a host thread) did nothing of the item
+/// meanwhile, so the vGPU is not charged for the host being busy.
+pub struct RunDelay {
+    file: Option<std::fs::File>,
+}
+
+impl RunDelay {
+    /// The calling thread's counter; one that cannot be read (no
+    /// `/proc/thread-self`, no schedstats) reads as `None` ever after.
+    pub fn of_current_thread() -> RunDelay {
+        RunDelay {
+            file: std::fs::File::open("/proc/thread-self/schedstat").ok(),
+        }
+    }
+
+    /// The thread's total wait for a CPU so far (only from the thread that
+    /// opened it).
+    pub fn now(&self) -> Option<std::time::Duration> {
+        use std::os::unix::fs::FileExt;
+        let mut buf = [0u8; 96];
+        let n = self.file.as_ref()?.read_at(&mut buf, 0).ok()?;
+        // "<ns on CPU> <ns waiting for a CPU> <timeslices>\n"
+        let text = std::str::from_utf8(buf.get(..n)?).ok()?;
+        let ns = text.split_ascii_whitespace().nth(1)?.parse::<u64>().ok()?;
+        Some(std::time::Duration::from_nanos(ns))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -126,6 +207,37 @@ mod tests {
         let worked = cpu_time() - t1;
         assert!(slept < std::time::Duration::from_millis(5), "{slept:?}");
         assert!(worked > std::time::Duration::from_millis(1), "{worked:?}");
+    }
+
+    #[test]
+    fn run_delay_grows_while_the_thread_waits_for_a_cpu() {
+        let d = RunDelay::of_current_thread();
+        let Some(t0) = d.now() else {
+            eprintln!("no schedstat here: nothing to check");
+            return;
+        };
+        // Two threads spinning on every CPU, this one among them: it must
+        // wait for a CPU now and then.
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let spinners: Vec<_> = (0..cpus)
+            .map(|_| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::hint::spin_loop();
+                    }
+                })
+            })
+            .collect();
+        let until = std::time::Instant::now() + std::time::Duration::from_millis(300);
+        while std::time::Instant::now() < until {
+            std::hint::spin_loop();
+        }
+        stop.store(true, Ordering::Relaxed);
+        spinners.into_iter().for_each(|t| t.join().unwrap());
+        let waited = d.now().unwrap() - t0;
+        assert!(waited > std::time::Duration::from_millis(5), "{waited:?}");
     }
 
     #[test]

@@ -36,26 +36,37 @@ fn a_channel_reset_ends_its_work_on_the_engine_within_10_ms() {
     let busy = || parent.stats().busy;
     assert!(busy() > 50_000_000, "the spin runs");
 
-    let t = Instant::now();
+    // What the engine does after the reset is measured in engine time (the
+    // scheduler's measured busy time), not by this thread's clock: a test
+    // thread that waits for a CPU on a busy host would see the engine go
+    // quiet late however soon it did.
+    let before = busy();
     g.set_chreg(0, CH_CTRL, 2); // CH_CTRL.RESET
-                                // The engine goes quiet within the bound: sample the engine time it
-                                // has done until two samples 5 ms apart agree.
-    let mut last = busy();
-    let quiet = loop {
-        std::thread::sleep(Duration::from_millis(5));
+    let at_reset = busy();
+    // Long enough for any leftover to run out, and for the 10 s spin to
+    // show if it ran on.
+    let t = Instant::now();
+    let mut last = at_reset;
+    loop {
+        std::thread::sleep(Duration::from_millis(50));
         let now = busy();
-        if now == last {
-            break t.elapsed();
+        if now == last && t.elapsed() > Duration::from_millis(100) {
+            break;
         }
         assert!(
             t.elapsed() < Duration::from_secs(1),
             "the reset channel's work runs on"
         );
         last = now;
-    };
+    }
+    let after = Duration::from_nanos(last - at_reset);
+    eprintln!(
+        "engine time after the reset: {after:?} (at most {:?} counting from just before it)",
+        Duration::from_nanos(last - before)
+    );
     assert!(
-        quiet <= Duration::from_millis(15),
-        "the engine went quiet {quiet:?} after the reset (bound 10 ms, sampled every 5 ms)"
+        after <= Duration::from_millis(10),
+        "the engine ran the reset channel's work {after:?} after the reset (bound 10 ms: its queue depth of 1 ms pieces)"
     );
     // And stays quiet: nothing of the reset channel was left queued.
     std::thread::sleep(Duration::from_millis(50));

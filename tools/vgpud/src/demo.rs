@@ -60,6 +60,21 @@ pub struct DemoReport {
     pub idle_empty: f64,
     pub idle_held: f64,
     pub idle_late: f64,
+    /// Time the engine held an item while its threads waited for a host CPU,
+    /// over that wall time (charged to no tenant).
+    pub stalled: f64,
+}
+
+impl DemoReport {
+    /// The share of the measured time that the host took from the daemon
+    /// and its tenants: runnable work waiting for the daemon's threads,
+    /// items held while they waited for a CPU, and no work queued at all
+    /// (the tenants saturate their vGPUs, so then their drivers were the
+    /// ones waiting for a CPU). Above a few percent, the host, not the
+    /// policy, decided what the tenants got.
+    pub fn disturbance(&self) -> f64 {
+        self.idle_empty + self.idle_late + self.stalled
+    }
 }
 
 /// What the scheduler says of a vGPU at one moment.
@@ -86,14 +101,20 @@ fn sample(daemon: &Mutex<Daemon>, uuid: &str) -> Result<Sample, String> {
     })
 }
 
-/// A parent's engine idle time so far, by why: `[empty, held, late]` in ns.
-fn idle(daemon: &Mutex<Daemon>, parent: &str) -> Result<[u64; 3], String> {
+/// A parent's engine idle time so far, by why, and its stalls: `[empty,
+/// held, late, stalled]` in ns.
+fn idle(daemon: &Mutex<Daemon>, parent: &str) -> Result<[u64; 4], String> {
     let d = lock(daemon);
     let p = d.parents_status(Some(parent)).map_err(|e| e.to_string())?;
     let p = p
         .first()
         .ok_or_else(|| format!("no status for parent {parent}"))?;
-    Ok([p.idle_empty_ns, p.idle_held_ns, p.idle_late_ns])
+    Ok([
+        p.idle_empty_ns,
+        p.idle_held_ns,
+        p.idle_late_ns,
+        p.engine_stalled_ns,
+    ])
 }
 
 /// Create the demo's vGPUs on `daemon`, run the tenants for `seconds` of
@@ -188,7 +209,7 @@ fn run_tenants(
     // set up their channels, nor while they drain their last commands and
     // tear down (that is their drivers' time, not the policy's).
     std::thread::sleep(Duration::from_secs_f64(seconds * WARM_UP));
-    let take = || -> Result<(Vec<Sample>, [u64; 3]), String> {
+    let take = || -> Result<(Vec<Sample>, [u64; 4]), String> {
         let vgpus = created
             .iter()
             .map(|(u, _, _)| sample(daemon, u))
@@ -229,6 +250,7 @@ fn run_tenants(
         idle_empty: idle_share(0),
         idle_held: idle_share(1),
         idle_late: idle_share(2),
+        stalled: idle_share(3),
     })
 }
 
@@ -253,8 +275,8 @@ pub fn render(r: &DemoReport) -> String {
         );
     }
     out += &format!(
-        "engine idle: {:.3} no work queued, {:.3} held by the policy, {:.3} late (the daemon's threads)\n",
-        r.idle_empty, r.idle_held, r.idle_late
+        "engine idle: {:.3} no work queued, {:.3} held by the policy, {:.3} late (the daemon's threads); {:.3} stalled (no host CPU)\n",
+        r.idle_empty, r.idle_held, r.idle_late, r.stalled
     );
     out
 }

@@ -197,6 +197,12 @@ impl Parent {
         self.shared.lock().sched.policy()
     }
 
+    /// Time the engine held items but its threads waited for a host CPU
+    /// ([`Backend::host_stall`]): charged to no vGPU.
+    pub fn host_stall(&self) -> Duration {
+        self.shared.backend.host_stall()
+    }
+
     /// Per-vGPU and per-channel accounting.
     pub fn stats(&self) -> ParentStats {
         let now = self.shared.now();

@@ -521,6 +521,7 @@ fn replies_keep_their_field_names() {
             "busy_ns",
             "engine",
             "engine_busy_ratio",
+            "engine_stalled_ns",
             "framebuffer_bytes",
             "idle_empty_ns",
             "idle_held_ns",

@@ -272,7 +272,7 @@ struct ParentSeries {
     value: fn(&ParentStatus) -> f64,
 }
 
-const PARENT_SERIES: [ParentSeries; 8] = [
+const PARENT_SERIES: [ParentSeries; 9] = [
     ParentSeries {
         name: "vgpud_parent_engine_busy_ratio",
         kind: "gauge",
@@ -302,6 +302,12 @@ const PARENT_SERIES: [ParentSeries; 8] = [
         kind: "counter",
         help: "time the engine had no item while runnable work waited for the daemon",
         value: |p| p.idle_late_ns as f64 * 1e-9,
+    },
+    ParentSeries {
+        name: "vgpud_parent_engine_stalled_seconds_total",
+        kind: "counter",
+        help: "time the engine held an item while its threads waited for a host CPU (charged to no vGPU)",
+        value: |p| p.engine_stalled_ns as f64 * 1e-9,
     },
     ParentSeries {
         name: "vgpud_parent_timeslice_seconds",

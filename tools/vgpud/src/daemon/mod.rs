@@ -555,6 +555,7 @@ impl Daemon {
                     idle_empty_ns: st.idle.empty,
                     idle_held_ns: st.idle.held,
                     idle_late_ns: st.idle.late,
+                    engine_stalled_ns: slot.parent.host_stall().as_nanos() as u64,
                 }
             })
             .collect())

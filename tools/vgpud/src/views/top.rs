@@ -96,6 +96,7 @@ mod tests {
             idle_empty_ns: 0,
             idle_held_ns: 0,
             idle_late_ns: 0,
+            engine_stalled_ns: 0,
         };
         let t = Instant::now();
         let a = Sample {

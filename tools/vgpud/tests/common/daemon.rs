@@ -61,7 +61,7 @@ impl Vgpud {
             .arg(dir.join("vgpud.toml"))
             .envs(env.iter().copied())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("vgpud.log")).expect("vgpud's log"))
             .spawn()
             .expect("start vgpud");
         let v = Vgpud { child, dir };
@@ -114,6 +114,14 @@ impl Drop for Vgpud {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // A failed test shows what vgpud said meanwhile.
+        if std::thread::panicking() {
+            if let Ok(log) = std::fs::read_to_string(self.dir.join("vgpud.log")) {
+                let tail: Vec<&str> = log.lines().rev().take(60).collect();
+                eprintln!("--- vgpud's log (last {} lines) ---", tail.len());
+                tail.iter().rev().for_each(|l| eprintln!("{l}"));
+            }
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
