@@ -152,6 +152,19 @@ pub trait Backend: Send + Sync {
     }
 }
 
+/// Whether a context's engine can run its work now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EngineHealth {
+    /// It runs work (or would, given some).
+    Ok,
+    /// Its engine process (a GPU worker) exited or was killed and has not
+    /// been replaced yet: the vGPU's work fails with `ENGINE_ERROR`.
+    WorkerDown,
+    /// Its engine process was stopped by the daemon: a sticky GPU error
+    /// lost its context, or an item ran past the kernel limit.
+    Faulted,
+}
+
 /// One vGPU's share of the engine: its VRAM and its work.
 pub trait EngineContext: Send + Sync {
     /// Queue an item; `done` runs when it has finished or failed.
@@ -167,6 +180,11 @@ pub trait EngineContext: Send + Sync {
     /// A VM attached to the vGPU (`true`) or left it. Backends that share
     /// time among running vGPUs use it; others ignore it.
     fn set_attached(&self, _attached: bool) {}
+    /// Whether the engine can run this context's work now (an engine in
+    /// the daemon's own process always can).
+    fn health(&self) -> EngineHealth {
+        EngineHealth::Ok
+    }
     /// Give the framebuffer's memory back to the host: its contents become
     /// zero, as a new vGPU's are (the VM went away). Only while no item runs.
     fn release_vram(&self) {}

@@ -115,15 +115,15 @@ impl Instance {
         // A structure that cannot lie inside the GPU's VA space can never be
         // reached: refused now rather than faulting at first use.
         let inside = |va: u64, len: u64| va.checked_add(len).is_some_and(|e| e <= 1 << VA_BITS);
-        let ok = inst.pdb % 4096 == 0
-            && inst.gpfifo % 8 == 0
+        let ok = inst.pdb.is_multiple_of(4096)
+            && inst.gpfifo.is_multiple_of(8)
             && inst.ring_entries.is_power_of_two()
             && inst.ring_entries >= 2
             && inst.ring_entries <= MAX_GPFIFO_ENTRIES
             && inside(inst.gpfifo, inst.ring_entries as u64 * 8)
-            && inst.userd % USERD_SIZE == 0
+            && inst.userd.is_multiple_of(USERD_SIZE)
             && inside(inst.userd, USERD_SIZE)
-            && inst.notifier % NOTIFIER_SIZE == 0
+            && inst.notifier.is_multiple_of(NOTIFIER_SIZE)
             && (inst.notifier == 0 || inside(inst.notifier, NOTIFIER_SIZE));
         if ok {
             Ok(inst)

@@ -299,7 +299,7 @@ fn complete(pool: Arc<Pool>, spin: Duration) {
         let mut turns = 0u32;
         while !pool.has_finished.load(Ordering::Acquire) {
             turns = turns.wrapping_add(1);
-            if turns % 64 == 0 && Instant::now() >= spin_until {
+            if turns.is_multiple_of(64) && Instant::now() >= spin_until {
                 break;
             }
             std::hint::spin_loop();

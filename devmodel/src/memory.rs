@@ -263,7 +263,7 @@ impl GuestRam {
                 file_size: meta.len(),
             });
         }
-        if file_offset % 4096 != 0 {
+        if !file_offset.is_multiple_of(4096) {
             return Err(bad());
         }
         let file = self.file_map(fd, &meta)?;

@@ -221,7 +221,7 @@ fn host_method(
                 }
                 _ => return Err(fail(ErrorCode::InvalidArgument)),
             };
-            if h.sem_addr % size as u64 != 0 {
+            if !h.sem_addr.is_multiple_of(size as u64) {
                 return Err(fail(ErrorCode::InvalidArgument));
             }
             let payload = if wide || size == 16 {
@@ -294,7 +294,7 @@ fn copy_method(
                 return Err(fail(ErrorCode::InvalidArgument));
             }
             let memset = op >= copy::OP_MEMSET_1D;
-            if memset && (width % 4 != 0 || c.dst % 4 != 0) {
+            if memset && (!width.is_multiple_of(4) || !c.dst.is_multiple_of(4)) {
                 return Err(fail(ErrorCode::InvalidArgument));
             }
             let c = *c;
@@ -508,7 +508,7 @@ fn builtin(space: &mut dyn AddressSpace, c: &classes::ComputeState) -> Result<Op
                 n: u64,
                 write: bool|
      -> Result<Vec<Extent>, MethodError> {
-        if va % 4 != 0 {
+        if !va.is_multiple_of(4) {
             return Err(fail(ErrorCode::InvalidArgument));
         }
         Ok(space.translate(va, n * 4, write)?)

@@ -144,7 +144,7 @@ impl RegisterFile {
                 size: BAR0_SIZE,
             });
         }
-        if !((len == 4 && offset % 4 == 0) || (len == 8 && offset % 8 == 0)) {
+        if !((len == 4 && offset.is_multiple_of(4)) || (len == 8 && offset.is_multiple_of(8))) {
             return Err(MmioError::BadWidth { offset, len });
         }
         Ok((0..len as u32 / 4).map(move |i| offset as u32 + 4 * i))

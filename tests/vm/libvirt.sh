@@ -4,6 +4,14 @@
 # passes the guest driver's selftest on its vGPU.
 #
 # usage: tests/vm/libvirt.sh [--vgpud BIN --vgpuctl BIN --guest STATIC-BIN] [--work DIR]
+#                            [--kubevirt VGPUD-K8S]
+#
+# With --kubevirt, the domain is KubeVirt's instead (the KubeVirt case): the node agent
+# (vgpud-k8s serve --layout) creates the vGPU from a node layout and links its socket into the
+# vGPU's directory as for a pod; tests/vm/kubevirt-domain.xml (a domain as KubeVirt's
+# virt-launcher writes it, with the vGPU as <hostdev type='mdev'>) goes through the agent's
+# KubeVirt rewrite (for tests/vm/kubevirt-vmi.json) and is validated, defined and started the
+# same way. Prints "VGPUD-KUBEVIRT seconds=S" then.
 #
 # vgpud runs on the host, with its sockets given libvirt's QEMU group (the chroot's
 # libvirt-qemu, by gid) and mode 0660: QEMU runs as libvirt-qemu, not root. Its run directory
@@ -41,10 +49,12 @@ QEMU_GID=$(awk -F: '$1 == "libvirt-qemu" { print $3 }' "$VM_ROOT/etc/group")
 [ -n "$QEMU_GID" ] || vm_die "no group libvirt-qemu in the chroot"
 
 VGPUD_PID=
+AGENT_PID=
 MOUNTED=()
 in_chroot() { vm_chroot "$@"; }
 cleanup() {
     local m i
+    if [ -n "$AGENT_PID" ]; then kill "$AGENT_PID" 2>/dev/null || true; fi
     if [ -n "$VGPUD_PID" ]; then kill "$VGPUD_PID" 2>/dev/null || true; fi
     if [ -e "$VM_ROOT/run/libvirt/libvirt-sock" ]; then
         in_chroot virsh -c qemu:///system destroy "$NAME" >/dev/null 2>&1 || true
@@ -72,7 +82,18 @@ mnt() { # mnt ARGS... TARGET
 VGPUD_PID=$!
 for _ in $(seq 100); do [ -S "$RUN/control.sock" ] && break; sleep 0.1; done
 [ -S "$RUN/control.sock" ] || { cat "$WORK/vgpud.log" >&2; vm_die "vgpud did not start"; }
-"$VGPUCTL" --run-dir "$RUN" create --type vgpud-4c --uuid $U >&2
+if [ -z "$K8S_AGENT" ]; then
+    "$VGPUCTL" --run-dir "$RUN" create --type vgpud-4c --uuid $U >&2
+else
+    # The agent makes the vGPU of its layout and its directory (no kubelet here: it keeps
+    # waiting for one, as on a node before the kubelet starts).
+    printf '[[vgpu]]\nuuid = "%s"\ntype = "vgpud-4c"\n' $U >"$WORK/layout.toml"
+    "$K8S_AGENT" serve --run-dir "$RUN" --kubelet-dir "$WORK/kubelet" --layout "$WORK/layout.toml" \
+        >"$WORK/agent.log" 2>&1 &
+    AGENT_PID=$!
+    for _ in $(seq 100); do [ -S "$RUN/k8s/$U/vfio-user.sock" ] && break; sleep 0.1; done
+    [ -S "$RUN/k8s/$U/vfio-user.sock" ] || { cat "$WORK/agent.log" >&2; vm_die "the agent made no socket directory"; }
+fi
 
 # The chroot's world for libvirtd.
 mountpoint -q "$VM_ROOT/proc" || mnt -t proc proc "$VM_ROOT/proc"
@@ -102,9 +123,22 @@ vm_log "libvirtd $(in_chroot libvirtd --version | awk '{ print $NF }') running i
 KERNEL_IN=$(vm_kernel); KERNEL_IN=${KERNEL_IN#"$VM_ROOT"}
 # no_timer_check: as boot.sh (a TCG guest on a busy host, behind an interrupt-remapping IOMMU,
 # can fail the boot-time IO-APIC timer check and panic).
-"$VGPUCTL" --run-dir "$RUN" libvirt-xml $U --name "$NAME" --domain-type qemu --memory-mib 512 \
-    --vcpus 1 --kernel "$KERNEL_IN" --initrd "$WORK/vm.cpio.gz" --cmdline "console=ttyS0 quiet panic=-1 no_timer_check" \
-    --console-log "$LOG" >"$WORK/domain.xml"
+if [ -z "$K8S_AGENT" ]; then
+    "$VGPUCTL" --run-dir "$RUN" libvirt-xml $U --name "$NAME" --domain-type qemu --memory-mib 512 \
+        --vcpus 1 --kernel "$KERNEL_IN" --initrd "$WORK/vm.cpio.gz" --cmdline "console=ttyS0 quiet panic=-1 no_timer_check" \
+        --console-log "$LOG" >"$WORK/domain.xml"
+else
+    # KubeVirt's domain, then the hook's rewrite (QEMU sees the vGPU directories where the
+    # agent makes them: no container here).
+    sed -e "s|@NAME@|$NAME|" -e "s|@UUID@|$U|" -e "s|@KERNEL@|$KERNEL_IN|" -e "s|@INITRD@|$WORK/vm.cpio.gz|" \
+        -e "s|@CMDLINE@|console=ttyS0 quiet panic=-1 no_timer_check intel_iommu=on|" -e "s|@LOG@|$LOG|g" \
+        "$HERE/kubevirt-domain.xml" >"$WORK/kubevirt-domain.xml"
+    in_chroot virt-xml-validate "$WORK/kubevirt-domain.xml" domain >&2
+    "$K8S_AGENT" kubevirt-rewrite --vmi "$HERE/kubevirt-vmi.json" --socket-dir "$RUN/k8s" \
+        <"$WORK/kubevirt-domain.xml" >"$WORK/domain.xml"
+    grep -q "type=\"mdev\"" "$WORK/domain.xml" && vm_die "the rewrite left the mdev host device"
+    grep -q "vfio-user-pci" "$WORK/domain.xml" || vm_die "the rewrite added no vfio-user-pci device"
+fi
 in_chroot virt-xml-validate "$WORK/domain.xml" domain >&2
 virsh() { in_chroot virsh -q -c qemu:///system "$@"; }
 virsh define "$WORK/domain.xml" >&2
@@ -126,7 +160,14 @@ grep -a "checks" "$WORK/console.txt" | tail -1 >&2 || true
 for _ in $(seq 50); do grep -q "client detached" "$WORK/vgpud.log" && break; sleep 0.1; done
 grep -q "client detached" "$WORK/vgpud.log" || { cat "$WORK/vgpud.log" >&2; vm_die "vgpud did not see the VM detach"; }
 vm_log "libvirt: defined, started and the guest passed the selftest; boot to power-off $DT s"
-echo "VGPUD-LIBVIRT seconds=$DT"
+if [ -n "$K8S_AGENT" ]; then
+    echo "VGPUD-KUBEVIRT seconds=$DT"
+    kill -TERM "$AGENT_PID"
+    wait "$AGENT_PID" || vm_die "the agent exited with $? on SIGTERM"
+    AGENT_PID=
+else
+    echo "VGPUD-LIBVIRT seconds=$DT"
+fi
 kill -TERM "$VGPUD_PID"
 wait "$VGPUD_PID" || vm_die "vgpud exited with $? on SIGTERM"
 VGPUD_PID=

@@ -431,6 +431,11 @@ impl Vgpu {
         self.core.ctx.set_attached(attached);
     }
 
+    /// Whether its engine can run its work now.
+    pub fn engine_health(&self) -> crate::backend::EngineHealth {
+        self.core.ctx.health()
+    }
+
     /// The guest runlist in force, if one was submitted.
     pub fn runlist(&self) -> Option<Vec<RunlistEntry>> {
         self.core.lock().runlist.clone()

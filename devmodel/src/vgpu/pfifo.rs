@@ -160,7 +160,7 @@ impl Core {
         let mut turns = 0u32;
         while !self.nudged.load(Ordering::Acquire) && !self.doorbell.changed() {
             turns = turns.wrapping_add(1);
-            if turns % 32 == 0 && Instant::now() >= deadline {
+            if turns.is_multiple_of(32) && Instant::now() >= deadline {
                 return;
             }
             std::hint::spin_loop();

@@ -133,7 +133,7 @@ pub fn chunk_prop(dev: sys::CUdevice) -> Result<sys::CUmemAllocationProp, CuErro
             sys::CUmemAllocationGranularity_flags::CU_MEM_ALLOC_GRANULARITY_MINIMUM,
         )
     })?;
-    if gran == 0 || PAGE_2M as usize % gran != 0 {
+    if gran == 0 || !(PAGE_2M as usize).is_multiple_of(gran) {
         return Err(CuError::new(
             "the GPU's mapping granularity is not a divisor of 2 MiB",
             sys::CUresult::CUDA_ERROR_NOT_SUPPORTED,

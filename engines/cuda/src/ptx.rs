@@ -197,7 +197,7 @@ impl Worker {
         let fits = |r: &KernelRun| {
             r.va.checked_add(r.len).is_some_and(|e| e <= 1 << VA_BITS)
                 && r.vram.checked_add(r.len).is_some_and(|e| e <= size)
-                && (r.va | r.vram | r.len) % PAGE_2M == 0
+                && (r.va | r.vram | r.len).is_multiple_of(PAGE_2M)
         };
         // The work queued before (which may use the old mappings)
         // completes first; the old mappings go.

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use devmodel::backend::{Completion, DoneFn, ExecError};
+use devmodel::backend::{Completion, DoneFn, EngineHealth, ExecError};
 use devmodel::command::RunningSum;
 use devmodel::gmmu::KernelMap;
 use devmodel::memory::{GuestRam, MemError};
@@ -199,6 +199,18 @@ pub(crate) struct Conn {
     pub(crate) dead: AtomicBool,
     /// The worker was stopped for running an item past the kernel limit.
     timed_out: AtomicBool,
+    /// The worker reported a sticky error (its device context is lost).
+    fatal: AtomicBool,
+    /// What runs once the worker is gone.
+    exit: Mutex<ExitHook>,
+}
+
+/// What the daemon does once a worker is gone (its reader has failed its
+/// items and reaped it): the context's hook, or that it is gone already
+/// (a hook set then runs at once).
+enum ExitHook {
+    Waiting(Option<Box<dyn FnOnce() + Send>>),
+    Exited,
 }
 
 impl Conn {
@@ -231,6 +243,8 @@ impl Conn {
             ready: OnceLock::new(),
             dead: AtomicBool::new(false),
             timed_out: AtomicBool::new(false),
+            fatal: AtomicBool::new(false),
+            exit: Mutex::new(ExitHook::Waiting(None)),
         });
         let started = conn.clone().run_threads(reader, stderr, kernel_timeout);
         match started {
@@ -283,6 +297,33 @@ impl Conn {
         })?;
         devmodel::thread::spawn("worker-watchdog", move || self.watchdog(kernel_timeout))?;
         Ok(rx)
+    }
+
+    /// Run `hook` once the worker is gone (at once if it is gone already),
+    /// on its reader's thread: the hook must not wait.
+    pub(crate) fn on_exit(&self, hook: Box<dyn FnOnce() + Send>) {
+        let mut e = lock(&self.exit);
+        match &mut *e {
+            ExitHook::Waiting(h) => *h = Some(hook),
+            ExitHook::Exited => {
+                drop(e);
+                hook();
+            }
+        }
+    }
+
+    /// The health of the vGPU this worker serves: a worker the daemon
+    /// stopped (past the kernel limit) or that reported a sticky error is
+    /// `Faulted`; one that is gone otherwise (it exited, was killed, broke
+    /// the protocol) is `WorkerDown`.
+    pub(crate) fn health(&self) -> EngineHealth {
+        if !self.dead.load(Ordering::Acquire) {
+            EngineHealth::Ok
+        } else if self.timed_out.load(Ordering::Acquire) || self.fatal.load(Ordering::Acquire) {
+            EngineHealth::Faulted
+        } else {
+            EngineHealth::WorkerDown
+        }
     }
 
     pub(crate) fn kill(&self) {
@@ -392,7 +433,8 @@ impl Conn {
         }
     }
 
-    /// The worker's messages until its end; then every waiting item fails.
+    /// The worker's messages until its end; then every waiting item fails,
+    /// the worker is reaped and the exit hook runs.
     fn read_loop(
         &self,
         s: &UnixStream,
@@ -425,6 +467,7 @@ impl Conn {
                 }
                 Ok(Delivered::Fatal(e)) => {
                     tracing::warn!(worker = self.pid, error = %e, "worker failed");
+                    self.fatal.store(true, Ordering::Release);
                     break e;
                 }
                 Err(e) => break e,
@@ -444,6 +487,13 @@ impl Conn {
             let _ = completions.send(c);
         }
         self.reap();
+        let hook = match std::mem::replace(&mut *lock(&self.exit), ExitHook::Exited) {
+            ExitHook::Waiting(h) => h,
+            ExitHook::Exited => None,
+        };
+        if let Some(h) = hook {
+            h();
+        }
     }
 
     /// Wait (a second at most) for the worker to exit and log how it did.

@@ -3,16 +3,18 @@
 //! worker as they come (several in flight keep the device fed); each comes
 //! back with the engine time the worker measured. A worker that dies,
 //! reports a sticky error or breaks the protocol fails its items with
-//! `ENGINE_ERROR`; the vGPU's next reset starts a new one, unless it is
-//! restarting too often (`restart_delay`).
+//! `ENGINE_ERROR`; the vGPU's next reset starts a new one, or, while no VM
+//! is attached, the context itself does (so that an idle vGPU is ready, and
+//! healthy, for its next VM); either waits while the worker is restarting
+//! too often (`restart_delay`).
 
 use std::borrow::Cow;
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use devmodel::backend::{
-    Backend, BackendError, Completion, DoneFn, EngineContext, ExecError, WorkItem,
+    Backend, BackendError, Completion, DoneFn, EngineContext, EngineHealth, ExecError, WorkItem,
 };
 use devmodel::command::{Op, PIECE_BYTES};
 use devmodel::sync::lock;
@@ -79,7 +81,7 @@ impl Backend for ProcessEngine {
             }
         })?;
         let ready = conn.ready.get().copied();
-        Ok(Arc::new(ProcessContext {
+        let ctx = Arc::new_cyclic(|me: &Weak<ProcessContext>| ProcessContext {
             ptx_va_base: ready.and_then(|r| (r.ptx_va_base != 0).then_some(r.ptx_va_base)),
             piece_bytes: ready.map_or(PIECE_BYTES, |r| {
                 r.piece_bytes.clamp(PIECE_BYTES, MAX_PIECE_BYTES)
@@ -87,9 +89,13 @@ impl Backend for ProcessEngine {
             program: self.program.clone(),
             vram: vram_bytes,
             kernel_timeout: self.kernel_timeout,
-            conn: Mutex::new(conn),
+            conn: Mutex::new(conn.clone()),
             restarts: Mutex::new(Vec::new()),
-        }))
+            attached: AtomicBool::new(false),
+            me: me.clone(),
+        });
+        conn.on_exit(recovery(&ctx.me));
+        Ok(ctx)
     }
 }
 
@@ -114,7 +120,62 @@ fn restart_delay(restarts: &[Instant], now: Instant) -> Option<Duration> {
     (since < delay).then(|| delay - since)
 }
 
-/// One vGPU's worker, replaced by a new one at a reset after it died.
+/// The hook a context's worker runs when it is gone: the context recovers
+/// its worker if no VM is attached (on a thread of its own: the hook runs on
+/// the worker's reader, and the recovery may wait out a back-off).
+fn recovery(me: &Weak<ProcessContext>) -> Box<dyn FnOnce() + Send> {
+    let me = me.clone();
+    Box::new(move || {
+        if me
+            .upgrade()
+            .is_some_and(|c| !c.attached.load(Ordering::Acquire))
+        {
+            recover_idle_later(me);
+        }
+    })
+}
+
+/// Start [`recover_idle`] on a thread of its own.
+fn recover_idle_later(me: Weak<ProcessContext>) {
+    if let Err(e) = devmodel::thread::spawn("worker-recover", move || recover_idle(&me)) {
+        tracing::warn!(error = %devmodel::Chain(&e), "worker not recovered");
+    }
+}
+
+/// Start a new worker for a vGPU whose worker is gone while no VM is
+/// attached, once its restart back-off allows: an idle vGPU is then ready
+/// for the next VM (and healthy again) without waiting for that VM's
+/// reset. A VM attached meanwhile leaves it to the VM's reset.
+fn recover_idle(me: &Weak<ProcessContext>) {
+    loop {
+        let Some(ctx) = me.upgrade() else {
+            return;
+        };
+        if ctx.attached.load(Ordering::Acquire) {
+            return;
+        }
+        match ctx.restart_if_dead() {
+            Restart::Waiting(wait) => {
+                drop(ctx);
+                std::thread::sleep(wait);
+            }
+            Restart::Done | Restart::Failed => return,
+        }
+    }
+}
+
+/// What [`ProcessContext::restart_if_dead`] did.
+enum Restart {
+    /// A new worker runs, or the old one was alive.
+    Done,
+    /// Restarting so soon is held back: try again after this long.
+    Waiting(Duration),
+    /// The new worker did not start.
+    Failed,
+}
+
+/// One vGPU's worker, replaced by a new one at a reset after it died, or
+/// by the context itself while no VM is attached.
 struct ProcessContext {
     program: WorkerProgram,
     /// Where guest kernels see VA 0, as the first worker reported it.
@@ -126,11 +187,48 @@ struct ProcessContext {
     conn: Mutex<Arc<Conn>>,
     /// When workers were restarted, within [`RESTART_WINDOW`].
     restarts: Mutex<Vec<Instant>>,
+    /// A VM is attached to the vGPU.
+    attached: AtomicBool,
+    /// Itself, for the exit hooks of the workers it starts.
+    me: Weak<ProcessContext>,
 }
 
 impl ProcessContext {
     fn conn(&self) -> Arc<Conn> {
         lock(&self.conn).clone()
+    }
+
+    /// Replace a worker that is gone, with a zeroed framebuffer, unless it
+    /// is restarting too often ([`restart_delay`]).
+    fn restart_if_dead(&self) -> Restart {
+        let mut conn = lock(&self.conn);
+        if !conn.dead.load(Ordering::Acquire) {
+            return Restart::Done;
+        }
+        let now = Instant::now();
+        let mut restarts = lock(&self.restarts);
+        restarts.retain(|t| now.duration_since(*t) < RESTART_WINDOW);
+        if let Some(wait) = restart_delay(&restarts, now) {
+            tracing::warn!(
+                restarts = restarts.len(),
+                wait_ms = wait.as_millis() as u64,
+                "worker restarting too often: held back"
+            );
+            return Restart::Waiting(wait);
+        }
+        conn.kill();
+        match Conn::start(&self.program, self.vram, self.kernel_timeout) {
+            Ok(c) => {
+                c.on_exit(recovery(&self.me));
+                *conn = c;
+                restarts.push(now);
+                Restart::Done
+            }
+            Err(e) => {
+                tracing::warn!(error = %devmodel::Chain(&*e), "worker not restarted");
+                Restart::Failed
+            }
+        }
     }
 }
 
@@ -230,29 +328,21 @@ impl EngineContext for ProcessContext {
     /// the vGPU's work fails with `ENGINE_ERROR` and a later reset tries
     /// again.
     fn cancel(&self) {
-        let mut conn = lock(&self.conn);
-        if !conn.dead.load(Ordering::Acquire) {
-            return;
+        let _ = self.restart_if_dead();
+    }
+
+    /// A VM that leaves a vGPU whose worker is gone (and was not replaced
+    /// at the VM's last reset, being held back) leaves the recovery to the
+    /// context.
+    fn set_attached(&self, attached: bool) {
+        self.attached.store(attached, Ordering::Release);
+        if !attached && self.conn().dead.load(Ordering::Acquire) {
+            recover_idle_later(self.me.clone());
         }
-        let now = Instant::now();
-        let mut restarts = lock(&self.restarts);
-        restarts.retain(|t| now.duration_since(*t) < RESTART_WINDOW);
-        if let Some(wait) = restart_delay(&restarts, now) {
-            tracing::warn!(
-                restarts = restarts.len(),
-                wait_ms = wait.as_millis() as u64,
-                "worker restarting too often: held back"
-            );
-            return;
-        }
-        conn.kill();
-        match Conn::start(&self.program, self.vram, self.kernel_timeout) {
-            Ok(c) => {
-                *conn = c;
-                restarts.push(now);
-            }
-            Err(e) => tracing::warn!(error = %devmodel::Chain(&*e), "worker not restarted"),
-        }
+    }
+
+    fn health(&self) -> EngineHealth {
+        self.conn().health()
     }
 }
 

@@ -121,7 +121,7 @@ impl Channel {
                 cfg.gpfifo_entries
             )));
         }
-        if cfg.segment_bytes < 256 || cfg.segment_bytes % 16 != 0 {
+        if cfg.segment_bytes < 256 || !cfg.segment_bytes.is_multiple_of(16) {
             return Err(Error::InvalidArgument(format!(
                 "segment of {} bytes",
                 cfg.segment_bytes
@@ -310,7 +310,7 @@ impl Channel {
         }
         while self.ring_full()? {
             spins += 1;
-            if spins % 64 == 0 {
+            if spins.is_multiple_of(64) {
                 self.check(dev)?;
             }
             if start.elapsed() > timeout {

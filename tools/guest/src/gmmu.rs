@@ -132,7 +132,7 @@ impl PageTables {
         let end = va
             .checked_add(len)
             .ok_or_else(|| Error::InvalidArgument("VA range overflows".into()))?;
-        if va % PAGE_4K != 0 || len % PAGE_4K != 0 || end > 1 << VA_BITS {
+        if !va.is_multiple_of(PAGE_4K) || !len.is_multiple_of(PAGE_4K) || end > 1 << VA_BITS {
             return Err(Error::InvalidArgument(format!(
                 "VA range {va:#x}+{len:#x} is not page aligned inside 2^{VA_BITS}"
             )));
@@ -181,7 +181,8 @@ impl PageTables {
             let v = va + off;
             let l1 = Self::next_table(store, self.pdb, index(v, 2))?;
             if let (true, Backing::Contiguous(base)) = (large, backing) {
-                if v % PAGE_2M == 0 && len - off >= PAGE_2M && (base + off) % PAGE_2M == 0 {
+                if v.is_multiple_of(PAGE_2M) && len - off >= PAGE_2M && (base + off) % PAGE_2M == 0
+                {
                     let old = store.read_entry(l1, index(v, 1))?;
                     store.write_entry(
                         l1,

@@ -126,7 +126,7 @@ pub const MAX_SEGMENT_WORDS: u64 = (1 << 22) - 1;
 
 /// Encode a GPFIFO entry for a segment of `words` words at `va`.
 pub fn gpfifo_entry(va: u64, words: u64) -> Result<u64> {
-    if va % 4 != 0 || va >> 39 != 0 || words > MAX_SEGMENT_WORDS {
+    if !va.is_multiple_of(4) || va >> 39 != 0 || words > MAX_SEGMENT_WORDS {
         return Err(Error::InvalidArgument(format!(
             "segment at {va:#x} of {words} words"
         )));

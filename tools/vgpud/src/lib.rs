@@ -17,6 +17,7 @@ pub mod daemon;
 pub mod demo;
 pub mod engines;
 pub mod errno;
+pub mod kubernetes;
 pub mod parent;
 
 pub mod vfio_user;

@@ -16,7 +16,9 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use devmodel::backend::{BackendError, Completion, DoneFn, EngineContext, ExecError, WorkItem};
+use devmodel::backend::{
+    BackendError, Completion, DoneFn, EngineContext, EngineHealth, ExecError, WorkItem,
+};
 use devmodel::thread::SpawnError;
 use devmodel::Backend;
 use scheduler::{Nanos, ParentPolicy, ParentStats, Pick, Scheduler, VgpuParams};
@@ -291,8 +293,16 @@ impl EngineContext for ScheduledContext {
         if let Err(e) = st.sched.set_running(self.key, attached, now) {
             tracing::warn!(vgpu = self.key, error = %e, "attachment not applied");
         }
+        let inner = st.contexts.get(&self.key).cloned();
         drop(st);
         self.shared.wake.notify_all();
+        if let Some(i) = inner {
+            i.set_attached(attached);
+        }
+    }
+
+    fn health(&self) -> EngineHealth {
+        self.inner().map_or(EngineHealth::Ok, |i| i.health())
     }
 
     fn cancel_channel(&self, channel: u32) {

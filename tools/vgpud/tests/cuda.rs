@@ -50,6 +50,17 @@ use std::time::Duration;
 use vgpu_guest::programs::Program;
 use vgpu_guest::{Channel, ChannelConfig, Device, Placement, WaitMode};
 
+/// `status`'s `health` of the vGPU served on `socket`.
+fn health(v: &Vgpud, socket: &std::path::Path) -> String {
+    let all = v.request(serde_json::json!({"op": "status"}));
+    all.as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["socket"].as_str() == socket.to_str())
+        .map(|s| s["health"].as_str().unwrap().to_string())
+        .expect("the vGPU's status")
+}
+
 fn attach(socket: &std::path::Path) -> Device {
     common::daemon::connect(socket, 32 << 20).unwrap()
 }
@@ -209,6 +220,9 @@ fn an_item_past_the_kernel_limit_stops_its_worker_with_engine_timeout() {
         took >= Duration::from_millis(300) && took < Duration::from_secs(3),
         "stopped after {took:?} (limit 300 ms)"
     );
+    // While A's VM is attached its worker stays stopped: status says why.
+    assert_eq!(health(&v, &a), "faulted");
+    assert_eq!(health(&v, &b), "ok");
     // B's worker was never touched.
     assert_eq!(fill_once(&b, 9), Ok(()));
     assert!(v.workers().contains(&pids[1]));
@@ -255,5 +269,57 @@ fn a_worker_that_keeps_dying_is_restarted_ever_more_rarely() {
     assert_eq!(fill_once(&b, 5), Ok(()), "the neighbour is untouched");
     std::thread::sleep(Duration::from_millis(1100));
     assert_eq!(fill_once(&a, 5), Ok(()), "restarted once the wait was over");
+    assert!(v.workers().contains(&b_worker));
+}
+
+#[test]
+fn status_health_follows_the_worker_and_an_idle_vgpu_recovers_by_itself() {
+    // A worker killed under an attached VM: `worker_down` until the VM's
+    // reset (here: it leaves) starts a new one. Killed while no VM is
+    // attached: the daemon replaces it by itself, the second time after
+    // the 1 s back-off, `worker_down` meanwhile. The neighbour stays `ok`.
+    let v = Vgpud::start(
+        "cuda-health",
+        "[catalog.parent.\"gpu0\"]\nengine = \"cuda\"\n",
+        &[("VGPUD_CUDA_EMULATE", "1")],
+    );
+    let a = v.create("emulated-1c");
+    let b = v.create("emulated-1c");
+    let b_worker = v.workers()[1];
+    let a_worker = |v: &Vgpud| {
+        v.workers()
+            .into_iter()
+            .find(|p| *p != b_worker)
+            .expect("A's worker")
+    };
+    let wait_for = |want: &str, within: Duration| {
+        let t = std::time::Instant::now();
+        while health(&v, &a) != want {
+            assert!(t.elapsed() < within, "A not {want} within {within:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        t.elapsed()
+    };
+    assert_eq!(health(&v, &a), "ok");
+    let dev = attach(&a);
+    // SAFETY: kill on a child process of the vgpud this test started.
+    assert_eq!(unsafe { libc::kill(a_worker(&v) as i32, libc::SIGKILL) }, 0);
+    wait_for("worker_down", Duration::from_secs(2));
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(health(&v, &a), "worker_down", "attached: left to the VM");
+    assert_eq!(health(&v, &b), "ok");
+    drop(dev);
+    wait_for("ok", Duration::from_secs(2));
+    assert_eq!(fill_once(&a, 3), Ok(()));
+
+    // Idle: the first restart in the window was the VM's, so this one is
+    // held back 1 s, then done by the daemon with no client at all.
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(a_worker(&v) as i32, libc::SIGKILL) }, 0);
+    wait_for("worker_down", Duration::from_secs(2));
+    let back = wait_for("ok", Duration::from_secs(3));
+    assert!(back > Duration::from_millis(300), "back-off kept: {back:?}");
+    assert_eq!(health(&v, &b), "ok");
+    assert_eq!(fill_once(&a, 4), Ok(()));
     assert!(v.workers().contains(&b_worker));
 }

@@ -497,6 +497,7 @@ fn replies_keep_their_field_names() {
             "faults",
             "framebuffer_bytes",
             "gpu_time_ns",
+            "health",
             "interrupts",
             "parent",
             "pinned_bytes",
@@ -521,9 +522,11 @@ fn replies_keep_their_field_names() {
             "engine",
             "engine_busy_ratio",
             "engine_stalled_ns",
+            "framebuffer_bytes",
             "idle_empty_ns",
             "idle_held_ns",
             "idle_late_ns",
+            "max_vgpus",
             "parent",
             "policy",
             "timeslice_us",
@@ -532,6 +535,8 @@ fn replies_keep_their_field_names() {
         ]
     );
     assert_eq!(parents[0]["vgpus"], 1);
+    assert_eq!(parents[0]["framebuffer_bytes"], 8u64 << 30);
+    assert_eq!(parents[0]["max_vgpus"], 8);
     let policy = ctl.ok(json!({"op": "policy_show"}));
     assert_eq!(
         keys(&policy),

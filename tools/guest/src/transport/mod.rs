@@ -267,7 +267,8 @@ impl DmaBuffer {
         let pages_ok = match &addrs {
             DevAddrs::Linear(_) => true,
             DevAddrs::Pages(p) => {
-                p.len() as u64 == (len as u64).div_ceil(PAGE_SIZE) && offset as u64 % PAGE_SIZE == 0
+                p.len() as u64 == (len as u64).div_ceil(PAGE_SIZE)
+                    && (offset as u64).is_multiple_of(PAGE_SIZE)
             }
         };
         if !fits || !pages_ok {

@@ -414,7 +414,7 @@ fn map_bar(device: &File, bar: Region) -> Option<MmapRegion> {
 fn bar_reg<T: ByteValued>(bar: &MmapRegion, offset: u32) -> Result<VolatileRef<'_, T>> {
     let size = std::mem::size_of::<T>();
     let o = offset as usize;
-    if o % size != 0 {
+    if !o.is_multiple_of(size) {
         return Err(Error::InvalidArgument(format!(
             "BAR0 access {offset:#x}+{size}"
         )));

@@ -103,6 +103,34 @@ enum Cmd {
     /// A libvirt domain for a VM with this vGPU: `virsh define` it as it
     /// is, or paste the parts of `--fragment` into a domain of your own.
     LibvirtXml(LibvirtXmlArgs),
+    /// Kubernetes: the manifests that install vgpud's node agent.
+    K8s {
+        #[command(subcommand)]
+        cmd: K8sCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum K8sCmd {
+    /// Print the DaemonSet, RBAC, DeviceClasses and KubeVirt pieces
+    /// (docs/kubernetes.md) as YAML for `kubectl apply -f`.
+    Manifests {
+        /// A type to offer (DeviceClass, KubeVirt permitted device); by
+        /// default every type of the running vgpud.
+        #[arg(long = "type", value_name = "TYPE")]
+        types: Vec<String>,
+        /// The agent's image (vgpud-k8s, and kubectl for DRA).
+        #[arg(long, default_value = concat!("vgpud:", env!("CARGO_PKG_VERSION")))]
+        image: String,
+        #[arg(long, default_value = "vgpud-system")]
+        namespace: String,
+        /// Leave out the DRA driver's pieces.
+        #[arg(long)]
+        no_dra: bool,
+        /// Leave out KubeVirt's pieces.
+        #[arg(long)]
+        no_kubevirt: bool,
+    },
 }
 
 #[derive(clap::Args)]
@@ -378,6 +406,7 @@ fn run(args: &Args) -> Result<(), Failure> {
             println!("{r}");
         }
         Cmd::LibvirtXml(x) => libvirt_xml(args, x)?,
+        Cmd::K8s { cmd } => k8s(args, cmd)?,
         Cmd::Top {
             interval,
             iterations,
@@ -465,6 +494,13 @@ fn status(args: &Args, uuid: Option<String>, as_json: bool) -> Result<(), Failur
             "    Attached             : {}",
             if v.attached { "Yes" } else { "No" }
         );
+        println!(
+            "    Health               : {}",
+            serde_json::to_value(v.health)
+                .ok()
+                .and_then(|h| h.as_str().map(String::from))
+                .unwrap_or_default()
+        );
         println!("    Scheduling Policy    : {}", v.policy);
         println!("    Configured Share     : {}", opt(v.configured_share, 3));
         println!("    Achieved Share       : {}", opt(v.achieved_share, 3));
@@ -536,6 +572,53 @@ fn libvirt_xml(args: &Args, x: &LibvirtXmlArgs) -> Result<(), Failure> {
     } else {
         print!("{}", libvirt_domain(v, x));
     }
+    Ok(())
+}
+
+/// `vgpuctl k8s manifests`.
+fn k8s(args: &Args, cmd: &K8sCmd) -> Result<(), Failure> {
+    let K8sCmd::Manifests {
+        types,
+        image,
+        namespace,
+        no_dra,
+        no_kubevirt,
+    } = cmd;
+    // Names from the running vgpud's types; names of types it does not
+    // have are the ids upper-cased (as the catalogue names them).
+    let req = || Request::Types { parent: None };
+    let known: Vec<TypeInfo> = if types.is_empty() {
+        call_as(args, req())?
+    } else {
+        call_as(args, req()).unwrap_or_default()
+    };
+    let ids: Vec<String> = if types.is_empty() {
+        known.iter().map(|t| t.id.clone()).collect()
+    } else {
+        types.clone()
+    };
+    let mut offered: Vec<(String, String)> = Vec::new();
+    for id in ids {
+        if offered.iter().any(|(i, _)| *i == id) {
+            continue;
+        }
+        let name = known
+            .iter()
+            .find(|t| t.id == id)
+            .map_or_else(|| id.to_uppercase(), |t| t.name.clone());
+        offered.push((id, name));
+    }
+    let o = vgpud::kubernetes::Options {
+        namespace: namespace.clone(),
+        image: image.clone(),
+        types: offered,
+        dra: !no_dra,
+        kubevirt: !no_kubevirt,
+    };
+    print!(
+        "{}",
+        vgpud::kubernetes::render(&vgpud::kubernetes::objects(&o))
+    );
     Ok(())
 }
 

@@ -151,11 +151,22 @@ const fn gauge(
 
 /// Every per-vGPU series, each read from a field of [`VgpuStatus`]
 /// (labels `uuid`, `type`, `parent`).
-const SERIES: [Series; 19] = [
+const SERIES: [Series; 20] = [
     gauge(
         "vgpud_vgpu_attached",
         "1 when a VMM is connected to the vGPU",
         |v| Some(if v.attached { 1.0 } else { 0.0 }),
+    ),
+    gauge(
+        "vgpud_vgpu_healthy",
+        "1 when the vGPU's engine can run its work (health ok)",
+        |v| {
+            Some(if v.health == super::Health::Ok {
+                1.0
+            } else {
+                0.0
+            })
+        },
     ),
     counter(
         "vgpud_vgpu_connections_total",

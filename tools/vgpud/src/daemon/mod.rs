@@ -28,7 +28,7 @@ use scheduler::{Config, PolicyKind};
 use uuid::Uuid;
 
 pub use replies::{
-    Created, ParentStatus, PolicyInfo, Reloaded, Removed, TypeInfo, VgpuStatus, VgpuSummary,
+    Created, Health, ParentStatus, PolicyInfo, Reloaded, Removed, TypeInfo, VgpuStatus, VgpuSummary,
 };
 
 use crate::engines::{open_engine, WorkerSettings, WorkerSettingsError};
@@ -506,6 +506,7 @@ impl Daemon {
                 parent: v.parent.clone(),
                 socket: v.server.path().to_path_buf(),
                 attached: srv.attached.load(Ordering::Relaxed),
+                health: v.vgpu.engine_health().into(),
                 connections: srv.connections.load(Ordering::Relaxed),
                 protocol_errors: srv.errors.load(Ordering::Relaxed),
                 policy: ps.policy.name().to_string(),
@@ -562,6 +563,8 @@ impl Daemon {
                     timeslice_us: st.timeslice / 1000,
                     window_us: st.window / 1000,
                     vgpus: self.vgpus.values().filter(|v| &v.parent == id).count(),
+                    framebuffer_bytes: slot.capacity.framebuffer_bytes,
+                    max_vgpus: slot.capacity.max_vgpus,
                     busy_ns: st.busy,
                     engine_busy_ratio: busy.clamp(0.0, 1.0),
                     idle_empty_ns: st.idle.empty,

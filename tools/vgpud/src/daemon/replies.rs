@@ -61,6 +61,33 @@ pub struct VgpuSummary {
     pub attached: bool,
 }
 
+/// Whether a vGPU can do its work now (`status`'s `health`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Health {
+    /// It can.
+    Ok,
+    /// Its engine process (a CUDA worker) exited or was killed and is not
+    /// replaced yet: its work fails with `ENGINE_ERROR` until the next
+    /// reset, or until the daemon replaces it (at once while no VM is
+    /// attached, after the restart back-off).
+    WorkerDown,
+    /// Its engine process was stopped for a sticky GPU error or an item
+    /// past the kernel limit; replaced as for `worker_down`.
+    Faulted,
+}
+
+impl From<devmodel::backend::EngineHealth> for Health {
+    fn from(h: devmodel::backend::EngineHealth) -> Health {
+        use devmodel::backend::EngineHealth as E;
+        match h {
+            E::Ok => Health::Ok,
+            E::WorkerDown => Health::WorkerDown,
+            E::Faulted => Health::Faulted,
+        }
+    }
+}
+
 /// The status of one vGPU (`status`), in the spirit of `nvidia-smi vgpu -q`.
 /// The scheduler's figures are `null` while the parent does not know the vGPU.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -73,6 +100,8 @@ pub struct VgpuStatus {
     pub socket: PathBuf,
     /// A VMM is connected now.
     pub attached: bool,
+    /// Whether its engine can run its work now.
+    pub health: Health,
     /// vfio-user connections accepted since the vGPU was created.
     pub connections: u64,
     /// vfio-user messages answered with an error, or that ended a connection.
@@ -145,6 +174,10 @@ pub struct ParentStatus {
     pub window_us: u64,
     /// vGPUs created on it.
     pub vgpus: usize,
+    /// The framebuffer it divides between its vGPUs.
+    pub framebuffer_bytes: u64,
+    /// The most vGPUs of any type it runs at once.
+    pub max_vgpus: u32,
     /// Engine time its vGPUs' work used since it started.
     pub busy_ns: u64,
     /// Share of wall time the engine was busy with vGPU work over the

@@ -71,6 +71,7 @@ pub(crate) mod tests {
             parent: "cpu0".into(),
             socket: PathBuf::from("/run/vgpud/x.sock"),
             attached: true,
+            health: crate::daemon::Health::Ok,
             connections: 1,
             protocol_errors: 0,
             policy: "fixed_share".into(),

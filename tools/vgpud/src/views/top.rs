@@ -89,6 +89,8 @@ mod tests {
             timeslice_us: 2000,
             window_us: 66000,
             vgpus: 1,
+            framebuffer_bytes: 8 << 30,
+            max_vgpus: 8,
             busy_ns: 0,
             engine_busy_ratio: 0.75,
             idle_empty_ns: 0,
