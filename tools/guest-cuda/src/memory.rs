@@ -183,9 +183,20 @@ impl Driver {
         containing(&self.mem.allocs, p, |a| a.len).map(|(s, a)| (s, a.len))
     }
 
-    /// `cuMemGetInfo`: free and total VRAM of the vGPU.
+    /// `cuMemGetInfo`: free and total VRAM of the vGPU (an empty pool chunk kept for the
+    /// next small allocation counts as free).
     pub fn mem_info(&self) -> (u64, u64) {
-        (self.dev.vram_free(), self.dev.identity().vram_bytes)
+        let cached: u64 = self
+            .mem
+            .chunks
+            .values()
+            .filter(|c| c.used == 0)
+            .map(|c| c.buf.mapped_len())
+            .sum();
+        (
+            self.dev.vram_free() + cached,
+            self.dev.identity().vram_bytes,
+        )
     }
 
     /// `cuMemHostAlloc`: pinned host memory; its CPU address.
