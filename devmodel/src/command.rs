@@ -12,14 +12,8 @@ use std::sync::Arc;
 
 use crate::gmmu::{Extent, KernelMap};
 
-/// Largest number of bytes one copy or memset may touch (1 GiB).
-pub const MAX_COMMAND_BYTES: u64 = 1 << 30;
-/// Largest matrix dimension of `gemm_f32`.
-pub const MAX_GEMM_DIM: u32 = 4096;
-/// Longest `spin` program, in nanoseconds (10 s).
-pub const MAX_SPIN_NS: u64 = 10_000_000_000;
-/// Largest parameter block.
-pub const MAX_PARAMS: u32 = 4096;
+/// The ABI's limits on one command (§5), defined with its methods.
+pub use mmio::methods::{MAX_COMMAND_BYTES, MAX_GEMM_DIM, MAX_PARAMS, MAX_SPIN_NS};
 
 /// An engine operation.
 #[derive(Clone, Debug, PartialEq)]

@@ -12,11 +12,12 @@ use std::time::{Duration, Instant};
 use crate::channel::{
     GpfifoEntry, INST_GPFIFO_ENTRIES, INST_GPFIFO_VA, INST_NOTIFIER_VA, INST_PDB, INST_USERD_VA,
 };
-use crate::classes::{compute, copy, host, COMPUTE_CLASS, COPY_CLASS};
-use crate::pushbuf::{MethodHeader, OP_IMMD, OP_INCR};
 use crate::{Backend, CpuEngine, Vgpu, VgpuConfig};
 use memmap2::MmapMut;
 use mmio::bar::{REGION_BAR0, REGION_CONFIG};
+use mmio::methods::{
+    compute, copy, host, MethodHeader, COMPUTE_CLASS, COPY_CLASS, OP_IMMD, OP_INCR,
+};
 use mmio::pci::PciIdentity;
 use mmio::regs::{ChannelReg, ChannelState, GlobalReg, CHANNEL_BASE, CHANNEL_STRIDE};
 

@@ -21,44 +21,17 @@
 
 use std::sync::Arc;
 
-use bitfield::bitfield;
 use mmio::regs::ErrorCode;
 
-use crate::classes::{self, compute, copy, host, set_hi, set_lo, Class, MethodState};
+use crate::classes::{self, set_hi, set_lo, Class, MethodState};
 use crate::command::{
     AcquireCond, Command, KernelLaunch, Op, MAX_COMMAND_BYTES, MAX_GEMM_DIM, MAX_PARAMS,
     MAX_SPIN_NS,
 };
 use crate::gmmu::{Extent, Fault, KernelMap};
-
-bitfield! {
-    /// A pushbuffer method header.
-    #[derive(Clone, Copy, PartialEq, Eq)]
-    pub struct MethodHeader(pub u32);
-    impl Debug;
-    pub method_dw, set_method_dw: 12, 0;
-    pub u8, subchannel, set_subchannel: 15, 13;
-    pub count, set_count: 28, 16;
-    pub u8, opcode, set_opcode: 31, 29;
-}
-
-pub const OP_INCR: u8 = 1;
-pub const OP_NONINCR: u8 = 3;
-pub const OP_IMMD: u8 = 4;
-pub const OP_ONE_INC: u8 = 5;
-pub const OP_END_SEGMENT: u8 = 7;
-
-impl MethodHeader {
-    /// Build a header (for drivers and tests).
-    pub fn new(opcode: u8, subchannel: u8, method: u32, count: u32) -> Self {
-        let mut h = MethodHeader(0);
-        h.set_opcode(opcode);
-        h.set_subchannel(subchannel);
-        h.set_method_dw(method >> 2);
-        h.set_count(count);
-        h
-    }
-}
+use mmio::methods::{
+    compute, copy, host, MethodHeader, OP_END_SEGMENT, OP_IMMD, OP_INCR, OP_NONINCR, OP_ONE_INC,
+};
 
 /// Why a segment was rejected.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

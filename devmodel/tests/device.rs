@@ -8,9 +8,9 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use common::*;
-use devmodel::classes::{compute, copy, host};
-use devmodel::pushbuf::MethodHeader;
 use mmio::bar::{REGION_BAR0, REGION_CONFIG};
+use mmio::methods::MethodHeader;
+use mmio::methods::{compute, copy, host};
 use mmio::regs::{ErrorCode, ID_MAGIC};
 
 fn lcg(seed: &mut u64) -> f32 {

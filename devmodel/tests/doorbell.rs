@@ -5,8 +5,8 @@
 use std::sync::atomic::{fence, Ordering};
 use std::time::{Duration, Instant};
 
-use devmodel::classes::host;
 use devmodel::harness::{engine, Guest, Pb, DOORBELL};
+use mmio::methods::host;
 
 /// Spin for `d` (sleeping would not land submissions on the edge).
 fn busy_wait(d: Duration) {

@@ -7,10 +7,10 @@ use devmodel::harness as common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use devmodel::classes::{compute, copy, host, COMPUTE_CLASS, COPY_CLASS};
-use devmodel::pushbuf::MethodHeader;
 use devmodel::CpuEngine;
 use mmio::bar::{REGION_BAR0, REGION_BAR2, REGION_CONFIG};
+use mmio::methods::MethodHeader;
+use mmio::methods::{compute, copy, host, COMPUTE_CLASS, COPY_CLASS};
 use proptest::prelude::*;
 use proptest::test_runner::Config;
 

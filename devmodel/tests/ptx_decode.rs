@@ -7,11 +7,12 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use devmodel::classes::{compute, MethodState};
+use devmodel::classes::MethodState;
 use devmodel::command::{Command, Op};
 use devmodel::gmmu::{Aperture, Extent, Fault, KernelMap, KernelRun};
 use devmodel::harness::{Pb, SUB_COMPUTE};
 use devmodel::pushbuf::{parse_segment, AddressSpace, SegmentError};
+use mmio::methods::compute;
 use mmio::regs::ErrorCode;
 
 /// An address space of identity-mapped system memory holding `bytes` at

@@ -2,8 +2,8 @@
 //! released, not kept zeroed. Its own test binary, so that the process's
 //! resident size measures this vGPU alone.
 
-use devmodel::classes::host;
 use devmodel::harness::{engine, proc_status_bytes, Guest, Pb, STATE_IDLE};
+use mmio::methods::host;
 
 #[test]
 fn released_vram_leaves_the_host_and_reads_as_zero() {

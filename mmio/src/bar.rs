@@ -13,8 +13,8 @@
 //! space, VGA) and five interrupt indexes (INTx, MSI, MSI-X, ERR, REQ);
 //! the vGPU implements three regions and MSI-X.
 
-use crate::pci::CONFIG_SPACE_SIZE;
-
+/// Size of the configuration region exposed to the VMM (PCIe extended space).
+pub const CONFIG_SPACE_SIZE: u64 = 0x1000;
 /// Size of BAR0, the register aperture.
 pub const BAR0_SIZE: u64 = 0x1_0000;
 /// Size of BAR2, which holds the MSI-X table and pending-bit array.

@@ -8,6 +8,7 @@
 //!
 //! * [`bar`]: BAR numbering, sizes, and the vfio regions and interrupts as tables.
 //! * [`doorbell`]: the doorbell page shared with the driver (ABI 1.1).
+//! * [`methods`]: pushbuffer method headers, class ids and methods.
 //! * [`regs`]: the BAR0 register map, declared once as data, and register
 //!   bitfields.
 //! * [`regfile`]: the MMIO dispatch table and register storage (access width
@@ -17,6 +18,7 @@
 
 pub mod bar;
 pub mod doorbell;
+pub mod methods;
 pub mod pci;
 pub mod regfile;
 pub mod regs;

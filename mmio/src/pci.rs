@@ -7,11 +7,10 @@
 //! back the size mask. The configuration region is 4 KiB; the extended
 //! space above 0x100 has no capabilities and reads as zero.
 
+pub use crate::bar::CONFIG_SPACE_SIZE;
 use crate::bar::{bar_size, MSIX_PBA_OFFSET, MSIX_TABLE_OFFSET, MSIX_VECTORS};
 use crate::MmioError;
 
-/// Size of the configuration region exposed to the VMM (PCIe extended space).
-pub const CONFIG_SPACE_SIZE: u64 = 0x1000;
 /// Size of conventional configuration space that this model stores.
 const CONVENTIONAL: usize = 0x100;
 

@@ -125,158 +125,59 @@ impl ChannelReg {
     }
 }
 
-const fn g(
-    reg: GlobalReg,
-    name: &'static str,
-    offset: u32,
-    access: Access,
-    reset: u32,
-    mask: u32,
-) -> RegDesc<GlobalReg> {
-    RegDesc {
-        reg,
-        name,
-        offset,
-        access,
-        reset,
-        mask,
-    }
+/// One row of a register table, its fields by name:
+/// `reg!(GlobalReg::Status, "STATUS", offset: 0x044, access: Ro, reset: 0, mask: 1)`.
+macro_rules! reg {
+    ($reg:expr, $name:literal, offset: $offset:expr, access: $access:ident, reset: $reset:expr, mask: $mask:expr) => {
+        RegDesc {
+            reg: $reg,
+            name: $name,
+            offset: $offset,
+            access: Access::$access,
+            reset: $reset,
+            mask: $mask,
+        }
+    };
 }
-const fn c(
-    reg: ChannelReg,
-    name: &'static str,
-    offset: u32,
-    access: Access,
-    reset: u32,
-    mask: u32,
-) -> RegDesc<ChannelReg> {
-    RegDesc {
-        reg,
-        name,
-        offset,
-        access,
-        reset,
-        mask,
-    }
-}
-
-use Access::*;
 
 /// The global register map.
 pub const GLOBAL_REGS: &[RegDesc<GlobalReg>] = &[
-    g(GlobalReg::Id, "ID", 0x000, Ro, ID_MAGIC, !0),
-    g(GlobalReg::Version, "VERSION", 0x004, Ro, ABI_VERSION, !0),
-    g(GlobalReg::Caps, "CAPS", 0x008, Ro, 0, !0),
-    g(GlobalReg::NumChannels, "NUM_CHANNELS", 0x00C, Ro, 0, 0xFF),
-    g(GlobalReg::VramSizeLo, "VRAM_SIZE_LO", 0x010, Ro, 0, !0),
-    g(GlobalReg::VramSizeHi, "VRAM_SIZE_HI", 0x014, Ro, 0, !0),
-    g(GlobalReg::PtxVaBaseLo, "PTX_VA_BASE_LO", 0x018, Ro, 0, !0),
-    g(GlobalReg::PtxVaBaseHi, "PTX_VA_BASE_HI", 0x01C, Ro, 0, !0),
-    g(
-        GlobalReg::IntrStatus,
-        "INTR_STATUS",
-        0x020,
-        W1c,
-        0,
-        Intr::ALL,
-    ),
-    g(
-        GlobalReg::IntrEnable,
-        "INTR_ENABLE",
-        0x024,
-        Rw,
-        0,
-        Intr::ALL,
-    ),
-    g(
-        GlobalReg::IntrChannelLo,
-        "INTR_CHANNEL_LO",
-        0x028,
-        W1c,
-        0,
-        !0,
-    ),
-    g(
-        GlobalReg::IntrChannelHi,
-        "INTR_CHANNEL_HI",
-        0x02C,
-        W1c,
-        0,
-        !0,
-    ),
-    g(GlobalReg::TimerLo, "TIMER_LO", 0x030, Ro, 0, !0),
-    g(GlobalReg::TimerHi, "TIMER_HI", 0x034, Ro, 0, !0),
-    g(GlobalReg::Reset, "RESET", 0x040, Wo, 0, 1),
-    g(GlobalReg::Status, "STATUS", 0x044, Ro, 0, 1),
-    g(GlobalReg::MmuInvalidate, "MMU_INVALIDATE", 0x080, Wo, 0, !0),
-    g(
-        GlobalReg::MmuFaultInfo,
-        "MMU_FAULT_INFO",
-        0x084,
-        W1c,
-        0,
-        0x8000_0000,
-    ),
-    g(
-        GlobalReg::MmuFaultAddrLo,
-        "MMU_FAULT_ADDR_LO",
-        0x088,
-        Ro,
-        0,
-        !0,
-    ),
-    g(
-        GlobalReg::MmuFaultAddrHi,
-        "MMU_FAULT_ADDR_HI",
-        0x08C,
-        Ro,
-        0,
-        !0,
-    ),
-    g(
-        GlobalReg::RunlistBaseLo,
-        "RUNLIST_BASE_LO",
-        0x090,
-        Rw,
-        0,
-        !7,
-    ),
-    g(
-        GlobalReg::RunlistBaseHi,
-        "RUNLIST_BASE_HI",
-        0x094,
-        Rw,
-        0,
-        !0,
-    ),
-    g(
-        GlobalReg::RunlistSubmit,
-        "RUNLIST_SUBMIT",
-        0x098,
-        Wo,
-        0,
-        0xFF,
-    ),
-    g(GlobalReg::RunlistInfo, "RUNLIST_INFO", 0x09C, Ro, 0, !0),
-    g(GlobalReg::Doorbell, "DOORBELL", 0x0A0, Wo, 0, 0xFF),
+    reg!(GlobalReg::Id, "ID", offset: 0x000, access: Ro, reset: ID_MAGIC, mask: !0),
+    reg!(GlobalReg::Version, "VERSION", offset: 0x004, access: Ro, reset: ABI_VERSION, mask: !0),
+    reg!(GlobalReg::Caps, "CAPS", offset: 0x008, access: Ro, reset: 0, mask: !0),
+    reg!(GlobalReg::NumChannels, "NUM_CHANNELS", offset: 0x00C, access: Ro, reset: 0, mask: 0xFF),
+    reg!(GlobalReg::VramSizeLo, "VRAM_SIZE_LO", offset: 0x010, access: Ro, reset: 0, mask: !0),
+    reg!(GlobalReg::VramSizeHi, "VRAM_SIZE_HI", offset: 0x014, access: Ro, reset: 0, mask: !0),
+    reg!(GlobalReg::PtxVaBaseLo, "PTX_VA_BASE_LO", offset: 0x018, access: Ro, reset: 0, mask: !0),
+    reg!(GlobalReg::PtxVaBaseHi, "PTX_VA_BASE_HI", offset: 0x01C, access: Ro, reset: 0, mask: !0),
+    reg!(GlobalReg::IntrStatus, "INTR_STATUS", offset: 0x020, access: W1c, reset: 0, mask: Intr::ALL),
+    reg!(GlobalReg::IntrEnable, "INTR_ENABLE", offset: 0x024, access: Rw, reset: 0, mask: Intr::ALL),
+    reg!(GlobalReg::IntrChannelLo, "INTR_CHANNEL_LO", offset: 0x028, access: W1c, reset: 0, mask: !0),
+    reg!(GlobalReg::IntrChannelHi, "INTR_CHANNEL_HI", offset: 0x02C, access: W1c, reset: 0, mask: !0),
+    reg!(GlobalReg::TimerLo, "TIMER_LO", offset: 0x030, access: Ro, reset: 0, mask: !0),
+    reg!(GlobalReg::TimerHi, "TIMER_HI", offset: 0x034, access: Ro, reset: 0, mask: !0),
+    reg!(GlobalReg::Reset, "RESET", offset: 0x040, access: Wo, reset: 0, mask: 1),
+    reg!(GlobalReg::Status, "STATUS", offset: 0x044, access: Ro, reset: 0, mask: 1),
+    reg!(GlobalReg::MmuInvalidate, "MMU_INVALIDATE", offset: 0x080, access: Wo, reset: 0, mask: !0),
+    reg!(GlobalReg::MmuFaultInfo, "MMU_FAULT_INFO", offset: 0x084, access: W1c, reset: 0, mask: 0x8000_0000),
+    reg!(GlobalReg::MmuFaultAddrLo, "MMU_FAULT_ADDR_LO", offset: 0x088, access: Ro, reset: 0, mask: !0),
+    reg!(GlobalReg::MmuFaultAddrHi, "MMU_FAULT_ADDR_HI", offset: 0x08C, access: Ro, reset: 0, mask: !0),
+    reg!(GlobalReg::RunlistBaseLo, "RUNLIST_BASE_LO", offset: 0x090, access: Rw, reset: 0, mask: !7),
+    reg!(GlobalReg::RunlistBaseHi, "RUNLIST_BASE_HI", offset: 0x094, access: Rw, reset: 0, mask: !0),
+    reg!(GlobalReg::RunlistSubmit, "RUNLIST_SUBMIT", offset: 0x098, access: Wo, reset: 0, mask: 0xFF),
+    reg!(GlobalReg::RunlistInfo, "RUNLIST_INFO", offset: 0x09C, access: Ro, reset: 0, mask: !0),
+    reg!(GlobalReg::Doorbell, "DOORBELL", offset: 0x0A0, access: Wo, reset: 0, mask: 0xFF),
 ];
 
 /// The per-channel register map.
 pub const CHANNEL_REGS: &[RegDesc<ChannelReg>] = &[
-    c(ChannelReg::InstLo, "CH_INST_LO", 0x00, Rw, 0, !0xFFF),
-    c(ChannelReg::InstHi, "CH_INST_HI", 0x04, Rw, 0, !0),
-    c(
-        ChannelReg::Ctrl,
-        "CH_CTRL",
-        0x08,
-        Rw,
-        0,
-        ChannelCtrl::ENABLE,
-    ),
-    c(ChannelReg::Status, "CH_STATUS", 0x0C, Ro, 0, !0),
-    c(ChannelReg::GpGet, "CH_GP_GET", 0x10, Ro, 0, !0),
-    c(ChannelReg::GpPut, "CH_GP_PUT", 0x14, Ro, 0, !0),
-    c(ChannelReg::ErrorInfo, "CH_ERROR_INFO", 0x18, Ro, 0, !0),
+    reg!(ChannelReg::InstLo, "CH_INST_LO", offset: 0x00, access: Rw, reset: 0, mask: !0xFFF),
+    reg!(ChannelReg::InstHi, "CH_INST_HI", offset: 0x04, access: Rw, reset: 0, mask: !0),
+    reg!(ChannelReg::Ctrl, "CH_CTRL", offset: 0x08, access: Rw, reset: 0, mask: ChannelCtrl::ENABLE),
+    reg!(ChannelReg::Status, "CH_STATUS", offset: 0x0C, access: Ro, reset: 0, mask: !0),
+    reg!(ChannelReg::GpGet, "CH_GP_GET", offset: 0x10, access: Ro, reset: 0, mask: !0),
+    reg!(ChannelReg::GpPut, "CH_GP_PUT", offset: 0x14, access: Ro, reset: 0, mask: !0),
+    reg!(ChannelReg::ErrorInfo, "CH_ERROR_INFO", offset: 0x18, access: Ro, reset: 0, mask: !0),
 ];
 
 /// Interrupt cause bits shared by `INTR_STATUS` and `INTR_ENABLE`.

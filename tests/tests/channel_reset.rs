@@ -5,9 +5,9 @@
 
 use std::time::{Duration, Instant};
 
-use devmodel::classes::compute;
 use devmodel::harness::{vgpu_config, Guest, Params, Pb, CH_CTRL};
 use devmodel::{CpuEngine, Vgpu};
+use mmio::methods::compute;
 use scheduler::{ParentPolicy, PolicyKind, VgpuParams};
 use vgpud::parent::Parent;
 

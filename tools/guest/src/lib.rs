@@ -48,6 +48,7 @@
 
 pub mod alloc;
 pub mod channel;
+pub mod check;
 pub mod device;
 pub mod error;
 pub mod gmmu;

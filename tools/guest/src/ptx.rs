@@ -20,12 +20,12 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::channel::{Channel, ChannelConfig, WaitMode};
+use crate::check::Check;
 use crate::device::{Buffer, Device};
 use crate::error::{Error, ErrorCode, Result};
 use crate::gmmu::{PAGE_2M, VA_BITS};
 use crate::programs::KernelParams;
 use crate::pushbuf::Pushbuf;
-use crate::selftest::Check;
 
 /// PTX text the JIT must reject (a syntax error in a function body).
 pub const BROKEN_PTX: &str = ".version 7.0\n.target sm_70\n.address_size 64\n\

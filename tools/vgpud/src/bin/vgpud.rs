@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use clap::Parser;
 use mdev_types::sockets::{Principal, Setting};
 use mdev_types::{Catalog, ConfigFile, SocketConfig};
-use scheduler::{Config, PolicyKind};
+use scheduler::Config;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use vgpud::daemon::autostart::{self, Starter};
@@ -176,7 +176,14 @@ fn main() -> ExitCode {
         }
     };
     if let Some(seconds) = args.demo {
+        #[cfg(feature = "demo")]
         return demo(&args, config, &catalog, seconds);
+        #[cfg(not(feature = "demo"))]
+        {
+            let _ = seconds;
+            eprintln!("vgpud: --demo needs the `demo` feature (a default one)");
+            return ExitCode::from(2);
+        }
     }
     raise_fd_limit();
     let run_dir = args
@@ -313,7 +320,9 @@ fn prepare_run_dir(dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
+#[cfg(feature = "demo")]
 fn demo(args: &Args, config: Config, catalog: &Catalog, seconds: f64) -> ExitCode {
+    use scheduler::PolicyKind;
     let policy = match (&args.policy, &args.config) {
         (Some(name), _) => match PolicyKind::from_name(name) {
             Some(p) => Some(p),

@@ -128,7 +128,7 @@ impl Daemon {
                 } => {
                     if types.is_empty() {
                         // Types and capacity from the GPU's own memory.
-                        let gpu = crate::cuda::engine::probe(&device).map_err(|e| {
+                        let gpu = engine_worker::engine::probe(&device).map_err(|e| {
                             BackendError::Engine(format!("parent {}: GPU {device}: {e}", p.id))
                         })?;
                         let (cap, derived) = mdev_types::gpu_types(&gpu.name, gpu.memory_bytes);
@@ -139,7 +139,7 @@ impl Daemon {
                         };
                         types = derived.into_iter().map(Arc::new).collect();
                     }
-                    Box::new(crate::cuda::engine::CudaEngine::new(
+                    Box::new(engine_worker::engine::CudaEngine::new(
                         device,
                         std::time::Duration::from_millis(kernel_timeout_ms as u64),
                     ))

@@ -1,5 +1,5 @@
 //! The CUDA engine as the daemon sees it: a [`Backend`] whose contexts are
-//! worker processes, one per vGPU ([`super::worker`]). Items go to the
+//! worker processes, one per vGPU (`vgpud-cuda-worker`). Items go to the
 //! worker as they come (several in flight keep the GPU fed); each comes
 //! back with the GPU time its CUDA events measured. A worker that dies, or
 //! reports a sticky error, fails its items with `ENGINE_ERROR`; the vGPU's

@@ -5,7 +5,7 @@
 //! CUDA error (an illegal address, a trap) ends this process only: the
 //! daemon faults this vGPU's channels and starts a new worker on reset.
 //!
-//! It reads operations from the daemon ([`super::wire`]) and queues them on
+//! It reads operations from the daemon ([`engine_worker::wire`]) and queues them on
 //! one stream, each followed by an event; a second thread reports each item
 //! as its event completes, in order, with the GPU time since the event
 //! before it. Items queued back to back share events that way (the end of
@@ -35,7 +35,7 @@ use cudarc::driver::sys;
 use devmodel::command::{KernelLaunch, Op};
 use devmodel::gmmu::{Aperture, Extent, KernelMap, KernelRun, PAGE_2M, VA_BITS};
 
-use super::wire::{self, to_daemon, to_worker, Reader, Status, Writer};
+use engine_worker::wire::{self, to_daemon, to_worker, Reader, Status, Writer};
 
 /// A CUDA driver call that failed.
 #[derive(Debug, thiserror::Error)]
