@@ -39,7 +39,10 @@ fn main() {
             if let Some(rest) = t.strip_prefix("fn cu") {
                 let name: String = std::iter::once('c')
                     .chain(std::iter::once('u'))
-                    .chain(rest.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_'))
+                    .chain(
+                        rest.chars()
+                            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_'),
+                    )
                     .collect();
                 implemented.insert(name, module.clone());
             }

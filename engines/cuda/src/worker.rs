@@ -1120,7 +1120,9 @@ impl Worker {
                     ],
                 )?;
             }
-            Op::Batch(_) | Op::ModuleLoad { .. } | Op::Kernel(_) => return Err(Status::Engine),
+            Op::Batch(_) | Op::ModuleLoad { .. } | Op::Kernel(_) | Op::Module(_) => {
+                return Err(Status::Engine)
+            }
         }
         // Scatter written scratch operands back to their extents.
         for (buf, parts) in back {

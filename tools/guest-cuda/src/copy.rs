@@ -145,7 +145,9 @@ fn download(dst: u64, src: u64, len: u64, s: StreamKey) -> Result<()> {
 /// The byte at address `x` of a memset whose 32-bit pattern is `pattern`.
 fn pattern_bytes(pattern: u32, from: u64, n: usize) -> Vec<u8> {
     let p = pattern.to_le_bytes();
-    (0..n).map(|i| p[((from + i as u64) % 4) as usize]).collect()
+    (0..n)
+        .map(|i| p[((from + i as u64) % 4) as usize])
+        .collect()
 }
 
 /// Append a memset of `bytes` at VA `va` with `pattern` (repeated from 4-byte-aligned
@@ -295,7 +297,13 @@ pub fn copy_2d(p: &CudaMemcpy2D, s: StreamKey, sync: bool) -> Result<()> {
         return Ok(());
     }
     for row in 0..rows {
-        copy(dst0 + row * dp, src0 + row * sp, w, s, sync || dst_place == Place::Host)?;
+        copy(
+            dst0 + row * dp,
+            src0 + row * sp,
+            w,
+            s,
+            sync || dst_place == Place::Host,
+        )?;
     }
     Ok(())
 }

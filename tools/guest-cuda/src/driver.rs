@@ -194,9 +194,7 @@ fn open_error(e: vgpu_guest::Error) -> CuError {
             CuError(CUDA_ERROR_DEVICE_UNAVAILABLE)
         }
         vgpu_guest::Error::VfioUser(_) => CuError(CUDA_ERROR_DEVICE_UNAVAILABLE),
-        vgpu_guest::Error::Io { source, .. }
-            if source.kind() == std::io::ErrorKind::NotFound =>
-        {
+        vgpu_guest::Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
             CuError(CUDA_ERROR_NO_DEVICE)
         }
         _ => CuError(CUDA_ERROR_NO_DEVICE),
@@ -210,7 +208,10 @@ fn open() -> Result<Driver> {
     let dev = if let Some(sock) = std::env::var_os("VGPU_SOCKET") {
         let path = std::path::PathBuf::from(sock);
         if !path.exists() {
-            crate::log(format_args!("VGPU_SOCKET {} does not exist", path.display()));
+            crate::log(format_args!(
+                "VGPU_SOCKET {} does not exist",
+                path.display()
+            ));
             return err(CUDA_ERROR_NO_DEVICE);
         }
         let t = VfioUserTransport::connect(&path, dma_bytes(1024)).map_err(open_error)?;
@@ -404,7 +405,8 @@ impl Driver {
             return Ok(true);
         }
         if check {
-            if let Err(vgpu_guest::Error::ChannelFault { code, info, .. }) = c.ch.check(&mut self.dev)
+            if let Err(vgpu_guest::Error::ChannelFault { code, info, .. }) =
+                c.ch.check(&mut self.dev)
             {
                 return Err(self.fault(f.channel, code, info));
             }

@@ -81,7 +81,11 @@ mod tests {
         assert_eq!(describe(0).unwrap().0, c"CUDA_SUCCESS");
         assert_eq!(describe(700).unwrap().0, c"CUDA_ERROR_ILLEGAL_ADDRESS");
         assert_eq!(describe(801).unwrap().0, c"CUDA_ERROR_NOT_SUPPORTED");
-        assert!(describe(218).unwrap().1.to_bytes().starts_with(b"This indicates that a PTX JIT"));
+        assert!(describe(218)
+            .unwrap()
+            .1
+            .to_bytes()
+            .starts_with(b"This indicates that a PTX JIT"));
         assert!(describe(12345).is_none());
         assert!(ERRORS.len() > 90);
     }

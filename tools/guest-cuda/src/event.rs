@@ -48,8 +48,7 @@ impl Driver {
     /// `cuEventCreate`.
     pub fn event_create(&mut self, flags: u32) -> Result<usize> {
         let ctx = self.current()?;
-        if flags & !(CU_EVENT_BLOCKING_SYNC | CU_EVENT_DISABLE_TIMING | CU_EVENT_INTERPROCESS)
-            != 0
+        if flags & !(CU_EVENT_BLOCKING_SYNC | CU_EVENT_DISABLE_TIMING | CU_EVENT_INTERPROCESS) != 0
         {
             return err(CUDA_ERROR_INVALID_VALUE);
         }
@@ -64,9 +63,7 @@ impl Driver {
                     .alloc(Placement::Sysmem, (SLOTS * SLOT_BYTES) as u64)?;
                 let page = self.events.pages.len();
                 self.events.pages.push(buf);
-                self.events
-                    .free
-                    .extend((1..SLOTS).rev().map(|s| (page, s)));
+                self.events.free.extend((1..SLOTS).rev().map(|s| (page, s)));
                 (page, 0)
             }
         };

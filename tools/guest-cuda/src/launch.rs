@@ -87,7 +87,9 @@ impl Driver {
                 .set_attrs
                 .get(&CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES)
                 .copied()
-                .unwrap_or(func.info.attrs[CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES as usize]);
+                .unwrap_or(
+                    func.info.attrs[CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES as usize],
+                );
             (
                 module.handle,
                 func.name.clone(),
@@ -179,7 +181,12 @@ impl Driver {
 }
 
 /// `cuLaunchKernel` and its kin: `f` with the parameters of `params` or `extra`.
-pub fn launch(f: usize, l: Launch, params: *mut *mut c_void, extra: *mut *mut c_void) -> Result<()> {
+pub fn launch(
+    f: usize,
+    l: Launch,
+    params: *mut *mut c_void,
+    extra: *mut *mut c_void,
+) -> Result<()> {
     with(|d| {
         let block = param_block(&d.func(f)?.info.params, params, extra)?;
         d.launch(f, l, block)

@@ -192,7 +192,8 @@ pub mod cabi {
 
     /// Copy `s` into the `len`-byte C buffer `dst`, NUL-terminated and truncated.
     pub fn write_str(dst: *mut c_char, len: i32, s: &str) -> Result<()> {
-        let len = usize::try_from(len).map_err(|_| crate::error::CuError(CUDA_ERROR_INVALID_VALUE))?;
+        let len =
+            usize::try_from(len).map_err(|_| crate::error::CuError(CUDA_ERROR_INVALID_VALUE))?;
         if len == 0 {
             return err(CUDA_ERROR_INVALID_VALUE);
         }

@@ -41,7 +41,9 @@ pub struct Alloc {
 enum Backing {
     Own(Buffer),
     /// Inside the pool chunk at this VA.
-    Pooled { chunk: u64 },
+    Pooled {
+        chunk: u64,
+    },
 }
 
 /// A pool chunk: 2 MiB of kernel-reachable VRAM shared by small allocations.

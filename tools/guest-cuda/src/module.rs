@@ -198,7 +198,11 @@ pub fn image<'a>(p: *const c_void) -> Result<&'a [u8]> {
             let all = crate::cabi::bytes(p.cast(), end as usize)?;
             for i in 0..shnum {
                 let s = (shoff + i * shent) as usize;
-                let (kind, off, size) = (u32_at(all, s + 4), u64_at(all, s + 0x18), u64_at(all, s + 0x20));
+                let (kind, off, size) = (
+                    u32_at(all, s + 4),
+                    u64_at(all, s + 0x18),
+                    u64_at(all, s + 0x20),
+                );
                 if kind != 8 {
                     // Not SHT_NOBITS: the section's bytes are in the file.
                     end = end.max(off.saturating_add(size));

@@ -93,10 +93,22 @@ mod tests {
 
     #[test]
     fn versions_pick_the_variant_cuda_h_maps_them_to() {
-        assert_eq!(resolve("cuMemAlloc", 2000, false), Found::Symbol("cuMemAlloc"));
-        assert_eq!(resolve("cuMemAlloc", 13000, false), Found::Symbol("cuMemAlloc_v2"));
-        assert_eq!(resolve("cuCtxCreate", 12050, false), Found::Symbol("cuCtxCreate_v4"));
-        assert_eq!(resolve("cuCtxCreate", 12000, false), Found::Symbol("cuCtxCreate_v3"));
+        assert_eq!(
+            resolve("cuMemAlloc", 2000, false),
+            Found::Symbol("cuMemAlloc")
+        );
+        assert_eq!(
+            resolve("cuMemAlloc", 13000, false),
+            Found::Symbol("cuMemAlloc_v2")
+        );
+        assert_eq!(
+            resolve("cuCtxCreate", 12050, false),
+            Found::Symbol("cuCtxCreate_v4")
+        );
+        assert_eq!(
+            resolve("cuCtxCreate", 12000, false),
+            Found::Symbol("cuCtxCreate_v3")
+        );
         assert_eq!(
             resolve("cuMemcpyHtoD", 13000, true),
             Found::Symbol("cuMemcpyHtoD_v2_ptds")
@@ -106,8 +118,14 @@ mod tests {
             Found::Symbol("cuLaunchKernel_ptsz")
         );
         assert_eq!(resolve("cuInit", 13000, true), Found::Symbol("cuInit"));
-        assert_eq!(resolve("cuGetProcAddress", 12000, false), Found::Symbol("cuGetProcAddress_v2"));
-        assert_eq!(resolve("cuLibraryLoadData", 11000, false), Found::VersionNotSufficient);
+        assert_eq!(
+            resolve("cuGetProcAddress", 12000, false),
+            Found::Symbol("cuGetProcAddress_v2")
+        );
+        assert_eq!(
+            resolve("cuLibraryLoadData", 11000, false),
+            Found::VersionNotSufficient
+        );
         assert_eq!(resolve("cuNoSuchThing", 13000, false), Found::NotFound);
     }
 

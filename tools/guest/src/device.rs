@@ -354,7 +354,10 @@ impl Device {
             cuda_version: w[info::CUDA_VERSION as usize],
             uuid,
             name: String::from_utf8_lossy(&name[..end]).into_owned(),
-            attributes: w[info::ATTRS as usize..].iter().map(|&x| x as i32).collect(),
+            attributes: w[info::ATTRS as usize..]
+                .iter()
+                .map(|&x| x as i32)
+                .collect(),
         }))
     }
 

@@ -11,10 +11,27 @@ use crate::stream::StreamKey;
 use crate::types::*;
 
 #[allow(clippy::too_many_arguments)]
-fn classic(f: Handle, gx: u32, gy: u32, gz: u32, bx: u32, by: u32, bz: u32, shared: u32, s: Handle, params: *mut *mut c_void, extra: *mut *mut c_void) -> Result<()> {
+fn classic(
+    f: Handle,
+    gx: u32,
+    gy: u32,
+    gz: u32,
+    bx: u32,
+    by: u32,
+    bz: u32,
+    shared: u32,
+    s: Handle,
+    params: *mut *mut c_void,
+    extra: *mut *mut c_void,
+) -> Result<()> {
     launch(
         f as usize,
-        Launch { grid: [gx, gy, gz], block: [bx, by, bz], shared, stream: StreamKey::of(s) },
+        Launch {
+            grid: [gx, gy, gz],
+            block: [bx, by, bz],
+            shared,
+            stream: StreamKey::of(s),
+        },
         params,
         extra,
     )
@@ -22,7 +39,12 @@ fn classic(f: Handle, gx: u32, gy: u32, gz: u32, bx: u32, by: u32, bz: u32, shar
 
 /// `cuLaunchKernelEx`: attributes that ask for what the vGPU cannot do (cooperative grids,
 /// clusters) are refused; priorities and the rest are accepted as hints.
-fn ex(config: *const CUlaunchConfig, f: Handle, params: *mut *mut c_void, extra: *mut *mut c_void) -> Result<()> {
+fn ex(
+    config: *const CUlaunchConfig,
+    f: Handle,
+    params: *mut *mut c_void,
+    extra: *mut *mut c_void,
+) -> Result<()> {
     let c = cabi::read(config)?;
     for i in 0..c.num_attrs as usize {
         let a = cabi::read_at(c.attrs, i)?;
@@ -30,7 +52,11 @@ fn ex(config: *const CUlaunchConfig, f: Handle, params: *mut *mut c_void, extra:
         match a.id {
             CU_LAUNCH_ATTRIBUTE_COOPERATIVE if first != 0 => return err(CUDA_ERROR_NOT_SUPPORTED),
             CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION => {
-                let dims = [first, u32::from_le_bytes([a.value[4], a.value[5], a.value[6], a.value[7]]), u32::from_le_bytes([a.value[8], a.value[9], a.value[10], a.value[11]])];
+                let dims = [
+                    first,
+                    u32::from_le_bytes([a.value[4], a.value[5], a.value[6], a.value[7]]),
+                    u32::from_le_bytes([a.value[8], a.value[9], a.value[10], a.value[11]]),
+                ];
                 if dims.iter().any(|&d| d > 1) {
                     return err(CUDA_ERROR_NOT_SUPPORTED);
                 }
@@ -53,12 +79,26 @@ fn ex(config: *const CUlaunchConfig, f: Handle, params: *mut *mut c_void, extra:
 
 /// The block size with the most resident threads per multiprocessor (largest on ties), and
 /// the grid that fills the device with it.
-fn potential(min_grid: *mut i32, block: *mut i32, f: Handle, smem_of: Option<extern "C" fn(i32) -> usize>, smem: usize, limit: i32) -> Result<()> {
+fn potential(
+    min_grid: *mut i32,
+    block: *mut i32,
+    f: Handle,
+    smem_of: Option<extern "C" fn(i32) -> usize>,
+    smem: usize,
+    limit: i32,
+) -> Result<()> {
     let (best, grid) = with(|d| {
         let func_max = d.func_attribute(f as usize, CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK)?;
         let warp = d.ident.attribute(crate::device::attr::WARP_SIZE)?.max(1);
-        let sms = d.ident.attribute(crate::device::attr::MULTIPROCESSOR_COUNT)?.max(1);
-        let cap = if limit > 0 { limit.min(func_max) } else { func_max };
+        let sms = d
+            .ident
+            .attribute(crate::device::attr::MULTIPROCESSOR_COUNT)?
+            .max(1);
+        let cap = if limit > 0 {
+            limit.min(func_max)
+        } else {
+            func_max
+        };
         let (mut best, mut best_threads, mut best_blocks) = (0, -1i64, 0);
         let mut b = warp;
         while b <= cap {

@@ -57,7 +57,13 @@ fn range(base: *mut CUdeviceptr, size: *mut usize, p: CUdeviceptr) -> Result<()>
     Ok(())
 }
 
-fn pitch_alloc(dptr: *mut CUdeviceptr, pitch: *mut usize, width: usize, height: usize, elem: u32) -> Result<()> {
+fn pitch_alloc(
+    dptr: *mut CUdeviceptr,
+    pitch: *mut usize,
+    width: usize,
+    height: usize,
+    elem: u32,
+) -> Result<()> {
     if width == 0 || height == 0 || ![4, 8, 16].contains(&elem) {
         return err(CUDA_ERROR_INVALID_VALUE);
     }
@@ -144,7 +150,9 @@ fn attribute(attr: i32, data: *mut c_void, p: CUdeviceptr) -> Result<()> {
             CU_POINTER_ATTRIBUTE_ALLOWED_HANDLE_TYPES => w64(0),
             // CU_POINTER_ATTRIBUTE_ACCESS_FLAGS_PROT_READWRITE.
             CU_POINTER_ATTRIBUTE_ACCESS_FLAGS => w32(3),
-            CU_POINTER_ATTRIBUTE_MEMPOOL_HANDLE => cabi::write(data.cast::<Handle>(), std::ptr::null_mut()),
+            CU_POINTER_ATTRIBUTE_MEMPOOL_HANDLE => {
+                cabi::write(data.cast::<Handle>(), std::ptr::null_mut())
+            }
             _ => err(CUDA_ERROR_INVALID_VALUE),
         }
     })

@@ -11,7 +11,12 @@ use crate::types::*;
 
 use super::check_device;
 
-fn load_image(pm: *mut Handle, p: *const c_void, logs: LogBuffers, values: *mut *mut c_void) -> Result<()> {
+fn load_image(
+    pm: *mut Handle,
+    p: *const c_void,
+    logs: LogBuffers,
+    values: *mut *mut c_void,
+) -> Result<()> {
     with(|d| d.current())?;
     let bytes = image(p)?;
     let m = load(bytes, &logs, values)?;
@@ -34,7 +39,12 @@ fn load_file(pm: *mut Handle, path: *const c_char) -> Result<usize> {
     Ok(m)
 }
 
-fn get_global(dptr: *mut CUdeviceptr, bytes: *mut usize, m: usize, name: *const c_char) -> Result<()> {
+fn get_global(
+    dptr: *mut CUdeviceptr,
+    bytes: *mut usize,
+    m: usize,
+    name: *const c_char,
+) -> Result<()> {
     let (a, s) = global(m, cabi::cstr(name)?)?;
     if !dptr.is_null() {
         cabi::write(dptr, a)?;
@@ -55,7 +65,13 @@ fn library(pl: *mut Handle, m: usize) -> Result<()> {
 }
 
 fn lib_module(l: Handle) -> Result<usize> {
-    with(|d| d.modules.libs.get(&(l as usize)).copied().ok_or(CuError(CUDA_ERROR_INVALID_HANDLE)))
+    with(|d| {
+        d.modules
+            .libs
+            .get(&(l as usize))
+            .copied()
+            .ok_or(CuError(CUDA_ERROR_INVALID_HANDLE))
+    })
 }
 
 fn param_info(f: Handle, index: usize, offset: *mut usize, size: *mut usize) -> Result<()> {
@@ -219,4 +235,3 @@ cuda_fn! {
         with(|d| d.modules.links.remove(&(l as usize)).map(|_| ()).ok_or(CuError(CUDA_ERROR_INVALID_HANDLE)))
     }
 }
-
