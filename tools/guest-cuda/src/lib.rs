@@ -18,7 +18,7 @@
 //! * [`module`]: modules, libraries, functions, globals, links (ABI 1.3).
 //! * [`launch`]: kernel launches and occupancy.
 //! * [`device`]: the device's identity and attributes (ABI 1.3 device-info block).
-//! * [`proc_address`]: `cuGetProcAddress`.
+//! * [`proc_address`]: the `cuGetProcAddress` table.
 //! * [`api`]: the exported functions; `build.rs` adds one returning
 //!   `CUDA_ERROR_NOT_SUPPORTED` for every other symbol of the driver API.
 
@@ -118,14 +118,14 @@ macro_rules! cuda_fn {
 /// defines as null or valid for the access (e.g. `CUdeviceptr *dptr` for one write). They
 /// check for null ([`CUDA_ERROR_INVALID_VALUE`]) and rely on the caller for the rest, as
 /// every C library does.
-pub mod cabi {
+pub(crate) mod cabi {
     use std::ffi::{c_char, CStr};
 
     use crate::error::{err, Result};
     use crate::types::CUDA_ERROR_INVALID_VALUE;
 
     /// `*p = v`.
-    pub fn write<T>(p: *mut T, v: T) -> Result<()> {
+    pub(crate) fn write<T>(p: *mut T, v: T) -> Result<()> {
         if p.is_null() {
             return err(CUDA_ERROR_INVALID_VALUE);
         }
@@ -136,7 +136,7 @@ pub mod cabi {
     }
 
     /// `*p`.
-    pub fn read<T: Copy>(p: *const T) -> Result<T> {
+    pub(crate) fn read<T: Copy>(p: *const T) -> Result<T> {
         if p.is_null() {
             return err(CUDA_ERROR_INVALID_VALUE);
         }
@@ -145,7 +145,7 @@ pub mod cabi {
     }
 
     /// `p[i]`.
-    pub fn read_at<T: Copy>(p: *const T, i: usize) -> Result<T> {
+    pub(crate) fn read_at<T: Copy>(p: *const T, i: usize) -> Result<T> {
         if p.is_null() {
             return err(CUDA_ERROR_INVALID_VALUE);
         }
@@ -155,7 +155,7 @@ pub mod cabi {
     }
 
     /// The NUL-terminated string at `p`.
-    pub fn cstr<'a>(p: *const c_char) -> Result<&'a CStr> {
+    pub(crate) fn cstr<'a>(p: *const c_char) -> Result<&'a CStr> {
         if p.is_null() {
             return err(CUDA_ERROR_INVALID_VALUE);
         }
@@ -165,7 +165,7 @@ pub mod cabi {
     }
 
     /// `len` bytes at `p` (empty for `len` = 0, whatever `p` is).
-    pub fn bytes<'a>(p: *const u8, len: usize) -> Result<&'a [u8]> {
+    pub(crate) fn bytes<'a>(p: *const u8, len: usize) -> Result<&'a [u8]> {
         if len == 0 {
             return Ok(&[]);
         }
@@ -178,7 +178,7 @@ pub mod cabi {
     }
 
     /// `len` writable bytes at `p`.
-    pub fn bytes_mut<'a>(p: *mut u8, len: usize) -> Result<&'a mut [u8]> {
+    pub(crate) fn bytes_mut<'a>(p: *mut u8, len: usize) -> Result<&'a mut [u8]> {
         if len == 0 {
             return Ok(&mut []);
         }
@@ -191,7 +191,7 @@ pub mod cabi {
     }
 
     /// Copy `s` into the `len`-byte C buffer `dst`, NUL-terminated and truncated.
-    pub fn write_str(dst: *mut c_char, len: i32, s: &str) -> Result<()> {
+    pub(crate) fn write_str(dst: *mut c_char, len: i32, s: &str) -> Result<()> {
         let len =
             usize::try_from(len).map_err(|_| crate::error::CuError(CUDA_ERROR_INVALID_VALUE))?;
         if len == 0 {
