@@ -20,8 +20,9 @@ pub struct WorkItem {
     /// The submitting vGPU's guest RAM, for system-memory extents. The
     /// backend resolves guest addresses only while it executes the item.
     pub mem: Arc<GuestRam>,
-    /// The device model's own time spent on the commands that led to this
-    /// item (fetching and auditing their GPFIFO entries): a scheduler
+    /// The device model's own CPU time spent on the commands that led to this
+    /// item (fetching and auditing their GPFIFO entries; CPU time, so a front
+    /// end that waited for a core meanwhile does not inflate it): a scheduler
     /// charges it to the vGPU with the engine time, so that a flood of tiny
     /// commands costs the flooder.
     pub front_end: Duration,

@@ -121,12 +121,14 @@ impl CpuEngine {
             completer: None,
         };
         let pool = engine.pool.clone();
-        engine.completer = Some(crate::thread::spawn("cpu-engine-done", move || {
-            complete(pool)
-        })?);
+        engine.completer = Some(crate::thread::spawn_data_path(
+            "cpu-engine-done",
+            move || complete(pool),
+        )?);
         for i in 0..workers.max(1) {
             let pool = engine.pool.clone();
-            let w = crate::thread::spawn(format!("cpu-engine-{i}"), move || worker(pool))?;
+            let w =
+                crate::thread::spawn_data_path(format!("cpu-engine-{i}"), move || worker(pool))?;
             engine.workers.push(w);
         }
         Ok(engine)

@@ -102,6 +102,11 @@ pub struct VgpuShareStats {
     pub queue_depth: usize,
     /// Total time items waited between submission and dispatch.
     pub wait: Nanos,
+    /// Slices the vGPU was given.
+    pub slices: u64,
+    /// Of those, slices that ended before the timeslice because the vGPU had no
+    /// runnable item left: its driver had not submitted more in time.
+    pub slices_dry: u64,
     /// Per channel, by channel id.
     pub channels: Vec<ChannelStats>,
 }
@@ -119,8 +124,24 @@ pub struct ParentStats {
     pub busy: Nanos,
     /// Calls to `pick` that returned work.
     pub decisions: u64,
+    /// Time the engine had nothing of the parent's, by why.
+    pub idle: Idle,
     /// Per vGPU, by key.
     pub vgpus: Vec<VgpuShareStats>,
+}
+
+/// Time a parent's engine had no item (none picked and not completed), by why.
+/// Where the engine keeps several items queued, the time between an item's end
+/// and the report of its completion is not seen here: these are lower bounds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Idle {
+    /// No vGPU had work queued: the guests submitted nothing.
+    pub empty: Nanos,
+    /// Work was queued, and a strict share or a cap held the engine idle.
+    pub held: Nanos,
+    /// Work was queued and could run, but was not picked yet: the daemon was late
+    /// (its threads waited for a CPU, or for each other).
+    pub late: Nanos,
 }
 
 impl ParentStats {

@@ -17,14 +17,14 @@
 //! next command boundary, in the middle of another vGPU's slice, without ending it.
 //!
 //! Data structures: ordered sets keyed by eligibility time (strict policies, caps,
-//! reservations, latency class), virtual time (weighted) or arrival order (best effort).
+//! reservations, latency class) or virtual time (best effort, weighted).
 //! `pick` and `complete` cost O(log n) in the number of vGPUs (plus the chosen vGPU's
 //! runlist walk); `add_vgpu`, `remove_vgpu`, `set_params` and a policy change rebuild
 //! the sets in O(n log n).
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::accounting::{ChannelStats, Meter, ParentStats, VgpuShareStats};
+use crate::accounting::{ChannelStats, Idle, Meter, ParentStats, VgpuShareStats};
 use crate::policy::{Bucket, LatencyClass, ParentPolicy, PolicyKind, VgpuParams};
 use crate::runlist::Runlist;
 use crate::{Error, Nanos, Result};
@@ -92,6 +92,11 @@ struct Vgpu<T> {
     in_flight: u32,
     /// A VM is attached: `equal_share` divides among running vGPUs only.
     running: bool,
+    /// Slices this vGPU was given.
+    slices: u64,
+    /// Of those, the slices that ended before the timeslice because the vGPU had
+    /// no runnable item left (its driver had not submitted more yet).
+    slices_dry: u64,
 }
 
 impl<T> Vgpu<T> {
@@ -129,6 +134,16 @@ struct Slice {
     used: Nanos,
 }
 
+/// A stretch of time the engine has had no item, from `since`.
+#[derive(Clone, Copy, Debug)]
+struct IdleSpan {
+    since: Nanos,
+    /// When runnable work was first queued in it.
+    work_at: Option<Nanos>,
+    /// Until when the policy held the engine idle (strict share, cap).
+    held_until: Nanos,
+}
+
 #[derive(Clone, Copy, Debug)]
 struct InFlight {
     vgpu: u64,
@@ -159,6 +174,9 @@ pub struct Scheduler<T> {
     clock: Nanos,
     busy_total: Nanos,
     decisions: u64,
+    /// The engine's current idle stretch, if it has no item.
+    idle_span: Option<IdleSpan>,
+    idle: Idle,
 }
 
 impl<T> Scheduler<T> {
@@ -183,6 +201,12 @@ impl<T> Scheduler<T> {
             clock: 0,
             busy_total: 0,
             decisions: 0,
+            idle_span: Some(IdleSpan {
+                since: 0,
+                work_at: None,
+                held_until: 0,
+            }),
+            idle: Idle::default(),
         };
         s.retime();
         s
@@ -271,6 +295,8 @@ impl<T> Scheduler<T> {
                 busy: false,
                 in_flight: 0,
                 running: true,
+                slices: 0,
+                slices_dry: 0,
             },
         );
         self.retime();
@@ -419,12 +445,15 @@ impl<T> Scheduler<T> {
         if let Some(cur) = self.current {
             let ts = self.timeslice;
             let committed = cur.used + self.committed(cur.vgpu);
-            let continues = self.vgpus.get(&cur.vgpu).is_some_and(|v| {
+            if let Some(v) = self.vgpus.get_mut(&cur.vgpu) {
                 let limit_ok = !matches!(&v.cap, Some(b) if !b.eligible(now));
-                v.runlist.has_work() && committed < ts && limit_ok
-            });
-            if continues {
-                return self.dispatch(cur.vgpu, now);
+                let has_work = v.runlist.has_work();
+                if has_work && committed < ts && limit_ok {
+                    return self.dispatch(cur.vgpu, now);
+                }
+                if !has_work && committed < ts {
+                    v.slices_dry += 1;
+                }
             }
             self.end_slice(now);
             if self.apply_pending(now) {
@@ -448,6 +477,9 @@ impl<T> Scheduler<T> {
         if let Some(id) = selected {
             self.dequeue(id);
             self.current = Some(Slice { vgpu: id, used: 0 });
+            if let Some(v) = self.vgpus.get_mut(&id) {
+                v.slices += 1;
+            }
             return self.dispatch(id, now);
         }
         // 4. nothing may run now.
@@ -460,7 +492,11 @@ impl<T> Scheduler<T> {
         if next == Nanos::MAX {
             Pick::Empty
         } else {
-            Pick::IdleUntil(next.max(now))
+            let until = next.max(now);
+            if let Some(span) = &mut self.idle_span {
+                span.held_until = span.held_until.max(until);
+            }
+            Pick::IdleUntil(until)
         }
     }
 
@@ -477,8 +513,23 @@ impl<T> Scheduler<T> {
         };
         self.in_flight.remove(at);
         let now = self.tick(now);
+        if self.in_flight.is_empty() {
+            let runnable = !(self.main.is_empty()
+                && self.throttle.is_empty()
+                && self.reserve.is_empty()
+                && self.latency.is_empty())
+                || self
+                    .current
+                    .and_then(|c| self.vgpus.get(&c.vgpu))
+                    .is_some_and(|v| v.runlist.has_work());
+            self.idle_span = Some(IdleSpan {
+                since: now,
+                work_at: runnable.then_some(now),
+                held_until: now,
+            });
+        }
         let window = self.window;
-        let weighted = self.policy.kind == PolicyKind::Weighted;
+        let kind = self.policy.kind;
         let Some(v) = self.vgpus.get_mut(&vgpu) else {
             return Err(Error::UnknownVgpu(vgpu));
         };
@@ -492,8 +543,8 @@ impl<T> Scheduler<T> {
         {
             b.charge(now, gpu_time);
         }
-        if weighted {
-            v.vtime += gpu_time as u128 * VSCALE / v.params.weight.max(1) as u128;
+        if kind.orders_by_virtual_time() {
+            v.vtime += gpu_time as u128 * VSCALE / kind.weight(&v.params) as u128;
         }
         v.runlist.charge(channel, gpu_time);
         v.in_flight = v.in_flight.saturating_sub(1);
@@ -520,16 +571,14 @@ impl<T> Scheduler<T> {
                 vgpu: id,
                 class: v.params.class,
                 configured_share: self.configured_share(id),
-                cap: if self.policy.kind == PolicyKind::Weighted {
-                    v.params.cap
-                } else {
-                    None
-                },
+                cap: v.params.cap.filter(|_| self.policy.kind.has_limits()),
                 total: v.meter.total,
                 share_window: v.meter.share_in_window(now, w),
                 commands: v.meter.commands,
                 queue_depth: v.runlist.queued(),
                 wait: v.meter.wait,
+                slices: v.slices,
+                slices_dry: v.slices_dry,
                 channels: v
                     .runlist
                     .channels()
@@ -553,6 +602,7 @@ impl<T> Scheduler<T> {
             window: w,
             busy: self.busy_total,
             decisions: self.decisions,
+            idle: self.idle,
             vgpus,
         }
     }
@@ -594,6 +644,12 @@ impl<T> Scheduler<T> {
         let Some(p) = self.pending.take() else {
             return false;
         };
+        if p.kind != self.policy.kind {
+            // Virtual time earned under another policy (or none) is not
+            // carried over: every vGPU starts level with the clock.
+            let vclock = self.vclock;
+            self.vgpus.values_mut().for_each(|v| v.vtime = vclock);
+        }
         self.policy = sanitize(p);
         self.retime();
         self.rebuild(now);
@@ -646,18 +702,10 @@ impl<T> Scheduler<T> {
                     (_, None) => *b = None,
                 };
             let strict = kind.is_strict();
-            let weighted = kind == PolicyKind::Weighted;
+            let limits = kind.has_limits();
             retune(&mut v.share, strict.then(|| shares[id]), true);
-            retune(
-                &mut v.cap,
-                if weighted { v.params.cap } else { None },
-                false,
-            );
-            retune(
-                &mut v.resv,
-                if weighted { v.params.reservation } else { None },
-                true,
-            );
+            retune(&mut v.cap, v.params.cap.filter(|_| limits), false);
+            retune(&mut v.resv, v.params.reservation.filter(|_| limits), true);
             v.sync_waiting(now);
         }
         for id in order {
@@ -671,6 +719,11 @@ impl<T> Scheduler<T> {
             return;
         };
         v.sync_waiting(now);
+        if let Some(span) = &mut self.idle_span {
+            if span.work_at.is_none() && v.runlist.has_work() {
+                span.work_at = Some(now);
+            }
+        }
         if v.busy {
             return;
         }
@@ -701,38 +754,30 @@ impl<T> Scheduler<T> {
             self.latency.insert(e);
             return;
         }
-        match kind {
-            PolicyKind::BestEffort => {
-                let e = (0, seq, id);
+        if kind.is_strict() {
+            let e = (t(&v.share), seq, id);
+            v.main = Some(e);
+            self.main.insert(e);
+        } else {
+            let capped = t(&v.cap);
+            if capped > now as u128 {
+                let e = (capped, seq, id);
+                v.throttle = Some(e);
+                self.throttle.insert(e);
+            } else {
+                // Only a vGPU that was idle (nothing queued, nothing in
+                // flight) starts again from the virtual clock.
+                if v.in_flight == 0 {
+                    v.vtime = v.vtime.max(vclock);
+                }
+                let e = (v.vtime, seq, id);
                 v.main = Some(e);
                 self.main.insert(e);
             }
-            PolicyKind::EqualShare | PolicyKind::FixedShare => {
-                let e = (t(&v.share), seq, id);
-                v.main = Some(e);
-                self.main.insert(e);
-            }
-            PolicyKind::Weighted => {
-                let capped = t(&v.cap);
-                if capped > now as u128 {
-                    let e = (capped, seq, id);
-                    v.throttle = Some(e);
-                    self.throttle.insert(e);
-                } else {
-                    // Only a vGPU that was idle (nothing queued, nothing in
-                    // flight) starts again from the virtual clock.
-                    if v.in_flight == 0 {
-                        v.vtime = v.vtime.max(vclock);
-                    }
-                    let e = (v.vtime, seq, id);
-                    v.main = Some(e);
-                    self.main.insert(e);
-                }
-                if v.resv.is_some() {
-                    let e = (t(&v.resv), seq, id);
-                    v.reserve = Some(e);
-                    self.reserve.insert(e);
-                }
+            if v.resv.is_some() {
+                let e = (t(&v.resv), seq, id);
+                v.reserve = Some(e);
+                self.reserve.insert(e);
             }
         }
     }
@@ -799,40 +844,35 @@ impl<T> Scheduler<T> {
     /// A set entry of a vGPU that is not attached is a [`Breach`].
     fn select(&mut self, now: Nanos) -> Result<Option<u64>, Breach> {
         let now_k = now as u128;
-        Ok(match self.policy.kind {
-            PolicyKind::BestEffort => self.main.first().map(|e| e.2),
-            PolicyKind::EqualShare | PolicyKind::FixedShare => {
-                self.main.first().filter(|e| e.0 <= now_k).map(|e| e.2)
+        if self.policy.kind.is_strict() {
+            return Ok(self.main.first().filter(|e| e.0 <= now_k).map(|e| e.2));
+        }
+        // Virtual time. Caps whose credit came back: into the virtual-time order.
+        while let Some(&e) = self.throttle.first() {
+            if e.0 > now_k {
+                break;
             }
-            PolicyKind::Weighted => {
-                // caps whose credit came back: into the virtual-time order
-                while let Some(&e) = self.throttle.first() {
-                    if e.0 > now_k {
-                        break;
-                    }
-                    self.throttle.remove(&e);
-                    let Some(v) = self.vgpus.get_mut(&e.2) else {
-                        return Err(Breach {
-                            vgpu: e.2,
-                            what: "a detached vGPU is in the throttled set",
-                        });
-                    };
-                    v.throttle = None;
-                    v.vtime = v.vtime.max(self.vclock);
-                    let m = (v.vtime, e.1, e.2);
-                    v.main = Some(m);
-                    self.main.insert(m);
-                }
-                if let Some(e) = self.reserve.first().filter(|e| e.0 <= now_k) {
-                    return Ok(Some(e.2));
-                }
-                let Some(e) = self.main.first() else {
-                    return Ok(None);
-                };
-                self.vclock = self.vclock.max(e.0);
-                Some(e.2)
-            }
-        })
+            self.throttle.remove(&e);
+            let Some(v) = self.vgpus.get_mut(&e.2) else {
+                return Err(Breach {
+                    vgpu: e.2,
+                    what: "a detached vGPU is in the throttled set",
+                });
+            };
+            v.throttle = None;
+            v.vtime = v.vtime.max(self.vclock);
+            let m = (v.vtime, e.1, e.2);
+            v.main = Some(m);
+            self.main.insert(m);
+        }
+        if let Some(e) = self.reserve.first().filter(|e| e.0 <= now_k) {
+            return Ok(Some(e.2));
+        }
+        let Some(e) = self.main.first() else {
+            return Ok(None);
+        };
+        self.vclock = self.vclock.max(e.0);
+        Ok(Some(e.2))
     }
 
     /// Hands the GPU the next item of `id`, which the policy chose because it has work.
@@ -843,6 +883,15 @@ impl<T> Scheduler<T> {
         let Some((channel, item, at)) = v.runlist.take_next() else {
             return self.fault(id, "the vGPU chosen to run has no runnable item");
         };
+        if let Some(span) = self.idle_span.take() {
+            // The engine's idle stretch ends: nothing queued until the work
+            // came, then held by the policy, then waiting for the dispatcher.
+            let work = span.work_at.unwrap_or(now).clamp(span.since, now);
+            let held = span.held_until.clamp(work, now);
+            self.idle.empty += work - span.since;
+            self.idle.held += held - work;
+            self.idle.late += now - held;
+        }
         let wait = now.saturating_sub(at);
         v.meter.record_wait(wait);
         if let Some(m) = v.runlist.meter_mut(channel) {
@@ -974,6 +1023,31 @@ mod tests {
         s.complete(2, 0, 10_000, 120_000).unwrap();
         s.set_running(2, false, 120_000).unwrap();
         assert!(picked_until_busy(&mut s, 120_000).len() > 1);
+    }
+
+    #[test]
+    fn engine_idle_time_is_split_into_no_work_held_and_late() {
+        let mut s = two_vgpus(PolicyKind::FixedShare);
+        // Nothing until 100; the item is picked at 150: 100 empty, 50 late.
+        assert_eq!(s.pick(10), Pick::Empty);
+        s.enqueue(1, 0, 1, 100).unwrap();
+        assert!(matches!(s.pick(150), Pick::Run { vgpu: 1, .. }));
+        let i = s.stats(150).idle;
+        assert_eq!((i.empty, i.held, i.late), (100, 0, 50));
+        // It runs 4 ms: vGPU 1 (share 1/2) owes 2 ms and may run again at
+        // 4.15 + 4 ms = 8.15 ms. Work queued at once is held by the policy
+        // until then, and picked 20 µs late.
+        s.complete(1, 0, 4_000_000, 4_000_150).unwrap();
+        s.enqueue(1, 0, 2, 4_000_150).unwrap();
+        let Pick::IdleUntil(t) = s.pick(4_000_150) else {
+            panic!("vGPU 1 is in debt")
+        };
+        assert!(matches!(s.pick(t + 20_000), Pick::Run { vgpu: 1, .. }));
+        let i = s.stats(t + 20_000).idle;
+        assert_eq!((i.empty, i.held, i.late), (100, t - 4_000_150, 50 + 20_000));
+        // No idle time while an item is in flight.
+        s.enqueue(1, 0, 3, t + 30_000).unwrap();
+        assert_eq!(s.stats(t + 30_000).idle, i);
     }
 
     #[test]

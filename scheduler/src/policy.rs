@@ -54,6 +54,27 @@ impl PolicyKind {
         matches!(self, PolicyKind::EqualShare | PolicyKind::FixedShare)
     }
 
+    /// Policies that order vGPUs by virtual time (GPU time / weight): the vGPU
+    /// that has had the least runs next. `best_effort` is this with every weight 1,
+    /// so it is round robin in GPU time, not in slices: a vGPU whose slice ended
+    /// early (it ran out of work for a moment) is not behind for it.
+    pub fn orders_by_virtual_time(self) -> bool {
+        matches!(self, PolicyKind::BestEffort | PolicyKind::Weighted)
+    }
+
+    /// The weight a vGPU's GPU time is divided by in virtual time.
+    pub fn weight(self, params: &VgpuParams) -> u32 {
+        match self {
+            PolicyKind::Weighted => params.weight.max(1),
+            _ => 1,
+        }
+    }
+
+    /// Whether per-vGPU caps and reservations apply (`weighted` only).
+    pub fn has_limits(self) -> bool {
+        self == PolicyKind::Weighted
+    }
+
     /// The name used in config files and stats.
     pub fn name(self) -> &'static str {
         match self {

@@ -29,8 +29,16 @@ fn shares(config: Config, policy: Option<PolicyKind>) -> Vec<f64> {
             .unwrap();
     }
     let r = vgpud::demo::run(&daemon, 2.0).expect("demo workload");
+    eprintln!(
+        "  engine idle: {:.4} empty, {:.4} held, {:.4} late",
+        r.idle_empty, r.idle_held, r.idle_late
+    );
     let _ = std::fs::remove_dir_all(&dir);
     for t in &r.tenants {
+        eprintln!(
+            "  {}: achieved {:.4}, {} slices, {} dry, {} commands, p99 {:.0} us",
+            t.type_id, t.achieved, t.slices, t.slices_dry, t.load.completed, t.load.latency_p99_us
+        );
         assert_eq!(t.checks_passed, t.checks, "{}: guest selftest", t.type_id);
         assert!(t.checks >= 20, "the selftest ran its checks");
     }

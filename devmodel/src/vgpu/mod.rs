@@ -226,7 +226,8 @@ impl Vgpu {
             channel_spans,
         });
         let c = core.clone();
-        let pfifo = crate::thread::spawn(format!("pfifo-{}", core.cfg.name), move || c.pfifo())?;
+        let pfifo =
+            crate::thread::spawn_data_path(format!("pfifo-{}", core.cfg.name), move || c.pfifo())?;
         Ok(Vgpu {
             core,
             pfifo: Some(pfifo),

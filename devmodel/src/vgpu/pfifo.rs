@@ -267,7 +267,7 @@ impl Core {
             // Fetched on once the other channels have carried out theirs.
             return Ok(progressed);
         }
-        let started = Instant::now();
+        let started = crate::thread::cpu_time();
         let mut methods = st.channel(ch).methods();
         let mut space = Space {
             mmu: &mut st.mmu,
@@ -289,7 +289,7 @@ impl Core {
         tracing::trace!(vgpu = %self.cfg.name, channel = %ch, entry = slot, commands = cmds.len(), "segment fetched");
         let c = st.channel(ch);
         c.push_entry(methods, cmds);
-        c.add_cost(started.elapsed());
+        c.add_cost(crate::thread::cpu_time().saturating_sub(started));
         Ok(true)
     }
 

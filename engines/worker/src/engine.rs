@@ -203,13 +203,13 @@ impl Conn {
         // the vGPU's lock, whose holder may be waiting for a VRAM reply
         // that only the reader delivers.
         let (ctx, crx) = mpsc::channel::<(DoneFn, Completion)>();
-        devmodel::thread::spawn("cuda-completions", move || {
+        devmodel::thread::spawn_data_path("cuda-completions", move || {
             while let Ok((done, c)) = crx.recv() {
                 done(c);
             }
         })
         .map_err(BackendError::Thread)?;
-        devmodel::thread::spawn("cuda-worker-reader", move || {
+        devmodel::thread::spawn_data_path("cuda-worker-reader", move || {
             read_loop(&reader, &pending, &dead, &timed_out, tx, ctx)
         })
         .map_err(BackendError::Thread)?;

@@ -13,12 +13,13 @@ use crate::programs::{Program, SPIN_MAX_NS};
 /// GPFIFO entries per channel: room for [`depth`] commands.
 const GPFIFO_ENTRIES: u32 = 64;
 
-/// Commands kept in flight per channel: about 2 ms of work, at least four
-/// (one running, three queued), so that the host scheduler always sees the
-/// tenant backlogged and short commands never leave the engine waiting for
-/// the driver. New ones go in batches, one doorbell each.
+/// Commands kept in flight per channel: about 8 ms of work (four 2 ms
+/// timeslices), at least four, so that the host scheduler sees the tenant
+/// backlogged across its neighbours' slices even when this thread waits
+/// milliseconds for a CPU (a busy host), and short commands never leave the
+/// engine waiting for the driver. New ones go in batches, one doorbell each.
 fn depth(unit_us: u32) -> usize {
-    (2000 / unit_us.max(1) as usize).clamp(4, GPFIFO_ENTRIES as usize - 1)
+    (8000 / unit_us.max(1) as usize).clamp(4, GPFIFO_ENTRIES as usize - 1)
 }
 
 /// What to run.

@@ -21,6 +21,12 @@ use vgpu_guest::{selftest, Device};
 
 use crate::daemon::Daemon;
 
+/// The part of the load before shares are measured (channels being set up,
+/// queues filling), and the part measured; the rest, up to the end of the
+/// load, keeps both tenants submitting until the measurement ends.
+const WARM_UP: f64 = 0.2;
+const MEASURED: f64 = 0.7;
+
 /// The types the demo's two tenants get.
 pub const DEMO_TYPES: [&str; 2] = ["vgpud-4c", "vgpud-2c"];
 
@@ -33,9 +39,13 @@ pub struct Tenant {
     pub checks: usize,
     /// The share the policy promises (strict policies), if any.
     pub configured: Option<f64>,
-    /// Engine time the scheduler measured for the vGPU during the load,
-    /// over the load's wall time.
+    /// Engine time the scheduler measured for the vGPU while both tenants
+    /// were submitting, over that wall time.
     pub achieved: f64,
+    /// Slices the vGPU was given during the load, and how many of them ended
+    /// early because it had nothing more queued (its driver was late).
+    pub slices: u64,
+    pub slices_dry: u64,
     /// What the guest saw.
     pub load: LoadReport,
 }
@@ -45,15 +55,45 @@ pub struct Tenant {
 pub struct DemoReport {
     pub policy: String,
     pub tenants: Vec<Tenant>,
+    /// The engine's idle time while shares were measured, over that wall
+    /// time: no work queued, held by the policy, late (the daemon's threads).
+    pub idle_empty: f64,
+    pub idle_held: f64,
+    pub idle_late: f64,
 }
 
-fn gpu_time(daemon: &Mutex<Daemon>, uuid: &str) -> Result<(u64, Option<f64>), String> {
+/// What the scheduler says of a vGPU at one moment.
+struct Sample {
+    parent: String,
+    gpu_time_ns: u64,
+    slices: u64,
+    slices_dry: u64,
+    configured: Option<f64>,
+}
+
+fn sample(daemon: &Mutex<Daemon>, uuid: &str) -> Result<Sample, String> {
     let d = lock(daemon);
     let st = d.status(Some(uuid)).map_err(|e| e.to_string())?;
     let v = st
         .first()
         .ok_or_else(|| format!("no status for vGPU {uuid}"))?;
-    Ok((v.gpu_time_ns.unwrap_or(0), v.configured_share))
+    Ok(Sample {
+        parent: v.parent.clone(),
+        gpu_time_ns: v.gpu_time_ns.unwrap_or(0),
+        slices: v.slices.unwrap_or(0),
+        slices_dry: v.slices_dry.unwrap_or(0),
+        configured: v.configured_share,
+    })
+}
+
+/// A parent's engine idle time so far, by why: `[empty, held, late]` in ns.
+fn idle(daemon: &Mutex<Daemon>, parent: &str) -> Result<[u64; 3], String> {
+    let d = lock(daemon);
+    let p = d.parents_status(Some(parent)).map_err(|e| e.to_string())?;
+    let p = p
+        .first()
+        .ok_or_else(|| format!("no status for parent {parent}"))?;
+    Ok([p.idle_empty_ns, p.idle_held_ns, p.idle_late_ns])
 }
 
 /// Create the demo's vGPUs on `daemon`, run the tenants for `seconds` of
@@ -144,35 +184,52 @@ fn run_tenants(
     }
     gate.set(true);
     start.wait();
-    let before: Result<Vec<_>, _> = created
-        .iter()
-        .map(|(u, _, _)| gpu_time(daemon, u))
-        .collect();
+    // Shares are measured while every tenant is submitting: not while they
+    // set up their channels, nor while they drain their last commands and
+    // tear down (that is their drivers' time, not the policy's).
+    std::thread::sleep(Duration::from_secs_f64(seconds * WARM_UP));
+    let take = || -> Result<(Vec<Sample>, [u64; 3]), String> {
+        let vgpus = created
+            .iter()
+            .map(|(u, _, _)| sample(daemon, u))
+            .collect::<Result<Vec<_>, _>>()?;
+        let parent = vgpus.first().map(|s| s.parent.clone()).unwrap_or_default();
+        Ok((vgpus, idle(daemon, &parent)?))
+    };
+    let before = take();
     let t0 = Instant::now();
-    done.wait();
+    std::thread::sleep(Duration::from_secs_f64(seconds * MEASURED));
+    let after = take();
     let wall = t0.elapsed().as_nanos() as f64;
-    let before = before?;
-    let after: Vec<_> = created
-        .iter()
-        .map(|(u, _, _)| gpu_time(daemon, u))
-        .collect::<Result<_, _>>()?;
+    done.wait();
+    let ((before, idle0), (after, idle1)) = (before?, after?);
+    let idle_share = |i: usize| idle1[i].saturating_sub(idle0[i]) as f64 / wall;
     let mut tenants = Vec::new();
     for (i, th) in threads.into_iter().enumerate() {
         let (passed, total, load) = th
             .join()
             .map_err(|_| "a tenant thread panicked".to_string())??;
         let (uuid, type_id, _) = &created[i];
+        let (a, b) = (&after[i], &before[i]);
         tenants.push(Tenant {
             uuid: uuid.clone(),
             type_id: type_id.clone(),
             checks_passed: passed,
             checks: total,
-            configured: after[i].1,
-            achieved: (after[i].0.saturating_sub(before[i].0)) as f64 / wall,
+            configured: a.configured,
+            achieved: a.gpu_time_ns.saturating_sub(b.gpu_time_ns) as f64 / wall,
+            slices: a.slices.saturating_sub(b.slices),
+            slices_dry: a.slices_dry.saturating_sub(b.slices_dry),
             load,
         });
     }
-    Ok(DemoReport { policy, tenants })
+    Ok(DemoReport {
+        policy,
+        tenants,
+        idle_empty: idle_share(0),
+        idle_held: idle_share(1),
+        idle_late: idle_share(2),
+    })
 }
 
 /// The report as the demo prints it.
@@ -195,6 +252,10 @@ pub fn render(r: &DemoReport) -> String {
             t.load.latency_p99_us / 1000.0
         );
     }
+    out += &format!(
+        "engine idle: {:.3} no work queued, {:.3} held by the policy, {:.3} late (the daemon's threads)\n",
+        r.idle_empty, r.idle_held, r.idle_late
+    );
     out
 }
 

@@ -124,7 +124,8 @@ impl Parent {
             born: Instant::now(),
         });
         let (s, n) = (shared.clone(), name.to_string());
-        let dispatcher = devmodel::thread::spawn(format!("sched-{name}"), move || dispatch(s, &n))?;
+        let dispatcher =
+            devmodel::thread::spawn_data_path(format!("sched-{name}"), move || dispatch(s, &n))?;
         Ok(Parent {
             name: name.to_string(),
             shared,

@@ -151,7 +151,7 @@ const fn gauge(
 
 /// Every per-vGPU series, each read from a field of [`VgpuStatus`]
 /// (labels `uuid`, `type`, `parent`).
-const SERIES: [Series; 17] = [
+const SERIES: [Series; 19] = [
     gauge(
         "vgpud_vgpu_attached",
         "1 when a VMM is connected to the vGPU",
@@ -198,6 +198,16 @@ const SERIES: [Series; 17] = [
         "vgpud_vgpu_queue_depth",
         "engine commands queued in the scheduler",
         |v| v.queue_depth.map(|x| x as f64),
+    ),
+    counter(
+        "vgpud_vgpu_slices_total",
+        "slices of the parent's time the vGPU was given",
+        |v| v.slices.map(|x| x as f64),
+    ),
+    counter(
+        "vgpud_vgpu_slices_dry_total",
+        "slices that ended early because the vGPU had nothing more queued",
+        |v| v.slices_dry.map(|x| x as f64),
     ),
     Series {
         name: "vgpud_vgpu_wait_seconds_total",
@@ -251,7 +261,7 @@ struct ParentSeries {
     value: fn(&ParentStatus) -> f64,
 }
 
-const PARENT_SERIES: [ParentSeries; 5] = [
+const PARENT_SERIES: [ParentSeries; 8] = [
     ParentSeries {
         name: "vgpud_parent_engine_busy_ratio",
         kind: "gauge",
@@ -263,6 +273,24 @@ const PARENT_SERIES: [ParentSeries; 5] = [
         kind: "counter",
         help: "engine time all vGPUs' work used",
         value: |p| p.busy_ns as f64 * 1e-9,
+    },
+    ParentSeries {
+        name: "vgpud_parent_engine_idle_empty_seconds_total",
+        kind: "counter",
+        help: "time the engine had no item and no vGPU had work queued",
+        value: |p| p.idle_empty_ns as f64 * 1e-9,
+    },
+    ParentSeries {
+        name: "vgpud_parent_engine_idle_held_seconds_total",
+        kind: "counter",
+        help: "time the engine had no item while a strict share or a cap held queued work",
+        value: |p| p.idle_held_ns as f64 * 1e-9,
+    },
+    ParentSeries {
+        name: "vgpud_parent_engine_idle_late_seconds_total",
+        kind: "counter",
+        help: "time the engine had no item while runnable work waited for the daemon",
+        value: |p| p.idle_late_ns as f64 * 1e-9,
     },
     ParentSeries {
         name: "vgpud_parent_timeslice_seconds",

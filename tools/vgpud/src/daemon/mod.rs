@@ -501,6 +501,8 @@ impl Daemon {
                 commands: s.map(|s| s.commands),
                 queue_depth: s.map(|s| s.queue_depth),
                 wait_ns: s.map(|s| s.wait),
+                slices: s.map(|s| s.slices),
+                slices_dry: s.map(|s| s.slices_dry),
                 faults: dev.faults,
                 interrupts: dev.msi_delivered,
                 doorbells_polled: dev.doorbells_polled,
@@ -547,6 +549,9 @@ impl Daemon {
                     vgpus: self.vgpus.values().filter(|v| &v.parent == id).count(),
                     busy_ns: st.busy,
                     engine_busy_ratio: busy.clamp(0.0, 1.0),
+                    idle_empty_ns: st.idle.empty,
+                    idle_held_ns: st.idle.held,
+                    idle_late_ns: st.idle.late,
                 }
             })
             .collect())

@@ -93,6 +93,12 @@ pub struct VgpuStatus {
     pub queue_depth: Option<usize>,
     /// Time commands waited for the engine.
     pub wait_ns: Option<u64>,
+    /// Slices of the parent's time the vGPU was given.
+    pub slices: Option<u64>,
+    /// Slices that ended early because the vGPU had nothing more queued: its
+    /// guest driver was late with the next command. Many of them mean that
+    /// the guest, not the policy, limits what the vGPU gets.
+    pub slices_dry: Option<u64>,
     /// Channel faults (MMU faults and channel errors).
     pub faults: u64,
     /// MSIs delivered.
@@ -144,4 +150,11 @@ pub struct ParentStatus {
     /// Share of wall time the engine was busy with vGPU work over the
     /// averaging window (the sum of its vGPUs' achieved shares, at most 1).
     pub engine_busy_ratio: f64,
+    /// Time the engine had no item since the parent started, by why: no vGPU
+    /// had work queued; a strict share or a cap held it; work was queued but
+    /// the daemon had not handed it over yet (its threads were late, e.g. on
+    /// a host whose CPUs are busy). Lower bounds (see `docs/scheduling.md`).
+    pub idle_empty_ns: u64,
+    pub idle_held_ns: u64,
+    pub idle_late_ns: u64,
 }

@@ -105,7 +105,7 @@ pub fn spawn(path: &Path, vgpu: Arc<Vgpu>) -> std::io::Result<ServerHandle> {
         stats: stats.clone(),
     };
     let name = format!("vfio-user-{}", server.vgpu.config().name);
-    let thread = match devmodel::thread::spawn(name, move || server.run()) {
+    let thread = match devmodel::thread::spawn_data_path(name, move || server.run()) {
         Ok(t) => t,
         Err(e) => {
             let _ = std::fs::remove_file(path);

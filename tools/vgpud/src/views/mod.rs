@@ -81,6 +81,8 @@ pub(crate) mod tests {
             commands: Some(commands),
             queue_depth: Some(3),
             wait_ns: Some(0),
+            slices: Some(commands / 2),
+            slices_dry: Some(0),
             faults: 1,
             interrupts: commands,
             doorbells_polled: commands,

@@ -91,6 +91,9 @@ mod tests {
             vgpus: 1,
             busy_ns: 0,
             engine_busy_ratio: 0.75,
+            idle_empty_ns: 0,
+            idle_held_ns: 0,
+            idle_late_ns: 0,
         };
         let t = Instant::now();
         let a = Sample {
