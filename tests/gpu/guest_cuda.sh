@@ -6,7 +6,7 @@
 #
 # usage: tests/gpu/guest_cuda.sh BIN_DIR LIB_DIR [PEERS_DIR]
 #   BIN_DIR   vgpud, vgpuctl, vgpud-cuda-worker (release builds)
-#   LIB_DIR   libcuda.so of tools/guest-cuda (release); libcuda.so.1 is linked beside it
+#   LIB_DIR   libvgpu_cuda.so of tools/guest-cuda (release); libcuda.so.1 is linked beside it
 #   PEERS_DIR peer sources, not in the repository: samples/ (NVIDIA cuda-samples' Common/ and
 #             Samples/0_Introduction/{vectorAddDrv,matrixMulDrv,matrixMulDynlinkJIT}) and
 #             cuda-python/<cuda-bindings version>/test_cuda.py (cuda_bindings/tests of the source
@@ -21,7 +21,7 @@ OUT=${OUT:-$(mktemp -d /tmp/vgpud-guest-cuda.XXXXXX)}
 RUN=$(mktemp -d /tmp/vgpud-gc.XXXXXX)
 T=${SUITE_TIMEOUT:-420}
 GC=$HERE/guest-cuda
-ln -sf libcuda.so "$LIB/libcuda.so.1"
+ln -sf libvgpu_cuda.so "$LIB/libcuda.so.1"; ln -sf libcuda.so.1 "$LIB/libcuda.so"
 export PYTHONDONTWRITEBYTECODE=1
 has() { case " ${GC_PARTS:-numba cuda-python samples fault speed} " in *" $1 "*) return 0;; esac; return 1; }
 

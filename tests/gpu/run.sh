@@ -8,7 +8,7 @@
 #
 # usage: tests/gpu/run.sh BIN_DIR [SECONDS]
 #   BIN_DIR holds vgpud, vgpuctl, vgpud-cuda-worker and vgpu-guest (release builds), and for the
-#   guest-cuda part libcuda.so (tools/guest-cuda) and peers/ (see tests/gpu/guest_cuda.sh).
+#   guest-cuda part libvgpu_cuda.so (tools/guest-cuda) and peers/ (see tests/gpu/guest_cuda.sh).
 #   PARTS="selftest ptx ..." picks sections (default: all); ISO_SECS sets how long the isolation
 #   part's neighbour runs (default 45 s: it must outlast all of the faulting vGPU's phases);
 #   TOGETHER_POLICY the policy of the two-busy-vGPUs part (default equal_share; it is pasted into
@@ -261,11 +261,11 @@ timeout 300 python3 "$HERE/native_sharing.py" 2>&1 | tail -20
 fi
 if has guest-cuda; then
 echo
-if [ -f "$BIN/libcuda.so" ]; then
+if [ -f "$BIN/libvgpu_cuda.so" ]; then
     stop 2>/dev/null
     OUT=${OUT:-$RUN} bash "$HERE/guest_cuda.sh" "$BIN" "$BIN" "$BIN/peers"
 else
-    echo "## CUDA in the guest: $BIN/libcuda.so not carried: skipped"
+    echo "## CUDA in the guest: $BIN/libvgpu_cuda.so not carried: skipped"
 fi
 fi
 echo; echo "## vgpud log (tail)"; tail -30 "$RUN/vgpud.log"

@@ -2,7 +2,7 @@
 //! engine over vfio-user, as unmodified programs use it: a C program linked against it
 //! (`tools/guest-cuda/tests/c/driver_api.c`) and a Python program through `ctypes`
 //! (`tools/guest-cuda/tests/python/driver_api.py`). cargo builds the library next to this
-//! test (a dev-dependency); the C compiler and python3 come with the machine.
+//! test (a dev-dependency, as `libvgpu_cuda.so`); the C compiler and python3 come with the machine.
 
 mod common;
 
@@ -18,7 +18,7 @@ fn crate_dir() -> PathBuf {
 /// A directory with `libcuda.so.1` and `libcuda.so` pointing at the library cargo built.
 fn library_dir(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable");
-    let built = exe.parent().expect("deps dir").join("libcuda.so");
+    let built = exe.parent().expect("deps dir").join("libvgpu_cuda.so");
     assert!(built.exists(), "{} was not built", built.display());
     let dir = std::env::temp_dir().join(format!("vgpu-cuda-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);

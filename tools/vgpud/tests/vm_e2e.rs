@@ -46,7 +46,7 @@ fn static_guest_binary() -> PathBuf {
 /// `cuGetProcAddress` table the program checks.
 fn cuda_test_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable");
-    let built = exe.parent().expect("deps dir").join("libcuda.so");
+    let built = exe.parent().expect("deps dir").join("libvgpu_cuda.so");
     let dir = std::env::temp_dir().join(format!("vgpud-vm-cuda-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
