@@ -100,7 +100,9 @@ impl Worker {
             Op::Spin { ns, dst, report } => {
                 self.spin(*ns, dst.as_deref(), *report, item, &mut back)?
             }
-            Op::Batch(_) | Op::ModuleLoad { .. } | Op::Kernel(_) => return Err(Status::Engine),
+            Op::Batch(_) | Op::ModuleLoad { .. } | Op::Kernel(_) | Op::Module(_) => {
+                return Err(Status::Engine)
+            }
         }
         // Scatter written scratch operands back to their extents.
         for (buf, parts) in back {

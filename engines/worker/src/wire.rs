@@ -26,7 +26,7 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use devmodel::command::{KernelLaunch, Op, RunningSum, MAX_BATCH_OPS};
+use devmodel::command::{KernelLaunch, ModuleOp, Op, RunningSum, MAX_BATCH_OPS};
 use devmodel::gmmu::{Aperture, Extent, KernelMap, KernelRun};
 
 use crate::Error;
@@ -74,6 +74,9 @@ mod kind {
     pub const BATCH: u8 = 6;
     pub const MODULE_LOAD: u8 = 7;
     pub const KERNEL: u8 = 8;
+    pub const MODULE_UNLOAD: u8 = 9;
+    pub const FUNC_INFO: u8 = 10;
+    pub const MODULE_GLOBAL: u8 = 11;
 }
 
 /// Daemon to worker.
@@ -504,8 +507,27 @@ impl Writer<'_> {
                 for v in k.grid.iter().chain(&k.block) {
                     self.u32(*v);
                 }
-                self.bytes(&k.params).u64(k.map.id)
+                self.u32(k.shared).bytes(&k.params).u64(k.map.id)
             }
+            Op::Module(ModuleOp::Unload { handle }) => self.u8(kind::MODULE_UNLOAD).u32(*handle),
+            Op::Module(ModuleOp::FuncInfo {
+                handle,
+                name,
+                answer,
+            }) => self
+                .u8(kind::FUNC_INFO)
+                .u32(*handle)
+                .bytes(name.as_bytes())
+                .extents(answer),
+            Op::Module(ModuleOp::Global {
+                handle,
+                name,
+                answer,
+            }) => self
+                .u8(kind::MODULE_GLOBAL)
+                .u32(*handle)
+                .bytes(name.as_bytes())
+                .extents(answer),
         }
     }
 }
@@ -681,6 +703,7 @@ impl<'a> Reader<'a> {
                 for d in &mut dims {
                     *d = self.u32()?;
                 }
+                let shared = self.u32()?;
                 let params = self.bytes()?.to_vec();
                 // The runs came in a KernelMap message before.
                 let map = Arc::new(KernelMap {
@@ -692,9 +715,32 @@ impl<'a> Reader<'a> {
                     func,
                     grid: [dims[0], dims[1], dims[2]],
                     block: [dims[3], dims[4], dims[5]],
+                    shared,
                     params,
                     map,
                 }))
+            }
+            kind::MODULE_UNLOAD => Op::Module(ModuleOp::Unload {
+                handle: self.u32()?,
+            }),
+            k @ (kind::FUNC_INFO | kind::MODULE_GLOBAL) => {
+                let handle = self.u32()?;
+                let name = String::from_utf8(self.bytes()?.to_vec())
+                    .map_err(|_| Error::Malformed("symbol name"))?;
+                let answer = self.extents()?;
+                Op::Module(if k == kind::FUNC_INFO {
+                    ModuleOp::FuncInfo {
+                        handle,
+                        name,
+                        answer,
+                    }
+                } else {
+                    ModuleOp::Global {
+                        handle,
+                        name,
+                        answer,
+                    }
+                })
             }
             _ => return Err(Error::Malformed("operation kind")),
         })
@@ -775,12 +821,24 @@ mod tests {
                 func: "vec_add".into(),
                 grid: [4096, 2, 1],
                 block: [256, 1, 1],
+                shared: 48 << 10,
                 params: vec![1, 2, 3, 4, 5, 6, 7, 8, 9],
                 map: Arc::new(KernelMap {
                     id: 77,
                     runs: Vec::new(),
                 }),
             })),
+            Op::Module(ModuleOp::Unload { handle: 4095 }),
+            Op::Module(ModuleOp::FuncInfo {
+                handle: 9,
+                name: "_Z6kernelPf".into(),
+                answer: vec![e(8192, 8320)],
+            }),
+            Op::Module(ModuleOp::Global {
+                handle: 10,
+                name: "counter".into(),
+                answer: vec![e(0, 24)],
+            }),
         ]
     }
 
