@@ -2,13 +2,41 @@
 
 usage: numba_speed.py calibrate OUT.json   (natively: the loop counts that take each time)
        numba_speed.py run IN.json          (prints one JSON line per size: launches/s)
+       numba_speed.py table NATIVE.jsonl GUEST.jsonl   (the Markdown table; exit 1 if a side
+                                                       has no figures)
 """
 import json
 import sys
 import time
 
-import numpy as np
-from numba import cuda
+
+def table(native_path, guest_path):
+    def rows(p):
+        try:
+            return {json.loads(l)["target_us"]: json.loads(l) for l in open(p) if l.startswith("{")}
+        except (OSError, ValueError):
+            return {}
+    n, g = rows(native_path), rows(guest_path)
+    print("| kernel | native launches/s | libcuda.so.1 on a vGPU launches/s | ratio |")
+    print("|---|---|---|---|")
+    ratios = []
+    for t in sorted(n):
+        a, b = n[t], g.get(t)
+        r = b["per_s"] / a["per_s"] if b else None
+        ratios.append("%d us %s" % (t, "%.3f" % r if r else "-"))
+        print("| ~%d us (%.1f us natively, %s through the library) | %.0f | %s | %s |" % (
+            t, a["us_per_launch"], "%.1f us" % b["us_per_launch"] if b else "-", a["per_s"],
+            "%.0f" % b["per_s"] if b else "-", "%.3f" % r if r else "-"))
+    print()
+    print("ratio at " + ", ".join(ratios))
+    return 0 if n and g else 1
+
+
+if sys.argv[1] == "table":
+    sys.exit(table(sys.argv[2], sys.argv[3]))
+
+import numpy as np  # noqa: E402
+from numba import cuda  # noqa: E402
 
 
 @cuda.jit
@@ -21,15 +49,16 @@ def spin(out, iters):
         out[i] = v
 
 
-out = cuda.device_array(132 * 128, dtype=np.float32)
+SMS = cuda.get_current_device().MULTIPROCESSOR_COUNT
+out = cuda.device_array(SMS * 128, dtype=np.float32)
 
 
 def per_launch(iters, n):
-    spin[132, 128](out, iters)
+    spin[SMS, 128](out, iters)
     cuda.synchronize()
     t = time.perf_counter()
     for _ in range(n):
-        spin[132, 128](out, iters)
+        spin[SMS, 128](out, iters)
     cuda.synchronize()
     return (time.perf_counter() - t) / n
 
@@ -46,7 +75,7 @@ if sys.argv[1] == "calibrate":
 else:
     plan = json.load(open(sys.argv[2]))
     for target_us, iters in sorted(plan.items(), key=lambda kv: int(kv[0])):
-        n = max(50, int(2e6 / int(target_us)))  # about 2 s of kernels
+        n = max(100, int(1e6 / int(target_us)))  # about 1 s of kernels
         t = per_launch(iters, n)
         print(json.dumps({"target_us": int(target_us), "iters": iters, "launches": n,
-                          "us_per_launch": round(t * 1e6, 2), "per_s": round(1 / t, 1)}))
+                          "us_per_launch": round(t * 1e6, 2), "per_s": round(1 / t, 1)}), flush=True)
