@@ -143,10 +143,11 @@ pub trait Backend: Send + Sync {
     fn framebuffer_in_host_memory(&self) -> bool {
         false
     }
-    /// Time the engine held an item but could not work on it because the
-    /// host gave its threads no CPU (the cpu engine, whose engine is a host
-    /// thread). It is in no item's engine time, so no vGPU is charged for
-    /// it; a GPU engine, timed on the GPU, has none.
+    /// Time the engine held items past their length because the host gave
+    /// its threads no CPU in time (the cpu engine, whose engine is a host
+    /// thread: a `spin` whose worker woke late). It is in no item's engine
+    /// time, so no vGPU is charged for it; a GPU engine, timed on the GPU,
+    /// has none.
     fn host_stall(&self) -> std::time::Duration {
         std::time::Duration::ZERO
     }

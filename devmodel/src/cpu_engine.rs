@@ -66,8 +66,8 @@ struct Pool {
     /// `finished` holds items: what the completion thread polls for while
     /// it spins, so that a worker's hand-off costs no wake-up.
     has_finished: AtomicBool,
-    /// Time workers waited for a host CPU in the middle of items, in ns
-    /// (not part of any item's engine time).
+    /// Time spins held the engine past their length, in ns: their worker
+    /// woke late, waiting for a host CPU (part of no item's engine time).
     stalled_ns: AtomicU64,
 }
 
@@ -213,10 +213,6 @@ fn worker(pool: Arc<Pool>) {
     // SAFETY: prctl(PR_SET_TIMERSLACK) takes an integer, touches no memory
     // and only changes how precisely this thread's sleeps end.
     unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong) };
-    let run_delay = crate::thread::RunDelay::of_current_thread();
-    // The thread's wait for a CPU when its last item ended (or when it woke
-    // for this one): what waits during the next item are counted from.
-    let mut delay_mark = run_delay.now();
     loop {
         let job = {
             let mut q = lock(&pool.queue);
@@ -230,8 +226,6 @@ fn worker(pool: Arc<Pool>) {
                 q.idle += 1;
                 q = wait(&pool.ready, q);
                 q.idle -= 1;
-                // Waiting for a CPU after the wake-up is not the next item's.
-                delay_mark = run_delay.now();
             }
         };
         let start = Instant::now();
@@ -243,21 +237,16 @@ fn worker(pool: Arc<Pool>) {
         };
         job.ctx.running.fetch_sub(1, Ordering::AcqRel);
         let elapsed = start.elapsed();
-        // The engine is this thread: time it spent waiting for a CPU (the
-        // host busy with other work) is not engine time of the item.
-        let now_delay = run_delay.now();
-        let stalled = match (delay_mark, now_delay) {
-            (Some(a), Some(b)) => b.saturating_sub(a).min(elapsed),
-            _ => Duration::ZERO,
+        // An item's engine time is how long it held the engine: the wall
+        // time of its work (on a busy host a compute item's work competes
+        // for the CPUs like any program's). A spin stands for a kernel of a
+        // given length: it is that long, and what it held the engine past
+        // it (its worker woke late from the sleep inside it, waiting for a
+        // CPU) is the host's, charged to no vGPU.
+        let gpu_time = match &job.item.op {
+            Op::Spin { ns, .. } => elapsed.min(Duration::from_nanos(*ns)),
+            _ => elapsed,
         };
-        delay_mark = now_delay;
-        // A spin occupies the engine for its length of wall time, stall or
-        // not: it ends on time however long its thread waited meanwhile.
-        let at_least = match &job.item.op {
-            Op::Spin { ns, .. } => Duration::from_nanos(*ns).min(elapsed),
-            _ => Duration::ZERO,
-        };
-        let gpu_time = (elapsed - stalled).max(at_least);
         pool.stalled_ns
             .fetch_add((elapsed - gpu_time).as_nanos() as u64, Ordering::Relaxed);
         let Job {

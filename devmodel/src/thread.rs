@@ -152,38 +152,6 @@ pub fn cpu_time() -> std::time::Duration {
     )
 }
 
-/// How long one thread has waited for a CPU (runnable, on a run queue, not
-/// running): the kernel's `schedstat` of the thread (`run_delay`), read
-/// through a descriptor opened by the thread itself and kept. The cpu
-/// engine subtracts what its worker waited during an item from the item's
-/// engine time: the engine (a host thread) did nothing of the item
-/// meanwhile, so the vGPU is not charged for the host being busy.
-pub struct RunDelay {
-    file: Option<std::fs::File>,
-}
-
-impl RunDelay {
-    /// The calling thread's counter; one that cannot be read (no
-    /// `/proc/thread-self`, no schedstats) reads as `None` ever after.
-    pub fn of_current_thread() -> RunDelay {
-        RunDelay {
-            file: std::fs::File::open("/proc/thread-self/schedstat").ok(),
-        }
-    }
-
-    /// The thread's total wait for a CPU so far (only from the thread that
-    /// opened it).
-    pub fn now(&self) -> Option<std::time::Duration> {
-        use std::os::unix::fs::FileExt;
-        let mut buf = [0u8; 96];
-        let n = self.file.as_ref()?.read_at(&mut buf, 0).ok()?;
-        // "<ns on CPU> <ns waiting for a CPU> <timeslices>\n"
-        let text = std::str::from_utf8(buf.get(..n)?).ok()?;
-        let ns = text.split_ascii_whitespace().nth(1)?.parse::<u64>().ok()?;
-        Some(std::time::Duration::from_nanos(ns))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -207,37 +175,6 @@ mod tests {
         let worked = cpu_time() - t1;
         assert!(slept < std::time::Duration::from_millis(5), "{slept:?}");
         assert!(worked > std::time::Duration::from_millis(1), "{worked:?}");
-    }
-
-    #[test]
-    fn run_delay_grows_while_the_thread_waits_for_a_cpu() {
-        let d = RunDelay::of_current_thread();
-        let Some(t0) = d.now() else {
-            eprintln!("no schedstat here: nothing to check");
-            return;
-        };
-        // Two threads spinning on every CPU, this one among them: it must
-        // wait for a CPU now and then.
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let stop = std::sync::Arc::new(AtomicBool::new(false));
-        let spinners: Vec<_> = (0..cpus)
-            .map(|_| {
-                let stop = stop.clone();
-                std::thread::spawn(move || {
-                    while !stop.load(Ordering::Relaxed) {
-                        std::hint::spin_loop();
-                    }
-                })
-            })
-            .collect();
-        let until = std::time::Instant::now() + std::time::Duration::from_millis(300);
-        while std::time::Instant::now() < until {
-            std::hint::spin_loop();
-        }
-        stop.store(true, Ordering::Relaxed);
-        spinners.into_iter().for_each(|t| t.join().unwrap());
-        let waited = d.now().unwrap() - t0;
-        assert!(waited > std::time::Duration::from_millis(5), "{waited:?}");
     }
 
     #[test]

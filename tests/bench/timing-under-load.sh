@@ -2,7 +2,7 @@
 # tests/bench/timing-under-load.sh — every test that asserts a share, a rate or a latency, run
 # RUNS times in a row while a cargo build runs beside it (the check of issue 19: none may fail).
 #
-# usage: tests/bench/timing-under-load.sh [RUNS] [LOG_DIR]
+# usage: [TARGETS="package:test ..."] tests/bench/timing-under-load.sh [RUNS] [LOG_DIR]
 #   The build beside rebuilds the vgpud package from scratch in a scratch target directory, in a
 #   loop, with -j2: on a 2-core machine it keeps both cores busy, as a developer's build does.
 # Prints one row per test binary: runs, passes, failures, and where its logs are; each run's
@@ -18,14 +18,19 @@ LOGS=${2:-$(mktemp -d /tmp/vgpud-timing.XXXXXX)}
 mkdir -p "$LOGS"
 # package:test-target of every test binary with a timing assertion (docs/reliability.md lists
 # what each asserts).
-TARGETS="vgpud-tests:cpu_engine_shares vgpud-tests:equal_share_running vgpud-tests:channel_reset
-vgpud:hostile vgpud:cuda vgpud:daemon vgpud:ops_views devmodel:doorbell vgpu-guest:inprocess"
+TARGETS=${TARGETS:-"vgpud-tests:cpu_engine_shares vgpud-tests:equal_share_running vgpud-tests:channel_reset
+vgpud:hostile vgpud:cuda vgpud:daemon vgpud:ops_views devmodel:doorbell vgpu-guest:inprocess"}
 
 bins=()
 for t in $TARGETS; do
     pkg=${t%%:*}; name=${t##*:}
     exe=$(cargo test -q -j2 -p "$pkg" --test "$name" --no-run --message-format json 2>/dev/null \
-        | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -n 1)
+        | python3 -c "import json,sys
+for l in sys.stdin:
+    m = json.loads(l)
+    t = m.get('target', {})
+    if m.get('executable') and 'test' in t.get('kind', []) and t.get('name') == '$name':
+        print(m['executable'])")
     [ -x "$exe" ] || { echo "cannot build $t" >&2; exit 1; }
     bins+=("$name=$exe=$(cargo metadata -q --format-version 1 --no-deps \
         | python3 -c "import json,sys; print(next(p['manifest_path'] for p in json.load(sys.stdin)['packages'] if p['name']=='$pkg'))" | xargs dirname)")

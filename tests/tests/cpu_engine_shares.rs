@@ -4,8 +4,9 @@
 //! backend measured per vGPU, over wall time, while both tenants submit.
 //!
 //! On a busy host (a build beside the tests) the host may take time from
-//! the daemon: runnable work then waits for its threads, or an item waits
-//! for a CPU mid-way. The demo measures both (`DemoReport::disturbance`).
+//! the daemon and the tenants: runnable work then waits for the daemon's
+//! threads, a spin's worker wakes late, or a tenant's driver does not
+//! submit in time. The demo measures both (`DemoReport::disturbance`).
 //! A measurement where that is above [`DISTURBED`] says more about the host
 //! than about the policy, so it is taken once more, and the test says so;
 //! the second is asserted whatever it saw.
@@ -65,8 +66,9 @@ fn shares(config: Config, policy: Option<PolicyKind>) -> DemoReport {
         return r;
     }
     eprintln!(
-        "  the host took {:.1} % of the measured time from the daemon (late {:.4}, stalled {:.4}): measuring again",
+        "  the host took {:.1} % of the measured time (no work {:.4}, late {:.4}, stalled {:.4}): measuring again",
         r.disturbance() * 100.0,
+        r.idle_empty,
         r.idle_late,
         r.stalled
     );

@@ -195,8 +195,8 @@ impl Parent {
         self.shared.lock().sched.policy()
     }
 
-    /// Time the engine held items but its threads waited for a host CPU
-    /// ([`Backend::host_stall`]): charged to no vGPU.
+    /// Time the engine held items past their length while its threads
+    /// waited for a host CPU ([`Backend::host_stall`]): charged to no vGPU.
     pub fn host_stall(&self) -> Duration {
         self.shared.backend.host_stall()
     }

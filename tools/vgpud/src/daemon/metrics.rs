@@ -295,7 +295,7 @@ const PARENT_SERIES: [ParentSeries; 9] = [
     ParentSeries {
         name: "vgpud_parent_engine_stalled_seconds_total",
         kind: "counter",
-        help: "time the engine held an item while its threads waited for a host CPU (charged to no vGPU)",
+        help: "time spins held the engine past their length while its threads waited for a host CPU (charged to no vGPU)",
         value: |p| p.engine_stalled_ns as f64 * 1e-9,
     },
     ParentSeries {

@@ -157,7 +157,8 @@ pub struct ParentStatus {
     pub idle_empty_ns: u64,
     pub idle_held_ns: u64,
     pub idle_late_ns: u64,
-    /// Time the engine held an item but its threads waited for a host CPU
-    /// (the cpu engine on a busy host): in no vGPU's engine time.
+    /// Time the engine held items past their length while its threads
+    /// waited for a host CPU (the cpu engine's spins on a busy host): in no
+    /// vGPU's engine time.
     pub engine_stalled_ns: u64,
 }
