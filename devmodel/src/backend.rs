@@ -204,6 +204,11 @@ pub trait EngineContext: Send + Sync {
     fn ptx_va_base(&self) -> Option<u64> {
         None
     }
+    /// What the engine is, as CUDA describes a device (ABI 1.3's device-info block);
+    /// `None` where it says nothing (the block reads empty).
+    fn device_info(&self) -> Option<mmio::devinfo::DeviceInfo> {
+        None
+    }
     /// Abort this context's queued and running items as soon as possible
     /// (their callbacks still run, with [`ExecError::Cancelled`] or a
     /// result). Items submitted afterwards are not affected.

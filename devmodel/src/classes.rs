@@ -56,6 +56,10 @@ pub struct ComputeState {
     pub func_name_size: u32,
     pub module_log: u64,
     pub module_log_size: u32,
+    /// ABI 1.3: `SHARED_MEM_BYTES`, `MODULE_HANDLE`, `INFO`.
+    pub shared_mem: u32,
+    pub module_handle: u32,
+    pub info: u64,
 }
 
 /// All method state of one channel.

@@ -75,18 +75,42 @@ pub enum Op {
     },
     /// Run a guest kernel (backends with `CAPS.PTX`).
     Kernel(Box<KernelLaunch>),
+    /// A module query or unload (ABI 1.3; backends with `CAPS.PTX`).
+    Module(ModuleOp),
 }
 
-/// A guest kernel launch: function `func` of module `slot` on `grid` ×
-/// `block` threads, with the parameter buffer `params` as CUDA lays it out,
-/// in the address space `map` (what the launching channel's page tables
-/// give kernels, taken at audit).
+/// What ABI 1.3 asks of a loaded module besides its kernels.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ModuleOp {
+    /// `MODULE_UNLOAD`: module `handle` goes (its host memory with it).
+    Unload { handle: u32 },
+    /// `FUNC_INFO`: function `name` of module `handle`, its parameter layout and attributes
+    /// written to `answer` (`mmio::methods::compute::FUNC_INFO_BYTES`).
+    FuncInfo {
+        handle: u32,
+        name: String,
+        answer: Vec<Extent>,
+    },
+    /// `MODULE_GLOBAL`: global `name` of module `handle`, its address and size written to
+    /// `answer` (`GLOBAL_INFO_BYTES`).
+    Global {
+        handle: u32,
+        name: String,
+        answer: Vec<Extent>,
+    },
+}
+
+/// A guest kernel launch: function `func` of module `slot` (a module handle: 0–7 are the
+/// slots of ABI 1.2) on `grid` × `block` threads with `shared` bytes of dynamic shared
+/// memory, with the parameter buffer `params` as CUDA lays it out, in the address space
+/// `map` (what the launching channel's page tables give kernels, taken at audit).
 #[derive(Clone, Debug, PartialEq)]
 pub struct KernelLaunch {
     pub slot: u32,
     pub func: String,
     pub grid: [u32; 3],
     pub block: [u32; 3],
+    pub shared: u32,
     pub params: Vec<u8>,
     pub map: Arc<KernelMap>,
 }
@@ -295,7 +319,8 @@ impl Op {
             | Op::Spin { .. }
             | Op::Batch(_)
             | Op::ModuleLoad { .. }
-            | Op::Kernel(_) => None,
+            | Op::Kernel(_)
+            | Op::Module(_) => None,
         }
     }
 
@@ -315,6 +340,11 @@ impl Op {
         match self {
             Op::ModuleLoad { text, log, .. } => as_extents(text.len()) + log.len(),
             Op::Kernel(k) => as_extents(k.params.len() + k.func.len()),
+            Op::Module(ModuleOp::Unload { .. }) => 0,
+            Op::Module(ModuleOp::FuncInfo { name, answer, .. })
+            | Op::Module(ModuleOp::Global { name, answer, .. }) => {
+                as_extents(name.len()) + answer.len()
+            }
             Op::Batch(ops) => ops.iter().map(Op::extent_count).sum(),
             Op::Copy { src, dst } => src.len() + dst.len(),
             Op::Memset { dst, .. } => dst.len(),
@@ -337,6 +367,9 @@ impl Op {
             Op::Batch(_) => "batch",
             Op::ModuleLoad { .. } => "module_load",
             Op::Kernel(_) => "kernel",
+            Op::Module(ModuleOp::Unload { .. }) => "module_unload",
+            Op::Module(ModuleOp::FuncInfo { .. }) => "func_info",
+            Op::Module(ModuleOp::Global { .. }) => "module_global",
         }
     }
 }

@@ -191,6 +191,7 @@ impl Backend for CpuEngine {
         };
         Ok(Arc::new(CpuContext {
             pool: self.pool.clone(),
+            workers: self.workers.len(),
             state: Arc::new(ContextState {
                 vram,
                 size: vram_bytes,
@@ -321,6 +322,7 @@ fn complete(pool: Arc<Pool>, spin: Duration) {
 /// different channels run in parallel on the worker pool.
 pub struct CpuContext {
     pool: Arc<Pool>,
+    workers: usize,
     state: Arc<ContextState>,
     order: Order,
 }
@@ -371,6 +373,9 @@ impl EngineContext for CpuContext {
             .vram_slice(offset, buf.len() as u64)?
             .copy_from(buf);
         Ok(())
+    }
+    fn device_info(&self) -> Option<mmio::devinfo::DeviceInfo> {
+        Some(crate::identity::cpu_engine(self.workers))
     }
     fn cancel(&self) {
         self.state.epoch.fetch_add(1, Ordering::AcqRel);
@@ -608,7 +613,7 @@ impl ContextState {
             Op::Spin { .. } | Op::Batch(_) => {}
             // The cpu engine runs no guest PTX (CAPS.PTX = 0): the audit
             // refuses these before they reach an engine.
-            Op::ModuleLoad { .. } | Op::Kernel(_) => return Err(ExecError::NoPtx),
+            Op::ModuleLoad { .. } | Op::Kernel(_) | Op::Module(_) => return Err(ExecError::NoPtx),
         }
         Ok(())
     }

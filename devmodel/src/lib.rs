@@ -25,6 +25,7 @@ pub mod doorbell;
 pub mod gmmu;
 #[cfg(feature = "harness")]
 pub mod harness;
+pub mod identity;
 pub mod memory;
 pub mod pushbuf;
 pub mod sync;

@@ -25,7 +25,7 @@ use mmio::regs::ErrorCode;
 
 use crate::classes::{self, set_hi, set_lo, Class, MethodState};
 use crate::command::{
-    AcquireCond, Command, KernelLaunch, Op, MAX_COMMAND_BYTES, MAX_GEMM_DIM, MAX_PARAMS,
+    AcquireCond, Command, KernelLaunch, ModuleOp, Op, MAX_COMMAND_BYTES, MAX_GEMM_DIM, MAX_PARAMS,
     MAX_SPIN_NS,
 };
 use crate::gmmu::{Extent, Fault, KernelMap};
@@ -380,13 +380,21 @@ fn compute_method(
         compute::MODULE_LOG_LO => set_lo(&mut c.module_log, data),
         compute::MODULE_LOG_HI => set_hi(&mut c.module_log, data),
         compute::MODULE_LOG_SIZE => c.module_log_size = data,
+        compute::SHARED_MEM_BYTES => c.shared_mem = data,
+        compute::MODULE_HANDLE => c.module_handle = data,
+        compute::INFO_LO => set_lo(&mut c.info, data),
+        compute::INFO_HI => set_hi(&mut c.info, data),
+        compute::FUNC_INFO | compute::MODULE_GLOBAL | compute::MODULE_UNLOAD => {
+            let c = *c;
+            out.push(Command::Engine(module_op(space, &c, method, data)?));
+        }
         compute::MODULE_LOAD => {
             let c = *c;
             out.push(Command::Engine(module_load(space, &c, data)?));
         }
         compute::LAUNCH => {
             let c = *c;
-            let op = if c.program & compute::PROG_PTX != 0 {
+            let op = if c.program == compute::PROG_MODULE || c.program & compute::PROG_PTX != 0 {
                 kernel(space, &c)?
             } else {
                 builtin(space, &c)?
@@ -398,9 +406,10 @@ fn compute_method(
     Ok(())
 }
 
-/// `MODULE_LOAD` of `slot`: the PTX text is read now, as parameter blocks
-/// are; the log buffer is audited for writing. Backends without PTX stop
-/// the channel with `UNSUPPORTED`.
+/// `MODULE_LOAD` of `slot` (a module handle below `MAX_MODULES`; ABI 1.2's slots are
+/// handles 0–7): the image (PTX text, a cubin or a fatbin, which the engine tells apart) is
+/// read now, as parameter blocks are; the log buffer is audited for writing. Backends without
+/// PTX stop the channel with `UNSUPPORTED`.
 fn module_load(
     space: &mut dyn AddressSpace,
     c: &classes::ComputeState,
@@ -409,7 +418,7 @@ fn module_load(
     if !space.runs_ptx() {
         return Err(fail(ErrorCode::Unsupported));
     }
-    if slot >= compute::PTX_SLOTS
+    if slot >= compute::MAX_MODULES
         || c.module_size == 0
         || c.module_size > compute::MAX_MODULE_BYTES
         || c.module_log_size > compute::MAX_MODULE_LOG
@@ -429,28 +438,87 @@ fn module_load(
     })
 }
 
-/// `LAUNCH` of `PROGRAM = PROG_PTX | slot`: the function name and the
-/// parameter buffer are read now; the kernel reaches what the channel's
-/// page tables map to VRAM in whole 2 MiB chunks ([`KernelMap`]).
+/// The `FUNC_NAME` a launch or query names: 1–255 bytes, UTF-8, no NUL.
+fn func_name(
+    space: &mut dyn AddressSpace,
+    c: &classes::ComputeState,
+) -> Result<String, MethodError> {
+    if c.func_name_size == 0 || c.func_name_size > compute::MAX_FUNC_NAME {
+        return Err(fail(ErrorCode::InvalidArgument));
+    }
+    let name = space.read(c.func_name, c.func_name_size)?;
+    String::from_utf8(name)
+        .ok()
+        .filter(|n| !n.contains('\0'))
+        .ok_or_else(|| fail(ErrorCode::InvalidArgument))
+}
+
+/// `FUNC_INFO`, `MODULE_GLOBAL` and `MODULE_UNLOAD` of module `handle` (ABI 1.3): the name
+/// is read and the answer buffer audited for writing now. A module that is not loaded or a
+/// name it lacks is the answer's status, not a fault.
+fn module_op(
+    space: &mut dyn AddressSpace,
+    c: &classes::ComputeState,
+    method: u32,
+    handle: u32,
+) -> Result<Op, MethodError> {
+    if !space.runs_ptx() {
+        return Err(fail(ErrorCode::Unsupported));
+    }
+    if handle >= compute::MAX_MODULES {
+        return Err(fail(ErrorCode::InvalidArgument));
+    }
+    if method == compute::MODULE_UNLOAD {
+        return Ok(Op::Module(ModuleOp::Unload { handle }));
+    }
+    let name = func_name(space, c)?;
+    let bytes = if method == compute::FUNC_INFO {
+        compute::FUNC_INFO_BYTES
+    } else {
+        compute::GLOBAL_INFO_BYTES
+    };
+    if c.info % 8 != 0 {
+        return Err(fail(ErrorCode::InvalidArgument));
+    }
+    let answer = space.translate(c.info, bytes as u64, true)?;
+    Ok(Op::Module(if method == compute::FUNC_INFO {
+        ModuleOp::FuncInfo {
+            handle,
+            name,
+            answer,
+        }
+    } else {
+        ModuleOp::Global {
+            handle,
+            name,
+            answer,
+        }
+    }))
+}
+
+/// `LAUNCH` of `PROGRAM = PROG_PTX | slot` or (ABI 1.3) `PROG_MODULE` with `MODULE_HANDLE`:
+/// the function name and the parameter buffer are read now; the kernel reaches what the
+/// channel's page tables map to VRAM in whole 2 MiB chunks ([`KernelMap`]), with
+/// `SHARED_MEM_BYTES` of dynamic shared memory (`PROG_MODULE` only; ABI 1.2's launches have
+/// none).
 fn kernel(space: &mut dyn AddressSpace, c: &classes::ComputeState) -> Result<Op, MethodError> {
     let Some(map) = space.kernel_map() else {
         return Err(fail(ErrorCode::Unsupported));
     };
-    let slot = c.program & !compute::PROG_PTX;
-    if slot >= compute::PTX_SLOTS
-        || c.func_name_size == 0
-        || c.func_name_size > compute::MAX_FUNC_NAME
+    let (slot, shared, limit) = if c.program == compute::PROG_MODULE {
+        (c.module_handle, c.shared_mem, compute::MAX_MODULES)
+    } else {
+        (c.program & !compute::PROG_PTX, 0, compute::PTX_SLOTS)
+    };
+    if slot >= limit
+        || shared > compute::MAX_SHARED_MEM
         || c.params_size > MAX_PARAMS
         || c.grid.contains(&0)
         || c.block.contains(&0)
     {
         return Err(fail(ErrorCode::InvalidArgument));
     }
-    let name = space.read(c.func_name, c.func_name_size)?;
-    let func = String::from_utf8(name)
-        .ok()
-        .filter(|n| !n.contains('\0'))
-        .ok_or_else(|| fail(ErrorCode::InvalidArgument))?;
+    let func = func_name(space, c)?;
     let params = if c.params_size > 0 {
         space.read(c.params, c.params_size)?
     } else {
@@ -461,6 +529,7 @@ fn kernel(space: &mut dyn AddressSpace, c: &classes::ComputeState) -> Result<Op,
         func,
         grid: c.grid,
         block: c.block,
+        shared,
         params,
         map,
     })))

@@ -21,11 +21,50 @@ fn lcg(seed: &mut u64) -> f32 {
 }
 
 #[test]
+fn the_device_info_block_reads_a_word_at_a_time() {
+    let e = engine();
+    let g = Guest::new(&e, 4, 16, 4);
+    g.set_reg(0x0B0, 0);
+    let words = g.reg(0x0B4);
+    assert_eq!(g.reg(0x0B0), 1, "INFO_DATA moves INFO_INDEX on");
+    let block: Vec<u32> = std::iter::once(words)
+        .chain((1..words).map(|_| g.reg(0x0B4)))
+        .collect();
+    let want = devmodel::identity::cpu_engine(2).encode();
+    assert_eq!(block.len(), want.len());
+    assert_eq!(block[1], 0, "no CUDA driver behind the cpu engine");
+    assert_eq!(
+        block[mmio::devinfo::ATTRS as usize + 75],
+        9,
+        "compute capability 9.x"
+    );
+    assert_eq!(block[mmio::devinfo::ATTRS as usize + 10], 32, "warp size");
+    assert_eq!(
+        &block[8..12],
+        &want[8..12],
+        "the name: {:?}",
+        String::from_utf8_lossy(
+            &block[8..14]
+                .iter()
+                .flat_map(|w| w.to_le_bytes())
+                .collect::<Vec<u8>>()
+        )
+    );
+    assert_eq!(g.reg(0x0B4), 0, "past the end reads 0");
+    g.set_reg(0x0B0, mmio::devinfo::ATTRS + 16);
+    assert_eq!(g.reg(0x0B4), 2, "a multiprocessor per engine worker");
+    // An engine reset returns INFO_INDEX to 0.
+    g.set_reg(0x040, 1);
+    assert_eq!(g.reg(0x0B0), 0);
+    assert_eq!(g.reg(0x0B4), words);
+}
+
+#[test]
 fn identity_registers_and_bar_sizing() {
     let e = engine();
     let g = Guest::new(&e, 4, 16, 4);
     assert_eq!(g.reg(ID), ID_MAGIC);
-    assert_eq!(g.reg(0x004), 0x0001_0002, "ABI 1.2");
+    assert_eq!(g.reg(0x004), 0x0001_0003, "ABI 1.3");
     assert_eq!(
         g.reg(0x008),
         0x0106,

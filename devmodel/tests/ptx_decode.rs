@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use devmodel::classes::MethodState;
-use devmodel::command::{Command, Op};
+use devmodel::command::{Command, ModuleOp, Op};
 use devmodel::gmmu::{Aperture, Extent, Fault, KernelMap, KernelRun};
 use devmodel::harness::{Pb, SUB_COMPUTE};
 use devmodel::pushbuf::{parse_segment, AddressSpace, SegmentError};
@@ -159,7 +159,7 @@ fn bad_ptx_arguments_stop_the_channel_before_anything_runs() {
     let bad = |pb: Pb| code(decode(&pb, &mut space(true)));
     let n = PTX.len() as u32;
     assert_eq!(
-        bad(load(n, 0, compute::PTX_SLOTS)),
+        bad(load(n, 0, compute::MAX_MODULES)),
         ErrorCode::InvalidArgument
     );
     assert_eq!(bad(load(0, 0, 0)), ErrorCode::InvalidArgument);
@@ -184,4 +184,134 @@ fn bad_ptx_arguments_stop_the_channel_before_anything_runs() {
     // A name with a NUL in it (the 7-byte name read as 9 bytes, padded
     // with zeros) is not a function name.
     assert_eq!(bad(launch(0, [1, 1, 1], 9)), ErrorCode::InvalidArgument);
+}
+
+// ---- ABI 1.3: modules by handle, queries, dynamic shared memory ---------------------
+
+const INFO: u64 = 0x50_0000;
+
+/// `FUNC_INFO` (`function`) or `MODULE_GLOBAL` of the 7-byte name in module `handle`.
+fn query(method: u32, handle: u32, info: u64) -> Pb {
+    let [nl, nh] = lo_hi(NAME);
+    let [il, ih] = lo_hi(info);
+    Pb::new()
+        .bind()
+        .incr(SUB_COMPUTE, compute::FUNC_NAME_LO, &[nl, nh, 7])
+        .incr(SUB_COMPUTE, compute::INFO_LO, &[il, ih])
+        .incr(SUB_COMPUTE, method, &[handle])
+}
+
+/// Launch `vec_add` of module `handle` with `shared` bytes of dynamic shared memory.
+fn launch_module(handle: u32, shared: u32) -> Pb {
+    let [nl, nh] = lo_hi(NAME);
+    let [pl, ph] = lo_hi(PARAMS);
+    Pb::new()
+        .bind()
+        .incr(
+            SUB_COMPUTE,
+            compute::PROGRAM,
+            &[compute::PROG_MODULE, pl, ph, 24],
+        )
+        .incr(SUB_COMPUTE, compute::GRID_X, &[8, 1, 1])
+        .incr(SUB_COMPUTE, compute::BLOCK_X, &[128, 1, 1])
+        .incr(SUB_COMPUTE, compute::FUNC_NAME_LO, &[nl, nh, 7])
+        .incr(SUB_COMPUTE, compute::SHARED_MEM_BYTES, &[shared, handle])
+        .incr(SUB_COMPUTE, compute::LAUNCH, &[0])
+}
+
+#[test]
+fn modules_go_by_handle_up_to_the_limit() {
+    let last = compute::MAX_MODULES - 1;
+    let cmds = decode(&load(PTX.len() as u32, 0, last), &mut space(true)).unwrap();
+    assert!(matches!(&cmds[..], [Command::Engine(Op::ModuleLoad { slot, .. })] if *slot == last));
+    let cmds = decode(&launch_module(last, 64 << 10), &mut space(true)).unwrap();
+    let [Command::Engine(Op::Kernel(k))] = &cmds[..] else {
+        panic!("{cmds:?}")
+    };
+    assert_eq!(
+        (k.slot, k.shared, k.func.as_str()),
+        (last, 64 << 10, "vec_add")
+    );
+    assert_eq!((k.grid, k.block), ([8, 1, 1], [128, 1, 1]));
+    // ABI 1.2's launches have no dynamic shared memory, whatever the method state says.
+    let pb = Pb::new()
+        .bind()
+        .incr(SUB_COMPUTE, compute::SHARED_MEM_BYTES, &[4096]);
+    let mut pb2 = pb.0.clone();
+    pb2.extend_from_slice(&launch(2, [1, 1, 1], 7).0);
+    let cmds = parse_segment(&pb2, &mut MethodState::default(), &mut space(true)).unwrap();
+    assert!(matches!(&cmds[..], [Command::Engine(Op::Kernel(k))] if k.shared == 0 && k.slot == 2));
+    let cmds = decode(
+        &Pb::new()
+            .bind()
+            .incr(SUB_COMPUTE, compute::MODULE_UNLOAD, &[last]),
+        &mut space(true),
+    )
+    .unwrap();
+    assert_eq!(
+        cmds,
+        vec![Command::Engine(Op::Module(ModuleOp::Unload {
+            handle: last
+        }))]
+    );
+}
+
+#[test]
+fn queries_carry_the_name_and_the_audited_answer_buffer() {
+    let cmds = decode(&query(compute::FUNC_INFO, 12, INFO), &mut space(true)).unwrap();
+    let [Command::Engine(Op::Module(ModuleOp::FuncInfo {
+        handle,
+        name,
+        answer,
+    }))] = &cmds[..]
+    else {
+        panic!("{cmds:?}")
+    };
+    assert_eq!((*handle, name.as_str()), (12, "vec_add"));
+    assert_eq!(answer[0].addr, INFO);
+    assert_eq!(
+        answer.iter().map(|e| e.len).sum::<u64>(),
+        compute::FUNC_INFO_BYTES as u64
+    );
+    let cmds = decode(&query(compute::MODULE_GLOBAL, 0, INFO), &mut space(true)).unwrap();
+    assert!(matches!(
+        &cmds[..],
+        [Command::Engine(Op::Module(ModuleOp::Global { answer, .. }))]
+            if answer.iter().map(|e| e.len).sum::<u64>() == compute::GLOBAL_INFO_BYTES as u64
+    ));
+}
+
+#[test]
+fn abi_1_3_methods_are_bounded_and_need_a_ptx_backend() {
+    let bad = |pb: Pb, ptx: bool| code(decode(&pb, &mut space(ptx)));
+    let unload = |h| {
+        Pb::new()
+            .bind()
+            .incr(SUB_COMPUTE, compute::MODULE_UNLOAD, &[h])
+    };
+    assert_eq!(
+        bad(query(compute::FUNC_INFO, 0, INFO), false),
+        ErrorCode::Unsupported
+    );
+    assert_eq!(
+        bad(query(compute::MODULE_GLOBAL, 0, INFO), false),
+        ErrorCode::Unsupported
+    );
+    assert_eq!(bad(unload(0), false), ErrorCode::Unsupported);
+    assert_eq!(bad(launch_module(0, 0), false), ErrorCode::Unsupported);
+    let max = compute::MAX_MODULES;
+    assert_eq!(bad(unload(max), true), ErrorCode::InvalidArgument);
+    assert_eq!(
+        bad(query(compute::FUNC_INFO, max, INFO), true),
+        ErrorCode::InvalidArgument
+    );
+    assert_eq!(
+        bad(query(compute::FUNC_INFO, 0, INFO + 4), true),
+        ErrorCode::InvalidArgument
+    );
+    assert_eq!(bad(launch_module(max, 0), true), ErrorCode::InvalidArgument);
+    assert_eq!(
+        bad(launch_module(0, compute::MAX_SHARED_MEM + 1), true),
+        ErrorCode::InvalidArgument
+    );
 }

@@ -7,6 +7,7 @@
 //! owns the behaviour behind the registers.
 //!
 //! * [`bar`]: BAR numbering, sizes, and the vfio regions and interrupts as tables.
+//! * [`devinfo`]: the device-info block (ABI 1.3): the engine's identity and attributes.
 //! * [`doorbell`]: the doorbell page shared with the driver (ABI 1.1).
 //! * [`methods`]: pushbuffer method headers, class ids and methods.
 //! * [`regs`]: the BAR0 register map, declared once as data, and register
@@ -17,6 +18,7 @@
 //!   register and a capability list (MSI-X, PCI Express with FLR).
 
 pub mod bar;
+pub mod devinfo;
 pub mod doorbell;
 pub mod methods;
 pub mod pci;

@@ -123,6 +123,21 @@ pub mod compute {
     pub const MODULE_LOG_LO: u32 = 0x144;
     pub const MODULE_LOG_HI: u32 = 0x148;
     pub const MODULE_LOG_SIZE: u32 = 0x14C;
+    /// ABI 1.3: dynamic shared memory of guest kernel launches, in bytes.
+    pub const SHARED_MEM_BYTES: u32 = 0x150;
+    /// ABI 1.3: the module a `PROGRAM = PROG_MODULE` launch runs a function of.
+    pub const MODULE_HANDLE: u32 = 0x154;
+    /// ABI 1.3: where `FUNC_INFO` and `MODULE_GLOBAL` write their answers.
+    pub const INFO_LO: u32 = 0x158;
+    pub const INFO_HI: u32 = 0x15C;
+    /// ABI 1.3 (data = module handle): the `FUNC_NAME` function's parameter layout and
+    /// attributes, [`FUNC_INFO_BYTES`] at `INFO`.
+    pub const FUNC_INFO: u32 = 0x160;
+    /// ABI 1.3 (data = module handle): the address and size of the global `FUNC_NAME`,
+    /// [`GLOBAL_INFO_BYTES`] at `INFO`.
+    pub const MODULE_GLOBAL: u32 = 0x164;
+    /// ABI 1.3 (data = module handle): unload the module.
+    pub const MODULE_UNLOAD: u32 = 0x168;
     pub const LAUNCH: u32 = 0x180;
 
     /// `PROGRAM` values of the built-in programs.
@@ -134,8 +149,28 @@ pub mod compute {
     /// `PROGRAM = PROG_PTX | slot`: the function `FUNC_NAME` of the PTX
     /// module loaded into `slot` (backends with `CAPS.PTX` only).
     pub const PROG_PTX: u32 = 0x100;
-    /// Module slots of a vGPU.
+    /// Module slots of a vGPU that `PROG_PTX | slot` names.
     pub const PTX_SLOTS: u32 = 8;
+    /// ABI 1.3: `PROGRAM` value of a launch of `FUNC_NAME` of module `MODULE_HANDLE`.
+    pub const PROG_MODULE: u32 = 0x200;
+    /// ABI 1.3: module handles of a vGPU, `MODULE_LOAD` data 0 to this − 1 (0–7 are also the
+    /// slots of `PROG_PTX`).
+    pub const MAX_MODULES: u32 = 4096;
+    /// ABI 1.3: the most bytes of images a vGPU keeps loaded at once.
+    pub const MAX_MODULE_TOTAL_BYTES: u64 = 256 << 20;
+    /// ABI 1.3: most parameters a `FUNC_INFO` answer describes.
+    pub const MAX_FUNC_PARAMS: u32 = 1024;
+    /// ABI 1.3: `FUNC_INFO`'s answer: u32 status (a CUDA error number; 0: found), u32
+    /// parameter count, i32 attributes 0–15 (`CUfunction_attribute`) from byte 8, reserved
+    /// to byte 128, then a (u32 offset, u32 size) pair per parameter.
+    pub const FUNC_INFO_BYTES: u32 = 128 + 8 * MAX_FUNC_PARAMS;
+    pub const FUNC_INFO_ATTRS: usize = 8;
+    pub const FUNC_INFO_PARAMS: usize = 128;
+    pub const FUNC_ATTRIBUTES: usize = 16;
+    /// ABI 1.3: `MODULE_GLOBAL`'s answer: u32 status, u32 reserved, u64 address, u64 size.
+    pub const GLOBAL_INFO_BYTES: u32 = 24;
+    /// ABI 1.3: largest `SHARED_MEM_BYTES`.
+    pub const MAX_SHARED_MEM: u32 = 1 << 20;
     /// Largest PTX text `MODULE_LOAD` takes.
     pub const MAX_MODULE_BYTES: u32 = 4 << 20;
     /// Largest JIT log buffer.

@@ -10,8 +10,8 @@ use bitfield::bitfield;
 
 /// `ID` register value: ASCII "VGPU" read as a little-endian dword.
 pub const ID_MAGIC: u32 = 0x5550_4756;
-/// `VERSION` register value: ABI major 1, minor 0.
-pub const ABI_VERSION: u32 = 0x0001_0002;
+/// `VERSION` register value: ABI major 1, minor 3.
+pub const ABI_VERSION: u32 = 0x0001_0003;
 /// Offset of channel 0's register block.
 pub const CHANNEL_BASE: u32 = 0x1000;
 /// Distance between two channels' register blocks.
@@ -73,6 +73,8 @@ pub enum GlobalReg {
     RunlistSubmit,
     RunlistInfo,
     Doorbell,
+    InfoIndex,
+    InfoData,
 }
 
 impl GlobalReg {
@@ -167,6 +169,8 @@ pub const GLOBAL_REGS: &[RegDesc<GlobalReg>] = &[
     reg!(GlobalReg::RunlistSubmit, "RUNLIST_SUBMIT", offset: 0x098, access: Wo, reset: 0, mask: 0xFF),
     reg!(GlobalReg::RunlistInfo, "RUNLIST_INFO", offset: 0x09C, access: Ro, reset: 0, mask: !0),
     reg!(GlobalReg::Doorbell, "DOORBELL", offset: 0x0A0, access: Wo, reset: 0, mask: 0xFF),
+    reg!(GlobalReg::InfoIndex, "INFO_INDEX", offset: 0x0B0, access: Rw, reset: 0, mask: !0),
+    reg!(GlobalReg::InfoData, "INFO_DATA", offset: 0x0B4, access: Ro, reset: 0, mask: !0),
 ];
 
 /// The per-channel register map.

@@ -7,7 +7,8 @@
 # native baselines in the same run (tests/gpu/native_sharing.py, CuPy). Prints Markdown tables.
 #
 # usage: tests/gpu/run.sh BIN_DIR [SECONDS]
-#   BIN_DIR holds vgpud, vgpuctl, vgpud-cuda-worker and vgpu-guest (release builds).
+#   BIN_DIR holds vgpud, vgpuctl, vgpud-cuda-worker and vgpu-guest (release builds), and for the
+#   guest-cuda part libvgpu_cuda.so (tools/guest-cuda) and peers/ (see tests/gpu/guest_cuda.sh).
 #   PARTS="selftest ptx ..." picks sections (default: all); ISO_SECS sets how long the isolation
 #   part's neighbour runs (default 45 s: it must outlast all of the faulting vGPU's phases);
 #   TOGETHER_POLICY the policy of the two-busy-vGPUs part (default equal_share; it is pasted into
@@ -68,7 +69,7 @@ echo; echo "## Types derived from the GPU"; "$BIN/vgpuctl" --run-dir "$RUN/run" 
 T1=$("$BIN/vgpuctl" --run-dir "$RUN/run" types --json | python3 -c 'import json,sys; t=json.load(sys.stdin); print(" ".join(x["id"] for x in t))')
 set -- $T1; WHOLE=$1; HALF=${2:-$1}; QUARTER=${3:-$HALF}; EIGHTH=${4:-$QUARTER}
 S=$(create "$EIGHTH")
-PARTS=${PARTS:-selftest ptx copy lone sandbox together share isolation latency emulated native}
+PARTS=${PARTS:-selftest ptx copy lone sandbox together share isolation latency emulated native guest-cuda}
 has() { case " $PARTS " in *" $1 "*) return 0;; esac; return 1; }
 if has selftest; then
 echo; echo "## Selftest on a $EIGHTH vGPU of the CUDA engine"
@@ -282,5 +283,14 @@ fi
 if has native; then
 echo; echo "## Native baselines (same run)"
 timeout 300 python3 "$HERE/native_sharing.py" 2>&1 | tail -20
+fi
+if has guest-cuda; then
+echo
+if [ -f "$BIN/libvgpu_cuda.so" ]; then
+    stop 2>/dev/null
+    OUT=${OUT:-$RUN} bash "$HERE/guest_cuda.sh" "$BIN" "$BIN" "$BIN/peers"
+else
+    echo "## CUDA in the guest: $BIN/libvgpu_cuda.so not carried: skipped"
+fi
 fi
 echo; echo "## vgpud log (tail)"; tail -30 "$RUN/vgpud.log"

@@ -2,7 +2,8 @@
 # tests/vm/e2e.sh — the VM end-to-end test: real Linux guests under QEMU drive vGPUs of a
 # running vgpud over vfio-user, with the guest driver (vgpu-guest) inside the guest.
 #
-# usage: tests/vm/e2e.sh [--vgpud BIN --vgpuctl BIN --guest STATIC-BIN] [--work DIR]
+# usage: tests/vm/e2e.sh [--vgpud BIN --vgpuctl BIN --guest STATIC-BIN] [--cuda-test DIR]
+#                        [--work DIR]
 #
 # Without the binaries it builds them (release vgpud and vgpuctl; vgpu-guest linked
 # statically for the initramfs), so `sudo bash tests/vm/e2e.sh` from a clone boots the VMs.
@@ -13,7 +14,12 @@
 #         guest; the console must show the selftest passing and vgpud's log must show the
 #         client detaching after executing engine commands.
 # Case 2: two VMs at once on two vGPUs (vgpud-4c, vgpud-2c) of the same parent, both
-#         passing; then vgpud stops on SIGTERM and removes its sockets.
+#         passing.
+# Case 3 (with --cuda-test DIR): one VM runs a driver-API C program linked against
+#         libcuda.so.1 (DIR/driver_api, DIR/libcuda.so.1, with DIR/proc_table.tsv) on its vGPU
+#         through in-guest vfio: copies, memsets, streams, events and the rest of
+#         tools/guest-cuda/tests/c/driver_api.c. Then vgpud stops on SIGTERM and removes its
+#         sockets.
 # Prints "VGPUD-E2E case=N seconds=S" per case. Needs root and tests/vm/prepare.sh's chroot.
 set -euo pipefail
 
@@ -89,6 +95,28 @@ check "$WORK/vm2b.log"
 vm_log "case 2: two VMs passed side by side"
 echo "VGPUD-E2E case=2 seconds=$(vm_elapsed "$t")"
 "$VGPUCTL" --run-dir "$RUN" status >&2
+
+# Case 3: CUDA in the guest
+if [ -n "$CUDA_TEST" ]; then
+    t=$(vm_now)
+    # The program and the library are dynamically linked: the initramfs gets the C runtime
+    # they load (the loader, libc, libgcc_s) at the paths they were linked against.
+    files=(--file "$CUDA_TEST/libcuda.so.1=/lib/cuda/libcuda.so.1"
+           --file "$CUDA_TEST/proc_table.tsv=/etc/vgpu/proc_table.tsv")
+    for lib in $(ldd "$CUDA_TEST/driver_api" "$CUDA_TEST/libcuda.so.1" 2>/dev/null \
+                 | sed -n 's/.*=> \(\/[^ ]*\).*/\1/p; s/^[[:space:]]*\(\/[^ ]*ld-linux[^ ]*\).*/\1/p' | sort -u); do
+        case "$lib" in */libcuda.so*) continue ;; esac
+        files+=(--file "$(readlink -f "$lib")=$lib")
+    done
+    bash "$HERE/mkinitramfs.sh" "$WORK/vm-cuda.cpio.gz" --init-script "$HERE/guest-cuda.sh" \
+        "${files[@]}" "$CUDA_TEST/driver_api" >&2
+    bash "$HERE/boot.sh" --initrd "$WORK/vm-cuda.cpio.gz" --socket "$RUN/$U1.sock" --viommu \
+        --device-props '"rombar":0' --timeout 600 --log "$WORK/vm3.log" >/dev/null \
+        || { tail -60 "$WORK/vm3.log" >&2; vm_die "VM 3 (CUDA) failed"; }
+    grep -q "VGPU-GUEST-CUDA PASS" "$WORK/vm3.log" || { tail -60 "$WORK/vm3.log" >&2; vm_die "the CUDA program did not pass in the guest"; }
+    vm_log "case 3: $(grep -a '^PASS' "$WORK/vm3.log" | tail -1 | tr -d '\r') (libcuda.so.1 in the guest, vfio)"
+    echo "VGPUD-E2E case=3 seconds=$(vm_elapsed "$t")"
+fi
 
 kill -TERM "$VGPUD_PID"
 wait "$VGPUD_PID" || vm_die "vgpud exited with $? on SIGTERM"

@@ -93,13 +93,16 @@ vm_chroot() {
 # The executables and work directory a VM script takes: --vgpud, --vgpuctl, --guest (each built
 # here when not given: the guest driver statically, for the guest's initramfs) and --work (a new
 # /tmp/vgpud-TAG.XXXXXX when not given). Usage: vm_binaries TAG "$@"; sets VGPUD, VGPUCTL,
-# GUEST, WORK and REPO, and K8S_AGENT when --kubevirt AGENT is given. Needs root.
+# GUEST, WORK and REPO; CUDA_TEST (--cuda-test DIR: driver_api, libcuda.so.1 and
+# proc_table.tsv for the CUDA case; empty when not given); K8S_AGENT when --kubevirt AGENT
+# is given. Needs root.
 vm_binaries() {
     local tag=$1
     shift
-    VGPUD= VGPUCTL= GUEST= WORK= K8S_AGENT=
+    VGPUD= VGPUCTL= GUEST= WORK= CUDA_TEST= K8S_AGENT=
     while [ $# -gt 0 ]; do
         case "$1" in
+            --cuda-test) CUDA_TEST=$2; shift 2 ;;
             --kubevirt) K8S_AGENT=$2; shift 2 ;;
             --vgpud) VGPUD=$2; shift 2 ;;
             --vgpuctl) VGPUCTL=$2; shift 2 ;;

@@ -127,6 +127,8 @@ struct Core {
     /// waiting on `wake`.
     nudged: AtomicBool,
     doorbell: DoorbellPage,
+    /// The device-info block (ABI 1.3 §2.3): `INFO_DATA` reads it.
+    info: Vec<u32>,
     /// [`DEFAULT_POLL_WINDOW`] unless changed, in ns.
     poll_window_ns: AtomicU64,
     /// [`DEFAULT_ACQUIRE_TIMEOUT`] unless changed, in ns.
@@ -198,7 +200,18 @@ impl Vgpu {
         let channel_spans = (0..state.regs.channels())
             .map(|c| tracing::info_span!(parent: &span, "channel", channel = c))
             .collect();
+        // The engine's identity, with this vGPU's UUID when its name is one.
+        let info = ctx
+            .device_info()
+            .map(|mut i| {
+                if let Some(u) = crate::identity::parse_uuid(&cfg.name) {
+                    i.uuid = u;
+                }
+                i.encode()
+            })
+            .unwrap_or_default();
         let core = Arc::new(Core {
+            info,
             cfg,
             mem: Arc::new(GuestRam::new()),
             ctx,

@@ -38,6 +38,13 @@ impl Core {
                 now as u32
             }
             RegRef::Global(GlobalReg::TimerHi) => st.timer_latch,
+            // The device-info block, a word a read (ABI 1.3 §2.3): words past its end read 0.
+            RegRef::Global(GlobalReg::InfoData) => {
+                let index = RegRef::Global(GlobalReg::InfoIndex);
+                let i = st.regs.get(index);
+                st.regs.set(index, i.wrapping_add(1));
+                self.info.get(i as usize).copied().unwrap_or(0)
+            }
             RegRef::Global(GlobalReg::Status) => {
                 st.channels.iter().any(|c| c.state().is_busy()) as u32
             }

@@ -9,8 +9,8 @@
 //! * [`HostRegistration`]: a guest RAM file mapped here and registered
 //!   with the GPU (pinned, reachable by the device).
 //! * [`EventPool`]: events kept for the next items.
-//! * [`DeviceBuffer`], [`PinnedHost`], [`Module`]: device memory, mapped
-//!   host memory, a loaded module.
+//! * [`DeviceBuffer`], [`PinnedHost`], [`Module`], [`LinkState`]: device
+//!   memory, mapped host memory, a loaded module, a link in progress.
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -22,6 +22,12 @@ use devmodel::sync::lock;
 
 /// `CUDA_ERROR_OUT_OF_MEMORY`: the device has no room.
 pub const CUDA_ERROR_OUT_OF_MEMORY: u32 = 2;
+/// `CUDA_ERROR_INVALID_IMAGE`: a guest image whose headers reach past its
+/// bytes.
+pub const CUDA_ERROR_INVALID_IMAGE: u32 = 200;
+/// `CUDA_ERROR_INVALID_HANDLE`: no module under a handle (ABI 1.3's
+/// module queries), or a handle past the vGPU's.
+pub const CUDA_ERROR_INVALID_HANDLE: u32 = 400;
 /// `CUDA_ERROR_NOT_FOUND`, `CUDA_ERROR_NOT_SUPPORTED`: reported for guest
 /// launches refused before they reach the driver.
 pub const CUDA_ERROR_NOT_FOUND: u32 = 500;
@@ -394,6 +400,17 @@ impl Drop for Module {
         // SAFETY: a module this value loaded; none of its kernels is queued
         // (the owner synchronizes the stream first).
         unsafe { sys::cuModuleUnload(self.0) };
+    }
+}
+
+/// A link in progress (`cuLinkCreate`): the JIT compiler and linker, whose
+/// output lives until it is destroyed.
+pub struct LinkState(pub sys::CUlinkState);
+
+impl Drop for LinkState {
+    fn drop(&mut self) {
+        // SAFETY: a link this value created; its output was copied out.
+        unsafe { sys::cuLinkDestroy(self.0) };
     }
 }
 

@@ -9,10 +9,13 @@
 //!   RAM, the submitting and completion threads.
 //! * [`ops`]: the built-in operations (copies, fills, the kernels of
 //!   `kernels.cu` compiled with NVRTC at start-up).
-//! * [`ptx`]: guest PTX: modules, the address space guest kernels see,
-//!   launches.
+//! * [`ptx`]: guest code: modules and their queries, the address space
+//!   guest kernels see, launches.
+//! * [`modules`]: a vGPU's modules by handle, their bounds, the images
+//!   told apart and audited, the cache of compiled PTX.
 //! * [`driver`]: the driver calls as owned resources.
-//! * [`probe`]: what a GPU is, and which ordinal has a UUID.
+//! * [`probe`]: what a GPU is (`--probe`, and the device-info block's
+//!   contents), and which ordinal has a UUID.
 //! * [`syscalls`]: what the driver calls once running, for the seccomp
 //!   filter.
 //!
@@ -23,6 +26,7 @@
 
 pub mod cli;
 pub mod driver;
+pub mod modules;
 pub mod ops;
 pub mod probe;
 pub mod ptx;

@@ -27,8 +27,8 @@ pub struct Kernels {
 }
 
 impl Kernels {
-    /// Compile `kernels.cu` with NVRTC and load it.
-    pub fn compile() -> Result<Kernels, Error> {
+    /// Compile `kernels.cu` with NVRTC and load it; also its PTX.
+    pub fn compile() -> Result<(Kernels, String), Error> {
         let ptx = cudarc::nvrtc::compile_ptx(include_str!("kernels.cu")).map_err(Error::Compile)?;
         let src = std::ffi::CString::new(ptx.to_src()).map_err(|_| Error::GuestFile {
             what: "NVRTC's PTX holds a NUL",
@@ -48,7 +48,7 @@ impl Kernels {
             })?;
             Ok(f)
         };
-        Ok(Kernels {
+        let kernels = Kernels {
             fill: get(c"fill_pattern")?,
             saxpy: get(c"saxpy")?,
             gemm: get(c"gemm")?,
@@ -56,7 +56,8 @@ impl Kernels {
             store_sum: get(c"store_sum")?,
             spin: get(c"spin")?,
             _module: module,
-        })
+        };
+        Ok((kernels, ptx.to_src()))
     }
 }
 
@@ -100,7 +101,9 @@ impl Worker {
             Op::Spin { ns, dst, report } => {
                 self.spin(*ns, dst.as_deref(), *report, item, &mut back)?
             }
-            Op::Batch(_) | Op::ModuleLoad { .. } | Op::Kernel(_) => return Err(Status::Engine),
+            Op::Batch(_) | Op::ModuleLoad { .. } | Op::Kernel(_) | Op::Module(_) => {
+                return Err(Status::Engine)
+            }
         }
         // Scatter written scratch operands back to their extents.
         for (buf, parts) in back {

@@ -10,6 +10,17 @@
 //! mode); its result replaces this list. Meanwhile the calls that name a
 //! path are allowed inside the empty root ([`CUDA_PATH_SYSCALLS`]), so that
 //! a driver looking for a file is told `ENOENT` rather than killed.
+//!
+//! ABI 1.3's calls add nothing to the list (also not yet measured): the
+//! device identity is asked before the filter; the JIT linker (`cuLink*`)
+//! runs in the process, like the JIT it shares with `cuModuleLoadDataEx`,
+//! and the worker uses it on its own kernels before the filter
+//! (`ptx::KernelSpace::try_link`), so that any library it loads is loaded
+//! then; loading a cubin or fatbin, `cuFuncGetParamInfo`,
+//! `cuFuncGetAttribute`, `cuFuncSetAttribute` and `cuModuleGetGlobal`
+//! reach the device through its ioctls and mappings, as PTX modules did.
+//! `tests/gpu/syscalls.sh` and the GPU run's guest-CUDA part (workers
+//! confined) check it.
 
 /// Allowed for the CUDA worker beside the base list.
 pub const CUDA_SYSCALLS: &[i64] = &[

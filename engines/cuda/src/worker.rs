@@ -28,12 +28,13 @@ use devmodel::gmmu::{Aperture, Extent};
 use engine_worker::endpoint::{Endpoint, Sender};
 use engine_worker::sandbox::{Confinement, Escape};
 use engine_worker::wire::{Done, FatalReason, Layout, Ready, Status, ToDaemon, ToWorker};
+use mmio::devinfo::DeviceInfo;
 
 use crate::driver::{
     ck, DeviceBuffer, EventPool, Framebuffer, HostRegistration, PinnedHost, Stream,
 };
 use crate::ops::Kernels;
-use crate::ptx::KernelSpace;
+use crate::ptx::{GuestModule, KernelSpace};
 use crate::Error;
 
 /// The most bytes one piece moves on a GPU: about 0.6 ms of its copy
@@ -64,6 +65,10 @@ pub(crate) struct InFlight {
     pub(crate) sum: Option<(*mut f64, f64)>,
     /// Gathered operands, freed once the item has run.
     pub(crate) scratch: Vec<DeviceBuffer>,
+    /// Guest modules unloaded or replaced by the item: unloaded once it
+    /// has run, and with it everything queued before (which may run their
+    /// kernels), without holding up the submitting thread.
+    pub(crate) retired: Vec<GuestModule>,
     status: Status,
     /// The CUDA error number of a refused module or launch.
     pub(crate) error: u32,
@@ -102,6 +107,8 @@ pub struct Worker {
     events: Arc<EventPool>,
     /// The daemon's pid (the sandbox tests' escape target).
     daemon: i32,
+    /// What the GPU is (sent with `Ready`).
+    identity: DeviceInfo,
 }
 
 /// Run the worker on `ep`: GPU `device` (CUDA ordinal), `vram` bytes of
@@ -139,6 +146,7 @@ pub fn run(mut ep: Endpoint, device: i32, vram: u64, confinement: Confinement) -
         multiprocessors: w.sms,
         ptx_va_base: w.kspace.base(),
         piece_bytes: GPU_PIECE_BYTES,
+        device: std::mem::take(&mut w.identity),
     };
     if out.send(&ToDaemon::Ready(ready)).is_err() {
         return 1;
@@ -217,8 +225,10 @@ fn completions(
             Some((slot, carry)) => carry + unsafe { std::ptr::read_volatile(slot) },
             None => item.error as f64,
         };
-        // The item's scratch buffers go now: its work is complete.
+        // The item's scratch buffers and retired modules go now: its work
+        // is complete, and so is all work queued before it.
         drop(item.scratch);
+        drop(item.retired);
         queued.fetch_sub(1, Ordering::AcqRel);
         let done = Done {
             tag: item.tag,
@@ -265,10 +275,14 @@ impl Worker {
             ctx
         };
         let sms = crate::probe::multiprocessors(dev)?;
+        let identity = crate::probe::identity(dev)?;
         let fb = Framebuffer::new(dev, vram)?;
-        let kspace = KernelSpace::reserve(dev);
+        let mut kspace = KernelSpace::reserve(dev);
         let (stream, io) = (Stream::new()?, Stream::new()?);
-        let k = Kernels::compile()?;
+        let (k, ptx) = Kernels::compile()?;
+        if kspace.base() != 0 {
+            kspace.try_link(&ptx);
+        }
         let spin_sync = DeviceBuffer::new(16)?;
         // SAFETY: the 16 bytes just allocated.
         ck("cuMemsetD8", unsafe {
@@ -295,6 +309,7 @@ impl Worker {
             queued: Arc::new(AtomicUsize::new(0)),
             events: Arc::new(EventPool::default()),
             daemon,
+            identity,
         })
     }
 
@@ -482,6 +497,7 @@ impl Worker {
             end,
             sum: None,
             scratch: Vec::new(),
+            retired: Vec::new(),
             status: Status::Ok,
             error: 0,
         };
@@ -493,6 +509,7 @@ impl Worker {
             let r = match o {
                 Op::ModuleLoad { slot, text, log } => self.module_load(*slot, text, log, &mut item),
                 Op::Kernel(k) => self.kernel(k, &mut item),
+                Op::Module(m) => self.module_op(m, &mut item),
                 o => self.queue(o, &mut item),
             };
             if let Err(s) = r {

@@ -67,6 +67,9 @@ pub fn run(mut ep: Endpoint, vram: u64, confinement: Confinement) -> i32 {
         multiprocessors: 1,
         ptx_va_base: 0,
         piece_bytes: PIECE_BYTES,
+        // The cpu engine's documented synthetic device (what a cpu-engine
+        // vGPU reports too): the identity travels as a GPU's does.
+        device: ctx.device_info().unwrap_or_default(),
     };
     if out.send(&ToDaemon::Ready(ready)).is_err() {
         return 1;

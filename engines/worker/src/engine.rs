@@ -18,6 +18,7 @@ use devmodel::backend::{
 };
 use devmodel::command::{Op, PIECE_BYTES};
 use devmodel::sync::lock;
+use mmio::devinfo::DeviceInfo;
 
 use crate::conn::{out_of_memory, Conn, Pending};
 use crate::program::WorkerProgram;
@@ -80,12 +81,13 @@ impl Backend for ProcessEngine {
                 }
             }
         })?;
-        let ready = conn.ready.get().copied();
+        let ready = conn.ready.get();
         let ctx = Arc::new_cyclic(|me: &Weak<ProcessContext>| ProcessContext {
             ptx_va_base: ready.and_then(|r| (r.ptx_va_base != 0).then_some(r.ptx_va_base)),
             piece_bytes: ready.map_or(PIECE_BYTES, |r| {
                 r.piece_bytes.clamp(PIECE_BYTES, MAX_PIECE_BYTES)
             }),
+            device: ready.map(|r| r.device.clone()),
             program: self.program.clone(),
             vram: vram_bytes,
             kernel_timeout: self.kernel_timeout,
@@ -182,6 +184,9 @@ struct ProcessContext {
     ptx_va_base: Option<u64>,
     /// The first worker's piece size, clamped.
     piece_bytes: u64,
+    /// What the device is, as the first worker reported it (a restarted
+    /// worker runs on the same device).
+    device: Option<DeviceInfo>,
     vram: u64,
     kernel_timeout: Duration,
     conn: Mutex<Arc<Conn>>,
@@ -305,6 +310,14 @@ impl EngineContext for ProcessContext {
 
     fn ptx_va_base(&self) -> Option<u64> {
         self.ptx_va_base
+    }
+
+    /// The device-info block's contents, from the worker's `Ready`: on a
+    /// GPU the physical device's name, UUID, driver version and every
+    /// `cuDeviceGetAttribute` value; on an emulating worker its cpu
+    /// engine's synthetic identity.
+    fn device_info(&self) -> Option<DeviceInfo> {
+        self.device.clone()
     }
 
     /// What the worker asked for: 32 MiB on a GPU (about 0.6 ms of its

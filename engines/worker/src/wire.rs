@@ -26,8 +26,9 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use devmodel::command::{KernelLaunch, Op, RunningSum, MAX_BATCH_OPS};
+use devmodel::command::{KernelLaunch, ModuleOp, Op, RunningSum, MAX_BATCH_OPS};
 use devmodel::gmmu::{Aperture, Extent, KernelMap, KernelRun};
+use mmio::devinfo::{DeviceInfo, MAX_ATTRS, NAME_BYTES};
 
 use crate::Error;
 
@@ -74,6 +75,9 @@ mod kind {
     pub const BATCH: u8 = 6;
     pub const MODULE_LOAD: u8 = 7;
     pub const KERNEL: u8 = 8;
+    pub const MODULE_UNLOAD: u8 = 9;
+    pub const FUNC_INFO: u8 = 10;
+    pub const MODULE_GLOBAL: u8 = 11;
 }
 
 /// Daemon to worker.
@@ -118,7 +122,7 @@ pub enum ToDaemon<'a> {
 }
 
 /// What a worker offers once started.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Ready {
     /// Framebuffer bytes it allocated.
     pub vram: u64,
@@ -128,6 +132,11 @@ pub struct Ready {
     /// The most bytes one piece should move on this engine
     /// (`EngineContext::piece_bytes`).
     pub piece_bytes: u64,
+    /// What the device is, as CUDA describes it: the vGPU's device-info
+    /// block (ABI 1.3 §2.3). Its name is at most [`NAME_BYTES`] − 1 bytes
+    /// and it has at most [`MAX_ATTRS`] attributes (longer ones are cut
+    /// when sent, refused when received).
+    pub device: DeviceInfo,
 }
 
 /// An operation's outcome.
@@ -321,7 +330,8 @@ impl ToDaemon<'_> {
                     .u64(r.vram)
                     .u32(r.multiprocessors)
                     .u64(r.ptx_va_base)
-                    .u64(r.piece_bytes);
+                    .u64(r.piece_bytes)
+                    .device(&r.device);
             }
             ToDaemon::Done(d) => {
                 w.u8(to_daemon::DONE)
@@ -359,6 +369,7 @@ impl ToDaemon<'_> {
                 multiprocessors: r.u32()?,
                 ptx_va_base: r.u64()?,
                 piece_bytes: r.u64()?,
+                device: r.device()?,
             }),
             to_daemon::DONE => ToDaemon::Done(Done {
                 tag: r.u64()?,
@@ -438,6 +449,23 @@ impl Writer<'_> {
         self.0.extend_from_slice(b);
         self
     }
+    /// A device's identity: CUDA version, UUID, name (cut to fit the
+    /// block at a character boundary), attributes (at most [`MAX_ATTRS`]).
+    fn device(&mut self, d: &DeviceInfo) -> &mut Self {
+        let mut end = d.name.len().min(NAME_BYTES - 1);
+        while !d.name.is_char_boundary(end) {
+            end -= 1;
+        }
+        self.u32(d.cuda_version);
+        self.0.extend_from_slice(&d.uuid);
+        self.bytes(&d.name.as_bytes()[..end]);
+        let attrs = &d.attributes[..d.attributes.len().min(MAX_ATTRS as usize)];
+        self.u32(attrs.len() as u32);
+        for a in attrs {
+            self.u32(*a as u32);
+        }
+        self
+    }
     fn extents(&mut self, ext: &[Extent]) -> &mut Self {
         self.u32(ext.len() as u32);
         for e in ext {
@@ -504,8 +532,27 @@ impl Writer<'_> {
                 for v in k.grid.iter().chain(&k.block) {
                     self.u32(*v);
                 }
-                self.bytes(&k.params).u64(k.map.id)
+                self.u32(k.shared).bytes(&k.params).u64(k.map.id)
             }
+            Op::Module(ModuleOp::Unload { handle }) => self.u8(kind::MODULE_UNLOAD).u32(*handle),
+            Op::Module(ModuleOp::FuncInfo {
+                handle,
+                name,
+                answer,
+            }) => self
+                .u8(kind::FUNC_INFO)
+                .u32(*handle)
+                .bytes(name.as_bytes())
+                .extents(answer),
+            Op::Module(ModuleOp::Global {
+                handle,
+                name,
+                answer,
+            }) => self
+                .u8(kind::MODULE_GLOBAL)
+                .u32(*handle)
+                .bytes(name.as_bytes())
+                .extents(answer),
         }
     }
 }
@@ -576,6 +623,30 @@ impl<'a> Reader<'a> {
             return Err(Error::Malformed("count"));
         }
         Ok(n)
+    }
+    /// A device's identity as [`Writer::device`] wrote it; a name or an
+    /// attribute table past the block's room is malformed.
+    fn device(&mut self) -> Result<DeviceInfo, Error> {
+        let cuda_version = self.u32()?;
+        let mut uuid = [0u8; 16];
+        uuid.copy_from_slice(self.take(16)?);
+        let name = self.bytes()?;
+        if name.len() >= NAME_BYTES {
+            return Err(Error::Malformed("device name length"));
+        }
+        let name = std::str::from_utf8(name)
+            .map_err(|_| Error::Malformed("device name"))?
+            .to_string();
+        let n = self.count(4, MAX_ATTRS as usize)?;
+        let attributes = (0..n)
+            .map(|_| Ok(self.u32()? as i32))
+            .collect::<Result<_, Error>>()?;
+        Ok(DeviceInfo {
+            cuda_version,
+            uuid,
+            name,
+            attributes,
+        })
     }
     fn extents(&mut self) -> Result<Vec<Extent>, Error> {
         let n = self.count(17, usize::MAX)?;
@@ -681,6 +752,7 @@ impl<'a> Reader<'a> {
                 for d in &mut dims {
                     *d = self.u32()?;
                 }
+                let shared = self.u32()?;
                 let params = self.bytes()?.to_vec();
                 // The runs came in a KernelMap message before.
                 let map = Arc::new(KernelMap {
@@ -692,9 +764,32 @@ impl<'a> Reader<'a> {
                     func,
                     grid: [dims[0], dims[1], dims[2]],
                     block: [dims[3], dims[4], dims[5]],
+                    shared,
                     params,
                     map,
                 }))
+            }
+            kind::MODULE_UNLOAD => Op::Module(ModuleOp::Unload {
+                handle: self.u32()?,
+            }),
+            k @ (kind::FUNC_INFO | kind::MODULE_GLOBAL) => {
+                let handle = self.u32()?;
+                let name = String::from_utf8(self.bytes()?.to_vec())
+                    .map_err(|_| Error::Malformed("symbol name"))?;
+                let answer = self.extents()?;
+                Op::Module(if k == kind::FUNC_INFO {
+                    ModuleOp::FuncInfo {
+                        handle,
+                        name,
+                        answer,
+                    }
+                } else {
+                    ModuleOp::Global {
+                        handle,
+                        name,
+                        answer,
+                    }
+                })
             }
             _ => return Err(Error::Malformed("operation kind")),
         })
@@ -775,12 +870,24 @@ mod tests {
                 func: "vec_add".into(),
                 grid: [4096, 2, 1],
                 block: [256, 1, 1],
+                shared: 48 << 10,
                 params: vec![1, 2, 3, 4, 5, 6, 7, 8, 9],
                 map: Arc::new(KernelMap {
                     id: 77,
                     runs: Vec::new(),
                 }),
             })),
+            Op::Module(ModuleOp::Unload { handle: 4095 }),
+            Op::Module(ModuleOp::FuncInfo {
+                handle: 9,
+                name: "_Z6kernelPf".into(),
+                answer: vec![e(8192, 8320)],
+            }),
+            Op::Module(ModuleOp::Global {
+                handle: 10,
+                name: "counter".into(),
+                answer: vec![e(0, 24)],
+            }),
         ]
     }
 
@@ -894,6 +1001,12 @@ mod tests {
                 multiprocessors: 132,
                 ptx_va_base: 0x2000_0000_0000,
                 piece_bytes: 32 << 20,
+                device: DeviceInfo {
+                    cuda_version: 13000,
+                    uuid: *b"0123456789abcdef",
+                    name: "NVIDIA H100 80GB HBM3".into(),
+                    attributes: vec![0, 1024, 1024, 64, -1],
+                },
             }),
             ToDaemon::Done(Done {
                 tag: 7,
@@ -962,6 +1075,67 @@ mod tests {
             panic!("not a fatal");
         };
         assert_eq!(f.detail.len(), MAX_DETAIL);
+    }
+
+    /// A device identity past the block's room is cut when sent and
+    /// refused when received (a worker's bytes are not trusted).
+    #[test]
+    fn a_ready_device_is_bounded_each_way() {
+        let ready = |name: String, attributes: Vec<i32>| {
+            ToDaemon::Ready(Ready {
+                vram: 0,
+                multiprocessors: 1,
+                ptx_va_base: 0,
+                piece_bytes: 1,
+                device: DeviceInfo {
+                    cuda_version: 0,
+                    uuid: [7; 16],
+                    name,
+                    attributes,
+                },
+            })
+        };
+        let mut buf = Vec::new();
+        ready("é".repeat(200), (0..600).collect())
+            .encode(&mut buf)
+            .unwrap();
+        let ToDaemon::Ready(r) = ToDaemon::decode(&buf).unwrap() else {
+            panic!("not a Ready");
+        };
+        assert_eq!(
+            r.device.name,
+            "é".repeat(127),
+            "cut at a character boundary"
+        );
+        assert_eq!(
+            r.device.attributes,
+            (0..MAX_ATTRS as i32).collect::<Vec<_>>()
+        );
+        assert_eq!(r.device.uuid, [7; 16]);
+        // Hand-made frames: a 255-byte name is the most; 256 bytes, a name
+        // that is not UTF-8, or one attribute too many are malformed.
+        let frame = |name: &[u8], attrs: u32| {
+            let mut f = vec![to_daemon::READY];
+            f.extend_from_slice(&[0; 8 + 4 + 8 + 8 + 4 + 16]);
+            f.extend_from_slice(&(name.len() as u64).to_le_bytes());
+            f.extend_from_slice(name);
+            f.extend_from_slice(&attrs.to_le_bytes());
+            f.extend((0..attrs).flat_map(|a| a.to_le_bytes()));
+            f
+        };
+        assert!(ToDaemon::decode(&frame(&[b'a'; NAME_BYTES - 1], MAX_ATTRS)).is_ok());
+        assert!(matches!(
+            ToDaemon::decode(&frame(&[b'a'; NAME_BYTES], 0)),
+            Err(Error::Malformed("device name length"))
+        ));
+        assert!(matches!(
+            ToDaemon::decode(&frame(&[0xFF], 0)),
+            Err(Error::Malformed("device name"))
+        ));
+        assert!(matches!(
+            ToDaemon::decode(&frame(b"x", MAX_ATTRS + 1)),
+            Err(Error::Malformed("count"))
+        ));
     }
 
     #[test]

@@ -51,6 +51,18 @@ impl Identity {
     }
 }
 
+/// What the engine behind a vGPU is, as CUDA describes a device (ABI 1.3 §2.3): read from
+/// the device-info block.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct DeviceInfo {
+    /// The CUDA version of the engine's driver (e.g. 13000); 0 when there is none.
+    pub cuda_version: u32,
+    pub uuid: [u8; 16],
+    pub name: String,
+    /// `cuDeviceGetAttribute` values by attribute number (index 0 unused).
+    pub attributes: Vec<i32>,
+}
+
 /// Where a buffer lives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Placement {
@@ -293,6 +305,60 @@ impl Device {
     /// The identity read at open.
     pub fn identity(&self) -> &Identity {
         &self.ident
+    }
+
+    /// The ABI minor version (`VERSION[15:0]`).
+    pub fn abi_minor(&self) -> u32 {
+        self.ident.version & 0xFFFF
+    }
+
+    /// The device-info block (ABI 1.3, §2.3): the engine's identity and its device
+    /// attributes, read word by word through `INFO_INDEX`/`INFO_DATA`. `None` before ABI 1.3
+    /// or when the block is empty.
+    pub fn device_info(&mut self) -> Result<Option<DeviceInfo>> {
+        use regs::info;
+        if self.abi_minor() < 3 {
+            return Ok(None);
+        }
+        self.write32(regs::INFO_INDEX, 0)?;
+        let words = self.read32(regs::INFO_DATA)?;
+        let attrs = {
+            self.write32(regs::INFO_INDEX, info::ATTR_COUNT)?;
+            self.read32(regs::INFO_DATA)?
+        };
+        if words == 0 {
+            return Ok(None);
+        }
+        if attrs > info::MAX_ATTRS || words < info::ATTRS + attrs {
+            return Err(Error::Protocol(format!(
+                "device-info block of {words} words with {attrs} attributes"
+            )));
+        }
+        self.write32(regs::INFO_INDEX, 0)?;
+        let mut w = Vec::with_capacity((info::ATTRS + attrs) as usize);
+        for _ in 0..info::ATTRS + attrs {
+            w.push(self.read32(regs::INFO_DATA)?);
+        }
+        let bytes = |from: u32, n: usize| -> Vec<u8> {
+            w[from as usize..]
+                .iter()
+                .flat_map(|x| x.to_le_bytes())
+                .take(n)
+                .collect()
+        };
+        let mut uuid = [0u8; 16];
+        uuid.copy_from_slice(&bytes(info::UUID, 16));
+        let name = bytes(info::NAME, info::NAME_BYTES);
+        let end = name.iter().position(|&c| c == 0).unwrap_or(name.len());
+        Ok(Some(DeviceInfo {
+            cuda_version: w[info::CUDA_VERSION as usize],
+            uuid,
+            name: String::from_utf8_lossy(&name[..end]).into_owned(),
+            attributes: w[info::ATTRS as usize..]
+                .iter()
+                .map(|&x| x as i32)
+                .collect(),
+        }))
     }
 
     /// `PTX_VA_BASE`, read at open: the GPU address at which a guest PTX

@@ -62,7 +62,7 @@ pub mod transport;
 
 pub use channel::{Channel, ChannelConfig, ChannelStatus, Fence, Notifier, Segment, WaitMode};
 pub use device::{
-    Buffer, Device, Doorbells, Identity, Interrupts, MmuFault, Placement, RunlistEntry,
+    Buffer, Device, DeviceInfo, Doorbells, Identity, Interrupts, MmuFault, Placement, RunlistEntry,
 };
 pub use error::{Error, ErrorCode, Result};
 pub use transport::Transport;

@@ -81,7 +81,40 @@ pub mod compute {
     pub const MODULE_LOG_LO: u32 = 0x144;
     /// `MODULE_LOG_SIZE`: the log buffer's size in bytes (0 = no log).
     pub const MODULE_LOG_SIZE: u32 = 0x14C;
+    /// `SHARED_MEM_BYTES` (ABI 1.3): dynamic shared memory of guest kernel launches.
+    pub const SHARED_MEM_BYTES: u32 = 0x150;
+    /// `MODULE_HANDLE` (ABI 1.3): the module a `PROGRAM` = [`PROGRAM_MODULE`] launch runs.
+    pub const MODULE_HANDLE: u32 = 0x154;
+    /// `INFO_LO/HI` (ABI 1.3): where `FUNC_INFO` and `MODULE_GLOBAL` write their answer.
+    pub const INFO_LO: u32 = 0x158;
+    /// `FUNC_INFO` (ABI 1.3, data = module handle): the `FUNC_NAME` function's parameter
+    /// layout and attributes, [`FUNC_INFO_BYTES`] at `INFO`.
+    pub const FUNC_INFO: u32 = 0x160;
+    /// `MODULE_GLOBAL` (ABI 1.3, data = module handle): the address and size of global
+    /// `FUNC_NAME`, [`GLOBAL_INFO_BYTES`] at `INFO`.
+    pub const MODULE_GLOBAL: u32 = 0x164;
+    /// `MODULE_UNLOAD` (ABI 1.3, data = module handle).
+    pub const MODULE_UNLOAD: u32 = 0x168;
     pub const LAUNCH: u32 = 0x180;
+    /// `PROGRAM` value of a launch of `FUNC_NAME` of module `MODULE_HANDLE` (ABI 1.3).
+    pub const PROGRAM_MODULE: u32 = 0x200;
+    /// Module handles of an ABI 1.3 device: `MODULE_LOAD` data 0 to this − 1.
+    pub const MAX_MODULES: u32 = 4096;
+    /// Most parameters `FUNC_INFO` describes.
+    pub const MAX_FUNC_PARAMS: u32 = 1024;
+    /// `FUNC_INFO`'s answer: u32 status (a CUDA error number, 0 = found), u32 parameter
+    /// count, i32 attributes 0–15 (`CUfunction_attribute`), reserved to byte 128, then
+    /// (u32 offset, u32 size) per parameter.
+    pub const FUNC_INFO_BYTES: u32 = 128 + 8 * MAX_FUNC_PARAMS;
+    /// Offset of the attributes and of the parameters in a `FUNC_INFO` answer.
+    pub const FUNC_INFO_ATTRS: usize = 8;
+    pub const FUNC_INFO_PARAMS: usize = 128;
+    /// Function attributes a `FUNC_INFO` answer carries.
+    pub const FUNC_ATTRIBUTES: usize = 16;
+    /// `MODULE_GLOBAL`'s answer: u32 status, u32 reserved, u64 address, u64 size.
+    pub const GLOBAL_INFO_BYTES: u32 = 24;
+    /// Largest `SHARED_MEM_BYTES`.
+    pub const MAX_SHARED_MEM: u32 = 1 << 20;
     /// Largest PTX text (`MODULE_SIZE`).
     pub const MAX_MODULE_BYTES: u32 = 4 << 20;
     /// Largest module log buffer (`MODULE_LOG_SIZE`).
@@ -435,6 +468,64 @@ impl Pushbuf {
     ) -> &mut Self {
         self.module_log(log_va, log_size)
             .module_load(slot, va, size)
+    }
+
+    /// Unload module `handle` (ABI 1.3).
+    pub fn module_unload(&mut self, handle: u32) -> &mut Self {
+        self.immd(SUBCH_COMPUTE, compute::MODULE_UNLOAD, handle)
+    }
+
+    /// `FUNC_INFO` (`function` is `true`) or `MODULE_GLOBAL` of the name at `name_va`
+    /// (`name_len` bytes) in module `handle`, answered at `info_va` (ABI 1.3).
+    pub fn module_query(
+        &mut self,
+        function: bool,
+        handle: u32,
+        name_va: u64,
+        name_len: u32,
+        info_va: u64,
+    ) -> &mut Self {
+        let method = if function {
+            compute::FUNC_INFO
+        } else {
+            compute::MODULE_GLOBAL
+        };
+        self.incr(
+            SUBCH_COMPUTE,
+            compute::FUNC_NAME_LO,
+            &[lo(name_va), hi(name_va), name_len],
+        )
+        .incr(SUBCH_COMPUTE, compute::INFO_LO, &[lo(info_va), hi(info_va)])
+        .immd(SUBCH_COMPUTE, method, handle)
+    }
+
+    /// Launch function `name_va` (`name_len` bytes) of module `handle` (ABI 1.3) on `grid` ×
+    /// `block` threads with `shared` bytes of dynamic shared memory and the parameter block
+    /// at `params`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn launch_module(
+        &mut self,
+        handle: u32,
+        name_va: u64,
+        name_len: u32,
+        grid: [u32; 3],
+        block: [u32; 3],
+        shared: u32,
+        params: u64,
+        size: u32,
+    ) -> &mut Self {
+        self.incr(
+            SUBCH_COMPUTE,
+            compute::GRID_X,
+            &[grid[0], grid[1], grid[2], block[0], block[1], block[2]],
+        )
+        .incr(
+            SUBCH_COMPUTE,
+            compute::FUNC_NAME_LO,
+            &[lo(name_va), hi(name_va), name_len],
+        )
+        .incr(SUBCH_COMPUTE, compute::SHARED_MEM_BYTES, &[shared, handle])
+        .launch(compute::PROGRAM_MODULE, params, size)
     }
 
     /// Launch PTX function `name_va` (`name_len` bytes) of module `slot`

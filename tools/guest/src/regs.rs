@@ -43,6 +43,30 @@ pub const RUNLIST_SUBMIT: u32 = 0x098;
 pub const RUNLIST_INFO: u32 = 0x09C;
 pub const RUNLIST_INFO_REJECTED: u32 = 1 << 31;
 pub const DOORBELL: u32 = 0x0A0;
+/// `INFO_INDEX` (ABI 1.3, §2.3): the word of the device-info block `INFO_DATA` reads.
+pub const INFO_INDEX: u32 = 0x0B0;
+/// `INFO_DATA` (ABI 1.3, RO): word `INFO_INDEX` of the device-info block; a read moves
+/// `INFO_INDEX` on by one.
+pub const INFO_DATA: u32 = 0x0B4;
+
+/// The device-info block (ABI 1.3, §2.3), by 32-bit word.
+pub mod info {
+    /// Words in the block (0 on a device without one).
+    pub const WORDS: u32 = 0;
+    /// The CUDA version of the engine's driver (e.g. 13000), 0 for none.
+    pub const CUDA_VERSION: u32 = 1;
+    /// Number of attribute words at [`ATTRS`].
+    pub const ATTR_COUNT: u32 = 2;
+    /// The UUID, 16 bytes.
+    pub const UUID: u32 = 4;
+    /// The name, 256 bytes, NUL-padded.
+    pub const NAME: u32 = 8;
+    pub const NAME_BYTES: usize = 256;
+    /// Attribute *a* (a `CUdevice_attribute` number) at word `ATTRS + a`.
+    pub const ATTRS: u32 = 72;
+    /// Most attribute words a block carries.
+    pub const MAX_ATTRS: u32 = 512;
+}
 
 /// Interrupt causes (`INTR_STATUS` / `INTR_ENABLE` bits, ABI §6).
 pub const INTR_HOST: u32 = 1 << 0;

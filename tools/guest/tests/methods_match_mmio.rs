@@ -235,6 +235,83 @@ fn compute_pairs() -> Vec<Pair> {
             dev::compute::PTX_SLOTS
         ),
         p!("compute::MAX_PARAMS", compute::MAX_PARAMS, dev::MAX_PARAMS),
+        // ABI 1.3.
+        p!(
+            "compute::SHARED_MEM_BYTES",
+            compute::SHARED_MEM_BYTES as u64,
+            dev::compute::SHARED_MEM_BYTES as u64
+        ),
+        p!(
+            "compute::MODULE_HANDLE",
+            compute::MODULE_HANDLE as u64,
+            dev::compute::MODULE_HANDLE as u64
+        ),
+        p!(
+            "compute::INFO_LO",
+            compute::INFO_LO as u64,
+            dev::compute::INFO_LO as u64
+        ),
+        p!(
+            "compute::FUNC_INFO",
+            compute::FUNC_INFO as u64,
+            dev::compute::FUNC_INFO as u64
+        ),
+        p!(
+            "compute::MODULE_GLOBAL",
+            compute::MODULE_GLOBAL as u64,
+            dev::compute::MODULE_GLOBAL as u64
+        ),
+        p!(
+            "compute::MODULE_UNLOAD",
+            compute::MODULE_UNLOAD as u64,
+            dev::compute::MODULE_UNLOAD as u64
+        ),
+        p!(
+            "compute::PROGRAM_MODULE",
+            compute::PROGRAM_MODULE as u64,
+            dev::compute::PROG_MODULE as u64
+        ),
+        p!(
+            "compute::MAX_MODULES",
+            compute::MAX_MODULES as u64,
+            dev::compute::MAX_MODULES as u64
+        ),
+        p!(
+            "compute::MAX_FUNC_PARAMS",
+            compute::MAX_FUNC_PARAMS as u64,
+            dev::compute::MAX_FUNC_PARAMS as u64
+        ),
+        p!(
+            "compute::FUNC_INFO_BYTES",
+            compute::FUNC_INFO_BYTES as u64,
+            dev::compute::FUNC_INFO_BYTES as u64
+        ),
+        p!(
+            "compute::GLOBAL_INFO_BYTES",
+            compute::GLOBAL_INFO_BYTES as u64,
+            dev::compute::GLOBAL_INFO_BYTES as u64
+        ),
+        p!(
+            "compute::MAX_SHARED_MEM",
+            compute::MAX_SHARED_MEM as u64,
+            dev::compute::MAX_SHARED_MEM as u64
+        ),
+        p!(
+            "compute::FUNC_INFO_ATTRS",
+            compute::FUNC_INFO_ATTRS as u64,
+            dev::compute::FUNC_INFO_ATTRS as u64
+        ),
+        p!(
+            "compute::FUNC_INFO_PARAMS",
+            compute::FUNC_INFO_PARAMS as u64,
+            dev::compute::FUNC_INFO_PARAMS as u64
+        ),
+        p!(
+            "compute::FUNC_ATTRIBUTES",
+            compute::FUNC_ATTRIBUTES as u64,
+            dev::compute::FUNC_ATTRIBUTES as u64
+        ),
+        // Built-in programs (src/programs.rs).
         p!("FILL", programs::FILL, dev::compute::PROG_FILL),
         p!("SAXPY", programs::SAXPY, dev::compute::PROG_SAXPY),
         p!("GEMM_F32", programs::GEMM_F32, dev::compute::PROG_GEMM_F32),

@@ -55,6 +55,8 @@ fn guest_global(r: GlobalReg) -> u32 {
         GlobalReg::RunlistSubmit => regs::RUNLIST_SUBMIT,
         GlobalReg::RunlistInfo => regs::RUNLIST_INFO,
         GlobalReg::Doorbell => regs::DOORBELL,
+        GlobalReg::InfoIndex => regs::INFO_INDEX,
+        GlobalReg::InfoData => regs::INFO_DATA,
     }
 }
 
@@ -186,10 +188,44 @@ fn pairs() -> Vec<(&'static str, u64, u64)> {
         p!(RUNLIST_SUBMIT, g(GlobalReg::RunlistSubmit)),
         p!(RUNLIST_INFO, g(GlobalReg::RunlistInfo)),
         p!(DOORBELL, g(GlobalReg::Doorbell)),
+        p!(INFO_INDEX, g(GlobalReg::InfoIndex)),
+        p!(INFO_DATA, g(GlobalReg::InfoData)),
         // Identity values.
         p!(ID_MAGIC, mmio::regs::ID_MAGIC),
         p!(ID_MAGIC, global_desc(GlobalReg::Id).reset),
         p!(ABI_MAJOR, mmio::regs::ABI_VERSION >> 16),
+        (
+            "WORDS",
+            regs::info::WORDS as u64,
+            mmio::devinfo::WORDS as u64,
+        ),
+        (
+            "CUDA_VERSION",
+            regs::info::CUDA_VERSION as u64,
+            mmio::devinfo::CUDA_VERSION as u64,
+        ),
+        (
+            "ATTR_COUNT",
+            regs::info::ATTR_COUNT as u64,
+            mmio::devinfo::ATTR_COUNT as u64,
+        ),
+        ("UUID", regs::info::UUID as u64, mmio::devinfo::UUID as u64),
+        ("NAME", regs::info::NAME as u64, mmio::devinfo::NAME as u64),
+        (
+            "NAME_BYTES",
+            regs::info::NAME_BYTES as u64,
+            mmio::devinfo::NAME_BYTES as u64,
+        ),
+        (
+            "ATTRS",
+            regs::info::ATTRS as u64,
+            mmio::devinfo::ATTRS as u64,
+        ),
+        (
+            "MAX_ATTRS",
+            regs::info::MAX_ATTRS as u64,
+            mmio::devinfo::MAX_ATTRS as u64,
+        ),
         p!(ABI_MAJOR, global_desc(GlobalReg::Version).reset >> 16),
         // Register fields.
         p!(CAPS_PTX, caps(|v| v.set_ptx(true))),

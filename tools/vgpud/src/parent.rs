@@ -282,6 +282,10 @@ impl EngineContext for ScheduledContext {
         self.inner()?.ptx_va_base()
     }
 
+    fn device_info(&self) -> Option<mmio::devinfo::DeviceInfo> {
+        self.inner()?.device_info()
+    }
+
     fn piece_bytes(&self) -> u64 {
         self.inner()
             .map_or(devmodel::command::PIECE_BYTES, |i| i.piece_bytes())

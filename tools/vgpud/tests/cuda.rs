@@ -101,6 +101,19 @@ fn gpu_workers_are_processes_and_a_killed_one_faults_only_its_vgpu() {
         "selftest through the worker: {:?}",
         report.failures().collect::<Vec<_>>()
     );
+    // The device-info block (ABI 1.3) is what the worker said it runs on,
+    // in its Ready: here the emulating worker's cpu engine (one thread,
+    // one multiprocessor), with the vGPU's own UUID.
+    let info = da
+        .device_info()
+        .unwrap()
+        .expect("the worker's device-info block");
+    assert_eq!(info.name, "vgpud cpu engine");
+    assert_eq!((info.attributes[75], info.attributes[76]), (9, 0));
+    assert_eq!(info.attributes[16], 1, "multiprocessors");
+    let uuid: String = info.uuid.iter().map(|b| format!("{b:02x}")).collect();
+    let name = a.file_stem().and_then(|s| s.to_str()).unwrap();
+    assert_eq!(uuid, name.replace('-', ""));
 
     // B keeps working, its results checked, while A's worker dies.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));

@@ -169,10 +169,74 @@ impl Good {
     }
 }
 
+/// Share of a measured span that the host may take (engine idle with work
+/// queued but the daemon late, spins held past their length, or no work at
+/// all though B keeps its channel full: B's driver waiting for a CPU) before
+/// a case is run once more.
+const DISTURBED: f64 = 0.03;
+
+/// Tenant A's attack: on A's socket, until the deadline it is given.
+type Attack = Arc<dyn Fn(&Path, Instant) + Send + Sync>;
+
+/// What one run of a case measured.
+struct Outcome {
+    share: f64,
+    alone: f64,
+    solo: f64,
+    /// The share of the two measured spans the host took (see [`DISTURBED`]).
+    disturbance: f64,
+    timeline: String,
+}
+
+/// Time the host took from the parent so far (ns): its engine idle with no
+/// work or with work the daemon was late to hand over, and its spins held
+/// past their length.
+fn host_took(v: &Vgpud) -> u64 {
+    let p = v.request(serde_json::json!({"op": "parents", "parent": "cpu0"}));
+    ["idle_empty_ns", "idle_late_ns", "engine_stalled_ns"]
+        .iter()
+        .map(|k| p[0][k].as_u64().expect(k))
+        .sum()
+}
+
 /// Run `attack` as tenant A (on A's socket, until the deadline it is
 /// given) beside the good tenant, and check everything the suite promises.
-fn case(name: &str, attack: impl FnOnce(&Path, Instant) + Send + 'static) {
+/// A run in which the host took more than [`DISTURBED`] of a measured span
+/// is run once more, and the case says so; the second run is asserted
+/// whatever it saw.
+fn case(name: &str, attack: impl Fn(&Path, Instant) + Send + Sync + 'static) {
     let _serial = devmodel::sync::lock(&ONE_AT_A_TIME);
+    let attack: Attack = Arc::new(attack);
+    let mut o = run_case(name, &attack);
+    if o.disturbance > DISTURBED {
+        eprintln!(
+            "{name}: the host took {:.1} % of the measured time: running the case again",
+            100.0 * o.disturbance
+        );
+        o = run_case(name, &attack);
+    }
+    let entitled = FAIR_SHARE * o.solo;
+    assert!(
+        o.share >= entitled * MIN_OF_SHARE,
+        "{name}: B got {:.3} of the engine over {WINDOW:?}; its share: {entitled:.3} \
+         ({FAIR_SHARE} of the {:.3} its load gets alone); by 100 ms from 1 s before A: {}",
+        o.share,
+        o.solo,
+        o.timeline
+    );
+    assert!(
+        o.alone >= 0.85 * o.solo,
+        "{name}: B got {:.3} of the engine after A left (A's work outlived A); by 100 ms \
+         from 1 s before A: {}",
+        o.alone,
+        o.timeline
+    );
+}
+
+/// One run of a case: asserts what holds whatever the host does (vgpud
+/// alive, results exact, memory returned, a new client served), measures
+/// the rest.
+fn run_case(name: &str, attack: &Attack) -> Outcome {
     let mut v = vgpud(name);
     let a_socket = v.create("vgpud-2c");
     let b_socket = v.create("vgpud-2c");
@@ -188,15 +252,23 @@ fn case(name: &str, attack: impl FnOnce(&Path, Instant) + Send + 'static) {
 
     let t0 = Instant::now();
     let hostile = {
-        let s = a_socket.clone();
+        let (s, attack) = (a_socket.clone(), attack.clone());
         std::thread::spawn(move || attack(&s, t0 + ATTACK))
     };
-    std::thread::sleep(WINDOW_START + WINDOW);
+    std::thread::sleep(WINDOW_START);
+    let took0 = host_took(&v);
+    std::thread::sleep(WINDOW);
+    let took1 = host_took(&v);
     let share = good.share(t0 + WINDOW_START, WINDOW);
     let attacked = hostile.join();
     let left = Instant::now();
-    std::thread::sleep(Duration::from_millis(1300));
+    std::thread::sleep(Duration::from_millis(300));
+    let took2 = host_took(&v);
+    std::thread::sleep(Duration::from_millis(1000));
+    let took3 = host_took(&v);
     let alone = good.share(left + Duration::from_millis(300), Duration::from_secs(1));
+    let disturbance =
+        ((took1 - took0) as f64 / WINDOW.as_nanos() as f64).max((took3 - took2) as f64 / 1e9);
     // Memory: back within 10% of the baseline (give the release a moment).
     let t = Instant::now();
     let mut rss = v.rss();
@@ -225,25 +297,15 @@ fn case(name: &str, attack: impl FnOnce(&Path, Instant) + Send + 'static) {
 
     eprintln!(
         "{name}: B's engine share {share:.3} under attack ({:.0}% of its {entitled:.3}), {alone:.3} \
-         alone after A left ({solo:.3} before A came); vgpud RSS {} MiB -> {} MiB; {checked} \
-         results checked",
+         alone after A left ({solo:.3} before A came); the host took {:.1} %; vgpud RSS {} MiB \
+         -> {} MiB; {checked} results checked",
         100.0 * share / entitled,
+        100.0 * disturbance,
         baseline >> 20,
         rss >> 20
     );
     assert!(attacked.is_ok(), "{name}: the attack's own checks failed");
     assert!(alive, "{name}: vgpud died");
-    assert!(
-        share >= entitled * MIN_OF_SHARE,
-        "{name}: B got {share:.3} of the engine over {WINDOW:?}; its share: {entitled:.3} \
-         ({FAIR_SHARE} of the {solo:.3} its load gets alone); by 100 ms from 1 s before A: \
-         {timeline}"
-    );
-    assert!(
-        alone >= 0.85 * solo,
-        "{name}: B got {alone:.3} of the engine after A left (A's work outlived A); by 100 ms \
-         from 1 s before A: {timeline}"
-    );
     assert!(
         rss <= baseline + baseline / 10,
         "{name}: vgpud's RSS {} MiB after A left, baseline {} MiB",
@@ -251,6 +313,13 @@ fn case(name: &str, attack: impl FnOnce(&Path, Instant) + Send + 'static) {
         baseline >> 20
     );
     assert!(checked > 100, "{name}: B checked {checked} results");
+    Outcome {
+        share,
+        alone,
+        solo,
+        disturbance,
+        timeline,
+    }
 }
 
 fn sleep_until(deadline: Instant) {

@@ -41,6 +41,38 @@ fn static_guest_binary() -> PathBuf {
     target.join("x86_64-unknown-linux-gnu/release/vgpu-guest")
 }
 
+/// The CUDA case's files: the driver-API C program linked against `libcuda.so.1` (the guest
+/// library cargo built next to this test, a dev-dependency), the library and the
+/// `cuGetProcAddress` table the program checks.
+fn cuda_test_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable");
+    let built = exe.parent().expect("deps dir").join("libvgpu_cuda.so");
+    let dir = std::env::temp_dir().join(format!("vgpud-vm-cuda-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(&built, dir.join("libcuda.so.1")).expect("copy libcuda.so");
+    std::os::unix::fs::symlink("libcuda.so.1", dir.join("libcuda.so")).unwrap();
+    let src = workspace().join("tools/guest-cuda/tests/c");
+    std::fs::copy(
+        workspace().join("tools/guest-cuda/api/proc_table.tsv"),
+        dir.join("proc_table.tsv"),
+    )
+    .unwrap();
+    let status = Command::new("cc")
+        .args(["-O1", "-Wall", "-Werror", "-o"])
+        .arg(dir.join("driver_api"))
+        .arg(src.join("driver_api.c"))
+        .arg("-I")
+        .arg(&src)
+        .arg("-L")
+        .arg(&dir)
+        .args(["-lcuda", "-ldl"])
+        .status()
+        .expect("run cc");
+    assert!(status.success(), "building driver_api failed");
+    dir
+}
+
 #[test]
 fn linux_vms_run_the_guest_driver_selftest_on_vgpus() {
     // SAFETY: geteuid(2) takes no arguments, touches no memory and cannot fail.
@@ -50,8 +82,11 @@ fn linux_vms_run_the_guest_driver_selftest_on_vgpus() {
         "the VM test needs root (debootstrap, chroot, mounts); run it as root, as .ci/run does"
     );
     let guest = static_guest_binary();
+    let cuda = cuda_test_dir();
     let out = Command::new("bash")
         .arg(workspace().join("tests/vm/e2e.sh"))
+        .arg("--cuda-test")
+        .arg(&cuda)
         .arg("--vgpud")
         .arg(env!("CARGO_BIN_EXE_vgpud"))
         .arg("--vgpuctl")
@@ -68,7 +103,8 @@ fn linux_vms_run_the_guest_driver_selftest_on_vgpus() {
         "VM end-to-end test failed: {}",
         out.status
     );
-    for case in 0..=2 {
+    let _ = std::fs::remove_dir_all(&cuda);
+    for case in 0..=3 {
         assert!(
             stdout.contains(&format!("VGPUD-E2E case={case}")),
             "case {case} ran"

@@ -300,6 +300,13 @@ impl DmaBuffer {
         self.offset
     }
 
+    /// The CPU address of the buffer's first byte, for code outside Rust (the CUDA
+    /// library hands pinned host memory to its C callers this way). Rust code reaches the
+    /// memory only through the volatile accessors.
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.map.as_ptr().wrapping_add(self.offset)
+    }
+
     /// The device addresses.
     pub fn addrs(&self) -> &DevAddrs {
         &self.addrs

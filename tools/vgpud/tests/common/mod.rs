@@ -28,16 +28,28 @@ impl Drop for TempDir {
 }
 
 pub fn serve(engine: &CpuEngine, name: &str) -> Served {
+    serve_with(engine, name, 16 << 20, 4)
+}
+
+/// A vGPU of `vram` bytes and `channels` channels on a socket of its own.
+pub fn serve_with(engine: &CpuEngine, name: &str, vram: u64, channels: u32) -> Served {
     let dir = std::env::temp_dir().join(format!("vgpud-proto-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let cfg = devmodel::harness::vgpu_config(name, 16 << 20, 4);
+    let cfg = devmodel::harness::vgpu_config(name, vram, channels);
     let vgpu = Arc::new(Vgpu::new(cfg, engine).unwrap());
     let handle = spawn(&dir.join("vgpu.sock"), vgpu.clone()).unwrap();
     Served {
         vgpu,
         handle,
         _dir: TempDir(dir),
+    }
+}
+
+impl Served {
+    /// The vGPU's socket.
+    pub fn socket(&self) -> PathBuf {
+        self._dir.0.join("vgpu.sock")
     }
 }
 
