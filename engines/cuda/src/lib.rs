@@ -13,6 +13,7 @@
 //!   launches.
 //! * [`driver`]: the driver calls as owned resources.
 //! * [`probe`]: what a GPU is, and which ordinal has a UUID.
+//! * [`gpus`]: every GPU the host shows (`--gpus`).
 //! * [`syscalls`]: what the driver calls once running, for the seccomp
 //!   filter.
 //!
@@ -23,6 +24,7 @@
 
 pub mod cli;
 pub mod driver;
+pub mod gpus;
 pub mod ops;
 pub mod probe;
 pub mod ptx;
