@@ -521,6 +521,7 @@ fn replies_keep_their_field_names() {
             "engine",
             "engine_busy_ratio",
             "engine_stalled_ns",
+            "gpu",
             "idle_empty_ns",
             "idle_held_ns",
             "idle_late_ns",
@@ -532,6 +533,7 @@ fn replies_keep_their_field_names() {
         ]
     );
     assert_eq!(parents[0]["vgpus"], 1);
+    assert_eq!(parents[0]["gpu"], Value::Null, "a cpu parent has no GPU");
     let policy = ctl.ok(json!({"op": "policy_show"}));
     assert_eq!(
         keys(&policy),
