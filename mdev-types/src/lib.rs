@@ -74,10 +74,15 @@ pub fn default_type(id: &str) -> Option<VgpuType> {
 /// What one parent (physical GPU) can hold.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ParentCapacity {
-    /// Framebuffer the parent divides between its vGPUs.
+    /// Framebuffer the parent divides between its vGPUs (a GPU derived
+    /// from its memory: all of it, the reserves below included).
     pub framebuffer_bytes: u64,
     /// vGPUs of any type the parent runs at once.
     pub max_vgpus: u32,
+    /// Memory each vGPU takes beside its framebuffer: on a GPU, its CUDA
+    /// context ([`CUDA_CONTEXT_RESERVE`]); 0 where the catalogue gives the
+    /// framebuffer to divide.
+    pub reserve_per_vgpu: u64,
 }
 
 /// The default cpu-engine parent: 8 GiB of framebuffer (allocated lazily),
@@ -85,14 +90,25 @@ pub struct ParentCapacity {
 pub const DEFAULT_CAPACITY: ParentCapacity = ParentCapacity {
     framebuffer_bytes: 8 * GIB,
     max_vgpus: 8,
+    reserve_per_vgpu: 0,
 };
 
 impl ParentCapacity {
+    /// The framebuffer left on a parent that holds the vGPUs whose types
+    /// are `existing`, each with its reserve.
+    pub fn free_framebuffer(&self, existing: &[&VgpuType]) -> u64 {
+        let used = existing
+            .iter()
+            .map(|e| e.framebuffer_bytes.saturating_add(self.reserve_per_vgpu))
+            .fold(0, u64::saturating_add);
+        self.framebuffer_bytes.saturating_sub(used)
+    }
+
     /// `available_instances` of type `t` on a parent that already holds
     /// the vGPUs whose types are `existing`: the smallest of
     /// * the type's own limit, `max_instances` minus vGPUs of this type;
-    /// * the framebuffer left after every existing vGPU of any type,
-    ///   divided by this type's framebuffer;
+    /// * the framebuffer left after every existing vGPU of any type (each
+    ///   with its reserve), divided by this type's framebuffer and reserve;
     /// * the parent's vGPU slots left.
     ///
     /// This is the kernel's per-type rule (mbochs: free memory / type
@@ -100,10 +116,9 @@ impl ParentCapacity {
     /// with one 4 GiB vGPU offers one more `-4c`, two `-2c` and no `-8c`.
     pub fn available_instances(&self, t: &VgpuType, existing: &[&VgpuType]) -> u32 {
         let same = existing.iter().filter(|e| e.id == t.id).count() as u32;
-        let used: u64 = existing.iter().map(|e| e.framebuffer_bytes).sum();
         let by_type = t.max_instances.saturating_sub(same);
-        let by_fb = (self.framebuffer_bytes.saturating_sub(used) / t.framebuffer_bytes.max(1))
-            .min(u32::MAX as u64) as u32;
+        let each = t.framebuffer_bytes.saturating_add(self.reserve_per_vgpu);
+        let by_fb = (self.free_framebuffer(existing) / each.max(1)).min(u32::MAX as u64) as u32;
         let by_slots = self.max_vgpus.saturating_sub(existing.len() as u32);
         by_type.min(by_fb).min(by_slots)
     }
@@ -125,11 +140,14 @@ pub enum Engine {
 
 /// Which GPU a cuda parent is: by CUDA ordinal, or by UUID (as
 /// `nvidia-smi -L` prints it, `GPU-xxxxxxxx-…`), which stays the same GPU
-/// whatever order the devices are enumerated in.
+/// whatever order the devices are enumerated in; or every GPU the host
+/// shows (`device = "all"`), one parent each, which the daemon makes at
+/// start (docs/config.md).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CudaDevice {
     Ordinal(u32),
     Uuid([u8; 16]),
+    All,
 }
 
 impl CudaDevice {
@@ -152,14 +170,16 @@ impl CudaDevice {
         Some(CudaDevice::Uuid(out))
     }
 
-    /// The worker's command-line arguments naming this GPU.
-    pub fn worker_args(&self) -> [String; 2] {
+    /// The worker's command-line arguments naming this GPU (`None` for
+    /// [`CudaDevice::All`], which names no one GPU).
+    pub fn worker_args(&self) -> Option<[String; 2]> {
         match self {
-            CudaDevice::Ordinal(n) => ["--device".into(), n.to_string()],
-            CudaDevice::Uuid(u) => [
+            CudaDevice::Ordinal(n) => Some(["--device".into(), n.to_string()]),
+            CudaDevice::Uuid(u) => Some([
                 "--device-uuid".into(),
                 u.iter().map(|b| format!("{b:02x}")).collect(),
-            ],
+            ]),
+            CudaDevice::All => None,
         }
     }
 }
@@ -168,6 +188,7 @@ impl std::fmt::Display for CudaDevice {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             CudaDevice::Ordinal(n) => write!(f, "{n}"),
+            CudaDevice::All => f.write_str("all"),
             CudaDevice::Uuid(u) => {
                 let h: String = u.iter().map(|b| format!("{b:02x}")).collect();
                 write!(
@@ -236,9 +257,12 @@ pub fn gpu_types(name: &str, memory_bytes: u64) -> (ParentCapacity, Vec<VgpuType
             })
         })
         .collect::<Vec<_>>();
+    // Each vGPU takes its framebuffer and a context's reserve out of the
+    // GPU's memory: every type's `max_instances` fit, each with its reserve.
     let capacity = ParentCapacity {
-        framebuffer_bytes: memory_bytes.saturating_sub(8 * CUDA_CONTEXT_RESERVE),
+        framebuffer_bytes: memory_bytes,
         max_vgpus: 8,
+        reserve_per_vgpu: CUDA_CONTEXT_RESERVE,
     };
     (capacity, types)
 }
@@ -256,6 +280,40 @@ pub struct ParentDef {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Catalog {
     pub parents: Vec<ParentDef>,
+    /// Where a vGPU created without a parent goes.
+    pub placement: Placement,
+}
+
+/// Where `create` puts a vGPU when the request names no parent
+/// (`[catalog] placement`): among the parents that offer its type and
+/// have an instance of it left (docs/config.md).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Placement {
+    /// On the parent with the fewest vGPUs (breadth first): each vGPU gets
+    /// the most of a GPU, and a fault's stall reaches the fewest
+    /// neighbours. The default.
+    #[default]
+    Spread,
+    /// On the parent with the most vGPUs that still has room (depth
+    /// first): whole GPUs stay free for large types.
+    Pack,
+}
+
+impl Placement {
+    /// `"spread"`, `"pack"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Placement::Spread => "spread",
+            Placement::Pack => "pack",
+        }
+    }
+
+    /// The rule of this name.
+    pub fn from_name(name: &str) -> Option<Placement> {
+        [Placement::Spread, Placement::Pack]
+            .into_iter()
+            .find(|p| p.name() == name)
+    }
 }
 
 /// The default parent's id.
@@ -271,6 +329,7 @@ impl Default for Catalog {
                 capacity: DEFAULT_CAPACITY,
                 types: default_types().into_iter().map(Arc::new).collect(),
             }],
+            placement: Placement::default(),
         }
     }
 }
@@ -351,7 +410,20 @@ impl Catalog {
         let Some(section) = doc.section(CATALOG) else {
             return Ok(Catalog::default());
         };
-        let cat = fields(doc, section, CATALOG, &["type", "parent"])?;
+        let cat = fields(doc, section, CATALOG, &["type", "parent", "placement"])?;
+        let placement = match cat.get("placement") {
+            None => Placement::default(),
+            Some(v) => {
+                let name = doc.string(v, "catalog.placement")?;
+                Placement::from_name(name).ok_or_else(|| {
+                    doc.error(
+                        v.span(),
+                        "catalog.placement",
+                        format!("unknown placement {name:?} (expected spread or pack)"),
+                    )
+                })?
+            }
+        };
         let mut types: BTreeMap<String, Arc<VgpuType>> = default_types()
             .into_iter()
             .map(|t| (t.id.clone(), Arc::new(t)))
@@ -373,9 +445,10 @@ impl Catalog {
         if parents.is_empty() {
             let mut d = Catalog::default();
             d.parents[0].types = types.values().cloned().collect();
+            d.placement = placement;
             return Ok(d);
         }
-        Ok(Catalog { parents })
+        Ok(Catalog { parents, placement })
     }
 }
 
@@ -513,6 +586,7 @@ fn parent(
                 capacity: ParentCapacity {
                     framebuffer_bytes: 0,
                     max_vgpus,
+                    reserve_per_vgpu: 0,
                 },
                 types: Vec::new(),
             });
@@ -555,20 +629,24 @@ fn parent(
         capacity: ParentCapacity {
             framebuffer_bytes: fb,
             max_vgpus,
+            reserve_per_vgpu: 0,
         },
         types: offered,
     })
 }
 
-/// A parent's `device`: a CUDA ordinal, or a GPU UUID as `nvidia-smi -L`
-/// prints it.
+/// A parent's `device`: a CUDA ordinal, a GPU UUID as `nvidia-smi -L`
+/// prints it, or `"all"`.
 fn device(doc: &Document<'_>, d: &Val<'_>, key: &str) -> Result<CudaDevice> {
     match d.get_ref() {
+        DeValue::String(s) if s.as_ref() == "all" => Ok(CudaDevice::All),
         DeValue::String(s) => CudaDevice::parse_uuid(s).ok_or_else(|| {
             doc.error(
                 d.span(),
                 key,
-                format!("{s:?} is not a GPU UUID like \"GPU-6f6e1c2a-…\" (32 hex digits)"),
+                format!(
+                    "{s:?} is neither \"all\" nor a GPU UUID like \"GPU-6f6e1c2a-…\" (32 hex digits)"
+                ),
             )
         }),
         _ => Ok(CudaDevice::Ordinal(unsigned(doc, d, key, 255)?)),
@@ -741,6 +819,7 @@ mod tests {
         let small = ParentCapacity {
             framebuffer_bytes: 64 * GIB,
             max_vgpus: 3,
+            reserve_per_vgpu: 0,
         };
         assert_eq!(
             small.available_instances(&c1, &[&c1; 2]),
@@ -827,7 +906,7 @@ types = ["vgpud-16c", "vgpud-8c"]
             .to_string();
         assert_eq!(
             e,
-            "x.toml:2:1: catalog.typo: unknown key (expected type or parent)"
+            "x.toml:2:1: catalog.typo: unknown key (expected type, parent or placement)"
         );
         let e = Catalog::parse("[catalog.type.t]\nname = \"T\"\nframebuffer = \"1GiB\"\nmax_instances = 2\ndevice_id = 70000\n", "x.toml")
             .unwrap_err()
@@ -869,6 +948,49 @@ types = ["vgpud-16c", "vgpud-8c"]
     }
 
     #[test]
+    fn every_gpu_and_the_placement_rule() {
+        // One section for every GPU the host shows: the daemon makes a
+        // parent of each at start.
+        let text = "[catalog]\nplacement = \"pack\"\n\n[catalog.parent.\"gpus\"]\nengine = \"cuda\"\ndevice = \"all\"\n";
+        let c = Catalog::parse(text, "x.toml").unwrap();
+        assert_eq!(c.placement, Placement::Pack);
+        assert_eq!(c.parents.len(), 1);
+        assert_eq!(
+            c.parents[0].engine,
+            Engine::Cuda {
+                device: CudaDevice::All,
+                kernel_timeout_ms: DEFAULT_KERNEL_TIMEOUT_MS
+            }
+        );
+        assert_eq!(CudaDevice::All.to_string(), "all");
+        assert_eq!(CudaDevice::All.worker_args(), None);
+        // Spread unless said; the rule holds with the default parent too.
+        assert_eq!(Catalog::default().placement, Placement::Spread);
+        let c = Catalog::parse("[catalog]\nplacement = \"spread\"\n", "x.toml").unwrap();
+        assert_eq!(c.placement, Placement::Spread);
+        assert_eq!(c.parents[0].id, DEFAULT_PARENT);
+        let c = Catalog::parse("[catalog]\nplacement = \"pack\"\n", "x.toml").unwrap();
+        assert_eq!(c.placement, Placement::Pack);
+        let e = Catalog::parse("[catalog]\nplacement = \"random\"\n", "x.toml")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "x.toml:2:13: catalog.placement: unknown placement \"random\" (expected spread or pack)"
+        );
+        let e = Catalog::parse(
+            "[catalog.parent.g]\nengine = \"cuda\"\ndevice = \"every\"\n",
+            "x.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("catalog.parent.\"g\".device") && e.contains("neither \"all\""),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn a_gpu_parent_takes_its_types_from_the_gpu() {
         // Declared without framebuffer and types: left for the daemon to
         // derive from the GPU it asks.
@@ -892,10 +1014,13 @@ types = ["vgpud-16c", "vgpud-8c"]
             device.to_string(),
             "GPU-6f6e1c2a-3b4d-5e6f-7a8b-9c0d1e2f3a4b"
         );
-        assert_eq!(device.worker_args()[1], "6f6e1c2a3b4d5e6f7a8b9c0d1e2f3a4b");
+        assert_eq!(
+            device.worker_args().map(|a| a[1].clone()).as_deref(),
+            Some("6f6e1c2a3b4d5e6f7a8b9c0d1e2f3a4b")
+        );
         let t = "[catalog.parent.\"g\"]\nengine = \"cuda\"\ndevice = \"GPU-12\"\n";
         let e = Catalog::parse(t, "x.toml").unwrap_err().to_string();
-        assert!(e.contains("not a GPU UUID"), "{e}");
+        assert!(e.contains("nor a GPU UUID"), "{e}");
         let t = "[catalog.parent.\"g\"]\nengine = \"cuda\"\nkernel_timeout = \"250ms\"\n";
         let c = Catalog::parse(t, "x.toml").unwrap();
         assert!(matches!(
@@ -929,6 +1054,23 @@ types = ["vgpud-16c", "vgpud-8c"]
         assert_eq!(cap.max_vgpus, 8);
         // Eight of the smallest fit in the capacity, with their reserves.
         assert!(8 * types[3].framebuffer_bytes <= cap.framebuffer_bytes);
+        // Every type's max_instances fit on the empty GPU, each with its
+        // context's reserve; no more than that.
+        for t in &types {
+            assert_eq!(cap.available_instances(t, &[]), t.max_instances, "{}", t.id);
+            let full = vec![t; t.max_instances as usize];
+            let used = t.max_instances as u64 * (t.framebuffer_bytes + CUDA_CONTEXT_RESERVE);
+            assert!(used <= 143_771 << 20, "{}", t.id);
+            assert_eq!(cap.available_instances(t, &full), 0, "{}", t.id);
+        }
+        // Mixed: one half-GPU vGPU leaves room for one more half, or for
+        // three eighths (3 × 17 GiB of the 70 GiB left), not four.
+        assert_eq!(cap.available_instances(&types[1], &[&types[1]]), 1);
+        assert_eq!(cap.available_instances(&types[3], &[&types[1]]), 4);
+        assert_eq!(
+            cap.available_instances(&types[3], &[&types[1], &types[3]]),
+            3
+        );
         // A device on a cpu parent is a mistake, said with its key.
         let bad = "[catalog.parent.\"p\"]\ndevice = 0\nframebuffer = \"4GiB\"\nmax_vgpus = 2\n";
         let e = Catalog::parse(bad, "x.toml").unwrap_err().to_string();

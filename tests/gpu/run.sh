@@ -5,6 +5,10 @@
 # throughput and fixed_share 2:1 with the guest driver's load, isolates a neighbour's checked
 # saxpy from a vGPU whose kernels fault, run away and whose worker is killed, and runs the
 # native baselines in the same run (tests/gpu/native_sharing.py, CuPy). Prints Markdown tables.
+# The `multi` part needs two GPUs (it says so and skips on one): a parent per GPU
+# (device = "all"), the selftest on each, lone throughput per GPU against native there, shares
+# held per GPU while both are busy, a fault storm on GPU 0 beside checked work on GPU 1, and
+# placement of 2 x the per-GPU maximum of a type.
 #
 # usage: tests/gpu/run.sh BIN_DIR [SECONDS]
 #   BIN_DIR holds vgpud, vgpuctl, vgpud-cuda-worker and vgpu-guest (release builds), and for the
@@ -14,7 +18,8 @@
 #   TOGETHER_POLICY the policy of the two-busy-vGPUs part (default equal_share; it is pasted into
 #   the config: 'equal_share"<newline>timeslice = "8ms' sets a timeslice too). SANDBOX=off runs
 #   every part with the workers unconfined ([workers] sandbox = false); the `sandbox` part
-#   compares the two itself.
+#   compares the two itself. STORM_SECS sets how long the `multi` part's fault storm lasts
+#   (default 20 s, after 10 s of GPU 1 alone).
 set -uo pipefail
 BIN=$(cd "$1" && pwd); SECS=${2:-2}
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -40,6 +45,22 @@ policy = "$1"
 engine = "cuda"
 device = 0
 CFG
+    launch
+}
+start_all() { # start_all POLICY [EXTRA CONFIG TEXT]: a parent per GPU (device = "all")
+    cat >"$RUN/vgpud.toml" <<CFG
+${2:-}
+$SANDBOX_CFG
+[parent."gpus"]
+policy = "$1"
+
+[catalog.parent."gpus"]
+engine = "cuda"
+device = "all"
+CFG
+    launch
+}
+launch() {
     VGPUD_LOG=${VGPUD_LOG:-info} "$BIN/vgpud" --config "$RUN/vgpud.toml" --run-dir "$RUN/run" >>"$RUN/vgpud.log" 2>&1 &
     PID=$!
     for _ in $(seq 600); do [ -S "$RUN/run/control.sock" ] && return 0; sleep 0.1; done
@@ -69,7 +90,7 @@ echo; echo "## Types derived from the GPU"; "$BIN/vgpuctl" --run-dir "$RUN/run" 
 T1=$("$BIN/vgpuctl" --run-dir "$RUN/run" types --json | python3 -c 'import json,sys; t=json.load(sys.stdin); print(" ".join(x["id"] for x in t))')
 set -- $T1; WHOLE=$1; HALF=${2:-$1}; QUARTER=${3:-$HALF}; EIGHTH=${4:-$QUARTER}
 S=$(create "$EIGHTH")
-PARTS=${PARTS:-selftest ptx copy lone sandbox together share isolation latency emulated native guest-cuda}
+PARTS=${PARTS:-selftest ptx copy lone sandbox together share isolation latency emulated multi native guest-cuda}
 has() { case " $PARTS " in *" $1 "*) return 0;; esac; return 1; }
 if has selftest; then
 echo; echo "## Selftest on a $EIGHTH vGPU of the CUDA engine"
@@ -278,6 +299,137 @@ export VGPUD_CUDA_EMULATE=1
 start best_effort; E=$(create emulated-1c)
 for u in 10 100; do printf '| %s | %.3f |\n' "$u" "$(load "$E" "$u" 1 | field utilization)"; done
 stop; unset VGPUD_CUDA_EMULATE
+fi
+
+if has multi; then
+echo; echo "## Two GPUs: a parent per GPU (device = \"all\")"
+"$BIN/vgpud-cuda-worker" --gpus >"$RUN/gpus.json" || echo "vgpud-cuda-worker --gpus failed"
+NGPU=$(python3 -c 'import json,sys; print(len(json.load(open(sys.argv[1]))))' "$RUN/gpus.json" 2>/dev/null || echo 0)
+if [ "$NGPU" -lt 2 ]; then
+    echo "SKIPPED: this part needs two GPUs and this machine shows $NGPU; run it on a two-GPU machine (e.g. the device kind nvidia-h100-x2 or nvidia-h200-x2)."
+else
+    set -- $(python3 -c 'import json,sys; print(" ".join(g["uuid"] for g in json.load(open(sys.argv[1]))[:2]))' "$RUN/gpus.json")
+    U0=$1; U1=$2
+    on() { "$BIN/vgpuctl" --run-dir "$RUN/run" create --type "$1" --parent "$2" | awk '{print $2}'; }
+    parents() { "$BIN/vgpuctl" --run-dir "$RUN/run" types --json | python3 -c 'import json,sys; seen=[]; [seen.append(t["parent"]) for t in json.load(sys.stdin) if t["parent"] not in seen]; print(" ".join(seen))'; }
+    split() { "$BIN/vgpuctl" --run-dir "$RUN/run" list --json | python3 -c 'import json,sys; l=json.load(sys.stdin); print(" ".join(str(sum(1 for v in l if v["parent"] == p)) for p in sys.argv[1:]))' "$P0" "$P1"; }
+    start_all best_effort
+    set -- $(parents); P0=$1; P1=$2
+    echo "parents: $P0 ($U0), $P1 ($U1)"
+    "$BIN/vgpuctl" --run-dir "$RUN/run" types
+    set -- $("$BIN/vgpuctl" --run-dir "$RUN/run" types --parent "$P0" --json | python3 -c 'import json,sys; print(" ".join(x["id"] for x in json.load(sys.stdin)))')
+    M_HALF=${2:-$1}; M_QUARTER=${3:-$M_HALF}; M_EIGHTH=${4:-$M_QUARTER}
+    stop
+
+    echo; echo "### Selftest on a $M_EIGHTH vGPU of each GPU"
+    echo "| GPU | parent | selftest |"; echo "|---|---|---|"
+    start_all best_effort
+    for i in 0 1; do
+        P=$([ $i = 0 ] && echo "$P0" || echo "$P1"); S=$(on "$M_EIGHTH" "$P")
+        timeout 300 "$BIN/vgpu-guest" --socket "$S" selftest >"$RUN/multi-selftest-$i.txt" 2>&1 && r=pass || r=FAIL
+        echo "| $i | $P | $r: $(grep -E '^[0-9]+ checks, [0-9]+ failed' "$RUN/multi-selftest-$i.txt" | tail -1) |"
+    done
+    stop
+
+    echo; echo "### Lone throughput per GPU ($M_EIGHTH, best_effort, 1 channel) against native CUDA on that GPU"
+    echo "| GPU | kernel µs | vgpud utilization | native µs per kernel | vs native |"; echo "|---|---|---|---|---|"
+    for i in 0 1; do
+        P=$([ $i = 0 ] && echo "$P0" || echo "$P1"); U=$([ $i = 0 ] && echo "$U0" || echo "$U1")
+        start_all best_effort; S=$(on "$M_EIGHTH" "$P")
+        for u in 10 100 1000; do echo "$u $(load "$S" "$u" 1 | field utilization)"; done >"$RUN/multi-lone-$i"
+        stop
+        CUDA_VISIBLE_DEVICES=$U timeout 300 python3 "$HERE/native_sharing.py" --lone-only >"$RUN/multi-native-$i" 2>&1
+        while read -r u util; do
+            nat=$(python3 -c 'import json,sys
+for l in open(sys.argv[1]):
+    try: d = json.loads(l)
+    except ValueError: continue
+    if d.get("test") == "lone_rate" and d["kernel_us_target"] == int(sys.argv[2]): print(d["us_per_kernel"])' "$RUN/multi-native-$i" "$u")
+            printf '| %s | %s | %.3f | %s | %s |\n' "$i" "$u" "$util" "${nat:-n/a}" \
+                "$(awk -v x="$util" -v n="${nat:-0}" -v u="$u" 'BEGIN{print (n > 0 ? sprintf("%.3f", x * n / u) : "n/a")}')"
+        done <"$RUN/multi-lone-$i"
+    done
+
+    echo; echo "### Shares held on each GPU while both are busy (500 µs kernels, 1 channel each)"
+    echo "| policy | GPU | vGPU A | vGPU B | A / B | target |"; echo "|---|---|---|---|---|---|"
+    for pol in equal_share fixed_share; do
+        start_all "$pol"
+        if [ "$pol" = equal_share ]; then TA=$M_EIGHTH; want="1.00 ± 0.04"; else TA=$M_QUARTER; want="2.00 ± 0.04"; fi
+        A0=$(on "$TA" "$P0"); B0=$(on "$M_EIGHTH" "$P0"); A1=$(on "$TA" "$P1"); B1=$(on "$M_EIGHTH" "$P1")
+        load "$A0" 500 1 >"$RUN/ma0" & p1=$!; load "$B0" 500 1 >"$RUN/mb0" & p2=$!
+        load "$A1" 500 1 >"$RUN/ma1" & p3=$!; load "$B1" 500 1 >"$RUN/mb1" & p4=$!
+        wait $p1 $p2 $p3 $p4; stop
+        for i in 0 1; do
+            sa=$(field utilization <"$RUN/ma$i"); sb=$(field utilization <"$RUN/mb$i")
+            printf '| %s (%s beside %s) | %s | %.3f | %.3f | %.3f | %s |\n' "$pol" "$TA" "$M_EIGHTH" "$i" "$sa" "$sb" \
+                "$(awk -v a="$sa" -v b="$sb" 'BEGIN{print (b > 0 ? a / b : 0)}')" "$want"
+        done
+    done
+
+    echo; echo "### A fault storm on GPU 0's vGPU beside checked saxpy on GPU 1 (${STORM_SECS:-20} s after 10 s alone)"
+    if ptx_build; then
+        start_all best_effort
+        A=$(on "$M_EIGHTH" "$P0"); sleep 0.5; WA0=$(workers)
+        B=$(on "$M_EIGHTH" "$P1"); sleep 0.5; WB=$(comm -13 <(echo "$WA0") <(workers) | head -1)
+        G="$BIN/vgpu-guest"; STORM=${STORM_SECS:-20}
+        timeout $((STORM + 100)) "$G" --socket "$B" load saxpy --seconds $((STORM + 30)) --json >"$RUN/storm-b.json" 2>"$RUN/storm-b.err" & pb=$!
+        sleep 10; T_S0=$(ms)
+        # Faults in a loop (reset, load, fault), a kill -9 of A's worker halfway, and faults again.
+        timeout $((STORM + 60)) "$G" --socket "$A" ptx-fault --ptx "$PTX" --kind repeat --seconds $((STORM / 2)) --json >"$RUN/storm-a1.json" 2>&1
+        WA=$(workers | grep -vx "${WB:-none}" | head -1); [ -n "$WA" ] && kill -9 "$WA"
+        timeout $((STORM + 60)) "$G" --socket "$A" ptx-fault --ptx "$PTX" --kind repeat --seconds $((STORM / 2)) --json >"$RUN/storm-a2.json" 2>&1
+        T_S1=$(ms); wait $pb
+        [ -n "$WB" ] && ! kill -0 "$WB" 2>/dev/null && echo "NOTE: GPU 1's worker $WB is gone: it was restarted"
+        stop
+        [ -n "${OUT:-}" ] && cp "$RUN"/storm-* "$OUT/" 2>/dev/null
+        RUN="$RUN" T_S0=$T_S0 T_S1=$T_S1 python3 - <<'PY'
+import json, os
+run, s0, s1 = os.environ["RUN"], int(os.environ["T_S0"]), int(os.environ["T_S1"])
+def load(name):
+    try:
+        with open(os.path.join(run, name)) as f:
+            return json.loads(f.read().strip().splitlines()[-1])
+    except Exception as e:
+        return {"_error": str(e)}
+b, a1, a2 = load("storm-b.json"), load("storm-a1.json"), load("storm-a2.json")
+if "timeline" not in b:
+    print("GPU 1's report is missing:", b.get("_error")); raise SystemExit(0)
+t0, w, tl = b["start_unix_ms"], b.get("bucket_ms", 100), b["timeline"]
+def rate(a, z):
+    i0, i1 = max(0, -(-(a - t0) // w)), min(len(tl), (z - t0) // w)
+    return sum(tl[i0:i1]) / ((i1 - i0) * w / 1000) if i1 > i0 else None
+alone, storm = rate(t0 + 1000, s0), rate(s0, min(s1, t0 + w * len(tl)))
+if s1 > t0 + w * len(tl):
+    print(f"NOTE: the storm outlasted GPU 1's run by {(s1 - t0 - w * len(tl)) / 1000:.1f} s; its rate is over their overlap")
+ratio = storm / alone if alone and storm else None
+faults = sum(r.get("kernel_fault", 0) + r.get("engine_error", 0) for r in (a1, a2))
+print("| GPU 1 (checked saxpy) | value |"); print("|---|---|")
+print(f"| items / wrong / errors | {b['items']} / {b['wrong']} / {b['errors']} |")
+print(f"| rate alone, rate during the storm | {alone and round(alone, 1)} / {storm and round(storm, 1)} items/s |")
+print(f"| during / alone (target 1.00 within 2 %) | {'%.3f' % ratio if ratio else 'n/a'}: {'PASS' if ratio and abs(ratio - 1) <= 0.02 else 'FAIL'} |")
+print(f"| wrong results (must be 0) | {'PASS' if b['wrong'] == 0 else 'FAIL'}: {b['wrong']} |")
+print(f"| GPU 0's storm | {a1.get('iterations', 0) + a2.get('iterations', 0)} tries, {faults} faults seen, worker killed once {a1.get('_error', '')} {a2.get('_error', '')} |")
+PY
+    fi
+
+    echo; echo "### Placement: 2 x the per-GPU maximum of $M_EIGHTH, then one more"
+    echo "| rule | after the per-GPU max | after 2 x max | one more |"; echo "|---|---|---|---|"
+    for rule in spread pack; do
+        half=
+        start_all best_effort "[catalog]
+placement = \"$rule\""
+        MAX=$("$BIN/vgpuctl" --run-dir "$RUN/run" types --parent "$P0" --json | python3 -c 'import json,sys; print([t["max_instances"] for t in json.load(sys.stdin) if t["id"] == sys.argv[1]][0])' "$M_EIGHTH")
+        made=0
+        for _ in $(seq $((2 * MAX))); do
+            "$BIN/vgpuctl" --run-dir "$RUN/run" create --type "$M_EIGHTH" >/dev/null 2>>"$RUN/placement.err" && made=$((made + 1))
+            [ "$made" = "$MAX" ] && half=$(split)
+        done
+        full=$(split)
+        extra=$("$BIN/vgpuctl" --run-dir "$RUN/run" create --type "$M_EIGHTH" 2>&1 >/dev/null | grep -Eo 'E[A-Z]+' | head -1)
+        stop
+        echo "| $rule | ${half:-?} (of $MAX per GPU) | $made created: $full | refused: ${extra:-created!} (want EUSERS) |"
+    done
+fi
 fi
 
 if has native; then

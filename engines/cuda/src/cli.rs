@@ -1,6 +1,6 @@
 //! `vgpud-cuda-worker`: one vGPU's GPU work, in a process of its own
 //! (started by vgpud's CUDA engine; not run by hand). `--probe` prints
-//! what the GPU is, as JSON.
+//! what the GPU is, `--gpus` every GPU the host shows, as JSON.
 
 use std::os::fd::RawFd;
 use std::path::PathBuf;
@@ -27,9 +27,13 @@ struct Args {
     /// Print the GPU's name, memory and multiprocessors, and exit.
     #[arg(long)]
     probe: bool,
+    /// Print every GPU the host shows (ordinal, UUID, PCI address, name,
+    /// memory, multiprocessors) as a JSON array, and exit.
+    #[arg(long, conflicts_with = "probe")]
+    gpus: bool,
     /// No GPU: run every operation on the cpu engine in this process (the
     /// tests of the CUDA engine's process side; vgpud passes it when
-    /// VGPUD_CUDA_EMULATE=1).
+    /// VGPUD_CUDA_EMULATE is set, which also says which GPUs --gpus lists).
     #[arg(long)]
     emulate: bool,
     /// Run as this user once started (engine_worker::sandbox).
@@ -56,6 +60,10 @@ pub fn main() {
     let args = Args::parse();
     if args.probe {
         probe(&args);
+        return;
+    }
+    if args.gpus {
+        gpus(&args);
         return;
     }
     let policy = match (args.sandbox_uid, args.sandbox_gid, &args.sandbox_root) {
@@ -96,6 +104,27 @@ fn probe(args: &Args) {
         Some(hex) => crate::probe::ordinal_of(hex).unwrap_or_else(|e| fail(&e)),
     };
     match crate::probe::probe(device) {
+        Ok(json) => println!("{json}"),
+        Err(e) => fail(&e),
+    }
+}
+
+/// `--gpus`: every GPU the host shows, as a JSON array on stdout.
+fn gpus(args: &Args) {
+    use engine_worker::emulated::{self, EMULATE_ENV};
+    let list = if args.emulate {
+        let spec = std::env::var(EMULATE_ENV).unwrap_or_else(|_| "1".into());
+        emulated::gpus(&spec).unwrap_or_else(|| {
+            eprintln!(
+                "vgpud-cuda-worker: {EMULATE_ENV}={spec:?} is neither a count of GPUs (1 ..= {}) nor a list of their sizes (\"16GiB,8GiB\")",
+                emulated::MAX_EMULATED_GPUS
+            );
+            std::process::exit(2);
+        })
+    } else {
+        crate::gpus::list().unwrap_or_else(|e| fail(&e))
+    };
+    match serde_json::to_string(&list) {
         Ok(json) => println!("{json}"),
         Err(e) => fail(&e),
     }

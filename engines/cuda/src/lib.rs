@@ -16,6 +16,7 @@
 //! * [`driver`]: the driver calls as owned resources.
 //! * [`probe`]: what a GPU is (`--probe`, and the device-info block's
 //!   contents), and which ordinal has a UUID.
+//! * [`gpus`]: every GPU the host shows (`--gpus`).
 //! * [`syscalls`]: what the driver calls once running, for the seccomp
 //!   filter.
 //!
@@ -27,6 +28,7 @@
 pub mod cli;
 pub mod driver;
 pub mod modules;
+pub mod gpus;
 pub mod ops;
 pub mod probe;
 pub mod ptx;

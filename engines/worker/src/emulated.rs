@@ -4,7 +4,8 @@
 //! exists so that the process side (one worker per vGPU, guest RAM handed
 //! over by descriptor, completions, the sandbox, a worker that dies, its
 //! replacement) is tested where CI runs, with no GPU; vgpud uses it only
-//! when `VGPUD_CUDA_EMULATE=1` is set.
+//! when `VGPUD_CUDA_EMULATE` is set ([`EMULATE_ENV`]), which also says
+//! which GPUs the emulation shows ([`gpus`]).
 
 use std::fs::File;
 use std::sync::Arc;
@@ -22,6 +23,52 @@ use crate::Error;
 
 /// The device the emulation reports to `--probe`.
 pub const PROBE: &str = r#"{"name":"emulated","memory_bytes":17179869184,"multiprocessors":1}"#;
+
+/// The daemon's (and its workers') environment variable that turns the
+/// emulation on and says which GPUs it shows ([`gpus`]).
+pub const EMULATE_ENV: &str = "VGPUD_CUDA_EMULATE";
+
+/// The most GPUs an emulation shows.
+pub const MAX_EMULATED_GPUS: usize = 16;
+
+/// The GPUs an emulation shows, as `--gpus` lists them, from the value of
+/// [`EMULATE_ENV`]: a count, `1` ..= 16, of 16 GiB GPUs (`1`: the one GPU
+/// of the tests of a single parent), or a list of their memory sizes in
+/// whole GiB (`16GiB,8GiB`). GPU `k` (from 0) is named `emulated`, has the
+/// UUID `GPU-eeeeeeee-eeee-eeee-eeee-eeeeeeeeee<k>` (two hex digits) and
+/// the PCI address `0000:ee:<k>.0`, which is what tests give a NUMA node
+/// to (docs/config.md). `None` for anything else.
+pub fn gpus(spec: &str) -> Option<Vec<crate::GpuInfo>> {
+    let spec = spec.trim();
+    let sizes: Vec<u64> = match spec.parse::<usize>() {
+        Ok(n) if (1..=MAX_EMULATED_GPUS).contains(&n) => vec![16; n],
+        Ok(_) => return None,
+        Err(_) => spec
+            .split(',')
+            .map(|g| g.trim().strip_suffix("GiB")?.parse::<u64>().ok())
+            .collect::<Option<_>>()?,
+    };
+    if sizes.is_empty()
+        || sizes.len() > MAX_EMULATED_GPUS
+        || sizes.iter().any(|&g| g == 0 || g > 1024)
+    {
+        return None;
+    }
+    Some(
+        sizes
+            .into_iter()
+            .enumerate()
+            .map(|(k, gib)| crate::GpuInfo {
+                ordinal: k as u32,
+                uuid: format!("GPU-eeeeeeee-eeee-eeee-eeee-eeeeeeeeee{k:02x}"),
+                pci_bus_id: format!("0000:ee:{k:02x}.0"),
+                name: "emulated".into(),
+                memory_bytes: gib << 30,
+                multiprocessors: 1,
+            })
+            .collect(),
+    )
+}
 
 fn status(r: &Result<(), ExecError>) -> Status {
     match r {
@@ -239,4 +286,62 @@ pub(crate) fn fuzz_serve(frames: &[&[u8]]) {
         }
     }
     w.ctx.cancel();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_emulation_shows_the_gpus_its_variable_names() {
+        let one = gpus("1").unwrap();
+        assert_eq!(one.len(), 1);
+        // The one GPU is the one --probe describes.
+        let probe: crate::DeviceInfo = serde_json::from_str(PROBE).unwrap();
+        assert_eq!(
+            (
+                one[0].name.as_str(),
+                one[0].memory_bytes,
+                one[0].multiprocessors
+            ),
+            (
+                probe.name.as_str(),
+                probe.memory_bytes,
+                probe.multiprocessors
+            )
+        );
+        let two = gpus("16GiB, 8GiB").unwrap();
+        let got: Vec<(u32, &str, &str, u64)> = two
+            .iter()
+            .map(|g| {
+                (
+                    g.ordinal,
+                    g.uuid.as_str(),
+                    g.pci_bus_id.as_str(),
+                    g.memory_bytes >> 30,
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (
+                    0,
+                    "GPU-eeeeeeee-eeee-eeee-eeee-eeeeeeeeee00",
+                    "0000:ee:00.0",
+                    16
+                ),
+                (
+                    1,
+                    "GPU-eeeeeeee-eeee-eeee-eeee-eeeeeeeeee01",
+                    "0000:ee:01.0",
+                    8
+                )
+            ]
+        );
+        assert_eq!(gpus("16").map(|g| g.len()), Some(MAX_EMULATED_GPUS));
+        for bad in ["0", "17", "", "16G", "8GiB,", "0GiB", "2048GiB", "x"] {
+            assert_eq!(gpus(bad), None, "{bad:?}");
+        }
+    }
 }

@@ -9,6 +9,7 @@
 //! * [`conn`]: one worker as the daemon holds it: its messages, its log,
 //!   the runaway-item watchdog.
 //! * [`program`]: a worker binary, how it is started and probed.
+//! * [`numa`]: the NUMA node of a device, where its workers run.
 //!
 //! Both sides:
 //! * [`wire`]: the typed messages each way and their one encoding.
@@ -24,13 +25,15 @@ pub mod conn;
 pub mod emulated;
 pub mod endpoint;
 pub mod engine;
+pub mod numa;
 pub mod program;
 pub mod sandbox;
 pub mod socket;
 pub mod wire;
 
 pub use engine::ProcessEngine;
-pub use program::{DeviceInfo, WorkerProgram};
+pub use numa::{NumaPlacement, PciAddress};
+pub use program::{DeviceInfo, GpuInfo, WorkerProgram};
 pub use sandbox::SandboxPolicy;
 
 use std::path::PathBuf;

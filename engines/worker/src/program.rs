@@ -1,12 +1,14 @@
 //! A worker binary and how the daemon starts it: its path, the arguments
-//! that name its device, whether it emulates the device, and the sandbox
-//! it must enter.
+//! that name its device, whether it emulates the device, the sandbox it
+//! must enter and the NUMA node it runs on; and how the daemon asks it
+//! which devices the host has (`--gpus`).
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
+use crate::numa::NumaPlacement;
 use crate::sandbox::SandboxPolicy;
 use crate::Error;
 
@@ -26,6 +28,26 @@ pub struct WorkerProgram {
     pub sandbox: Option<SandboxPolicy>,
     /// Environment variables set for the worker (beside the daemon's).
     pub env: Vec<(String, String)>,
+    /// The device's NUMA node, where the worker runs (`None`: anywhere).
+    pub placement: Option<NumaPlacement>,
+}
+
+/// The most devices a worker's `--gpus` may list (more is a broken
+/// answer, not a host).
+pub const MAX_GPUS: usize = 64;
+
+/// One device the host shows, as the worker's `--gpus` lists it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct GpuInfo {
+    /// Its ordinal in the worker's enumeration (CUDA's).
+    pub ordinal: u32,
+    /// `GPU-6f6e1c2a-3b4d-…`, as `nvidia-smi -L` prints it.
+    pub uuid: String,
+    /// Its PCI address as the driver reports it (`0000:65:00.0`).
+    pub pci_bus_id: String,
+    pub name: String,
+    pub memory_bytes: u64,
+    pub multiprocessors: u32,
 }
 
 /// What a device offers, as the worker's `--probe` reports it.
@@ -50,15 +72,15 @@ impl WorkerProgram {
         if self.emulate {
             cmd.arg("--emulate");
         }
-        cmd.args(&self.device_args);
         cmd
     }
 
-    /// Ask a worker what the device is.
-    pub fn probe(&self) -> Result<DeviceInfo, Error> {
+    /// Run the worker with `args` (no device named) and return what it
+    /// printed; what it said on stderr when it failed.
+    fn ask(&self, args: &[&str]) -> Result<Vec<u8>, Error> {
         let out = self
             .command()
-            .arg("--probe")
+            .args(args)
             .stderr(Stdio::piped())
             .output()
             .map_err(|source| Error::Spawn {
@@ -70,30 +92,54 @@ impl WorkerProgram {
                 String::from_utf8_lossy(&out.stderr).trim().to_string(),
             ));
         }
-        serde_json::from_slice(&out.stdout).map_err(Error::ProbeReply)
+        Ok(out.stdout)
+    }
+
+    /// Ask a worker what the device is.
+    pub fn probe(&self) -> Result<DeviceInfo, Error> {
+        let mut args = vec!["--probe"];
+        args.extend(self.device_args.iter().map(String::as_str));
+        serde_json::from_slice(&self.ask(&args)?).map_err(Error::ProbeReply)
+    }
+
+    /// Ask a worker which devices the host shows (at most [`MAX_GPUS`]).
+    pub fn gpus(&self) -> Result<Vec<GpuInfo>, Error> {
+        let list: Vec<GpuInfo> =
+            serde_json::from_slice(&self.ask(&["--gpus"])?).map_err(Error::ProbeReply)?;
+        if list.len() > MAX_GPUS {
+            return Err(Error::Malformed("more devices than a host has"));
+        }
+        Ok(list)
     }
 
     /// Start a worker with a `vram`-byte framebuffer, its end of the
     /// daemon's socket at descriptor 3 and its stderr piped to the daemon.
     pub fn spawn(&self, vram: u64, theirs: OwnedFd) -> Result<Child, Error> {
         let mut cmd = self.command();
+        cmd.args(&self.device_args);
         cmd.args(["--vram", &vram.to_string(), "--fd", "3"]);
         match &self.sandbox {
             Some(p) => cmd.args(p.args()),
             None => cmd.arg("--no-sandbox"),
         };
         let fd = theirs.as_raw_fd();
-        // SAFETY: between fork and exec only an async-signal-safe call:
-        // dup2 puts the worker's end of the socket at descriptor 3 (dup2
-        // clears close-on-exec on the copy). (No PR_SET_PDEATHSIG: it fires
-        // when the forking *thread* ends, and control-socket threads come
-        // and go; a worker whose daemon died reads end of file and exits.)
+        let placement = self.placement.clone();
+        // SAFETY: between fork and exec only async-signal-safe calls: dup2
+        // puts the worker's end of the socket at descriptor 3 (dup2 clears
+        // close-on-exec on the copy), and the placement's two system calls
+        // on masks made before the fork put the process on its device's
+        // node (kept across exec). (No PR_SET_PDEATHSIG: it fires when the
+        // forking *thread* ends, and control-socket threads come and go; a
+        // worker whose daemon died reads end of file and exits.)
         unsafe {
             cmd.pre_exec(move || {
                 if libc::dup2(fd, 3) < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
-                Ok(())
+                match &placement {
+                    Some(p) => p.apply(),
+                    None => Ok(()),
+                }
             });
         }
         let child = cmd

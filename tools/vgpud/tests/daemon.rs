@@ -523,6 +523,7 @@ fn replies_keep_their_field_names() {
             "engine_busy_ratio",
             "engine_stalled_ns",
             "framebuffer_bytes",
+            "gpu",
             "idle_empty_ns",
             "idle_held_ns",
             "idle_late_ns",
@@ -537,6 +538,7 @@ fn replies_keep_their_field_names() {
     assert_eq!(parents[0]["vgpus"], 1);
     assert_eq!(parents[0]["framebuffer_bytes"], 8u64 << 30);
     assert_eq!(parents[0]["max_vgpus"], 8);
+    assert_eq!(parents[0]["gpu"], Value::Null, "a cpu parent has no GPU");
     let policy = ctl.ok(json!({"op": "policy_show"}));
     assert_eq!(
         keys(&policy),

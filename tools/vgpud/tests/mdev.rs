@@ -68,7 +68,8 @@ impl Vgpud {
             .spawn()
             .unwrap();
         let t = Instant::now();
-        while !dir.join("root/sys/class/mdev_bus/cpu0").exists() {
+        let bus = dir.join("root/sys/class/mdev_bus");
+        while std::fs::read_dir(&bus).map_or(true, |mut d| d.next().is_none()) {
             assert!(
                 t.elapsed() < Duration::from_secs(20),
                 "the mdev tree never appeared"
@@ -593,6 +594,121 @@ fn auto_definitions_start_through_mdevctl_start_parent_mdevs() {
         !calls_text.contains("-a start"),
         "the fallback runs no callouts:\n{calls_text}"
     );
+    vgpud.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `mdevctl … --dumpjson` output (`[{"<parent>": [{"<key>": …}, …]}, …]`)
+/// as (parent, key, value) triples, in its order.
+fn by_parent(v: &Value) -> Vec<(String, String, Value)> {
+    let mut out = Vec::new();
+    for p in v.as_array().into_iter().flatten() {
+        for (parent, items) in p.as_object().unwrap() {
+            for item in items.as_array().unwrap() {
+                for (k, x) in item.as_object().unwrap() {
+                    out.push((parent.clone(), k.clone(), x.clone()));
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn mdevctl_sees_a_parent_per_gpu() {
+    // Two GPUs (the CUDA workers emulating them) with `device = "all"`:
+    // mdevctl shows a parent per GPU, named by its PCI address as the
+    // kernel names a PCI parent, with the types of that GPU; it starts
+    // vGPUs on either, and an `auto` definition of the second GPU starts
+    // with vgpud (start-parent-mdevs for each parent).
+    require_root();
+    let dir = fresh_dir("mdev-gpus");
+    let (g0, g1) = ("0000:ee:00.0", "0000:ee:01.0");
+    let cfg = dir.join("vgpud.toml");
+    std::fs::write(
+        &cfg,
+        "[catalog.parent.gpus]\nengine = \"cuda\"\ndevice = \"all\"\n",
+    )
+    .unwrap();
+    let m = Mdevctl {
+        bin: mdevctl_binary(),
+        root: dir.join("root"),
+    };
+    let args = [
+        OsStr::new("--mdevctl"),
+        m.bin.as_os_str(),
+        OsStr::new("--config"),
+        cfg.as_os_str(),
+    ];
+    let env = [("VGPUD_CUDA_EMULATE", OsStr::new("16GiB,8GiB"))];
+    let mut vgpud = Vgpud::start_env(&dir, &args, &env);
+    let available = || -> Vec<(String, String, u64)> {
+        by_parent(&m.json(&["types", "--dumpjson"]))
+            .into_iter()
+            .map(|(p, t, x)| (p, t, x["available_instances"].as_u64().unwrap()))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect()
+    };
+    let a = |p: &str, t: &str, n: u64| (p.to_string(), t.to_string(), n);
+    assert_eq!(
+        available(),
+        [
+            a(g0, "emulated-15c", 1),
+            a(g0, "emulated-1c", 8),
+            a(g0, "emulated-3c", 4),
+            a(g0, "emulated-7c", 2),
+            a(g1, "emulated-1c", 4),
+            a(g1, "emulated-3c", 2),
+            a(g1, "emulated-7c", 1),
+        ]
+    );
+    let u0 = m
+        .ok(&["start", "-p", g0, "-t", "emulated-1c"])
+        .trim()
+        .to_string();
+    let u1 = m
+        .ok(&["start", "-p", g1, "-t", "emulated-3c"])
+        .trim()
+        .to_string();
+    let active: Vec<(String, String)> = by_parent(&m.json(&["list", "--dumpjson"]))
+        .into_iter()
+        .map(|(p, u, _)| (p, u))
+        .collect();
+    assert_eq!(
+        active,
+        [(g0.to_string(), u0.clone()), (g1.to_string(), u1.clone())]
+    );
+    let now = available();
+    assert!(
+        now.contains(&a(g0, "emulated-1c", 7)) && now.contains(&a(g1, "emulated-3c", 1)),
+        "{now:?}"
+    );
+    assert!(now.contains(&a(g1, "emulated-7c", 0)), "{now:?}");
+    // An auto definition on the second GPU starts with vgpud.
+    m.ok(&["define", "-u", UA, "-p", g1, "-t", "emulated-1c", "--auto"]);
+    vgpud.stop();
+    let mut vgpud = Vgpud::start_env(&dir, &args, &env);
+    let log = wait_for_log(&dir, "auto_started=", 2);
+    assert!(
+        log.contains(&format!("mdevctl start-parent-mdevs {g1}")),
+        "{log}"
+    );
+    let t = Instant::now();
+    while !dir.join(format!("run/{UA}.sock")).exists() {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "{UA} never started:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let active: Vec<(String, String)> = by_parent(&m.json(&["list", "--dumpjson"]))
+        .into_iter()
+        .map(|(p, u, _)| (p, u))
+        .collect();
+    assert_eq!(active, [(g1.to_string(), UA.to_string())]);
+    m.ok(&["stop", "-u", UA]);
+    m.ok(&["undefine", "-u", UA]);
     vgpud.stop();
     let _ = std::fs::remove_dir_all(&dir);
 }

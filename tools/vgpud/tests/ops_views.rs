@@ -29,14 +29,26 @@ struct Vgpud {
 impl Vgpud {
     /// vgpud on a fresh run directory, its stderr to `dir/stderr`.
     fn start(name: &str, extra: &[&str]) -> Vgpud {
+        Vgpud::start_with(name, extra, None, &[])
+    }
+
+    /// As [`Vgpud::start`], with `config` as its configuration file and
+    /// `env` added to its environment.
+    fn start_with(name: &str, extra: &[&str], config: Option<&str>, env: &[(&str, &str)]) -> Vgpud {
         let dir = std::env::temp_dir().join(format!("vgpud-views-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let stderr = std::fs::File::create(dir.join("stderr")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_vgpud"))
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_vgpud"));
+        if let Some(text) = config {
+            std::fs::write(dir.join("vgpud.toml"), text).unwrap();
+            cmd.arg("--config").arg(dir.join("vgpud.toml"));
+        }
+        let child = cmd
             .arg("--run-dir")
             .arg(dir.join("run"))
             .args(extra)
+            .envs(env.iter().copied())
             .env_remove("VGPUD_LOG")
             .stdout(Stdio::null())
             .stderr(stderr)
@@ -222,13 +234,7 @@ fn metrics_pass_promtool_and_answer_head() {
     );
     let l4 = format!("{{uuid=\"{u4}\",type=\"vgpud-4c\",parent=\"cpu0\"}}");
     let l2 = format!("{{uuid=\"{u2}\",type=\"vgpud-2c\",parent=\"cpu0\"}}");
-    let value = |series: &str| -> f64 {
-        let line = body
-            .lines()
-            .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-            .unwrap_or_else(|| panic!("no sample {series} in\n{body}"));
-        line[series.len() + 1..].parse().unwrap()
-    };
+    let value = |series: &str| sample(body, series);
     assert_eq!(
         value(&format!("vgpud_vgpu_configured_share_ratio{l4}")),
         0.5
@@ -312,8 +318,21 @@ fn metrics_pass_promtool_and_answer_head() {
     assert!(http(&addr, "GET", "/nope").starts_with("HTTP/1.0 404"));
     assert!(http(&addr, "POST", "/metrics").starts_with("HTTP/1.0 405"));
 
-    // promtool: the exposition parses and passes its lint, with no remark.
-    let mut check = Command::new(&promtool)
+    promtool_passes(&promtool, body);
+}
+
+/// The value of `series` (name and labels) in the exposition `body`.
+fn sample(body: &str, series: &str) -> f64 {
+    let line = body
+        .lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .unwrap_or_else(|| panic!("no sample {series} in\n{body}"));
+    line[series.len() + 1..].parse().unwrap()
+}
+
+/// promtool: the exposition parses and passes its lint, with no remark.
+fn promtool_passes(promtool: &Path, body: &str) {
+    let mut check = Command::new(promtool)
         .args(["check", "metrics"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -337,6 +356,106 @@ fn metrics_pass_promtool_and_answer_head() {
         "promtool check metrics: {said}\n{body}"
     );
     assert_eq!(said.trim(), "", "promtool remarks on the metrics:\n{body}");
+}
+
+#[test]
+fn metrics_have_a_series_per_gpu_parent() {
+    // Two GPUs (the CUDA engine's workers emulating them), a parent each
+    // (`device = "all"`): every parent series per GPU, each counting only
+    // its own vGPUs and work; the policy of the section for one GPU, its
+    // own for the other.
+    let promtool = promtool();
+    let _load = devmodel::sync::lock(&LOAD);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let config = "[parent.gpus]\npolicy = \"equal_share\"\n\n[parent.\"0000:ee:01.0\"]\npolicy = \"fixed_share\"\n\n[catalog.parent.gpus]\nengine = \"cuda\"\ndevice = \"all\"\n";
+    let v = Vgpud::start_with(
+        "metrics-gpus",
+        &["--metrics-addr", &addr],
+        Some(config),
+        &[("VGPUD_CUDA_EMULATE", "16GiB,8GiB")],
+    );
+    let (g0, g1) = ("0000:ee:00.0", "0000:ee:01.0");
+    let on = |parent: &str| {
+        let r = v.ok(json!({"op": "create", "type": "emulated-1c", "parent": parent}));
+        (
+            r["uuid"].as_str().unwrap().to_string(),
+            PathBuf::from(r["socket"].as_str().unwrap()),
+        )
+    };
+    let (busy, socket) = on(g0);
+    let (idle0, _) = on(g0);
+    let (idle1, _) = on(g1);
+    // Work on GPU0 only.
+    let report = tenant(&socket, false, 0.5).join().unwrap();
+    assert!(report.completed > 0);
+    let get = http(&addr, "GET", "/metrics");
+    let body = get.split_once("\r\n\r\n").unwrap().1;
+    let value = |series: &str| sample(body, series);
+    let p = |name: &str, parent: &str| value(&format!("{name}{{parent=\"{parent}\"}}"));
+    assert_eq!(p("vgpud_parent_vgpus", g0), 2.0);
+    assert_eq!(p("vgpud_parent_vgpus", g1), 1.0);
+    assert!(p("vgpud_parent_engine_busy_seconds_total", g0) > 0.1);
+    assert_eq!(p("vgpud_parent_engine_busy_seconds_total", g1), 0.0);
+    assert_eq!(p("vgpud_parent_gpu_memory_bytes", g0), (16u64 << 30) as f64);
+    assert_eq!(p("vgpud_parent_gpu_memory_bytes", g1), (8u64 << 30) as f64);
+    for (parent, policy, k) in [(g0, "equal_share", 0), (g1, "fixed_share", 1)] {
+        assert_eq!(
+            value(&format!("vgpud_parent_policy_info{{parent=\"{parent}\",policy=\"{policy}\",engine=\"cuda\"}}")),
+            1.0
+        );
+        assert_eq!(
+            value(&format!("vgpud_parent_gpu_info{{parent=\"{parent}\",gpu=\"emulated\",uuid=\"GPU-eeeeeeee-eeee-eeee-eeee-eeeeeeeeee0{k}\",pci_bus_id=\"{parent}\",numa_node=\"-1\"}}")),
+            1.0
+        );
+    }
+    // Each GPU's catalogue and what is left of it: 8 and 4 of the 1c.
+    assert_eq!(
+        value(&format!(
+            "vgpud_parent_available_instances{{parent=\"{g0}\",type=\"emulated-1c\"}}"
+        )),
+        6.0
+    );
+    assert_eq!(
+        value(&format!(
+            "vgpud_parent_available_instances{{parent=\"{g1}\",type=\"emulated-1c\"}}"
+        )),
+        3.0
+    );
+    assert_eq!(
+        value(&format!(
+            "vgpud_parent_available_instances{{parent=\"{g0}\",type=\"emulated-15c\"}}"
+        )),
+        0.0,
+        "15 GiB and its context do not fit beside two 1c"
+    );
+    assert!(!body.contains(&format!("parent=\"{g1}\",type=\"emulated-15c\"")));
+    // Each vGPU under its own parent; only GPU0's busy one did work, with
+    // equal_share's half of GPU0 promised and fixed_share's 1/4 on GPU1.
+    let vg = |uuid: &str, parent: &str| {
+        format!("{{uuid=\"{uuid}\",type=\"emulated-1c\",parent=\"{parent}\"}}")
+    };
+    assert!(value(&format!("vgpud_vgpu_gpu_seconds_total{}", vg(&busy, g0))) > 0.1);
+    assert_eq!(
+        value(&format!("vgpud_vgpu_gpu_seconds_total{}", vg(&idle0, g0))),
+        0.0
+    );
+    assert_eq!(
+        value(&format!("vgpud_vgpu_gpu_seconds_total{}", vg(&idle1, g1))),
+        0.0
+    );
+    assert_eq!(
+        value(&format!(
+            "vgpud_vgpu_configured_share_ratio{}",
+            vg(&idle1, g1)
+        )),
+        0.25
+    );
+    promtool_passes(&promtool, body);
 }
 
 /// The figure in column `col` of the row of vGPU `uuid` in a `top` frame.

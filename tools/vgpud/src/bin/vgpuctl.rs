@@ -438,13 +438,15 @@ fn types(args: &Args, parent: Option<String>, as_json: bool) -> Result<(), Failu
         return Ok(());
     }
     let r: Vec<TypeInfo> = call_as(args, req)?;
+    // Parents of a GPU each (`0000:65:00.0`) are wider than `cpu0`.
+    let w = r.iter().map(|t| t.parent.len()).max().unwrap_or(0).max(8);
     println!(
-        "{:<8} {:<10} {:<8} {:>6} {:>5} {:>9}  description",
+        "{:<w$} {:<10} {:<8} {:>6} {:>5} {:>9}  description",
         "parent", "type", "name", "fb_gib", "max", "available"
     );
     for t in r {
         println!(
-            "{:<8} {:<10} {:<8} {:>6} {:>5} {:>9}  {}",
+            "{:<w$} {:<10} {:<8} {:>6} {:>5} {:>9}  {}",
             t.parent,
             t.id,
             t.name,

@@ -413,6 +413,41 @@ pub fn render_snapshot(snap: &Snapshot) -> String {
     }
     head(
         &mut out,
+        "vgpud_parent_gpu_info",
+        "gauge",
+        "a GPU parent's GPU: its name, UUID, PCI address and NUMA node (-1: none) as labels",
+    );
+    for p in &snap.parents {
+        if let Some(g) = &p.gpu {
+            let node = g.numa_node.map_or(-1, |n| n as i64);
+            let _ = writeln!(
+                out,
+                "vgpud_parent_gpu_info{{parent=\"{}\",gpu=\"{}\",uuid=\"{}\",pci_bus_id=\"{}\",numa_node=\"{node}\"}} 1",
+                esc(&p.parent),
+                esc(&g.name),
+                esc(&g.uuid),
+                esc(&g.pci_bus_id)
+            );
+        }
+    }
+    head(
+        &mut out,
+        "vgpud_parent_gpu_memory_bytes",
+        "gauge",
+        "a GPU parent's GPU memory, as the driver reports it",
+    );
+    for p in &snap.parents {
+        if let Some(g) = &p.gpu {
+            let _ = writeln!(
+                out,
+                "vgpud_parent_gpu_memory_bytes{{parent=\"{}\"}} {}",
+                esc(&p.parent),
+                g.memory_bytes
+            );
+        }
+    }
+    head(
+        &mut out,
         "vgpud_parent_available_instances",
         "gauge",
         "vGPUs of the type that can still be created on the parent",

@@ -10,6 +10,7 @@
 pub mod autostart;
 pub mod control;
 pub mod metrics;
+pub mod placement;
 pub mod replies;
 pub mod sockets;
 pub mod sysfs;
@@ -21,17 +22,18 @@ use std::sync::Arc;
 
 use devmodel::{Vgpu, VgpuConfig};
 use mdev_types::{
-    Catalog, ConfigFile, Engine, ParentCapacity, SocketConfig, VgpuType, WorkerConfig,
+    Catalog, ConfigFile, Engine, ParentCapacity, Placement, SocketConfig, VgpuType, WorkerConfig,
 };
 use mmio::pci::PciIdentity;
 use scheduler::{Config, PolicyKind};
 use uuid::Uuid;
 
 pub use replies::{
-    Created, Health, ParentStatus, PolicyInfo, Reloaded, Removed, TypeInfo, VgpuStatus, VgpuSummary,
+    Created, Health, ParentGpu, ParentStatus, PolicyInfo, Reloaded, Removed, TypeInfo, VgpuStatus,
+    VgpuSummary,
 };
 
-use crate::engines::{open_engine, WorkerSettings, WorkerSettingsError};
+use crate::engines::{open_engine, plan_parents, GpuError, WorkerSettings, WorkerSettingsError};
 use crate::errno::Errno;
 use crate::parent::Parent;
 use crate::vfio_user::{self, ServerHandle};
@@ -69,6 +71,9 @@ pub enum StartError {
     /// `[workers]` could not be applied.
     #[error(transparent)]
     Workers(#[from] WorkerSettingsError),
+    /// A GPU parent could not be given its GPU.
+    #[error(transparent)]
+    Gpus(#[from] GpuError),
 }
 
 fn op_err(errno: Errno, message: impl Into<String>) -> OpError {
@@ -96,6 +101,11 @@ struct ParentSlot {
     host_framebuffer: bool,
     capacity: ParentCapacity,
     types: Vec<Arc<VgpuType>>,
+    /// The `[catalog.parent."<id>"]` it came from (its policy's fallback
+    /// before `[default]`).
+    section: String,
+    /// Its GPU (a GPU parent).
+    gpu: Option<ParentGpu>,
 }
 
 /// Everything the daemon runs.
@@ -105,6 +115,8 @@ pub struct Daemon {
     config: Config,
     /// The parent an operation names when it names none.
     default_parent: String,
+    /// Where `create` puts a vGPU when it names no parent.
+    placement: Placement,
     // vGPUs drop before the parents they run on.
     vgpus: BTreeMap<Uuid, VgpuSlot>,
     parents: BTreeMap<String, ParentSlot>,
@@ -154,32 +166,46 @@ impl Daemon {
         } else {
             WorkerSettings::default()
         };
+        let plans = plan_parents(catalog)?;
         let mut parents = BTreeMap::new();
         let mut declared = 0;
-        for p in &catalog.parents {
-            let opened = open_engine(p, &workers)?;
+        for plan in &plans {
+            let opened = open_engine(plan, &workers)?;
             let host_framebuffer = opened.backend.framebuffer_in_host_memory();
             if host_framebuffer {
                 declared += opened.capacity.framebuffer_bytes;
             }
             let engine = opened.backend.name();
-            let parent = Parent::new(&p.id, opened.backend, config.parent_policy(&p.id))
-                .map_err(BackendError::from)?;
+            let id = &plan.def.id;
+            let policy = parent_policy(&config, id, &plan.section);
+            let parent = Parent::new(id, opened.backend, policy).map_err(BackendError::from)?;
             parents.insert(
-                p.id.clone(),
+                id.clone(),
                 ParentSlot {
                     parent,
                     engine,
                     host_framebuffer,
                     capacity: opened.capacity,
                     types: opened.types,
+                    section: plan.section.clone(),
+                    gpu: plan.gpu.as_ref().map(|g| ParentGpu {
+                        name: g.info.name.clone(),
+                        uuid: g.info.uuid.clone(),
+                        pci_bus_id: g.pci.to_string(),
+                        memory_bytes: g.info.memory_bytes,
+                        numa_node: g.numa_node,
+                        worker_cpus: g
+                            .placement
+                            .as_ref()
+                            .map(|n| n.cpu_list())
+                            .filter(|c| !c.is_empty()),
+                    }),
                 },
             );
         }
-        let default_parent = catalog
-            .parents
+        let default_parent = plans
             .first()
-            .map_or(DEFAULT_PARENT.to_string(), |p| p.id.clone());
+            .map_or(DEFAULT_PARENT.to_string(), |p| p.def.id.clone());
         let host_framebuffer = devmodel::cpu_engine::host_framebuffer_limit();
         if declared > host_framebuffer {
             tracing::warn!(
@@ -194,6 +220,7 @@ impl Daemon {
             config_path,
             config,
             default_parent,
+            placement: catalog.placement,
             vgpus: BTreeMap::new(),
             parents,
             host_framebuffer,
@@ -329,9 +356,50 @@ impl Daemon {
         Ok(out)
     }
 
-    /// Create a vGPU of `type_id` on `parent` (default: the first parent
-    /// with one available) with `uuid` (default: a random one). Its
-    /// vfio-user socket exists when this returns.
+    /// Where the placement rule puts a new vGPU of `type_id`: among the
+    /// parents that offer it, those with an instance of it left
+    /// ([`placement::choose`]). `ENOENT` when no parent offers it, `EUSERS`
+    /// (the mdev core's answer for a type with none available) when none
+    /// has room.
+    fn place(&self, type_id: &str) -> Result<String, OpError> {
+        let mut offering = Vec::new();
+        let mut candidates = Vec::new();
+        for (id, slot) in &self.parents {
+            let Some(t) = slot.types.iter().find(|t| t.id == type_id) else {
+                continue;
+            };
+            offering.push(id.as_str());
+            if self.available(id, t) > 0 {
+                let existing = self.existing_on(id);
+                candidates.push(placement::Candidate {
+                    parent: id,
+                    vgpus: existing.len(),
+                    free_framebuffer: slot.capacity.free_framebuffer(&existing),
+                });
+            }
+        }
+        if offering.is_empty() {
+            return Err(op_err(
+                Errno::ENOENT,
+                format!("no parent offers type {type_id:?}"),
+            ));
+        }
+        placement::choose(self.placement, &candidates)
+            .map(str::to_string)
+            .ok_or_else(|| {
+                op_err(
+                    Errno::EUSERS,
+                    format!(
+                        "no {type_id} instance left on any parent ({})",
+                        offering.join(", ")
+                    ),
+                )
+            })
+    }
+
+    /// Create a vGPU of `type_id` on `parent` (default: where the
+    /// placement rule puts it, [`Daemon::place`]) with `uuid` (default: a
+    /// random one). Its vfio-user socket exists when this returns.
     pub fn create(
         &mut self,
         type_id: &str,
@@ -347,23 +415,7 @@ impl Daemon {
         }
         let parent_id = match parent {
             Some(p) => self.parent(Some(p))?.0.clone(),
-            None => self
-                .parents
-                .iter()
-                .find(|(id, s)| {
-                    s.types
-                        .iter()
-                        .any(|t| t.id == type_id && self.available(id, t) > 0)
-                })
-                .or_else(|| {
-                    self.parents
-                        .iter()
-                        .find(|(_, s)| s.types.iter().any(|t| t.id == type_id))
-                })
-                .map(|(id, _)| id.clone())
-                .ok_or_else(|| {
-                    op_err(Errno::ENOENT, format!("no parent offers type {type_id:?}"))
-                })?,
+            None => self.place(type_id)?,
         };
         let slot = &self.parents[&parent_id];
         let vtype = slot
@@ -391,7 +443,18 @@ impl Daemon {
         let (key, ctx) = slot
             .parent
             .attach(vtype.framebuffer_bytes, vtype.channels, params)
-            .map_err(|e| op_err(Errno::EIO, devmodel::Chain(&e).to_string()))?;
+            .map_err(|e| {
+                // A framebuffer the GPU (or host) has no room for: ENOMEM,
+                // as the kernel's create gives when a vendor driver cannot
+                // allocate.
+                let errno = match &e {
+                    crate::parent::ParentError::Backend(
+                        BackendError::VramTooLarge { .. } | BackendError::VramAlloc { .. },
+                    ) => Errno::ENOMEM,
+                    _ => Errno::EIO,
+                };
+                op_err(errno, devmodel::Chain(&e).to_string())
+            })?;
         let cfg = VgpuConfig {
             name: name.clone(),
             identity: identity(&vtype),
@@ -559,6 +622,7 @@ impl Daemon {
                 ParentStatus {
                     parent: id.clone(),
                     engine: slot.engine.into(),
+                    gpu: slot.gpu.clone(),
                     policy: st.policy.name().to_string(),
                     timeslice_us: st.timeslice / 1000,
                     window_us: st.window / 1000,
@@ -635,7 +699,7 @@ impl Daemon {
         }
         for (id, slot) in &self.parents {
             slot.parent
-                .set_policy(config.parent_policy(id))
+                .set_policy(parent_policy(&config, id, &slot.section))
                 .map_err(|e| op_err(Errno::EINVAL, e.to_string()))?;
         }
         for (parent, key, p) in params {
@@ -649,6 +713,10 @@ impl Daemon {
                 .set_acquire_timeout(acquire_timeout(&config, &u.to_string(), &v.vtype.id));
         }
         self.config = config;
+        if file.catalog.placement != self.placement {
+            self.placement = file.catalog.placement;
+            tracing::info!(placement = self.placement.name(), "placement changed");
+        }
         if ownership != self.sockets {
             self.sockets = ownership;
             self.apply_socket_ownership();
@@ -660,6 +728,17 @@ impl Daemon {
             file: Some(path.clone()),
             reason: None,
         })
+    }
+}
+
+/// A parent's policy: its `[parent."<id>"]`, else its catalogue section's
+/// (`[parent."<section>"]`: every GPU of a `device = "all"` section), else
+/// `[default]`.
+fn parent_policy(config: &Config, id: &str, section: &str) -> scheduler::ParentPolicy {
+    if config.parents.contains_key(id) {
+        config.parent_policy(id)
+    } else {
+        config.parent_policy(section)
     }
 }
 

@@ -163,12 +163,32 @@ pub struct Reloaded {
     pub reason: Option<String>,
 }
 
+/// A GPU parent's GPU (`parents`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ParentGpu {
+    /// As the driver names it: `NVIDIA H200`.
+    pub name: String,
+    /// `GPU-6f6e1c2a-…`, as `nvidia-smi -L` prints it.
+    pub uuid: String,
+    /// `0000:65:00.0`.
+    pub pci_bus_id: String,
+    pub memory_bytes: u64,
+    /// The NUMA node the kernel puts the GPU on (`null`: none).
+    pub numa_node: Option<usize>,
+    /// The CPUs its workers run on (`8-15`), on a host with more than one
+    /// node; `null`: any (the worker's memory policy is then left alone too).
+    pub worker_cpus: Option<String>,
+}
+
 /// A parent's engine and policy, as the scheduler sees them now (`parents`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ParentStatus {
     pub parent: String,
-    /// The engine behind it: `cpu`.
+    /// The engine behind it: `cpu`, `cuda`.
     pub engine: String,
+    /// Its GPU (`null` for a cpu-engine parent).
+    #[serde(default)]
+    pub gpu: Option<ParentGpu>,
     pub policy: String,
     pub timeslice_us: u64,
     pub window_us: u64,

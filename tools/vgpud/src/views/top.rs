@@ -85,6 +85,7 @@ mod tests {
         let parent = ParentStatus {
             parent: "cpu0".into(),
             engine: "cpu".into(),
+            gpu: None,
             policy: "fixed_share".into(),
             timeslice_us: 2000,
             window_us: 66000,

@@ -77,13 +77,18 @@ impl Vgpud {
         self.dir.join("run/control.sock")
     }
 
-    /// One control-socket request; its result (it must succeed).
-    pub fn request(&self, req: Value) -> Value {
+    /// One control-socket request; the whole reply, `ok` or not.
+    pub fn reply(&self, req: &Value) -> Value {
         let mut s = BufReader::new(UnixStream::connect(self.control()).expect("control socket"));
         writeln!(s.get_mut(), "{req}").unwrap();
         let mut line = String::new();
         s.read_line(&mut line).unwrap();
-        let r: Value = serde_json::from_str(&line).unwrap();
+        serde_json::from_str(&line).unwrap()
+    }
+
+    /// One control-socket request; its result (it must succeed).
+    pub fn request(&self, req: Value) -> Value {
+        let r = self.reply(&req);
         assert_eq!(r["ok"], true, "{req}: {r}");
         r["result"].clone()
     }
@@ -129,6 +134,12 @@ impl Vgpud {
             .collect();
         out.sort_unstable();
         out
+    }
+
+    /// A process's command line, its arguments joined by spaces.
+    pub fn cmdline(pid: u32) -> String {
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        String::from_utf8_lossy(&cmd).replace('\0', " ")
     }
 
     pub fn alive(&mut self) -> bool {

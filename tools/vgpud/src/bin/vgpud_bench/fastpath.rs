@@ -280,9 +280,11 @@ fn cpu(seconds: f64, max_vgpus: u32) -> R<()> {
             capacity: ParentCapacity {
                 framebuffer_bytes: (16 << 20) * max_vgpus.max(1) as u64,
                 max_vgpus: max_vgpus.max(1),
+                reserve_per_vgpu: 0,
             },
             types: vec![Arc::new(bench_type)],
         }],
+        placement: Default::default(),
     };
     println!("| active vGPUs | engine busy | daemon cores (all but the engine's execution) | per active vGPU | front ends | dispatcher | engine completions | vfio-user servers | doorbells untrapped / trapped |");
     println!("|---|---|---|---|---|---|---|---|---|");
