@@ -477,7 +477,7 @@ fn module_op(
     } else {
         compute::GLOBAL_INFO_BYTES
     };
-    if c.info % 8 != 0 {
+    if !c.info.is_multiple_of(8) {
         return Err(fail(ErrorCode::InvalidArgument));
     }
     let answer = space.translate(c.info, bytes as u64, true)?;

@@ -187,7 +187,7 @@ pub fn pattern_of(value: u32, elem: u32) -> u32 {
 
 /// `cuMemsetD8/D16/D32`: `count` elements of `elem` bytes at `dst`.
 pub fn memset(dst: u64, value: u32, elem: u32, count: u64, s: StreamKey, sync: bool) -> Result<()> {
-    if dst % elem as u64 != 0 {
+    if !dst.is_multiple_of(elem as u64) {
         return err(CUDA_ERROR_INVALID_VALUE);
     }
     let bytes = count
