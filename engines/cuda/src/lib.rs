@@ -27,8 +27,8 @@
 
 pub mod cli;
 pub mod driver;
-pub mod modules;
 pub mod gpus;
+pub mod modules;
 pub mod ops;
 pub mod probe;
 pub mod ptx;
