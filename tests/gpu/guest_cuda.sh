@@ -132,11 +132,13 @@ cuda_python_part() {
     note cuda-python-ptx "$([ $ok = 2 ] && echo ok || echo FAIL)" "$ok of 2 passed"
     V=$(python3 -c 'import cuda.bindings; print(cuda.bindings.__version__)' 2>/dev/null)
     TD=${PEERS:+$PEERS/cuda-python/$V}
+    # A folder named after the installed version, else the one carried as any/ (see its SOURCE).
+    [ -n "$PEERS" ] && ! [ -f "$TD/test_cuda.py" ] && TD=$PEERS/cuda-python/any
     if [ -n "$TD" ] && [ -f "$TD/test_cuda.py" ]; then
         echo; echo "## cuda-python $V: cuda_bindings/tests/test_cuda.py"
         for mode in native guest; do
-            if [ $mode = native ]; then (cd "$TD" && timeout -s INT -k 20 "$T" python3 -m pytest -v -p no:cacheprovider -o addopts= test_cuda.py >"$OUT/cuda-python-$mode.log" 2>&1)
-            else (cd "$TD" && on_vgpu "$V_PY" timeout -s INT -k 20 "$T" python3 -m pytest -v -p no:cacheprovider -o addopts= test_cuda.py >"$OUT/cuda-python-$mode.log" 2>&1); fi
+            if [ $mode = native ]; then (cd "$TD" && PYTHONPATH="$TD${PYTHONPATH:+:$PYTHONPATH}" timeout -s INT -k 20 "$T" python3 -m pytest -v -p no:cacheprovider -o addopts= test_cuda.py >"$OUT/cuda-python-$mode.log" 2>&1)
+            else (cd "$TD" && PYTHONPATH="$TD${PYTHONPATH:+:$PYTHONPATH}" on_vgpu "$V_PY" timeout -s INT -k 20 "$T" python3 -m pytest -v -p no:cacheprovider -o addopts= test_cuda.py >"$OUT/cuda-python-$mode.log" 2>&1); fi
             echo "$mode: $(tail -1 "$OUT/cuda-python-$mode.log")"
         done
         python3 "$GC/summarize.py" "$OUT/cuda-python-native.log" -- "$OUT/cuda-python-guest.log"
