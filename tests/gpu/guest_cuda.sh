@@ -14,7 +14,8 @@
 #   PEERS_DIR peer sources, not in the repository: samples/ (NVIDIA cuda-samples' Common/*.h and
 #             Samples/0_Introduction/{vectorAddDrv,matrixMulDrv,matrixMulDynlinkJIT}) and
 #             cuda-python/<cuda-bindings version>/test_cuda.py (cuda_bindings/tests of the source
-#             release matching the installed cuda-bindings, with its conftest.py)
+#             release matching the installed cuda-bindings, with its conftest.py; else any/), and
+#             pylib/ (pure-Python test dependencies missing there: filecheck for numba-cuda)
 # environment:
 #   GC_PARTS     parts to run (default: identity numba cuda-python samples fault speed)
 #   NUMBA_MODULES the numba-cuda test modules (default: the acceptance list of issue 21)
@@ -33,6 +34,11 @@ GC=$HERE/guest-cuda
 LIB=$RUN/lib; mkdir -p "$LIB"
 cp "$LIBSRC/libvgpu_cuda.so" "$LIB/libcuda.so.1" && ln -sf libcuda.so.1 "$LIB/libcuda.so"
 export PYTHONDONTWRITEBYTECODE=1
+# NumPy aliases numba-cuda still needs (guest-cuda/numpy-compat), for native and guest runs alike.
+export PYTHONPATH=$GC/numpy-compat${PYTHONPATH:+:$PYTHONPATH}
+# Pure-Python test dependencies the GPU machine lacks (PEERS_DIR/pylib: filecheck, which
+# numba.cuda.testing imports), likewise for both.
+[ -n "$PEERS" ] && [ -d "$PEERS/pylib" ] && export PYTHONPATH=$PEERS/pylib:$PYTHONPATH
 PARTS_WANTED=${GC_PARTS:-identity numba cuda-python samples fault speed}
 has() { case " $PARTS_WANTED " in *" $1 "*) return 0;; esac; return 1; }
 SUMMARY=$RUN/summary.tsv; : >"$SUMMARY"
@@ -83,10 +89,12 @@ if ! [ -S "$RUN/run/control.sock" ]; then
     echo "vgpud did not start:"; tail -20 "$OUT/vgpud.log"; note vgpud FAIL "did not start"; exit 1
 fi
 # The vGPUs, created at once (each starts its worker: context, framebuffer, kernels).
+CREATES=()
 for i in $(seq "$N_VGPUS"); do
     (timeout 60 "$BIN/vgpuctl" --run-dir "$RUN/run" create --type gc-small | awk '{print $2}' >"$RUN/vgpu.$i") &
+    CREATES+=($!)
 done
-wait
+wait "${CREATES[@]}" # not a bare wait: vgpud is a child too
 SOCK=(); for i in $(seq "$N_VGPUS"); do s=$(cat "$RUN/vgpu.$i" 2>/dev/null); [ -S "$s" ] && SOCK+=("$s"); done
 echo "## CUDA in the guest: libcuda.so.1 on ${#SOCK[@]} vGPUs of the CUDA engine (gc-small, ${VGPU_FB:-4GiB}), beside the native driver"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null
@@ -132,11 +140,13 @@ cuda_python_part() {
     note cuda-python-ptx "$([ $ok = 2 ] && echo ok || echo FAIL)" "$ok of 2 passed"
     V=$(python3 -c 'import cuda.bindings; print(cuda.bindings.__version__)' 2>/dev/null)
     TD=${PEERS:+$PEERS/cuda-python/$V}
+    # A folder named after the installed version, else the one carried as any/ (see its SOURCE).
+    [ -n "$PEERS" ] && ! [ -f "$TD/test_cuda.py" ] && TD=$PEERS/cuda-python/any
     if [ -n "$TD" ] && [ -f "$TD/test_cuda.py" ]; then
         echo; echo "## cuda-python $V: cuda_bindings/tests/test_cuda.py"
         for mode in native guest; do
-            if [ $mode = native ]; then (cd "$TD" && timeout -s INT -k 20 "$T" python3 -m pytest -v -p no:cacheprovider -o addopts= test_cuda.py >"$OUT/cuda-python-$mode.log" 2>&1)
-            else (cd "$TD" && on_vgpu "$V_PY" timeout -s INT -k 20 "$T" python3 -m pytest -v -p no:cacheprovider -o addopts= test_cuda.py >"$OUT/cuda-python-$mode.log" 2>&1); fi
+            if [ $mode = native ]; then (cd "$TD" && PYTHONPATH="$TD${PYTHONPATH:+:$PYTHONPATH}" timeout -s INT -k 20 "$T" python3 -m pytest -v -p no:cacheprovider -o addopts= test_cuda.py >"$OUT/cuda-python-$mode.log" 2>&1)
+            else (cd "$TD" && PYTHONPATH="$TD${PYTHONPATH:+:$PYTHONPATH}" on_vgpu "$V_PY" timeout -s INT -k 20 "$T" python3 -m pytest -v -p no:cacheprovider -o addopts= test_cuda.py >"$OUT/cuda-python-$mode.log" 2>&1); fi
             echo "$mode: $(tail -1 "$OUT/cuda-python-$mode.log")"
         done
         python3 "$GC/summarize.py" "$OUT/cuda-python-native.log" -- "$OUT/cuda-python-guest.log"
@@ -204,8 +214,11 @@ PY
 i=0; PIDS=()
 while read -r mods; do
     [ -z "$mods" ] && continue
-    args=(); for m in $mods; do args+=(--pyargs "numba.cuda.tests.$m"); done
-    cmd=(timeout -s INT -k 20 "$T" python3 -m pytest -v -rfE -p no:cacheprovider -o addopts= "${args[@]}")
+    # numba-cuda's tests are unittest cases (numba runs them with numba.runtests, a unittest
+    # runner); pytest's collection cannot import them (numba_cuda/numba is a namespace beside
+    # numba's own).
+    args=(); for m in $mods; do args+=("numba.cuda.tests.$m"); done
+    cmd=(timeout -s INT -k 20 "$T" python3 -m unittest -v "${args[@]}")
     (native "${cmd[@]}" >"$OUT/numba-native-$i.log" 2>&1) & PIDS+=($!)
     (on_vgpu "${SOCK[$i]}" "${cmd[@]}" >"$OUT/numba-guest-$i.log" 2>&1) & PIDS+=($!)
     echo "shard $i: $mods" >>"$OUT/numba-shards.txt"

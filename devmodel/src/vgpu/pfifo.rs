@@ -430,7 +430,7 @@ impl Core {
             st.stats.gpu_time_ns += ns;
             match &done.result {
                 Err(e) => {
-                    tracing::warn!(vgpu = %self.cfg.name, channel = %ch, error = %e, "engine item failed");
+                    tracing::warn!(vgpu = %self.cfg.name, channel = %ch, error = %crate::Chain(e), "engine item failed");
                     self.fault(&mut st, ch, ChannelError::new(ErrorCode::from(e), e.info()));
                 }
                 Ok(()) => self.run_deferred(&mut st, ch),

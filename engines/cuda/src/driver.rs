@@ -287,17 +287,18 @@ impl HostRegistration {
             unsafe { libc::munmap(p, len) };
             return Err(e.into());
         }
-        let reg = HostRegistration {
+        // From here on, dropping `reg` unregisters and unmaps (an error
+        // below, or the registration's end): it must be the value returned.
+        let mut reg = HostRegistration {
             host: p,
             len,
             dev: 0,
         };
-        let mut dev = 0;
         // SAFETY: `p` is registered with DEVICEMAP.
         ck("cuMemHostGetDevicePointer", unsafe {
-            sys::cuMemHostGetDevicePointer_v2(&mut dev, p, 0)
+            sys::cuMemHostGetDevicePointer_v2(&mut reg.dev, p, 0)
         })?;
-        Ok(HostRegistration { dev, ..reg })
+        Ok(reg)
     }
 }
 

@@ -12,7 +12,7 @@ use devmodel::gmmu::Extent;
 use engine_worker::wire::Status;
 
 use crate::driver::{ck, DeviceBuffer, Module};
-use crate::worker::{InFlight, Worker, SUM_SLOTS};
+use crate::worker::{engine_error, InFlight, Worker, SUM_SLOTS};
 use crate::Error;
 
 /// The kernels of `kernels.cu`, and the module that holds them.
@@ -102,7 +102,7 @@ impl Worker {
                 self.spin(*ns, dst.as_deref(), *report, item, &mut back)?
             }
             Op::Batch(_) | Op::ModuleLoad { .. } | Op::Kernel(_) | Op::Module(_) => {
-                return Err(Status::Engine)
+                return Err(engine_error("an operation out of place", "not a built-in"))
             }
         }
         // Scatter written scratch operands back to their extents.
@@ -304,7 +304,10 @@ impl Worker {
     ) -> Result<u64, Status> {
         let total: u64 = ext.iter().map(|e| e.len).sum();
         if total < bytes {
-            return Err(Status::Engine);
+            return Err(engine_error(
+                "an operand",
+                format_args!("{total} bytes of extents for {bytes}"),
+            ));
         }
         if let [one] = ext {
             return self.resolve(one);
@@ -313,7 +316,7 @@ impl Worker {
             .iter()
             .map(|e| self.resolve(e).map(|p| (p, e.len)))
             .collect::<Result<_, _>>()?;
-        let buf = DeviceBuffer::new(total.max(4) as usize).map_err(|_| Status::Engine)?;
+        let buf = DeviceBuffer::new(total.max(4) as usize).map_err(|e| engine_error("scratch memory", e))?;
         let mut at = 0;
         for (p, l) in &parts {
             // SAFETY: the copies stay inside the new buffer of `total`
@@ -356,7 +359,7 @@ impl Worker {
         if r == sys::CUresult::CUDA_SUCCESS {
             Ok(())
         } else {
-            Err(Status::Engine)
+            Err(engine_error("cuLaunchKernel", format_args!("{r:?}")))
         }
     }
 

@@ -399,7 +399,7 @@ impl Worker {
         if r == sys::CUresult::CUDA_SUCCESS {
             Status::Ok
         } else {
-            Status::Engine
+            engine_error("a VRAM access", format_args!("{r:?}"))
         }
     }
 
@@ -528,4 +528,16 @@ impl Worker {
         }
         Ok(())
     }
+}
+
+/// An item the GPU or the worker could not run (`Status::Engine`: its
+/// channel stops with ENGINE_ERROR): why, on the worker's stderr (vgpud's
+/// log), for the first few of a worker's life only, so that a guest that
+/// fails items on purpose cannot flood the log.
+pub(crate) fn engine_error(what: &str, why: impl std::fmt::Display) -> Status {
+    static SAID: AtomicUsize = AtomicUsize::new(0);
+    if SAID.fetch_add(1, Ordering::Relaxed) < 32 {
+        eprintln!("item failed: {what}: {why}");
+    }
+    Status::Engine
 }

@@ -1,11 +1,11 @@
 """Side-by-side results of a peer test suite run natively and through the guest library.
 
-usage: summarize.py NATIVE.log ... -- LIBRARY.log ...   (pytest -v -rfE output, any number of
-                                                       processes each way)
+usage: summarize.py NATIVE.log ... -- LIBRARY.log ...   (pytest -v -rfE or unittest -v output,
+                                                       any number of processes each way)
 Prints a Markdown table, one row per test module: passed / failed / skipped natively and through
 libcuda.so.1 (and tests that did not run there, e.g. cut by a timeout), then each test that
 passes natively but not through the library, with the reason pytest gave.
-Reads pytest's per-test lines, so a run cut short (SIGINT at its time limit) still counts.
+Reads the per-test lines, so a run cut short (SIGINT at its time limit) still counts.
 """
 import collections
 import re
@@ -13,6 +13,12 @@ import sys
 
 LINE = re.compile(r"^(\S+?\.py)::(\S+) (PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)\b")
 REASON = re.compile(r"^(FAILED|ERROR) (\S+?\.py::\S+)(?: - (.*))?$")
+# unittest -v: "test_x (pkg.test_mod.Class.test_x) ... ok", the verdict on the same line or, when
+# the test printed something, on a later one; failures in "FAIL: test_x (pkg.test_mod.Class.test_x)"
+# sections whose last traceback line says why.
+UNIT = re.compile(r"^(\w+) \(([\w.]+)\.(\w+)\.\w+\)(?: \.\.\. (.*))?")
+UNIT_VERDICT = re.compile(r"^(ok|FAIL|ERROR|skipped|expected failure|unexpected success)\b")
+UNIT_SECTION = re.compile(r"^(FAIL|ERROR): (\w+) \(([\w.]+)\.(\w+)\.\w+\)")
 PASS, FAIL, SKIP = 0, 1, 2
 
 
@@ -25,7 +31,28 @@ def read(paths):
         except OSError as e:
             print("(%s unreadable: %s)" % (p, e))
             continue
+        pending, section = None, None
         for line in lines:
+            m = UNIT.match(line)
+            if m and not line.startswith(("FAIL:", "ERROR:")):
+                tid = "%s.py::%s::%s" % (m.group(2).split(".")[-1], m.group(3), m.group(1))
+                pending = tid
+                line = m.group(4) or ""
+            if pending:
+                v = UNIT_VERDICT.match(line.strip())
+                if v:
+                    word = v.group(1)
+                    verdict[pending] = PASS if word in ("ok", "unexpected success") else FAIL if word in ("FAIL", "ERROR") else SKIP
+                    pending = None
+                    continue
+            m = UNIT_SECTION.match(line)
+            if m:
+                section = "%s.py::%s::%s" % (m.group(3).split(".")[-1], m.group(4), m.group(2))
+                continue
+            if section and line and not line.startswith((" ", "-", "=", "Traceback")):
+                reasons[section] = line[:160]
+            if line.startswith("=" * 20):
+                section = None
             m = LINE.match(line)
             if m:
                 tid = m.group(1).split("/")[-1] + "::" + m.group(2)

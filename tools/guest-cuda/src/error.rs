@@ -22,12 +22,44 @@ pub fn err<T>(code: CUresult) -> Result<T> {
     Err(CuError(code))
 }
 
+/// What NVIDIA's driver itself answers to `cuGetErrorString` for the codes programs meet most
+/// (the short messages CUDA's runtime shares, which programs print and tests compare);
+/// every other code gets the first sentence of `cuda.h`'s description of it.
+const DRIVER_TEXT: &[(CUresult, &CStr)] = &[
+    (CUDA_SUCCESS, c"no error"),
+    (CUDA_ERROR_INVALID_VALUE, c"invalid argument"),
+    (CUDA_ERROR_OUT_OF_MEMORY, c"out of memory"),
+    (CUDA_ERROR_NOT_INITIALIZED, c"initialization error"),
+    (CUDA_ERROR_DEINITIALIZED, c"driver shutting down"),
+    (CUDA_ERROR_NO_DEVICE, c"no CUDA-capable device is detected"),
+    (CUDA_ERROR_INVALID_DEVICE, c"invalid device ordinal"),
+    (CUDA_ERROR_INVALID_IMAGE, c"device kernel image is invalid"),
+    (CUDA_ERROR_INVALID_CONTEXT, c"invalid device context"),
+    (CUDA_ERROR_NO_BINARY_FOR_GPU, c"no kernel image is available for execution on the device"),
+    (CUDA_ERROR_INVALID_PTX, c"a PTX JIT compilation failed"),
+    (CUDA_ERROR_INVALID_HANDLE, c"invalid resource handle"),
+    (CUDA_ERROR_NOT_FOUND, c"named symbol not found"),
+    (CUDA_ERROR_NOT_READY, c"device not ready"),
+    (CUDA_ERROR_ILLEGAL_ADDRESS, c"an illegal memory access was encountered"),
+    (CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES, c"too many resources requested for launch"),
+    (CUDA_ERROR_LAUNCH_TIMEOUT, c"the launch timed out and was terminated"),
+    (CUDA_ERROR_LAUNCH_FAILED, c"unspecified launch failure"),
+    (CUDA_ERROR_NOT_PERMITTED, c"operation not permitted"),
+    (CUDA_ERROR_NOT_SUPPORTED, c"operation not supported"),
+    (CUDA_ERROR_UNKNOWN, c"unknown error"),
+];
+
 /// The name and text of `code` (`None` for a number `cuda.h` does not define).
 pub fn describe(code: CUresult) -> Option<(&'static CStr, &'static CStr)> {
-    ERRORS
+    let (name, doc) = ERRORS
         .iter()
         .find(|(c, _, _)| *c == code)
-        .map(|(_, n, t)| (*n, *t))
+        .map(|(_, n, t)| (*n, *t))?;
+    let text = DRIVER_TEXT
+        .iter()
+        .find(|(c, _)| *c == code)
+        .map_or(doc, |(_, t)| *t);
+    Some((name, text))
 }
 
 /// What a channel fault means to a CUDA program. `info` is `CH_ERROR_INFO`, the host's CUDA

@@ -5,7 +5,7 @@ use std::ffi::{c_char, c_void};
 use crate::cabi;
 use crate::cuda_fn;
 use crate::driver::with;
-use crate::error::{CuError, Result};
+use crate::error::{err, CuError, Result};
 use crate::module::{function, global, image, load, LogBuffers};
 use crate::types::*;
 
@@ -195,7 +195,12 @@ cuda_fn! {
         check_device(dev)?;
         with(|d| d.func(k as usize).map(|_| ()))
     }
+    /// A NULL kernel is an invalid value (the driver's answer), another unknown one an
+    /// invalid handle.
     fn cuKernelGetName(name: *mut *const c_char, k: Handle) {
+        if k.is_null() {
+            return err(CUDA_ERROR_INVALID_VALUE);
+        }
         cabi::write(name, with(|d| Ok(d.func(k as usize)?.name.as_ptr()))?)
     }
     fn cuKernelGetParamInfo(k: Handle, index: usize, offset: *mut usize, size: *mut usize) { param_info(k, index, offset, size) }
@@ -209,7 +214,11 @@ cuda_fn! {
     fn cuFuncGetModule(pm: *mut Handle, f: Handle) {
         cabi::write(pm, with(|d| Ok(d.func(f as usize)?.module))? as Handle)
     }
+    /// As `cuKernelGetName`.
     fn cuFuncGetName(name: *mut *const c_char, f: Handle) {
+        if f.is_null() {
+            return err(CUDA_ERROR_INVALID_VALUE);
+        }
         cabi::write(name, with(|d| Ok(d.func(f as usize)?.name.as_ptr()))?)
     }
     fn cuFuncGetParamInfo(f: Handle, index: usize, offset: *mut usize, size: *mut usize) { param_info(f, index, offset, size) }

@@ -271,8 +271,19 @@ int main(int argc, char **argv) {
     /* Error paths. */
     OK(cuGetErrorName(CUDA_ERROR_ILLEGAL_ADDRESS, &name));
     CHECK(strcmp(name, "CUDA_ERROR_ILLEGAL_ADDRESS") == 0, "%s", name);
+    /* The driver's own messages, which programs print and peers' tests compare. */
     OK(cuGetErrorString(CUDA_ERROR_NOT_SUPPORTED, &text));
-    CHECK(strlen(text) > 10, "%s", text);
+    CHECK(strcmp(text, "operation not supported") == 0, "%s", text);
+    OK(cuGetErrorString(CUDA_SUCCESS, &text));
+    CHECK(strcmp(text, "no error") == 0, "%s", text);
+    OK(cuGetErrorString(CUDA_ERROR_INVALID_DEVICE, &text));
+    CHECK(strcmp(text, "invalid device ordinal") == 0, "%s", text);
+    /* Another code keeps the first sentence of cuda.h's description. */
+    OK(cuGetErrorString(CUDA_ERROR_STUB_LIBRARY, &text));
+    CHECK(strncmp(text, "This indicates", 14) == 0, "%s", text);
+    /* A NULL function is an invalid value; an unknown one an invalid handle. */
+    IS(CUDA_ERROR_INVALID_VALUE, cuFuncGetName(&name, NULL));
+    IS(CUDA_ERROR_INVALID_HANDLE, cuFuncGetName(&name, (CUfunction)0x1234567));
     IS(CUDA_ERROR_INVALID_VALUE, cuGetErrorName(12345, &name));
     IS(CUDA_ERROR_INVALID_HANDLE, cuStreamSynchronize((CUstream)0x1234567));
     IS(CUDA_ERROR_INVALID_HANDLE, cuEventRecord((CUevent)0x1234567, 0));

@@ -25,6 +25,7 @@ typedef void (*CUhostFn)(void *userData);
 #define CUDA_ERROR_NOT_READY 600
 #define CUDA_ERROR_ILLEGAL_ADDRESS 700
 #define CUDA_ERROR_NOT_SUPPORTED 801
+#define CUDA_ERROR_STUB_LIBRARY 34
 
 #define CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_BLOCK 1
 #define CU_DEVICE_ATTRIBUTE_WARP_SIZE 10
@@ -46,6 +47,7 @@ CUresult cuGetProcAddress_v2(const char *symbol, void **pfn, int cudaVersion,
 CUresult cuInit(unsigned int flags);
 CUresult cuDriverGetVersion(int *version);
 CUresult cuGetErrorName(CUresult error, const char **pStr);
+CUresult cuFuncGetName(const char **name, CUfunction hfunc);
 CUresult cuGetErrorString(CUresult error, const char **pStr);
 CUresult cuDeviceGetCount(int *count);
 CUresult cuDeviceGet(CUdevice *device, int ordinal);
