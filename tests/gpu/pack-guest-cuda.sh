@@ -8,10 +8,12 @@
 # usage: tests/gpu/pack-guest-cuda.sh DEST SAMPLES_GIT [CUDA_PYTHON_TESTS]
 #   DEST              the folder to fill (replaced)
 #   SAMPLES_GIT       a clone of NVIDIA/cuda-samples (its HEAD is taken with git archive)
-#   CUDA_PYTHON_TESTS optional: a folder of <cuda-bindings version>/test_cuda.py (+ conftest.py)
+#   CUDA_PYTHON_TESTS optional: a folder of <cuda-bindings version>/test_cuda.py (+ conftest.py
+#                     and cuda_python_test_helpers/), or any/ for whichever version is installed
+#   FILECHECK_WHEEL   (environment) optional: filecheck's wheel (pip download --no-deps filecheck)
 # Build first: cargo build --release -p vgpud -p vgpu-guest -p vgpu-cuda
 set -euo pipefail
-DEST=$1; SAMPLES=$2; CPT=${3:-}
+DEST=$1; SAMPLES=$2; CPT=${3:-}; FILECHECK_WHEEL=${FILECHECK_WHEEL:-}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 R=$ROOT/target/release
 rm -rf "$DEST"; mkdir -p "$DEST/bin" "$DEST/lib" "$DEST/tests/gpu" "$DEST/peers/samples"
@@ -21,11 +23,19 @@ done
 cp "$R/libvgpu_cuda.so" "$DEST/lib/"; strip "$DEST/lib/libvgpu_cuda.so" 2>/dev/null || true
 cp -r "$ROOT/tests/gpu/guest_cuda.sh" "$ROOT/tests/gpu/guest-cuda" "$DEST/tests/gpu/"
 S=Samples/0_Introduction
-git -C "$SAMPLES" archive --format=tar HEAD "$S/vectorAddDrv" "$S/matrixMulDrv" "$S/matrixMulDynlinkJIT" \
-    $(git -C "$SAMPLES" ls-tree --name-only HEAD Common/ | grep -E '\.(h|hpp)$') \
-    | tar -x -C "$DEST/peers/samples"
+# File by file (git show): a mirror may lack the repository's large objects, which git archive
+# would stop at.
+for p in $(git -C "$SAMPLES" ls-tree -r --name-only HEAD "$S/vectorAddDrv" "$S/matrixMulDrv" "$S/matrixMulDynlinkJIT" Common \
+        | grep -E "^($S/|Common/[^/]+\.(h|hpp)$)"); do
+    mkdir -p "$DEST/peers/samples/$(dirname "$p")"
+    git -C "$SAMPLES" show "HEAD:$p" >"$DEST/peers/samples/$p"
+done
 git -C "$SAMPLES" log -1 --format='cuda-samples %H %cs' >"$DEST/peers/samples/VERSION"
 [ -n "$CPT" ] && cp -r "$CPT" "$DEST/peers/cuda-python"
+# filecheck (numba.cuda.testing imports it; the GPU machine lacks it): a pure-Python wheel.
+if [ -n "$FILECHECK_WHEEL" ]; then
+    mkdir -p "$DEST/peers/pylib" && python3 -m zipfile -e "$FILECHECK_WHEEL" "$DEST/peers/pylib"
+fi
 cat >"$DEST/gpu.sh" <<'SH'
 #!/usr/bin/env bash
 # The guest-CUDA part of the GPU run, in one command (from the repository root, or anywhere):
