@@ -438,7 +438,7 @@ fn module_load(
     })
 }
 
-/// The `FUNC_NAME` a launch or query names: 1–255 bytes, UTF-8, no NUL.
+/// The `FUNC_NAME` a launch or query names: 1–4095 bytes, UTF-8, no NUL.
 fn func_name(
     space: &mut dyn AddressSpace,
     c: &classes::ComputeState,

@@ -142,6 +142,24 @@ fn a_kernel_launch_carries_the_guests_launch_and_the_channels_kernel_map() {
     assert_eq!(k.map.runs.len(), 1);
 }
 
+/// numba-cuda's kernels carry Itanium-mangled names with every argument's type in them
+/// (`_ZN6cudapy...Array<float, 1, C, mutable, aligned>...`): several hundred bytes, which reach
+/// the engine whole.
+#[test]
+fn a_long_mangled_kernel_name_reaches_the_engine_whole() {
+    let name: String = std::iter::once("_ZN6cudapy5numba4cuda5tests".to_string())
+        .chain((0..40).map(|i| format!("5Array{i}IfLi1E1C7mutable7alignedE")))
+        .collect();
+    assert!(name.len() > 600 && name.len() <= compute::MAX_FUNC_NAME as usize);
+    let mut sp = space(true);
+    sp.bytes.insert(NAME, name.clone().into_bytes());
+    let cmds = decode(&launch(0, [1, 1, 1], name.len() as u32), &mut sp).unwrap();
+    let [Command::Engine(Op::Kernel(k))] = &cmds[..] else {
+        panic!("{cmds:?}")
+    };
+    assert_eq!(k.func, name);
+}
+
 #[test]
 fn ptx_without_a_ptx_backend_is_unsupported() {
     assert_eq!(

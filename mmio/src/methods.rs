@@ -176,5 +176,5 @@ pub mod compute {
     /// Largest JIT log buffer.
     pub const MAX_MODULE_LOG: u32 = 64 << 10;
     /// Longest function name.
-    pub const MAX_FUNC_NAME: u32 = 255;
+    pub const MAX_FUNC_NAME: u32 = 4095;
 }

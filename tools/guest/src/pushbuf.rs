@@ -120,7 +120,7 @@ pub mod compute {
     /// Largest module log buffer (`MODULE_LOG_SIZE`).
     pub const MAX_MODULE_LOG: u32 = 64 << 10;
     /// Longest function name (`FUNC_NAME_SIZE` is 1 to this).
-    pub const MAX_FUNC_NAME: u32 = 255;
+    pub const MAX_FUNC_NAME: u32 = 4095;
     /// `PROGRAM` value of a PTX function in `slot`.
     pub const PROGRAM_PTX: u32 = 0x100;
     /// PTX module slots.
