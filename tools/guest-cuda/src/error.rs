@@ -113,11 +113,14 @@ mod tests {
         assert_eq!(describe(0).unwrap().0, c"CUDA_SUCCESS");
         assert_eq!(describe(700).unwrap().0, c"CUDA_ERROR_ILLEGAL_ADDRESS");
         assert_eq!(describe(801).unwrap().0, c"CUDA_ERROR_NOT_SUPPORTED");
-        assert!(describe(218)
+        // The driver's own message where programs meet it, cuda.h's sentence elsewhere.
+        assert_eq!(describe(218).unwrap().1, c"a PTX JIT compilation failed");
+        assert_eq!(describe(0).unwrap().1, c"no error");
+        assert!(describe(34)
             .unwrap()
             .1
             .to_bytes()
-            .starts_with(b"This indicates that a PTX JIT"));
+            .starts_with(b"This indicates that the CUDA driver"));
         assert!(describe(12345).is_none());
         assert!(ERRORS.len() > 90);
     }
