@@ -316,7 +316,8 @@ impl Worker {
             .iter()
             .map(|e| self.resolve(e).map(|p| (p, e.len)))
             .collect::<Result<_, _>>()?;
-        let buf = DeviceBuffer::new(total.max(4) as usize).map_err(|e| engine_error("scratch memory", e))?;
+        let buf = DeviceBuffer::new(total.max(4) as usize)
+            .map_err(|e| engine_error("scratch memory", e))?;
         let mut at = 0;
         for (p, l) in &parts {
             // SAFETY: the copies stay inside the new buffer of `total`

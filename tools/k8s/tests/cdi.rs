@@ -164,6 +164,19 @@ fn podman_runs_a_container_with_a_vgpu_by_its_cdi_name() {
         std::thread::sleep(Duration::from_millis(20));
     }
     std::fs::create_dir_all("/var/run/cdi").unwrap();
+    // A copy an earlier run left (killed before it removed it) names the same device: podman
+    // then resolves none of the vendor's devices. Copies of processes gone go first.
+    for e in std::fs::read_dir("/var/run/cdi").unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Some(pid) = name
+            .strip_prefix("vgpud.io-test-")
+            .and_then(|n| n.strip_suffix(".json"))
+        {
+            if !Path::new("/proc").join(pid).exists() {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
     let copy = SpecCopy(PathBuf::from(format!(
         "/var/run/cdi/vgpud.io-test-{}.json",
         std::process::id()

@@ -5,7 +5,7 @@
 //! restart) and the DRA plugin (registration, prepare, idempotence,
 //! checkpoint across an agent restart, per-claim errors, unprepare).
 //! vgpud runs CUDA parents whose workers emulate the GPU
-//! (`VGPUD_CUDA_EMULATE=1`), so a worker can be killed.
+//! (`VGPUD_CUDA_EMULATE=2`: two emulated GPUs, one per parent), so a worker can be killed.
 
 mod common;
 
@@ -56,7 +56,7 @@ fn layout() -> (String, Value) {
 
 fn device_plugin_case(name: &str, policy: &str, cdi: bool) {
     let dir = TempDir::new(name);
-    let v = Vgpud::start(dir.path(), GPUS, &[("VGPUD_CUDA_EMULATE", "1")]);
+    let v = Vgpud::start(dir.path(), GPUS, &[("VGPUD_CUDA_EMULATE", "2")]);
     let (toml, j) = layout();
     std::fs::write(dir.path().join("layout.toml"), toml).unwrap();
     let kubelet = dir.path().join("kubelet");
