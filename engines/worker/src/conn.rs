@@ -27,6 +27,7 @@ use devmodel::memory::{GuestRam, MemError};
 use devmodel::sync::lock;
 
 use crate::program::WorkerProgram;
+use crate::ring::{self, Consumer, Doorbell, Producer, Record, RingError, Shared, Woken};
 use crate::socket::{self, FrameReader};
 use crate::wire::{
     Done, FatalReason, Layout, LayoutFile, LayoutWindow, Ready, Status, ToDaemon, ToWorker,
@@ -40,6 +41,10 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 const ACCESS_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest line of a worker's stderr the daemon logs as one.
 const MAX_LOG_LINE: u64 = 4096;
+/// How long a send waits for room in the worker's ring: a worker that has
+/// not read 1 MiB of records in that time is hung (it reads them as they
+/// come; its device work queues behind them on its streams).
+const RING_FULL_WAIT: Duration = Duration::from_secs(2);
 
 /// What the daemon waits for from a worker.
 pub(crate) enum Pending {
@@ -185,8 +190,9 @@ pub(crate) struct Conn {
     child: Mutex<Child>,
     pid: u32,
     sock: UnixStream,
-    /// Held while a frame is encoded and sent (its buffer kept).
-    send_buf: Mutex<Vec<u8>>,
+    /// The ring to the worker, held while a frame is encoded and sent (its
+    /// buffer kept).
+    tx: Mutex<(Producer, Vec<u8>)>,
     pub(crate) inbox: Inbox,
     next_tag: AtomicU64,
     /// The guest RAM layout (its `GuestRam`, generation) the worker has.
@@ -213,7 +219,15 @@ impl Conn {
             what: "creating the worker's socket",
             source,
         })?;
-        let mut child = program.spawn(vram, OwnedFd::from(theirs))?;
+        let shm = Arc::new(Shared::create().map_err(Error::from)?);
+        let to_worker = Arc::new(Doorbell::new().map_err(Error::from)?);
+        let to_daemon = Arc::new(Doorbell::new().map_err(Error::from)?);
+        let mut child = program.spawn(
+            vram,
+            OwnedFd::from(theirs),
+            [shm.file().as_raw_fd(), to_worker.fd(), to_daemon.fd()],
+        )?;
+        let ends = ring::daemon_ends(shm, to_worker, to_daemon);
         let stderr = child.stderr.take();
         let reader = ours.try_clone().map_err(|source| Error::Io {
             what: "duplicating the worker's socket",
@@ -223,7 +237,7 @@ impl Conn {
             pid: child.id(),
             child: Mutex::new(child),
             sock: ours,
-            send_buf: Mutex::new(Vec::with_capacity(256)),
+            tx: Mutex::new((ends.tx, Vec::with_capacity(256))),
             inbox: Inbox::default(),
             next_tag: AtomicU64::new(1),
             layout: Mutex::new((usize::MAX, u64::MAX)),
@@ -232,7 +246,9 @@ impl Conn {
             dead: AtomicBool::new(false),
             timed_out: AtomicBool::new(false),
         });
-        let started = conn.clone().run_threads(reader, stderr, kernel_timeout);
+        let started = conn
+            .clone()
+            .run_threads(reader, ends.rx, stderr, kernel_timeout);
         match started {
             Ok(rx) => match rx.recv_timeout(START_TIMEOUT) {
                 Ok(Ok(r)) => {
@@ -260,6 +276,7 @@ impl Conn {
     fn run_threads(
         self: Arc<Self>,
         reader: UnixStream,
+        ring_rx: Consumer,
         stderr: Option<ChildStderr>,
         kernel_timeout: Duration,
     ) -> Result<mpsc::Receiver<Result<Ready, Arc<Error>>>, Error> {
@@ -279,7 +296,7 @@ impl Conn {
         }
         let conn = self.clone();
         devmodel::thread::spawn_data_path("worker-reader", move || {
-            conn.read_loop(&reader, tx, ctx)
+            conn.read_loop(&reader, ring_rx, tx, ctx)
         })?;
         devmodel::thread::spawn("worker-watchdog", move || self.watchdog(kernel_timeout))?;
         Ok(rx)
@@ -312,13 +329,31 @@ impl Conn {
         self.next_tag.fetch_add(1, Ordering::Relaxed)
     }
 
+    /// Send `m` (with `fds`): in the ring when it fits and has no
+    /// descriptors, else on the socket behind a ring marker that keeps it
+    /// in order. The worker is woken only if it sleeps.
     pub(crate) fn send(&self, m: &ToWorker<'_>, fds: &[i32]) -> Result<(), Error> {
-        let mut buf = lock(&self.send_buf);
-        m.encode(&mut buf)?;
-        socket::send(&self.sock, &buf, fds).map_err(|source| Error::Io {
-            what: "sending to the worker",
-            source,
-        })
+        let mut g = lock(&self.tx);
+        let (tx, buf) = &mut *g;
+        m.encode(buf)?;
+        let inline = fds.is_empty() && buf.len() <= ring::MAX_INLINE;
+        let pushed = tx.push(inline.then_some(&buf[..]), RING_FULL_WAIT);
+        if let Err(e) = pushed {
+            if matches!(e, RingError::Full | RingError::Corrupt(_)) {
+                tracing::warn!(worker = self.pid, error = %e, "the worker's ring: stopped");
+                drop(g);
+                self.kill();
+            }
+            return Err(e.into());
+        }
+        if !inline {
+            socket::send(&self.sock, buf, fds).map_err(|source| Error::Io {
+                what: "sending to the worker",
+                source,
+            })?;
+        }
+        tx.notify();
+        Ok(())
     }
 
     /// Send the guest RAM layout if the worker's is older.
@@ -393,27 +428,47 @@ impl Conn {
     }
 
     /// The worker's messages until its end; then every waiting item fails.
+    /// They come in the ring; a frame too long for it (VRAM data) comes on
+    /// the socket where the ring says so. A frame on the socket the ring
+    /// did not announce, or a ring the worker corrupted, is a protocol
+    /// error; the socket's end of file is the worker's end.
     fn read_loop(
         &self,
         s: &UnixStream,
+        mut rx: Consumer,
         ready: mpsc::Sender<Result<Ready, Arc<Error>>>,
         completions: mpsc::Sender<(DoneFn, Completion)>,
     ) {
         let mut frames = FrameReader::new();
         let mut started = false;
+        let mut socket_readable = false;
         let why: Error = loop {
-            // A worker sends no descriptors; any it does are closed here.
-            let frame = match frames.recv(s) {
-                Ok((frame, _)) => frame,
-                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break Error::Exited,
-                Err(source) => {
-                    break Error::Io {
-                        what: "reading from the worker",
-                        source,
+            let delivered = match rx.pop() {
+                Err(RingError::Corrupt(what)) => break Error::Malformed(what),
+                Err(e) => break e.into(),
+                Ok(Some(Record::Inline)) => {
+                    ToDaemon::decode(rx.frame()).and_then(|m| self.inbox.deliver(m))
+                }
+                Ok(Some(Record::OnSocket)) => match frames.recv(s) {
+                    // A worker sends no descriptors; any it does are closed here.
+                    Ok((frame, _)) => {
+                        ToDaemon::decode(frame).and_then(|m| self.inbox.deliver(m))
                     }
+                    Err(e) => break socket_end(e),
+                },
+                Ok(None) if socket_readable => {
+                    break match frames.recv(s) {
+                        Ok(_) => Error::Malformed("a frame on the socket without its ring record"),
+                        Err(e) => socket_end(e),
+                    };
+                }
+                Ok(None) => {
+                    let woken = rx.wait(ring::DAEMON_SPIN, Some(s.as_raw_fd()), None);
+                    socket_readable = woken == Woken::Other;
+                    continue;
                 }
             };
-            match ToDaemon::decode(frame).and_then(|m| self.inbox.deliver(m)) {
+            match delivered {
                 Ok(Delivered::Nothing) => {}
                 Ok(Delivered::Ready(r)) if !started => {
                     started = true;
@@ -481,6 +536,18 @@ impl Conn {
                 self.kill();
                 return;
             }
+        }
+    }
+}
+
+/// What a failed socket read says about the worker.
+fn socket_end(e: std::io::Error) -> Error {
+    if e.kind() == std::io::ErrorKind::UnexpectedEof {
+        Error::Exited
+    } else {
+        Error::Io {
+            what: "reading from the worker",
+            source: e,
         }
     }
 }
