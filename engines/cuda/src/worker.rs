@@ -478,6 +478,10 @@ impl Worker {
         if let Some(e) = Escape::requested(op) {
             e.attempt(self.daemon);
         }
+        if let Some(g) = Escape::garbage(op) {
+            self.out.scribble(g);
+            return Ok(());
+        }
         let chained = !self.last_end.is_null() && self.queued.load(Ordering::Acquire) > 0;
         let start = if chained {
             self.last_end

@@ -55,6 +55,15 @@ impl Sender {
         }
     }
 
+    /// Corrupt the ring to the daemon (test-only: a hostile worker, asked
+    /// for through [`crate::sandbox::Escape::garbage`]).
+    pub fn scribble(&self, g: crate::ring::Garbage) {
+        eprintln!("ring garbage {g:?}");
+        if let Some(r) = &mut lock(&self.0).ring {
+            r.scribble(g);
+        }
+    }
+
     #[cfg(feature = "fuzzing")]
     pub(crate) fn for_fuzzing(s: UnixStream) -> Sender {
         Sender(Arc::new(Mutex::new(Out {

@@ -403,6 +403,79 @@ impl Producer {
     }
 }
 
+/// Test-only ways a hostile worker corrupts its ring to the daemon
+/// ([`crate::sandbox::Escape::garbage`]): each must make the daemon stop
+/// that worker, and nothing else.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Garbage {
+    /// `head` far beyond the ring.
+    Head,
+    /// A record claiming more bytes than any record has.
+    Length,
+    /// A record of an unknown kind.
+    Kind,
+    /// A well-formed record whose bytes are no message.
+    Bytes,
+    /// `head` moved backwards.
+    Backwards,
+}
+
+impl Garbage {
+    pub const ALL: [Garbage; 5] = [
+        Garbage::Head,
+        Garbage::Length,
+        Garbage::Kind,
+        Garbage::Bytes,
+        Garbage::Backwards,
+    ];
+
+    /// The memset pattern that asks for it.
+    pub const fn pattern(self) -> u32 {
+        0x5EC0_0E00
+            | match self {
+                Garbage::Head => 1,
+                Garbage::Length => 2,
+                Garbage::Kind => 3,
+                Garbage::Bytes => 4,
+                Garbage::Backwards => 5,
+            }
+    }
+}
+
+impl Producer {
+    /// Corrupt this ring as `g` says (test-only: a hostile worker).
+    pub fn scribble(&mut self, g: Garbage) {
+        let cap = self.dir.slots();
+        let at = (self.head % cap) as usize * SLOT;
+        let hdr = |len: u32, kind: u32| {
+            let mut h = [0u8; HEADER];
+            h[..4].copy_from_slice(&len.to_le_bytes());
+            h[4..].copy_from_slice(&kind.to_le_bytes());
+            h
+        };
+        let head = match g {
+            Garbage::Head => self.head + cap * 3 + 17,
+            Garbage::Length => {
+                self.shm.write_data(self.dir, at, &hdr(u32::MAX - 3, KIND_INLINE));
+                self.head + 1
+            }
+            Garbage::Kind => {
+                self.shm.write_data(self.dir, at, &hdr(8, 0x7777));
+                self.head + 1
+            }
+            Garbage::Bytes => {
+                let mut rec = [0xEEu8; SLOT];
+                rec[..HEADER].copy_from_slice(&hdr(40, KIND_INLINE));
+                self.shm.write_data(self.dir, at, &rec);
+                self.head + 1
+            }
+            Garbage::Backwards => self.head.wrapping_sub(5),
+        };
+        self.shm.word64(self.dir, HEAD).store(head, Ordering::Release);
+        self.bell.ring();
+    }
+}
+
 /// What a consumer's wait ended with.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Woken {
