@@ -845,7 +845,10 @@ impl<T> Scheduler<T> {
             && [&self.main, &self.reserve, &self.latency]
                 .iter()
                 .all(|set| set.iter().all(|e| e.2 == v))
-            && self.main.first().is_some_and(|e| e.0 <= now as u128 || !self.policy.kind.is_strict())
+            && self
+                .main
+                .first()
+                .is_some_and(|e| e.0 <= now as u128 || !self.policy.kind.is_strict())
     }
 
     /// GPU time the items of `vgpu` in flight are expected to take.
@@ -1072,7 +1075,10 @@ mod tests {
                 s.complete(1, 0, unit, now).unwrap();
                 slices = s.vgpus[&1].slices;
             }
-            assert!(slices > 5, "{kind:?}: the run spans several slices ({slices})");
+            assert!(
+                slices > 5,
+                "{kind:?}: the run spans several slices ({slices})"
+            );
             assert!(
                 lowest >= ts - 2 * unit,
                 "{kind:?}: queued fell to {lowest} ns at a slice end (timeslice {ts})"

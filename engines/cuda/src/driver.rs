@@ -8,7 +8,7 @@
 //!   mapped; [`Framebuffer`]: the vGPU's VRAM in chunks, mapped in order.
 //! * [`HostRegistration`]: a guest RAM file mapped here and registered
 //!   with the GPU (pinned, reachable by the device).
-//! * [`EventPool`]: events kept for the next items.
+//! * [`EventPool`]: untimed events kept for the next items.
 //! * [`DeviceBuffer`], [`PinnedHost`], [`Module`], [`LinkState`]: device
 //!   memory, mapped host memory, a loaded module, a link in progress.
 
@@ -325,8 +325,14 @@ impl EventPool {
             return Ok(e as sys::CUevent);
         }
         let mut e = std::ptr::null_mut();
+        // Untimed: a timed record costs the submitting thread about ten
+        // times as much (docs: GPU-PERF.md §1.2); items are timed from
+        // their completions (crate::worker).
+        let flags = sys::CUevent_flags::CU_EVENT_DISABLE_TIMING as u32;
         // SAFETY: creates an event in the worker's current context.
-        ck("cuEventCreate", unsafe { sys::cuEventCreate(&mut e, 0) })?;
+        ck("cuEventCreate", unsafe {
+            sys::cuEventCreate(&mut e, flags)
+        })?;
         Ok(e)
     }
 

@@ -451,9 +451,7 @@ impl Conn {
                 }
                 Ok(Some(Record::OnSocket)) => match frames.recv(s) {
                     // A worker sends no descriptors; any it does are closed here.
-                    Ok((frame, _)) => {
-                        ToDaemon::decode(frame).and_then(|m| self.inbox.deliver(m))
-                    }
+                    Ok((frame, _)) => ToDaemon::decode(frame).and_then(|m| self.inbox.deliver(m)),
                     Err(e) => break socket_end(e),
                 },
                 Ok(None) if socket_readable => {

@@ -95,8 +95,7 @@ impl Direction {
 }
 
 /// Bytes of the shared file.
-pub const FILE_BYTES: usize =
-    2 * PAGE + (TO_WORKER_SLOTS + TO_DAEMON_SLOTS) as usize * SLOT;
+pub const FILE_BYTES: usize = 2 * PAGE + (TO_WORKER_SLOTS + TO_DAEMON_SLOTS) as usize * SLOT;
 
 /// What goes wrong with a ring.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -112,10 +111,7 @@ pub enum RingError {
     #[error("the ring stayed full")]
     Full,
     #[error("ring set-up: {what}")]
-    Setup {
-        what: &'static str,
-        errno: i32,
-    },
+    Setup { what: &'static str, errno: i32 },
 }
 
 fn os(what: &'static str) -> RingError {
@@ -165,7 +161,10 @@ impl Shared {
     /// Map a shared file handed over by the daemon (the worker's side); it
     /// must be exactly [`FILE_BYTES`] long.
     pub fn open(file: File) -> Result<Shared, RingError> {
-        let len = file.metadata().map_err(|_| os("the ring file's size"))?.len();
+        let len = file
+            .metadata()
+            .map_err(|_| os("the ring file's size"))?
+            .len();
         if len != FILE_BYTES as u64 {
             return Err(RingError::Setup {
                 what: "the ring file's size",
@@ -456,7 +455,8 @@ impl Producer {
         let head = match g {
             Garbage::Head => self.head + cap * 3 + 17,
             Garbage::Length => {
-                self.shm.write_data(self.dir, at, &hdr(u32::MAX - 3, KIND_INLINE));
+                self.shm
+                    .write_data(self.dir, at, &hdr(u32::MAX - 3, KIND_INLINE));
                 self.head + 1
             }
             Garbage::Kind => {
@@ -471,7 +471,9 @@ impl Producer {
             }
             Garbage::Backwards => self.head.wrapping_sub(5),
         };
-        self.shm.word64(self.dir, HEAD).store(head, Ordering::Release);
+        self.shm
+            .word64(self.dir, HEAD)
+            .store(head, Ordering::Release);
         self.bell.ring();
     }
 }
@@ -550,10 +552,15 @@ impl Consumer {
         };
         let need = slots_for(len);
         if need > avail {
-            return Err(RingError::Corrupt("a record longer than what was published"));
+            return Err(RingError::Corrupt(
+                "a record longer than what was published",
+            ));
         }
         let cap_bytes = cap as usize * SLOT;
-        let body = self.buf.get_mut(..len).ok_or(RingError::Corrupt("length"))?;
+        let body = self
+            .buf
+            .get_mut(..len)
+            .ok_or(RingError::Corrupt("length"))?;
         self.shm
             .read_data(self.dir, (at + HEADER) % cap_bytes, body);
         self.len = len;
@@ -671,7 +678,11 @@ mod tests {
         for i in 0..20_000u32 {
             let len = 1 + (i as usize * 97) % 700;
             // Every seventh a marker (an empty frame in `sent`).
-            let f = if i % 7 == 0 { Vec::new() } else { frame(i, len) };
+            let f = if i % 7 == 0 {
+                Vec::new()
+            } else {
+                frame(i, len)
+            };
             let inline = (!f.is_empty()).then_some(&f[..]);
             while !p.try_push(inline).unwrap() {
                 check(&mut c, sent.pop_front().unwrap());
@@ -694,7 +705,10 @@ mod tests {
             n += 1;
         }
         assert_eq!(n, TO_DAEMON_SLOTS, "one slot each, the whole ring");
-        assert_eq!(p.push(Some(&f), Duration::from_millis(5)), Err(RingError::Full));
+        assert_eq!(
+            p.push(Some(&f), Duration::from_millis(5)),
+            Err(RingError::Full)
+        );
         assert_eq!(c.pop().unwrap(), Some(Record::Inline));
         assert_eq!(c.frame(), &f[..]);
         assert!(p.try_push(Some(&f)).unwrap());
@@ -737,7 +751,11 @@ mod tests {
         let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
         drop(a);
         assert_eq!(
-            c.wait(Duration::ZERO, Some(b.as_raw_fd()), Some(Duration::from_secs(10))),
+            c.wait(
+                Duration::ZERO,
+                Some(b.as_raw_fd()),
+                Some(Duration::from_secs(10))
+            ),
             Woken::Other
         );
     }
@@ -746,7 +764,10 @@ mod tests {
     fn the_shared_file_cannot_be_resized_by_the_peer() {
         let shm = Shared::create().unwrap();
         assert!(shm.file().set_len(4096).is_err(), "shrink refused");
-        assert!(shm.file().set_len(FILE_BYTES as u64 * 2).is_err(), "growth refused");
+        assert!(
+            shm.file().set_len(FILE_BYTES as u64 * 2).is_err(),
+            "growth refused"
+        );
         let dup = shm.file().try_clone().unwrap();
         assert!(Shared::open(dup).is_ok());
     }

@@ -135,7 +135,9 @@ impl Escape {
             return None;
         }
         match op {
-            Op::Memset { pattern, .. } => Garbage::ALL.into_iter().find(|g| g.pattern() == *pattern),
+            Op::Memset { pattern, .. } => {
+                Garbage::ALL.into_iter().find(|g| g.pattern() == *pattern)
+            }
             _ => None,
         }
     }
