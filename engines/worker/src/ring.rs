@@ -611,7 +611,7 @@ impl Consumer {
         }
         if n > 0 && fds[1].revents != 0 {
             Woken::Other
-        } else if n > 0 || n < 0 {
+        } else if n != 0 {
             Woken::Ring
         } else {
             Woken::Timeout
