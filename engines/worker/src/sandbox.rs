@@ -126,7 +126,7 @@ impl Escape {
     }
 
     /// The ring garbage an operation asks for (a memset of
-    /// [`Garbage::pattern`]), when escape tests are on: a worker taken over
+    /// [`crate::ring::Garbage::pattern`]), when escape tests are on: a worker taken over
     /// by guest input scribbling on its ring to the daemon.
     pub fn garbage(op: &devmodel::command::Op) -> Option<crate::ring::Garbage> {
         use crate::ring::Garbage;
