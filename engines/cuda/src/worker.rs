@@ -9,11 +9,12 @@
 //! shared-memory ring) and queues them on one stream, each followed by an
 //! untimed event (a timed record costs the submitting thread about ten
 //! times as much); a second thread waits for each item's event, in order,
-//! and reports the item with its GPU time taken from the completions
-//! themselves: from the later of the previous item's completion and the
-//! moment this item was queued, to its own completion. Items queued back
-//! to back are thus charged end to end, as the GPU ran them, and an item
-//! queued to an idle GPU from its hand-over (its launch latency included).
+//! and reports the item with its GPU time. An item queued behind others is
+//! timed from its completion and the previous item's (the GPU ran them back
+//! to back): from the later of that completion and the item's hand-over,
+//! to its own completion. An item queued to an idle stream gets a timed
+//! event before and after it, and the GPU's timestamps time it: its wait
+//! for the GPU (behind another vGPU's work at a switch) is not charged.
 //!
 //! Guest kernels run in the address space of [`crate::ptx`]; built-in
 //! operations are queued by [`crate::ops`].
@@ -60,8 +61,11 @@ pub(crate) struct InFlight {
     tag: u64,
     /// When the submitting thread began to queue it.
     queued_at: Instant,
-    /// Completes once the item has run (untimed).
+    /// Completes once the item has run (timed when `start` is there).
     end: sys::CUevent,
+    /// A timed event recorded before the item, when it was queued to an
+    /// idle stream.
+    start: Option<sys::CUevent>,
     /// A reduce's f64 accumulator (mapped host memory) and the sum carried
     /// in; the item's value is their sum.
     pub(crate) sum: Option<(*mut f64, f64)>,
@@ -233,9 +237,19 @@ fn completions(
             );
             std::process::exit(4);
         }
-        let gpu = charged(prev_done, item.queued_at, synced);
+        let gpu = match item.start {
+            Some(start) => {
+                let mut ms = 0f32;
+                // SAFETY: both events are timed and completed (end after
+                // start on one stream); `ms` is a valid out-pointer.
+                unsafe { sys::cuEventElapsedTime_v2(&mut ms, start, item.end) };
+                events.give(start, true);
+                Duration::from_nanos((ms.max(0.0) as f64 * 1e6) as u64)
+            }
+            None => charged(prev_done, item.queued_at, synced),
+        };
         prev_done = Some(synced);
-        events.give(item.end);
+        events.give(item.end, item.start.is_some());
         let value = match item.sum {
             // SAFETY: the slot is mapped host memory the kernel wrote before
             // the end event; nothing else writes it until it is reused.
@@ -497,11 +511,23 @@ impl Worker {
             self.out.scribble(g);
             return Ok(());
         }
-        let end = self.events.take()?;
+        // Nothing of this worker's queued: the GPU's timestamps time it.
+        let start = if self.queued.load(Ordering::Acquire) == 0 {
+            let e = self.events.take(true)?;
+            // SAFETY: records an event of this context on the worker's stream.
+            ck("cuEventRecord", unsafe {
+                sys::cuEventRecord(e, self.stream.0)
+            })?;
+            Some(e)
+        } else {
+            None
+        };
+        let end = self.events.take(start.is_some())?;
         let mut item = InFlight {
             tag,
             queued_at,
             end,
+            start,
             sum: None,
             scratch: Vec::new(),
             retired: Vec::new(),
