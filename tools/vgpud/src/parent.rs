@@ -462,6 +462,104 @@ fn dispatch(shared: Arc<ParentShared>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use devmodel::command::Op;
+    use devmodel::memory::GuestRam;
+
+    /// An engine that records on which thread each item was handed to it
+    /// and keeps the items' completions for the test to call.
+    #[derive(Default)]
+    struct Recorder {
+        submitted: Arc<Mutex<Vec<(std::thread::ThreadId, DoneFn)>>>,
+    }
+
+    impl Backend for Recorder {
+        fn name(&self) -> &'static str {
+            "recorder"
+        }
+        fn create_context(&self, _: u64) -> Result<Arc<dyn EngineContext>, BackendError> {
+            Ok(Arc::new(RecorderContext(self.submitted.clone())))
+        }
+        fn queue_depth(&self) -> usize {
+            1
+        }
+    }
+
+    struct RecorderContext(Arc<Mutex<Vec<(std::thread::ThreadId, DoneFn)>>>);
+
+    impl EngineContext for RecorderContext {
+        fn submit(&self, _: WorkItem, done: DoneFn) {
+            lock(&self.0).push((std::thread::current().id(), done));
+        }
+        fn read_vram(&self, _: u64, _: &mut [u8]) -> Result<(), ExecError> {
+            Ok(())
+        }
+        fn write_vram(&self, _: u64, _: &[u8]) -> Result<(), ExecError> {
+            Ok(())
+        }
+        fn cancel(&self) {}
+    }
+
+    fn item() -> WorkItem {
+        WorkItem {
+            op: Op::Memset {
+                dst: Vec::new(),
+                pattern: 0,
+            },
+            channel: 0,
+            mem: Arc::new(GuestRam::new()),
+            front_end: Duration::ZERO,
+        }
+    }
+
+    #[test]
+    fn work_reaches_the_engine_from_where_it_arrives_and_where_the_last_item_completes() {
+        let rec = Recorder::default();
+        let submitted = rec.submitted.clone();
+        let parent = Parent::new("p", Box::new(rec), ParentPolicy::default()).unwrap();
+        let (_, ctx) = parent.attach(1 << 20, 1, VgpuParams::for_type(1)).unwrap();
+        // The engine takes one item at a time: the first goes from the
+        // submitting thread itself, the second waits in the scheduler.
+        let (tx, rx) = std::sync::mpsc::channel();
+        for i in 0..2 {
+            let tx = tx.clone();
+            ctx.submit(
+                item(),
+                Box::new(move |c| tx.send((i, c.result.is_ok())).unwrap()),
+            );
+        }
+        let me = std::thread::current().id();
+        let first = {
+            let mut g = lock(&submitted);
+            assert_eq!(g.len(), 1, "one item at the engine");
+            assert_eq!(g[0].0, me, "handed over on the submitting thread");
+            g.remove(0).1
+        };
+        // Its completion, on an engine thread, hands over the next item
+        // there, before the first's own completion goes on.
+        let engine = std::thread::spawn(move || {
+            first(Completion {
+                gpu_time: Duration::from_micros(10),
+                result: Ok(()),
+            });
+            std::thread::current().id()
+        })
+        .join()
+        .unwrap();
+        assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap(), (0, true));
+        let second = {
+            let mut g = lock(&submitted);
+            assert_eq!(g.len(), 1, "the second item at the engine");
+            assert_eq!(g[0].0, engine, "handed over on the completing thread");
+            g.remove(0).1
+        };
+        second(Completion {
+            gpu_time: Duration::from_micros(10),
+            result: Ok(()),
+        });
+        assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap(), (1, true));
+        drop(ctx);
+        drop(parent);
+    }
 
     #[test]
     fn items_pay_engine_and_front_end_time_added_or_overlapped() {
