@@ -417,15 +417,18 @@ pub enum Garbage {
     Bytes,
     /// `head` moved backwards.
     Backwards,
+    /// A frame on the socket that no ring record announced.
+    Unannounced,
 }
 
 impl Garbage {
-    pub const ALL: [Garbage; 5] = [
+    pub const ALL: [Garbage; 6] = [
         Garbage::Head,
         Garbage::Length,
         Garbage::Kind,
         Garbage::Bytes,
         Garbage::Backwards,
+        Garbage::Unannounced,
     ];
 
     /// The memset pattern that asks for it.
@@ -437,12 +440,14 @@ impl Garbage {
                 Garbage::Kind => 3,
                 Garbage::Bytes => 4,
                 Garbage::Backwards => 5,
+                Garbage::Unannounced => 6,
             }
     }
 }
 
 impl Producer {
-    /// Corrupt this ring as `g` says (test-only: a hostile worker).
+    /// Corrupt this ring as `g` says (test-only: a hostile worker; the
+    /// socket's part of [`Garbage::Unannounced`] is the sender's).
     pub fn scribble(&mut self, g: Garbage) {
         let cap = self.dir.slots();
         let at = (self.head % cap) as usize * SLOT;
@@ -470,6 +475,7 @@ impl Producer {
                 self.head + 1
             }
             Garbage::Backwards => self.head.wrapping_sub(5),
+            Garbage::Unannounced => return,
         };
         self.shm
             .word64(self.dir, HEAD)

@@ -155,7 +155,8 @@ fn a_worker_that_writes_garbage_into_its_ring_is_stopped_and_the_daemon_lives() 
     // A worker taken over by its guest's input scribbles on the ring it
     // shares with the daemon (here: the test-only hook, asked for by a
     // fill's pattern): a head far ahead or moved back, a record longer than
-    // any, of an unknown kind, or bytes that are no message. The daemon
+    // any, of an unknown kind, bytes that are no message, or a frame on the
+    // socket that no record announced. The daemon
     // stops that worker as broken; its vGPU's work fails with ENGINE_ERROR,
     // the neighbour's goes on, and a reset gives the vGPU a new worker.
     use engine_worker::ring::Garbage;
