@@ -340,9 +340,11 @@ impl Conn {
         let pushed = tx.push(inline.then_some(&buf[..]), RING_FULL_WAIT);
         if let Err(e) = pushed {
             if matches!(e, RingError::Full | RingError::Corrupt(_)) {
+                // SIGKILL without waiting for the exit (the caller may hold
+                // the parent's lock): the reader sees the end and reaps it.
                 tracing::warn!(worker = self.pid, error = %e, "the worker's ring: stopped");
-                drop(g);
-                self.kill();
+                self.dead.store(true, Ordering::Release);
+                let _ = lock(&self.child).kill();
             }
             return Err(e.into());
         }
