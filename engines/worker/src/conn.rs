@@ -437,36 +437,16 @@ impl Conn {
     fn read_loop(
         &self,
         s: &UnixStream,
-        mut rx: Consumer,
+        rx: Consumer,
         ready: mpsc::Sender<Result<Ready, Arc<Error>>>,
         completions: mpsc::Sender<(DoneFn, Completion)>,
     ) {
-        let mut frames = FrameReader::new();
+        let mut incoming = Incoming::new(rx);
         let mut started = false;
-        let mut socket_readable = false;
         let why: Error = loop {
-            let delivered = match rx.pop() {
-                Err(RingError::Corrupt(what)) => break Error::Malformed(what),
-                Err(e) => break e.into(),
-                Ok(Some(Record::Inline)) => {
-                    ToDaemon::decode(rx.frame()).and_then(|m| self.inbox.deliver(m))
-                }
-                Ok(Some(Record::OnSocket)) => match frames.recv(s) {
-                    // A worker sends no descriptors; any it does are closed here.
-                    Ok((frame, _)) => ToDaemon::decode(frame).and_then(|m| self.inbox.deliver(m)),
-                    Err(e) => break socket_end(e),
-                },
-                Ok(None) if socket_readable => {
-                    break match frames.recv(s) {
-                        Ok(_) => Error::Malformed("a frame on the socket without its ring record"),
-                        Err(e) => socket_end(e),
-                    };
-                }
-                Ok(None) => {
-                    let woken = rx.wait(ring::DAEMON_SPIN, Some(s.as_raw_fd()), None);
-                    socket_readable = woken == Woken::Other;
-                    continue;
-                }
+            let delivered = match incoming.next(s) {
+                Ok(frame) => ToDaemon::decode(frame).and_then(|m| self.inbox.deliver(m)),
+                Err(e) => break e,
             };
             match delivered {
                 Ok(Delivered::Nothing) => {}
@@ -535,6 +515,52 @@ impl Conn {
                 self.timed_out.store(true, Ordering::Release);
                 self.kill();
                 return;
+            }
+        }
+    }
+}
+
+/// The worker's frames as the daemon reads them: from its ring, and from
+/// the socket where the ring says so.
+pub(crate) struct Incoming {
+    rx: Consumer,
+    frames: FrameReader,
+}
+
+impl Incoming {
+    pub(crate) fn new(rx: Consumer) -> Incoming {
+        Incoming {
+            rx,
+            frames: FrameReader::new(),
+        }
+    }
+
+    /// The next frame, waiting for it. A corrupt ring, or a frame on the
+    /// socket that the ring did not announce, is a protocol error; the
+    /// socket's end of file is the worker's end.
+    pub(crate) fn next(&mut self, s: &UnixStream) -> Result<&[u8], Error> {
+        // Whether the last wait found the socket readable (with the ring
+        // looked at once more since): only then is a frame there unannounced.
+        let mut socket_readable = false;
+        loop {
+            match self.rx.pop() {
+                Err(RingError::Corrupt(what)) => return Err(Error::Malformed(what)),
+                Err(e) => return Err(e.into()),
+                Ok(Some(Record::Inline)) => return Ok(self.rx.frame()),
+                // A worker sends no descriptors; any it does are closed here.
+                Ok(Some(Record::OnSocket)) => {
+                    return self.frames.recv(s).map(|(f, _)| f).map_err(socket_end)
+                }
+                Ok(None) if socket_readable => {
+                    return Err(match self.frames.recv(s) {
+                        Ok(_) => Error::Malformed("a frame on the socket without its ring record"),
+                        Err(e) => socket_end(e),
+                    })
+                }
+                Ok(None) => {
+                    socket_readable =
+                        self.rx.wait(ring::DAEMON_SPIN, Some(s.as_raw_fd()), None) == Woken::Other;
+                }
             }
         }
     }
@@ -683,6 +709,46 @@ mod tests {
         assert!(matches!(inbox.deliver(data), Ok(Delivered::Nothing)));
         assert_eq!(rx.recv().unwrap(), Err(Status::VramRange));
         assert_eq!(*lock(&finished), [false]);
+    }
+
+    #[test]
+    fn frames_come_from_the_ring_and_the_socket_in_order_and_unannounced_ones_are_refused() {
+        use crate::ring::{Direction, Doorbell, Producer, Shared};
+        let shm = Arc::new(Shared::create().unwrap());
+        let (to_worker, to_daemon) = (
+            Arc::new(Doorbell::new().unwrap()),
+            Arc::new(Doorbell::new().unwrap()),
+        );
+        let ends = ring::daemon_ends(shm.clone(), to_worker, to_daemon.clone());
+        let mut worker = Producer::new(shm, Direction::ToDaemon, to_daemon);
+        let (daemon_sock, worker_sock) = UnixStream::pair().unwrap();
+        let mut incoming = Incoming::new(ends.rx);
+        let t = std::thread::spawn(move || {
+            // The daemon sleeps by now: a long frame (marker, then the
+            // socket), later a short one in the ring, then a frame on the
+            // socket that no record announces.
+            std::thread::sleep(Duration::from_millis(50));
+            assert!(worker.try_push(None).unwrap());
+            socket::send(&worker_sock, b"long", &[]).unwrap();
+            worker.notify();
+            std::thread::sleep(Duration::from_millis(50));
+            assert!(worker.try_push(Some(b"short")).unwrap());
+            worker.notify();
+            std::thread::sleep(Duration::from_millis(50));
+            socket::send(&worker_sock, b"sneaky", &[]).unwrap();
+            std::thread::sleep(Duration::from_millis(50));
+            worker_sock
+        });
+        assert_eq!(incoming.next(&daemon_sock).unwrap(), b"long");
+        // The socket was readable when the daemon woke: that must not make
+        // it read the socket again once the ring is empty.
+        assert_eq!(incoming.next(&daemon_sock).unwrap(), b"short");
+        assert!(matches!(
+            incoming.next(&daemon_sock),
+            Err(Error::Malformed(_))
+        ));
+        drop(t.join().unwrap());
+        assert!(matches!(incoming.next(&daemon_sock), Err(Error::Exited)));
     }
 
     #[test]
