@@ -525,6 +525,7 @@ impl Conn {
 pub(crate) struct Incoming {
     rx: Consumer,
     frames: FrameReader,
+    spin: Duration,
 }
 
 impl Incoming {
@@ -532,6 +533,7 @@ impl Incoming {
         Incoming {
             rx,
             frames: FrameReader::new(),
+            spin: ring::spin_here(ring::DAEMON_SPIN),
         }
     }
 
@@ -559,7 +561,7 @@ impl Incoming {
                 }
                 Ok(None) => {
                     socket_readable =
-                        self.rx.wait(ring::DAEMON_SPIN, Some(s.as_raw_fd()), None) == Woken::Other;
+                        self.rx.wait(self.spin, Some(s.as_raw_fd()), None) == Woken::Other;
                 }
             }
         }

@@ -103,6 +103,8 @@ pub struct Endpoint {
     sock: UnixStream,
     reader: FrameReader,
     rx: Option<Consumer>,
+    /// How long to spin on an empty ring before sleeping.
+    spin: Duration,
     out: Sender,
 }
 
@@ -146,6 +148,7 @@ impl Endpoint {
             sock,
             reader: FrameReader::new(),
             rx,
+            spin: ring::spin_here(ring::WORKER_SPIN),
             out: Sender(Arc::new(Mutex::new(Out {
                 sock: out,
                 buf: Vec::with_capacity(64),
@@ -180,7 +183,7 @@ impl Endpoint {
                     };
                 }
                 None => {
-                    let w = rx.wait(ring::WORKER_SPIN, Some(self.sock.as_raw_fd()), None);
+                    let w = rx.wait(self.spin, Some(self.sock.as_raw_fd()), None);
                     socket_readable = w == Woken::Other;
                 }
             }

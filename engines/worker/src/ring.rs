@@ -18,7 +18,8 @@
 //! with the frames around it.
 //!
 //! **Wake-ups.** A consumer that finds its ring empty spins a little
-//! ([`WORKER_SPIN`], [`DAEMON_SPIN`]), then sets `waiting`, looks once more and sleeps in `poll` on
+//! ([`WORKER_SPIN`], [`DAEMON_SPIN`]; none on a host of fewer than
+//! [`MIN_CPUS_TO_SPIN`] CPUs), then sets `waiting`, looks once more and sleeps in `poll` on
 //! its doorbell (and on the socket, whose end of file says the peer is
 //! gone). A producer rings the doorbell only when it finds `waiting` set
 //! (and clears it): a busy consumer costs its producer no system call, and
@@ -58,6 +59,20 @@ pub const WORKER_SPIN: Duration = Duration::from_micros(30);
 /// busy worker while it spins, and a completion late by a wake-up costs
 /// the GPU nothing while items stay queued there.
 pub const DAEMON_SPIN: Duration = Duration::from_micros(5);
+/// Below this many CPUs a consumer does not spin: the thread it waits for
+/// needs the CPU more (as the cpu engine's completion thread decides).
+pub const MIN_CPUS_TO_SPIN: usize = 4;
+
+/// `spin` where the host has [`MIN_CPUS_TO_SPIN`] CPUs or more, else none.
+/// Ask before a worker is confined (it reads the process's CPU set).
+pub fn spin_here(spin: Duration) -> Duration {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cpus >= MIN_CPUS_TO_SPIN {
+        spin
+    } else {
+        Duration::ZERO
+    }
+}
 const PAGE: usize = 4096;
 const KIND_INLINE: u32 = 1;
 const KIND_SOCKET: u32 = 2;
