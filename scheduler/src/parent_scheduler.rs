@@ -8,7 +8,8 @@
 //! while the time they are expected to take (the channel's measured average) fits in
 //! what is left of it, and the next slice is chosen while the last item (or up to
 //! 100 µs of expected work) of the previous one still runs, so that the switch
-//! overlaps it.
+//! overlaps it. A vGPU that is the only candidate is not drained at its slice's
+//! end: its next slice starts at once, its queue full (alone, it runs as if native).
 //!
 //! A vGPU that wins the GPU holds it for one *slice*: items from its runlist run back to
 //! back until the slice's measured GPU time reaches the parent's timeslice (the item in
@@ -466,8 +467,10 @@ impl<T> Scheduler<T> {
         // 3. a new slice, chosen once what is still in flight is one item or
         // at most SWITCH_OVERLAP of expected work: the switch overlaps it, and
         // the choice sees all but that much time charged.
+        // A vGPU that is the only one that could be chosen is not drained
+        // for a switch to itself: alone, it keeps its queue as if native.
         let queued: Nanos = self.in_flight.iter().map(|f| f.estimate).sum();
-        if self.in_flight.len() > 1 && queued > SWITCH_OVERLAP {
+        if self.in_flight.len() > 1 && queued > SWITCH_OVERLAP && !self.sole_candidate(now) {
             return Pick::Busy;
         }
         let selected = match self.select(now) {
@@ -831,6 +834,23 @@ impl<T> Scheduler<T> {
         }
     }
 
+    /// The vGPU whose items are in flight is the only one any set holds,
+    /// eligible now: choosing the next slice cannot switch the engine.
+    fn sole_candidate(&self, now: Nanos) -> bool {
+        let Some(v) = self.in_flight.front().map(|f| f.vgpu) else {
+            return false;
+        };
+        self.in_flight.iter().all(|f| f.vgpu == v)
+            && self.throttle.is_empty()
+            && [&self.main, &self.reserve, &self.latency]
+                .iter()
+                .all(|set| set.iter().all(|e| e.2 == v))
+            && self
+                .main
+                .first()
+                .is_some_and(|e| e.0 <= now as u128 || !self.policy.kind.is_strict())
+    }
+
     /// GPU time the items of `vgpu` in flight are expected to take.
     fn committed(&self, vgpu: u64) -> Nanos {
         self.in_flight
@@ -1023,6 +1043,47 @@ mod tests {
         s.complete(2, 0, 10_000, 120_000).unwrap();
         s.set_running(2, false, 120_000).unwrap();
         assert!(picked_until_busy(&mut s, 120_000).len() > 1);
+    }
+
+    /// A vGPU alone on its parent, fed 100 µs items: after each completion
+    /// and refill, the expected work queued at the engine never falls to
+    /// the switch threshold at its slices' ends (it is not drained for a
+    /// switch to itself), under a work-conserving and a strict policy.
+    #[test]
+    fn a_vgpu_alone_keeps_its_queue_full_across_slice_ends() {
+        for kind in [PolicyKind::BestEffort, PolicyKind::EqualShare] {
+            let mut s = Scheduler::new(ParentPolicy {
+                kind,
+                ..ParentPolicy::default()
+            });
+            s.set_engine_depth(64);
+            s.add_vgpu(1, VgpuParams::for_type(2), 0).unwrap();
+            s.set_runlist(1, &[(0, 0)]).unwrap();
+            let ts = s.timeslice();
+            let unit = 100 * crate::US;
+            for i in 0..400 {
+                s.enqueue(1, 0, i, 0).unwrap();
+            }
+            let (mut now, mut lowest, mut slices) = (0, Nanos::MAX, 0);
+            for step in 0..300 {
+                while let Pick::Run { .. } = s.pick(now) {}
+                let queued: Nanos = s.in_flight.iter().map(|f| f.estimate).sum();
+                if step > 2 {
+                    lowest = lowest.min(queued);
+                }
+                now += unit;
+                s.complete(1, 0, unit, now).unwrap();
+                slices = s.vgpus[&1].slices;
+            }
+            assert!(
+                slices > 5,
+                "{kind:?}: the run spans several slices ({slices})"
+            );
+            assert!(
+                lowest >= ts - 2 * unit,
+                "{kind:?}: queued fell to {lowest} ns at a slice end (timeslice {ts})"
+            );
+        }
     }
 
     #[test]

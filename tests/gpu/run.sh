@@ -13,7 +13,8 @@
 # usage: tests/gpu/run.sh BIN_DIR [SECONDS]
 #   BIN_DIR holds vgpud, vgpuctl, vgpud-cuda-worker and vgpu-guest (release builds), and for the
 #   guest-cuda part libvgpu_cuda.so (tools/guest-cuda) and peers/ (see tests/gpu/guest_cuda.sh).
-#   PARTS="selftest ptx ..." picks sections (default: all); ISO_SECS sets how long the isolation
+#   PARTS="selftest ptx ..." picks sections (default: all); LONE_UNITS, TOGETHER_UNITS,
+#   SHARE_UNITS (kernel µs) and COPY_MIB pick their sizes; ISO_SECS sets how long the isolation
 #   part's neighbour runs (default 45 s: it must outlast all of the faulting vGPU's phases);
 #   TOGETHER_POLICY the policy of the two-busy-vGPUs part (default equal_share; it is pasted into
 #   the config: 'equal_share"<newline>timeslice = "8ms' sets a timeslice too). SANDBOX=off runs
@@ -109,16 +110,21 @@ fi
 
 if has copy; then
 echo; echo "## Copy: guest RAM -> VRAM and back, one copy command each way (first round trip, then each direction alone, best of 5)"
-timeout 120 "$BIN/vgpu-guest" --ram-mib 1024 --socket "$S" run copy --size $((256 << 20)) 2>&1 | tail -3
-timeout 120 "$BIN/vgpu-guest" --ram-mib 2560 --socket "$S" run copy --size $((1 << 30)) 2>&1 | tail -3
+for mib in ${COPY_MIB:-256 1024}; do
+    timeout 120 "$BIN/vgpu-guest" --ram-mib $((mib * 5 / 2)) --socket "$S" run copy --size $((mib << 20)) 2>&1 | tail -3
+done
 fi
 
+# The daemon's CPU time so far (user + system, clock ticks), from /proc.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$PID/stat" 2>/dev/null || echo 0; }
+TCK=$(getconf CLK_TCK)
 if has lone; then
 echo; echo "## Lone vGPU ($EIGHTH, best_effort), spin kernels on every SM"
-echo "| kernel µs | 1 channel | 4 channels | p50 µs (1 ch) |"; echo "|---|---|---|---|"
-for u in 10 100 1000; do
-    a=$(load "$S" "$u" 1); b=$(load "$S" "$u" 4)
-    printf '| %s | %.3f | %.3f | %s |\n' "$u" "$(echo "$a" | field utilization)" "$(echo "$b" | field utilization)" "$(echo "$a" | field latency_p50_us)"
+echo "| kernel µs | 1 channel | 4 channels | p50 µs (1 ch) | vgpud CPU, cores (1 ch) |"; echo "|---|---|---|---|---|"
+for u in ${LONE_UNITS:-10 100 1000}; do
+    c0=$(cpu_ticks); t0=$(ms); a=$(load "$S" "$u" 1); c1=$(cpu_ticks); t1=$(ms); b=$(load "$S" "$u" 4)
+    printf '| %s | %.3f | %.3f | %s | %.2f |\n' "$u" "$(echo "$a" | field utilization)" "$(echo "$b" | field utilization)" "$(echo "$a" | field latency_p50_us)" \
+        "$(awk -v c=$((c1 - c0)) -v t=$((t1 - t0)) -v k="$TCK" 'BEGIN{print (t > 0 ? c / k / (t / 1000) : 0)}')"
 done
 fi
 stop
@@ -139,7 +145,7 @@ fi
 if has together; then
 echo; echo "## Two busy vGPUs together (equal_share, two $EIGHTH, 1 channel each) against one alone (best_effort)"
 echo "| kernel µs | alone | A | B | together | together / alone |"; echo "|---|---|---|---|---|---|"
-for u in 50 500 5000; do
+for u in ${TOGETHER_UNITS:-50 500 5000}; do
     start best_effort; S1=$(create "$EIGHTH"); al=$(load "$S1" "$u" 1 | field utilization); stop
     start "${TOGETHER_POLICY:-equal_share}"; A=$(create "$EIGHTH"); B=$(create "$EIGHTH")
     load "$A" "$u" 1 >"$RUN/a" & pa=$!; load "$B" "$u" 1 >"$RUN/b" & pb=$!
@@ -153,7 +159,7 @@ fi
 if has share; then
 echo; echo "## fixed_share 2:1 ($QUARTER beside $EIGHTH)"
 echo "| kernel µs | $QUARTER | $EIGHTH | ratio |"; echo "|---|---|---|---|"
-for u in 10 50 500 5000; do
+for u in ${SHARE_UNITS:-10 50 500 5000}; do
     start fixed_share; A=$(create "$QUARTER"); B=$(create "$EIGHTH")
     load "$A" "$u" 1 >"$RUN/a" & pa=$!; load "$B" "$u" 1 >"$RUN/b" & pb=$!
     if [ "$u" = 500 ] && [ -n "${OUT:-}" ]; then # the chart of this run's shares over time

@@ -24,6 +24,11 @@ struct Args {
     /// The descriptor of the socket to the daemon.
     #[arg(long, default_value_t = 3)]
     fd: RawFd,
+    /// The descriptor of the daemon's ring file; its two doorbells (daemon
+    /// to worker, worker to daemon) follow it. Without it, the socket
+    /// carries everything.
+    #[arg(long)]
+    ring_fd: Option<RawFd>,
     /// Print the GPU's name, memory and multiprocessors, and exit.
     #[arg(long)]
     probe: bool,
@@ -80,9 +85,9 @@ pub fn main() {
     };
     // First of all, with one thread: the device is opened unprivileged.
     let confinement = sandbox::prepare(policy).unwrap_or_else(|e| fail(&e));
-    // SAFETY: the daemon passed this descriptor to this process for this
-    // purpose; nothing else in the process owns it.
-    let ep = unsafe { Endpoint::from_fd(args.fd) }.unwrap_or_else(|e| fail(&e));
+    // SAFETY: the daemon passed these descriptors to this process for this
+    // purpose; nothing else in the process owns them.
+    let ep = unsafe { Endpoint::from_fd(args.fd, args.ring_fd) }.unwrap_or_else(|e| fail(&e));
     if args.emulate {
         std::process::exit(engine_worker::emulated::run(ep, args.vram, confinement));
     }

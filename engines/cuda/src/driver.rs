@@ -316,29 +316,56 @@ impl Drop for HostRegistration {
 
 /// Events that items have finished with, for the next ones: creating and
 /// destroying two events per item costs the submitting and completion
-/// threads more than a short kernel runs.
+/// threads more than a short kernel runs. Two kinds: untimed (an item's
+/// completion marker; a timed record costs the submitting thread about ten
+/// times as much, GPU-PERF.md §1.2) and timed (the GPU's timestamps of an
+/// item queued to an idle stream).
 #[derive(Default)]
-pub struct EventPool(Mutex<Vec<usize>>);
+pub struct EventPool {
+    untimed: Mutex<Vec<usize>>,
+    timed: Mutex<Vec<usize>>,
+}
 
 impl EventPool {
-    pub fn take(&self) -> Result<sys::CUevent, CuError> {
-        if let Some(e) = lock(&self.0).pop() {
+    /// An event, timed or not.
+    pub fn take(&self, timed: bool) -> Result<sys::CUevent, CuError> {
+        if let Some(e) = lock(self.pool(timed)).pop() {
             return Ok(e as sys::CUevent);
         }
         let mut e = std::ptr::null_mut();
+        let flags = if timed {
+            0
+        } else {
+            sys::CUevent_flags::CU_EVENT_DISABLE_TIMING as u32
+        };
         // SAFETY: creates an event in the worker's current context.
-        ck("cuEventCreate", unsafe { sys::cuEventCreate(&mut e, 0) })?;
+        ck("cuEventCreate", unsafe {
+            sys::cuEventCreate(&mut e, flags)
+        })?;
         Ok(e)
     }
 
-    pub fn give(&self, e: sys::CUevent) {
-        lock(&self.0).push(e as usize);
+    /// Give back an event of the kind it was taken as.
+    pub fn give(&self, e: sys::CUevent, timed: bool) {
+        lock(self.pool(timed)).push(e as usize);
+    }
+
+    fn pool(&self, timed: bool) -> &Mutex<Vec<usize>> {
+        if timed {
+            &self.timed
+        } else {
+            &self.untimed
+        }
     }
 }
 
 impl Drop for EventPool {
     fn drop(&mut self) {
-        for e in lock(&self.0).drain(..) {
+        let (a, b) = (
+            lock(&self.untimed).split_off(0),
+            lock(&self.timed).split_off(0),
+        );
+        for e in a.into_iter().chain(b) {
             // SAFETY: an event this pool holds, used by no queued item.
             unsafe { sys::cuEventDestroy_v2(e as sys::CUevent) };
         }

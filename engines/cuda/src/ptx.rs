@@ -47,7 +47,7 @@ pub struct Function {
 
 /// A guest module: the driver's, and its functions by name. Dropping it
 /// unloads it (once no queued work runs its kernels: see
-/// [`InFlight::retired`]).
+/// `InFlight::retired` in `crate::worker`).
 pub struct GuestModule {
     functions: HashMap<String, Function>,
     module: Module,

@@ -5,12 +5,16 @@
 //! (an illegal address, a trap) ends this process only: the daemon faults
 //! this vGPU's channels and starts a new worker on reset.
 //!
-//! It reads operations from the daemon ([`engine_worker::wire`]) and queues
-//! them on one stream, each followed by an event; a second thread reports
-//! each item as its event completes, in order, with the GPU time since the
-//! event before it. Items queued back to back share events that way (the
-//! end of one is the start of the next): one event record per item, not
-//! two, which on the GPU costs about as much as a 10 µs kernel's launch gap.
+//! It reads operations from the daemon ([`engine_worker::wire`], over the
+//! shared-memory ring) and queues them on one stream, each followed by an
+//! untimed event (a timed record costs the submitting thread about ten
+//! times as much); a second thread waits for each item's event, in order,
+//! and reports the item with its GPU time. An item queued behind others is
+//! timed from its completion and the previous item's (the GPU ran them back
+//! to back): from the later of that completion and the item's hand-over,
+//! to its own completion. An item queued to an idle stream gets a timed
+//! event before and after it, and the GPU's timestamps time it: its wait
+//! for the GPU (behind another vGPU's work at a switch) is not charged.
 //!
 //! Guest kernels run in the address space of [`crate::ptx`]; built-in
 //! operations are queued by [`crate::ops`].
@@ -55,11 +59,13 @@ struct Window {
 /// An item queued on the GPU, for the completion thread.
 pub(crate) struct InFlight {
     tag: u64,
-    /// The event before the item: the previous item's end while that was
-    /// still queued, else one of its own.
-    start: sys::CUevent,
-    owns_start: bool,
+    /// When the submitting thread began to queue it.
+    queued_at: Instant,
+    /// Completes once the item has run (timed when `start` is there).
     end: sys::CUevent,
+    /// A timed event recorded before the item, when it was queued to an
+    /// idle stream.
+    start: Option<sys::CUevent>,
     /// A reduce's f64 accumulator (mapped host memory) and the sum carried
     /// in; the item's value is their sum.
     pub(crate) sum: Option<(*mut f64, f64)>,
@@ -100,9 +106,8 @@ pub struct Worker {
     pub(crate) sums: PinnedHost,
     pub(crate) next_sum: usize,
     done: Option<mpsc::Sender<InFlight>>,
-    /// The last item's end event, and how many items are queued and not
-    /// yet reported (the completion thread counts them down).
-    last_end: sys::CUevent,
+    /// How many items are queued and not yet reported (the completion
+    /// thread counts them down).
     queued: Arc<AtomicUsize>,
     events: Arc<EventPool>,
     /// The daemon's pid (the sandbox tests' escape target).
@@ -163,10 +168,37 @@ pub fn run(mut ep: Endpoint, device: i32, vram: u64, confinement: Confinement) -
     code
 }
 
-/// Report each item as its end event completes, in submission order, with
-/// the GPU time from its start event. An event goes back to the pool once
-/// the item after the one it ended has been reported (it may be that
-/// item's start). A failed wait is a sticky error: the process cannot go on.
+/// How long the completion thread looks for the next item before it
+/// sleeps: items handed over within it cost the submitting thread no wake-up.
+const COMPLETION_SPIN: Duration = Duration::from_micros(50);
+
+/// The next item for the completion thread: spin for [`COMPLETION_SPIN`],
+/// then sleep; `None` once the submitting side is gone.
+fn next_item(rx: &mpsc::Receiver<InFlight>) -> Option<InFlight> {
+    let t = Instant::now();
+    loop {
+        match rx.try_recv() {
+            Ok(item) => return Some(item),
+            Err(mpsc::TryRecvError::Disconnected) => return None,
+            Err(mpsc::TryRecvError::Empty) if t.elapsed() < COMPLETION_SPIN => {
+                std::hint::spin_loop()
+            }
+            Err(mpsc::TryRecvError::Empty) => return rx.recv().ok(),
+        }
+    }
+}
+
+/// The GPU time charged to an item that completed at `done`, queued at
+/// `queued`, after the previous item's completion `prev`: the span from
+/// the later of the two to `done`.
+pub(crate) fn charged(prev: Option<Instant>, queued: Instant, done: Instant) -> Duration {
+    let from = prev.map_or(queued, |p| p.max(queued));
+    done.saturating_duration_since(from)
+}
+
+/// Report each item as its event completes, in submission order, with the
+/// GPU time [`charged`] to it. An event goes back to the pool once its item
+/// is reported. A failed wait is a sticky error: the process cannot go on.
 fn completions(
     ctx: sys::CUcontext,
     rx: mpsc::Receiver<InFlight>,
@@ -180,8 +212,8 @@ fn completions(
         std::process::exit(3);
     }
     let (mut waiting, mut busy, mut items) = (Duration::ZERO, Duration::ZERO, 0u64);
-    let mut prev_end: Option<sys::CUevent> = None;
-    while let Ok(item) = rx.recv() {
+    let mut prev_done: Option<Instant> = None;
+    while let Some(item) = next_item(&rx) {
         let t = Instant::now();
         // SAFETY: `end` was taken from the pool and recorded on the work
         // stream by the submitting thread.
@@ -205,20 +237,19 @@ fn completions(
             );
             std::process::exit(4);
         }
-        let mut ms = 0f32;
-        // SAFETY: both events completed (end after start on one stream);
-        // `ms` is a valid out-pointer for the call.
-        unsafe {
-            sys::cuEventElapsedTime_v2(&mut ms, item.start, item.end);
-        }
-        // The previous item's end is done with now (whether or not it was
-        // this item's start); so is a start of this item's own.
-        if let Some(e) = prev_end.replace(item.end) {
-            events.give(e);
-        }
-        if item.owns_start {
-            events.give(item.start);
-        }
+        let gpu = match item.start {
+            Some(start) => {
+                let mut ms = 0f32;
+                // SAFETY: both events are timed and completed (end after
+                // start on one stream); `ms` is a valid out-pointer.
+                unsafe { sys::cuEventElapsedTime_v2(&mut ms, start, item.end) };
+                events.give(start, true);
+                Duration::from_nanos((ms.max(0.0) as f64 * 1e6) as u64)
+            }
+            None => charged(prev_done, item.queued_at, synced),
+        };
+        prev_done = Some(synced);
+        events.give(item.end, item.start.is_some());
         let value = match item.sum {
             // SAFETY: the slot is mapped host memory the kernel wrote before
             // the end event; nothing else writes it until it is reused.
@@ -232,7 +263,7 @@ fn completions(
         queued.fetch_sub(1, Ordering::AcqRel);
         let done = Done {
             tag: item.tag,
-            gpu_ns: (ms as f64 * 1e6) as u64,
+            gpu_ns: gpu.as_nanos() as u64,
             status: item.status,
             value,
         };
@@ -305,7 +336,6 @@ impl Worker {
             sums,
             next_sum: 0,
             done: Some(done),
-            last_end: std::ptr::null_mut(),
             queued: Arc::new(AtomicUsize::new(0)),
             events: Arc::new(EventPool::default()),
             daemon,
@@ -470,63 +500,92 @@ impl Worker {
         }
     }
 
-    /// Queue `op` (tag `tag`) on the stream, then its end event, and hand
-    /// it to the completion thread. Its start is the last item's end while
-    /// that item is still queued (the GPU runs them back to back), else an
-    /// event recorded now.
+    /// Queue `op` (tag `tag`) on the stream, then its (untimed) end event,
+    /// and hand it to the completion thread.
     fn submit(&mut self, tag: u64, op: &Op) -> Result<(), Error> {
+        let queued_at = Instant::now();
         if let Some(e) = Escape::requested(op) {
             e.attempt(self.daemon);
         }
-        let chained = !self.last_end.is_null() && self.queued.load(Ordering::Acquire) > 0;
-        let start = if chained {
-            self.last_end
-        } else {
-            let e = self.events.take()?;
+        if let Some(g) = Escape::garbage(op) {
+            self.out.scribble(g);
+            return Ok(());
+        }
+        // Nothing of this worker's queued: the GPU's timestamps time it.
+        let start = if self.queued.load(Ordering::Acquire) == 0 {
+            let e = self.events.take(true)?;
             // SAFETY: records an event of this context on the worker's stream.
             ck("cuEventRecord", unsafe {
                 sys::cuEventRecord(e, self.stream.0)
             })?;
-            e
+            Some(e)
+        } else {
+            None
         };
-        let end = self.events.take()?;
+        let end = self.events.take(start.is_some())?;
         let mut item = InFlight {
             tag,
-            start,
-            owns_start: !chained,
+            queued_at,
             end,
+            start,
             sum: None,
             scratch: Vec::new(),
             retired: Vec::new(),
             status: Status::Ok,
             error: 0,
         };
-        let ops: Vec<&Op> = match op {
-            Op::Batch(v) => v.iter().collect(),
-            o => vec![o],
-        };
-        for o in ops {
-            let r = match o {
-                Op::ModuleLoad { slot, text, log } => self.module_load(*slot, text, log, &mut item),
-                Op::Kernel(k) => self.kernel(k, &mut item),
-                Op::Module(m) => self.module_op(m, &mut item),
-                o => self.queue(o, &mut item),
-            };
-            if let Err(s) = r {
-                item.status = s;
-                break;
+        match op {
+            Op::Batch(v) => {
+                for o in v {
+                    if let Err(s) = self.queue_one(o, &mut item) {
+                        item.status = s;
+                        break;
+                    }
+                }
+            }
+            o => {
+                if let Err(s) = self.queue_one(o, &mut item) {
+                    item.status = s;
+                }
             }
         }
-        // SAFETY: as above.
+        // SAFETY: records an event of this context on the worker's stream.
         ck("cuEventRecord", unsafe {
             sys::cuEventRecord(end, self.stream.0)
         })?;
-        self.last_end = end;
         self.queued.fetch_add(1, Ordering::AcqRel);
         if let Some(d) = &self.done {
             let _ = d.send(item);
         }
         Ok(())
+    }
+
+    fn queue_one(&mut self, o: &Op, item: &mut InFlight) -> Result<(), Status> {
+        match o {
+            Op::ModuleLoad { slot, text, log } => self.module_load(*slot, text, log, item),
+            Op::Kernel(k) => self.kernel(k, item),
+            Op::Module(m) => self.module_op(m, item),
+            o => self.queue(o, item),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn items_are_charged_from_the_later_of_their_queueing_and_the_last_completion() {
+        let t0 = Instant::now();
+        let us = Duration::from_micros;
+        // Alone, on an idle GPU: from its hand-over to its completion.
+        assert_eq!(charged(None, t0, t0 + us(130)), us(130));
+        // Queued behind the previous item: from that item's completion.
+        assert_eq!(charged(Some(t0 + us(50)), t0, t0 + us(60)), us(10));
+        // Queued after the GPU went idle: from its hand-over.
+        assert_eq!(charged(Some(t0), t0 + us(40), t0 + us(60)), us(20));
+        // Clocks never make a charge negative.
+        assert_eq!(charged(Some(t0 + us(70)), t0, t0 + us(60)), Duration::ZERO);
     }
 }
 

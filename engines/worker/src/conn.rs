@@ -27,6 +27,7 @@ use devmodel::memory::{GuestRam, MemError};
 use devmodel::sync::lock;
 
 use crate::program::WorkerProgram;
+use crate::ring::{self, Consumer, Doorbell, Producer, Record, RingError, Shared, Woken};
 use crate::socket::{self, FrameReader};
 use crate::wire::{
     Done, FatalReason, Layout, LayoutFile, LayoutWindow, Ready, Status, ToDaemon, ToWorker,
@@ -40,6 +41,10 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 const ACCESS_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest line of a worker's stderr the daemon logs as one.
 const MAX_LOG_LINE: u64 = 4096;
+/// How long a send waits for room in the worker's ring: a worker that has
+/// not read 1 MiB of records in that time is hung (it reads them as they
+/// come; its device work queues behind them on its streams).
+const RING_FULL_WAIT: Duration = Duration::from_secs(2);
 
 /// What the daemon waits for from a worker.
 pub(crate) enum Pending {
@@ -185,8 +190,9 @@ pub(crate) struct Conn {
     child: Mutex<Child>,
     pid: u32,
     sock: UnixStream,
-    /// Held while a frame is encoded and sent (its buffer kept).
-    send_buf: Mutex<Vec<u8>>,
+    /// The ring to the worker, held while a frame is encoded and sent (its
+    /// buffer kept).
+    tx: Mutex<(Producer, Vec<u8>)>,
     pub(crate) inbox: Inbox,
     next_tag: AtomicU64,
     /// The guest RAM layout (its `GuestRam`, generation) the worker has.
@@ -225,7 +231,15 @@ impl Conn {
             what: "creating the worker's socket",
             source,
         })?;
-        let mut child = program.spawn(vram, OwnedFd::from(theirs))?;
+        let shm = Arc::new(Shared::create().map_err(Error::from)?);
+        let to_worker = Arc::new(Doorbell::new().map_err(Error::from)?);
+        let to_daemon = Arc::new(Doorbell::new().map_err(Error::from)?);
+        let mut child = program.spawn(
+            vram,
+            OwnedFd::from(theirs),
+            [shm.file().as_raw_fd(), to_worker.fd(), to_daemon.fd()],
+        )?;
+        let ends = ring::daemon_ends(shm, to_worker, to_daemon);
         let stderr = child.stderr.take();
         let reader = ours.try_clone().map_err(|source| Error::Io {
             what: "duplicating the worker's socket",
@@ -235,7 +249,7 @@ impl Conn {
             pid: child.id(),
             child: Mutex::new(child),
             sock: ours,
-            send_buf: Mutex::new(Vec::with_capacity(256)),
+            tx: Mutex::new((ends.tx, Vec::with_capacity(256))),
             inbox: Inbox::default(),
             next_tag: AtomicU64::new(1),
             layout: Mutex::new((usize::MAX, u64::MAX)),
@@ -246,7 +260,9 @@ impl Conn {
             fatal: AtomicBool::new(false),
             exit: Mutex::new(ExitHook::Waiting(None)),
         });
-        let started = conn.clone().run_threads(reader, stderr, kernel_timeout);
+        let started = conn
+            .clone()
+            .run_threads(reader, ends.rx, stderr, kernel_timeout);
         match started {
             Ok(rx) => match rx.recv_timeout(START_TIMEOUT) {
                 Ok(Ok(r)) => {
@@ -274,6 +290,7 @@ impl Conn {
     fn run_threads(
         self: Arc<Self>,
         reader: UnixStream,
+        ring_rx: Consumer,
         stderr: Option<ChildStderr>,
         kernel_timeout: Duration,
     ) -> Result<mpsc::Receiver<Result<Ready, Arc<Error>>>, Error> {
@@ -293,7 +310,7 @@ impl Conn {
         }
         let conn = self.clone();
         devmodel::thread::spawn_data_path("worker-reader", move || {
-            conn.read_loop(&reader, tx, ctx)
+            conn.read_loop(&reader, ring_rx, tx, ctx)
         })?;
         devmodel::thread::spawn("worker-watchdog", move || self.watchdog(kernel_timeout))?;
         Ok(rx)
@@ -353,13 +370,33 @@ impl Conn {
         self.next_tag.fetch_add(1, Ordering::Relaxed)
     }
 
+    /// Send `m` (with `fds`): in the ring when it fits and has no
+    /// descriptors, else on the socket behind a ring marker that keeps it
+    /// in order. The worker is woken only if it sleeps.
     pub(crate) fn send(&self, m: &ToWorker<'_>, fds: &[i32]) -> Result<(), Error> {
-        let mut buf = lock(&self.send_buf);
-        m.encode(&mut buf)?;
-        socket::send(&self.sock, &buf, fds).map_err(|source| Error::Io {
-            what: "sending to the worker",
-            source,
-        })
+        let mut g = lock(&self.tx);
+        let (tx, buf) = &mut *g;
+        m.encode(buf)?;
+        let inline = fds.is_empty() && buf.len() <= ring::MAX_INLINE;
+        let pushed = tx.push(inline.then_some(&buf[..]), RING_FULL_WAIT);
+        if let Err(e) = pushed {
+            if matches!(e, RingError::Full | RingError::Corrupt(_)) {
+                // SIGKILL without waiting for the exit (the caller may hold
+                // the parent's lock): the reader sees the end and reaps it.
+                tracing::warn!(worker = self.pid, error = %e, "the worker's ring: stopped");
+                self.dead.store(true, Ordering::Release);
+                let _ = lock(&self.child).kill();
+            }
+            return Err(e.into());
+        }
+        if !inline {
+            socket::send(&self.sock, buf, fds).map_err(|source| Error::Io {
+                what: "sending to the worker",
+                source,
+            })?;
+        }
+        tx.notify();
+        Ok(())
     }
 
     /// Send the guest RAM layout if the worker's is older.
@@ -434,28 +471,26 @@ impl Conn {
     }
 
     /// The worker's messages until its end; then every waiting item fails,
-    /// the worker is reaped and the exit hook runs.
+    /// the worker is reaped and the exit hook runs. They come in the ring;
+    /// a frame too long for it (VRAM data) comes on the socket where the
+    /// ring says so. A frame on the socket the ring did not announce, or a
+    /// ring the worker corrupted, is a protocol error; the socket's end of
+    /// file is the worker's end.
     fn read_loop(
         &self,
         s: &UnixStream,
+        rx: Consumer,
         ready: mpsc::Sender<Result<Ready, Arc<Error>>>,
         completions: mpsc::Sender<(DoneFn, Completion)>,
     ) {
-        let mut frames = FrameReader::new();
+        let mut incoming = Incoming::new(rx);
         let mut started = false;
         let why: Error = loop {
-            // A worker sends no descriptors; any it does are closed here.
-            let frame = match frames.recv(s) {
-                Ok((frame, _)) => frame,
-                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break Error::Exited,
-                Err(source) => {
-                    break Error::Io {
-                        what: "reading from the worker",
-                        source,
-                    }
-                }
+            let delivered = match incoming.next(s) {
+                Ok(frame) => ToDaemon::decode(frame).and_then(|m| self.inbox.deliver(m)),
+                Err(e) => break e,
             };
-            match ToDaemon::decode(frame).and_then(|m| self.inbox.deliver(m)) {
+            match delivered {
                 Ok(Delivered::Nothing) => {}
                 Ok(Delivered::Ready(r)) if !started => {
                     started = true;
@@ -531,6 +566,66 @@ impl Conn {
                 self.kill();
                 return;
             }
+        }
+    }
+}
+
+/// The worker's frames as the daemon reads them: from its ring, and from
+/// the socket where the ring says so.
+pub(crate) struct Incoming {
+    rx: Consumer,
+    frames: FrameReader,
+    spin: Duration,
+}
+
+impl Incoming {
+    pub(crate) fn new(rx: Consumer) -> Incoming {
+        Incoming {
+            rx,
+            frames: FrameReader::new(),
+            spin: ring::spin_here(ring::DAEMON_SPIN),
+        }
+    }
+
+    /// The next frame, waiting for it. A corrupt ring, or a frame on the
+    /// socket that the ring did not announce, is a protocol error; the
+    /// socket's end of file is the worker's end.
+    pub(crate) fn next(&mut self, s: &UnixStream) -> Result<&[u8], Error> {
+        // Whether the last wait found the socket readable (with the ring
+        // looked at once more since): only then is a frame there unannounced.
+        let mut socket_readable = false;
+        loop {
+            match self.rx.pop() {
+                Err(RingError::Corrupt(what)) => return Err(Error::Malformed(what)),
+                Err(e) => return Err(e.into()),
+                Ok(Some(Record::Inline)) => return Ok(self.rx.frame()),
+                // A worker sends no descriptors; any it does are closed here.
+                Ok(Some(Record::OnSocket)) => {
+                    return self.frames.recv(s).map(|(f, _)| f).map_err(socket_end)
+                }
+                Ok(None) if socket_readable => {
+                    return Err(match self.frames.recv(s) {
+                        Ok(_) => Error::Malformed("a frame on the socket without its ring record"),
+                        Err(e) => socket_end(e),
+                    })
+                }
+                Ok(None) => {
+                    socket_readable =
+                        self.rx.wait(self.spin, Some(s.as_raw_fd()), None) == Woken::Other;
+                }
+            }
+        }
+    }
+}
+
+/// What a failed socket read says about the worker.
+fn socket_end(e: std::io::Error) -> Error {
+    if e.kind() == std::io::ErrorKind::UnexpectedEof {
+        Error::Exited
+    } else {
+        Error::Io {
+            what: "reading from the worker",
+            source: e,
         }
     }
 }
@@ -666,6 +761,46 @@ mod tests {
         assert!(matches!(inbox.deliver(data), Ok(Delivered::Nothing)));
         assert_eq!(rx.recv().unwrap(), Err(Status::VramRange));
         assert_eq!(*lock(&finished), [false]);
+    }
+
+    #[test]
+    fn frames_come_from_the_ring_and_the_socket_in_order_and_unannounced_ones_are_refused() {
+        use crate::ring::{Direction, Doorbell, Producer, Shared};
+        let shm = Arc::new(Shared::create().unwrap());
+        let (to_worker, to_daemon) = (
+            Arc::new(Doorbell::new().unwrap()),
+            Arc::new(Doorbell::new().unwrap()),
+        );
+        let ends = ring::daemon_ends(shm.clone(), to_worker, to_daemon.clone());
+        let mut worker = Producer::new(shm, Direction::ToDaemon, to_daemon);
+        let (daemon_sock, worker_sock) = UnixStream::pair().unwrap();
+        let mut incoming = Incoming::new(ends.rx);
+        let t = std::thread::spawn(move || {
+            // The daemon sleeps by now: a long frame (marker, then the
+            // socket), later a short one in the ring, then a frame on the
+            // socket that no record announces.
+            std::thread::sleep(Duration::from_millis(50));
+            assert!(worker.try_push(None).unwrap());
+            socket::send(&worker_sock, b"long", &[]).unwrap();
+            worker.notify();
+            std::thread::sleep(Duration::from_millis(50));
+            assert!(worker.try_push(Some(b"short")).unwrap());
+            worker.notify();
+            std::thread::sleep(Duration::from_millis(50));
+            socket::send(&worker_sock, b"sneaky", &[]).unwrap();
+            std::thread::sleep(Duration::from_millis(50));
+            worker_sock
+        });
+        assert_eq!(incoming.next(&daemon_sock).unwrap(), b"long");
+        // The socket was readable when the daemon woke: that must not make
+        // it read the socket again once the ring is empty.
+        assert_eq!(incoming.next(&daemon_sock).unwrap(), b"short");
+        assert!(matches!(
+            incoming.next(&daemon_sock),
+            Err(Error::Malformed(_))
+        ));
+        drop(t.join().unwrap());
+        assert!(matches!(incoming.next(&daemon_sock), Err(Error::Exited)));
     }
 
     #[test]

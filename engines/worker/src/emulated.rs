@@ -202,6 +202,10 @@ impl Emulated {
         if let Some(e) = Escape::requested(&op) {
             e.attempt(self.daemon);
         }
+        if let Some(g) = Escape::garbage(&op) {
+            self.out.scribble(g);
+            return;
+        }
         let sum = match &op {
             Op::ReduceSum { sum, .. } => Some(sum.clone()),
             _ => None,

@@ -13,7 +13,10 @@
 //!
 //! Both sides:
 //! * [`wire`]: the typed messages each way and their one encoding.
-//! * [`socket`]: frames over the Unix socket, descriptors beside them.
+//! * [`ring`]: the shared-memory rings that carry the frames each way
+//!   without a system call per item.
+//! * [`socket`]: frames over the Unix socket, descriptors beside them (and
+//!   frames too long for a ring record).
 //!
 //! Worker side:
 //! * [`endpoint`]: the worker's end of the socket.
@@ -27,6 +30,7 @@ pub mod endpoint;
 pub mod engine;
 pub mod numa;
 pub mod program;
+pub mod ring;
 pub mod sandbox;
 pub mod socket;
 pub mod wire;
@@ -83,6 +87,8 @@ pub enum Error {
     Access(wire::Status),
     #[error("the worker's engine failed the operation")]
     ItemFailed,
+    #[error(transparent)]
+    Ring(#[from] ring::RingError),
     #[error(transparent)]
     Thread(#[from] devmodel::thread::SpawnError),
     /// A step of the worker's confinement failed.

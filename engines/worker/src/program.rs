@@ -3,7 +3,7 @@
 //! must enter and the NUMA node it runs on; and how the daemon asks it
 //! which devices the host has (`--gpus`).
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -113,28 +113,41 @@ impl WorkerProgram {
     }
 
     /// Start a worker with a `vram`-byte framebuffer, its end of the
-    /// daemon's socket at descriptor 3 and its stderr piped to the daemon.
-    pub fn spawn(&self, vram: u64, theirs: OwnedFd) -> Result<Child, Error> {
+    /// daemon's socket at descriptor 3, the ring file and its two doorbells
+    /// ([`crate::ring`]: daemon to worker, worker to daemon) at 4, 5 and 6,
+    /// and its stderr piped to the daemon.
+    pub fn spawn(&self, vram: u64, theirs: OwnedFd, ring: [RawFd; 3]) -> Result<Child, Error> {
         let mut cmd = self.command();
         cmd.args(&self.device_args);
-        cmd.args(["--vram", &vram.to_string(), "--fd", "3"]);
+        cmd.args(["--vram", &vram.to_string(), "--fd", "3", "--ring-fd", "4"]);
         match &self.sandbox {
             Some(p) => cmd.args(p.args()),
             None => cmd.arg("--no-sandbox"),
         };
-        let fd = theirs.as_raw_fd();
+        let fds = [theirs.as_raw_fd(), ring[0], ring[1], ring[2]];
         let placement = self.placement.clone();
-        // SAFETY: between fork and exec only async-signal-safe calls: dup2
-        // puts the worker's end of the socket at descriptor 3 (dup2 clears
-        // close-on-exec on the copy), and the placement's two system calls
-        // on masks made before the fork put the process on its device's
-        // node (kept across exec). (No PR_SET_PDEATHSIG: it fires when the
-        // forking *thread* ends, and control-socket threads come and go; a
-        // worker whose daemon died reads end of file and exits.)
+        // SAFETY: between fork and exec only async-signal-safe calls: each
+        // descriptor is first copied above 64 (so that no copy to 3..=6
+        // closes one still to be copied), then put at 3, 4, 5, 6 (dup2
+        // clears close-on-exec on the copy), and the placement's two system
+        // calls on masks made before the fork put the process on its
+        // device's node (kept across exec). (No PR_SET_PDEATHSIG: it fires
+        // when the forking *thread* ends, and control-socket threads come
+        // and go; a worker whose daemon died reads end of file and exits.)
         unsafe {
             cmd.pre_exec(move || {
-                if libc::dup2(fd, 3) < 0 {
-                    return Err(std::io::Error::last_os_error());
+                let mut high = [0; 4];
+                for (h, &fd) in high.iter_mut().zip(&fds) {
+                    *h = libc::fcntl(fd, libc::F_DUPFD, 64);
+                    if *h < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                for (i, &h) in high.iter().enumerate() {
+                    if libc::dup2(h, 3 + i as i32) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    libc::close(h);
                 }
                 match &placement {
                     Some(p) => p.apply(),

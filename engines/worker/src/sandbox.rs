@@ -125,6 +125,23 @@ impl Escape {
         })
     }
 
+    /// The ring garbage an operation asks for (a memset of
+    /// [`crate::ring::Garbage::pattern`]), when escape tests are on: a worker taken over
+    /// by guest input scribbling on its ring to the daemon.
+    pub fn garbage(op: &devmodel::command::Op) -> Option<crate::ring::Garbage> {
+        use crate::ring::Garbage;
+        use devmodel::command::Op;
+        if !ESCAPE_TEST.get().copied().unwrap_or(false) {
+            return None;
+        }
+        match op {
+            Op::Memset { pattern, .. } => {
+                Garbage::ALL.into_iter().find(|g| g.pattern() == *pattern)
+            }
+            _ => None,
+        }
+    }
+
     /// Try it. The sandbox kills the worker (`SIGSYS`) or the call fails;
     /// either way the worker ends: 65 when the call failed, 66 when it
     /// succeeded (the test fails on that).

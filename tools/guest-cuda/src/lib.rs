@@ -95,7 +95,7 @@ pub fn entry(name: &str, f: impl FnOnce() -> Result<()>) -> CUresult {
 
 /// Define exported driver API functions: each becomes `#[no_mangle] pub unsafe extern "C"`
 /// returning `CUresult`, its body a closure returning [`error::Result<()>`] run by
-/// [`entry`]. Pointer arguments are read and written through [`cabi`].
+/// [`entry`]. Pointer arguments are read and written through `cabi`.
 #[macro_export]
 macro_rules! cuda_fn {
     ($( $(#[$m:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block )*) => {$(

@@ -39,6 +39,8 @@ struct DispatchState {
     /// Items the engine finished, `(vgpu, channel, measured ns)`, for the
     /// dispatcher to charge in one batch before its next decision.
     completed: Vec<(u64, u32, Nanos)>,
+    /// The policy holds queued work until this time (the last pick said so).
+    idle_until: Option<Nanos>,
     stopping: bool,
 }
 
@@ -70,6 +72,7 @@ fn charge(engine: Nanos, front_end: Nanos, overlaps: bool) -> Nanos {
 
 /// A parent's half that its dispatcher thread and its vGPUs' contexts hold.
 struct ParentShared {
+    name: String,
     backend: Box<dyn Backend>,
     state: Mutex<DispatchState>,
     wake: Condvar,
@@ -113,6 +116,7 @@ impl Parent {
         let mut sched = Scheduler::new(policy);
         sched.set_engine_depth(backend.queue_depth().max(1));
         let shared = Arc::new(ParentShared {
+            name: name.to_string(),
             backend,
             state: Mutex::new(DispatchState {
                 sched,
@@ -120,14 +124,15 @@ impl Parent {
                 channels: HashMap::new(),
                 cancelled: Vec::new(),
                 completed: Vec::new(),
+                idle_until: None,
                 stopping: false,
             }),
             wake: Condvar::new(),
             born: Instant::now(),
         });
-        let (s, n) = (shared.clone(), name.to_string());
+        let s = shared.clone();
         let dispatcher =
-            devmodel::thread::spawn_data_path(format!("sched-{name}"), move || dispatch(s, &n))?;
+            devmodel::thread::spawn_data_path(format!("sched-{name}"), move || dispatch(s))?;
         Ok(Parent {
             name: name.to_string(),
             shared,
@@ -242,8 +247,13 @@ impl EngineContext for ScheduledContext {
             tracing::warn!(vgpu = self.key, error = %r.error, "work refused by the scheduler");
             st.cancelled.push(r.item);
         }
+        // Hand what may run now to the engine from this thread: the item
+        // does not wait for the dispatcher to wake.
+        let wake = pump(&self.shared, &mut st);
         drop(st);
-        self.shared.wake.notify_all();
+        if wake {
+            self.shared.wake.notify_all();
+        }
     }
 
     fn read_vram(&self, offset: u64, buf: &mut [u8]) -> Result<(), ExecError> {
@@ -353,8 +363,80 @@ impl Drop for ScheduledContext {
     }
 }
 
-/// The dispatcher: feeds the engine one item at a time, as the policy says.
-fn dispatch(shared: Arc<ParentShared>, parent: &str) {
+/// Charge what completed, then hand the engine what the policy lets run
+/// now, under the parent's lock. Returns whether the dispatcher must act:
+/// items to fail, or the policy holding work until a time.
+///
+/// Run by the dispatcher, and also inline where work arrives (a vGPU's
+/// submission) and where an item completes (its completion thread), so
+/// that neither waits for the dispatcher to wake. The backend never
+/// completes inside submit, so submitting under the lock is safe and keeps
+/// the order of decisions.
+fn pump(shared: &Arc<ParentShared>, st: &mut DispatchState) -> bool {
+    let now = shared.now();
+    for (vgpu, channel, used) in std::mem::take(&mut st.completed) {
+        if let Err(e) = st.sched.complete(vgpu, channel, used, now) {
+            tracing::debug!(vgpu, channel, error = %e, "completion for a detached vGPU");
+        }
+    }
+    loop {
+        match st.sched.pick(now) {
+            Pick::Run {
+                vgpu,
+                channel,
+                item,
+            } => {
+                let Some(ctx) = st.contexts.get(&vgpu).cloned() else {
+                    st.cancelled.push(item);
+                    continue;
+                };
+                let s = shared.clone();
+                let Job { item, done } = item;
+                let front_end = item.front_end.as_nanos() as Nanos;
+                let overlaps = shared.backend.front_end_overlaps();
+                ctx.submit(
+                    item,
+                    Box::new(move |c: Completion| {
+                        let used = charge(c.gpu_time.as_nanos() as Nanos, front_end, overlaps);
+                        let mut st = s.lock();
+                        st.completed.push((vgpu, channel, used));
+                        let wake = !st.stopping && pump(&s, &mut st);
+                        drop(st);
+                        if wake {
+                            s.wake.notify_all();
+                        }
+                        done(c);
+                    }),
+                );
+            }
+            Pick::Fault { vgpu, what, items } => {
+                // A scheduler bug: that vGPU alone left the scheduler; its work fails
+                // as cancelled and its later submissions are refused.
+                tracing::error!(
+                    parent = %shared.name,
+                    vgpu,
+                    cancelled = items.len(),
+                    "scheduler invariant broken ({what}); the vGPU's work is cancelled, the others run on"
+                );
+                st.cancelled.extend(items);
+            }
+            Pick::IdleUntil(t) => {
+                // The dispatcher must wake by then: tell it if it would not.
+                let sooner = st.idle_until.is_none_or(|old| t < old);
+                st.idle_until = Some(t);
+                return sooner;
+            }
+            Pick::Empty | Pick::Busy => {
+                st.idle_until = None;
+                return !st.cancelled.is_empty();
+            }
+        }
+    }
+}
+
+/// The dispatcher: fails cancelled items, and feeds the engine (with
+/// [`pump`]) when woken, or when the policy's hold on work ends.
+fn dispatch(shared: Arc<ParentShared>) {
     let mut st = shared.lock();
     loop {
         if st.stopping {
@@ -372,63 +454,122 @@ fn dispatch(shared: Arc<ParentShared>, parent: &str) {
             st = shared.lock();
             continue;
         }
-        let now = shared.now();
-        for (vgpu, channel, used) in std::mem::take(&mut st.completed) {
-            if let Err(e) = st.sched.complete(vgpu, channel, used, now) {
-                tracing::debug!(vgpu, channel, error = %e, "completion for a detached vGPU");
-            }
+        pump(&shared, &mut st);
+        if !st.cancelled.is_empty() {
+            continue;
         }
-        match st.sched.pick(now) {
-            Pick::Run {
-                vgpu,
-                channel,
-                item,
-            } => {
-                let Some(ctx) = st.contexts.get(&vgpu).cloned() else {
-                    st.cancelled.push(item);
-                    continue;
-                };
-                let s = shared.clone();
-                let Job { item, done } = item;
-                let front_end = item.front_end.as_nanos() as Nanos;
-                let overlaps = shared.backend.front_end_overlaps();
-                // The backend never completes inside submit, so submitting
-                // under the lock is safe and keeps the order of decisions.
-                ctx.submit(
-                    item,
-                    Box::new(move |c: Completion| {
-                        let used = charge(c.gpu_time.as_nanos() as Nanos, front_end, overlaps);
-                        s.lock().completed.push((vgpu, channel, used));
-                        s.wake.notify_all();
-                        done(c);
-                    }),
-                );
-            }
-            Pick::IdleUntil(t) => {
+        st = match st.idle_until {
+            Some(t) => {
+                let now = shared.now();
                 let wait = Duration::from_nanos(t.saturating_sub(now).max(1_000));
-                st = wait_timeout(&shared.wake, st, wait);
+                wait_timeout(&shared.wake, st, wait)
             }
-            Pick::Fault { vgpu, what, items } => {
-                // A scheduler bug: that vGPU alone left the scheduler; its work fails
-                // as cancelled and its later submissions are refused.
-                tracing::error!(
-                    parent,
-                    vgpu,
-                    cancelled = items.len(),
-                    "scheduler invariant broken ({what}); the vGPU's work is cancelled, the others run on"
-                );
-                st.cancelled.extend(items);
-            }
-            Pick::Empty | Pick::Busy => {
-                st = wait(&shared.wake, st);
-            }
-        }
+            None => wait(&shared.wake, st),
+        };
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use devmodel::command::Op;
+    use devmodel::memory::GuestRam;
+
+    /// An engine that records on which thread each item was handed to it
+    /// and keeps the items' completions for the test to call.
+    #[derive(Default)]
+    struct Recorder {
+        submitted: Arc<Mutex<Vec<(std::thread::ThreadId, DoneFn)>>>,
+    }
+
+    impl Backend for Recorder {
+        fn name(&self) -> &'static str {
+            "recorder"
+        }
+        fn create_context(&self, _: u64) -> Result<Arc<dyn EngineContext>, BackendError> {
+            Ok(Arc::new(RecorderContext(self.submitted.clone())))
+        }
+        fn queue_depth(&self) -> usize {
+            1
+        }
+    }
+
+    struct RecorderContext(Arc<Mutex<Vec<(std::thread::ThreadId, DoneFn)>>>);
+
+    impl EngineContext for RecorderContext {
+        fn submit(&self, _: WorkItem, done: DoneFn) {
+            lock(&self.0).push((std::thread::current().id(), done));
+        }
+        fn read_vram(&self, _: u64, _: &mut [u8]) -> Result<(), ExecError> {
+            Ok(())
+        }
+        fn write_vram(&self, _: u64, _: &[u8]) -> Result<(), ExecError> {
+            Ok(())
+        }
+        fn cancel(&self) {}
+    }
+
+    fn item() -> WorkItem {
+        WorkItem {
+            op: Op::Memset {
+                dst: Vec::new(),
+                pattern: 0,
+            },
+            channel: 0,
+            mem: Arc::new(GuestRam::new()),
+            front_end: Duration::ZERO,
+        }
+    }
+
+    #[test]
+    fn work_reaches_the_engine_from_where_it_arrives_and_where_the_last_item_completes() {
+        let rec = Recorder::default();
+        let submitted = rec.submitted.clone();
+        let parent = Parent::new("p", Box::new(rec), ParentPolicy::default()).unwrap();
+        let (_, ctx) = parent.attach(1 << 20, 1, VgpuParams::for_type(1)).unwrap();
+        // The engine takes one item at a time: the first goes from the
+        // submitting thread itself, the second waits in the scheduler.
+        let (tx, rx) = std::sync::mpsc::channel();
+        for i in 0..2 {
+            let tx = tx.clone();
+            ctx.submit(
+                item(),
+                Box::new(move |c| tx.send((i, c.result.is_ok())).unwrap()),
+            );
+        }
+        let me = std::thread::current().id();
+        let first = {
+            let mut g = lock(&submitted);
+            assert_eq!(g.len(), 1, "one item at the engine");
+            assert_eq!(g[0].0, me, "handed over on the submitting thread");
+            g.remove(0).1
+        };
+        // Its completion, on an engine thread, hands over the next item
+        // there, before the first's own completion goes on.
+        let engine = std::thread::spawn(move || {
+            first(Completion {
+                gpu_time: Duration::from_micros(10),
+                result: Ok(()),
+            });
+            std::thread::current().id()
+        })
+        .join()
+        .unwrap();
+        assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap(), (0, true));
+        let second = {
+            let mut g = lock(&submitted);
+            assert_eq!(g.len(), 1, "the second item at the engine");
+            assert_eq!(g[0].0, engine, "handed over on the completing thread");
+            g.remove(0).1
+        };
+        second(Completion {
+            gpu_time: Duration::from_micros(10),
+            result: Ok(()),
+        });
+        assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap(), (1, true));
+        drop(ctx);
+        drop(parent);
+    }
 
     #[test]
     fn items_pay_engine_and_front_end_time_added_or_overlapped() {

@@ -130,8 +130,9 @@ fn a_worker_that_tries_to_escape_is_killed_and_only_its_vgpu_faults_until_reset(
             Err(Some(vgpu_guest::ErrorCode::EngineError)),
             "{e:?}: the worker is gone"
         );
-        let log = wait_for_log(&v, "killed by SIGSYS", i + 1);
-        assert!(log.contains(&format!("escape attempt {e:?}")), "{log}");
+        wait_for_log(&v, "killed by SIGSYS", i + 1);
+        // The worker's stderr reaches the log on a thread of its own.
+        let log = wait_for_log(&v, &format!("escape attempt {e:?}"), 1);
         assert!(!log.contains("SUCCEEDED"), "{log}");
         assert!(
             !log.contains(&format!("escape attempt {e:?} failed")),
@@ -147,4 +148,48 @@ fn a_worker_that_tries_to_escape_is_killed_and_only_its_vgpu_faults_until_reset(
     // The daemon and every file are untouched by what the workers tried.
     let log = v.log();
     assert_eq!(log.matches("killed by SIGSYS").count(), 4, "{log}");
+}
+
+#[test]
+fn a_worker_that_writes_garbage_into_its_ring_is_stopped_and_the_daemon_lives() {
+    // A worker taken over by its guest's input scribbles on the ring it
+    // shares with the daemon (here: the test-only hook, asked for by a
+    // fill's pattern): a head far ahead or moved back, a record longer than
+    // any, of an unknown kind, bytes that are no message, or a frame on the
+    // socket that no record announced. The daemon
+    // stops that worker as broken; its vGPU's work fails with ENGINE_ERROR,
+    // the neighbour's goes on, and a reset gives the vGPU a new worker.
+    use engine_worker::ring::Garbage;
+    let v = Vgpud::start(
+        "ring-garbage",
+        GPU_PARENT,
+        &[("VGPUD_CUDA_EMULATE", "1"), (ESCAPE_ENV, "1")],
+    );
+    let neighbour = v.create("emulated-1c");
+    assert_eq!(fill_once(&neighbour, 1), Ok(()));
+    for (i, g) in Garbage::ALL.into_iter().enumerate() {
+        let a = v.create("emulated-1c");
+        assert_eq!(fill_once(&a, 7), Ok(()), "{g:?}: before");
+        assert_eq!(
+            fill_once(&a, g.pattern()),
+            Err(Some(vgpu_guest::ErrorCode::EngineError)),
+            "{g:?}: the worker is stopped"
+        );
+        wait_for_log(&v, "worker broke the protocol: stopped", i + 1);
+        // The worker's stderr reaches the log on a thread of its own.
+        wait_for_log(&v, &format!("ring garbage {g:?}"), 1);
+        assert_eq!(
+            fill_once(&neighbour, 2 + i as u32),
+            Ok(()),
+            "{g:?}: neighbour"
+        );
+        assert_eq!(fill_once(&a, 9), Ok(()), "{g:?}: recovered on reset");
+    }
+    let log = v.log();
+    assert_eq!(
+        log.matches("worker broke the protocol: stopped").count(),
+        Garbage::ALL.len(),
+        "{log}"
+    );
+    assert!(!log.contains("panicked"), "{log}");
 }

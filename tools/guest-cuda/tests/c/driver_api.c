@@ -202,8 +202,9 @@ int main(int argc, char **argv) {
     OK(cuStreamCreate(&s3, CU_STREAM_NON_BLOCKING));
     OK(cuMemcpyHtoDAsync_v2(d + 1, pin, (1 << 20) - 1, s1));
     OK(cuMemsetD8Async(d + (1 << 20), 0x5A, 3, s1));
-    memset(pin, 0, 1 << 20);
+    /* The copy reads `pin` until the stream has run it: clear it only after. */
     OK(cuStreamSynchronize(s1));
+    memset(pin, 0, 1 << 20);
     OK(cuStreamQuery(s1));
     OK(cuMemcpyDtoHAsync_v2(pin, d, (1 << 20) + 4, s1));
     OK(cuStreamSynchronize(s1));
