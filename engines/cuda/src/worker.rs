@@ -570,6 +570,18 @@ impl Worker {
     }
 }
 
+/// An item the GPU or the worker could not run (`Status::Engine`: its
+/// channel stops with ENGINE_ERROR): why, on the worker's stderr (vgpud's
+/// log), for the first few of a worker's life only, so that a guest that
+/// fails items on purpose cannot flood the log.
+pub(crate) fn engine_error(what: &str, why: impl std::fmt::Display) -> Status {
+    static SAID: AtomicUsize = AtomicUsize::new(0);
+    if SAID.fetch_add(1, Ordering::Relaxed) < 32 {
+        eprintln!("item failed: {what}: {why}");
+    }
+    Status::Engine
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -587,16 +599,4 @@ mod tests {
         // Clocks never make a charge negative.
         assert_eq!(charged(Some(t0 + us(70)), t0, t0 + us(60)), Duration::ZERO);
     }
-}
-
-/// An item the GPU or the worker could not run (`Status::Engine`: its
-/// channel stops with ENGINE_ERROR): why, on the worker's stderr (vgpud's
-/// log), for the first few of a worker's life only, so that a guest that
-/// fails items on purpose cannot flood the log.
-pub(crate) fn engine_error(what: &str, why: impl std::fmt::Display) -> Status {
-    static SAID: AtomicUsize = AtomicUsize::new(0);
-    if SAID.fetch_add(1, Ordering::Relaxed) < 32 {
-        eprintln!("item failed: {what}: {why}");
-    }
-    Status::Engine
 }
