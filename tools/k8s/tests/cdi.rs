@@ -17,35 +17,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::{agent, require_root, workspace, TempDir, Vgpud};
+use common::{agent, require_root, static_guest_binary, workspace, TempDir, Vgpud};
 
 const U: &str = "3c9d0a1e-5b7f-4e2a-8c6d-1f0e2d3c4b5a";
-
-/// The static guest driver (the VM tests' build).
-fn static_guest_binary() -> PathBuf {
-    let root = workspace();
-    let target = root.join("target").join("vm-guest");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .current_dir(&root)
-        .args([
-            "build",
-            "--release",
-            "-j2",
-            "-p",
-            "vgpu-guest",
-            "--bin",
-            "vgpu-guest",
-            "--target",
-            "x86_64-unknown-linux-gnu",
-        ])
-        .env("RUSTFLAGS", "-C target-feature=+crt-static")
-        .env("CARGO_TARGET_DIR", &target)
-        .status()
-        .expect("run cargo");
-    assert!(status.success(), "building the static vgpu-guest failed");
-    target.join("x86_64-unknown-linux-gnu/release/vgpu-guest")
-}
 
 /// podman with storage and state of its own (vfs: no overlay mounts; runc:
 /// crun refuses this host's hybrid cgroups), and the limits this sandbox

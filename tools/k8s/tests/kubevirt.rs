@@ -6,10 +6,10 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-use common::{agent, vgpud_bin, workspace};
+use common::{agent, static_guest_binary, vgpud_bin, workspace};
 use serde_json::json;
 use vgpud_k8s::kubevirt::{rewrite_domain, Rewrite};
 
@@ -191,33 +191,6 @@ fn the_domain_hook_answers_mutate_domain_over_grpc() {
     );
     assert_eq!(reply.1.code(), tonic::Code::InvalidArgument);
     assert!(!sock.exists(), "the socket is removed at exit");
-}
-
-/// The guest driver, static, for the busybox initramfs (the VM tests'
-/// target directory: built once for them all).
-fn static_guest_binary() -> PathBuf {
-    let root = workspace();
-    let target = root.join("target").join("vm-guest");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .current_dir(&root)
-        .args([
-            "build",
-            "--release",
-            "-j2",
-            "-p",
-            "vgpu-guest",
-            "--bin",
-            "vgpu-guest",
-            "--target",
-            "x86_64-unknown-linux-gnu",
-        ])
-        .env("RUSTFLAGS", "-C target-feature=+crt-static")
-        .env("CARGO_TARGET_DIR", &target)
-        .status()
-        .expect("run cargo");
-    assert!(status.success(), "building the static vgpu-guest failed");
-    target.join("x86_64-unknown-linux-gnu/release/vgpu-guest")
 }
 
 #[test]

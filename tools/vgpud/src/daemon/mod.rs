@@ -398,7 +398,7 @@ impl Daemon {
     }
 
     /// Create a vGPU of `type_id` on `parent` (default: where the
-    /// placement rule puts it, [`Daemon::place`]) with `uuid` (default: a
+    /// placement rule puts it, `Daemon::place`) with `uuid` (default: a
     /// random one). Its vfio-user socket exists when this returns.
     pub fn create(
         &mut self,
