@@ -468,9 +468,14 @@ impl<T> Scheduler<T> {
         // at most SWITCH_OVERLAP of expected work: the switch overlaps it, and
         // the choice sees all but that much time charged.
         // A vGPU that is the only one that could be chosen is not drained
-        // for a switch to itself: alone, it keeps its queue as if native.
+        // for a switch to itself: alone, it keeps its queue as if native, up
+        // to a slice of expected work (not the engine's whole depth), so that
+        // a vGPU that becomes runnable waits about a slice for its turn.
         let queued: Nanos = self.in_flight.iter().map(|f| f.estimate).sum();
-        if self.in_flight.len() > 1 && queued > SWITCH_OVERLAP && !self.sole_candidate(now) {
+        if self.in_flight.len() > 1
+            && queued > SWITCH_OVERLAP
+            && (queued >= self.timeslice || !self.sole_candidate(now))
+        {
             return Pick::Busy;
         }
         let selected = match self.select(now) {
@@ -1048,7 +1053,9 @@ mod tests {
     /// A vGPU alone on its parent, fed 100 µs items: after each completion
     /// and refill, the expected work queued at the engine never falls to
     /// the switch threshold at its slices' ends (it is not drained for a
-    /// switch to itself), under a work-conserving and a strict policy.
+    /// switch to itself), nor grows past a slice and an item once its
+    /// items' time is known (the engine takes 64), under a work-conserving
+    /// and a strict policy.
     #[test]
     fn a_vgpu_alone_keeps_its_queue_full_across_slice_ends() {
         for kind in [PolicyKind::BestEffort, PolicyKind::EqualShare] {
@@ -1064,12 +1071,15 @@ mod tests {
             for i in 0..400 {
                 s.enqueue(1, 0, i, 0).unwrap();
             }
-            let (mut now, mut lowest, mut slices) = (0, Nanos::MAX, 0);
+            let (mut now, mut lowest, mut highest, mut slices) = (0, Nanos::MAX, 0, 0);
             for step in 0..300 {
                 while let Pick::Run { .. } = s.pick(now) {}
                 let queued: Nanos = s.in_flight.iter().map(|f| f.estimate).sum();
+                // Once its items' time is known (before, each is reckoned a
+                // whole slice, and two may be queued).
                 if step > 2 {
                     lowest = lowest.min(queued);
+                    highest = highest.max(queued);
                 }
                 now += unit;
                 s.complete(1, 0, unit, now).unwrap();
@@ -1082,6 +1092,10 @@ mod tests {
             assert!(
                 lowest >= ts - 2 * unit,
                 "{kind:?}: queued fell to {lowest} ns at a slice end (timeslice {ts})"
+            );
+            assert!(
+                highest <= ts + unit,
+                "{kind:?}: {highest} ns queued at the engine, more than a slice (timeslice {ts})"
             );
         }
     }

@@ -6,8 +6,12 @@
 //! daemon takes nothing from it on trust: a frame that does not decode, a
 //! second `Ready`, or an answer of the wrong kind ends the worker, and its
 //! vGPU's items fail with `ENGINE_ERROR` as if it had died. What it can
-//! still say wrongly (a completion's time or value) concerns its own vGPU
-//! only.
+//! still say wrongly is a completion's value (its own vGPU's result) and
+//! its time: a time is taken as at most [`MAX_REPORTED_GPU_TIME`], so no
+//! sum overflows, but a worker taken over by its guest that reports less
+//! than its work took is charged less, and gets more of the engine than
+//! its share at its neighbours' expense (the GPU's own timestamps are the
+//! only clock of a kernel's time the daemon has; docs/reliability.md).
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -45,6 +49,9 @@ const MAX_LOG_LINE: u64 = 4096;
 /// not read 1 MiB of records in that time is hung (it reads them as they
 /// come; its device work queues behind them on its streams).
 const RING_FULL_WAIT: Duration = Duration::from_secs(2);
+
+/// The most GPU time one completion may claim: longer than any kernel limit.
+const MAX_REPORTED_GPU_TIME: Duration = Duration::from_secs(3600);
 
 /// What the daemon waits for from a worker.
 pub(crate) enum Pending {
@@ -180,7 +187,7 @@ fn completion(d: &Done) -> Completion {
         Status::Engine => Err(ExecError::EngineFailed(Arc::new(Error::ItemFailed))),
     };
     Completion {
-        gpu_time: Duration::from_nanos(d.gpu_ns),
+        gpu_time: Duration::from_nanos(d.gpu_ns).min(MAX_REPORTED_GPU_TIME),
         result,
     }
 }
@@ -231,15 +238,30 @@ impl Conn {
             what: "creating the worker's socket",
             source,
         })?;
+        // Sends (under the parent's lock, at times) wait for a worker that
+        // does not read no longer than for room in its ring.
+        ours.set_write_timeout(Some(RING_FULL_WAIT))
+            .map_err(|source| Error::Io {
+                what: "setting the worker socket's send timeout",
+                source,
+            })?;
         let shm = Arc::new(Shared::create().map_err(Error::from)?);
-        let to_worker = Arc::new(Doorbell::new().map_err(Error::from)?);
-        let to_daemon = Arc::new(Doorbell::new().map_err(Error::from)?);
+        let (to_worker, worker_to_worker) = Doorbell::pair().map_err(Error::from)?;
+        let (to_daemon, worker_to_daemon) = Doorbell::pair().map_err(Error::from)?;
+        // The daemon's ends read their starting indices now, from the new
+        // file, before the worker can write to it.
+        let ends = ring::daemon_ends(shm.clone(), Arc::new(to_worker), Arc::new(to_daemon));
         let mut child = program.spawn(
             vram,
             OwnedFd::from(theirs),
-            [shm.file().as_raw_fd(), to_worker.fd(), to_daemon.fd()],
+            [
+                shm.file().as_raw_fd(),
+                worker_to_worker.fd(),
+                worker_to_daemon.fd(),
+            ],
         )?;
-        let ends = ring::daemon_ends(shm, to_worker, to_daemon);
+        // The worker has its own copies of its ends.
+        drop((worker_to_worker, worker_to_daemon));
         let stderr = child.stderr.take();
         let reader = ours.try_clone().map_err(|source| Error::Io {
             what: "duplicating the worker's socket",
@@ -390,10 +412,26 @@ impl Conn {
             return Err(e.into());
         }
         if !inline {
-            socket::send(&self.sock, buf, fds).map_err(|source| Error::Io {
-                what: "sending to the worker",
-                source,
-            })?;
+            if let Err(source) = socket::send(&self.sock, buf, fds) {
+                // A worker that does not read its socket for RING_FULL_WAIT
+                // (the socket's send timeout) is hung, as one whose ring
+                // stays full: it goes the same way.
+                if matches!(
+                    source.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) {
+                    tracing::warn!(
+                        worker = self.pid,
+                        "the worker's socket stayed full: stopped"
+                    );
+                    self.dead.store(true, Ordering::Release);
+                    let _ = lock(&self.child).kill();
+                }
+                return Err(Error::Io {
+                    what: "sending to the worker",
+                    source,
+                });
+            }
         }
         tx.notify();
         Ok(())
@@ -599,12 +637,12 @@ impl Incoming {
                 Err(RingError::Corrupt(what)) => return Err(Error::Malformed(what)),
                 Err(e) => return Err(e.into()),
                 Ok(Some(Record::Inline)) => return Ok(self.rx.frame()),
-                // A worker sends no descriptors; any it does are closed here.
-                Ok(Some(Record::OnSocket)) => {
-                    return self.frames.recv(s).map(|(f, _)| f).map_err(socket_end)
-                }
+                // A worker sends no descriptors: any it does are closed by
+                // the kernel, never open in the daemon (where a worker
+                // spawned meanwhile would inherit them).
+                Ok(Some(Record::OnSocket)) => return self.frames.recv_frame(s).map_err(socket_end),
                 Ok(None) if socket_readable => {
-                    return Err(match self.frames.recv(s) {
+                    return Err(match self.frames.recv_frame(s) {
                         Ok(_) => Error::Malformed("a frame on the socket without its ring record"),
                         Err(e) => socket_end(e),
                     })
@@ -767,12 +805,10 @@ mod tests {
     fn frames_come_from_the_ring_and_the_socket_in_order_and_unannounced_ones_are_refused() {
         use crate::ring::{Direction, Doorbell, Producer, Shared};
         let shm = Arc::new(Shared::create().unwrap());
-        let (to_worker, to_daemon) = (
-            Arc::new(Doorbell::new().unwrap()),
-            Arc::new(Doorbell::new().unwrap()),
-        );
-        let ends = ring::daemon_ends(shm.clone(), to_worker, to_daemon.clone());
-        let mut worker = Producer::new(shm, Direction::ToDaemon, to_daemon);
+        let (to_worker, _worker_to_worker) = Doorbell::pair().unwrap();
+        let (to_daemon, worker_to_daemon) = Doorbell::pair().unwrap();
+        let ends = ring::daemon_ends(shm.clone(), Arc::new(to_worker), Arc::new(to_daemon));
+        let mut worker = Producer::new(shm, Direction::ToDaemon, Arc::new(worker_to_daemon));
         let (daemon_sock, worker_sock) = UnixStream::pair().unwrap();
         let mut incoming = Incoming::new(ends.rx);
         let t = std::thread::spawn(move || {

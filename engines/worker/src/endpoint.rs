@@ -115,7 +115,8 @@ impl Endpoint {
     ///
     /// # Safety
     /// The descriptors must be open (a Unix stream socket, the ring's
-    /// memfd, two eventfds) and owned by nothing else in the process (the
+    /// memfd, the worker's ends of two doorbell socket pairs) and owned by
+    /// nothing else in the process (the
     /// ones the daemon passed at 3, 4, 5, 6).
     pub unsafe fn from_fd(fd: RawFd, ring_fd: Option<RawFd>) -> Result<Endpoint, Error> {
         // SAFETY: the caller guarantees `fd` is an owned, open socket.

@@ -4,9 +4,10 @@
 //!
 //! **The shared file.** The daemon creates one sealed memfd (its size can
 //! neither shrink nor grow: a worker cannot make the daemon's accesses
-//! fault) and hands it to the worker at start with two eventfds, one
-//! doorbell each way. The file holds, in order: a control page per ring,
-//! then each ring's data. A control page has the producer's `head`, the
+//! fault) and hands it to the worker at start with the worker's ends of
+//! two doorbells ([`Doorbell`]: a datagram socket pair each), one each
+//! way. The file holds, in order: a control page per ring, then each
+//! ring's data. A control page has the producer's `head`, the
 //! consumer's `tail` (each a `u64` count of slots, on a cache line of its
 //! own) and the consumer's `waiting` flag.
 //!
@@ -265,21 +266,37 @@ impl Drop for Shared {
     }
 }
 
-/// An eventfd: one side rings it, the other sleeps on it.
+/// One side's end of a doorbell: a pair of connected datagram sockets, an
+/// end each side. One side rings (sends a byte), the other sleeps on its end
+/// (`poll`) and drains it. Each side's end is an open file of its own, and
+/// every send and receive is `MSG_DONTWAIT`: a peer cannot make this side
+/// block, as it could with an eventfd both shared (clearing `O_NONBLOCK` on
+/// it and filling its counter), and a peer that rings without end holds a
+/// drain to a bounded number of reads.
 pub struct Doorbell(OwnedFd);
 
 impl Doorbell {
-    pub fn new() -> Result<Doorbell, RingError> {
-        // SAFETY: plain eventfd creation.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(os("eventfd"));
+    /// A doorbell's two ends: this process's, and the one for the peer.
+    pub fn pair() -> Result<(Doorbell, Doorbell), RingError> {
+        let mut fds = [-1; 2];
+        // SAFETY: `fds` is a valid out-array of two descriptors.
+        let r = unsafe {
+            libc::socketpair(
+                libc::AF_UNIX,
+                libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                0,
+                fds.as_mut_ptr(),
+            )
+        };
+        if r < 0 {
+            return Err(os("socketpair"));
         }
-        // SAFETY: a descriptor just created, owned here.
-        Ok(Doorbell(unsafe { OwnedFd::from_raw_fd(fd) }))
+        // SAFETY: two descriptors just created, each owned here once.
+        let (a, b) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        Ok((Doorbell(a), Doorbell(b)))
     }
 
-    /// A doorbell handed over at start.
+    /// A doorbell's end handed over at start.
     pub fn from_fd(fd: OwnedFd) -> Doorbell {
         Doorbell(fd)
     }
@@ -289,22 +306,37 @@ impl Doorbell {
     }
 
     fn ring(&self) {
-        let one = 1u64.to_ne_bytes();
-        // SAFETY: writes 8 bytes from a live buffer; a full counter
-        // (EAGAIN) already means "wake up".
+        let one = [1u8];
+        // SAFETY: sends one byte from a live buffer; a full queue (EAGAIN)
+        // already means "wake up".
         unsafe {
-            libc::write(self.fd(), one.as_ptr().cast(), 8);
+            libc::send(self.fd(), one.as_ptr().cast(), 1, libc::MSG_DONTWAIT);
         }
     }
 
     fn drain(&self) {
-        let mut v = [0u8; 8];
-        // SAFETY: reads 8 bytes into a live buffer; EAGAIN when unrung.
-        unsafe {
-            libc::read(self.fd(), v.as_mut_ptr().cast(), 8);
+        let mut v = [0u8; 64];
+        for _ in 0..DRAIN_READS {
+            // SAFETY: receives into a live buffer of its length; EAGAIN
+            // once nothing is queued.
+            let n = unsafe {
+                libc::recv(
+                    self.fd(),
+                    v.as_mut_ptr().cast(),
+                    v.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if n <= 0 {
+                break;
+            }
         }
     }
 }
+
+/// The most rings one drain reads (each is a datagram): what is left makes
+/// the next wait return at once, and the consumer looks at its ring again.
+const DRAIN_READS: usize = 64;
 
 fn slots_for(len: usize) -> u64 {
     (HEADER + len).div_ceil(SLOT) as u64
@@ -670,10 +702,10 @@ mod tests {
 
     fn pair(dir: Direction) -> (Producer, Consumer, Arc<Shared>) {
         let shm = Arc::new(Shared::create().unwrap());
-        let bell = Arc::new(Doorbell::new().unwrap());
+        let (ringer, sleeper) = Doorbell::pair().unwrap();
         (
-            Producer::new(shm.clone(), dir, bell.clone()),
-            Consumer::new(shm.clone(), dir, bell),
+            Producer::new(shm.clone(), dir, Arc::new(ringer)),
+            Consumer::new(shm.clone(), dir, Arc::new(sleeper)),
             shm,
         )
     }
@@ -818,7 +850,7 @@ mod tests {
             let dir = Direction::ToDaemon;
             shm.word64(dir, TAIL).store(start, Ordering::Release);
             shm.word64(dir, HEAD).store(start, Ordering::Release);
-            let bell = Arc::new(Doorbell::new().unwrap());
+            let bell = Arc::new(Doorbell::pair().unwrap().1);
             let mut c = Consumer::new(shm.clone(), dir, bell);
             for (head, at, bytes) in writes {
                 // Heads near the tail sometimes, anything else otherwise.

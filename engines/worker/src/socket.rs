@@ -90,6 +90,28 @@ impl FrameReader {
         s.read_exact(&mut self.buf)?;
         Ok((&self.buf, files))
     }
+
+    /// The next frame, taking no descriptors: plain reads give the kernel no
+    /// room for any that came with it, so it closes them (unix(7)), and
+    /// none is ever open in this process. The daemon reads a worker so:
+    /// a worker has nothing to hand it, and a descriptor open in the daemon
+    /// even for a moment would go to a worker it spawned then.
+    pub fn recv_frame(&mut self, s: &UnixStream) -> io::Result<&[u8]> {
+        let mut len = [0u8; 4];
+        let mut s = s;
+        let got = s.read(&mut len)?;
+        if got == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        s.read_exact(&mut len[got..])?;
+        let n = u32::from_le_bytes(len) as usize;
+        if n == 0 || n > MAX_FRAME {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "frame size"));
+        }
+        self.buf.resize(n, 0);
+        s.read_exact(&mut self.buf)?;
+        Ok(&self.buf)
+    }
 }
 
 #[cfg(test)]
@@ -116,5 +138,34 @@ mod tests {
         assert!(send(&a, &[], &[]).is_err());
         drop(a);
         assert_eq!(r.recv(&b).unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
+    }
+
+    /// Descriptors sent to a reader that takes none are closed, not
+    /// received: no descriptor of the process names the file sent.
+    #[test]
+    fn a_reader_that_takes_no_descriptors_leaves_none_open() {
+        let path = std::env::temp_dir().join(format!("vgpud-fd-test-{}", std::process::id()));
+        let f = File::create(&path).unwrap();
+        let names_it = || {
+            std::fs::read_dir("/proc/self/fd")
+                .unwrap()
+                .flatten()
+                .filter(|e| std::fs::read_link(e.path()).is_ok_and(|t| t == path))
+                .count()
+        };
+        let (a, b) = UnixStream::pair().unwrap();
+        send(&a, b"with a descriptor", &[f.as_raw_fd(), f.as_raw_fd()]).unwrap();
+        send(&a, &[3; 70_000], &[f.as_raw_fd()]).unwrap();
+        drop(f);
+        let mut r = FrameReader::new();
+        assert_eq!(r.recv_frame(&b).unwrap(), b"with a descriptor");
+        assert_eq!(r.recv_frame(&b).unwrap().len(), 70_000);
+        assert_eq!(names_it(), 0, "a descriptor sent along is open here");
+        drop(a);
+        assert_eq!(
+            r.recv_frame(&b).unwrap_err().kind(),
+            io::ErrorKind::UnexpectedEof
+        );
+        let _ = std::fs::remove_file(&path);
     }
 }
