@@ -7,7 +7,7 @@
 //! second `Ready`, or an answer of the wrong kind ends the worker, and its
 //! vGPU's items fail with `ENGINE_ERROR` as if it had died. What it can
 //! still say wrongly is a completion's value (its own vGPU's result) and
-//! its time: a time is taken as at most [`MAX_REPORTED_GPU_TIME`], so no
+//! its time: a time is taken as at most `MAX_REPORTED_GPU_TIME` (an hour), so no
 //! sum overflows, but a worker taken over by its guest that reports less
 //! than its work took is charged less, and gets more of the engine than
 //! its share at its neighbours' expense (the GPU's own timestamps are the
