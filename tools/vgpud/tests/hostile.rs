@@ -6,7 +6,10 @@
 //! * vgpud stays up, and serves a new client on A's vGPU once A has left;
 //! * B's results are exact, and B gets at least 90% of its share (half the
 //!   engine) over a 3 s window of the attack;
-//! * A's work does not outlive A: B gets the engine once A has left;
+//! * A's work does not outlive A: once A has left, the engine works for B
+//!   alone and the policy holds none of B's work back (vgpud's own
+//!   accounting), and on a quiet host B gets within 15% of what it got
+//!   before A came;
 //! * vgpud's memory (RSS) returns to within 10% of its baseline (taken with
 //!   B running, before A came) once A has left.
 //!
@@ -39,6 +42,14 @@ const WINDOW: Duration = Duration::from_secs(3);
 /// of it B must get.
 const FAIR_SHARE: f64 = 0.5;
 const MIN_OF_SHARE: f64 = 0.9;
+/// B's figures once A has left are taken over [`AFTER`] from [`GONE`] after
+/// A left (A's work cancelled by then); other vGPUs' engine time in it, and
+/// time the policy held B's work back, are at most [`AFTER_OTHERS`] of it.
+const GONE: Duration = Duration::from_millis(300);
+const AFTER: Duration = Duration::from_secs(1);
+const AFTER_OTHERS: f64 = 0.01;
+/// B's share alone is taken over the last [`SOLO`] before A comes.
+const SOLO: Duration = Duration::from_millis(600);
 
 /// vgpud under equal_share.
 fn vgpud(name: &str) -> Vgpud {
@@ -185,25 +196,74 @@ struct Outcome {
     solo: f64,
     /// The share of the two measured spans the host took (see [`DISTURBED`]).
     disturbance: f64,
+    /// vgpud's counters over the [`AFTER`] span once A had left.
+    after: Counters,
+    /// How much more of that span the engine idled, not by the policy's
+    /// choice, than of the [`SOLO`] span (B alone before A came).
+    idle_more: f64,
     timeline: String,
 }
 
-/// Time the host took from the parent so far (ns): its engine idle with no
-/// work or with work the daemon was late to hand over, and its spins held
-/// past their length.
-fn host_took(v: &Vgpud) -> u64 {
+/// The engine's counters at one moment (ns since the parent started).
+#[derive(Clone, Copy, Debug, Default)]
+struct Counters {
+    /// Engine time of every vGPU's work.
+    busy: u64,
+    /// Engine time of B's work.
+    b: u64,
+    /// The engine idle while a share or a cap held queued work back.
+    held: u64,
+    /// Time the host took (see [`DISTURBED`]): the engine idle with no
+    /// work, or with work the daemon was late to hand over, and spins
+    /// held past their length.
+    took: u64,
+}
+
+impl std::ops::Sub for Counters {
+    type Output = Counters;
+    fn sub(self, o: Counters) -> Counters {
+        Counters {
+            busy: self.busy.saturating_sub(o.busy),
+            b: self.b.saturating_sub(o.b),
+            held: self.held.saturating_sub(o.held),
+            took: self.took.saturating_sub(o.took),
+        }
+    }
+}
+
+/// vgpud's counters now, B being the vGPU behind `b_socket`.
+fn counters(v: &Vgpud, b_socket: &Path) -> Counters {
     let p = v.request(serde_json::json!({"op": "parents", "parent": "cpu0"}));
-    ["idle_empty_ns", "idle_late_ns", "engine_stalled_ns"]
-        .iter()
-        .map(|k| p[0][k].as_u64().expect(k))
-        .sum()
+    let ns = |k: &str| p[0][k].as_u64().expect(k);
+    let vgpus = v.request(serde_json::json!({"op": "status"}));
+    let b = vgpus
+        .as_array()
+        .and_then(|all| {
+            all.iter()
+                .find(|s| s["socket"].as_str() == b_socket.to_str())
+        })
+        .and_then(|s| s["gpu_time_ns"].as_u64())
+        .expect("B's engine time");
+    Counters {
+        busy: ns("busy_ns"),
+        b,
+        held: ns("idle_held_ns"),
+        took: ns("idle_empty_ns") + ns("idle_late_ns") + ns("engine_stalled_ns"),
+    }
 }
 
 /// Run `attack` as tenant A (on A's socket, until the deadline it is
 /// given) beside the good tenant, and check everything the suite promises.
 /// A run in which the host took more than [`DISTURBED`] of a measured span
 /// is run once more, and the case says so; the second run is asserted
-/// whatever it saw.
+/// whatever it saw, except B's share once A has left against B's share
+/// alone before A came where the engine idled, not by the policy's choice,
+/// more than [`DISTURBED`] more of the span after than of the span before:
+/// both shares are what B's load generator gets of the host's CPUs, and a
+/// busy host (a build beside) makes them differ by more than the check's
+/// margin. What A's leaving promises is asserted from vgpud's own
+/// accounting in every run: the engine works for B alone, and the policy
+/// holds none of B's work back.
 fn case(name: &str, attack: impl Fn(&Path, Instant) + Send + Sync + 'static) {
     let _serial = devmodel::sync::lock(&ONE_AT_A_TIME);
     let attack: Attack = Arc::new(attack);
@@ -224,13 +284,38 @@ fn case(name: &str, attack: impl Fn(&Path, Instant) + Send + Sync + 'static) {
         o.solo,
         o.timeline
     );
+    let of_after = |ns: u64| ns as f64 / AFTER.as_nanos() as f64;
+    let others = of_after(o.after.busy.saturating_sub(o.after.b));
     assert!(
-        o.alone >= 0.85 * o.solo,
-        "{name}: B got {:.3} of the engine after A left (A's work outlived A); by 100 ms \
-         from 1 s before A: {}",
-        o.alone,
-        o.timeline
+        others <= AFTER_OTHERS,
+        "{name}: A's work outlived A: other vGPUs than B had {others:.3} of the engine over \
+         the {AFTER:?} from {GONE:?} after A left"
     );
+    let held = of_after(o.after.held);
+    assert!(
+        held <= AFTER_OTHERS,
+        "{name}: the policy held B's work back after A left: the engine idled {held:.3} of \
+         {AFTER:?} with B's work queued"
+    );
+    if o.idle_more <= DISTURBED {
+        assert!(
+            o.alone >= 0.85 * o.solo,
+            "{name}: B got {:.3} of the engine after A left, {:.3} before A came; by 100 ms \
+             from 1 s before A: {}",
+            o.alone,
+            o.solo,
+            o.timeline
+        );
+    } else {
+        eprintln!(
+            "{name}: B's {:.3} after A left not held to its {:.3} before A came: the engine \
+             idled {:.1} % more of that second than before A came, not by the policy's choice \
+             (the host)",
+            o.alone,
+            o.solo,
+            100.0 * o.idle_more
+        );
+    }
 }
 
 /// One run of a case: asserts what holds whatever the host does (vgpud
@@ -241,13 +326,13 @@ fn run_case(name: &str, attack: &Attack) -> Outcome {
     let a_socket = v.create("vgpud-2c");
     let b_socket = v.create("vgpud-2c");
     let good = Good::start(&b_socket);
-    std::thread::sleep(Duration::from_millis(1000));
+    std::thread::sleep(Duration::from_millis(1000) - SOLO);
+    let s0 = counters(&v, &b_socket);
+    std::thread::sleep(SOLO);
+    let s1 = counters(&v, &b_socket);
     // What B's load gets of the engine alone on this host: its share beside
     // a busy neighbour is half of it.
-    let solo = good.share(
-        Instant::now() - Duration::from_millis(600),
-        Duration::from_millis(600),
-    );
+    let solo = good.share(Instant::now() - SOLO, SOLO);
     let baseline = v.rss();
 
     let t0 = Instant::now();
@@ -256,19 +341,24 @@ fn run_case(name: &str, attack: &Attack) -> Outcome {
         std::thread::spawn(move || attack(&s, t0 + ATTACK))
     };
     std::thread::sleep(WINDOW_START);
-    let took0 = host_took(&v);
+    let c0 = counters(&v, &b_socket);
     std::thread::sleep(WINDOW);
-    let took1 = host_took(&v);
+    let c1 = counters(&v, &b_socket);
     let share = good.share(t0 + WINDOW_START, WINDOW);
     let attacked = hostile.join();
     let left = Instant::now();
-    std::thread::sleep(Duration::from_millis(300));
-    let took2 = host_took(&v);
-    std::thread::sleep(Duration::from_millis(1000));
-    let took3 = host_took(&v);
-    let alone = good.share(left + Duration::from_millis(300), Duration::from_secs(1));
-    let disturbance =
-        ((took1 - took0) as f64 / WINDOW.as_nanos() as f64).max((took3 - took2) as f64 / 1e9);
+    sleep_until(left + GONE);
+    let c2 = counters(&v, &b_socket);
+    sleep_until(left + GONE + AFTER);
+    let c3 = counters(&v, &b_socket);
+    let alone = good.share(left + GONE, AFTER);
+    let (during, after) = (c1 - c0, c3 - c2);
+    // The engine's idle time not chosen by the policy, after A left, beyond
+    // what it was with B alone before A came (B's load has gaps of its own).
+    let idle =
+        |c: Counters, span: Duration| 1.0 - (c.busy + c.held) as f64 / span.as_nanos() as f64;
+    let idle_more = idle(after, AFTER) - idle(s1 - s0, SOLO);
+    let disturbance = (during.took as f64 / WINDOW.as_nanos() as f64).max(idle_more);
     // Memory: back within 10% of the baseline (give the release a moment).
     let t = Instant::now();
     let mut rss = v.rss();
@@ -298,11 +388,16 @@ fn run_case(name: &str, attack: &Attack) -> Outcome {
     eprintln!(
         "{name}: B's engine share {share:.3} under attack ({:.0}% of its {entitled:.3}), {alone:.3} \
          alone after A left ({solo:.3} before A came); the host took {:.1} %; vgpud RSS {} MiB \
-         -> {} MiB; {checked} results checked",
+         -> {} MiB; {checked} results checked; after A left, of {AFTER:?}: B {:.3}, others {:.3}, held \
+         {:.3}, idle {:+.3} against B alone",
         100.0 * share / entitled,
         100.0 * disturbance,
         baseline >> 20,
-        rss >> 20
+        rss >> 20,
+        after.b as f64 / AFTER.as_nanos() as f64,
+        after.busy.saturating_sub(after.b) as f64 / AFTER.as_nanos() as f64,
+        after.held as f64 / AFTER.as_nanos() as f64,
+        idle_more,
     );
     assert!(attacked.is_ok(), "{name}: the attack's own checks failed");
     assert!(alive, "{name}: vgpud died");
@@ -318,6 +413,8 @@ fn run_case(name: &str, attack: &Attack) -> Outcome {
         alone,
         solo,
         disturbance,
+        after,
+        idle_more,
         timeline,
     }
 }
