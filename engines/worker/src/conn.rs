@@ -20,7 +20,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Child, ChildStderr, ExitStatus};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -65,6 +65,8 @@ pub(crate) enum Pending {
 #[derive(Default)]
 pub(crate) struct Inbox {
     pending: Mutex<HashMap<u64, Pending>>,
+    /// How many of them are items.
+    items: AtomicUsize,
 }
 
 /// What a message from the worker asks of its connection.
@@ -76,12 +78,22 @@ pub(crate) enum Delivered {
 }
 
 impl Inbox {
-    pub(crate) fn insert(&self, tag: u64, p: Pending) {
-        lock(&self.pending).insert(tag, p);
+    /// Wait for `p` under `tag`. Returns whether it is an item and none
+    /// was at the worker before it.
+    pub(crate) fn insert(&self, tag: u64, p: Pending) -> bool {
+        let item = matches!(p, Pending::Item(..));
+        let mut pending = lock(&self.pending);
+        let first = item && self.items.fetch_add(1, Ordering::AcqRel) == 0;
+        pending.insert(tag, p);
+        first
     }
 
     pub(crate) fn remove(&self, tag: u64) -> Option<Pending> {
-        lock(&self.pending).remove(&tag)
+        let p = lock(&self.pending).remove(&tag);
+        if matches!(p, Some(Pending::Item(..))) {
+            self.items.fetch_sub(1, Ordering::AcqRel);
+        }
+        p
     }
 
     /// When the oldest item still at the worker was handed over.
@@ -143,7 +155,11 @@ impl Inbox {
     /// Everything still waiting fails: items with `ENGINE_TIMEOUT` after
     /// the kernel limit, else with the worker's end as their cause.
     pub(crate) fn fail_all(&self, why: &Arc<Error>, timed_out: bool) -> Vec<(DoneFn, Completion)> {
-        let left: Vec<Pending> = lock(&self.pending).drain().map(|(_, p)| p).collect();
+        let left: Vec<Pending> = {
+            let mut pending = lock(&self.pending);
+            self.items.store(0, Ordering::Release);
+            pending.drain().map(|(_, p)| p).collect()
+        };
         let mut out = Vec::new();
         for p in left {
             match p {
@@ -216,6 +232,23 @@ pub(crate) struct Conn {
     fatal: AtomicBool,
     /// What runs once the worker is gone.
     exit: Mutex<ExitHook>,
+    /// Rung when an item goes to a worker that had none: the daemon's
+    /// reader, asleep since the last completion, wakes and spins for this
+    /// one ([`ring::DAEMON_DUE_SPIN`]) while the worker runs it.
+    nudge: Doorbell,
+    /// The completion thread's queue, told the same (until the reader ends).
+    completing: Mutex<Option<mpsc::Sender<Completing>>>,
+    /// How long the reader and the completion thread keep looking while
+    /// items are due (none on a host without CPUs to spare).
+    due_spin: Duration,
+}
+
+/// What the completion thread is handed.
+enum Completing {
+    /// An item's completion, for its callback.
+    Done(DoneFn, Completion),
+    /// An item went to a worker that had none: look for its completion.
+    Due,
 }
 
 /// What the daemon does once a worker is gone (its reader has failed its
@@ -248,6 +281,7 @@ impl Conn {
         let shm = Arc::new(Shared::create().map_err(Error::from)?);
         let (to_worker, worker_to_worker) = Doorbell::pair().map_err(Error::from)?;
         let (to_daemon, worker_to_daemon) = Doorbell::pair().map_err(Error::from)?;
+        let (nudged, nudge) = Doorbell::pair().map_err(Error::from)?;
         // The daemon's ends read their starting indices now, from the new
         // file, before the worker can write to it.
         let ends = ring::daemon_ends(shm.clone(), Arc::new(to_worker), Arc::new(to_daemon));
@@ -281,10 +315,13 @@ impl Conn {
             timed_out: AtomicBool::new(false),
             fatal: AtomicBool::new(false),
             exit: Mutex::new(ExitHook::Waiting(None)),
+            nudge,
+            completing: Mutex::new(None),
+            due_spin: ring::spin_here(ring::DAEMON_DUE_SPIN),
         });
         let started = conn
             .clone()
-            .run_threads(reader, ends.rx, stderr, kernel_timeout);
+            .run_threads(reader, ends.rx, nudged, stderr, kernel_timeout);
         match started {
             Ok(rx) => match rx.recv_timeout(START_TIMEOUT) {
                 Ok(Ok(r)) => {
@@ -313,6 +350,7 @@ impl Conn {
         self: Arc<Self>,
         reader: UnixStream,
         ring_rx: Consumer,
+        nudged: Doorbell,
         stderr: Option<ChildStderr>,
         kernel_timeout: Duration,
     ) -> Result<mpsc::Receiver<Result<Ready, Arc<Error>>>, Error> {
@@ -320,11 +358,11 @@ impl Conn {
         // Completions run on a thread of their own: a callback may wait for
         // the vGPU's lock, whose holder may be waiting for a VRAM reply
         // that only the reader delivers.
-        let (ctx, crx) = mpsc::channel::<(DoneFn, Completion)>();
+        let (ctx, crx) = mpsc::channel::<Completing>();
+        *lock(&self.completing) = Some(ctx.clone());
+        let spin = self.due_spin;
         devmodel::thread::spawn_data_path("worker-completions", move || {
-            while let Ok((done, c)) = crx.recv() {
-                done(c);
-            }
+            run_completions(&crx, spin)
         })?;
         if let Some(e) = stderr {
             let pid = self.pid;
@@ -332,7 +370,7 @@ impl Conn {
         }
         let conn = self.clone();
         devmodel::thread::spawn_data_path("worker-reader", move || {
-            conn.read_loop(&reader, ring_rx, tx, ctx)
+            conn.read_loop(&reader, ring_rx, &nudged, tx, ctx)
         })?;
         devmodel::thread::spawn("worker-watchdog", move || self.watchdog(kernel_timeout))?;
         Ok(rx)
@@ -386,6 +424,19 @@ impl Conn {
             std::thread::sleep(Duration::from_millis(5));
         }
         self.kill();
+    }
+
+    /// An item went to the worker when it had none: the reader and the
+    /// completion thread, asleep since the last completion, wake now and
+    /// look for this one's while the worker runs it (not after it).
+    pub(crate) fn first_item_handed(&self) {
+        if self.due_spin.is_zero() {
+            return;
+        }
+        self.nudge.ring();
+        if let Some(c) = &*lock(&self.completing) {
+            let _ = c.send(Completing::Due);
+        }
     }
 
     pub(crate) fn tag(&self) -> u64 {
@@ -518,13 +569,14 @@ impl Conn {
         &self,
         s: &UnixStream,
         rx: Consumer,
+        nudged: &Doorbell,
         ready: mpsc::Sender<Result<Ready, Arc<Error>>>,
-        completions: mpsc::Sender<(DoneFn, Completion)>,
+        completions: mpsc::Sender<Completing>,
     ) {
-        let mut incoming = Incoming::new(rx);
+        let mut incoming = Incoming::new(rx, self.due_spin);
         let mut started = false;
         let why: Error = loop {
-            let delivered = match incoming.next(s) {
+            let delivered = match incoming.next(s, Some(nudged)) {
                 Ok(frame) => ToDaemon::decode(frame).and_then(|m| self.inbox.deliver(m)),
                 Err(e) => break e,
             };
@@ -536,7 +588,7 @@ impl Conn {
                 }
                 Ok(Delivered::Ready(_)) => break Error::Malformed("a second Ready"),
                 Ok(Delivered::Completed(done, c)) => {
-                    let _ = completions.send((done, c));
+                    let _ = completions.send(Completing::Done(done, c));
                 }
                 Ok(Delivered::Fatal(e)) => {
                     tracing::warn!(worker = self.pid, error = %e, "worker failed");
@@ -550,6 +602,8 @@ impl Conn {
             tracing::warn!(worker = self.pid, error = %why, "worker broke the protocol: stopped");
         }
         self.dead.store(true, Ordering::Release);
+        // The completion thread ends once the reader's queue end goes.
+        lock(&self.completing).take();
         let _ = self.sock.shutdown(std::net::Shutdown::Both);
         let why = Arc::new(why);
         let _ = ready.send(Err(why.clone()));
@@ -557,7 +611,7 @@ impl Conn {
             .inbox
             .fail_all(&why, self.timed_out.load(Ordering::Acquire))
         {
-            let _ = completions.send(c);
+            let _ = completions.send(Completing::Done(c.0, c.1));
         }
         self.reap();
         let hook = match std::mem::replace(&mut *lock(&self.exit), ExitHook::Exited) {
@@ -614,24 +668,35 @@ pub(crate) struct Incoming {
     rx: Consumer,
     frames: FrameReader,
     spin: Duration,
+    /// How long to look once nudged (an item went to an idle worker).
+    due_spin: Duration,
 }
 
 impl Incoming {
-    pub(crate) fn new(rx: Consumer) -> Incoming {
+    pub(crate) fn new(rx: Consumer, due_spin: Duration) -> Incoming {
         Incoming {
             rx,
             frames: FrameReader::new(),
             spin: ring::spin_here(ring::DAEMON_SPIN),
+            due_spin,
         }
     }
 
-    /// The next frame, waiting for it. A corrupt ring, or a frame on the
-    /// socket that the ring did not announce, is a protocol error; the
-    /// socket's end of file is the worker's end.
-    pub(crate) fn next(&mut self, s: &UnixStream) -> Result<&[u8], Error> {
+    /// The next frame, waiting for it: spinning first for
+    /// [`ring::DAEMON_SPIN`], or for the due spin once `nudge` woke it (an
+    /// item went to an idle worker: its completion is what comes next). A
+    /// corrupt ring, or a frame on the socket that the ring did not
+    /// announce, is a protocol error; the socket's end of file is the
+    /// worker's end.
+    pub(crate) fn next(
+        &mut self,
+        s: &UnixStream,
+        nudge: Option<&Doorbell>,
+    ) -> Result<&[u8], Error> {
         // Whether the last wait found the socket readable (with the ring
         // looked at once more since): only then is a frame there unannounced.
         let mut socket_readable = false;
+        let mut spin = self.spin;
         loop {
             match self.rx.pop() {
                 Err(RingError::Corrupt(what)) => return Err(Error::Malformed(what)),
@@ -647,12 +712,45 @@ impl Incoming {
                         Err(e) => socket_end(e),
                     })
                 }
-                Ok(None) => {
-                    socket_readable =
-                        self.rx.wait(self.spin, Some(s.as_raw_fd()), None) == Woken::Other;
-                }
+                Ok(None) => match self.rx.wait(spin, Some(s.as_raw_fd()), nudge, None) {
+                    Woken::Other => socket_readable = true,
+                    Woken::Nudged => spin = self.due_spin.max(self.spin),
+                    Woken::Ring | Woken::Timeout => spin = self.spin,
+                },
             }
         }
+    }
+}
+
+/// The completion thread: each completion's callback, in order. Told that
+/// an item went to an idle worker, it keeps looking for that item's
+/// completion for `spin` before it sleeps again, so that the completion
+/// costs no wake-up of this thread either.
+fn run_completions(rx: &mpsc::Receiver<Completing>, spin: Duration) {
+    // Since when it looks for a due completion.
+    let mut looking: Option<Instant> = None;
+    loop {
+        let next = match looking {
+            Some(since) if since.elapsed() < spin => match rx.try_recv() {
+                Ok(c) => c,
+                Err(mpsc::TryRecvError::Disconnected) => return,
+                Err(mpsc::TryRecvError::Empty) => {
+                    std::hint::spin_loop();
+                    continue;
+                }
+            },
+            _ => match rx.recv() {
+                Ok(c) => c,
+                Err(_) => return,
+            },
+        };
+        looking = match next {
+            Completing::Done(done, c) => {
+                done(c);
+                None
+            }
+            Completing::Due => Some(Instant::now()),
+        };
     }
 }
 
@@ -746,6 +844,46 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_first_item_at_an_idle_worker_is_told_apart() {
+        let inbox = Inbox::default();
+        let item = || Pending::Item(Box::new(|_| {}), None, Instant::now());
+        let (tx, _rx) = mpsc::channel();
+        // A VRAM access is no item.
+        assert!(!inbox.insert(1, Pending::Access(tx)));
+        assert!(inbox.insert(2, item()), "first item");
+        assert!(!inbox.insert(3, item()), "one is at the worker");
+        assert!(inbox.remove(2).is_some());
+        assert!(!inbox.insert(4, item()), "one is still there");
+        assert!(inbox.remove(3).is_some() && inbox.remove(4).is_some());
+        assert!(inbox.remove(1).is_some());
+        assert!(inbox.insert(5, item()), "idle again");
+        let failed = inbox.fail_all(&Arc::new(Error::Exited), false);
+        assert_eq!(failed.len(), 1);
+        assert!(inbox.insert(6, item()), "idle after the worker's end");
+    }
+
+    #[test]
+    fn a_completion_thread_told_of_a_due_item_runs_its_callback() {
+        let (tx, rx) = mpsc::channel();
+        let t = std::thread::spawn(move || run_completions(&rx, Duration::from_millis(50)));
+        let (dtx, drx) = mpsc::channel();
+        tx.send(Completing::Due).unwrap();
+        std::thread::sleep(Duration::from_millis(1));
+        let done: DoneFn = Box::new(move |c: Completion| dtx.send(c.result.is_ok()).unwrap());
+        tx.send(Completing::Done(
+            done,
+            Completion {
+                gpu_time: Duration::ZERO,
+                result: Ok(()),
+            },
+        ))
+        .unwrap();
+        assert_eq!(drx.recv_timeout(Duration::from_secs(10)), Ok(true));
+        drop(tx);
+        t.join().unwrap();
+    }
+
+    #[test]
     fn a_worker_s_messages_of_the_wrong_kind_are_protocol_errors() {
         let inbox = Inbox::default();
         let (tx, rx) = mpsc::channel();
@@ -810,7 +948,7 @@ mod tests {
         let ends = ring::daemon_ends(shm.clone(), Arc::new(to_worker), Arc::new(to_daemon));
         let mut worker = Producer::new(shm, Direction::ToDaemon, Arc::new(worker_to_daemon));
         let (daemon_sock, worker_sock) = UnixStream::pair().unwrap();
-        let mut incoming = Incoming::new(ends.rx);
+        let mut incoming = Incoming::new(ends.rx, Duration::ZERO);
         let t = std::thread::spawn(move || {
             // The daemon sleeps by now: a long frame (marker, then the
             // socket), later a short one in the ring, then a frame on the
@@ -827,16 +965,19 @@ mod tests {
             std::thread::sleep(Duration::from_millis(50));
             worker_sock
         });
-        assert_eq!(incoming.next(&daemon_sock).unwrap(), b"long");
+        assert_eq!(incoming.next(&daemon_sock, None).unwrap(), b"long");
         // The socket was readable when the daemon woke: that must not make
         // it read the socket again once the ring is empty.
-        assert_eq!(incoming.next(&daemon_sock).unwrap(), b"short");
+        assert_eq!(incoming.next(&daemon_sock, None).unwrap(), b"short");
         assert!(matches!(
-            incoming.next(&daemon_sock),
+            incoming.next(&daemon_sock, None),
             Err(Error::Malformed(_))
         ));
         drop(t.join().unwrap());
-        assert!(matches!(incoming.next(&daemon_sock), Err(Error::Exited)));
+        assert!(matches!(
+            incoming.next(&daemon_sock, None),
+            Err(Error::Exited)
+        ));
     }
 
     #[test]

@@ -184,7 +184,7 @@ impl Endpoint {
                     };
                 }
                 None => {
-                    let w = rx.wait(self.spin, Some(self.sock.as_raw_fd()), None);
+                    let w = rx.wait(self.spin, Some(self.sock.as_raw_fd()), None, None);
                     socket_readable = w == Woken::Other;
                 }
             }

@@ -257,7 +257,8 @@ impl EngineContext for ProcessContext {
             Op::Kernel(k) => (None, Some(&*k.map)),
             _ => (None, None),
         };
-        conn.inbox
+        let first = conn
+            .inbox
             .insert(tag, Pending::Item(done, sum, Instant::now()));
         let msg = ToWorker::Submit {
             tag,
@@ -269,9 +270,13 @@ impl EngineContext for ProcessContext {
             conn.sync_layout(&item.mem)
                 .and_then(|()| conn.send_item(&msg, map))
         };
-        if let Err(why) = sent {
-            if let Some(Pending::Item(done, _, _)) = conn.inbox.remove(tag) {
-                fail_later(done, why);
+        match sent {
+            Ok(()) if first => conn.first_item_handed(),
+            Ok(()) => {}
+            Err(why) => {
+                if let Some(Pending::Item(done, _, _)) = conn.inbox.remove(tag) {
+                    fail_later(done, why);
+                }
             }
         }
     }

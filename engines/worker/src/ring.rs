@@ -24,7 +24,11 @@
 //! its doorbell (and on the socket, whose end of file says the peer is
 //! gone). A producer rings the doorbell only when it finds `waiting` set
 //! (and clears it): a busy consumer costs its producer no system call, and
-//! a burst of records one wake-up.
+//! a burst of records one wake-up. The daemon also nudges its own reader
+//! (a doorbell of its own, polled beside the ring's) when an item goes to
+//! a worker that had none: the reader wakes while the worker runs the
+//! item and spins for its completion ([`DAEMON_DUE_SPIN`]), so that a lone
+//! short item's way back costs no wake-up.
 //!
 //! **Hostile peers.** Each side keeps its own index in private memory and
 //! reads the other's once per call: a consumer refuses a `head` more than a
@@ -60,6 +64,12 @@ pub const WORKER_SPIN: Duration = Duration::from_micros(30);
 /// busy worker while it spins, and a completion late by a wake-up costs
 /// the GPU nothing while items stay queued there.
 pub const DAEMON_SPIN: Duration = Duration::from_micros(5);
+/// How long the daemon's reader (and its completion thread) keep looking
+/// while items are at the worker: a short item's completion (a 100 µs
+/// kernel and its hand-over) then costs no wake-up on its way back, which
+/// on a virtual machine's idle CPU is tens of µs. At most this much of a
+/// core per completion of a longer item.
+pub const DAEMON_DUE_SPIN: Duration = Duration::from_micros(200);
 /// Below this many CPUs a consumer does not spin: the thread it waits for
 /// needs the CPU more (as the cpu engine's completion thread decides).
 pub const MIN_CPUS_TO_SPIN: usize = 4;
@@ -305,7 +315,8 @@ impl Doorbell {
         self.0.as_raw_fd()
     }
 
-    fn ring(&self) {
+    /// Wake the other end's waiter (a full queue already means "wake up").
+    pub fn ring(&self) {
         let one = [1u8];
         // SAFETY: sends one byte from a live buffer; a full queue (EAGAIN)
         // already means "wake up".
@@ -314,7 +325,8 @@ impl Doorbell {
         }
     }
 
-    fn drain(&self) {
+    /// Take what was rung (at most [`DRAIN_READS`] rings).
+    pub fn drain(&self) {
         let mut v = [0u8; 64];
         for _ in 0..DRAIN_READS {
             // SAFETY: receives into a live buffer of its length; EAGAIN
@@ -538,6 +550,8 @@ pub enum Woken {
     Ring,
     /// The other descriptor (the socket) is readable or closed.
     Other,
+    /// This process's own doorbell was rung (and nothing else).
+    Nudged,
     /// Nothing within the time given.
     Timeout,
 }
@@ -624,10 +638,17 @@ impl Consumer {
         Ok(Some(rec))
     }
 
-    /// Wait for records: spin for `spin`, then sleep on the doorbell and
-    /// `other` (a socket whose end of file or frame matters), up to
-    /// `timeout` (`None`: for ever).
-    pub fn wait(&self, spin: Duration, other: Option<RawFd>, timeout: Option<Duration>) -> Woken {
+    /// Wait for records: spin for `spin`, then sleep on the doorbell,
+    /// `other` (a socket whose end of file or frame matters) and `nudge`
+    /// (this process's own doorbell, rung to make the wait end and look
+    /// again: [`Woken::Nudged`]), up to `timeout` (`None`: for ever).
+    pub fn wait(
+        &self,
+        spin: Duration,
+        other: Option<RawFd>,
+        nudge: Option<&Doorbell>,
+        timeout: Option<Duration>,
+    ) -> Woken {
         let t = Instant::now();
         while t.elapsed() < spin {
             if self.available().map_or(true, |n| n > 0) {
@@ -653,17 +674,28 @@ impl Consumer {
                 events: libc::POLLIN,
                 revents: 0,
             },
+            libc::pollfd {
+                fd: nudge.map_or(-1, Doorbell::fd),
+                events: libc::POLLIN,
+                revents: 0,
+            },
         ];
         let ms = timeout.map_or(-1, |d| d.as_millis().min(i32::MAX as u128) as i32);
-        // SAFETY: two pollfd records in a live array (a negative fd is
+        // SAFETY: three pollfd records in a live array (a negative fd is
         // ignored by poll).
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, ms) };
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 3, ms) };
         waiting.store(0, Ordering::Relaxed);
         if fds[0].revents != 0 {
             self.bell.drain();
         }
+        let nudged = fds[2].revents != 0;
+        if let (true, Some(b)) = (nudged, nudge) {
+            b.drain();
+        }
         if n > 0 && fds[1].revents != 0 {
             Woken::Other
+        } else if nudged && fds[0].revents == 0 {
+            Woken::Nudged
         } else if n != 0 {
             Woken::Ring
         } else {
@@ -778,7 +810,7 @@ mod tests {
         let (mut p, mut c, _shm) = pair(Direction::ToWorker);
         // Nothing: the wait times out.
         assert_eq!(
-            c.wait(Duration::ZERO, None, Some(Duration::from_millis(20))),
+            c.wait(Duration::ZERO, None, None, Some(Duration::from_millis(20))),
             Woken::Timeout
         );
         let t = std::thread::spawn(move || {
@@ -788,7 +820,7 @@ mod tests {
             p
         });
         assert_eq!(
-            c.wait(Duration::ZERO, None, Some(Duration::from_secs(10))),
+            c.wait(Duration::ZERO, None, None, Some(Duration::from_secs(10))),
             Woken::Ring
         );
         assert_eq!(c.pop().unwrap(), Some(Record::Inline));
@@ -797,7 +829,7 @@ mod tests {
         // A notify with nobody waiting rings nothing: the next wait sleeps.
         p.notify();
         assert_eq!(
-            c.wait(Duration::ZERO, None, Some(Duration::from_millis(20))),
+            c.wait(Duration::ZERO, None, None, Some(Duration::from_millis(20))),
             Woken::Timeout
         );
         // The other descriptor wakes it too.
@@ -807,9 +839,22 @@ mod tests {
             c.wait(
                 Duration::ZERO,
                 Some(b.as_raw_fd()),
+                None,
                 Some(Duration::from_secs(10))
             ),
             Woken::Other
+        );
+        // So does a nudge, and says so.
+        let (mine, peer) = Doorbell::pair().unwrap();
+        peer.ring();
+        assert_eq!(
+            c.wait(
+                Duration::ZERO,
+                None,
+                Some(&mine),
+                Some(Duration::from_secs(10))
+            ),
+            Woken::Nudged
         );
     }
 
