@@ -385,16 +385,22 @@ fn query(m: usize, name: &CStr, function: bool) -> Result<Vec<u8>> {
     })
 }
 
-/// `cuModuleGetFunction`: the function `name` of module `m`.
-pub fn function(m: usize, name: &CStr) -> Result<usize> {
-    let known = with(|d| {
+/// What module `m` already knows of a name (`look` finds it), without
+/// asking the device; a module that is not loaded is an invalid handle.
+fn already_known<T>(m: usize, look: impl FnOnce(&Module) -> Option<T>) -> Result<Option<T>> {
+    with(|d| {
         let module = d
             .modules
             .map
             .get(&m)
             .ok_or(CuError(CUDA_ERROR_INVALID_HANDLE))?;
-        Ok(module.funcs.get(name).copied())
-    })?;
+        Ok(look(module))
+    })
+}
+
+/// `cuModuleGetFunction`: the function `name` of module `m`.
+pub fn function(m: usize, name: &CStr) -> Result<usize> {
+    let known = already_known(m, |module| module.funcs.get(name).copied())?;
     if let Some(f) = known {
         return Ok(f);
     }
@@ -423,14 +429,7 @@ pub fn function(m: usize, name: &CStr) -> Result<usize> {
 
 /// `cuModuleGetGlobal`: the address and size of global `name` of module `m`.
 pub fn global(m: usize, name: &CStr) -> Result<(u64, u64)> {
-    let known = with(|d| {
-        let module = d
-            .modules
-            .map
-            .get(&m)
-            .ok_or(CuError(CUDA_ERROR_INVALID_HANDLE))?;
-        Ok(module.globals.get(name).copied())
-    })?;
+    let known = already_known(m, |module| module.globals.get(name).copied())?;
     if let Some(g) = known {
         return Ok(g);
     }

@@ -13,33 +13,9 @@ fn workspace() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// The guest driver, linked statically for the busybox initramfs. Built
-/// in a target directory of its own so that it does not wait on the lock
-/// of the build that is running this test.
-fn static_guest_binary() -> PathBuf {
-    let root = workspace();
-    let target = root.join("target").join("vm-guest");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .current_dir(&root)
-        .args([
-            "build",
-            "--release",
-            "-j2",
-            "-p",
-            "vgpu-guest",
-            "--bin",
-            "vgpu-guest",
-            "--target",
-            "x86_64-unknown-linux-gnu",
-        ])
-        .env("RUSTFLAGS", "-C target-feature=+crt-static")
-        .env("CARGO_TARGET_DIR", &target)
-        .status()
-        .expect("run cargo");
-    assert!(status.success(), "building the static vgpu-guest failed");
-    target.join("x86_64-unknown-linux-gnu/release/vgpu-guest")
-}
+#[path = "common/guest_build.rs"]
+mod guest_build;
+use guest_build::static_guest_binary;
 
 /// The CUDA case's files: the driver-API C program linked against `libcuda.so.1` (the guest
 /// library cargo built next to this test, a dev-dependency), the library and the

@@ -17,6 +17,19 @@ fn create(pctx: *mut Handle, flags: u32, dev: CUdevice) -> Result<()> {
     cabi::write(pctx, h as Handle)
 }
 
+/// Pop the current context off the stack, into `pctx` where it is not null.
+fn pop_into(pctx: *mut Handle) -> Result<()> {
+    with(|_| Ok(()))?;
+    let h = pop();
+    if h == 0 {
+        return err(CUDA_ERROR_INVALID_CONTEXT);
+    }
+    if !pctx.is_null() {
+        cabi::write(pctx, h as Handle)?;
+    }
+    Ok(())
+}
+
 cuda_fn! {
     fn cuDevicePrimaryCtxRetain(pctx: *mut Handle, dev: CUdevice) {
         check_device(dev)?;
@@ -111,27 +124,11 @@ cuda_fn! {
     }
 
     fn cuCtxPopCurrent(pctx: *mut Handle) {
-        with(|_| Ok(()))?;
-        let h = pop();
-        if h == 0 {
-            return err(CUDA_ERROR_INVALID_CONTEXT);
-        }
-        if !pctx.is_null() {
-            cabi::write(pctx, h as Handle)?;
-        }
-        Ok(())
+        pop_into(pctx)
     }
 
     fn cuCtxPopCurrent_v2(pctx: *mut Handle) {
-        with(|_| Ok(()))?;
-        let h = pop();
-        if h == 0 {
-            return err(CUDA_ERROR_INVALID_CONTEXT);
-        }
-        if !pctx.is_null() {
-            cabi::write(pctx, h as Handle)?;
-        }
-        Ok(())
+        pop_into(pctx)
     }
 
     fn cuCtxSetCurrent(ctx: Handle) {

@@ -140,29 +140,7 @@ pub fn standin(args: &[String], agent_log: &Path) -> String {
     stdout
 }
 
-/// The guest driver, linked statically for a busybox image or initramfs: the VM tests' build
-/// (their target directory of its own, built once for them all).
-pub fn static_guest_binary() -> PathBuf {
-    let root = workspace();
-    let target = root.join("target").join("vm-guest");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .current_dir(&root)
-        .args([
-            "build",
-            "--release",
-            "-j2",
-            "-p",
-            "vgpu-guest",
-            "--bin",
-            "vgpu-guest",
-            "--target",
-            "x86_64-unknown-linux-gnu",
-        ])
-        .env("RUSTFLAGS", "-C target-feature=+crt-static")
-        .env("CARGO_TARGET_DIR", &target)
-        .status()
-        .expect("run cargo");
-    assert!(status.success(), "building the static vgpu-guest failed");
-    target.join("x86_64-unknown-linux-gnu/release/vgpu-guest")
-}
+#[path = "../../../vgpud/tests/common/guest_build.rs"]
+mod guest_build;
+#[allow(unused_imports)] // not every test binary builds the guest
+pub use guest_build::static_guest_binary;
