@@ -300,10 +300,17 @@ fi
 
 if has emulated; then
 echo; echo "## The same path with the worker emulating the GPU on the cpu engine (VGPUD_CUDA_EMULATE=1)"
-echo "| kernel µs | emulated worker, 1 channel |"; echo "|---|---|"
+echo "| kernel µs | emulated worker, 1 channel | vgpud CPU, cores |"; echo "|---|---|---|"
 export VGPUD_CUDA_EMULATE=1
 start best_effort; E=$(create emulated-1c)
-for u in 10 100; do printf '| %s | %.3f |\n' "$u" "$(load "$E" "$u" 1 | field utilization)"; done
+for u in 10 100; do
+    c0=$(cpu_ticks); t0=$(ms); a=$(load "$E" "$u" 1); c1=$(cpu_ticks); t1=$(ms)
+    printf '| %s | %.3f | %.2f |\n' "$u" "$(echo "$a" | field utilization)" \
+        "$(awk -v c=$((c1 - c0)) -v t=$((t1 - t0)) -v k="$TCK" 'BEGIN{print (t > 0 ? c / k / (t / 1000) : 0)}')"
+done
+# The host path's own latency: a 100 µs probe (2 ms apart) with no GPU in it.
+e=$(timeout 60 "$BIN/vgpu-guest" --socket "$E" load spin --unit-us 100 --seconds 3 --probe-gap-ms 2 --json)
+echo; echo "100 µs probe on the emulated worker: p50 $(echo "$e" | field latency_p50_us) µs, p99 $(echo "$e" | field latency_p99_us) µs"
 stop; unset VGPUD_CUDA_EMULATE
 fi
 
