@@ -325,7 +325,8 @@ impl Doorbell {
         }
     }
 
-    /// Take what was rung (at most [`DRAIN_READS`] rings).
+    /// Take what was rung (a bounded number of rings: what is left wakes
+    /// the next wait at once).
     pub fn drain(&self) {
         let mut v = [0u8; 64];
         for _ in 0..DRAIN_READS {
