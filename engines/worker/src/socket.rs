@@ -75,19 +75,7 @@ impl FrameReader {
             // owns; each is wrapped once.
             .map(|&fd| unsafe { File::from_raw_fd(fd) })
             .collect();
-        if got == 0 {
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        }
-        let mut s = s;
-        if got < 4 {
-            s.read_exact(&mut len[got..])?;
-        }
-        let n = u32::from_le_bytes(len) as usize;
-        if n == 0 || n > MAX_FRAME {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "frame size"));
-        }
-        self.buf.resize(n, 0);
-        s.read_exact(&mut self.buf)?;
+        self.rest_of_frame(s, len, got)?;
         Ok((&self.buf, files))
     }
 
@@ -98,8 +86,22 @@ impl FrameReader {
     /// even for a moment would go to a worker it spawned then.
     pub fn recv_frame(&mut self, s: &UnixStream) -> io::Result<&[u8]> {
         let mut len = [0u8; 4];
-        let mut s = s;
-        let got = s.read(&mut len)?;
+        let mut r = s;
+        let got = r.read(&mut len)?;
+        self.rest_of_frame(s, len, got)?;
+        Ok(&self.buf)
+    }
+
+    /// A frame whose first `got` bytes of length prefix are in `len`: the
+    /// rest of the prefix, then the frame (into the buffer). Nothing read
+    /// is the peer's end; a length of 0 or over [`MAX_FRAME`] is refused
+    /// before anything is allocated.
+    fn rest_of_frame(
+        &mut self,
+        mut s: &UnixStream,
+        mut len: [u8; 4],
+        got: usize,
+    ) -> io::Result<()> {
         if got == 0 {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
@@ -109,8 +111,7 @@ impl FrameReader {
             return Err(io::Error::new(io::ErrorKind::InvalidData, "frame size"));
         }
         self.buf.resize(n, 0);
-        s.read_exact(&mut self.buf)?;
-        Ok(&self.buf)
+        s.read_exact(&mut self.buf)
     }
 }
 
