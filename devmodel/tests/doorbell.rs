@@ -135,3 +135,42 @@ fn no_doorbell_is_lost_on_the_edge_between_polling_and_sleeping() {
     assert_eq!(s.doorbells_trapped, trapped as u64, "{s:?}");
     assert!(s.doorbells_polled >= polled as u64, "{s:?}");
 }
+
+#[test]
+fn a_driver_that_rings_every_few_milliseconds_is_polled_for_where_the_window_may_grow() {
+    // A driver that waits 100 ms between commands, first with a window that
+    // may not grow (every doorbell traps), then with one that may grow to
+    // 1 s: after one trapped doorbell the front end polls across the gap,
+    // and the next doorbells need no trap.
+    for (max, want_polling) in [(Duration::ZERO, false), (Duration::from_secs(1), true)] {
+        let e = engine();
+        let mut g = Guest::new(&e, 4, 4, 1);
+        let db = g.map_doorbell();
+        let mut ch = g.channel(0, 8);
+        let (sem, sv) = g.sys_buf(64);
+        g.vgpu.set_poll_window(Duration::from_millis(1));
+        g.vgpu.set_poll_max(max);
+        let mut trapped = 0;
+        for i in 1..=4u32 {
+            std::thread::sleep(Duration::from_millis(100));
+            let words = Pb::new().sem(sv, i as u64, host::SEM_OP_RELEASE).0;
+            let entry = g.segment(&mut ch, &words);
+            trapped += g.submit_entry_untrapped(&db, &mut ch, entry) as u32;
+            assert!(
+                released(&g, sem, i, Duration::from_secs(5)),
+                "release {i} lost"
+            );
+        }
+        // Within the grown window (125 ms after the last work) the device
+        // still polls.
+        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(db.device_polling(), want_polling, "max {max:?}");
+        let want_trapped = if want_polling { 1..=2 } else { 4..=4 };
+        assert!(
+            want_trapped.contains(&trapped),
+            "max {max:?}: {trapped} trapped"
+        );
+        let s = g.vgpu.stats();
+        assert_eq!(s.doorbells_trapped + s.doorbells_polled, 4);
+    }
+}
