@@ -114,6 +114,20 @@ pub struct Worker {
     daemon: i32,
     /// What the GPU is (sent with `Ready`).
     identity: DeviceInfo,
+    /// Where the submitting thread's time goes.
+    times: SubmitTimes,
+}
+
+/// The submitting thread's time in [`Worker::submit`], by what it did:
+/// reported with its busy time when the daemon closes the socket.
+#[derive(Default)]
+struct SubmitTimes {
+    /// Recording the items' start and end events.
+    events: Duration,
+    /// Queueing the items' work (launches, copies, module loads).
+    work: Duration,
+    /// Handing items to the completion thread.
+    handoff: Duration,
 }
 
 /// Run the worker on `ep`: GPU `device` (CUDA ordinal), `vram` bytes of
@@ -338,6 +352,7 @@ impl Worker {
             done: Some(done),
             queued: Arc::new(AtomicUsize::new(0)),
             events: Arc::new(EventPool::default()),
+            times: SubmitTimes::default(),
             daemon,
             identity,
         })
@@ -355,9 +370,14 @@ impl Worker {
             busy += t.elapsed();
         }
         if items > 0 {
+            let per = |d: Duration| d.as_secs_f64() * 1e6 / items as f64;
+            let t = &self.times;
             eprintln!(
-                "{items} items, submitting thread busy {:.1} us an item",
-                busy.as_secs_f64() * 1e6 / items as f64
+                "{items} items, submitting thread busy {:.1} us an item: events {:.1}, work {:.1}, hand-off {:.1}",
+                per(busy),
+                per(t.events),
+                per(t.work),
+                per(t.handoff),
             );
         }
         Ok(())
@@ -512,6 +532,7 @@ impl Worker {
             return Ok(());
         }
         // Nothing of this worker's queued: the GPU's timestamps time it.
+        let t0 = Instant::now();
         let start = if self.queued.load(Ordering::Acquire) == 0 {
             let e = self.events.take(true)?;
             // SAFETY: records an event of this context on the worker's stream.
@@ -523,6 +544,7 @@ impl Worker {
             None
         };
         let end = self.events.take(start.is_some())?;
+        let t1 = Instant::now();
         let mut item = InFlight {
             tag,
             queued_at,
@@ -549,14 +571,19 @@ impl Worker {
                 }
             }
         }
+        let t2 = Instant::now();
         // SAFETY: records an event of this context on the worker's stream.
         ck("cuEventRecord", unsafe {
             sys::cuEventRecord(end, self.stream.0)
         })?;
+        let t3 = Instant::now();
         self.queued.fetch_add(1, Ordering::AcqRel);
         if let Some(d) = &self.done {
             let _ = d.send(item);
         }
+        self.times.events += (t1 - t0) + (t3 - t2);
+        self.times.work += t2 - t1;
+        self.times.handoff += t3.elapsed();
         Ok(())
     }
 
