@@ -5,7 +5,8 @@
 use std::sync::atomic::{fence, Ordering};
 use std::time::{Duration, Instant};
 
-use devmodel::harness::{engine, Guest, Pb, DOORBELL};
+use devmodel::cpu_engine::CpuEngine;
+use devmodel::harness::{engine, Chan, DoorbellMap, Guest, Pb, DOORBELL};
 use mmio::methods::host;
 
 /// Spin for `d` (sleeping would not land submissions on the edge).
@@ -28,26 +29,40 @@ fn released(g: &Guest, gpa: u64, v: u32, limit: Duration) -> bool {
     true
 }
 
-#[test]
-fn doorbells_stored_while_polling_need_no_trap() {
+/// A guest of one channel (0, 8 entries) with the doorbell page mapped, a
+/// semaphore buffer (its address and GPU VA) and the poll window `window`.
+fn one_channel(window: Duration) -> (CpuEngine, Guest, DoorbellMap, Chan, u64, u64) {
     let e = engine();
     let mut g = Guest::new(&e, 4, 4, 1);
     let db = g.map_doorbell();
-    let mut ch = g.channel(0, 8);
+    let ch = g.channel(0, 8);
     let (sem, sv) = g.sys_buf(64);
-    g.vgpu.set_poll_window(Duration::from_secs(5));
+    g.vgpu.set_poll_window(window);
+    (e, g, db, ch, sem, sv)
+}
+
+/// Ring a semaphore release of `value` on `ch` the untrapped way (trapping
+/// only if the device sleeps) and wait for it. Returns whether it trapped.
+fn release(g: &mut Guest, db: &DoorbellMap, ch: &mut Chan, sem: (u64, u64), value: u32) -> bool {
+    let words = Pb::new().sem(sem.1, value as u64, host::SEM_OP_RELEASE).0;
+    let entry = g.segment(ch, &words);
+    let trapped = g.submit_entry_untrapped(db, ch, entry);
+    assert!(
+        released(g, sem.0, value, Duration::from_secs(5)),
+        "release {value} lost"
+    );
+    trapped
+}
+
+#[test]
+fn doorbells_stored_while_polling_need_no_trap() {
+    let (_e, mut g, db, mut ch, sem, sv) = one_channel(Duration::from_secs(5));
     // Idle, the device sleeps until the first trapped doorbell.
     std::thread::sleep(Duration::from_millis(20));
     assert!(!db.device_polling());
     let mut trapped = 0;
     for i in 1..=200u32 {
-        let words = Pb::new().sem(sv, i as u64, host::SEM_OP_RELEASE).0;
-        let entry = g.segment(&mut ch, &words);
-        trapped += g.submit_entry_untrapped(&db, &mut ch, entry) as u32;
-        assert!(
-            released(&g, sem, i, Duration::from_secs(5)),
-            "release {i} lost"
-        );
+        trapped += release(&mut g, &db, &mut ch, (sem, sv), i) as u32;
     }
     assert_eq!(
         trapped, 1,
@@ -61,12 +76,7 @@ fn doorbells_stored_while_polling_need_no_trap() {
 fn a_driver_that_ignores_the_sleeping_device_loses_its_doorbell() {
     // What the protocol's trap is for: with the device asleep, a store to
     // the page alone is not seen. (So the edge test below can fail.)
-    let e = engine();
-    let mut g = Guest::new(&e, 4, 4, 1);
-    let db = g.map_doorbell();
-    let mut ch = g.channel(0, 8);
-    let (sem, sv) = g.sys_buf(64);
-    g.vgpu.set_poll_window(Duration::ZERO);
+    let (_e, mut g, db, mut ch, sem, sv) = one_channel(Duration::ZERO);
     std::thread::sleep(Duration::from_millis(20));
     assert!(!db.device_polling(), "an idle device sleeps");
     let words = Pb::new().sem(sv, 7, host::SEM_OP_RELEASE).0;

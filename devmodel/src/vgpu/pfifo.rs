@@ -134,44 +134,6 @@ impl PollWindow {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::PollWindow;
-    use std::time::Duration;
-
-    const US: Duration = Duration::from_micros(1);
-
-    #[test]
-    fn the_poll_window_covers_a_doorbell_that_came_back_within_the_maximum() {
-        let (base, max) = (100 * US, 4000 * US);
-        let mut w = PollWindow::default();
-        assert_eq!(w.length(base, max), base);
-        // A driver that waits 2 ms between commands: the next window sees it.
-        w.doorbell_after(2000 * US, max);
-        assert_eq!(w.length(base, max), 2500 * US);
-        // Near the maximum: the window stops there.
-        w.doorbell_after(3600 * US, max);
-        assert_eq!(w.length(base, max), max);
-        // A driver gone idle: back to the base window.
-        w.doorbell_after(50_000 * US, max);
-        assert_eq!(w.length(base, max), base);
-        // A doorbell sooner than the base window never shortens it.
-        w.doorbell_after(10 * US, max);
-        assert_eq!(w.length(base, max), base);
-    }
-
-    #[test]
-    fn without_a_maximum_the_window_stays_at_its_base() {
-        let mut w = PollWindow::default();
-        w.doorbell_after(2000 * US, Duration::ZERO);
-        assert_eq!(w.length(100 * US, Duration::ZERO), 100 * US);
-        // A maximum lowered after the window grew bounds it at once.
-        w.doorbell_after(2000 * US, 4000 * US);
-        assert_eq!(w.length(100 * US, 1000 * US), 1000 * US);
-        assert_eq!(w.length(100 * US, Duration::ZERO), 100 * US);
-    }
-}
-
 impl Core {
     /// The front-end thread: serve channels until nothing moves; keep
     /// polling the doorbell page for the poll window after the last work;
@@ -521,5 +483,43 @@ impl Core {
         }
         drop(st);
         self.kick();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PollWindow;
+    use std::time::Duration;
+
+    const US: Duration = Duration::from_micros(1);
+
+    #[test]
+    fn the_poll_window_covers_a_doorbell_that_came_back_within_the_maximum() {
+        let (base, max) = (100 * US, 4000 * US);
+        let mut w = PollWindow::default();
+        assert_eq!(w.length(base, max), base);
+        // A driver that waits 2 ms between commands: the next window sees it.
+        w.doorbell_after(2000 * US, max);
+        assert_eq!(w.length(base, max), 2500 * US);
+        // Near the maximum: the window stops there.
+        w.doorbell_after(3600 * US, max);
+        assert_eq!(w.length(base, max), max);
+        // A driver gone idle: back to the base window.
+        w.doorbell_after(50_000 * US, max);
+        assert_eq!(w.length(base, max), base);
+        // A doorbell sooner than the base window never shortens it.
+        w.doorbell_after(10 * US, max);
+        assert_eq!(w.length(base, max), base);
+    }
+
+    #[test]
+    fn without_a_maximum_the_window_stays_at_its_base() {
+        let mut w = PollWindow::default();
+        w.doorbell_after(2000 * US, Duration::ZERO);
+        assert_eq!(w.length(100 * US, Duration::ZERO), 100 * US);
+        // A maximum lowered after the window grew bounds it at once.
+        w.doorbell_after(2000 * US, 4000 * US);
+        assert_eq!(w.length(100 * US, 1000 * US), 1000 * US);
+        assert_eq!(w.length(100 * US, Duration::ZERO), 100 * US);
     }
 }
