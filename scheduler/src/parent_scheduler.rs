@@ -17,8 +17,11 @@
 //! is used up. Then the policy chooses again. A latency-class vGPU's item is run at the
 //! next command boundary, in the middle of another vGPU's slice, without ending it.
 //!
-//! Data structures: ordered sets keyed by eligibility time (strict policies, caps,
-//! reservations, latency class) or virtual time (best effort, weighted).
+//! Data structures: ordered sets keyed by eligibility time (strict shares and caps
+//! until their credit allows, reservations, latency class) or virtual time (GPU time
+//! over the weight, or over the share under the strict policies: among the vGPUs with
+//! credit, the least served for its share runs next, so that a GPU that delivers less
+//! than the shares grant divides what it delivers in their proportion).
 //! `pick` and `complete` cost O(log n) in the number of vGPUs (plus the chosen vGPU's
 //! runlist walk); `add_vgpu`, `remove_vgpu`, `set_params` and a policy change rebuild
 //! the sets in O(n log n).
@@ -81,7 +84,8 @@ struct Vgpu<T> {
     cap: Option<Bucket>,
     /// Weighted: the reservation.
     resv: Option<Bucket>,
-    /// Weighted: virtual time (GPU time / weight).
+    /// Virtual time: GPU time over the weight (`best_effort`, `weighted`)
+    /// or over the share (`equal_share`, `fixed_share`).
     vtime: u128,
     main: Option<Entry>,
     throttle: Option<Entry>,
@@ -474,7 +478,7 @@ impl<T> Scheduler<T> {
         let queued: Nanos = self.in_flight.iter().map(|f| f.estimate).sum();
         if self.in_flight.len() > 1
             && queued > SWITCH_OVERLAP
-            && (queued >= self.timeslice || !self.sole_candidate(now))
+            && (queued >= self.timeslice || !self.sole_candidate())
         {
             return Pick::Busy;
         }
@@ -553,6 +557,8 @@ impl<T> Scheduler<T> {
         }
         if kind.orders_by_virtual_time() {
             v.vtime += gpu_time as u128 * VSCALE / kind.weight(&v.params) as u128;
+        } else if let Some(b) = &v.share {
+            v.vtime += (gpu_time as f64 * VSCALE as f64 / b.rate.max(1e-9)) as u128;
         }
         v.runlist.charge(channel, gpu_time);
         v.in_flight = v.in_flight.saturating_sub(1);
@@ -762,31 +768,27 @@ impl<T> Scheduler<T> {
             self.latency.insert(e);
             return;
         }
-        if kind.is_strict() {
-            let e = (t(&v.share), seq, id);
+        // Held back until its credit allows (a strict share, a cap), then
+        // ordered by virtual time.
+        let limit = t(if kind.is_strict() { &v.share } else { &v.cap });
+        if limit > now as u128 {
+            let e = (limit, seq, id);
+            v.throttle = Some(e);
+            self.throttle.insert(e);
+        } else {
+            // Only a vGPU that was idle (nothing queued, nothing in
+            // flight) starts again from the virtual clock.
+            if v.in_flight == 0 {
+                v.vtime = v.vtime.max(vclock);
+            }
+            let e = (v.vtime, seq, id);
             v.main = Some(e);
             self.main.insert(e);
-        } else {
-            let capped = t(&v.cap);
-            if capped > now as u128 {
-                let e = (capped, seq, id);
-                v.throttle = Some(e);
-                self.throttle.insert(e);
-            } else {
-                // Only a vGPU that was idle (nothing queued, nothing in
-                // flight) starts again from the virtual clock.
-                if v.in_flight == 0 {
-                    v.vtime = v.vtime.max(vclock);
-                }
-                let e = (v.vtime, seq, id);
-                v.main = Some(e);
-                self.main.insert(e);
-            }
-            if v.resv.is_some() {
-                let e = (t(&v.resv), seq, id);
-                v.reserve = Some(e);
-                self.reserve.insert(e);
-            }
+        }
+        if v.resv.is_some() {
+            let e = (t(&v.resv), seq, id);
+            v.reserve = Some(e);
+            self.reserve.insert(e);
         }
     }
 
@@ -841,7 +843,7 @@ impl<T> Scheduler<T> {
 
     /// The vGPU whose items are in flight is the only one any set holds,
     /// eligible now: choosing the next slice cannot switch the engine.
-    fn sole_candidate(&self, now: Nanos) -> bool {
+    fn sole_candidate(&self) -> bool {
         let Some(v) = self.in_flight.front().map(|f| f.vgpu) else {
             return false;
         };
@@ -850,10 +852,7 @@ impl<T> Scheduler<T> {
             && [&self.main, &self.reserve, &self.latency]
                 .iter()
                 .all(|set| set.iter().all(|e| e.2 == v))
-            && self
-                .main
-                .first()
-                .is_some_and(|e| e.0 <= now as u128 || !self.policy.kind.is_strict())
+            && !self.main.is_empty()
     }
 
     /// GPU time the items of `vgpu` in flight are expected to take.
@@ -869,10 +868,8 @@ impl<T> Scheduler<T> {
     /// A set entry of a vGPU that is not attached is a [`Breach`].
     fn select(&mut self, now: Nanos) -> Result<Option<u64>, Breach> {
         let now_k = now as u128;
-        if self.policy.kind.is_strict() {
-            return Ok(self.main.first().filter(|e| e.0 <= now_k).map(|e| e.2));
-        }
-        // Virtual time. Caps whose credit came back: into the virtual-time order.
+        // Virtual time. Shares and caps whose credit came back: into the
+        // virtual-time order.
         while let Some(&e) = self.throttle.first() {
             if e.0 > now_k {
                 break;

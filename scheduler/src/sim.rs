@@ -183,6 +183,11 @@ pub struct Sim {
     idle_empty: Nanos,
     /// Measure the wall-clock cost of each `pick` (for the bench).
     pub timed: bool,
+    /// Wall time the GPU stays idle after every item before its completion
+    /// (the host's lateness: a CPU-starved daemon, front end or engine
+    /// thread): the item is charged its length only, and the GPU delivers
+    /// less than the policy grants.
+    pub host_gap: Nanos,
     /// Wall-clock ns spent in `pick` + `complete` when `timed`.
     pub decision_ns: u128,
     /// Calls to `pick` that returned `Run`.
@@ -204,6 +209,7 @@ impl Sim {
             idle_held: 0,
             idle_empty: 0,
             timed: false,
+            host_gap: 0,
             decision_ns: 0,
             decisions: 0,
         }
@@ -282,7 +288,7 @@ impl Sim {
                         st.res.fifo_violations += 1;
                     }
                     *last = item.seq;
-                    let done = self.now + item.len;
+                    let done = self.now + item.len + self.host_gap;
                     self.deliver(done);
                     self.now = done;
                     let t0 = self.timed.then(std::time::Instant::now);
