@@ -80,6 +80,16 @@ fn workers_run_unprivileged_with_no_new_privileges_a_filter_and_no_capabilities(
         );
         // SAFETY: geteuid cannot fail.
         if unsafe { libc::geteuid() } == 0 {
+            // Every thread runs at the data path's priority, raised before
+            // the worker gave up the right to (its threads submit and
+            // complete every item).
+            for t in std::fs::read_dir(format!("/proc/{w}/task")).unwrap() {
+                let stat = std::fs::read_to_string(t.unwrap().path().join("stat")).unwrap();
+                // The fields after the command's closing parenthesis; nice is the 19th of the line.
+                let after = &stat[stat.rfind(')').unwrap() + 2..];
+                let nice: i32 = after.split_whitespace().nth(16).unwrap().parse().unwrap();
+                assert_eq!(nice, devmodel::thread::DATA_PATH_NICE, "{stat}");
+            }
             // Its root is the empty directory, and nothing else is reachable.
             let r = std::fs::read_link(format!("/proc/{w}/root")).unwrap();
             assert_eq!(r, root);
