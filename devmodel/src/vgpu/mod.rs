@@ -77,13 +77,6 @@ pub struct VgpuStats {
 /// had something to do, before it sleeps (and the driver must trap).
 pub const DEFAULT_POLL_WINDOW: Duration = Duration::from_micros(100);
 
-/// How far the poll window of a latency-class vGPU may grow
-/// ([`Vgpu::set_poll_max`]): a driver that submits one command every few
-/// milliseconds and waits for each then finds the front end polling, and
-/// its doorbell costs no trap and no wake-up. The front end spins meanwhile
-/// (one host core while the vGPU is idle between such commands).
-pub const LATENCY_POLL_MAX: Duration = Duration::from_millis(4);
-
 /// How long a semaphore acquire may wait before its channel faults with
 /// `SEMAPHORE_TIMEOUT` (as a PBDMA acquire timeout does on real GPUs).
 pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -138,9 +131,6 @@ struct Core {
     info: Vec<u32>,
     /// [`DEFAULT_POLL_WINDOW`] unless changed, in ns.
     poll_window_ns: AtomicU64,
-    /// How far the poll window may grow, in ns (0: it stays at
-    /// `poll_window_ns`).
-    poll_max_ns: AtomicU64,
     /// [`DEFAULT_ACQUIRE_TIMEOUT`] unless changed, in ns.
     acquire_timeout_ns: AtomicU64,
     born: Instant,
@@ -230,7 +220,6 @@ impl Vgpu {
             nudged: AtomicBool::new(false),
             doorbell,
             poll_window_ns: AtomicU64::new(DEFAULT_POLL_WINDOW.as_nanos() as u64),
-            poll_max_ns: AtomicU64::new(0),
             acquire_timeout_ns: AtomicU64::new(DEFAULT_ACQUIRE_TIMEOUT.as_nanos() as u64),
             born: Instant::now(),
             span,
@@ -267,18 +256,6 @@ impl Vgpu {
         self.core
             .poll_window_ns
             .store(window.as_nanos() as u64, Ordering::Relaxed);
-    }
-
-    /// How far the poll window may grow for a driver whose doorbells come
-    /// back soon after the front end went to sleep: the next window is then
-    /// long enough to have seen such a doorbell, up to `max`; a doorbell
-    /// later than `max` sets it back. Zero (the default) keeps it at the
-    /// poll window. vgpud gives latency-class vGPUs [`LATENCY_POLL_MAX`].
-    pub fn set_poll_max(&self, max: Duration) {
-        self.core.poll_max_ns.store(
-            max.as_nanos().min(u64::MAX as u128) as u64,
-            Ordering::Relaxed,
-        );
     }
 
     /// How long a semaphore acquire may wait before its channel faults

@@ -104,36 +104,6 @@ fn access_error(e: &ExecError, target: &[Extent]) -> ChannelError {
     ChannelError::new(ErrorCode::from(e), addr)
 }
 
-/// How long the front end polls the doorbell page after its last work,
-/// adapted to the driver as KVM adapts a vCPU's halt polling: a doorbell that
-/// found the front end asleep, `gap` after its last work, makes the next
-/// window long enough to have seen it (a quarter more), up to the vGPU's
-/// maximum; one later than the maximum (a driver gone idle) sets the window
-/// back to its base. A driver that submits a command every few milliseconds
-/// and waits for each then rings without a trap and without a wake-up.
-#[derive(Debug, Default)]
-struct PollWindow {
-    /// The gap the window is to cover (zero: the base window).
-    cover: Duration,
-}
-
-impl PollWindow {
-    /// A doorbell came `gap` after the last work, the front end asleep;
-    /// the window may grow to `max`.
-    fn doorbell_after(&mut self, gap: Duration, max: Duration) {
-        self.cover = if gap <= max {
-            (gap + gap / 4).min(max)
-        } else {
-            Duration::ZERO
-        };
-    }
-
-    /// The window after work: at least `base`, at most `max` or `base`.
-    fn length(&self, base: Duration, max: Duration) -> Duration {
-        base.max(self.cover.min(max))
-    }
-}
-
 impl Core {
     /// The front-end thread: serve channels until nothing moves; keep
     /// polling the doorbell page for the poll window after the last work;
@@ -144,11 +114,6 @@ impl Core {
         let _span = self.span.enter();
         let mut st = self.lock();
         let mut poll_until = Instant::now();
-        let mut window = PollWindow::default();
-        // The last work, and the trapped doorbells counted, when the front
-        // end went to sleep after it.
-        let mut asleep: Option<(Instant, u64)> = None;
-        let mut last_work = Instant::now();
         loop {
             if st.shutdown {
                 return;
@@ -156,18 +121,9 @@ impl Core {
             self.nudged.store(false, Ordering::Relaxed);
             let rung = self.doorbell.take_rung(|ch| st.channel(ch).ring());
             st.stats.doorbells_polled += rung;
-            if let Some((since, trapped)) = asleep {
-                if rung > 0 || st.stats.doorbells_trapped != trapped {
-                    let max = Duration::from_nanos(self.poll_max_ns.load(Ordering::Relaxed));
-                    window.doorbell_after(since.elapsed(), max);
-                }
-            }
             if self.step(&mut st) || rung > 0 {
-                asleep = None;
-                last_work = Instant::now();
-                let base = Duration::from_nanos(self.poll_window_ns.load(Ordering::Relaxed));
-                let max = Duration::from_nanos(self.poll_max_ns.load(Ordering::Relaxed));
-                poll_until = last_work + window.length(base, max);
+                let window = Duration::from_nanos(self.poll_window_ns.load(Ordering::Relaxed));
+                poll_until = Instant::now() + window;
                 continue;
             }
             if Instant::now() < poll_until {
@@ -189,7 +145,6 @@ impl Core {
                 st.stats.doorbells_polled += rung;
                 continue;
             }
-            asleep.get_or_insert((last_work, st.stats.doorbells_trapped));
             st = if st.channels.iter().any(|c| c.is_blocked()) {
                 wait_timeout(&self.wake, st, ACQUIRE_POLL)
             } else {
@@ -483,43 +438,5 @@ impl Core {
         }
         drop(st);
         self.kick();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::PollWindow;
-    use std::time::Duration;
-
-    const US: Duration = Duration::from_micros(1);
-
-    #[test]
-    fn the_poll_window_covers_a_doorbell_that_came_back_within_the_maximum() {
-        let (base, max) = (100 * US, 4000 * US);
-        let mut w = PollWindow::default();
-        assert_eq!(w.length(base, max), base);
-        // A driver that waits 2 ms between commands: the next window sees it.
-        w.doorbell_after(2000 * US, max);
-        assert_eq!(w.length(base, max), 2500 * US);
-        // Near the maximum: the window stops there.
-        w.doorbell_after(3600 * US, max);
-        assert_eq!(w.length(base, max), max);
-        // A driver gone idle: back to the base window.
-        w.doorbell_after(50_000 * US, max);
-        assert_eq!(w.length(base, max), base);
-        // A doorbell sooner than the base window never shortens it.
-        w.doorbell_after(10 * US, max);
-        assert_eq!(w.length(base, max), base);
-    }
-
-    #[test]
-    fn without_a_maximum_the_window_stays_at_its_base() {
-        let mut w = PollWindow::default();
-        w.doorbell_after(2000 * US, Duration::ZERO);
-        assert_eq!(w.length(100 * US, Duration::ZERO), 100 * US);
-        // A maximum lowered after the window grew bounds it at once.
-        w.doorbell_after(2000 * US, 4000 * US);
-        assert_eq!(w.length(100 * US, 1000 * US), 1000 * US);
-        assert_eq!(w.length(100 * US, Duration::ZERO), 100 * US);
     }
 }

@@ -440,7 +440,6 @@ impl Daemon {
             .config
             .vgpu_params(&name, &vtype.id, vtype.max_instances)
             .map_err(|e| op_err(Errno::EINVAL, e.to_string()))?;
-        let poll_max = poll_max(&params);
         let (key, ctx) = slot
             .parent
             .attach(vtype.framebuffer_bytes, vtype.channels, params)
@@ -467,7 +466,6 @@ impl Daemon {
         // No VM yet: not running until a client attaches (equal_share).
         vgpu.set_attached(false);
         vgpu.set_acquire_timeout(acquire_timeout(&self.config, &name, &vtype.id));
-        vgpu.set_poll_max(poll_max);
         let path = self.socket_path(&uuid);
         let _ = std::fs::remove_file(&path);
         let server = vfio_user::spawn(&path, vgpu.clone())
@@ -697,15 +695,14 @@ impl Daemon {
             let p = config
                 .vgpu_params(&u.to_string(), &v.vtype.id, v.vtype.max_instances)
                 .map_err(|e| op_err(Errno::EINVAL, e.to_string()))?;
-            params.push((v.parent.clone(), v.key, p, v.vgpu.clone()));
+            params.push((v.parent.clone(), v.key, p));
         }
         for (id, slot) in &self.parents {
             slot.parent
                 .set_policy(parent_policy(&config, id, &slot.section))
                 .map_err(|e| op_err(Errno::EINVAL, e.to_string()))?;
         }
-        for (parent, key, p, vgpu) in params {
-            vgpu.set_poll_max(poll_max(&p));
+        for (parent, key, p) in params {
             self.parents[&parent]
                 .parent
                 .set_params(key, p)
@@ -747,16 +744,6 @@ fn parent_policy(config: &Config, id: &str, section: &str) -> scheduler::ParentP
 
 /// A vGPU's semaphore acquire limit from the configuration, else the
 /// device's default.
-/// How far a vGPU's doorbell poll window may grow: latency-class vGPUs are
-/// polled for up to [`devmodel::vgpu::LATENCY_POLL_MAX`] after their last
-/// work, so that a command every few milliseconds costs no trap.
-fn poll_max(params: &scheduler::VgpuParams) -> std::time::Duration {
-    match params.class {
-        scheduler::LatencyClass::Latency => devmodel::vgpu::LATENCY_POLL_MAX,
-        scheduler::LatencyClass::Normal => std::time::Duration::ZERO,
-    }
-}
-
 fn acquire_timeout(config: &Config, uuid: &str, type_id: &str) -> std::time::Duration {
     config.acquire_timeout(uuid, type_id).map_or(
         devmodel::vgpu::DEFAULT_ACQUIRE_TIMEOUT,
