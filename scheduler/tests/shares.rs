@@ -35,23 +35,28 @@ fn fixed_share_2_to_1_every_length() {
     }
 }
 
+/// Shares from 100 ms (the start settled) to 2 s.
+fn shares_after_start(sim: &mut Sim) -> std::collections::BTreeMap<u64, f64> {
+    sim.run_until(100 * MS);
+    let a = sim.snapshot();
+    sim.run_until(2 * SEC);
+    sim.snapshot().shares_since(&a)
+}
+
 #[test]
 fn fixed_share_holds_2_to_1_when_the_gpu_delivers_less_than_the_shares() {
     // The host leaves the GPU idle after every item (a CPU-starved daemon):
     // it delivers less than the 3/4 the two shares grant, and both vGPUs
-    // are owed time. What it does deliver goes 2:1, as the shares are: the
-    // vGPU eligible longest (its credit over its rate) runs next, not the
-    // one that became runnable first (which gives 1:1 by slices).
+    // are owed time. What it does deliver goes 2:1, as the shares are: of
+    // the vGPUs with credit, the least served for its share runs next, not
+    // the one that became eligible first (which gives 1:1 by slices).
     for (cmd, gap) in [(10 * US, 30 * US), (50 * US, 100 * US), (MS, MS)] {
         let mut sim = Sim::new(policy(PolicyKind::FixedShare), 7);
         sim.host_gap = gap;
         for (key, max) in [(1, 2), (2, 4)] {
             sim.add(SimVgpu::saturating(key, params(max), CmdLen::Fixed(cmd)));
         }
-        sim.run_until(100 * MS);
-        let a = sim.snapshot();
-        sim.run_until(2 * SEC);
-        let s = sim.snapshot().shares_since(&a);
+        let s = shares_after_start(&mut sim);
         let ratio = s[&1] / s[&2];
         eprintln!("fixed 2:1, {cmd} ns items, {gap} ns host gap: {s:?}, ratio {ratio:.3}");
         assert!((ratio - 2.0).abs() <= 0.04, "{cmd} ns, gap {gap}: {s:?}");
@@ -74,10 +79,7 @@ fn fixed_share_holds_2_to_1_when_the_gpu_delivers_less_than_the_shares() {
             depth: 2,
         }),
     );
-    sim.run_until(100 * MS);
-    let a = sim.snapshot();
-    sim.run_until(2 * SEC);
-    let s = sim.snapshot().shares_since(&a);
+    let s = shares_after_start(&mut sim);
     eprintln!("fixed 2:1, the 1 of 2 dry 5 ms in 25: {s:?}");
     let third_while_on = 0.25 / 3.0 * 0.8;
     assert!(s[&2] > 0.9 * third_while_on, "{s:?}");
