@@ -41,6 +41,11 @@ pub const MAX_GPFIFO_ENTRIES: u32 = 1 << 15;
 /// kernels are about 0.8 ms of work; 16 were too few: a lone one-channel
 /// vGPU then got 0.59 of an H100 against 0.77 with four channels).
 pub const MAX_CHANNEL_IN_FLIGHT: u32 = 64;
+/// Engine items all channels of one vGPU may have handed to the engine and
+/// not yet seen complete: four channels' worth. It bounds the host memory a
+/// vGPU's queued items take (each at most a piece: a few thousand ranges),
+/// whatever number of channels its driver keeps busy.
+pub const MAX_VGPU_IN_FLIGHT: u32 = 4 * MAX_CHANNEL_IN_FLIGHT;
 /// GPFIFO entries fetched ahead of GP_GET: as many as items in flight, so
 /// that a driver that puts one command per entry fills the pipeline.
 pub const MAX_ENTRIES_AHEAD: usize = MAX_CHANNEL_IN_FLIGHT as usize;

@@ -939,6 +939,122 @@ fn fenced_submissions_still_pipeline_and_fences_land_in_order() {
     );
 }
 
+/// An engine context that keeps every item it is handed, running none
+/// until the test lets them complete, and counts them per channel.
+#[derive(Default)]
+struct Hold {
+    items: std::sync::Mutex<Vec<(u32, devmodel::backend::DoneFn)>>,
+}
+
+impl Hold {
+    fn per_channel(&self) -> std::collections::BTreeMap<u32, usize> {
+        let mut n = std::collections::BTreeMap::new();
+        for (c, _) in self.items.lock().unwrap().iter() {
+            *n.entry(*c).or_default() += 1;
+        }
+        n
+    }
+    /// Completes what is held; returns how many.
+    fn release(&self) -> usize {
+        let items = std::mem::take(&mut *self.items.lock().unwrap());
+        let n = items.len();
+        for (_, done) in items {
+            done(devmodel::backend::Completion {
+                gpu_time: Duration::from_micros(1),
+                result: Ok(()),
+            });
+        }
+        n
+    }
+}
+
+impl devmodel::EngineContext for Hold {
+    fn submit(&self, item: devmodel::backend::WorkItem, done: devmodel::backend::DoneFn) {
+        self.items.lock().unwrap().push((item.channel, done));
+    }
+    fn read_vram(&self, _: u64, _: &mut [u8]) -> Result<(), devmodel::backend::ExecError> {
+        Ok(())
+    }
+    fn write_vram(&self, _: u64, _: &[u8]) -> Result<(), devmodel::backend::ExecError> {
+        Ok(())
+    }
+    /// A reset (the vGPU's teardown too) fails what is held, from a
+    /// thread of the engine's own as a real one would.
+    fn cancel(&self) {
+        let items = std::mem::take(&mut *self.items.lock().unwrap());
+        std::thread::spawn(move || {
+            for (_, done) in items {
+                done(devmodel::backend::Completion {
+                    gpu_time: Duration::ZERO,
+                    result: Err(devmodel::backend::ExecError::Cancelled),
+                });
+            }
+        });
+    }
+}
+
+#[test]
+fn items_at_the_engine_are_bounded_per_channel_and_per_vgpu() {
+    // Eight channels each put 100 spins, one per entry, before any runs:
+    // a channel hands at most MAX_CHANNEL_IN_FLIGHT of them to the engine,
+    // and the vGPU at most MAX_VGPU_IN_FLIGHT, so that the host memory its
+    // queued items take does not grow with the channels a driver opens.
+    // As items complete the rest follow, every one exactly once.
+    use devmodel::channel::{MAX_CHANNEL_IN_FLIGHT, MAX_VGPU_IN_FLIGHT};
+    let hold = std::sync::Arc::new(Hold::default());
+    let cfg = vgpu_config("bounded", 8 << 20, 8);
+    let mut g = Guest::attach(devmodel::Vgpu::with_context(cfg, hold.clone()).unwrap(), 8);
+    let (_, dst) = g.sys_buf(64);
+    let (p, s) = g.params(Params::default().u64(dst).u32(1).u32(1_000));
+    let mut chans: Vec<_> = (0..8).map(|c| g.channel(c, 128)).collect();
+    for ch in chans.iter_mut() {
+        for _ in 0..100 {
+            g.submit(ch, &Pb::new().bind().launch(compute::PROG_SPIN, p, s).0);
+        }
+    }
+    let settled = |hold: &Hold| {
+        let mut last = usize::MAX;
+        for _ in 0..200 {
+            std::thread::sleep(Duration::from_millis(20));
+            let n = hold.items.lock().unwrap().len();
+            if n == last {
+                return n;
+            }
+            last = n;
+        }
+        last
+    };
+    assert_eq!(
+        settled(&hold),
+        MAX_VGPU_IN_FLIGHT as usize,
+        "the vGPU's items at the engine"
+    );
+    let per = hold.per_channel();
+    assert!(
+        per.values().all(|&n| n <= MAX_CHANNEL_IN_FLIGHT as usize) && per.len() >= 4,
+        "each channel's items at the engine: {per:?}"
+    );
+    let mut done = 0;
+    while done < 800 {
+        let n = hold.release();
+        assert!(
+            n > 0,
+            "the rest came to the engine as items completed ({done} of 800)"
+        );
+        done += n;
+        settled(&hold);
+    }
+    assert_eq!(done, 800);
+    for (c, ch) in chans.iter().enumerate() {
+        assert_eq!(g.wait(ch), STATE_IDLE, "channel {c}");
+        assert_eq!(
+            g.chreg(c as u32, CH_GP_GET),
+            100,
+            "channel {c} retired every entry"
+        );
+    }
+}
+
 #[test]
 fn an_empty_runlist_parks_every_channel_until_the_next_submit() {
     let e = engine();

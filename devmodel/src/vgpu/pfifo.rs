@@ -14,7 +14,9 @@ use mmio::RegRef;
 
 use super::{ChannelError, Core, State};
 use crate::backend::{Completion, EngineContext, ExecError, WorkItem};
-use crate::channel::{GpfifoEntry, HeadAction, MAX_VGPU_DECODED_BYTES, USERD_GP_GET, USERD_GP_PUT};
+use crate::channel::{
+    GpfifoEntry, HeadAction, MAX_VGPU_DECODED_BYTES, MAX_VGPU_IN_FLIGHT, USERD_GP_GET, USERD_GP_PUT,
+};
 use crate::command::{AcquireCond, Command};
 use crate::gmmu::{Aperture, Extent, Fault, Gmmu, KernelMap};
 use crate::memory::GuestRam;
@@ -302,6 +304,9 @@ impl Core {
                 st.channel(ch).defer_head();
                 Ok(true)
             }
+            // The vGPU's other channels hold its share of the engine's
+            // queue: this one goes on at their next completion.
+            HeadAction::Submit if st.outstanding >= MAX_VGPU_IN_FLIGHT => Ok(false),
             HeadAction::Submit => {
                 let Some((op, epoch, front_end, commands)) =
                     st.channel(ch).submit_head(self.ctx.piece_bytes())
