@@ -38,8 +38,9 @@ pub const MAX_GPFIFO_ENTRIES: u32 = 1 << 15;
 /// seen complete: deep enough for the host scheduler to see its backlog,
 /// and for a GPU fed by one channel to stay busy across the round trip of
 /// a completion to the driver and its next submission back (64 of 10 µs
-/// kernels are about 0.8 ms of work; 16 were too few: a lone one-channel
-/// vGPU then got 0.59 of an H100 against 0.77 with four channels).
+/// kernels are about 0.8 ms of work). With 16, a lone one-channel vGPU got
+/// 0.59 of one H100 host against 0.77 with four channels, and two busy
+/// vGPUs of 50 µs kernels 0.83 of one alone on another (0.93 with 64).
 pub const MAX_CHANNEL_IN_FLIGHT: u32 = 64;
 /// Engine items all channels of one vGPU may have handed to the engine and
 /// not yet seen complete: four channels' worth. It bounds the host memory a
