@@ -20,7 +20,9 @@
 #   the config: 'equal_share"<newline>timeslice = "8ms' sets a timeslice too). SANDBOX=off runs
 #   every part with the workers unconfined ([workers] sandbox = false); the `sandbox` part
 #   compares the two itself. STORM_SECS sets how long the `multi` part's fault storm lasts
-#   (default 20 s, after 10 s of GPU 1 alone).
+#   (default 20 s, after 10 s of GPU 1 alone). TIMELINE=1 has the `together` part's workers keep
+#   the GPU's timeline of their spins (VGPUD_SPIN_TIMELINE, engines/cuda/src/timeline.rs) and
+#   prints where the GPU's time went at the switches (tests/gpu/switch_timeline.py).
 set -uo pipefail
 BIN=$(cd "$1" && pwd); SECS=${2:-2}
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -145,15 +147,26 @@ fi
 if has together; then
 echo; echo "## Two busy vGPUs together (equal_share, two $EIGHTH, 1 channel each) against one alone (best_effort)"
 echo "| kernel µs | alone | A | B | together | together / alone |"; echo "|---|---|---|---|---|---|"
+[ -n "${TIMELINE:-}" ] && export VGPUD_SPIN_TIMELINE=1
+timeline() { # timeline LABEL FROM_LINE: the GPU's timeline in the log since that line
+    [ -n "${TIMELINE:-}" ] && tail -n +"$2" "$RUN/vgpud.log" | python3 "$HERE/switch_timeline.py" "$1" >>"$RUN/timeline.jsonl"
+}
 for u in ${TOGETHER_UNITS:-50 500 5000}; do
+    n0=$(($(wc -l <"$RUN/vgpud.log") + 1))
     start best_effort; S1=$(create "$EIGHTH"); al=$(load "$S1" "$u" 1 | field utilization); stop
+    timeline "alone $u" "$n0"; n0=$(($(wc -l <"$RUN/vgpud.log") + 1))
     start "${TOGETHER_POLICY:-equal_share}"; A=$(create "$EIGHTH"); B=$(create "$EIGHTH")
     load "$A" "$u" 1 >"$RUN/a" & pa=$!; load "$B" "$u" 1 >"$RUN/b" & pb=$!
-    wait $pa; wait $pb; stop
+    wait $pa; wait $pb; stop; timeline "together $u" "$n0"
     sa=$(field utilization <"$RUN/a"); sb=$(field utilization <"$RUN/b")
     printf '| %s | %.3f | %.3f | %.3f | %.3f | %.3f |\n' "$u" "$al" "$sa" "$sb" \
         "$(awk -v a="$sa" -v b="$sb" 'BEGIN{print a + b}')" "$(awk -v a="$sa" -v b="$sb" -v l="$al" 'BEGIN{print (l > 0 ? (a + b) / l : 0)}')"
 done
+if [ -n "${TIMELINE:-}" ]; then
+    unset VGPUD_SPIN_TIMELINE
+    echo; echo "GPU timeline (switch_timeline.py):"; cat "$RUN/timeline.jsonl" 2>/dev/null
+    [ -n "${OUT:-}" ] && cp "$RUN/timeline.jsonl" "$OUT/" 2>/dev/null
+fi
 fi
 
 if has share; then

@@ -67,8 +67,10 @@ extern "C" __global__ void store_sum(const double *acc, double carry, float *dst
 
 // Occupy the multiprocessor this block runs on for `ns` by the GPU's global
 // timer; one block per multiprocessor keeps every one busy. The last
-// block to finish writes `report` to `dst` (if given).
-extern "C" __global__ void spin(u64 ns, u32 *dst, u32 report, u64 *sync) {
+// block to finish writes `report` to `dst` (if given), and, where `at` is
+// given, the kernel's start and end by that timer to at[0] and at[1] (the
+// worker's GPU timeline, crate::timeline).
+extern "C" __global__ void spin(u64 ns, u32 *dst, u32 report, u64 *sync, u64 *at) {
     // Every block spins until one common deadline: the first block to start
     // sets the start (sync[0]); the last to finish resets sync for the next
     // launch on the stream. So the kernel lasts ns from its first block, not
@@ -90,6 +92,12 @@ extern "C" __global__ void spin(u64 ns, u32 *dst, u32 report, u64 *sync) {
         if (dst && blockIdx.x == 0) *dst = report;
         __threadfence();
         if (atomicAdd((unsigned long long *)&sync[1], 1ull) == gridDim.x - 1) {
+            if (at) {
+                u64 end;
+                asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(end));
+                at[0] = start;
+                at[1] = end;
+            }
             sync[0] = 0;
             sync[1] = 0;
         }

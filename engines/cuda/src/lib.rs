@@ -13,6 +13,8 @@
 //!   guest kernels see, launches.
 //! * [`modules`]: a vGPU's modules by handle, their bounds, the images
 //!   told apart and audited, the cache of compiled PTX.
+//! * [`timeline`]: the GPU's own timeline of `spin` kernels, where the
+//!   environment asks for it (what a switch between vGPUs costs the GPU).
 //! * [`driver`]: the driver calls as owned resources.
 //! * [`probe`]: what a GPU is (`--probe`, and the device-info block's
 //!   contents), and which ordinal has a UUID.
@@ -33,6 +35,7 @@ pub mod ops;
 pub mod probe;
 pub mod ptx;
 pub mod syscalls;
+pub mod timeline;
 pub mod worker;
 
 use engine_worker::wire::FatalReason;

@@ -22,7 +22,7 @@ pub struct Kernels {
     gemm: sys::CUfunction,
     reduce: sys::CUfunction,
     store_sum: sys::CUfunction,
-    spin: sys::CUfunction,
+    pub(crate) spin: sys::CUfunction,
     _module: Module,
 }
 
@@ -269,9 +269,10 @@ impl Worker {
         Ok(())
     }
 
-    /// Occupy every multiprocessor for `ns`, then write `report` to `dst`.
+    /// Occupy every multiprocessor for `ns`, then write `report` to `dst`
+    /// (and its start and end to a timeline slot, where there is one).
     fn spin(
-        &self,
+        &mut self,
         ns: u64,
         dst: Option<&[Extent]>,
         report: u32,
@@ -282,12 +283,26 @@ impl Worker {
             Some(d) => self.operand(d, 4, item, back, true)?,
             None => 0,
         };
+        let mut at = match &mut self.timeline {
+            Some(t) => {
+                let (dev, host) = t.take();
+                item.spins.push(host);
+                dev
+            }
+            None => 0,
+        };
         let (mut ns, mut rep, mut sync) = (ns, report, self.spin_sync.0);
         self.launch(
             self.k.spin,
             self.sms,
             32,
-            &mut [arg(&mut ns), arg(&mut dp), arg(&mut rep), arg(&mut sync)],
+            &mut [
+                arg(&mut ns),
+                arg(&mut dp),
+                arg(&mut rep),
+                arg(&mut sync),
+                arg(&mut at),
+            ],
         )
     }
 

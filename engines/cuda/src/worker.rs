@@ -39,7 +39,7 @@ use crate::driver::{
 };
 use crate::ops::Kernels;
 use crate::ptx::{GuestModule, KernelSpace};
-use crate::Error;
+use crate::{timeline, Error};
 
 /// The most bytes one piece moves on a GPU: about 0.6 ms of its copy
 /// engine from pinned guest RAM, as long as a cpu engine's 4 MiB piece.
@@ -75,6 +75,10 @@ pub(crate) struct InFlight {
     /// has run, and with it everything queued before (which may run their
     /// kernels), without holding up the submitting thread.
     pub(crate) retired: Vec<GuestModule>,
+    /// Its spins' timeline slots, and when it was handed over (realtime
+    /// ns), where the timeline is on.
+    pub(crate) spins: Vec<timeline::Slot>,
+    queued_rt: u64,
     status: Status,
     /// The CUDA error number of a refused module or launch.
     pub(crate) error: u32,
@@ -116,6 +120,8 @@ pub struct Worker {
     identity: DeviceInfo,
     /// Where the submitting thread's time goes.
     times: SubmitTimes,
+    /// The spins' timeline slots, where the environment asks for them.
+    pub(crate) timeline: Option<crate::timeline::Slots>,
 }
 
 /// The submitting thread's time in [`Worker::submit`], by what it did:
@@ -227,6 +233,7 @@ fn completions(
     }
     let (mut waiting, mut busy, mut items) = (Duration::ZERO, Duration::ZERO, 0u64);
     let mut prev_done: Option<Instant> = None;
+    let mut runs = std::env::var_os(timeline::ENV).map(|_| timeline::Runs::default());
     while let Some(item) = next_item(&rx) {
         let t = Instant::now();
         // SAFETY: `end` was taken from the pool and recorded on the work
@@ -263,6 +270,12 @@ fn completions(
             None => charged(prev_done, item.queued_at, synced),
         };
         prev_done = Some(synced);
+        if let Some(runs) = &mut runs {
+            for slot in &item.spins {
+                let (start, end) = slot.read();
+                runs.add(start, end, item.queued_rt);
+            }
+        }
         events.give(item.end, item.start.is_some());
         let value = match item.sum {
             // SAFETY: the slot is mapped host memory the kernel wrote before
@@ -293,6 +306,9 @@ fn completions(
             waiting.as_secs_f64() * 1e6 / items as f64,
             busy.as_secs_f64() * 1e6 / items as f64
         );
+    }
+    if let Some(runs) = runs {
+        runs.print();
     }
 }
 
@@ -334,6 +350,10 @@ impl Worker {
             sys::cuMemsetD8_v2(spin_sync.0, 0, 16)
         })?;
         let sums = PinnedHost::new(SUM_SLOTS * 8)?;
+        let mut timeline = timeline::Slots::from_env()?;
+        if let Some(t) = &mut timeline {
+            timeline::print_offset(k.spin, stream.0, spin_sync.0, t)?;
+        }
         Ok(Worker {
             out,
             ctx,
@@ -355,6 +375,7 @@ impl Worker {
             times: SubmitTimes::default(),
             daemon,
             identity,
+            timeline,
         })
     }
 
@@ -553,6 +574,12 @@ impl Worker {
             sum: None,
             scratch: Vec::new(),
             retired: Vec::new(),
+            spins: Vec::new(),
+            queued_rt: if self.timeline.is_some() {
+                timeline::realtime_ns()
+            } else {
+                0
+            },
             status: Status::Ok,
             error: 0,
         };
