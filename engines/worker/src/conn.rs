@@ -576,7 +576,8 @@ impl Conn {
         let mut incoming = Incoming::new(rx, self.due_spin);
         let mut started = false;
         let why: Error = loop {
-            let delivered = match incoming.next(s, Some(nudged)) {
+            let deep = self.inbox.items.load(Ordering::Acquire) >= ring::GATHER_DEPTH;
+            let delivered = match incoming.next(s, Some(nudged), deep) {
                 Ok(frame) => ToDaemon::decode(frame).and_then(|m| self.inbox.deliver(m)),
                 Err(e) => break e,
             };
@@ -684,7 +685,9 @@ impl Incoming {
 
     /// The next frame, waiting for it: spinning first for
     /// [`ring::DAEMON_SPIN`], or for the due spin once `nudge` woke it (an
-    /// item went to an idle worker: its completion is what comes next). A
+    /// item went to an idle worker: its completion is what comes next);
+    /// while the worker holds a `deep` queue, napping
+    /// [`ring::DAEMON_GATHER`] first instead ([`Consumer::nap`]). A
     /// corrupt ring, or a frame on the socket that the ring did not
     /// announce, is a protocol error; the socket's end of file is the
     /// worker's end.
@@ -692,11 +695,13 @@ impl Incoming {
         &mut self,
         s: &UnixStream,
         nudge: Option<&Doorbell>,
+        deep: bool,
     ) -> Result<&[u8], Error> {
         // Whether the last wait found the socket readable (with the ring
         // looked at once more since): only then is a frame there unannounced.
         let mut socket_readable = false;
         let mut spin = self.spin;
+        let mut napped = false;
         loop {
             match self.rx.pop() {
                 Err(RingError::Corrupt(what)) => return Err(Error::Malformed(what)),
@@ -711,6 +716,15 @@ impl Incoming {
                         Ok(_) => Error::Malformed("a frame on the socket without its ring record"),
                         Err(e) => socket_end(e),
                     })
+                }
+                // One nap; a ring still empty after it (the worker's items
+                // are long) is waited for as usual.
+                Ok(None) if deep && !napped => {
+                    napped = true;
+                    if self.rx.nap(ring::DAEMON_GATHER, Some(s.as_raw_fd()), nudge) == Woken::Other
+                    {
+                        socket_readable = true;
+                    }
                 }
                 Ok(None) => match self.rx.wait(spin, Some(s.as_raw_fd()), nudge, None) {
                     Woken::Other => socket_readable = true,
@@ -965,17 +979,17 @@ mod tests {
             std::thread::sleep(Duration::from_millis(50));
             worker_sock
         });
-        assert_eq!(incoming.next(&daemon_sock, None).unwrap(), b"long");
+        assert_eq!(incoming.next(&daemon_sock, None, false).unwrap(), b"long");
         // The socket was readable when the daemon woke: that must not make
         // it read the socket again once the ring is empty.
-        assert_eq!(incoming.next(&daemon_sock, None).unwrap(), b"short");
+        assert_eq!(incoming.next(&daemon_sock, None, false).unwrap(), b"short");
         assert!(matches!(
-            incoming.next(&daemon_sock, None),
+            incoming.next(&daemon_sock, None, false),
             Err(Error::Malformed(_))
         ));
         drop(t.join().unwrap());
         assert!(matches!(
-            incoming.next(&daemon_sock, None),
+            incoming.next(&daemon_sock, None, false),
             Err(Error::Exited)
         ));
     }

@@ -28,7 +28,11 @@
 //! (a doorbell of its own, polled beside the ring's) when an item goes to
 //! a worker that had none: the reader wakes while the worker runs the
 //! item and spins for its completion ([`DAEMON_DUE_SPIN`]), so that a lone
-//! short item's way back costs no wake-up.
+//! short item's way back costs no wake-up. While a worker holds a deep
+//! queue ([`GATHER_DEPTH`] items), the daemon's reader naps instead
+//! ([`Consumer::nap`], [`DAEMON_GATHER`]) without setting `waiting`: the
+//! worker rings for none of the completions, and the reader takes them in
+//! batches.
 //!
 //! **Hostile peers.** Each side keeps its own index in private memory and
 //! reads the other's once per call: a consumer refuses a `head` more than a
@@ -70,6 +74,16 @@ pub const DAEMON_SPIN: Duration = Duration::from_micros(5);
 /// on a virtual machine's idle CPU is tens of µs. At most this much of a
 /// core per completion of a longer item.
 pub const DAEMON_DUE_SPIN: Duration = Duration::from_micros(200);
+/// Items at a worker from which the daemon's reader takes their
+/// completions in batches: between looks it naps [`DAEMON_GATHER`] rather
+/// than asking the worker to ring for each. With this many queued the GPU
+/// has work for far longer than the nap (32 items of 10 µs: 320 µs), so a
+/// completion seen later costs it nothing, and a vGPU busy with short items
+/// costs the host a wake-up per batch (of each thread a completion passes
+/// through), not one per item.
+pub const GATHER_DEPTH: usize = 32;
+/// The reader's nap while [`GATHER_DEPTH`] items or more are at the worker.
+pub const DAEMON_GATHER: Duration = Duration::from_micros(50);
 /// Below this many CPUs a consumer does not spin: the thread it waits for
 /// needs the CPU more (as the cpu engine's completion thread decides).
 pub const MIN_CPUS_TO_SPIN: usize = 4;
@@ -664,38 +678,21 @@ impl Consumer {
             waiting.store(0, Ordering::Relaxed);
             return Woken::Ring;
         }
-        let mut fds = [
-            libc::pollfd {
-                fd: self.bell.fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: other.unwrap_or(-1),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: nudge.map_or(-1, Doorbell::fd),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-        ];
-        let ms = timeout.map_or(-1, |d| d.as_millis().min(i32::MAX as u128) as i32);
-        // SAFETY: three pollfd records in a live array (a negative fd is
-        // ignored by poll).
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), 3, ms) };
+        let (n, rev) = sleep_on(
+            [Some(self.bell.fd()), other, nudge.map(Doorbell::fd)],
+            timeout,
+        );
         waiting.store(0, Ordering::Relaxed);
-        if fds[0].revents != 0 {
+        if rev[0] != 0 {
             self.bell.drain();
         }
-        let nudged = fds[2].revents != 0;
+        let nudged = rev[2] != 0;
         if let (true, Some(b)) = (nudged, nudge) {
             b.drain();
         }
-        if n > 0 && fds[1].revents != 0 {
+        if n > 0 && rev[1] != 0 {
             Woken::Other
-        } else if nudged && fds[0].revents == 0 {
+        } else if nudged && rev[0] == 0 {
             Woken::Nudged
         } else if n != 0 {
             Woken::Ring
@@ -703,6 +700,52 @@ impl Consumer {
             Woken::Timeout
         }
     }
+
+    /// Sleep for `span` without asking the producer to ring (`waiting`
+    /// stays clear, so its records cost it no system call), unless `other`
+    /// or `nudge` wakes it first: a consumer that knows more records are
+    /// coming (a deep queue at its peer) takes them in batches, a wake-up
+    /// each, not one a record.
+    pub fn nap(&self, span: Duration, other: Option<RawFd>, nudge: Option<&Doorbell>) -> Woken {
+        let (n, rev) = sleep_on([None, other, nudge.map(Doorbell::fd)], Some(span));
+        let nudged = rev[2] != 0;
+        if let (true, Some(b)) = (nudged, nudge) {
+            b.drain();
+        }
+        if n > 0 && rev[1] != 0 {
+            Woken::Other
+        } else if nudged {
+            Woken::Nudged
+        } else {
+            Woken::Timeout
+        }
+    }
+}
+
+/// Sleep until one of `fds` is readable (or closed) or `timeout` passes
+/// (`None`: for ever): how many are, and each one's events.
+fn sleep_on(fds: [Option<RawFd>; 3], timeout: Option<Duration>) -> (i32, [i16; 3]) {
+    let mut p = fds.map(|fd| libc::pollfd {
+        fd: fd.unwrap_or(-1),
+        events: libc::POLLIN,
+        revents: 0,
+    });
+    let ts = timeout.map(|d| libc::timespec {
+        tv_sec: d.as_secs().min(i32::MAX as u64) as libc::time_t,
+        tv_nsec: d.subsec_nanos() as libc::c_long,
+    });
+    // SAFETY: three pollfd records in a live array (a negative fd is
+    // ignored); the timeout, where given, is a live timespec.
+    let n = unsafe {
+        libc::ppoll(
+            p.as_mut_ptr(),
+            3,
+            ts.as_ref()
+                .map_or(std::ptr::null(), |t| t as *const libc::timespec),
+            std::ptr::null(),
+        )
+    };
+    (n, p.map(|f| f.revents))
 }
 
 /// One side's pair of ends: what it sends and what it receives.
@@ -857,6 +900,45 @@ mod tests {
             ),
             Woken::Nudged
         );
+    }
+
+    #[test]
+    fn a_napping_consumer_is_not_rung_and_finds_the_records_after_its_nap() {
+        let (mut p, mut c, _shm) = pair(Direction::ToDaemon);
+        let span = Duration::from_millis(30);
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(5));
+            p.try_push(Some(b"one")).unwrap();
+            p.try_push(Some(b"two")).unwrap();
+            // The consumer did not ask for a ring: this rings nothing.
+            p.notify();
+            p
+        });
+        let t0 = Instant::now();
+        assert_eq!(c.nap(span, None, None), Woken::Timeout);
+        assert!(
+            t0.elapsed() >= span,
+            "the nap ended early: {:?}",
+            t0.elapsed()
+        );
+        let _p = t.join().unwrap();
+        for want in [&b"one"[..], b"two"] {
+            assert_eq!(c.pop().unwrap(), Some(Record::Inline));
+            assert_eq!(c.frame(), want);
+        }
+        // The doorbell stayed silent: a wait now sleeps to its timeout.
+        assert_eq!(
+            c.wait(Duration::ZERO, None, None, Some(Duration::from_millis(20))),
+            Woken::Timeout
+        );
+        // The socket's end and a nudge cut a nap short.
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        drop(a);
+        let long = Duration::from_secs(10);
+        assert_eq!(c.nap(long, Some(b.as_raw_fd()), None), Woken::Other);
+        let (mine, peer) = Doorbell::pair().unwrap();
+        peer.ring();
+        assert_eq!(c.nap(long, None, Some(&mine)), Woken::Nudged);
     }
 
     #[test]
