@@ -20,9 +20,9 @@
 #   the config: 'equal_share"<newline>timeslice = "8ms' sets a timeslice too). SANDBOX=off runs
 #   every part with the workers unconfined ([workers] sandbox = false); the `sandbox` part
 #   compares the two itself. STORM_SECS sets how long the `multi` part's fault storm lasts
-#   (default 20 s, after 10 s of GPU 1 alone). TIMELINE=1 has the `together` part's workers keep
-#   the GPU's timeline of their spins (VGPUD_SPIN_TIMELINE, engines/cuda/src/timeline.rs) and
-#   prints where the GPU's time went at the switches (tests/gpu/switch_timeline.py).
+#   (default 20 s, after 10 s of GPU 1 alone). TIMELINE=1 has every worker keep the GPU's timeline
+#   of its spins (VGPUD_SPIN_TIMELINE, engines/cuda/src/timeline.rs); the `together` and `share`
+#   parts then print where the GPU's time went at the switches (tests/gpu/switch_timeline.py).
 set -uo pipefail
 BIN=$(cd "$1" && pwd); SECS=${2:-2}
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -73,6 +73,17 @@ stop() { kill -TERM "$PID" 2>/dev/null; wait "$PID" 2>/dev/null; rm -rf "$RUN/ru
 create() { "$BIN/vgpuctl" --run-dir "$RUN/run" create --type "$1" | awk '{print $2}'; }
 load() { # load SOCKET UNIT CHANNELS
     timeout 60 "$BIN/vgpu-guest" --socket "$1" load spin --unit-us "$2" --seconds "$SECS" --channels "$3" --json
+}
+# TIMELINE=1: every worker keeps the GPU's timeline of its spins; `timeline LABEL FROM_LINE` sums up
+# the log since that line (tests/gpu/switch_timeline.py), `timelines` prints what was summed up.
+[ -n "${TIMELINE:-}" ] && export VGPUD_SPIN_TIMELINE=1
+log_lines() { echo $(($(wc -l <"$RUN/vgpud.log" 2>/dev/null || echo 0) + 1)); }
+timeline() {
+    [ -n "${TIMELINE:-}" ] && tail -n +"$2" "$RUN/vgpud.log" | python3 "$HERE/switch_timeline.py" "$1" >>"$RUN/timeline.jsonl"
+}
+timelines() {
+    [ -z "${TIMELINE:-}" ] && return 0
+    echo; echo "GPU timeline (switch_timeline.py):"; cat "$RUN/timeline.jsonl" 2>/dev/null; : >"$RUN/timeline.jsonl"
 }
 keep_log() { [ -n "${OUT:-}" ] && cp "$RUN/vgpud.log" "$OUT/vgpud.log" 2>/dev/null; true; }
 PTX=
@@ -147,14 +158,10 @@ fi
 if has together; then
 echo; echo "## Two busy vGPUs together (equal_share, two $EIGHTH, 1 channel each) against one alone (best_effort)"
 echo "| kernel µs | alone | A | B | together | together / alone |"; echo "|---|---|---|---|---|---|"
-[ -n "${TIMELINE:-}" ] && export VGPUD_SPIN_TIMELINE=1
-timeline() { # timeline LABEL FROM_LINE: the GPU's timeline in the log since that line
-    [ -n "${TIMELINE:-}" ] && tail -n +"$2" "$RUN/vgpud.log" | python3 "$HERE/switch_timeline.py" "$1" >>"$RUN/timeline.jsonl"
-}
 for u in ${TOGETHER_UNITS:-50 500 5000}; do
-    n0=$(($(wc -l <"$RUN/vgpud.log") + 1))
+    n0=$(log_lines)
     start best_effort; S1=$(create "$EIGHTH"); al=$(load "$S1" "$u" 1 | field utilization); stop
-    timeline "alone $u" "$n0"; n0=$(($(wc -l <"$RUN/vgpud.log") + 1))
+    timeline "alone $u" "$n0"; n0=$(log_lines)
     start "${TOGETHER_POLICY:-equal_share}"; A=$(create "$EIGHTH"); B=$(create "$EIGHTH")
     load "$A" "$u" 1 >"$RUN/a" & pa=$!; load "$B" "$u" 1 >"$RUN/b" & pb=$!
     wait $pa; wait $pb; stop; timeline "together $u" "$n0"
@@ -162,17 +169,14 @@ for u in ${TOGETHER_UNITS:-50 500 5000}; do
     printf '| %s | %.3f | %.3f | %.3f | %.3f | %.3f |\n' "$u" "$al" "$sa" "$sb" \
         "$(awk -v a="$sa" -v b="$sb" 'BEGIN{print a + b}')" "$(awk -v a="$sa" -v b="$sb" -v l="$al" 'BEGIN{print (l > 0 ? (a + b) / l : 0)}')"
 done
-if [ -n "${TIMELINE:-}" ]; then
-    unset VGPUD_SPIN_TIMELINE
-    echo; echo "GPU timeline (switch_timeline.py):"; cat "$RUN/timeline.jsonl" 2>/dev/null
-    [ -n "${OUT:-}" ] && cp "$RUN/timeline.jsonl" "$OUT/" 2>/dev/null
-fi
+timelines
 fi
 
 if has share; then
 echo; echo "## fixed_share 2:1 ($QUARTER beside $EIGHTH)"
 echo "| kernel µs | $QUARTER | $EIGHTH | ratio |"; echo "|---|---|---|---|"
 for u in ${SHARE_UNITS:-10 50 500 5000}; do
+    n0=$(log_lines)
     start fixed_share; A=$(create "$QUARTER"); B=$(create "$EIGHTH")
     load "$A" "$u" 1 >"$RUN/a" & pa=$!; load "$B" "$u" 1 >"$RUN/b" & pb=$!
     if [ "$u" = 500 ] && [ -n "${OUT:-}" ]; then # the chart of this run's shares over time
@@ -181,10 +185,11 @@ for u in ${SHARE_UNITS:-10 50 500 5000}; do
             --title "CUDA engine on $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1): fixed_share 2:1, 500 us kernels" >/dev/null &
         pr=$!
     fi
-    wait $pa; wait $pb; [ -n "${pr:-}" ] && wait "$pr"; pr=; stop
+    wait $pa; wait $pb; [ -n "${pr:-}" ] && wait "$pr"; pr=; stop; timeline "fixed_share 2:1 $u" "$n0"
     sa=$(field utilization <"$RUN/a"); sb=$(field utilization <"$RUN/b")
     printf '| %s | %.3f | %.3f | %.3f |\n' "$u" "$sa" "$sb" "$(awk -v a="$sa" -v b="$sb" 'BEGIN{print (b > 0 ? a / b : 0)}')"
 done
+timelines
 fi
 
 if has isolation; then

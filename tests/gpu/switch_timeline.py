@@ -66,6 +66,8 @@ def main():
     out.update({
         "wall_ms": round(wall / 1e6, 1),
         "gpu_busy": round(busy / wall, 4),
+        "gpu_busy_by_worker": sorted((round(sum(r["b"] for r in runs if r["w"] == w) / wall, 4)
+                                      for w in {r["w"] for r in runs}), reverse=True),
         "idle_inside_runs": round(inside / wall, 4),
         "idle_at_switches": round(sum(max(g, 0) for g in switch) / wall, 4),
         "idle_between_own_runs": round(sum(max(g, 0) for g in self_gap) / wall, 4),
