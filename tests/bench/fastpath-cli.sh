@@ -8,6 +8,7 @@
 #   previous design and this one, side by side in one run).
 # Prints one Markdown row per command length: lone utilization with 1 and 4 channels
 # (best_effort, one vgpud-4c), and a vgpud-4c beside a vgpud-2c under fixed_share (wanted 2.00).
+# TENANT_CGROUP: a cgroup (v2) directory the tenants run in, as a VM's vCPUs do in theirs.
 set -euo pipefail
 BIN=$1; SECS=${2:-2}; shift $(( $# >= 2 ? 2 : $# ))
 SIZES=${*:-10 50 200 1000 5000}
@@ -23,8 +24,11 @@ start() { # start POLICY: vgpud in a fresh run dir; sets RUN and PID
 }
 stop() { kill -TERM "$PID"; wait "$PID" || true; rm -rf "$RUN"; }
 create() { "$BIN/vgpuctl" --run-dir "$RUN/run" create --type "$1" | awk '{print $2}'; }
-load() { # load SOCKET UNIT CHANNELS
-    "$BIN/vgpu-guest" --socket "$1" load spin --unit-us "$2" --seconds "$SECS" --channels "$3" --json
+load() { # load SOCKET UNIT CHANNELS (in the cgroup TENANT_CGROUP names, where it does)
+    (
+        [ -n "${TENANT_CGROUP:-}" ] && echo $BASHPID >"$TENANT_CGROUP/cgroup.procs"
+        exec "$BIN/vgpu-guest" --socket "$1" load spin --unit-us "$2" --seconds "$SECS" --channels "$3" --json
+    )
 }
 
 echo "| command µs | lone, 1 channel | lone, 4 channels | fixed_share 4c | fixed_share 2c | 4c : 2c |"
