@@ -219,6 +219,9 @@ pub struct Device {
     doorbells: Doorbells,
     /// Ring through the doorbell page when there is one (ABI 1.1).
     use_page: bool,
+    /// A BAR0 write since the last BAR0 read: where the transport posts
+    /// writes, it may not have reached the device yet (ABI §4.5).
+    posted: bool,
 }
 
 /// How this driver's doorbells reached the device.
@@ -299,6 +302,7 @@ impl Device {
             runlist,
             doorbells: Doorbells::default(),
             use_page: true,
+            posted: false,
         })
     }
 
@@ -394,15 +398,22 @@ impl Device {
 
     /// Read a BAR0 register.
     pub fn read32(&mut self, offset: u32) -> Result<u32> {
+        self.posted = false;
         self.t.bar0_read32(offset)
     }
-    /// Write a BAR0 register.
     /// Ring channel `channel`, whose USERD `GP_PUT` is now `put`: through
     /// the doorbell page when the device has one and the transport mapped
     /// it (a store, trapping only when the device is not polling, ABI §4.5),
-    /// else the `DOORBELL` register.
+    /// else the `DOORBELL` register. A store to the page can pass BAR0
+    /// writes a VMM still holds (posted): after any, a register is read
+    /// back first, which no earlier write passes, so that what they set
+    /// (an interrupt mask, a channel's enable, a runlist, a GPU-MMU
+    /// invalidation) is in force when the device sees the doorbell.
     pub fn ring(&mut self, channel: u32, put: u32) -> Result<()> {
         if self.use_page && self.ident.doorbell_page() {
+            if self.posted && self.t.posts_writes() && self.t.doorbell_page().is_some() {
+                self.read32(regs::ID)?;
+            }
             if let Some(page) = self.t.doorbell_page() {
                 if page.ring(channel, put)? {
                     self.doorbells.untrapped += 1;
@@ -426,15 +437,19 @@ impl Device {
         self.doorbells
     }
 
+    /// Write a BAR0 register.
     pub fn write32(&mut self, offset: u32, value: u32) -> Result<()> {
+        self.posted = true;
         self.t.bar0_write32(offset, value)
     }
     /// Read a register pair as one 64-bit access.
     pub fn read64(&mut self, offset: u32) -> Result<u64> {
+        self.posted = false;
         self.t.bar0_read64(offset)
     }
     /// Write a register pair as one 64-bit access.
     pub fn write64(&mut self, offset: u32, value: u64) -> Result<()> {
+        self.posted = true;
         self.t.bar0_write64(offset, value)
     }
 

@@ -68,6 +68,13 @@ pub trait Transport: Send {
     fn doorbell_page(&self) -> Option<&DoorbellPage> {
         None
     }
+    /// Whether a BAR0 write may still be on its way to the device when the
+    /// call returns: a VMM posts a guest's MMIO writes (QEMU's vfio-user
+    /// client sends them without waiting for the reply), and a store to the
+    /// doorbell page can pass them (ABI §4.5).
+    fn posts_writes(&self) -> bool {
+        false
+    }
 }
 
 // ---- the doorbell page ----------------------------------------------------

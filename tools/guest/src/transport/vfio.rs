@@ -503,6 +503,10 @@ impl Transport for VfioTransport {
     fn doorbell_page(&self) -> Option<&DoorbellPage> {
         self.doorbell.as_ref()
     }
+    /// MMIO from inside a VM: the VMM may post the writes.
+    fn posts_writes(&self) -> bool {
+        true
+    }
     fn reset(&mut self) -> Result<()> {
         ioctl_val(&self.device, VFIO_DEVICE_RESET, 0)?;
         self.enable_function()
