@@ -257,16 +257,22 @@ impl Transport for Vm {
     }
 }
 
-/// The selftest over `vm`, every check passing, some doorbells through the
-/// page.
-fn selftest_passes_in(vm: Vm) {
-    let mut dev = vgpu_guest::Device::open(Box::new(vm)).expect("open");
+/// The selftest over `t`, every check passing (each printed as it ends).
+fn selftest_passes(t: Box<dyn Transport>) -> (vgpu_guest::Device, vgpu_guest::selftest::Report) {
+    let mut dev = vgpu_guest::Device::open(t).expect("open device");
     let report = vgpu_guest::selftest::run_with(&mut dev, &mut |c| println!("{c}"));
     assert!(
         report.passed(),
         "failed: {:#?}",
         report.failures().collect::<Vec<_>>()
     );
+    (dev, report)
+}
+
+/// The selftest over `vm`, every check passing, some doorbells through the
+/// page.
+fn selftest_passes_in(vm: Vm) {
+    let (dev, _) = selftest_passes(Box::new(vm));
     assert!(
         dev.doorbells().untrapped > 0,
         "no doorbell went through the page: {:?}",
@@ -303,13 +309,7 @@ fn open(engine: &CpuEngine, channels: u32) -> vgpu_guest::Device {
 #[test]
 fn selftest_passes_on_the_cpu_engine() {
     let engine = CpuEngine::new(2).unwrap();
-    let mut dev = open(&engine, 4);
-    let report = vgpu_guest::selftest::run_with(&mut dev, &mut |c| println!("{c}"));
-    assert!(
-        report.passed(),
-        "failed: {:#?}",
-        report.failures().collect::<Vec<_>>()
-    );
+    let (_, report) = selftest_passes(Box::new(InProcess::new(&engine, 4, 64, 64)));
     assert!(
         report.checks.len() >= 25,
         "only {} checks ran",
@@ -320,26 +320,13 @@ fn selftest_passes_on_the_cpu_engine() {
 #[test]
 fn selftest_with_a_single_channel() {
     let engine = CpuEngine::new(1).unwrap();
-    let mut dev = open(&engine, 1);
-    let report = vgpu_guest::selftest::run(&mut dev);
-    assert!(
-        report.passed(),
-        "failed: {:#?}",
-        report.failures().collect::<Vec<_>>()
-    );
+    selftest_passes(Box::new(InProcess::new(&engine, 1, 64, 64)));
 }
 
 #[test]
 fn selftest_with_scattered_pages() {
     let engine = CpuEngine::new(2).unwrap();
-    let mut dev = vgpu_guest::Device::open(Box::new(InProcess::scattered(&engine, 2, 8)))
-        .expect("open device");
-    let report = vgpu_guest::selftest::run(&mut dev);
-    assert!(
-        report.passed(),
-        "failed: {:#?}",
-        report.failures().collect::<Vec<_>>()
-    );
+    selftest_passes(Box::new(InProcess::scattered(&engine, 2, 8)));
 }
 
 #[test]
