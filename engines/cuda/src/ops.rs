@@ -283,14 +283,8 @@ impl Worker {
             Some(d) => self.operand(d, 4, item, back, true)?,
             None => 0,
         };
-        let mut at = match &mut self.timeline {
-            Some(t) => {
-                let (dev, host) = t.take();
-                item.spins.push(host);
-                dev
-            }
-            None => 0,
-        };
+        let slot = self.timeline.as_mut().map(|t| t.take());
+        let mut at = slot.as_ref().map_or(0, |s| s.0);
         let (mut ns, mut rep, mut sync) = (ns, report, self.spin_sync.0);
         self.launch(
             self.k.spin,
@@ -303,7 +297,12 @@ impl Worker {
                 arg(&mut sync),
                 arg(&mut at),
             ],
-        )
+        )?;
+        // Read once the item completes: only a spin that was launched.
+        if let Some((_, host)) = slot {
+            item.spins.push(host);
+        }
+        Ok(())
     }
 
     /// One contiguous device buffer holding `ext` (`bytes` long): the

@@ -8,7 +8,7 @@
 //! context on a GPU reads one global timer (`%globaltimer`, ns), so the
 //! kernels' own readings of it put two workers' kernels on one time line.
 //!
-//! On where the worker's environment names [`ENV`] (a worker inherits
+//! Where the worker's environment names [`ENV`] (a worker inherits
 //! vgpud's): each `spin` writes its start and end by that timer into a
 //! slot of mapped host memory; the completion thread folds the kernels
 //! into runs (kernels at most [`RUN_GAP_NS`] apart: a slice's, on the GPU)

@@ -154,8 +154,9 @@ pub fn run(mut ep: Endpoint, device: i32, vram: u64, confinement: Confinement) -
     };
     let (ctx, out2) = (w.ctx as usize, out.clone());
     let (events, queued) = (w.events.clone(), w.queued.clone());
+    let timed = w.timeline.is_some();
     let reporter = match devmodel::thread::spawn("completions", move || {
-        completions(ctx as sys::CUcontext, rx, &out2, &events, &queued)
+        completions(ctx as sys::CUcontext, rx, &out2, &events, &queued, timed)
     }) {
         Ok(r) => r,
         Err(e) => return give_up(&Error::Worker(e.into())),
@@ -219,12 +220,15 @@ pub(crate) fn charged(prev: Option<Instant>, queued: Instant, done: Instant) -> 
 /// Report each item as its event completes, in submission order, with the
 /// GPU time [`charged`] to it. An event goes back to the pool once its item
 /// is reported. A failed wait is a sticky error: the process cannot go on.
+/// With `timed`, the spins' times are folded into runs and printed at the
+/// end ([`crate::timeline`]).
 fn completions(
     ctx: sys::CUcontext,
     rx: mpsc::Receiver<InFlight>,
     out: &Sender,
     events: &EventPool,
     queued: &AtomicUsize,
+    timed: bool,
 ) {
     // SAFETY: makes the worker's context current on this thread; `ctx` is
     // the live context the worker created.
@@ -233,7 +237,7 @@ fn completions(
     }
     let (mut waiting, mut busy, mut items) = (Duration::ZERO, Duration::ZERO, 0u64);
     let mut prev_done: Option<Instant> = None;
-    let mut runs = std::env::var_os(timeline::ENV).map(|_| timeline::Runs::default());
+    let mut runs = timed.then(timeline::Runs::default);
     while let Some(item) = next_item(&rx) {
         let t = Instant::now();
         // SAFETY: `end` was taken from the pool and recorded on the work
