@@ -102,6 +102,9 @@ pub struct VgpuShareStats {
     pub queue_depth: usize,
     /// Total time items waited between submission and dispatch.
     pub wait: Nanos,
+    /// The length of its slices now: the timeslice, or stretched by its
+    /// share where the engine's switches cost time.
+    pub slice: Nanos,
     /// Slices the vGPU was given.
     pub slices: u64,
     /// Of those, slices that ended before the timeslice because the vGPU had no

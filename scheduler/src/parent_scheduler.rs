@@ -91,6 +91,9 @@ struct Vgpu<T> {
     throttle: Option<Entry>,
     reserve: Option<Entry>,
     latency: Option<Entry>,
+    /// The length of its slices: the timeslice, or longer where switches
+    /// cost the engine time ([`Scheduler::set_engine_switch_cost`]).
+    slice: Nanos,
     /// Holds the current slice, or has a latency-class item in flight.
     busy: bool,
     /// Items of this vGPU picked and not yet completed.
@@ -174,6 +177,8 @@ pub struct Scheduler<T> {
     in_flight: std::collections::VecDeque<InFlight>,
     /// How many items may be in flight at once.
     depth: usize,
+    /// A switch from one vGPU's work to another's costs the engine time.
+    switch_cost: bool,
     seq: u64,
     vclock: u128,
     clock: Nanos,
@@ -201,6 +206,7 @@ impl<T> Scheduler<T> {
             current: None,
             in_flight: std::collections::VecDeque::new(),
             depth: 1,
+            switch_cost: false,
             seq: 0,
             vclock: 0,
             clock: 0,
@@ -264,6 +270,25 @@ impl<T> Scheduler<T> {
         self.depth = depth.max(1);
     }
 
+    /// Whether going from one vGPU's work to another's costs the engine time
+    /// that no item is charged for (a GPU's context switch). Where it does,
+    /// no timeslice is configured and no latency-class vGPU is running, each
+    /// running vGPU's slice is stretched by its share
+    /// ([`ParentPolicy::stretched_slice`]), so that fewer switches divide the
+    /// same shares.
+    pub fn set_engine_switch_cost(&mut self, costs: bool) {
+        if self.switch_cost != costs {
+            self.switch_cost = costs;
+            self.retime();
+            self.rebuild(self.clock);
+        }
+    }
+
+    /// The length of `vgpu`'s slices now.
+    pub fn slice_of(&self, vgpu: u64) -> Option<Nanos> {
+        self.vgpus.get(&vgpu).map(|v| v.slice)
+    }
+
     /// The share of GPU time the policy grants `vgpu` now: strict policies' share, the
     /// reservation under `weighted`, `None` otherwise.
     pub fn configured_share(&self, vgpu: u64) -> Option<f64> {
@@ -297,6 +322,7 @@ impl<T> Scheduler<T> {
                 throttle: None,
                 reserve: None,
                 latency: None,
+                slice: self.timeslice,
                 busy: false,
                 in_flight: 0,
                 running: true,
@@ -448,7 +474,10 @@ impl<T> Scheduler<T> {
         // 2. the slice in progress continues to its end: its used time plus what
         // its items in flight are expected to take.
         if let Some(cur) = self.current {
-            let ts = self.timeslice;
+            let ts = self
+                .vgpus
+                .get(&cur.vgpu)
+                .map_or(self.timeslice, |v| v.slice);
             let committed = cur.used + self.committed(cur.vgpu);
             if let Some(v) = self.vgpus.get_mut(&cur.vgpu) {
                 let limit_ok = !matches!(&v.cap, Some(b) if !b.eligible(now));
@@ -591,6 +620,7 @@ impl<T> Scheduler<T> {
                 commands: v.meter.commands,
                 queue_depth: v.runlist.queued(),
                 wait: v.meter.wait,
+                slice: v.slice,
                 slices: v.slices,
                 slices_dry: v.slices_dry,
                 channels: v
@@ -643,15 +673,50 @@ impl<T> Scheduler<T> {
         }
     }
 
-    /// Recomputes timeslice and window from the policy and the attached types.
+    /// Recomputes timeslice and window from the policy and the attached
+    /// types, and each vGPU's slice: the timeslice, or stretched by the
+    /// vGPU's share of the running vGPUs' (weights under the weighted
+    /// policies) where the engine's switches cost it time and no
+    /// latency-class vGPU is running (its items wait for a slice's end).
     fn retime(&mut self) {
         let min_share = self
             .vgpus
             .values()
             .map(|v| v.params.fixed_share)
             .reduce(f64::min);
-        self.timeslice = self.policy.effective_timeslice(min_share);
-        self.window = self.policy.effective_window(self.timeslice);
+        let ts = self.policy.effective_timeslice(min_share);
+        self.timeslice = ts;
+        self.window = self.policy.effective_window(ts);
+        let stretch = self.switch_cost && !self.latency_guard();
+        let kind = self.policy.kind;
+        let weights: f64 = self
+            .vgpus
+            .values()
+            .filter(|v| v.running)
+            .map(|v| f64::from(kind.weight(&v.params)))
+            .sum();
+        let slices: Vec<(u64, Nanos)> = self
+            .vgpus
+            .iter()
+            .map(|(&id, v)| {
+                let share = if kind.is_strict() {
+                    self.share_of(v)
+                } else {
+                    f64::from(kind.weight(&v.params)) / weights.max(1.0)
+                };
+                let slice = if stretch && v.running {
+                    self.policy.stretched_slice(ts, share)
+                } else {
+                    ts
+                };
+                (id, slice)
+            })
+            .collect();
+        for (id, slice) in slices {
+            if let Some(v) = self.vgpus.get_mut(&id) {
+                v.slice = slice;
+            }
+        }
     }
 
     fn apply_pending(&mut self, now: Nanos) -> bool {
@@ -698,13 +763,13 @@ impl<T> Scheduler<T> {
         self.reserve.clear();
         self.latency.clear();
         let kind = self.policy.kind;
-        let ts = self.timeslice;
         let shares: BTreeMap<u64, f64> = self
             .vgpus
             .iter()
             .map(|(&k, v)| (k, self.share_of(v)))
             .collect();
         for (id, v) in self.vgpus.iter_mut() {
+            let ts = v.slice;
             v.main = None;
             v.throttle = None;
             v.reserve = None;

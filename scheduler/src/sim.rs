@@ -188,6 +188,14 @@ pub struct Sim {
     /// thread): the item is charged its length only, and the GPU delivers
     /// less than the policy grants.
     pub host_gap: Nanos,
+    /// GPU time lost each time the engine goes from one vGPU's item to
+    /// another's (a context switch): the incoming item ends that much later
+    /// and is charged its length only. Nonzero tells the scheduler that its
+    /// engine's switches cost time ([`Scheduler::set_engine_switch_cost`]).
+    pub switch_cost: Nanos,
+    /// Switches from one vGPU's item to another's.
+    pub switches: u64,
+    last_vgpu: Option<u64>,
     /// Wall-clock ns spent in `pick` + `complete` when `timed`.
     pub decision_ns: u128,
     /// Calls to `pick` that returned `Run`.
@@ -210,6 +218,9 @@ impl Sim {
             idle_empty: 0,
             timed: false,
             host_gap: 0,
+            switch_cost: 0,
+            switches: 0,
+            last_vgpu: None,
             decision_ns: 0,
             decisions: 0,
         }
@@ -266,6 +277,7 @@ impl Sim {
 
     /// Runs until the clock reaches `end` (it may pass it by the last item's length).
     pub fn run_until(&mut self, end: Nanos) {
+        self.sched.set_engine_switch_cost(self.switch_cost > 0);
         while self.now < end {
             self.deliver(self.now);
             let t0 = self.timed.then(std::time::Instant::now);
@@ -288,7 +300,14 @@ impl Sim {
                         st.res.fifo_violations += 1;
                     }
                     *last = item.seq;
-                    let done = self.now + item.len + self.host_gap;
+                    let switch = match self.last_vgpu.replace(vgpu) {
+                        Some(l) if l != vgpu => {
+                            self.switches += 1;
+                            self.switch_cost
+                        }
+                        _ => 0,
+                    };
+                    let done = self.now + switch + item.len + self.host_gap;
                     self.deliver(done);
                     self.now = done;
                     let t0 = self.timed.then(std::time::Instant::now);

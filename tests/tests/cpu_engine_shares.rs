@@ -8,8 +8,11 @@
 //! threads, a spin's worker wakes late, or a tenant's driver does not
 //! submit in time. The demo measures both (`DemoReport::disturbance`).
 //! A measurement where that is above [`DISTURBED`] says more about the host
-//! than about the policy, so it is taken once more, and the test says so;
-//! the second is asserted whatever it saw.
+//! than about the policy, so it is taken again, and the test says so, up
+//! to [`ATTEMPTS`] times in all; the least disturbed one is asserted. (Beside
+//! a `-j2` build on 2 cores, one measurement in two is disturbed, and one
+//! retry was not always enough: a second measurement that lost 5 % of the
+//! engine's time to the host failed the work-conserving bound, 1 run in 20.)
 
 use devmodel::sync::lock;
 use std::sync::{Arc, Mutex};
@@ -24,6 +27,9 @@ static ENGINE: Mutex<()> = Mutex::new(());
 /// Share of the measured wall time the host may take before a measurement
 /// is taken again.
 const DISTURBED: f64 = 0.02;
+
+/// Measurements taken at most, while each is disturbed.
+const ATTEMPTS: usize = 4;
 
 fn measure(config: &Config, policy: Option<PolicyKind>) -> DemoReport {
     let dir =
@@ -57,22 +63,28 @@ fn measure(config: &Config, policy: Option<PolicyKind>) -> DemoReport {
     r
 }
 
-/// The demo's shares under `policy`, measured once more if the host
-/// disturbed the first measurement.
+/// The demo's shares under `policy`: measured again while the host disturbed
+/// the measurement, at most [`ATTEMPTS`] times; the least disturbed.
 fn shares(config: Config, policy: Option<PolicyKind>) -> DemoReport {
     let _one_at_a_time = lock(&ENGINE);
-    let r = measure(&config, policy);
-    if r.disturbance() <= DISTURBED {
-        return r;
+    let mut best = measure(&config, policy);
+    for _ in 1..ATTEMPTS {
+        if best.disturbance() <= DISTURBED {
+            break;
+        }
+        eprintln!(
+            "  the host took {:.1} % of the measured time (no work {:.4}, late {:.4}, stalled {:.4}): measuring again",
+            best.disturbance() * 100.0,
+            best.idle_empty,
+            best.idle_late,
+            best.stalled
+        );
+        let r = measure(&config, policy);
+        if r.disturbance() < best.disturbance() {
+            best = r;
+        }
     }
-    eprintln!(
-        "  the host took {:.1} % of the measured time (no work {:.4}, late {:.4}, stalled {:.4}): measuring again",
-        r.disturbance() * 100.0,
-        r.idle_empty,
-        r.idle_late,
-        r.stalled
-    );
-    measure(&config, policy)
+    best
 }
 
 fn achieved(r: &DemoReport) -> Vec<f64> {

@@ -59,6 +59,12 @@ impl Backend for ProcessEngine {
         64
     }
 
+    /// Each worker is a context of its own on the device: the GPU switches
+    /// contexts between vGPUs.
+    fn switches_cost(&self) -> bool {
+        true
+    }
+
     /// The device runs an item while the front end audits the next ones.
     fn front_end_overlaps(&self) -> bool {
         true

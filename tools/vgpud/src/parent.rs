@@ -115,6 +115,7 @@ impl Parent {
     ) -> Result<Parent, SpawnError> {
         let mut sched = Scheduler::new(policy);
         sched.set_engine_depth(backend.queue_depth().max(1));
+        sched.set_engine_switch_cost(backend.switches_cost());
         let shared = Arc::new(ParentShared {
             name: name.to_string(),
             backend,

@@ -504,6 +504,7 @@ fn replies_keep_their_field_names() {
             "policy",
             "protocol_errors",
             "queue_depth",
+            "slice_us",
             "slices",
             "slices_dry",
             "socket",

@@ -580,6 +580,7 @@ impl Daemon {
                 commands: s.map(|s| s.commands),
                 queue_depth: s.map(|s| s.queue_depth),
                 wait_ns: s.map(|s| s.wait),
+                slice_us: s.map(|s| s.slice / 1000),
                 slices: s.map(|s| s.slices),
                 slices_dry: s.map(|s| s.slices_dry),
                 faults: dev.faults,

@@ -122,6 +122,10 @@ pub struct VgpuStatus {
     pub queue_depth: Option<usize>,
     /// Time commands waited for the engine.
     pub wait_ns: Option<u64>,
+    /// The length of the vGPU's slices now, in µs: the parent's timeslice,
+    /// or longer on a GPU while no timeslice is configured
+    /// (`docs/scheduling.md`, "Slices stretched on a GPU").
+    pub slice_us: Option<u64>,
     /// Slices of the parent's time the vGPU was given.
     pub slices: Option<u64>,
     /// Slices that ended early because the vGPU had nothing more queued: its

@@ -82,6 +82,7 @@ pub(crate) mod tests {
             commands: Some(commands),
             queue_depth: Some(3),
             wait_ns: Some(0),
+            slice_us: Some(2000),
             slices: Some(commands / 2),
             slices_dry: Some(0),
             faults: 1,
