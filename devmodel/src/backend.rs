@@ -138,8 +138,8 @@ pub trait Backend: Send + Sync {
         false
     }
     /// Whether going from one vGPU's work to another's costs the engine time
-    /// that no item is charged for: a GPU switches contexts (about 110 µs a
-    /// switch measured on an H100). A scheduler then makes fewer, longer
+    /// that no item is charged for: a GPU switches contexts (139 µs a switch
+    /// on an H100, measured on its own clock). A scheduler then makes fewer, longer
     /// slices where it may (`docs/scheduling.md`).
     fn switches_cost(&self) -> bool {
         false

@@ -9,8 +9,9 @@ use scheduler::{
     LatencyClass, Nanos, ParentPolicy, PolicyKind, Scheduler, VgpuParams, MS, SEC, US,
 };
 
-/// What a switch between two workers' kernels cost on an H100 (about
-/// 110 µs: `docs/benchmarks.md`, runs 5 and 6).
+/// What a switch between two workers' kernels costs in throughput on an
+/// H100 (about 110 µs: `docs/benchmarks.md`, runs 5 and 6; the GPU's own
+/// clock shows a 139 µs gap, run 7).
 const SWITCH: Nanos = 110 * US;
 
 /// Two saturating vGPUs of `ps` under `p` for 2 s after a settled start,
