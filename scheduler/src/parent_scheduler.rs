@@ -474,12 +474,9 @@ impl<T> Scheduler<T> {
         // 2. the slice in progress continues to its end: its used time plus what
         // its items in flight are expected to take.
         if let Some(cur) = self.current {
-            let ts = self
-                .vgpus
-                .get(&cur.vgpu)
-                .map_or(self.timeslice, |v| v.slice);
             let committed = cur.used + self.committed(cur.vgpu);
             if let Some(v) = self.vgpus.get_mut(&cur.vgpu) {
+                let ts = v.slice;
                 let limit_ok = !matches!(&v.cap, Some(b) if !b.eligible(now));
                 let has_work = v.runlist.has_work();
                 if has_work && committed < ts && limit_ok {
@@ -675,9 +672,10 @@ impl<T> Scheduler<T> {
 
     /// Recomputes timeslice and window from the policy and the attached
     /// types, and each vGPU's slice: the timeslice, or stretched by the
-    /// vGPU's share of the running vGPUs' (weights under the weighted
-    /// policies) where the engine's switches cost it time and no
-    /// latency-class vGPU is running (its items wait for a slice's end).
+    /// vGPU's share (its weight over the running vGPUs' under the
+    /// non-strict policies) where the engine's switches cost it time, no
+    /// timeslice is configured and no latency-class vGPU is running
+    /// ([`ParentPolicy::stretched_slice`]).
     fn retime(&mut self) {
         let min_share = self
             .vgpus
