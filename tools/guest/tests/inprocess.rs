@@ -269,17 +269,6 @@ fn selftest_passes(t: Box<dyn Transport>) -> (vgpu_guest::Device, vgpu_guest::se
     (dev, report)
 }
 
-/// The selftest over `vm`, every check passing, some doorbells through the
-/// page.
-fn selftest_passes_in(vm: Vm) {
-    let (dev, _) = selftest_passes(Box::new(vm));
-    assert!(
-        dev.doorbells().untrapped > 0,
-        "no doorbell went through the page: {:?}",
-        dev.doorbells()
-    );
-}
-
 /// Under posted writes the doorbell page must not pass the driver's
 /// register writes (ABI 4.5): the `MMU_INVALIDATE` after new page tables
 /// (a buffer at the VA of one freed before) must be in force for the work
@@ -289,7 +278,12 @@ fn selftest_passes_in(vm: Vm) {
 #[test]
 fn selftest_passes_when_the_vmm_posts_bar0_writes() {
     let engine = CpuEngine::new(2).unwrap();
-    selftest_passes_in(Vm::new(&engine, true, None));
+    let (dev, _) = selftest_passes(Box::new(Vm::new(&engine, true, None)));
+    assert!(
+        dev.doorbells().untrapped > 0,
+        "no doorbell went through the page, so the order checked was not exercised: {:?}",
+        dev.doorbells()
+    );
 }
 
 /// MSI-X messages sent before the driver masked `HOST` may reach it after:
@@ -298,7 +292,14 @@ fn selftest_passes_when_the_vmm_posts_bar0_writes() {
 #[test]
 fn selftest_passes_when_msi_x_arrives_late() {
     let engine = CpuEngine::new(2).unwrap();
-    selftest_passes_in(Vm::new(&engine, false, Some(Duration::from_millis(60))));
+    // What is checked here is the interrupts' order, whichever way the
+    // driver rings (beside a build, every ring of a run may trap: the
+    // device's poller slept each time).
+    selftest_passes(Box::new(Vm::new(
+        &engine,
+        false,
+        Some(Duration::from_millis(60)),
+    )));
 }
 
 fn open(engine: &CpuEngine, channels: u32) -> vgpu_guest::Device {
