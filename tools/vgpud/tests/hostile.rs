@@ -186,6 +186,12 @@ impl Good {
 /// a case is run once more.
 const DISTURBED: f64 = 0.03;
 
+/// Runs of a case at most while each is disturbed; the least disturbed is
+/// asserted. (One retry was not enough: in CI a second run that lost 37 %
+/// of its time to the host failed B's share, and beside a build one that
+/// lost 5.5 %.)
+const ATTEMPTS: usize = 3;
+
 /// Tenant A's attack: on A's socket, until the deadline it is given.
 type Attack = Arc<dyn Fn(&Path, Instant) + Send + Sync>;
 
@@ -265,8 +271,8 @@ fn counters(v: &Vgpud, b_socket: &Path) -> Counters {
 /// Run `attack` as tenant A (on A's socket, until the deadline it is
 /// given) beside the good tenant, and check everything the suite promises.
 /// A run in which the host took more than [`DISTURBED`] of a measured span
-/// is run once more, and the case says so; the second run is asserted
-/// whatever it saw, except B's share once A has left against B's share
+/// is run again, and the case says so, up to [`ATTEMPTS`] runs in all; the
+/// least disturbed is asserted whatever it saw, except B's share once A has left against B's share
 /// alone before A came where the engine idled, not by the policy's choice,
 /// more than [`DISTURBED`] more of the span after than of the span before:
 /// both shares are what B's load generator gets of the host's CPUs, and a
@@ -278,12 +284,18 @@ fn case(name: &str, attack: impl Fn(&Path, Instant) + Send + Sync + 'static) {
     let _serial = devmodel::sync::lock(&ONE_AT_A_TIME);
     let attack: Attack = Arc::new(attack);
     let mut o = run_case(name, &attack);
-    if o.disturbance > DISTURBED {
+    for _ in 1..ATTEMPTS {
+        if o.disturbance <= DISTURBED {
+            break;
+        }
         eprintln!(
             "{name}: the host took {:.1} % of the measured time: running the case again",
             100.0 * o.disturbance
         );
-        o = run_case(name, &attack);
+        let again = run_case(name, &attack);
+        if again.disturbance < o.disturbance {
+            o = again;
+        }
     }
     let entitled = FAIR_SHARE * o.solo;
     assert!(
